@@ -1,0 +1,193 @@
+"""Count a batch of contigs and write it as one parquet file; stage a dataset and commit it atomically.
+
+Files go to a hidden sibling folder of the output and are moved into place only when
+every file is written, so an interrupted or failed run never leaves output that looks
+complete. Each file stores its k-mer counts in the narrowest width that holds them;
+at commit time every file is brought to the dataset's widest width, so all files share
+one schema (Ray Data and pyarrow.dataset need that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_pipeline.contigs import Batch, SkipCounts
+from data_pipeline.kmer_counter import KmerCounter
+from kmervae.errors import InputError, OutputError
+from kmervae.feature_contract import (
+    KMER_COLUMNS,
+    KMER_SIZES,
+    N_BINS,
+    DatasetFormat,
+    decode_counts,
+    encode_counts,
+    narrowest_count_dtype,
+)
+from kmervae.feature_table import MANIFEST_NAME, part_name
+
+# zstd level 1: k-mer counts compress about 6x at ~1 GB/s; higher levels gain a few
+# percent for several times the write time (bench/RESULTS.md).
+PARQUET_OPTIONS = dict(
+    compression="zstd",
+    compression_level=1,
+    use_dictionary=["label"],
+    write_statistics=["contig_id", "length", "gc", "label"],
+)
+
+COUNT_CHUNK = 256
+"""Contigs counted per kernel call: small enough that the reused count buffers (8 MB)
+stay warm in memory, large enough that per-call overhead vanishes."""
+
+_counter: KmerCounter | None = None  # one per process: its buffers are reused across batches
+
+
+@dataclass
+class PartResult:
+    """What writing one batch produced."""
+
+    index: int
+    rows: int
+    bases: int
+    count_dtypes: dict[int, str]
+    unlabeled: int = 0
+    skipped: SkipCounts = field(default_factory=SkipCounts)
+    no_window_ids: list[str] = field(default_factory=list)
+
+
+def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool) -> PartResult:
+    """Count the contigs of `batch` and write them to `directory/part-NNNNN.parquet`."""
+    global _counter
+    if _counter is None:
+        _counter = KmerCounter(COUNT_CHUNK)
+    seq = batch.joined()
+    starts = np.asarray(batch.starts, dtype=np.int64)
+    ends = np.asarray(batch.ends, dtype=np.int64)
+    keep_rows: list[np.ndarray] = []
+    chunks: dict[int, list[np.ndarray]] = {k: [] for k in KMER_SIZES}
+    gc_parts: list[np.ndarray] = []
+    skipped = SkipCounts()
+    no_window_ids: list[str] = []
+    for lo in range(0, len(starts), COUNT_CHUNK):
+        hi = min(lo + COUNT_CHUNK, len(starts))
+        counts = _counter.count(seq, starts[lo:hi], ends[lo:hi])
+        # A contig with no window of 7 unambiguous bases has no 7-mer profile (0/0 frequencies).
+        keep = counts.kmer7.any(axis=1)
+        if not keep.all():
+            dropped = np.flatnonzero(~keep) + lo
+            skipped.no_acgt_window += len(dropped)
+            skipped.no_acgt_window_bases += int((ends[dropped] - starts[dropped]).sum())
+            no_window_ids.extend(batch.contig_ids[i] for i in dropped[:3])
+            if strict:
+                raise InputError(
+                    f"contig '{batch.contig_ids[dropped[0]]}' has no window of 7 unambiguous bases "
+                    "(A/C/G/T); remove it or run without --strict to skip such contigs"
+                )
+        keep_rows.append(np.flatnonzero(keep) + lo)
+        for k in KMER_SIZES:
+            matrix = counts.by_k(k)[keep]
+            dtype = narrowest_count_dtype(int(matrix.max()) if matrix.size else 0)
+            chunks[k].append(matrix.astype(dtype))
+        gc_parts.append(counts.gc_fraction[keep])
+    rows = np.concatenate(keep_rows)
+    dtypes = {k: max((c.dtype for c in chunks[k]), key=lambda d: d.itemsize) for k in KMER_SIZES}
+    fmt = DatasetFormat(dtypes)
+    columns = {
+        "contig_id": pa.array([batch.contig_ids[i] for i in rows], pa.string()),
+        "length": pa.array((ends - starts)[rows], pa.int64()),
+        "gc": pa.array(np.concatenate(gc_parts), pa.float32()),
+    }
+    for k in KMER_SIZES:
+        matrix = np.concatenate([c.astype(dtypes[k], copy=False) for c in chunks[k]])
+        columns[KMER_COLUMNS[k]] = encode_counts(matrix, dtypes[k])
+    columns["label"] = pa.array([batch.labels[i] for i in rows], pa.string())
+    table = pa.Table.from_pydict(columns, schema=fmt.schema())
+    if len(table):
+        pq.write_table(table, directory / part_name(batch.index), row_group_size=row_group_size, **PARQUET_OPTIONS)
+    return PartResult(
+        index=batch.index,
+        rows=len(table),
+        bases=int((ends - starts)[rows].sum()),
+        count_dtypes={k: dtypes[k].name for k in KMER_SIZES},
+        unlabeled=sum(batch.labels[i] is None for i in rows),
+        skipped=skipped,
+        no_window_ids=no_window_ids,
+    )
+
+
+def widen_part(path: Path, dtypes: dict[int, np.dtype], row_group_size: int) -> None:
+    """Rewrite one part file with wider count columns (rare: only when widths differ)."""
+    table = pq.read_table(path)
+    old = DatasetFormat.from_schema(table.schema, str(path))
+    new = DatasetFormat(dtypes)
+    for k in KMER_SIZES:
+        name = KMER_COLUMNS[k]
+        counts = decode_counts(table.column(name), N_BINS[k], old.count_dtypes[k])
+        table = table.set_column(table.schema.get_field_index(name), name, encode_counts(counts, dtypes[k]))
+    pq.write_table(table.replace_schema_metadata(new.metadata()).cast(new.schema()), path,
+                   row_group_size=row_group_size, **PARQUET_OPTIONS)
+
+
+class StagedDataset:
+    """An output folder built in a hidden sibling and moved into place by `commit`."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], overwrite: bool):
+        self.out_dir = Path(out_dir).absolute()
+        self.overwrite = overwrite
+        self._check_target()
+        parent = self.out_dir.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            self.staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
+        except OSError as err:
+            raise OutputError(f"{parent}: cannot create the output folder here ({err.strerror})") from None
+
+    def _check_target(self) -> None:
+        out = self.out_dir
+        if not out.exists():
+            return
+        if not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a folder; choose another -o")
+        entries = list(out.iterdir())
+        if not entries:
+            return
+        if not (out / MANIFEST_NAME).exists():
+            raise OutputError(f"{out}: exists and is not a kmervae feature dataset; choose another -o")
+        if not self.overwrite:
+            raise OutputError(f"{out}: a feature dataset exists already; pass --overwrite to replace it")
+
+    def commit(self, parts: list[PartResult], manifest: dict, row_group_size: int) -> None:
+        """Bring all parts to one width, write the manifest, and move the folder into place."""
+        written = [p for p in parts if p.rows]
+        widest = {
+            k: max((np.dtype(p.count_dtypes[k]) for p in written), key=lambda d: d.itemsize, default=np.dtype("<u2"))
+            for k in KMER_SIZES
+        }
+        for part in written:
+            if any(np.dtype(part.count_dtypes[k]) != widest[k] for k in KMER_SIZES):
+                widen_part(self.staging / part_name(part.index), widest, row_group_size)
+        manifest = dict(manifest, count_dtypes={KMER_COLUMNS[k]: widest[k].name for k in KMER_SIZES})
+        manifest["files"] = [{"name": part_name(p.index), "rows": p.rows} for p in written]
+        (self.staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        if self.out_dir.exists():
+            old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
+            self.out_dir.rename(old)
+            self.staging.rename(self.out_dir)
+            shutil.rmtree(old)
+        else:
+            self.staging.rename(self.out_dir)
+
+    def abort(self) -> None:
+        """Remove everything written so far."""
+        shutil.rmtree(self.staging, ignore_errors=True)

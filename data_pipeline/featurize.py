@@ -1,0 +1,248 @@
+"""FASTA files -> feature parquet dataset: read, validate, fragment, count, write; in parallel.
+
+The main process reads and validates records and cuts them into batches; workers count
+and write one parquet file per batch. Reading (dnaio + decompression, ~200 Mbp/s) is
+cheaper than counting + writing, so one reader keeps several workers busy. At most two
+batches per worker are in flight, which bounds memory whatever the input size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tqdm import tqdm
+
+from data_pipeline.contigs import Batch, Batcher, SkipCounts
+from data_pipeline.fasta import FastaReader, check_readable, record_line
+from data_pipeline.feature_writer import PartResult, StagedDataset, write_part
+from data_pipeline.labels import Labels
+from kmervae import __version__
+from kmervae.errors import ConfigError, InputError
+from kmervae.feature_contract import SCHEMA_VERSION
+
+AUTO_WORKERS_MIN_BYTES = 16 * 2**20
+"""Inputs smaller than this are featurized in-process: starting workers costs more than it saves."""
+
+
+def default_workers(total_input_bytes: int) -> int:
+    """One worker for small inputs, otherwise one per available core (at most 8)."""
+    if total_input_bytes < AUTO_WORKERS_MIN_BYTES:
+        return 1
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+@dataclass(frozen=True)
+class FeaturizeSettings:
+    """How records become contigs and how the dataset is laid out."""
+
+    fragment_length: int | None = None
+    """Cut records into non-overlapping contigs of this many bases (None: one contig per record)."""
+    min_length: int = 1000
+    """Contigs shorter than this are skipped and counted (the last fragment of a record included)."""
+    rows_per_file: int = 4096
+    """Contigs per parquet file: files are the unit of parallel reads."""
+    row_group_size: int = 1024
+    """Contigs per row group (about 3 MB for 5 kb contigs)."""
+    workers: int | None = None
+    """Worker processes; None picks by input size (`default_workers`)."""
+    strict: bool = False
+    """Turn skipped contigs into errors."""
+    overwrite: bool = False
+    """Replace an existing feature dataset at the output path."""
+
+    def __post_init__(self) -> None:
+        if self.fragment_length is not None and self.fragment_length < 7:
+            raise ConfigError(f"--fragment-length must be >= 7 (the largest k), got {self.fragment_length}")
+        if self.min_length < 0:
+            raise ConfigError(f"--min-length must be >= 0, got {self.min_length}")
+        if self.fragment_length is not None and self.min_length > self.fragment_length:
+            raise ConfigError(
+                f"--min-length ({self.min_length}) is larger than --fragment-length ({self.fragment_length}): "
+                "every fragment would be skipped"
+            )
+        if self.rows_per_file < 1:
+            raise ConfigError(f"--rows-per-file must be >= 1, got {self.rows_per_file}")
+        if not 1 <= self.row_group_size <= self.rows_per_file:
+            raise ConfigError(
+                f"--row-group-size must be between 1 and --rows-per-file ({self.rows_per_file}), got {self.row_group_size}"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+
+
+@dataclass
+class FeaturizeSummary:
+    """What a featurize run read, wrote and skipped."""
+
+    out_dir: str
+    files_read: int = 0
+    records: int = 0
+    record_bases: int = 0
+    contigs: int = 0
+    contig_bases: int = 0
+    skipped: SkipCounts = field(default_factory=SkipCounts)
+    unlabeled_contigs: int = 0
+    labels_unused: int = 0
+    files_written: int = 0
+    output_bytes: int = 0
+    seconds: float = 0.0
+    workers: int = 1
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one fact per line."""
+        rate = self.record_bases / 1e6 / max(self.seconds, 1e-9)
+        s = self.skipped
+        out = [
+            f"read      {self.records:,} records ({self.record_bases / 1e6:,.2f} Mbp) from {self.files_read} file(s)",
+            f"wrote     {self.contigs:,} contigs ({self.contig_bases / 1e6:,.2f} Mbp) in {self.files_written} file(s),"
+            f" {self.output_bytes / 2**20:,.1f} MiB ({self.output_bytes / max(self.contigs, 1) / 1024:.2f} KiB/contig)",
+            f"skipped   {s.too_short:,} contigs shorter than --min-length ({s.too_short_bases:,} bp),"
+            f" {s.no_acgt_window:,} with no window of 7 unambiguous bases ({s.no_acgt_window_bases:,} bp)",
+        ]
+        if self.unlabeled_contigs:
+            out.append(f"unlabeled {self.unlabeled_contigs:,} contigs have no label in the labels table")
+        if self.labels_unused:
+            out.append(f"unused    {self.labels_unused:,} entries of the labels table matched no record")
+        out.append(f"took      {self.seconds:.1f} s ({rate:,.1f} Mbp/s, {self.workers} worker(s))")
+        out.append(f"output    {self.out_dir}")
+        return out
+
+
+class _InlineExecutor:
+    """Runs submitted work at once in this process (workers=1: no start-up cost, simple tracebacks)."""
+
+    def submit(self, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def featurize(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    settings: FeaturizeSettings = FeaturizeSettings(),
+    labels: Labels | None = None,
+    progress: bool | None = None,
+) -> FeaturizeSummary:
+    """Featurize FASTA `inputs` into the dataset folder `out_dir`; all or nothing."""
+    started = time.perf_counter()
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ConfigError("no input files given")
+    for path in paths:
+        check_readable(path)
+    if len(set(p.resolve() for p in paths)) != len(paths):
+        raise ConfigError("the same input file is given twice")
+    labels = labels or Labels()
+    total_bytes = sum(p.stat().st_size for p in paths)
+    workers = settings.workers or default_workers(total_bytes)
+    summary = FeaturizeSummary(out_dir=str(Path(out_dir).absolute()), workers=workers)
+    stage = StagedDataset(out_dir, settings.overwrite)
+    executor = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _InlineExecutor()
+    )
+    pending: list[Future] = []
+    results: list[PartResult] = []
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="featurize", disable=_no_bar(progress), file=sys.stderr)
+
+    def submit(batches: list[Batch]) -> None:
+        for batch in batches:
+            pending.append(executor.submit(write_part, batch, stage.staging, settings.row_group_size, settings.strict))
+            while len(pending) > 2 * workers or (pending and pending[0].done()):
+                results.append(pending.pop(0).result())
+
+    try:
+        batcher = Batcher(settings.fragment_length, settings.min_length, settings.rows_per_file)
+        seen: dict[str, tuple[Path, int]] = {}
+        done_bytes = 0
+        for path in paths:
+            reader = FastaReader(path)
+            for record in reader:
+                first = seen.setdefault(record.id, (path, record.index))
+                if first != (path, record.index):
+                    line = record_line(path, record.index)
+                    where = "earlier in this file" if first[0] == path else f"in {first[0]}"
+                    raise InputError(
+                        f"{path}: line {line}: duplicate record id '{record.id}' (also {where}); ids must be unique"
+                    )
+                label = labels.label(path, record.id)
+                summary.records += 1
+                summary.record_bases += len(record.sequence)
+                skipped_before = batcher.skipped.too_short
+                batches = batcher.add(record, label)
+                if settings.strict and batcher.skipped.too_short > skipped_before:
+                    raise InputError(
+                        f"{path}: contig '{batcher.too_short_ids[-1]}' is shorter than --min-length "
+                        f"({settings.min_length}); lower --min-length or run without --strict to skip it"
+                    )
+                submit(batches)
+                bar.update(done_bytes + reader.raw_bytes_read - bar.n)
+                bar.set_postfix_str(f"{summary.record_bases / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.0f} Mbp/s")
+            done_bytes += reader.size
+            summary.files_read += 1
+        submit(batcher.finish())
+        results.extend(f.result() for f in pending)
+        pending.clear()
+        for result in results:
+            summary.contigs += result.rows
+            summary.contig_bases += result.bases
+            summary.skipped.merge(result.skipped)
+        summary.skipped.merge(batcher.skipped)
+        if summary.contigs == 0:
+            raise InputError(
+                f"no contig left to write: {summary.skipped.too_short} shorter than --min-length "
+                f"({settings.min_length}), {summary.skipped.no_acgt_window} without a window of 7 unambiguous bases"
+            )
+        summary.labels_unused = labels.unused
+        if labels.table is not None:
+            summary.unlabeled_contigs = sum(r.unlabeled for r in results)
+        stage.commit(results, _manifest(paths, settings, labels, summary), settings.row_group_size)
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
+        stage.abort()
+        raise
+    finally:
+        bar.close()
+    executor.shutdown()
+    summary.files_written = sum(1 for r in results if r.rows)
+    summary.output_bytes = sum(p.stat().st_size for p in Path(out_dir).iterdir())
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _no_bar(progress: bool | None) -> bool | None:
+    # tqdm's disable=None hides the bar when stderr is not a terminal.
+    return None if progress is None else not progress
+
+
+def _manifest(paths: list[Path], settings: FeaturizeSettings, labels: Labels, summary: FeaturizeSummary) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "featurizer_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": [str(p.absolute()) for p in paths],
+        "settings": {
+            "fragment_length": settings.fragment_length,
+            "min_length": settings.min_length,
+            "rows_per_file": settings.rows_per_file,
+            "row_group_size": settings.row_group_size,
+            "labels": "filename" if labels.from_filename else labels.source or None,
+        },
+        "records": summary.records,
+        "record_bases": summary.record_bases,
+        "contigs": summary.contigs,
+        "contig_bases": summary.contig_bases,
+        "skipped": asdict(summary.skipped),
+    }

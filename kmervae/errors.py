@@ -1,0 +1,28 @@
+"""The project's error types: what a user can cause, reported in one actionable line.
+
+Errors at the edges (files, flags, configs, user data) subclass `KmervaeError`, so the
+CLI can print them as one line with exit code 2 instead of a traceback. Internal
+invariants use `assert`; everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class KmervaeError(Exception):
+    """Base class of every error a user can cause and fix."""
+
+
+class InputError(KmervaeError, ValueError):
+    """User data (a FASTA file, a parquet dataset, a labels table) is malformed."""
+
+
+class InputNotFoundError(KmervaeError, FileNotFoundError):
+    """A path the user gave does not exist or cannot be read."""
+
+
+class ConfigError(KmervaeError, ValueError):
+    """A flag or configuration value is out of range or unknown."""
+
+
+class OutputError(KmervaeError, OSError):
+    """The output location cannot be written (exists already, not writable, ...)."""

@@ -1,0 +1,142 @@
+"""Read a feature parquet dataset back, checking it against the feature contract.
+
+`FeatureTable` is the in-memory form (for evaluation, embedding small sets and tests);
+`dataset_files` is what streaming readers (Ray Data) use to find and validate the files
+without loading them. Both say exactly what is wrong with a foreign or corrupt dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kmervae.errors import InputError, InputNotFoundError
+from kmervae.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, DatasetFormat, decode_counts
+
+MANIFEST_NAME = "_kmervae_dataset.json"
+"""Written last by the featurizer: lists the files and rows of a complete dataset."""
+
+
+def part_name(index: int) -> str:
+    """File name of the `index`-th part of a dataset."""
+    return f"part-{index:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """The validated files of a dataset and their common storage format."""
+
+    paths: tuple[Path, ...]
+    format: DatasetFormat
+    rows: int
+    manifest: dict | None
+
+
+def dataset_files(path: str | os.PathLike[str]) -> DatasetFiles:
+    """Find and validate the parquet files of a feature dataset (a folder or one file)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: no such feature dataset; create it with 'kmervae featurize'")
+    manifest = None
+    if path.is_dir():
+        manifest_path = path / MANIFEST_NAME
+        if manifest_path.exists():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+                listed = [path / entry["name"] for entry in manifest["files"]]
+            except (ValueError, KeyError, TypeError) as err:
+                raise InputError(f"{manifest_path}: corrupt manifest ({err}); re-run 'kmervae featurize'") from None
+            missing = [p.name for p in listed if not p.exists()]
+            if missing:
+                raise InputError(f"{path}: incomplete dataset, missing {', '.join(missing[:3])}; re-run 'kmervae featurize'")
+            paths = listed
+        else:
+            paths = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
+        if not paths:
+            raise InputError(f"{path}: no parquet files in this folder; is it a feature dataset?")
+    else:
+        paths = [path]
+    fmt = None
+    rows = 0
+    for file in paths:
+        try:
+            meta = pq.read_metadata(file)
+            schema = pq.read_schema(file)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise InputError(f"{file}: not a readable parquet file ({err})") from None
+        file_fmt = DatasetFormat.from_schema(schema, str(file))
+        if fmt is not None and file_fmt != fmt:
+            raise InputError(f"{file}: stores counts as {file_fmt.count_dtypes}, other files as {fmt.count_dtypes}")
+        fmt = file_fmt
+        rows += meta.num_rows
+    if manifest is not None:
+        expected = sum(entry.get("rows", 0) for entry in manifest["files"])
+        if expected != rows:
+            raise InputError(f"{path}: files hold {rows} rows, the manifest says {expected}; re-run 'kmervae featurize'")
+    assert fmt is not None
+    return DatasetFiles(tuple(paths), fmt, rows, manifest)
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """Counts, GC and length of a set of contigs: one row per contig, shapes and dtypes checked."""
+
+    contig_ids: np.ndarray  # (n,) str
+    length: np.ndarray  # (n,) int64
+    gc: np.ndarray  # (n,) float32
+    kmer7: np.ndarray  # (n, 8192) unsigned
+    kmer4: np.ndarray  # (n, 136) unsigned
+    kmer3: np.ndarray  # (n, 32) unsigned
+    labels: np.ndarray | None = None  # (n,) str or None per contig
+
+    def __post_init__(self) -> None:
+        n = len(self.contig_ids)
+        if self.length.shape != (n,) or self.length.dtype != np.int64:
+            raise ValueError(f"length must be int64 of shape ({n},), got {self.length.dtype} {self.length.shape}")
+        if self.gc.shape != (n,) or self.gc.dtype != np.float32:
+            raise ValueError(f"gc must be float32 of shape ({n},), got {self.gc.dtype} {self.gc.shape}")
+        for k in KMER_SIZES:
+            counts = self.counts(k)
+            if counts.shape != (n, N_BINS[k]) or counts.dtype.kind != "u":
+                raise ValueError(
+                    f"{KMER_COLUMNS[k]} must be unsigned of shape ({n}, {N_BINS[k]}), got {counts.dtype} {counts.shape}"
+                )
+        if self.labels is not None and self.labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.contig_ids)
+
+    def counts(self, k: int) -> np.ndarray:
+        """Count matrix of k."""
+        return {7: self.kmer7, 4: self.kmer4, 3: self.kmer3}[k]
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, fmt: DatasetFormat) -> "FeatureTable":
+        """Decode an arrow table read from feature files of format `fmt`."""
+        counts = {k: decode_counts(table.column(KMER_COLUMNS[k]), N_BINS[k], fmt.count_dtypes[k]) for k in KMER_SIZES}
+        labels = None
+        if "label" in table.column_names and table.column("label").null_count < len(table):
+            labels = np.asarray(table.column("label").to_pylist(), dtype=object)
+        return cls(
+            contig_ids=np.asarray(table.column("contig_id").to_pylist(), dtype=object),
+            length=table.column("length").to_numpy().astype(np.int64, copy=False),
+            gc=table.column("gc").to_numpy().astype(np.float32, copy=False),
+            kmer7=counts[7],
+            kmer4=counts[4],
+            kmer3=counts[3],
+            labels=labels,
+        )
+
+    @classmethod
+    def from_parquet(cls, path: str | os.PathLike[str]) -> "FeatureTable":
+        """Read and validate a whole feature dataset (folder or file) into memory."""
+        files = dataset_files(path)
+        tables = [pq.read_table(p) for p in files.paths]
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        return cls.from_arrow(table, files.format)

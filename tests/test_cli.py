@@ -1,0 +1,57 @@
+"""The `kmervae` command as a user runs it: help, summaries, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import write_bytes, write_fasta
+
+
+def kmervae(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kmervae.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_help_explains_commands_and_defaults():
+    top = kmervae("--help")
+    assert top.returncode == 0 and "featurize" in top.stdout
+    sub = kmervae("featurize", "--help")
+    assert sub.returncode == 0
+    for text in ("--fragment-length", "--min-length", "(default: 1000)", "--label-from-filename", "--labels", "--workers"):
+        assert text in sub.stdout
+
+
+def test_featurize_prints_a_summary(tmp_path, examples_dir):
+    inputs = sorted(str(p) for p in examples_dir.glob("Phage*.fna.gz"))
+    out = tmp_path / "phage"
+    result = kmervae("featurize", *inputs, "-o", str(out), "--fragment-length", "5000", "--label-from-filename")
+    assert result.returncode == 0, result.stderr
+    assert "read      1 records (0.18 Mbp)" in result.stdout
+    assert "wrote     36 contigs" in result.stdout  # 179,382 bp: 35 full fragments + a 4,382 bp tail
+    assert f"output    {out}" in result.stdout
+    assert (out / "_kmervae_dataset.json").exists()
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (lambda d: None, ["missing.fa"], "missing.fa: no such file"),
+        (lambda d: write_bytes(d / "bad.fa", b">a\nACGT\n>b\nAC!T\n"), ["bad.fa"], "bad.fa: line 4: record 'b' has character '!'"),
+        (lambda d: (d / "t.fa.gz").write_bytes(b"\x1f\x8b\x08\x00garbage"), ["t.fa.gz"], "corrupt or truncated gz data"),
+        (lambda d: write_fasta(d / "a.fa", [("a", "ACGT" * 300)]), ["a.fa", "--fragment-length", "3"], "--fragment-length must be >= 7"),
+        (lambda d: write_fasta(d / "a.fa", [("a", "ACGT" * 300)]), ["a.fa", "--labels", "none.tsv"], "none.tsv: no such file"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, setup, args, message):
+    setup(tmp_path)
+    result = kmervae("featurize", *args, "-o", "out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kmervae featurize: error: ") and message in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

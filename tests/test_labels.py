@@ -1,0 +1,50 @@
+"""Labels from file names and from TSV tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.labels import Labels
+from kmervae.errors import InputError, InputNotFoundError
+
+
+def test_label_from_filename():
+    assert Labels(from_filename=True).label(Path("/x/E_coli.fna.gz"), "chr") == "E_coli"
+    assert Labels().label(Path("a.fa"), "chr") is None
+
+
+def test_tsv_with_header_comments_and_extra_columns(tmp_path, shared_genomes):
+    labels = Labels.from_tsv(shared_genomes / "labels.tsv")
+    assert labels.label(Path("any.fa"), "Chlamydia_trachomatis|CHLTCG") == "Chlamydia_trachomatis"
+    assert labels.label(Path("any.fa"), "unknown") is None
+    assert labels.unused == 15  # 16 entries, one used
+
+
+def test_tsv_without_header(tmp_path):
+    path = tmp_path / "l.tsv"
+    path.write_text("# comment\nc1\tA\nc2\tB\textra\n\n")
+    labels = Labels.from_tsv(path)
+    assert labels.table == {"c1": "A", "c2": "B"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("c1\tA\nc1\tB\n", "line 2: record 'c1' has two labels"),
+        ("c1 A\n", "line 1: expected 'record_id<TAB>label'"),
+        ("c1\t\n", "line 1: expected 'record_id<TAB>label'"),
+        ("# only a comment\n", "no labels found"),
+    ],
+)
+def test_bad_tables_are_refused(tmp_path, text, message):
+    path = tmp_path / "l.tsv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        Labels.from_tsv(path)
+
+
+def test_missing_table(tmp_path):
+    with pytest.raises(InputNotFoundError):
+        Labels.from_tsv(tmp_path / "none.tsv")
