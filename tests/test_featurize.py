@@ -224,3 +224,10 @@ def test_nothing_to_write_is_an_error(tmp_path):
 def test_bad_settings_name_the_flag(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         FeaturizeSettings(**kwargs)
+
+
+def test_progress_bar_shows_bases_per_second(tmp_path, capsys, examples_dir):
+    inputs = sorted(examples_dir.glob("*.fna.gz"))[:2]
+    featurize(inputs, tmp_path / "out", FeaturizeSettings(fragment_length=5000), progress=True)
+    err = capsys.readouterr().err
+    assert "featurize: 100%" in err and "Mbp/s" in err
