@@ -93,6 +93,92 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="final", help="architecture preset: final, outline or tiny")
+    p.add_argument("--config", type=Path, metavar="YAML", help="YAML file with model/loss/train/data sections")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set model.latent_dim=64 --set train.lr=3e-4 (repeatable)",
+    )
+
+
+def _run_config(args: argparse.Namespace):
+    from kmervae.config import RunConfig, preset
+
+    config = RunConfig(model=preset(args.preset))
+    if args.config is not None:
+        config = RunConfig.from_yaml(args.config, base=config)
+    return config.with_overrides(args.overrides)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the branched VAE on a feature dataset",
+        description=(
+            "Train the branched VAE on a feature dataset made by 'kmervae featurize'. The engine 'local' "
+            "trains in this process on the CPU or one GPU and writes best.pt, last.pt and metrics.jsonl "
+            "to --out. A fixed share of contigs (data.val_fraction, chosen by a hash of contig_id) validates."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data", type=Path, metavar="DATA", help="feature dataset folder (or one parquet file)")
+    p.add_argument("--engine", choices=["local"], default="local", help="where to train")
+    _add_model_flags(p)
+    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/train-<time>)")
+    p.set_defaults(run=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from kmervae.engine import fit_local
+
+    config = _run_config(args)
+    if args.epochs is not None:
+        config = config.with_overrides([f"train.epochs={args.epochs}"])
+    out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    result = fit_local(args.data, config, out)
+    best = min(result.history, key=lambda m: m["val/loss"])
+    print(f"trained   {len(result.history)} epochs; best val/loss {best['val/loss']:.4f} at epoch {int(best['epoch']) + 1}")
+    print(f"best      {result.best_checkpoint}")
+    print(f"last      {result.last_checkpoint}")
+    print(f"metrics   {result.out_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def _add_describe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "describe",
+        help="print the model's layer table and draw its architecture",
+        description="Print every block of the model (output shape, parameters, share of the total, exact total); "
+        "with -o, also draw the branched architecture as a PNG or SVG.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_model_flags(p)
+    p.add_argument("-o", "--out", type=Path, metavar="FILE", help="diagram file (.png or .svg)")
+    p.set_defaults(run=_cmd_describe)
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from kmervae.describe import draw_diagram, format_table
+    from kmervae.errors import ConfigError
+    from kmervae.model import BranchedVAE
+
+    config = _run_config(args)
+    if args.out is not None and args.out.suffix.lower() not in (".png", ".svg"):
+        raise ConfigError(f"-o {args.out}: the diagram is written as .png or .svg")
+    print(format_table(BranchedVAE(config.model)))
+    if args.out is not None:
+        print(f"diagram   {draw_diagram(config.model, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `kmervae` command."""
     parser = argparse.ArgumentParser(
@@ -102,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kmervae {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_featurize(sub)
+    _add_train(sub)
+    _add_describe(sub)
     return parser
 
 

@@ -1,0 +1,330 @@
+"""Configuration: one frozen, validated dataclass per concern, and the ways to fill them.
+
+Every field has a docstring and is checked in `__post_init__`; an error names the key,
+the bad value and what is allowed. YAML files and `--set section.key=value` overrides
+map onto the same dataclasses through `RunConfig.from_dict`, where an unknown key is an
+error, never a silent default. (Modelled on litgpt's `args.py`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kmervae.errors import ConfigError
+
+
+def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _check_widths(key: str, widths: tuple[int, ...], min_layers: int = 1) -> None:
+    _check(
+        len(widths) >= min_layers and all(isinstance(w, int) and w >= 1 for w in widths),
+        key,
+        list(widths),
+        f"expected a list of at least {min_layers} positive integers",
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the branched VAE and its feature transform (DESIGN.md, "The model")."""
+
+    kmer7_widths: tuple[int, ...] = (1024, 512, 256)
+    """Hidden widths of the 7-mer encoder branch (input 8,192 + GC + length); the decoder mirrors them."""
+    kmer4_widths: tuple[int, ...] = (128, 64)
+    """Hidden widths of the 4-mer encoder branch (input 136 + GC + length)."""
+    kmer3_widths: tuple[int, ...] = (64, 32)
+    """Hidden widths of the 3-mer encoder branch (input 32 + GC + length)."""
+    trunk_widths: tuple[int, ...] = (512,)
+    """Hidden widths of the shared trunk between the concatenated branches and the latent."""
+    latent_dim: int = 512
+    """Size of the latent space (z_mean, z_log_var, z)."""
+    gate_k7: bool = True
+    """Predict a presence gate for every 7-mer: recon = sigmoid(gate) * value + (1 - sigmoid(gate)) * floor."""
+    leaky_slope: float = 0.3
+    """Negative slope of LeakyReLU (0.3 is the Keras default the seed used)."""
+    batchnorm_momentum: float = 0.01
+    """BatchNorm running-statistics momentum, PyTorch convention (Keras' 0.99 is 0.01 here)."""
+    batchnorm_eps: float = 1e-3
+    """BatchNorm epsilon (the Keras default)."""
+    input_dropout: float = 0.0
+    """Dropout on the transformed k-mer inputs while training (0 = off)."""
+    log_eps: float = 1e-6
+    """Pseudo-frequency of the transform: value = log(frequency + log_eps); log(log_eps) is the 'absent' floor."""
+
+    def __post_init__(self) -> None:
+        for name in ("kmer7_widths", "kmer4_widths", "kmer3_widths", "trunk_widths"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            _check_widths(f"model.{name}", getattr(self, name))
+        _check(isinstance(self.latent_dim, int) and 1 <= self.latent_dim <= 8192, "model.latent_dim", self.latent_dim, "expected an integer in [1, 8192]")
+        _check(isinstance(self.gate_k7, bool), "model.gate_k7", self.gate_k7, "expected true or false")
+        _check(0.0 <= self.leaky_slope < 1.0, "model.leaky_slope", self.leaky_slope, "expected a number in [0, 1)")
+        _check(0.0 < self.batchnorm_momentum <= 1.0, "model.batchnorm_momentum", self.batchnorm_momentum, "expected a number in (0, 1]")
+        _check(0.0 < self.batchnorm_eps < 1.0, "model.batchnorm_eps", self.batchnorm_eps, "expected a number in (0, 1)")
+        _check(0.0 <= self.input_dropout < 1.0, "model.input_dropout", self.input_dropout, "expected a number in [0, 1)")
+        _check(0.0 < self.log_eps < 1.0, "model.log_eps", self.log_eps, "expected a number in (0, 1)")
+
+    @property
+    def floor(self) -> float:
+        """Transformed value of an absent k-mer, log(log_eps) (-13.8 by default)."""
+        return math.log(self.log_eps)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # DESIGN.md "Final Architecture": 19.4M parameters without the gate, 27.8M with it.
+    "final": ModelConfig(),
+    # The user's first request: 4,096 -> 2,048 / 64 -> 32 / 16 -> 8 / 2,088 -> 1,024 -> 512 -> latent; ~94M.
+    "outline": ModelConfig(
+        kmer7_widths=(4096, 2048), kmer4_widths=(64, 32), kmer3_widths=(16, 8), trunk_widths=(1024, 512), gate_k7=False
+    ),
+    # For tests and smoke runs: same shape, tiny widths.
+    "tiny": ModelConfig(kmer7_widths=(64, 32), kmer4_widths=(16,), kmer3_widths=(16,), trunk_widths=(32,), latent_dim=8),
+}
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms: scale * (w7*L7 + w4*MSE4 + w3*MSE3 + wgc*MSEgc) + beta * KL.
+
+    Whether the 7-mer term uses the gate follows `ModelConfig.gate_k7` (one source of
+    truth: a gated loss without a gate head cannot exist). The 'absent' floor is
+    `ModelConfig.floor`, derived from the transform's `log_eps` for the same reason.
+    """
+
+    w7: float = 1.0
+    """Weight of the 7-mer reconstruction term L7."""
+    w4: float = 1.0
+    """Weight of the 4-mer MSE."""
+    w3: float = 1.0
+    """Weight of the 3-mer MSE."""
+    wgc: float = 1.0
+    """Weight of the GC MSE."""
+    scale: float = 1.0
+    """Overall factor on the reconstruction (the balance against KL)."""
+    beta: float = 1.0
+    """Weight of the KL divergence once warm-up is over."""
+    beta_warmup_epochs: int = 0
+    """Epochs over which beta rises linearly from 0 (0 = full beta from the first epoch)."""
+    gate_bce_weight: float = 1.0
+    """Weight of the gate's binary cross-entropy inside L7 (gated models only)."""
+    presence_threshold: int = 0
+    """A 7-mer is 'present' when its count is greater than this (decided on counts, not log values)."""
+
+    def __post_init__(self) -> None:
+        for name in ("w7", "w4", "w3", "wgc", "scale", "beta", "gate_bce_weight"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and value >= 0 and math.isfinite(value), f"loss.{name}", value, "expected a finite number >= 0")
+        _check(self.w7 + self.w4 + self.w3 + self.wgc > 0, "loss.w7+w4+w3+wgc", self.w7 + self.w4 + self.w3 + self.wgc, "at least one reconstruction weight must be > 0")
+        _check(isinstance(self.beta_warmup_epochs, int) and self.beta_warmup_epochs >= 0, "loss.beta_warmup_epochs", self.beta_warmup_epochs, "expected an integer >= 0")
+        _check(isinstance(self.presence_threshold, int) and self.presence_threshold >= 0, "loss.presence_threshold", self.presence_threshold, "expected an integer >= 0")
+
+    def beta_at(self, epoch: int) -> float:
+        """Beta for a 0-based epoch, with linear warm-up: epoch e of N gets beta * (e + 1) / N."""
+        if self.beta_warmup_epochs == 0:
+            return self.beta
+        return self.beta * min(1.0, (epoch + 1) / self.beta_warmup_epochs)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: Adam, ReduceLROnPlateau on val/loss, clipping, precision, seeds."""
+
+    epochs: int = 100
+    """Passes over the training split."""
+    batch_size: int = 256
+    """Contigs per optimiser step (per worker under DDP)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay (L2)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    plateau_factor: float = 0.5
+    """ReduceLROnPlateau factor (seed: 0.5)."""
+    plateau_patience: int = 20
+    """ReduceLROnPlateau patience in epochs (seed: 20)."""
+    min_lr: float = 1e-6
+    """ReduceLROnPlateau lower bound (seed: 1e-6)."""
+    seed: int = 0
+    """Seed of weights, shuffling and sampling; CPU runs are reproducible bit for bit."""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'."""
+    precision: str = "fp32"
+    """'fp32' or 'bf16' (autocast on CUDA)."""
+    compile: bool = False
+    """torch.compile the model (CUDA; falls back to eager with a warning when compilation fails)."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs", self.epochs, "expected an integer >= 1")
+        _check(isinstance(self.batch_size, int) and 2 <= self.batch_size <= 65536, "train.batch_size", self.batch_size, "expected an integer in [2, 65536] (BatchNorm needs 2)")
+        _check(0 < self.lr <= 1, "train.lr", self.lr, "expected a number in (0, 1]")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "expected a number >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "expected a number >= 0 (0 = off)")
+        _check(0 < self.plateau_factor < 1, "train.plateau_factor", self.plateau_factor, "expected a number in (0, 1)")
+        _check(isinstance(self.plateau_patience, int) and self.plateau_patience >= 0, "train.plateau_patience", self.plateau_patience, "expected an integer >= 0")
+        _check(0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"expected a number in [0, train.lr={self.lr}]")
+        _check(isinstance(self.seed, int) and self.seed >= 0, "train.seed", self.seed, "expected an integer >= 0")
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device", self.device, "expected auto, cpu, cuda or cuda:N")
+        _check(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "expected fp32 or bf16")
+        _check(isinstance(self.compile, bool), "train.compile", self.compile, "expected true or false")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which contigs train and which validate."""
+
+    val_fraction: float = 0.1
+    """Fraction of contigs held out for validation, chosen by a hash of contig_id (stable across runs)."""
+    split_salt: str = "kmervae"
+    """Salt of that hash: change it to draw a different validation set."""
+    max_samples: int | None = None
+    """Use at most this many contigs, a subsample chosen by a second hash of contig_id (None = all)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "expected a number in (0, 1)")
+        _check(isinstance(self.split_salt, str), "data.split_salt", self.split_salt, "expected a string")
+        _check(self.max_samples is None or (isinstance(self.max_samples, int) and self.max_samples >= 4), "data.max_samples", self.max_samples, "expected an integer >= 4 or null")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs, one section per concern."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (tuples as lists): what checkpoints, YAML and MLflow store."""
+        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in _SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: "RunConfig | None" = None) -> "RunConfig":
+        """Build from nested {section: {key: value}}; unknown sections or keys are errors."""
+        base = base or cls()
+        if not isinstance(data, dict):
+            raise ConfigError(f"a configuration must be a mapping of sections {list(_SECTIONS)}, got {type(data).__name__}")
+        sections = {}
+        for name, values in data.items():
+            if name not in _SECTIONS:
+                raise ConfigError(f"unknown configuration section {name!r}; allowed: {', '.join(_SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"section {name!r} must be a mapping of keys to values")
+            sections[name] = _replace(getattr(base, name), name, values)
+        return dataclasses.replace(base, **sections)
+
+    def with_overrides(self, overrides: list[str]) -> "RunConfig":
+        """Apply `section.key=value` strings (values parsed as YAML: 64, 1e-3, true, [128, 64])."""
+        nested: dict[str, dict[str, Any]] = {}
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            section, dot, name = key.strip().partition(".")
+            if not sep or not dot or not name:
+                raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. model.latent_dim=64")
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+            nested.setdefault(section, {})[name] = value
+        return RunConfig.from_dict(nested, base=self)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: "RunConfig | None" = None) -> "RunConfig":
+        """Read a YAML file of sections (model, loss, train, data)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        try:
+            return cls.from_dict(data, base)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+
+_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _replace(current: Any, section: str, values: dict[str, Any]) -> Any:
+    """dataclasses.replace with type coercion and errors that name section.key."""
+    known = {f.name: f for f in fields(current)}
+    hints = typing.get_type_hints(type(current))
+    changes = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {section}.{key}; allowed: {', '.join(known)}")
+        changes[key] = _coerce(f"{section}.{key}", value, hints[key])
+    try:
+        return dataclasses.replace(current, **changes)
+    except TypeError as err:
+        raise ConfigError(f"section {section}: {err}") from None
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Turn a YAML/CLI value into the field's type, or say what was expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, hint)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, int):
+            items = [items]
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a list such as [128, 64]")
+        return tuple(_coerce(key, yaml.safe_load(i) if isinstance(i, str) else i, args[0]) for i in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} is invalid: expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}={value!r} is invalid: expected an integer")
+    if hint is float:
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}={value!r} is invalid: expected a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}={value!r} is invalid: expected a string")
+    return value
+
+
+def preset(name: str) -> ModelConfig:
+    """A named architecture preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name!r} is unknown; allowed: {', '.join(PRESETS)}")
+    return PRESETS[name]

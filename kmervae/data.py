@@ -1,0 +1,115 @@
+"""Training data for one process: the deterministic train/validation split and count batches.
+
+The split hashes `contig_id` (salted BLAKE2b), so every run, trial, resume and engine sees
+the same validation contigs whatever the file order or number of workers. Counts stay
+compact integers until the device: the model's transform widens and normalises them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kmervae.config import DataConfig
+from kmervae.errors import InputError
+from kmervae.feature_table import FeatureTable
+
+_HASH_SCALE = float(2**64)
+
+
+def split_hash(contig_ids, salt: str) -> np.ndarray:
+    """Uniform [0, 1) value per contig id, stable across runs, machines and Python versions."""
+    prefix = salt.encode() + b"\x00"
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(prefix + str(cid).encode(), digest_size=8).digest(), "little") / _HASH_SCALE for cid in contig_ids],
+        dtype=np.float64,
+    )
+
+
+def validation_mask(contig_ids, cfg: DataConfig) -> np.ndarray:
+    """True for the contigs held out for validation (a `val_fraction` share, chosen by hash)."""
+    return split_hash(contig_ids, cfg.split_salt) < cfg.val_fraction
+
+
+class CountBatch(NamedTuple):
+    """A batch of stored features as tensors: the model's input."""
+
+    length: Tensor  # (B,) int64
+    gc: Tensor  # (B,) float32
+    kmer7: Tensor  # (B, 8192) uint8/int32/int64 counts
+    kmer4: Tensor  # (B, 136)
+    kmer3: Tensor  # (B, 32)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "CountBatch":
+        return CountBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+def _counts_tensor(counts: np.ndarray) -> Tensor:
+    # torch has uint8 but few ops on uint16/uint32: widen those to the next signed type.
+    wider = {np.dtype("uint8"): np.uint8, np.dtype("uint16"): np.int32, np.dtype("uint32"): np.int64}
+    return torch.from_numpy(np.ascontiguousarray(counts, dtype=wider[np.dtype(counts.dtype).newbyteorder("=")]))
+
+
+@dataclass
+class TensorData:
+    """Contigs held in memory as tensors, iterated in (optionally shuffled) batches."""
+
+    batch: CountBatch
+    contig_ids: np.ndarray
+    labels: np.ndarray | None
+
+    @classmethod
+    def from_table(cls, table: FeatureTable, rows: np.ndarray) -> "TensorData":
+        return cls(
+            CountBatch(
+                torch.from_numpy(table.length[rows]),
+                torch.from_numpy(table.gc[rows]),
+                _counts_tensor(table.kmer7[rows]),
+                _counts_tensor(table.kmer4[rows]),
+                _counts_tensor(table.kmer3[rows]),
+            ),
+            table.contig_ids[rows],
+            None if table.labels is None else table.labels[rows],
+        )
+
+    def __len__(self) -> int:
+        return len(self.batch.length)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, drop_singleton: bool = False) -> Iterator[CountBatch]:
+        """Batches in storage order, or shuffled by `generator`; a trailing batch of 1 is dropped
+        when `drop_singleton` (BatchNorm cannot train on one sample)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else None
+        for lo in range(0, n, batch_size):
+            hi = min(lo + batch_size, n)
+            if drop_singleton and hi - lo < 2:
+                break
+            if order is None:
+                yield CountBatch(*(t[lo:hi] for t in self.batch))
+            else:
+                idx = order[lo:hi]
+                yield CountBatch(*(t[idx] for t in self.batch))
+
+
+def load_splits(path, cfg: DataConfig) -> tuple[TensorData, TensorData]:
+    """Read a feature dataset and split it into training and validation data."""
+    table = FeatureTable.from_parquet(path)
+    hashes = split_hash(table.contig_ids, cfg.split_salt)
+    rows = np.arange(len(table))
+    if cfg.max_samples is not None and cfg.max_samples < len(table):
+        # An independent hash picks the subsample, so it keeps the validation share.
+        subsample = split_hash(table.contig_ids, cfg.split_salt + ":subsample")
+        rows = np.sort(np.argsort(subsample, kind="stable")[: cfg.max_samples])
+    val = hashes[rows] < cfg.val_fraction
+    train_rows, val_rows = rows[~val], rows[val]
+    if len(train_rows) < 2 or len(val_rows) < 1:
+        raise InputError(
+            f"{path}: {len(rows)} contigs give {len(train_rows)} for training and {len(val_rows)} for validation; "
+            "featurize more contigs or change data.val_fraction"
+        )
+    return TensorData.from_table(table, train_rows), TensorData.from_table(table, val_rows)

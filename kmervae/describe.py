@@ -1,0 +1,159 @@
+"""See the model: a layer table with exact parameter counts, and a diagram of the branches.
+
+`kmervae describe` prints the table and draws the diagram; training runs log both to
+MLflow. The table is read off the real module (forward hooks on a real batch), so it
+cannot drift from the model; the diagram is drawn from the same config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kmervae.config import ModelConfig
+from kmervae.model import N3, N4, N7, BranchedVAE, count_parameters
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One block of the model."""
+
+    name: str
+    output_shape: tuple[int, ...]
+    parameters: int
+
+
+def _blocks(model: BranchedVAE) -> list[tuple[str, nn.Module]]:
+    """The named blocks, in data-flow order: each dense block, each linear head."""
+    blocks: list[tuple[str, nn.Module]] = []
+    for name in ("enc7", "enc4", "enc3", "enc_trunk"):
+        blocks += [(f"{name}.{i}", m) for i, m in enumerate(getattr(model, name))]
+    blocks += [("z_mean", model.z_mean), ("z_log_var", model.z_log_var)]
+    blocks += [(f"dec_trunk.{i}", m) for i, m in enumerate(model.dec_trunk)]
+    for k in ("7", "4", "3"):
+        blocks.append((f"proj{k}", getattr(model, f"proj{k}")))
+        blocks += [(f"dec{k}.{i}", m) for i, m in enumerate(getattr(model, f"dec{k}"))]
+    for name in ("head7_values", "head7_gate", "head7_gc", "head4", "head3"):
+        if getattr(model, name) is not None:
+            blocks.append((name, getattr(model, name)))
+    return blocks
+
+
+@torch.no_grad()
+def layer_table(model: BranchedVAE) -> list[LayerRow]:
+    """Every block with its output shape (batch of B) and parameter count."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, ("B", *out.shape[1:])))
+        for name, module in _blocks(model)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        batch = 2
+        model(
+            torch.full((batch,), 5000),
+            torch.full((batch,), 0.5),
+            torch.ones(batch, N7, dtype=torch.uint8),
+            torch.ones(batch, N4, dtype=torch.uint8),
+            torch.ones(batch, N3, dtype=torch.uint8),
+        )
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return [LayerRow(name, shapes[name], count_parameters(module)) for name, module in _blocks(model)]
+
+
+def format_table(model: BranchedVAE) -> str:
+    """The layer table as text: block, output shape, parameters, share of the total, and the exact total."""
+    rows = layer_table(model)
+    total = count_parameters(model)
+    assert sum(r.parameters for r in rows) == total, "a block is missing from the table"
+    lines = [f"{'block':<16} {'output':>12} {'parameters':>12} {'share':>7}"]
+    for row in rows:
+        shape = "(" + ", ".join(str(s) for s in row.output_shape) + ")"
+        lines.append(f"{row.name:<16} {shape:>12} {row.parameters:>12,} {row.parameters / total:>7.1%}")
+    lines.append(f"{'total':<16} {'':>12} {total:>12,} {1:>7.1%}")
+    return "\n".join(lines)
+
+
+def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
+    """Draw the branched architecture (PNG or SVG by suffix) and return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    lanes = {"7": 2.0, "4": 1.0, "3": 0.0}
+    widths = {"7": cfg.kmer7_widths, "4": cfg.kmer4_widths, "3": cfg.kmer3_widths}
+    inputs = {"7": f"7-mers {N7:,}\n+ GC + length", "4": f"4-mers {N4}\n+ GC + length", "3": f"3-mers {N3}\n+ GC + length"}
+    heads = {"7": f"values {N7:,}" + (f"\ngate {N7:,}" if cfg.gate_k7 else "") + "\nGC", "4": f"4-mers {N4}\nGC", "3": f"3-mers {N3}\nGC"}
+    concat = sum(w[-1] for w in widths.values())
+    depth = max(len(w) for w in widths.values())
+    trunk = cfg.trunk_widths
+    fig_w = 2.0 + 1.25 * (2 * depth + 2 * len(trunk) + 6)
+    fig, ax = plt.subplots(figsize=(fig_w, 4.6))
+    ax.axis("off")
+    colors = {"in": "#dbe9f6", "enc": "#9ecae1", "trunk": "#fdd0a2", "z": "#fc9272", "dec": "#a1d99b", "head": "#e5e5e5"}
+
+    def box(x: float, y: float, text: str, kind: str) -> tuple[float, float]:
+        ax.text(x, y, text, ha="center", va="center", fontsize=7.5, bbox=dict(boxstyle="round,pad=0.35", fc=colors[kind], ec="#555555"))
+        return x, y
+
+    def arrow(a: tuple[float, float], b: tuple[float, float]) -> None:
+        ax.annotate("", xy=(b[0] - 0.42, b[1]), xytext=(a[0] + 0.42, a[1]), arrowprops=dict(arrowstyle="->", color="#555555", lw=0.8))
+
+    x0 = 0.0
+    ends = {}
+    for k, y in lanes.items():  # encoder branches
+        prev = box(x0, y, inputs[k], "in")
+        for i, w in enumerate(widths[k]):
+            cur = box(x0 + 1.2 * (i + 1), y, f"{w}", "enc")
+            arrow(prev, cur)
+            prev = cur
+        ends[k] = prev
+    x = x0 + 1.2 * (depth + 1)
+    prev = box(x, 1.0, f"concat\n{concat}", "trunk")
+    for k in lanes:
+        arrow(ends[k], prev)
+    for w in trunk:
+        x += 1.2
+        cur = box(x, 1.0, f"{w}", "trunk")
+        arrow(prev, cur)
+        prev = cur
+    x += 1.3
+    z = box(x, 1.0, f"z_mean, z_log_var\nz  {cfg.latent_dim}", "z")
+    arrow(prev, z)
+    prev = z
+    for w in tuple(reversed(trunk)) + (concat,):
+        x += 1.2
+        cur = box(x, 1.0, f"{w}", "trunk")
+        arrow(prev, cur)
+        prev = cur
+    split = prev
+    for k, y in lanes.items():  # decoder branches: projection, mirrored widths, heads
+        xx = x + 1.3
+        cur = box(xx, y, f"proj {widths[k][-1]}", "dec")
+        arrow(split, cur)
+        for w in reversed(widths[k][:-1]):
+            xx += 1.2
+            nxt = box(xx, y, f"{w}", "dec")
+            arrow(cur, nxt)
+            cur = nxt
+        last = x + 1.3 + 1.2 * (depth - 1) + 1.3
+        arrow(cur, box(last, y, heads[k], "head"))
+    ax.text(last + 1.0, 1.0, "GC = mean of\nthe 3 branch GCs\n\noutput 8,361 =\n[7-, 4-, 3-mers, GC]", fontsize=7.5, va="center")
+    title = f"BranchedVAE: {count_parameters(BranchedVAE(cfg)):,} parameters, latent {cfg.latent_dim}, gate {'on' if cfg.gate_k7 else 'off'}"
+    ax.set_title(title + "  (every box: Linear -> BatchNorm -> LeakyReLU)", fontsize=9)
+    ax.set_xlim(-0.8, last + 2.4)
+    ax.set_ylim(-0.6, 2.6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path

@@ -1,0 +1,237 @@
+"""The single-process engine: epoch functions shared by every engine, and a local trainer.
+
+`train_epoch` and `validate_epoch` are free functions over an iterable of `CountBatch`;
+the Ray worker loop calls the same two functions with its shard's batches and an
+`all_reduce` that sums across ranks (Ray's torch_regression_example shape). `fit_local`
+runs them in one process on the CPU or one GPU: what a bare GPU host runs.
+Needs only torch, numpy and pyarrow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from kmervae.checkpoint import save_checkpoint, unwrap
+from kmervae.config import LossConfig, RunConfig, TrainConfig
+from kmervae.data import CountBatch, TensorData, load_splits
+from kmervae.errors import ConfigError, KmervaeError
+from kmervae.loss import vae_loss
+from kmervae.metrics import EpochMetrics, knn_accuracy
+from kmervae.model import BranchedVAE
+
+AllReduce = Callable[[Tensor], None]
+"""Sums a tensor in place across ranks (torch.distributed.all_reduce); None in one process."""
+
+
+class TrainingDiverged(KmervaeError, ArithmeticError):
+    """The loss became NaN or infinite: the run stops with the reason instead of training on garbage."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; refuse cuda on a host without one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but this host has no CUDA device; use cpu or auto")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked for, a no-op otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam (fused on CUDA: one kernel per step instead of one per parameter)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """ReduceLROnPlateau on val/loss (seed: factor 0.5, patience 20, min 1e-6)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+    )
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[CountBatch],
+    optimizer: torch.optim.Optimizer,
+    loss_cfg: LossConfig,
+    beta: float,
+    *,
+    device: torch.device,
+    grad_clip: float = 0.0,
+    precision: str = "fp32",
+    all_reduce: AllReduce | None = None,
+) -> dict[str, float]:
+    """One pass of optimisation; returns train/loss (sample-weighted mean) and samples_per_s."""
+    model.train()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * samples, samples
+    started = time.perf_counter()
+    data_wait = 0.0
+    fetch = time.perf_counter()
+    for batch in batches:
+        batch = batch.to(device, non_blocking=True)
+        data_wait += time.perf_counter() - fetch
+        with autocast(device, precision):
+            out = model(*batch)
+        terms = vae_loss(out, batch.kmer7, loss_cfg, beta)
+        optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        sums[0] += terms.loss.detach().double() * len(batch.length)
+        sums[1] += len(batch.length)
+        fetch = time.perf_counter()
+    if all_reduce is not None:
+        all_reduce(sums)
+    loss_sum, samples = sums.tolist()
+    seconds = time.perf_counter() - started
+    if samples == 0:
+        raise KmervaeError("the training split produced no batch; featurize more contigs or lower train.batch_size")
+    loss = loss_sum / samples
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training loss became {loss}; lower train.lr, raise train.grad_clip protection, or check the features"
+        )
+    return {"train/loss": loss, "samples_per_s": samples / seconds, "data_wait_s": data_wait}
+
+
+@torch.no_grad()
+def validate_epoch(
+    model: nn.Module,
+    batches: Iterable[CountBatch],
+    loss_cfg: LossConfig,
+    beta: float,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    all_reduce: AllReduce | None = None,
+    keep_embeddings: bool = False,
+) -> tuple[dict[str, float], Tensor | None]:
+    """Exact validation metrics over all batches (and every rank); optionally the latent means."""
+    model.eval()
+    plain = unwrap(model)
+    metrics = EpochMetrics(plain.cfg.latent_dim, plain.cfg.gate_k7, device)
+    embeddings = []
+    for batch in batches:
+        batch = batch.to(device, non_blocking=True)
+        with autocast(device, precision):
+            out = model(*batch)
+        metrics.update(out, batch.kmer7, loss_cfg)
+        if keep_embeddings:
+            embeddings.append(out.mu.float().cpu())
+    if all_reduce is not None:
+        all_reduce(metrics.state)
+    values = metrics.compute(loss_cfg, beta, prefix="val/")
+    return values, (torch.cat(embeddings) if embeddings else None)
+
+
+@dataclass
+class FitResult:
+    """Where a local training run wrote its outputs, and its metric history."""
+
+    out_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fit_local(
+    data_path: str | Path,
+    config: RunConfig,
+    out_dir: str | Path,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> FitResult:
+    """Train in this process from a feature dataset; checkpoints and metrics.jsonl go to `out_dir`."""
+    tc = config.train
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+    train, val = load_splits(data_path, config.data)
+    model = BranchedVAE(config.model).to(device)
+    optimizer = make_optimizer(model, tc, device)
+    scheduler = make_scheduler(optimizer, tc)
+    runnable = compile_model(model, tc, log)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = FitResult(out, out / "best.pt", out / "last.pt")
+    best = math.inf
+    generator = torch.Generator().manual_seed(tc.seed)
+    log(f"training on {len(train):,} contigs, validating on {len(val):,}, device {device}")
+    with open(out / "metrics.jsonl", "w") as metrics_log:
+        for epoch in range(tc.epochs):
+            beta = config.loss.beta_at(epoch)
+            train_metrics = train_epoch(
+                runnable, _train_batches(train, tc.batch_size, generator), optimizer, config.loss, beta,
+                device=device, grad_clip=tc.grad_clip, precision=tc.precision,
+            )
+            val_metrics, mu = validate_epoch(
+                runnable, val.batches(tc.batch_size), config.loss, beta,
+                device=device, precision=tc.precision, keep_embeddings=val.labels is not None,
+            )
+            if mu is not None:
+                val_metrics["val/knn_acc"] = knn_accuracy(mu, val.labels)
+            scheduler.step(val_metrics["val/loss"])
+            metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
+            save_checkpoint(result.last_checkpoint, model, config, epoch, metrics, optimizer, scheduler)
+            if val_metrics["val/loss"] < best:
+                best = val_metrics["val/loss"]
+                save_checkpoint(result.best_checkpoint, model, config, epoch, metrics, optimizer, scheduler)
+            metrics_log.write(json.dumps(metrics) + "\n")
+            metrics_log.flush()
+            result.history.append(metrics)
+            log(_epoch_line(epoch, tc.epochs, metrics))
+    return result
+
+
+class _CompiledWithFallback(nn.Module):
+    """torch.compile'd forward that falls back to eager, once and for all, if compilation fails.
+
+    Compilation happens lazily at the first call, so failures (no C compiler or Triton on a
+    bare host) surface there, not at torch.compile().
+    """
+
+    def __init__(self, model: nn.Module, log: Callable[[str], None]):
+        super().__init__()
+        self.module = model
+        self._compiled = torch.compile(model)
+        self._log = log
+
+    def forward(self, *args):
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args)
+            except Exception as err:  # any backend failure: the eager model is always correct
+                self._log(f"warning: torch.compile failed ({type(err).__name__}: {str(err)[:200]}); running eagerly")
+                self._compiled = None
+        return self.module(*args)
+
+
+def compile_model(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) -> nn.Module:
+    """torch.compile when asked for, with an eager fallback; the model itself otherwise."""
+    return _CompiledWithFallback(model, log) if cfg.compile else model
+
+
+def _train_batches(data: TensorData, batch_size: int, generator: torch.Generator):
+    return data.batches(batch_size, generator=generator, drop_singleton=True)
+
+
+def _epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    parts = [f"epoch {epoch + 1}/{epochs}", f"train/loss {m['train/loss']:.4f}", f"val/loss {m['val/loss']:.4f}"]
+    parts += [f"{key} {m[key]:.4f}" for key in ("val/mse_7", "val/kl", "val/knn_acc") if key in m]
+    parts += [f"active {int(m['val/active_units'])}", f"lr {m['lr']:.2e}", f"{m['samples_per_s']:,.0f} samples/s"]
+    return "  ".join(parts)

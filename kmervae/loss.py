@@ -1,0 +1,73 @@
+"""The VAE loss: weighted per-group reconstruction plus beta * KL, every term returned.
+
+    loss = scale * (w7 * L7 + w4 * MSE4 + w3 * MSE3 + wgc * MSEgc) + beta * KL
+
+L7 is, with the gate, gate_bce_weight * BCE(gate, present) + MSE of the values on present
+7-mers (a zero-inflated model: the gate says whether a 7-mer occurs, the value says how
+often); without it, the MSE of the reconstruction over all 7-mers. "Present" is decided on
+the stored counts (count > threshold), never on a log-space cutoff. KL is the closed form
+for a diagonal Gaussian posterior against N(0, I) (Kingma & Welling 2014, appendix B),
+summed over latent dimensions and averaged over samples, as in pytorch/examples vae.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kmervae.config import LossConfig
+from kmervae.model import N3, N4, N7, VAEOutput
+
+
+class LossTerms(NamedTuple):
+    """The loss and its parts for one batch, each a scalar tensor (None where not applicable)."""
+
+    loss: Tensor
+    recon: Tensor  # scale * weighted reconstruction
+    kl: Tensor
+    l7: Tensor
+    mse4: Tensor
+    mse3: Tensor
+    mse_gc: Tensor
+    gate_bce: Tensor | None
+    value_mse: Tensor | None
+
+
+def split_output(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(B, 8361) -> 7-mer (B, 8192), 4-mer (B, 136), 3-mer (B, 32), GC (B, 1) views."""
+    return x[:, :N7], x[:, N7 : N7 + N4], x[:, N7 + N4 : N7 + N4 + N3], x[:, N7 + N4 + N3 :]
+
+
+def kl_per_sample(mu: Tensor, log_var: Tensor) -> Tensor:
+    """KL(q(z|x) || N(0, I)) per sample, (B,)."""
+    return -0.5 * torch.sum(1.0 + log_var - mu.pow(2) - log_var.exp(), dim=1)
+
+
+def presence(kmer7_counts: Tensor, cfg: LossConfig) -> Tensor:
+    """(B, 8192) bool: which 7-mers occur (count > presence_threshold)."""
+    return kmer7_counts > cfg.presence_threshold
+
+
+def vae_loss(out: VAEOutput, kmer7_counts: Tensor, cfg: LossConfig, beta: float) -> LossTerms:
+    """Loss of one batch, averaged over samples (and features within each group)."""
+    recon = out.recon.float()
+    r7, r4, r3, rgc = split_output(recon)
+    x7, x4, x3, xgc = split_output(out.target)
+    mse4 = F.mse_loss(r4, x4)
+    mse3 = F.mse_loss(r3, x3)
+    mse_gc = F.mse_loss(rgc, xgc)
+    gate_bce = value_mse = None
+    if out.gate_logits is not None:
+        present = presence(kmer7_counts, cfg)
+        gate_bce = F.binary_cross_entropy_with_logits(out.gate_logits.float(), present.float())
+        sq = (out.values.float() - x7).pow(2)
+        value_mse = (sq * present).sum() / present.sum().clamp_min(1)
+        l7 = cfg.gate_bce_weight * gate_bce + value_mse
+    else:
+        l7 = F.mse_loss(r7, x7)
+    kl = kl_per_sample(out.mu.float(), out.log_var.float()).mean()
+    weighted = cfg.scale * (cfg.w7 * l7 + cfg.w4 * mse4 + cfg.w3 * mse3 + cfg.wgc * mse_gc)
+    return LossTerms(weighted + beta * kl, weighted, kl, l7, mse4, mse3, mse_gc, gate_bce, value_mse)

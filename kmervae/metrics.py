@@ -1,0 +1,155 @@
+"""Epoch metrics, computed exactly: sums and counts are accumulated, then divided once.
+
+One accumulator serves training, validation, evaluation and tests, and produces the keys
+of DESIGN.md ("Metric keys"). Its state is one float64 vector, so under DDP a single
+all-reduce of `state` makes every rank's numbers those of the whole validation set.
+The epoch loss applies the loss formula to the epoch-level terms, so it is the loss of
+the whole set, not an average of batch averages.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from kmervae.config import LossConfig
+from kmervae.loss import kl_per_sample, presence, split_output
+from kmervae.model import N3, N4, N7, VAEOutput
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+"""A latent unit is active when Cov_x(E[z|x]) exceeds this (Burda et al. 2016)."""
+
+# Scalar sums kept in the state vector, in order.
+_FIELDS = (
+    "n",  # samples
+    "sse7",  # squared error of the 7-mer reconstruction, all bins
+    "present7",  # present 7-mer bins
+    "sse7_present",
+    "sse7_absent",
+    "gate_bce",  # summed BCE over all 7-mer bins
+    "gate_correct",  # bins where (gate > 0) == present
+    "value_sse",  # squared error of the value head on present bins
+    "sse4",
+    "sse3",
+    "sse_gc",
+    "kl",  # summed per-sample KL
+)
+
+
+class EpochMetrics:
+    """Accumulates one epoch of model outputs; `compute` turns the sums into metric values."""
+
+    def __init__(self, latent_dim: int, gated: bool, device: torch.device | str = "cpu"):
+        self.latent_dim = latent_dim
+        self.gated = gated
+        # [scalars..., sum of mu (latent), sum of mu^2 (latent)]
+        self.state = torch.zeros(len(_FIELDS) + 2 * latent_dim, dtype=torch.float64, device=device)
+
+    def _slot(self, name: str) -> int:
+        return _FIELDS.index(name)
+
+    @torch.no_grad()
+    def update(self, out: VAEOutput, kmer7_counts: Tensor, cfg: LossConfig) -> None:
+        """Add a batch (the model's output and the 7-mer counts it saw)."""
+        r7, r4, r3, rgc = (t.double() for t in split_output(out.recon.float()))
+        x7, x4, x3, xgc = (t.double() for t in split_output(out.target))
+        sq7 = (r7 - x7).pow(2)
+        present = presence(kmer7_counts, cfg)
+        sums = {
+            "n": float(len(r7)),
+            "sse7": sq7.sum(),
+            "present7": present.sum().double(),
+            "sse7_present": (sq7 * present).sum(),
+            "sse7_absent": (sq7 * ~present).sum(),
+            "sse4": (r4 - x4).pow(2).sum(),
+            "sse3": (r3 - x3).pow(2).sum(),
+            "sse_gc": (rgc - xgc).pow(2).sum(),
+            "kl": kl_per_sample(out.mu.double(), out.log_var.double()).sum(),
+        }
+        if out.gate_logits is not None:
+            logits = out.gate_logits.double()
+            target = present.double()
+            sums["gate_bce"] = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+            sums["gate_correct"] = ((logits > 0) == present).sum().double()
+            sums["value_sse"] = ((out.values.double() - x7).pow(2) * present).sum()
+        for name, value in sums.items():
+            self.state[self._slot(name)] += value
+        mu = out.mu.double()
+        k = len(_FIELDS)
+        self.state[k : k + self.latent_dim] += mu.sum(dim=0)
+        self.state[k + self.latent_dim :] += mu.pow(2).sum(dim=0)
+
+    @property
+    def samples(self) -> int:
+        return int(self.state[0].item())
+
+    def compute(self, cfg: LossConfig, beta: float, prefix: str = "val/") -> dict[str, float]:
+        """Metric values of the epoch, keyed as in DESIGN.md (gate keys only for gated models)."""
+        s = {name: self.state[i].item() for i, name in enumerate(_FIELDS)}
+        n = s["n"]
+        if n == 0:
+            return {}
+        bins7 = n * N7
+        absent7 = bins7 - s["present7"]
+        mse4, mse3, mse_gc = s["sse4"] / (n * N4), s["sse3"] / (n * N3), s["sse_gc"] / n
+        m = {
+            "mse_7": s["sse7"] / bins7,
+            "mse_7_present": s["sse7_present"] / s["present7"] if s["present7"] else math.nan,
+            "mse_7_absent": s["sse7_absent"] / absent7 if absent7 else math.nan,
+            "frac_present": s["present7"] / bins7,
+            "mse_4": mse4,
+            "mse_3": mse3,
+            "mse_gc": mse_gc,
+            "kl": s["kl"] / n,
+        }
+        if self.gated:
+            m["gate_bce"] = s["gate_bce"] / bins7
+            m["gate_acc"] = s["gate_correct"] / bins7
+            m["value_mse"] = s["value_sse"] / s["present7"] if s["present7"] else 0.0
+            l7 = cfg.gate_bce_weight * m["gate_bce"] + m["value_mse"]
+        else:
+            l7 = m["mse_7"]
+        m["recon"] = cfg.scale * (cfg.w7 * l7 + cfg.w4 * mse4 + cfg.w3 * mse3 + cfg.wgc * mse_gc)
+        m["loss"] = m["recon"] + beta * m["kl"]
+        m["active_units"] = float(self.active_units())
+        return {f"{prefix}{key}": value for key, value in m.items()}
+
+    def active_units(self) -> int:
+        """Latent dimensions whose posterior mean varies across samples (variance > 0.01)."""
+        n = self.state[0]
+        k = len(_FIELDS)
+        mean = self.state[k : k + self.latent_dim] / n
+        var = self.state[k + self.latent_dim :] / n - mean.pow(2)
+        return int((var > ACTIVE_UNIT_THRESHOLD).sum().item())
+
+
+KNN_K = 5
+KNN_MAX_SAMPLES = 10_000
+"""kNN accuracy uses at most this many validation contigs (a fixed, seeded subsample): O(n^2)."""
+
+
+@torch.no_grad()
+def knn_accuracy(embeddings: Tensor, labels, k: int = KNN_K, max_samples: int = KNN_MAX_SAMPLES) -> float:
+    """Leave-one-out k-nearest-neighbour accuracy (cosine similarity, majority vote, ties to the nearest)."""
+    labels = list(labels)
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    if len(keep) > max_samples:
+        generator = torch.Generator().manual_seed(0)
+        keep = [keep[i] for i in sorted(torch.randperm(len(keep), generator=generator)[:max_samples].tolist())]
+    if len(keep) <= k:
+        return math.nan
+    names = sorted({labels[i] for i in keep})
+    codes = torch.tensor([names.index(labels[i]) for i in keep])
+    x = torch.nn.functional.normalize(embeddings[keep].double(), dim=1)
+    correct = 0
+    for lo in range(0, len(keep), 1024):
+        sim = x[lo : lo + 1024] @ x.T  # (b, n)
+        sim[torch.arange(sim.shape[0]), torch.arange(lo, lo + sim.shape[0])] = -math.inf  # leave one out
+        nearest = sim.topk(k, dim=1).indices  # (b, k), nearest first
+        votes = torch.nn.functional.one_hot(codes[nearest], len(names)).double()
+        votes += torch.linspace(1e-3, 0, k, dtype=torch.float64)[None, :, None] * votes  # ties -> nearer wins
+        predicted = votes.sum(dim=1).argmax(dim=1)
+        correct += int((predicted == codes[lo : lo + 1024]).sum())
+    return correct / len(keep)
