@@ -168,6 +168,7 @@ def fit_local(
     runnable = compile_model(model, tc, log)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    write_model_description(model, out)
     result = FitResult(out, out / "best.pt", out / "last.pt")
     best = math.inf
     generator = torch.Generator().manual_seed(tc.seed)
@@ -219,6 +220,15 @@ class _CompiledWithFallback(nn.Module):
                 self._log(f"warning: torch.compile failed ({type(err).__name__}: {str(err)[:200]}); running eagerly")
                 self._compiled = None
         return self.module(*args)
+
+
+def write_model_description(model: BranchedVAE, out: Path) -> tuple[Path, Path]:
+    """The layer table (model.txt) and architecture diagram (model.png) of a run."""
+    from kmervae.describe import draw_diagram, format_table
+
+    table = out / "model.txt"
+    table.write_text(format_table(model) + "\n")
+    return table, draw_diagram(model.cfg, out / "model.png")
 
 
 def compile_model(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) -> nn.Module:

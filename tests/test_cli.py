@@ -55,3 +55,31 @@ def test_user_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, setup, args
     assert len(lines) == 1 and lines[0].startswith("kmervae featurize: error: ") and message in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_train_and_describe_commands(tmp_path, example_features):
+    out = tmp_path / "run"
+    result = kmervae("train", str(example_features), "--preset", "tiny", "--epochs", "2", "--out", str(out), "--set", "data.max_samples=300")
+    assert result.returncode == 0, result.stderr
+    assert "trained   2 epochs" in result.stdout and (out / "best.pt").exists() and (out / "metrics.jsonl").exists()
+    assert "epoch 2/2" in result.stderr
+    described = kmervae("describe", "--preset", "outline", "-o", str(tmp_path / "outline.svg"))
+    assert described.returncode == 0 and "94,454,819" in described.stdout and (tmp_path / "outline.svg").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "DATA", "--set", "model.latent_dim=0"], "model.latent_dim=0 is invalid"),
+        (["train", "DATA", "--set", "train.optimizer=sgd"], "unknown key train.optimizer"),
+        (["train", "DATA", "--preset", "huge"], "--preset 'huge' is unknown"),
+        (["train", "nowhere"], "nowhere: no such feature dataset"),
+        (["describe", "-o", "model.pdf"], "the diagram is written as .png or .svg"),
+    ],
+)
+def test_train_and_describe_errors_are_one_line(tmp_path, example_features, args, message):
+    args = [str(example_features) if a == "DATA" else a for a in args]
+    result = kmervae(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()

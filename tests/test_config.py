@@ -1,0 +1,108 @@
+"""Configuration dataclasses: validation, presets, --set overrides and YAML files."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kmervae.config import PRESETS, DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig, preset
+from kmervae.errors import ConfigError
+
+
+def test_defaults_and_presets_are_valid():
+    RunConfig()
+    assert set(PRESETS) == {"final", "outline", "tiny"}
+    assert preset("outline").kmer7_widths == (4096, 2048)
+    with pytest.raises(ConfigError, match="--preset 'huge' is unknown; allowed: final, outline, tiny"):
+        preset("huge")
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (ModelConfig, {"latent_dim": 0}, r"model.latent_dim=0 is invalid: expected an integer in \[1, 8192\]"),
+        (ModelConfig, {"kmer7_widths": ()}, "model.kmer7_widths=.* at least 1 positive"),
+        (ModelConfig, {"kmer4_widths": (64, -1)}, "model.kmer4_widths="),
+        (ModelConfig, {"leaky_slope": 1.5}, "model.leaky_slope=1.5"),
+        (ModelConfig, {"input_dropout": 1.0}, "model.input_dropout"),
+        (ModelConfig, {"log_eps": 0.0}, "model.log_eps"),
+        (LossConfig, {"beta": -1.0}, "loss.beta=-1.0 is invalid: expected a finite number >= 0"),
+        (LossConfig, {"w7": 0.0, "w4": 0.0, "w3": 0.0, "wgc": 0.0}, "at least one reconstruction weight"),
+        (LossConfig, {"beta_warmup_epochs": -2}, "loss.beta_warmup_epochs"),
+        (LossConfig, {"presence_threshold": -1}, "loss.presence_threshold"),
+        (TrainConfig, {"epochs": 0}, "train.epochs=0"),
+        (TrainConfig, {"batch_size": 1}, r"train.batch_size=1 is invalid: expected an integer in \[2, 65536\]"),
+        (TrainConfig, {"lr": 0.0}, "train.lr=0.0"),
+        (TrainConfig, {"min_lr": 0.1, "lr": 0.01}, r"train.min_lr=0.1 is invalid: expected a number in \[0, train.lr=0.01\]"),
+        (TrainConfig, {"precision": "fp16"}, "train.precision='fp16' is invalid: expected fp32 or bf16"),
+        (TrainConfig, {"device": "tpu"}, "train.device='tpu'"),
+        (DataConfig, {"val_fraction": 1.0}, r"data.val_fraction=1.0 is invalid: expected a number in \(0, 1\)"),
+        (DataConfig, {"max_samples": 2}, "data.max_samples=2"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_range(cls, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        cls(**kwargs)
+
+
+def test_overrides_parse_types():
+    cfg = RunConfig().with_overrides(
+        [
+            "model.latent_dim=64",
+            "model.kmer7_widths=[256, 128]",
+            "model.kmer4_widths=32,16",
+            "model.gate_k7=false",
+            "train.lr=3e-4",
+            "loss.beta=1",
+            "data.max_samples=null",
+        ]
+    )
+    assert cfg.model.latent_dim == 64 and cfg.model.kmer7_widths == (256, 128) and cfg.model.kmer4_widths == (32, 16)
+    assert cfg.model.gate_k7 is False and cfg.train.lr == 3e-4 and cfg.loss.beta == 1.0 and cfg.data.max_samples is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.latent=64", "unknown key model.latent; allowed: kmer7_widths, "),
+        ("optim.lr=1", "unknown configuration section 'optim'; allowed: model, loss, train, data"),
+        ("latent_dim=64", "expected section.key=value"),
+        ("model.latent_dim", "expected section.key=value"),
+        ("model.latent_dim=big", "model.latent_dim='big' is invalid: expected an integer"),
+        ("model.gate_k7=maybe", "model.gate_k7='maybe' is invalid: expected true or false"),
+        ("train.epochs=2.5", "train.epochs=2.5 is invalid: expected an integer"),
+        ("model.latent_dim=0", "model.latent_dim=0 is invalid"),
+    ],
+)
+def test_bad_overrides_are_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig().with_overrides([override])
+
+
+def test_yaml_round_trip_and_errors(tmp_path):
+    cfg = RunConfig(model=preset("tiny")).with_overrides(["loss.beta_warmup_epochs=3"])
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert RunConfig.from_yaml(path) == cfg
+    path.write_text("model:\n  widths: [1]\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: unknown key model.widths"):
+        RunConfig.from_yaml(path)
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="run.yaml: not valid YAML"):
+        RunConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        RunConfig.from_yaml(tmp_path / "none.yaml")
+
+
+def test_beta_warmup_is_linear():
+    cfg = LossConfig(beta=2.0, beta_warmup_epochs=4)
+    assert [cfg.beta_at(e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert LossConfig(beta=0.5).beta_at(0) == 0.5
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ModelConfig().latent_dim = 3

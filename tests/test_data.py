@@ -1,0 +1,63 @@
+"""The deterministic train/validation split and count batches."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from kmervae.config import DataConfig
+from kmervae.data import load_splits, split_hash, validation_mask
+from kmervae.errors import InputError
+from kmervae.feature_table import FeatureTable
+
+
+def test_split_is_stable_salted_and_close_to_the_fraction():
+    ids = [f"contig_{i}" for i in range(20_000)]
+    mask = validation_mask(ids, DataConfig(val_fraction=0.1))
+    assert abs(mask.mean() - 0.1) < 0.01
+    np.testing.assert_array_equal(mask[::-1], validation_mask(ids[::-1], DataConfig(val_fraction=0.1)))
+    other = validation_mask(ids, DataConfig(val_fraction=0.1, split_salt="other"))
+    assert (mask != other).any()
+    # The documented definition (salted 64-bit BLAKE2b): changing it would silently move
+    # contigs between training and validation in resumed runs and sweeps.
+    digest = hashlib.blake2b(b"kmervae\x00NC_000913.3:1-5000", digest_size=8).digest()
+    assert split_hash(["NC_000913.3:1-5000"], "kmervae")[0] == int.from_bytes(digest, "little") / 2**64
+
+
+def test_load_splits_is_disjoint_and_complete(example_features):
+    table = FeatureTable.from_parquet(example_features)
+    train, val = load_splits(example_features, DataConfig())
+    assert len(train) + len(val) == len(table)
+    assert not set(train.contig_ids) & set(val.contig_ids)
+    assert set(val.contig_ids) == set(table.contig_ids[validation_mask(table.contig_ids, DataConfig())])
+    assert train.batch.kmer7.dtype == torch.uint8 and train.labels is not None
+
+
+def test_max_samples_subsamples_both_splits(example_features):
+    train, val = load_splits(example_features, DataConfig(max_samples=400))
+    assert len(train) + len(val) == 400 and 10 <= len(val) <= 80
+
+
+def test_batches_cover_everything_once_and_shuffle_by_seed(example_features):
+    train, _ = load_splits(example_features, DataConfig(max_samples=300))
+    seen = torch.cat([b.length for b in train.batches(64)])
+    torch.testing.assert_close(seen, train.batch.length)
+    a = torch.cat([b.gc for b in train.batches(64, generator=torch.Generator().manual_seed(1))])
+    b = torch.cat([b.gc for b in train.batches(64, generator=torch.Generator().manual_seed(1))])
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, train.batch.gc)
+    sizes = [len(b.length) for b in train.batches(len(train) - 1, drop_singleton=True)]
+    assert sizes == [len(train) - 1]
+
+
+def test_too_few_contigs_is_an_error(tmp_path):
+    from data_pipeline.featurize import featurize
+    from tests.conftest import write_fasta
+
+    write_fasta(tmp_path / "a.fa", [("a", "ACGT" * 300)])
+    featurize([tmp_path / "a.fa"], tmp_path / "f")
+    with pytest.raises(InputError, match="1 contigs give .* for training and .* for validation"):
+        load_splits(tmp_path / "f", DataConfig())

@@ -1,0 +1,25 @@
+"""The layer table and the architecture diagram."""
+
+from __future__ import annotations
+
+from kmervae.config import PRESETS
+from kmervae.describe import draw_diagram, format_table, layer_table
+from kmervae.model import BranchedVAE, count_parameters
+
+
+def test_table_lists_every_block_with_the_exact_total():
+    model = BranchedVAE(PRESETS["final"])
+    rows = layer_table(model)
+    assert sum(r.parameters for r in rows) == count_parameters(model) == 27_844_555
+    shapes = {r.name: r.output_shape for r in rows}
+    assert shapes["enc7.0"] == ("B", 1024) and shapes["z_mean"] == ("B", 512)
+    assert shapes["head7_gate"] == ("B", 8192) and shapes["head4"] == ("B", 137)
+    text = format_table(model)
+    assert text.splitlines()[-1].split()[:2] == ["total", "27,844,555"]
+
+
+def test_diagram_is_written_as_png_and_svg(tmp_path):
+    png = draw_diagram(PRESETS["tiny"], tmp_path / "tiny.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    svg = draw_diagram(PRESETS["final"], tmp_path / "sub" / "final.svg").read_text()
+    assert "<svg" in svg and "27,844,555" in svg

@@ -1,0 +1,93 @@
+"""The single-process engine on real contigs: the loss falls, runs are reproducible, NaN stops."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kmervae.checkpoint import load_checkpoint
+from kmervae.config import PRESETS, LossConfig, RunConfig
+from kmervae.data import CountBatch
+from kmervae.engine import TrainingDiverged, autocast, fit_local, resolve_device, train_epoch
+from kmervae.errors import ConfigError
+from kmervae.model import BranchedVAE
+from tests.test_model import random_batch
+
+TIMING = {"samples_per_s", "data_wait_s"}
+
+
+def tiny_config(epochs: int = 4) -> RunConfig:
+    return RunConfig(model=PRESETS["tiny"]).with_overrides([f"train.epochs={epochs}", "train.batch_size=64", "train.lr=3e-3"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, example_features):
+    out = tmp_path_factory.mktemp("train")
+    return fit_local(example_features, tiny_config(), out, log=lambda line: None)
+
+
+def test_loss_falls_on_real_contigs(trained):
+    history = trained.history
+    assert len(history) == 4 and [m["epoch"] for m in history] == [0, 1, 2, 3]
+    assert history[-1]["train/loss"] < 0.8 * history[0]["train/loss"]
+    assert history[-1]["val/loss"] < history[0]["val/loss"]
+    assert history[-1]["val/knn_acc"] > 0.5  # five genomes: chance is about 0.2
+
+
+def test_every_metric_key_is_logged(trained):
+    lines = [json.loads(line) for line in (trained.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    expected = {
+        "train/loss", "val/loss", "val/recon", "val/kl", "val/mse_7", "val/mse_7_present", "val/mse_7_absent",
+        "val/frac_present", "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
+        "val/active_units", "lr", "epoch", "samples_per_s", "val/knn_acc",
+    }  # fmt: skip
+    assert expected <= set(lines[0])
+
+
+def test_run_folder_describes_the_model(trained):
+    assert "total" in (trained.out_dir / "model.txt").read_text()
+    assert (trained.out_dir / "model.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    model = BranchedVAE(PRESETS["tiny"]).eval()
+    batch = random_batch(8)
+    with torch.no_grad():
+        full = model(*batch).recon
+        with autocast(torch.device("cpu"), "bf16"):
+            half = model(*batch).recon.float()
+    assert ((half - full).abs().max() / full.abs().max()).item() < 0.05
+
+
+def test_checkpoints_hold_the_best_and_the_last_epoch(trained):
+    best = load_checkpoint(trained.best_checkpoint)
+    last = load_checkpoint(trained.last_checkpoint)
+    assert last.epoch == 3
+    assert best.metrics["val/loss"] == min(m["val/loss"] for m in trained.history)
+    assert best.config == tiny_config()
+
+
+def test_cpu_training_is_reproducible(tmp_path, example_features, trained):
+    again = fit_local(example_features, tiny_config(), tmp_path, log=lambda line: None)
+    strip = lambda h: [{k: v for k, v in m.items() if k not in TIMING} for m in h]  # noqa: E731
+    assert strip(again.history) == strip(trained.history)
+
+
+def test_non_finite_loss_stops_training_with_the_reason():
+    model = BranchedVAE(PRESETS["tiny"])
+    length, gc, k7, k4, k3 = random_batch(4)
+    gc[0] = float("nan")
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(TrainingDiverged, match="training loss became nan"):
+        train_epoch(model, [CountBatch(length, gc, k7, k4, k3)], optimizer, LossConfig(), 1.0, device=torch.device("cpu"))
+
+
+def test_cuda_on_a_cpu_host_is_a_config_error():
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"

@@ -1,0 +1,77 @@
+"""The loss against values computed by hand (numpy) on a small batch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kmervae.config import LossConfig
+from kmervae.loss import vae_loss
+from kmervae.model import VAEOutput
+
+
+def make_output(gated: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    batch, latent = 3, 4
+    counts7 = rng.integers(0, 3, size=(batch, 8192))
+    target = rng.normal(-8, 3, size=(batch, 8361))
+    recon = target + rng.normal(0, 0.5, size=(batch, 8361))
+    values = rng.normal(-8, 3, size=(batch, 8192))
+    gate = rng.normal(0, 2, size=(batch, 8192)) if gated else None
+    mu = rng.normal(0, 1, size=(batch, latent))
+    log_var = rng.normal(0, 0.3, size=(batch, latent))
+    t = lambda a: None if a is None else torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    out = VAEOutput(t(recon), t(mu), t(log_var), t(gate), t(values), torch.zeros(batch, 3), t(target))
+    return out, torch.tensor(counts7), dict(counts7=counts7, target=target, recon=recon, values=values, gate=gate, mu=mu, log_var=log_var)
+
+
+def expected_terms(a, cfg: LossConfig, beta: float, gated: bool) -> dict[str, float]:
+    target, recon = a["target"], a["recon"]
+    mse = lambda x, y: float(np.mean((x - y) ** 2))  # noqa: E731
+    mse4 = mse(recon[:, 8192:8328], target[:, 8192:8328])
+    mse3 = mse(recon[:, 8328:8360], target[:, 8328:8360])
+    mse_gc = mse(recon[:, 8360:], target[:, 8360:])
+    if gated:
+        present = (a["counts7"] > cfg.presence_threshold).astype(float)
+        p = 1 / (1 + np.exp(-a["gate"]))
+        bce = float(np.mean(-(present * np.log(p) + (1 - present) * np.log(1 - p))))
+        value_mse = float(((a["values"] - target[:, :8192]) ** 2 * present).sum() / present.sum())
+        l7 = cfg.gate_bce_weight * bce + value_mse
+    else:
+        l7 = mse(recon[:, :8192], target[:, :8192])
+    kl = float(np.mean(-0.5 * np.sum(1 + a["log_var"] - a["mu"] ** 2 - np.exp(a["log_var"]), axis=1)))
+    rec = cfg.scale * (cfg.w7 * l7 + cfg.w4 * mse4 + cfg.w3 * mse3 + cfg.wgc * mse_gc)
+    return {"loss": rec + beta * kl, "recon": rec, "kl": kl, "l7": l7, "mse4": mse4, "mse3": mse3, "mse_gc": mse_gc}
+
+
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize(
+    "cfg, beta",
+    [
+        (LossConfig(), 1.0),
+        (LossConfig(w7=2.0, w4=0.5, w3=0.0, wgc=3.0, scale=0.1, gate_bce_weight=4.0, presence_threshold=1), 0.25),
+    ],
+)
+def test_loss_terms_match_hand_computation(gated, cfg, beta):
+    out, counts7, arrays = make_output(gated)
+    terms = vae_loss(out, counts7, cfg, beta)
+    expected = expected_terms(arrays, cfg, beta, gated)
+    for name, value in expected.items():
+        assert getattr(terms, name).item() == pytest.approx(value, rel=1e-4), name
+    assert (terms.gate_bce is None) == (not gated)
+
+
+def test_kl_is_zero_for_the_prior():
+    out, counts7, _ = make_output(False)
+    out = out._replace(mu=torch.zeros(3, 4), log_var=torch.zeros(3, 4))
+    assert vae_loss(out, counts7, LossConfig(), 1.0).kl.item() == 0.0
+
+
+def test_presence_is_decided_on_counts():
+    out, counts7, _ = make_output(True)
+    none_present = vae_loss(out, torch.zeros_like(counts7), LossConfig(), 1.0)
+    assert none_present.value_mse.item() == 0.0  # no present 7-mer: no value error, only the gate's
+    assert math.isfinite(none_present.loss.item())

@@ -1,0 +1,75 @@
+"""Epoch metrics: exact accumulation, every DESIGN.md key, active units, kNN accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kmervae.config import PRESETS, LossConfig
+from kmervae.loss import vae_loss
+from kmervae.metrics import EpochMetrics, knn_accuracy
+from kmervae.model import BranchedVAE
+from tests.test_model import random_batch
+
+GATED_KEYS = {
+    "val/loss", "val/recon", "val/kl", "val/mse_7", "val/mse_7_present", "val/mse_7_absent", "val/frac_present",
+    "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc", "val/active_units",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_batched_accumulation_equals_the_whole_set(gated):
+    import dataclasses
+
+    model = BranchedVAE(dataclasses.replace(PRESETS["tiny"], gate_k7=gated)).eval()
+    batch = random_batch(10, seed=3)
+    cfg = LossConfig(w4=0.5, gate_bce_weight=2.0)
+    with torch.no_grad():
+        whole = model(*batch)
+    one = EpochMetrics(8, gated)
+    one.update(whole, batch[2], cfg)
+    many = EpochMetrics(8, gated)
+    for lo, hi in [(0, 3), (3, 4), (4, 10)]:
+        with torch.no_grad():
+            many.update(model(*(t[lo:hi] for t in batch)), batch[2][lo:hi], cfg)
+    a, b = one.compute(cfg, 0.5), many.compute(cfg, 0.5)
+    assert set(a) == (GATED_KEYS if gated else GATED_KEYS - {"val/gate_bce", "val/gate_acc", "val/value_mse"})
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-6), key  # forward passes differ at float32 rounding
+    # The epoch loss is the loss formula on the whole set, not a mean of batch losses.
+    assert a["val/loss"] == pytest.approx(vae_loss(whole, batch[2], cfg, 0.5).loss.item(), rel=1e-5)
+
+
+def test_fractions_and_gate_accuracy_by_hand():
+    model = BranchedVAE(PRESETS["tiny"]).eval()
+    batch = random_batch(4)
+    with torch.no_grad():
+        out = model(*batch)
+    m = EpochMetrics(8, True)
+    m.update(out, batch[2], LossConfig())
+    values = m.compute(LossConfig(), 1.0)
+    present = (batch[2] > 0).numpy()
+    assert values["val/frac_present"] == pytest.approx(present.mean())
+    assert values["val/gate_acc"] == pytest.approx(((out.gate_logits.numpy() > 0) == present).mean())
+
+
+def test_active_units_count_varying_latent_means():
+    m = EpochMetrics(3, False)
+    mu = torch.stack([torch.linspace(-1, 1, 50), torch.full((50,), 0.3), torch.linspace(0, 0.05, 50)], dim=1)
+    m.state[len(m.state) - 6 : len(m.state) - 3] += mu.double().sum(0)
+    m.state[len(m.state) - 3 :] += mu.double().pow(2).sum(0)
+    m.state[0] = 50
+    assert m.active_units() == 1  # only the first varies by more than 0.01
+
+
+def test_knn_accuracy_separable_and_random():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, size=(4, 16)) * 10
+    labels = [f"g{i % 4}" for i in range(200)]
+    x = torch.tensor(np.stack([centers[i % 4] + rng.normal(0, 0.1, 16) for i in range(200)]))
+    assert knn_accuracy(x, labels) == 1.0
+    noise = torch.tensor(rng.normal(0, 1, size=(400, 16)))
+    random_labels = [f"g{v}" for v in rng.integers(0, 4, 400)]
+    assert 0.1 < knn_accuracy(noise, random_labels) < 0.45
+    assert np.isnan(knn_accuracy(x[:3], labels[:3]))

@@ -1,0 +1,91 @@
+"""The branched VAE and its feature transform: shapes, dtypes, parameter counts, gating, GC."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kmervae.config import PRESETS, ModelConfig
+from kmervae.model import N_OUTPUT, BranchedVAE, FeatureTransform, count_parameters
+
+
+def random_batch(batch: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randint(1000, 10_000, (batch,), generator=g),
+        torch.rand(batch, generator=g),
+        torch.randint(0, 4, (batch, 8192), generator=g).to(torch.uint8),
+        torch.randint(0, 60, (batch, 136), generator=g).to(torch.int32),
+        torch.randint(1, 200, (batch, 32), generator=g),
+    )
+
+
+def test_parameter_counts_of_the_seed_presets():
+    assert count_parameters(BranchedVAE(dataclasses.replace(PRESETS["final"], gate_k7=False))) == 19_447_755
+    assert count_parameters(BranchedVAE(PRESETS["final"])) == 27_844_555
+    assert count_parameters(BranchedVAE(PRESETS["outline"])) == 94_454_819
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_shapes_and_dtypes_for_every_preset(name):
+    cfg = PRESETS[name]
+    model = BranchedVAE(cfg)
+    out = model(*random_batch(3))
+    assert out.recon.shape == (3, N_OUTPUT) == (3, 8361) and out.target.shape == (3, 8361)
+    assert out.mu.shape == out.log_var.shape == (3, cfg.latent_dim)
+    assert out.values.shape == (3, 8192) and out.gc_branches.shape == (3, 3)
+    assert (out.gate_logits is not None) == cfg.gate_k7
+    for tensor in (out.recon, out.mu, out.log_var, out.values):
+        assert tensor.dtype == torch.float32 and torch.isfinite(tensor).all()
+
+
+def test_gating_mixes_values_with_the_floor():
+    torch.manual_seed(0)
+    model = BranchedVAE(PRESETS["tiny"]).eval()
+    out = model(*random_batch())
+    p = torch.sigmoid(out.gate_logits)
+    expected = p * out.values + (1 - p) * math.log(1e-6)
+    torch.testing.assert_close(out.recon[:, :8192], expected)
+    ungated = BranchedVAE(dataclasses.replace(PRESETS["tiny"], gate_k7=False)).eval()
+    out = ungated(*random_batch())
+    assert out.gate_logits is None
+    torch.testing.assert_close(out.recon[:, :8192], out.values)
+
+
+def test_output_gc_is_the_mean_of_the_three_branch_predictions():
+    model = BranchedVAE(PRESETS["tiny"]).eval()
+    out = model(*random_batch())
+    torch.testing.assert_close(out.recon[:, -1], out.gc_branches.mean(dim=1))
+
+
+def test_transform_follows_the_design():
+    length, gc, k7, k4, k3 = random_batch(2)
+    x = FeatureTransform(1e-6)(length, gc, k7, k4, k3)
+    k7n = k7.double().numpy()
+    expected = np.log(k7n / k7n.sum(axis=1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(x.kmer7.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(x.log_length[:, 0].numpy(), np.log10(length.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(x.gc[:, 0].numpy(), gc.numpy())
+    absent = k7 == 0
+    assert torch.allclose(x.kmer7[absent], torch.tensor(math.log(1e-6)), atol=1e-4)
+    assert x.target().shape == (2, 8361)
+
+
+def test_eval_mode_is_deterministic_and_training_samples():
+    model = BranchedVAE(PRESETS["tiny"])
+    batch = random_batch()
+    model.eval()
+    torch.testing.assert_close(model(*batch).recon, model(*batch).recon)
+    model.train()
+    a, b = model(*batch), model(*batch)
+    assert not torch.equal(a.recon, b.recon)  # z is sampled while training
+
+
+def test_input_dropout_is_configurable():
+    model = BranchedVAE(dataclasses.replace(PRESETS["tiny"], input_dropout=0.5))
+    assert model.input_dropout.p == 0.5
+    assert BranchedVAE(ModelConfig()).input_dropout.p == 0.0
