@@ -131,6 +131,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_model_flags(p)
     p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/train-<time>)")
+    p.add_argument("--experiment", default="kmervae", help="MLflow experiment (store: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--name", default=None, help="MLflow run name (default: the output folder's name)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.set_defaults(run=_cmd_train)
 
 
@@ -143,12 +146,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         config = config.with_overrides([f"train.epochs={args.epochs}"])
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    result = fit_local(args.data, config, out)
+    tracker = None
+    if not args.no_mlflow:
+        from kmervae.feature_table import dataset_files
+        from kmervae.tracking import Tracker
+
+        dataset_files(args.data)  # a bad path fails before an MLflow run is created
+        tracker = Tracker(args.experiment, args.name or out.name, tags={"engine": args.engine, "preset": args.preset})
+    result = fit_local(args.data, config, out, tracker=tracker)
     best = min(result.history, key=lambda m: m["val/loss"])
     print(f"trained   {len(result.history)} epochs; best val/loss {best['val/loss']:.4f} at epoch {int(best['epoch']) + 1}")
     print(f"best      {result.best_checkpoint}")
     print(f"last      {result.last_checkpoint}")
     print(f"metrics   {result.out_dir / 'metrics.jsonl'}")
+    if tracker is not None:
+        from kmervae.tracking import ui_command
+
+        print(f"mlflow    run {tracker.run_id} in experiment '{args.experiment}'; browse: {ui_command(tracker.uri)}")
     return 0
 
 

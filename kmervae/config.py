@@ -9,14 +9,13 @@ error, never a silent default. (Modelled on litgpt's `args.py`.)
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from kmervae.errors import ConfigError
 
@@ -232,16 +231,14 @@ class RunConfig:
             section, dot, name = key.strip().partition(".")
             if not sep or not dot or not name:
                 raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. model.latent_dim=64")
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
-                value = raw
-            nested.setdefault(section, {})[name] = value
+            nested.setdefault(section, {})[name] = parse_value(raw)
         return RunConfig.from_dict(nested, base=self)
 
     @classmethod
     def from_yaml(cls, path: str | Path, base: "RunConfig | None" = None) -> "RunConfig":
         """Read a YAML file of sections (model, loss, train, data)."""
+        import yaml  # only YAML files need PyYAML: bare GPU hosts train without it
+
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
@@ -256,6 +253,20 @@ class RunConfig:
 
 
 _SECTIONS = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def parse_value(raw: str) -> Any:
+    """A --set value: JSON (64, 1e-3, [128, 64], "x"), true/false/null in any case, else the string."""
+    text = raw.strip()
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none", "~", ""):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _plain(value: Any) -> Any:
@@ -296,7 +307,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             items = [items]
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{key}={value!r} is invalid: expected a list such as [128, 64]")
-        return tuple(_coerce(key, yaml.safe_load(i) if isinstance(i, str) else i, args[0]) for i in items)
+        return tuple(_coerce(key, parse_value(i) if isinstance(i, str) else i, args[0]) for i in items)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -319,6 +330,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # --set data.split_salt=2024
         raise ConfigError(f"{key}={value!r} is invalid: expected a string")
     return value
 

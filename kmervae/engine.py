@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,9 @@ from kmervae.errors import ConfigError, KmervaeError
 from kmervae.loss import vae_loss
 from kmervae.metrics import EpochMetrics, knn_accuracy
 from kmervae.model import BranchedVAE
+
+if TYPE_CHECKING:
+    from kmervae.tracking import Tracker
 
 AllReduce = Callable[[Tensor], None]
 """Sums a tensor in place across ranks (torch.distributed.all_reduce); None in one process."""
@@ -149,6 +152,7 @@ class FitResult:
     best_checkpoint: Path
     last_checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    artifacts: list[Path] = field(default_factory=list)  # model.txt, model.png, metrics.jsonl
 
 
 def fit_local(
@@ -156,8 +160,28 @@ def fit_local(
     config: RunConfig,
     out_dir: str | Path,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    tracker: "Tracker | None" = None,
 ) -> FitResult:
-    """Train in this process from a feature dataset; checkpoints and metrics.jsonl go to `out_dir`."""
+    """Train in this process from a feature dataset; checkpoints and metrics.jsonl go to `out_dir`.
+
+    With a `tracker`, the config, every epoch's metrics, the model table and diagram, the
+    metrics log and the best checkpoint also go to its MLflow run.
+    """
+    try:
+        result = _fit_local(data_path, config, out_dir, log, tracker)
+    except BaseException as err:
+        if tracker is not None:
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker is not None:
+        for path in result.artifacts:
+            tracker.log_artifact(path)
+        tracker.log_artifact(result.best_checkpoint, "checkpoints")
+        tracker.finish()
+    return result
+
+
+def _fit_local(data_path, config: RunConfig, out_dir, log, tracker) -> FitResult:
     tc = config.train
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
@@ -168,8 +192,10 @@ def fit_local(
     runnable = compile_model(model, tc, log)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_model_description(model, out)
     result = FitResult(out, out / "best.pt", out / "last.pt")
+    result.artifacts = write_model_description(model, out, log) + [out / "metrics.jsonl"]
+    if tracker is not None:
+        tracker.log_params({**config.to_dict(), "data": {**config.to_dict()["data"], "path": str(Path(data_path).absolute())}})
     best = math.inf
     generator = torch.Generator().manual_seed(tc.seed)
     log(f"training on {len(train):,} contigs, validating on {len(val):,}, device {device}")
@@ -194,6 +220,8 @@ def fit_local(
                 save_checkpoint(result.best_checkpoint, model, config, epoch, metrics, optimizer, scheduler)
             metrics_log.write(json.dumps(metrics) + "\n")
             metrics_log.flush()
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=epoch)
             result.history.append(metrics)
             log(_epoch_line(epoch, tc.epochs, metrics))
     return result
@@ -222,13 +250,17 @@ class _CompiledWithFallback(nn.Module):
         return self.module(*args)
 
 
-def write_model_description(model: BranchedVAE, out: Path) -> tuple[Path, Path]:
-    """The layer table (model.txt) and architecture diagram (model.png) of a run."""
+def write_model_description(model: BranchedVAE, out: Path, log: Callable[[str], None]) -> list[Path]:
+    """The layer table (model.txt) and, where matplotlib exists, the diagram (model.png) of a run."""
     from kmervae.describe import draw_diagram, format_table
 
     table = out / "model.txt"
     table.write_text(format_table(model) + "\n")
-    return table, draw_diagram(model.cfg, out / "model.png")
+    try:
+        return [table, draw_diagram(model.cfg, out / "model.png")]
+    except ImportError:  # bare GPU hosts have torch, numpy and pyarrow only
+        log("note: matplotlib is not installed; model.png not drawn (model.txt has the layer table)")
+        return [table]
 
 
 def compile_model(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) -> nn.Module:
