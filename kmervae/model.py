@@ -47,9 +47,12 @@ class FeatureTransform(nn.Module):
     def __init__(self, log_eps: float = 1e-6):
         super().__init__()
         self.log_eps = log_eps
+        # Empty buffer whose dtype follows .double()/.half() of the model: the transform
+        # computes in the model's precision (float64 references included).
+        self.register_buffer("dtype_probe", torch.empty(0), persistent=False)
 
     def log_frequency(self, counts: Tensor) -> Tensor:
-        counts = counts.float()
+        counts = counts.to(self.dtype_probe.dtype)
         windows = counts.sum(dim=1, keepdim=True).clamp_min(1.0)  # featurizer guarantees > 0 for k=7
         return torch.log(counts / windows + self.log_eps)
 
@@ -58,8 +61,8 @@ class FeatureTransform(nn.Module):
             kmer7=self.log_frequency(kmer7),
             kmer4=self.log_frequency(kmer4),
             kmer3=self.log_frequency(kmer3),
-            gc=gc.float().reshape(-1, 1),
-            log_length=torch.log10(length.float().clamp_min(1.0)).reshape(-1, 1),
+            gc=gc.to(self.dtype_probe.dtype).reshape(-1, 1),
+            log_length=torch.log10(length.to(self.dtype_probe.dtype).clamp_min(1.0)).reshape(-1, 1),
         )
 
     def extra_repr(self) -> str:
