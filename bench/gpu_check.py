@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--features", type=Path, required=True)
     parser.add_argument("--rows", type=int, default=262_144)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, runs on a CPU")
+    parser.add_argument("--parts", default="correctness,throughput,engine", help="comma-separated parts to run")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report("torch", f"{torch.__version__}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
@@ -172,16 +173,20 @@ def main() -> None:
     report("features", f"{len(table):,} real contigs, kmer7 stored as {table.kmer7.dtype}")
     smoke = args.smoke
     report("matmul ceiling", f"{matmul_tflops(device, 512 if smoke else 8192):.0f} TFLOP/s ({'bf16' if device.type == 'cuda' else 'fp32'})")
-    check_correctness(table, device, 64 if smoke else 512)
-    throughput(
-        table,
-        device,
-        rows=2048 if smoke else args.rows,
-        batch_sizes=[256] if smoke else [1024, 4096, 8192],
-        modes=["fp32", "bf16"] if smoke else ["fp32", "bf16", "bf16+compile"],
-        preset="tiny" if smoke else "final",
-    )
-    engine_path(args.features, device, 1 if smoke else 3, "tiny" if smoke else "final", compile=not smoke)
+    parts = set(args.parts.split(","))
+    if "correctness" in parts:
+        check_correctness(table, device, 64 if smoke else 512)
+    if "throughput" in parts:
+        throughput(
+            table,
+            device,
+            rows=2048 if smoke else args.rows,
+            batch_sizes=[256] if smoke else [1024, 4096, 8192],
+            modes=["fp32", "bf16"] if smoke else ["fp32", "bf16", "bf16+compile"],
+            preset="tiny" if smoke else "final",
+        )
+    if "engine" in parts:
+        engine_path(args.features, device, 1 if smoke else 3, "tiny" if smoke else "final", compile=not smoke)
     width = max(len(name) for name, _ in rows_out)
     print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows_out))
 

@@ -52,14 +52,15 @@ def layer_table(model: BranchedVAE) -> list[LayerRow]:
     ]
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         batch = 2
         model(
-            torch.full((batch,), 5000),
-            torch.full((batch,), 0.5),
-            torch.ones(batch, N7, dtype=torch.uint8),
-            torch.ones(batch, N4, dtype=torch.uint8),
-            torch.ones(batch, N3, dtype=torch.uint8),
+            torch.full((batch,), 5000, device=device),
+            torch.full((batch,), 0.5, device=device),
+            torch.ones(batch, N7, dtype=torch.uint8, device=device),
+            torch.ones(batch, N4, dtype=torch.uint8, device=device),
+            torch.ones(batch, N3, dtype=torch.uint8, device=device),
         )
     finally:
         model.train(was_training)
