@@ -37,6 +37,7 @@ class Checkpoint:
     epoch: int
     metrics: dict[str, float]
     kmervae_version: str
+    history: list[dict[str, float]]  # metrics of every epoch so far (survives resumes)
 
     def build_model(self, device: torch.device | str = "cpu") -> BranchedVAE:
         """The model of this checkpoint with its weights, in eval mode."""
@@ -67,6 +68,7 @@ def save_checkpoint(
     metrics: dict[str, float],
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
+    history: list[dict[str, float]] | None = None,
 ) -> Path:
     """Write a checkpoint atomically; returns its path."""
     path = Path(path)
@@ -81,6 +83,7 @@ def save_checkpoint(
         "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
         "epoch": int(epoch),
         "metrics": {k: float(v) for k, v in metrics.items()},
+        "history": [{k: float(v) for k, v in m.items()} for m in (history or [])],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -120,4 +123,5 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         epoch=payload["epoch"],
         metrics=payload["metrics"],
         kmervae_version=payload["kmervae_version"],
+        history=payload.get("history", []),
     )

@@ -118,21 +118,31 @@ def _run_config(args: argparse.Namespace):
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train the branched VAE on a feature dataset",
+        help="train the branched VAE on a feature dataset (Ray Train, or one local process)",
         description=(
-            "Train the branched VAE on a feature dataset made by 'kmervae featurize'. The engine 'local' "
-            "trains in this process on the CPU or one GPU and writes best.pt, last.pt and metrics.jsonl "
-            "to --out. A fixed share of contigs (data.val_fraction, chosen by a hash of contig_id) validates."
+            "Train the branched VAE on a feature dataset made by 'kmervae featurize'. The 'ray' engine "
+            "streams the data with Ray Data to Ray Train workers (DDP; one per GPU, or CPU workers), "
+            "checkpoints every epoch, survives worker failures and resumes when run again with the same "
+            "--name and --storage. The 'local' engine trains in this process on the CPU or one GPU. "
+            "A fixed share of contigs (data.val_fraction, chosen by a hash of contig_id) validates. "
+            "Every run is logged to MLflow ($MLFLOW_TRACKING_URI, else ./mlflow.db)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("data", type=Path, metavar="DATA", help="feature dataset folder (or one parquet file)")
-    p.add_argument("--engine", choices=["local"], default="local", help="where to train")
+    p.add_argument("--engine", choices=["ray", "local"], default="ray", help="where to train")
     _add_model_flags(p)
     p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/train-<time>)")
-    p.add_argument("--experiment", default="kmervae", help="MLflow experiment (store: $MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.add_argument("--name", default=None, help="MLflow run name (default: the output folder's name)")
+    p.add_argument("--workers", type=int, default=1, help="ray: training workers (one per GPU on GPU clusters)")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="ray: GPUs per worker (default: 1 when the cluster has enough GPUs, else 0)")
+    p.add_argument("--cpu", action="store_true", help="ray: train on CPU workers even where GPUs exist")
+    p.add_argument("--data-mode", choices=["auto", "materialize", "stream"], default="auto", help="ray: decode the data once into the object store, or re-read it every epoch (auto: materialize when it fits)")
+    p.add_argument("--address", default=None, help="ray: cluster address (default: $RAY_ADDRESS, else a local cluster in this process)")
+    p.add_argument("--name", default=None, help="run name: ray resumes a run of this name in --storage; also the MLflow run name (default: train-<time>)")
+    p.add_argument("--storage", type=Path, default=Path("runs/ray"), help="ray: checkpoint storage folder")
+    p.add_argument("--out", type=Path, default=None, help="folder for best.pt, last.pt, curves and tables (default: local runs/<name>, ray <storage>/<name>/outputs)")
+    p.add_argument("--experiment", default="kmervae", help="MLflow experiment")
+    p.add_argument("--mlflow-dir", type=Path, default=None, help="folder of the local MLflow store (default: the current folder; ignored when $MLFLOW_TRACKING_URI is set)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.set_defaults(run=_cmd_train)
 
@@ -140,29 +150,45 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
-    from kmervae.engine import fit_local
+    from kmervae.feature_table import dataset_files
+    from kmervae.tracking import tracking_uri, ui_command
 
     config = _run_config(args)
     if args.epochs is not None:
         config = config.with_overrides([f"train.epochs={args.epochs}"])
-    out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    tracker = None
-    if not args.no_mlflow:
-        from kmervae.feature_table import dataset_files
+    dataset_files(args.data)  # a bad dataset fails before anything starts
+    name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
+    if args.engine == "ray":
+        from kmervae.ray_engine import fit_ray
+
+        result = fit_ray(
+            args.data, config, workers=args.workers, gpus_per_worker=args.gpus_per_worker, use_cpu=args.cpu,
+            name=name, storage=args.storage, experiment=None if args.no_mlflow else args.experiment,
+            mlflow_dir=args.mlflow_dir, address=args.address, out_dir=args.out, data_mode=args.data_mode,
+        )
+        history, best_path, last_path, run_id, uri = (
+            result.history, result.best_checkpoint, result.last_checkpoint, result.mlflow_run_id, result.mlflow_uri,
+        )
+    else:
+        from kmervae.engine import fit_local
         from kmervae.tracking import Tracker
 
-        dataset_files(args.data)  # a bad path fails before an MLflow run is created
-        tracker = Tracker(args.experiment, args.name or out.name, tags={"engine": args.engine, "preset": args.preset})
-    result = fit_local(args.data, config, out, tracker=tracker)
-    best = min(result.history, key=lambda m: m["val/loss"])
-    print(f"trained   {len(result.history)} epochs; best val/loss {best['val/loss']:.4f} at epoch {int(best['epoch']) + 1}")
-    print(f"best      {result.best_checkpoint}")
-    print(f"last      {result.last_checkpoint}")
-    print(f"metrics   {result.out_dir / 'metrics.jsonl'}")
-    if tracker is not None:
-        from kmervae.tracking import ui_command
+        out = args.out or Path("runs") / name
+        tracker = None
+        if not args.no_mlflow:
+            uri = tracking_uri(args.mlflow_dir)
+            tracker = Tracker(args.experiment, name, uri=uri, tags={"engine": "local", "preset": args.preset})
+        local = fit_local(args.data, config, out, tracker=tracker)
+        history, best_path, last_path = local.history, local.best_checkpoint, local.last_checkpoint
+        run_id, uri = (tracker.run_id, tracker.uri) if tracker else (None, None)
+    from kmervae.engine import best_epoch
 
-        print(f"mlflow    run {tracker.run_id} in experiment '{args.experiment}'; browse: {ui_command(tracker.uri)}")
+    best = best_epoch(history)
+    print(f"trained   {len(history)} epochs; best val/loss {best['val/loss']:.4f} at epoch {int(best['epoch']) + 1}")
+    print(f"best      {best_path}")
+    print(f"last      {last_path}")
+    if run_id is not None:
+        print(f"mlflow    run {run_id} in experiment '{args.experiment}'; browse: {ui_command(uri)}")
     return 0
 
 

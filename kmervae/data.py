@@ -20,6 +20,8 @@ from kmervae.errors import InputError
 from kmervae.feature_table import FeatureTable
 
 _HASH_SCALE = float(2**64)
+SUBSAMPLE_SALT = ":subsample"
+"""Appended to the split salt for the independent hash that picks `data.max_samples` contigs."""
 
 
 def split_hash(contig_ids, salt: str) -> np.ndarray:
@@ -49,10 +51,10 @@ class CountBatch(NamedTuple):
         return CountBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
 
-def _counts_tensor(counts: np.ndarray) -> Tensor:
-    # torch has uint8 but few ops on uint16/uint32: widen those to the next signed type.
+def torch_counts(counts: np.ndarray) -> np.ndarray:
+    """Counts in a dtype torch handles fully: uint8 stays, uint16/uint32 widen to int32/int64."""
     wider = {np.dtype("uint8"): np.uint8, np.dtype("uint16"): np.int32, np.dtype("uint32"): np.int64}
-    return torch.from_numpy(np.ascontiguousarray(counts, dtype=wider[np.dtype(counts.dtype).newbyteorder("=")]))
+    return np.ascontiguousarray(counts, dtype=wider[np.dtype(counts.dtype).newbyteorder("=")])
 
 
 @dataclass
@@ -69,9 +71,9 @@ class TensorData:
             CountBatch(
                 torch.from_numpy(table.length[rows]),
                 torch.from_numpy(table.gc[rows]),
-                _counts_tensor(table.kmer7[rows]),
-                _counts_tensor(table.kmer4[rows]),
-                _counts_tensor(table.kmer3[rows]),
+                torch.from_numpy(torch_counts(table.kmer7[rows])),
+                torch.from_numpy(torch_counts(table.kmer4[rows])),
+                torch.from_numpy(torch_counts(table.kmer3[rows])),
             ),
             table.contig_ids[rows],
             None if table.labels is None else table.labels[rows],
@@ -103,7 +105,7 @@ def load_splits(path, cfg: DataConfig) -> tuple[TensorData, TensorData]:
     rows = np.arange(len(table))
     if cfg.max_samples is not None and cfg.max_samples < len(table):
         # An independent hash picks the subsample, so it keeps the validation share.
-        subsample = split_hash(table.contig_ids, cfg.split_salt + ":subsample")
+        subsample = split_hash(table.contig_ids, cfg.split_salt + SUBSAMPLE_SALT)
         rows = np.sort(np.argsort(subsample, kind="stable")[: cfg.max_samples])
     val = hashes[rows] < cfg.val_fraction
     train_rows, val_rows = rows[~val], rows[val]

@@ -214,16 +214,16 @@ def _fit_local(data_path, config: RunConfig, out_dir, log, tracker) -> FitResult
                 val_metrics["val/knn_acc"] = knn_accuracy(mu, val.labels)
             scheduler.step(val_metrics["val/loss"])
             metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
-            save_checkpoint(result.last_checkpoint, model, config, epoch, metrics, optimizer, scheduler)
+            result.history.append(metrics)
+            save_checkpoint(result.last_checkpoint, model, config, epoch, metrics, optimizer, scheduler, result.history)
             if val_metrics["val/loss"] < best:
                 best = val_metrics["val/loss"]
-                save_checkpoint(result.best_checkpoint, model, config, epoch, metrics, optimizer, scheduler)
+                save_checkpoint(result.best_checkpoint, model, config, epoch, metrics, optimizer, scheduler, result.history)
             metrics_log.write(json.dumps(metrics) + "\n")
             metrics_log.flush()
             if tracker is not None:
                 tracker.log_metrics(metrics, step=epoch)
-            result.history.append(metrics)
-            log(_epoch_line(epoch, tc.epochs, metrics))
+            log(epoch_line(epoch, tc.epochs, metrics))
     return result
 
 
@@ -250,6 +250,11 @@ class _CompiledWithFallback(nn.Module):
         return self.module(*args)
 
 
+def best_epoch(history: list[dict[str, float]]) -> dict[str, float]:
+    """The epoch with the lowest (finite) val/loss."""
+    return min(history, key=lambda m: m["val/loss"] if math.isfinite(m["val/loss"]) else math.inf)
+
+
 def write_model_description(model: BranchedVAE, out: Path, log: Callable[[str], None]) -> list[Path]:
     """The layer table (model.txt) and, where matplotlib exists, the diagram (model.png) of a run."""
     from kmervae.describe import draw_diagram, format_table
@@ -272,7 +277,8 @@ def _train_batches(data: TensorData, batch_size: int, generator: torch.Generator
     return data.batches(batch_size, generator=generator, drop_singleton=True)
 
 
-def _epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    """One line of progress per epoch: losses, key metrics, learning rate, throughput."""
     parts = [f"epoch {epoch + 1}/{epochs}", f"train/loss {m['train/loss']:.4f}", f"val/loss {m['val/loss']:.4f}"]
     parts += [f"{key} {m[key]:.4f}" for key in ("val/mse_7", "val/kl", "val/knn_acc") if key in m]
     parts += [f"active {int(m['val/active_units'])}", f"lr {m['lr']:.2e}", f"{m['samples_per_s']:,.0f} samples/s"]

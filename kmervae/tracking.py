@@ -58,7 +58,11 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """One MLflow run: params once, metrics per epoch, artifacts at the end."""
+    """One MLflow run: params once, metrics per epoch, artifacts at the end.
+
+    With `resume=True`, an existing run of the experiment whose tags equal `tags` is
+    continued instead of creating a duplicate (a training run resumed by name).
+    """
 
     def __init__(
         self,
@@ -67,6 +71,7 @@ class Tracker:
         uri: str | None = None,
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
+        resume: bool = False,
     ):
         from mlflow import MlflowClient
 
@@ -86,8 +91,18 @@ class Tracker:
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
-        self.run_id = run.info.run_id
+        previous = self._find(all_tags) if resume and all_tags else None
+        self.resumed = previous is not None
+        if previous is not None:
+            self.run_id = previous
+            self.client.update_run(previous, status="RUNNING")
+        else:
+            self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
+
+    def _find(self, tags: Mapping[str, str]) -> str | None:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters (flattened) in batches of MLflow's limit."""

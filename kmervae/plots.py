@@ -1,0 +1,50 @@
+"""Training curves as a PNG for MLflow: losses, per-group reconstruction errors, KL and kNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
+    """Three panels over epochs: train/val loss; val MSE per feature group; KL, active units, kNN."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(m["epoch"]) + 1 for m in history]
+
+    def series(key: str) -> list[float] | None:
+        values = [m.get(key) for m in history]
+        return None if all(v is None for v in values) else [float("nan") if v is None else v for v in values]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key in ("train/loss", "val/loss", "val/recon"):
+        if (values := series(key)) is not None:
+            axes[0].plot(epochs, values, label=key, marker=".")
+    axes[0].set_title("loss")
+    for key in ("val/mse_7", "val/mse_7_present", "val/mse_7_absent", "val/mse_4", "val/mse_3", "val/mse_gc", "val/value_mse"):
+        if (values := series(key)) is not None:
+            axes[1].plot(epochs, values, label=key, marker=".")
+    axes[1].set_title("validation MSE per feature group")
+    for ax in axes[:2]:
+        ax.set_yscale("log")
+    kl = series("val/kl")
+    if kl is not None:
+        axes[2].plot(epochs, kl, label="val/kl", color="tab:red", marker=".")
+    axes[2].set_title("KL, active units, kNN accuracy")
+    twin = axes[2].twinx()
+    for key, color in (("val/active_units", "tab:gray"), ("val/knn_acc", "tab:green")):
+        if (values := series(key)) is not None:
+            scale = 1.0 if key == "val/knn_acc" else 1.0 / max(max(values), 1.0)
+            twin.plot(epochs, [v * scale for v in values], label=f"{key}{'' if scale == 1.0 else ' (/max)'}", color=color, marker=".")
+    twin.set_ylim(0, 1.05)
+    for ax in (*axes, twin):
+        ax.set_xlabel("epoch")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,299 @@
+"""Distributed training on Ray: Ray Data shards the features, Ray Train runs DDP workers.
+
+Follows Ray's torch_regression_example: a free `train_loop_per_worker(config)` that reads
+its shard with `get_dataset_shard(...).iter_torch_batches(...)`, calls the same
+`train_epoch` / `validate_epoch` as the local engine (with an all-reduce, so validation
+is exact over all workers), and `ray.train.report`s every epoch with a checkpoint from
+rank 0. The driver (`fit_ray`) validates the data and the resource request before any
+worker starts, owns the MLflow run, and logs artifacts at the end. Rank 0 logs each
+epoch's metrics to that run in one batch. See ../shared/RAY_NOTES.md for the traps this
+avoids (resource over-subscription hangs, relative MLflow paths, Train V2 APIs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from kmervae.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from kmervae.config import RunConfig
+from kmervae.engine import epoch_line, make_optimizer, make_scheduler, train_epoch, validate_epoch, write_model_description
+from kmervae.errors import ConfigError
+from kmervae.feature_table import dataset_files
+from kmervae.metrics import knn_accuracy
+from kmervae.model import BranchedVAE
+
+CHECKPOINT_FILE = "checkpoint.pt"
+DATA_CPUS = 1.0
+"""CPUs left free for Ray Data's read tasks (each asks for one; without it the read never starts)."""
+MAX_FAILURES = 3
+"""Worker failures survived per run: each restarts the worker group from the latest checkpoint."""
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """How a training run is laid out on the cluster."""
+
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+
+    def describe(self) -> str:
+        gpu = f", {self.gpus_per_worker:g} GPU" if self.gpus_per_worker else ""
+        return f"{self.workers} worker(s) x ({self.cpus_per_worker:g} CPU{gpu})"
+
+
+def plan_resources(available: dict[str, float], workers: int, gpus_per_worker: float | None, use_cpu: bool) -> ResourcePlan:
+    """Fit the requested workers on the cluster, or say exactly why they cannot fit."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    cpus, gpus = float(available.get("CPU", 0)), float(available.get("GPU", 0))
+    if use_cpu:
+        gpus_per_worker = 0.0
+    elif gpus_per_worker is None:
+        gpus_per_worker = 1.0 if gpus >= workers else 0.0
+    if gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    if workers * gpus_per_worker > gpus:
+        raise ConfigError(
+            f"cannot fit {workers} worker(s) x {gpus_per_worker:g} GPU: the cluster has {gpus:g} GPU(s) "
+            f"and {cpus:g} CPU(s); ask for fewer workers or pass --cpu"
+        )
+    spare = cpus - DATA_CPUS
+    cpus_per_worker = min(1.0, spare / workers) if gpus_per_worker else min(4.0, spare / workers)
+    if cpus_per_worker < 0.25:
+        raise ConfigError(
+            f"cannot fit {workers} worker(s): the cluster has {cpus:g} CPU(s), {DATA_CPUS:g} of which Ray Data's "
+            f"readers need, leaving {max(spare, 0):g} for workers (at least 0.25 each); ask for at most "
+            f"{max(int(spare / 0.25), 0)} worker(s) or add nodes"
+        )
+    return ResourcePlan(workers, round(cpus_per_worker, 3), gpus_per_worker)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: train the VAE on this worker's shard, report every epoch."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from kmervae.ray_data import shard_batches
+
+    config = RunConfig.from_dict(loop_config["run"])
+    tc = config.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(tc.seed)
+    model = BranchedVAE(config.model)
+    resumed = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resumed = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+        model.load_state_dict(resumed.model_state)
+    model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP when world > 1
+    optimizer = make_optimizer(model, tc, device)
+    scheduler = make_scheduler(optimizer, tc)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resumed is not None:
+        optimizer.load_state_dict(resumed.optimizer_state)
+        scheduler.load_state_dict(resumed.scheduler_state)
+        history, start_epoch = list(resumed.history), resumed.epoch + 1
+    distributed = dist.is_available() and dist.is_initialized() and world > 1
+    all_reduce = dist.all_reduce if distributed else None
+    labeled = loop_config["labeled"]
+    client = None
+    if rank == 0 and loop_config.get("mlflow_uri"):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=loop_config["mlflow_uri"])
+    train_shard = ray.train.get_dataset_shard("train")
+    val_data = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, tc.epochs):
+        beta = config.loss.beta_at(epoch)
+        seed = tc.seed * 1_000_003 + epoch * 1009 + rank  # a different, reproducible order every epoch
+        train_metrics = train_epoch(
+            model, shard_batches(train_shard, tc.batch_size, device, shuffle_seed=seed, drop_last=True),
+            optimizer, config.loss, beta, device=device, grad_clip=tc.grad_clip, precision=tc.precision,
+            all_reduce=all_reduce,
+        )
+        # Every worker reads the (unsplit) validation set and keeps its own hash buckets, so
+        # nothing is dropped to equalise shards; the sums are then all-reduced: exact metrics.
+        labels: list[torch.Tensor] = []
+        val_metrics, mu = validate_epoch(
+            unwrap(model), shard_batches(val_data, tc.batch_size, device, labels_out=labels, bucket=(rank, world)),
+            config.loss, beta, device=device, precision=tc.precision, all_reduce=all_reduce, keep_embeddings=labeled,
+        )
+        if labeled:
+            mu_all, labels_all = _gather(mu, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int32), distributed, world)
+            val_metrics["val/knn_acc"] = knn_accuracy(mu_all, [int(c) if c >= 0 else None for c in labels_all])
+        scheduler.step(val_metrics["val/loss"])
+        metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
+        history.append(metrics)
+        if rank == 0:
+            print(epoch_line(epoch, tc.epochs, metrics), flush=True)
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            if client is not None:
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                client.log_batch(loop_config["mlflow_run_id"], metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
+        else:
+            ray.train.report(metrics)
+
+
+def _gather(mu: torch.Tensor | None, labels: torch.Tensor, distributed: bool, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All workers' validation embeddings and label codes (for kNN accuracy over the whole set)."""
+    mu = mu if mu is not None else torch.zeros(0, 0)
+    if not distributed:
+        return mu, labels
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, (mu, labels))
+    mus = [m for m, _ in parts if m.numel()]
+    return (torch.cat(mus) if mus else mu), torch.cat([lab for _, lab in parts])
+
+
+@dataclass
+class RayFitResult:
+    """What a Ray training run produced."""
+
+    name: str
+    path: str  # the run folder on Ray storage
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, float]]
+    mlflow_run_id: str | None
+    mlflow_uri: str | None
+
+
+def fit_ray(
+    data_path: str | Path,
+    config: RunConfig,
+    *,
+    workers: int = 1,
+    gpus_per_worker: float | None = None,
+    use_cpu: bool = False,
+    name: str | None = None,
+    storage: str | Path = "runs/ray",
+    experiment: str | None = "kmervae",
+    mlflow_dir: str | Path | None = None,
+    address: str | None = None,
+    out_dir: str | Path | None = None,
+    data_mode: str = "auto",
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> RayFitResult:
+    """Train with Ray Train; resumes when `name` already has checkpoints in `storage`."""
+    files = dataset_files(data_path)  # a foreign or corrupt dataset is refused before Ray starts
+    name = name or time.strftime("train-%Y%m%d-%H%M%S")
+    storage = Path(storage).absolute()
+    out = Path(out_dir).absolute() if out_dir else storage / name / "outputs"
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from kmervae.ray_data import build_datasets, label_vocabulary
+
+    init_ray(address)
+    plan = plan_resources(ray.available_resources(), workers, gpus_per_worker, use_cpu)
+    labels = label_vocabulary(files)
+    tracker = None
+    if experiment:
+        tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config)
+    log(f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, storage {storage}")
+    train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run": config.to_dict(),
+            "labeled": bool(labels),
+            "mlflow_uri": tracker.uri if tracker else None,
+            "mlflow_run_id": tracker.run_id if tracker else None,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=plan.workers,
+            use_gpu=plan.gpus_per_worker > 0,
+            resources_per_worker={"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if plan.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="val/loss", checkpoint_score_order="min"
+            ),  # keeps the best by val/loss; Ray always keeps the latest too
+            failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our epoch lines, not every report
+        ),
+        datasets={"train": train_ds, "val": val_ds},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        if tracker is not None:
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    best_ckpt = result.get_best_checkpoint("val/loss", "min") or result.checkpoint
+    best = _copy_checkpoint(best_ckpt, out / "best.pt")
+    last = _copy_checkpoint(result.checkpoint, out / "last.pt")
+    history = load_checkpoint(last).history
+    artifacts = write_model_description(BranchedVAE(config.model), out, log)
+    try:
+        from kmervae.plots import plot_training_curves
+
+        artifacts.append(plot_training_curves(history, out / "curves.png"))
+    except ImportError:
+        log("note: matplotlib is not installed; curves.png not drawn")
+    if tracker is not None:
+        for path in artifacts:
+            tracker.log_artifact(path)
+        tracker.log_artifact(best, "checkpoints")
+        tracker.log_artifact(last, "checkpoints")
+        tracker.finish()
+    return RayFitResult(name, str(result.path), best, last, history, tracker.run_id if tracker else None, tracker.uri if tracker else None)
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to `address` (or $RAY_ADDRESS), else start a local cluster in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, logging_level="WARNING")
+        else:
+            ray.init(logging_level="WARNING", include_dashboard=True, dashboard_host="127.0.0.1")
+    except ConnectionError as err:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {err}; start it or fix --address") from None
+
+
+def _mlflow_run(experiment: str, name: str, storage: Path, mlflow_dir, config: RunConfig):
+    """The MLflow run of this training run: the same run again when resuming by name."""
+    from kmervae.tracking import Tracker, tracking_uri
+
+    uri = tracking_uri(mlflow_dir)
+    tags = {"kmervae.run_name": name, "kmervae.storage": str(storage), "engine": "ray"}
+    tracker = Tracker(experiment, name, uri=uri, tags=tags, resume=True)
+    if not tracker.resumed:
+        tracker.log_params(config.to_dict())
+    return tracker
+
+
+def _copy_checkpoint(checkpoint, target: Path) -> Path:
+    with checkpoint.as_directory() as folder:
+        target.write_bytes((Path(folder) / CHECKPOINT_FILE).read_bytes())
+    return target
