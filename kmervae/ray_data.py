@@ -98,7 +98,7 @@ def build_datasets(files: DatasetFiles, cfg: DataConfig, labels: list[str], seed
     context.print_on_execution_start = False
     threshold = subsample_threshold(files, cfg)
     columns = READ_COLUMNS + (["label"] if labels else [])
-    base = ray.data.read_parquet([str(p) for p in files.paths], columns=columns)
+    base = ray.data.read_parquet([str(p) for p in files.paths]).select_columns(columns)  # projection pushed into the read
     common = dict(fmt=files.format, cfg=cfg, threshold=threshold)
     train = base.map_batches(decode_split, fn_kwargs=dict(common, validation=False, labels=[]), batch_format="pyarrow")
     val = base.map_batches(decode_split, fn_kwargs=dict(common, validation=True, labels=labels), batch_format="pyarrow")

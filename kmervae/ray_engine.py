@@ -12,6 +12,7 @@ avoids (resource over-subscription hangs, relative MLflow paths, Train V2 APIs).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -90,6 +91,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))  # the CPUs this worker was given
     torch.manual_seed(tc.seed)
     model = BranchedVAE(config.model)
     resumed = None
@@ -125,6 +128,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer, config.loss, beta, device=device, grad_clip=tc.grad_clip, precision=tc.precision,
             all_reduce=all_reduce,
         )
+        if distributed:
+            # DDP keeps each rank's BatchNorm running statistics from its own last batch: make
+            # every rank validate rank 0's model, the one that is checkpointed.
+            for buffer in unwrap(model).buffers():
+                dist.broadcast(buffer, src=0)
         # Every worker reads the (unsplit) validation set and keeps its own hash buckets, so
         # nothing is dropped to equalise shards; the sums are then all-reduced: exact metrics.
         labels: list[torch.Tensor] = []
@@ -139,7 +147,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
         history.append(metrics)
         if rank == 0:
-            print(epoch_line(epoch, tc.epochs, metrics), flush=True)
+            # sys.stdout.write, not print: Ray Train's patched print would echo the line twice.
+            sys.stdout.write(epoch_line(epoch, tc.epochs, metrics) + "\n")
+            sys.stdout.flush()
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
@@ -218,6 +228,7 @@ def fit_ray(
         train_loop_config={
             "run": config.to_dict(),
             "labeled": bool(labels),
+            "cpus_per_worker": plan.cpus_per_worker,
             "mlflow_uri": tracker.uri if tracker else None,
             "mlflow_run_id": tracker.run_id if tracker else None,
         },
@@ -233,7 +244,6 @@ def fit_ray(
                 num_to_keep=1, checkpoint_score_attribute="val/loss", checkpoint_score_order="min"
             ),  # keeps the best by val/loss; Ray always keeps the latest too
             failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our epoch lines, not every report
         ),
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -272,6 +282,8 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    # A local cluster enables token authentication (good) and says so on every start (noise).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING")

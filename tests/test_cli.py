@@ -59,7 +59,7 @@ def test_user_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, setup, args
 
 def test_train_and_describe_commands(tmp_path, example_features):
     out = tmp_path / "run"
-    result = kmervae("train", str(example_features), "--preset", "tiny", "--epochs", "2", "--out", str(out), "--set", "data.max_samples=300")
+    result = kmervae("train", str(example_features), "--engine", "local", "--preset", "tiny", "--epochs", "2", "--out", str(out), "--set", "data.max_samples=300", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "trained   2 epochs" in result.stdout and (out / "best.pt").exists() and (out / "metrics.jsonl").exists()
     assert "epoch 2/2" in result.stderr
@@ -75,6 +75,7 @@ def test_train_and_describe_commands(tmp_path, example_features):
         (["train", "DATA", "--preset", "huge"], "--preset 'huge' is unknown"),
         (["train", "nowhere"], "nowhere: no such feature dataset"),
         (["describe", "-o", "model.pdf"], "the diagram is written as .png or .svg"),
+        (["train", "DATA", "--workers", "16", "--cpu", "--no-mlflow"], "cannot fit 16 worker(s): the cluster has"),
     ],
 )
 def test_train_and_describe_errors_are_one_line(tmp_path, example_features, args, message):

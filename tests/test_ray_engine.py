@@ -1,0 +1,149 @@
+"""Distributed training on a real local Ray cluster (CPU workers, gloo) with real MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from kmervae.checkpoint import load_checkpoint
+from kmervae.config import PRESETS, RunConfig
+from kmervae.data import load_splits
+from kmervae.engine import validate_epoch
+from kmervae.errors import ConfigError, InputError
+from kmervae.ray_engine import fit_ray, plan_resources
+
+ray = pytest.importorskip("ray")
+
+METRIC_KEYS = {
+    "train/loss", "val/loss", "val/recon", "val/kl", "val/mse_7", "val/mse_7_present", "val/mse_7_absent",
+    "val/frac_present", "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
+    "val/active_units", "lr", "epoch", "samples_per_s", "val/knn_acc",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def tiny(epochs: int) -> RunConfig:
+    return RunConfig(model=PRESETS["tiny"]).with_overrides([f"train.epochs={epochs}", "train.batch_size=64", "train.lr=3e-3"])
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(local_ray, example_features, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray-run")
+    result = fit_ray(
+        example_features, tiny(2), workers=2, use_cpu=True, name="two", storage=root / "storage",
+        mlflow_dir=root, log=lambda line: None,
+    )
+    return root, result
+
+
+def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run):
+    from mlflow import MlflowClient
+
+    root, result = two_worker_run
+    client = MlflowClient(result.mlflow_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["engine"] == "ray"
+    assert run.data.params["model.latent_dim"] == "8"
+    for key in METRIC_KEYS:
+        assert [m.step for m in client.get_metric_history(result.mlflow_run_id, key)] == [0, 1], key
+    artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
+    assert {"curves.png", "model.png", "model.txt", "checkpoints"} <= artifacts
+    assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoints")} == {"checkpoints/best.pt", "checkpoints/last.pt"}
+
+
+def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, example_features):
+    _, result = two_worker_run
+    ckpt = load_checkpoint(result.best_checkpoint)
+    reported = ckpt.metrics["val/loss"]
+    _, val = load_splits(example_features, ckpt.config.data)
+    metrics, _ = validate_epoch(
+        ckpt.build_model(), val.batches(64), ckpt.config.loss, ckpt.config.loss.beta_at(ckpt.epoch), device=torch.device("cpu")
+    )
+    # The workers split the validation set and all-reduced their sums: the whole set, exactly.
+    assert metrics["val/loss"] == pytest.approx(reported, rel=1e-5)
+    assert [m["epoch"] for m in result.history] == [0, 1]
+
+
+def test_rerunning_the_same_name_resumes_and_continues_the_mlflow_run(two_worker_run, example_features):
+    from mlflow import MlflowClient
+
+    root, first = two_worker_run
+    again = fit_ray(
+        example_features, tiny(3), workers=2, use_cpu=True, name="two", storage=root / "storage",
+        mlflow_dir=root, log=lambda line: None,
+    )
+    assert again.mlflow_run_id == first.mlflow_run_id
+    assert [m["epoch"] for m in again.history] == [0, 1, 2]
+    assert again.history[:2] == first.history  # epochs 0-1 came from the checkpoint, not retrained
+    client = MlflowClient(again.mlflow_uri)
+    assert [m.step for m in client.get_metric_history(again.mlflow_run_id, "val/loss")] == [0, 1, 2]
+
+
+def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path):
+    from ray.util.state import list_actors
+
+    storage = tmp_path / "storage"
+    killed = []
+
+    def kill_one_worker_after_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            if list((storage / "killed").glob("checkpoint_*")):
+                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                if workers:
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed.append(workers[-1].pid)
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_one_worker_after_first_checkpoint, daemon=True)
+    killer.start()
+    result = fit_ray(
+        example_features, tiny(4), workers=2, use_cpu=True, name="killed", storage=storage,
+        experiment=None, log=lambda line: None,
+    )
+    killer.join(timeout=5)
+    assert killed, "no worker was killed: the test did not exercise recovery"
+    assert [m["epoch"] for m in result.history] == [0, 1, 2, 3]
+
+
+def test_impossible_resource_requests_fail_at_once():
+    with pytest.raises(ConfigError, match=r"cannot fit 8 worker\(s\): the cluster has 2 CPU\(s\)"):
+        plan_resources({"CPU": 2.0}, 8, None, use_cpu=True)
+    with pytest.raises(ConfigError, match=r"cannot fit 2 worker\(s\) x 1 GPU: the cluster has 0 GPU\(s\)"):
+        plan_resources({"CPU": 16.0}, 2, 1.0, use_cpu=False)
+    plan = plan_resources({"CPU": 2.0}, 2, None, use_cpu=False)
+    assert (plan.workers, plan.cpus_per_worker, plan.gpus_per_worker) == (2, 0.5, 0.0)
+    gpu = plan_resources({"CPU": 16.0, "GPU": 4.0}, 4, None, use_cpu=False)
+    assert gpu.gpus_per_worker == 1.0 and gpu.cpus_per_worker == 1.0
+
+
+def test_impossible_request_on_the_live_cluster_fails_before_training(local_ray, example_features, tmp_path):
+    started = time.time()
+    with pytest.raises(ConfigError, match="cannot fit 16 worker"):
+        fit_ray(example_features, tiny(1), workers=16, use_cpu=True, name="big", storage=tmp_path, experiment=None)
+    assert time.time() - started < 30 and not (tmp_path / "big").exists()
+
+
+def test_a_foreign_parquet_is_refused_before_any_worker_starts(tmp_path, example_features):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pq.write_table(pa.table({"contig_id": ["a"], "kmer7": [np.zeros(3).tobytes()]}), bad / "part-0.parquet")
+    was_running = ray.is_initialized()
+    with pytest.raises(InputError, match="not a kmervae feature file"):
+        fit_ray(bad, tiny(1), workers=1, use_cpu=True, storage=tmp_path, experiment=None)
+    assert ray.is_initialized() == was_running  # refused before Ray was even started
