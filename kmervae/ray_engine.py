@@ -51,29 +51,42 @@ class ResourcePlan:
         return f"{self.workers} worker(s) x ({self.cpus_per_worker:g} CPU{gpu})"
 
 
-def plan_resources(available: dict[str, float], workers: int, gpus_per_worker: float | None, use_cpu: bool) -> ResourcePlan:
-    """Fit the requested workers on the cluster, or say exactly why they cannot fit."""
+def plan_resources(
+    available: dict[str, float],
+    workers: int,
+    gpus_per_worker: float | None,
+    use_cpu: bool,
+    trials: int = 1,
+    trial_cpus: float = 0.0,
+) -> ResourcePlan:
+    """Fit `trials` concurrent runs of `workers` workers on the cluster, or say why they cannot fit.
+
+    `trial_cpus` is what each run's own driver needs besides its workers (a Tune trial
+    actor); one CPU always stays free for Ray Data's read tasks.
+    """
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     cpus, gpus = float(available.get("CPU", 0)), float(available.get("GPU", 0))
     if use_cpu:
         gpus_per_worker = 0.0
     elif gpus_per_worker is None:
-        gpus_per_worker = 1.0 if gpus >= workers else 0.0
+        gpus_per_worker = 1.0 if gpus >= workers * trials else 0.0
     if gpus_per_worker < 0:
         raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    if workers * gpus_per_worker > gpus:
+    what = f"{trials} x {workers} worker(s)" if trials > 1 else f"{workers} worker(s)"
+    if trials * workers * gpus_per_worker > gpus:
         raise ConfigError(
-            f"cannot fit {workers} worker(s) x {gpus_per_worker:g} GPU: the cluster has {gpus:g} GPU(s) "
+            f"cannot fit {what} x {gpus_per_worker:g} GPU: the cluster has {gpus:g} GPU(s) "
             f"and {cpus:g} CPU(s); ask for fewer workers or pass --cpu"
         )
-    spare = cpus - DATA_CPUS
-    cpus_per_worker = min(1.0, spare / workers) if gpus_per_worker else min(4.0, spare / workers)
+    spare = cpus - DATA_CPUS - trials * trial_cpus
+    per_worker = spare / (trials * workers)
+    cpus_per_worker = min(1.0, per_worker) if gpus_per_worker else min(4.0, per_worker)
     if cpus_per_worker < 0.25:
         raise ConfigError(
-            f"cannot fit {workers} worker(s): the cluster has {cpus:g} CPU(s), {DATA_CPUS:g} of which Ray Data's "
+            f"cannot fit {what}: the cluster has {cpus:g} CPU(s), {DATA_CPUS:g} of which Ray Data's "
             f"readers need, leaving {max(spare, 0):g} for workers (at least 0.25 each); ask for at most "
-            f"{max(int(spare / 0.25), 0)} worker(s) or add nodes"
+            f"{max(int(spare / 0.25), 0)} worker(s) in all or add nodes"
         )
     return ResourcePlan(workers, round(cpus_per_worker, 3), gpus_per_worker)
 
@@ -210,8 +223,6 @@ def fit_ray(
     storage = Path(storage).absolute()
     out = Path(out_dir).absolute() if out_dir else storage / name / "outputs"
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     from kmervae.ray_data import build_datasets, label_vocabulary
 
@@ -223,11 +234,27 @@ def fit_ray(
         tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config)
     log(f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, storage {storage}")
     train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
-    trainer = TorchTrainer(
+    trainer = build_trainer(config, plan, train_ds, val_ds, bool(labels), name, storage, tracker)
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        if tracker is not None:
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    best, last, history = export_results(result, config, out, tracker, log)
+    return RayFitResult(name, str(result.path), best, last, history, tracker.run_id if tracker else None, tracker.uri if tracker else None)
+
+
+def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, labeled: bool, name: str, storage: Path, tracker, callbacks=()):
+    """The Ray Train TorchTrainer of one training run (also one Tune trial of a sweep)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "run": config.to_dict(),
-            "labeled": bool(labels),
+            "labeled": labeled,
             "cpus_per_worker": plan.cpus_per_worker,
             "mlflow_uri": tracker.uri if tracker else None,
             "mlflow_run_id": tracker.run_id if tracker else None,
@@ -244,16 +271,15 @@ def fit_ray(
                 num_to_keep=1, checkpoint_score_attribute="val/loss", checkpoint_score_order="min"
             ),  # keeps the best by val/loss; Ray always keeps the latest too
             failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
+            callbacks=list(callbacks),
         ),
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    try:
-        result = trainer.fit()
-    except BaseException as err:
-        if tracker is not None:
-            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
+
+
+def export_results(result, config: RunConfig, out: Path, tracker, log: Callable[[str], None]) -> tuple[Path, Path, list[dict[str, float]]]:
+    """Copy the best and last checkpoints to `out`, draw the curves, log everything to MLflow."""
     out.mkdir(parents=True, exist_ok=True)
     best_ckpt = result.get_best_checkpoint("val/loss", "min") or result.checkpoint
     best = _copy_checkpoint(best_ckpt, out / "best.pt")
@@ -272,7 +298,7 @@ def fit_ray(
         tracker.log_artifact(best, "checkpoints")
         tracker.log_artifact(last, "checkpoints")
         tracker.finish()
-    return RayFitResult(name, str(result.path), best, last, history, tracker.run_id if tracker else None, tracker.uri if tracker else None)
+    return best, last, history
 
 
 def init_ray(address: str | None) -> None:

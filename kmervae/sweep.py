@@ -1,0 +1,333 @@
+"""Hyperparameter sweeps: Ray Tune + Optuna (seeded TPE) + ASHA over Ray Train runs, in MLflow.
+
+The supported Train V2 pattern (RAY_NOTES.md): a Tune trial is a plain function that
+builds a `TorchTrainer` (the same one `kmervae train` uses) with `TuneReportCallback`, so
+every epoch's metrics reach Tune and ASHA. The data is read and decoded once per sweep
+and shared by all trials. MLflow gets one parent run per sweep and one nested child run
+per trial; `--resume` continues the same runs. Search spaces are define-by-run functions
+that live in `sweeps/`: the engine only sees the overrides they return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from kmervae.config import RunConfig, _check
+from kmervae.errors import ConfigError, KmervaeError
+from kmervae.feature_table import DatasetFiles, dataset_files
+
+SpaceFn = Callable[[Any], "dict[str, Any] | None"]
+"""Define-by-run search space: takes an optuna.Trial, calls trial.suggest_*; returns None."""
+
+TRIAL_CPUS = 0.1
+"""CPU reserved for each trial's own actor (it only waits on its Ray Train run)."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """How a sweep searches, stops trials early, and where it keeps its state."""
+
+    name: str = "latent-sweep"
+    """Sweep name: its folder under `storage`, its MLflow parent run, the key for --resume."""
+    storage: str = "runs/sweeps"
+    """Folder (made absolute) where Tune and Train keep trial state and checkpoints."""
+    metric: str = "val/loss"
+    """Objective: val/loss (minimised) or val/knn_acc (maximised; needs labels)."""
+    num_samples: int = 8
+    """Trials to run."""
+    max_concurrent: int | None = None
+    """Trials at once (None: as many as the cluster fits)."""
+    workers_per_trial: int = 1
+    """Ray Train workers per trial."""
+    gpus_per_trial: float | None = None
+    """GPUs per trial, spread over its workers (None: one per worker when the cluster has them; 0: CPU)."""
+    seed: int = 0
+    """Seed of the TPE sampler (and of every trial's training)."""
+    grace_period: int = 2
+    """ASHA: epochs every trial runs before it can be stopped."""
+    reduction_factor: int = 3
+    """ASHA: keep the top 1/reduction_factor at each rung."""
+    experiment: str = "kmervae-sweeps"
+    """MLflow experiment of the parent and child runs."""
+    register_as: str = "kmervae-encoder"
+    """Registered model name for the best trial's checkpoint ('' to skip)."""
+    alias: str = "champion"
+    """Registry alias set on the registered version."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "sweep.name", self.name, "expected a non-empty name without '/'")
+        _check(self.metric in ("val/loss", "val/knn_acc"), "--metric", self.metric, "expected val/loss or val/knn_acc")
+        _check(self.num_samples >= 1, "--samples", self.num_samples, "expected an integer >= 1")
+        _check(self.max_concurrent is None or self.max_concurrent >= 1, "--max-concurrent", self.max_concurrent, "expected an integer >= 1")
+        _check(self.workers_per_trial >= 1, "--workers-per-trial", self.workers_per_trial, "expected an integer >= 1")
+        _check(self.gpus_per_trial is None or self.gpus_per_trial >= 0, "--gpus-per-trial", self.gpus_per_trial, "expected a number >= 0")
+        _check(self.grace_period >= 1, "sweep.grace_period", self.grace_period, "expected an integer >= 1")
+        _check(self.reduction_factor >= 2, "sweep.reduction_factor", self.reduction_factor, "expected an integer >= 2")
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.metric == "val/knn_acc" else "min"
+
+
+@dataclass
+class SweepResult:
+    """What a sweep found."""
+
+    name: str
+    path: str
+    trials: list[dict[str, Any]] = field(default_factory=list)  # one row per trial: id, status, config, metric
+    best_trial: dict[str, Any] | None = None
+    best_checkpoint: Path | None = None
+    parent_run_id: str | None = None
+    mlflow_uri: str | None = None
+    registered: str | None = None  # models:/NAME@ALIAS
+    space: SpaceFn | None = None  # for parameter importances
+
+
+def config_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """The `section.key` entries of a trial's parameters (helper parameters such as a depth
+    that only decides how many widths exist carry no dot and are not config)."""
+    return {k: v for k, v in params.items() if "." in k}
+
+
+def overrides_to_dict(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{'model.latent_dim': 64} -> {'model': {'latent_dim': 64}}."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -> None:
+    """Sample the space a few times and build each config: a bad space fails before Ray starts."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(samples):
+        trial = study.ask()
+        try:
+            returned = space(trial)
+        except Exception as err:  # the space is user code: say which and why
+            raise ConfigError(f"the search space cannot be sampled: {type(err).__name__}: {err}") from None
+        params = dict(trial.params)
+        params.update(returned or {})
+        RunConfig.from_dict(overrides_to_dict(config_overrides(params)), base=base)
+        study.tell(trial, 0.0)
+
+
+def dataset_fingerprint(files: DatasetFiles) -> str:
+    """A short hash of the dataset: file names, sizes and the manifest (cheap for any size)."""
+    digest = hashlib.sha256()
+    for path in files.paths:
+        digest.update(f"{path.name}:{path.stat().st_size};".encode())
+    if files.manifest is not None:
+        digest.update(json.dumps(files.manifest, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def git_commit() -> str:
+    """The commit of the code running the sweep, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: bool, plan, train_ds, val_ds, parent_run_id, mlflow_uri, extra) -> None:
+    """One Tune trial: build its config from the sampled overrides and run Ray Train on it."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from kmervae.ray_engine import build_trainer, export_results
+    from kmervae.tracking import Tracker
+
+    config = RunConfig.from_dict(overrides_to_dict(config_overrides({**extra, **tune_config})), base=RunConfig.from_dict(base))
+    context = ray.tune.get_context()
+    trial_id = context.get_trial_id()
+    sweep_cfg = SweepConfig(**sweep)
+    storage = Path(sweep_cfg.storage) / sweep_cfg.name / "trials"
+    tracker = None
+    if mlflow_uri:
+        tags = {"kmervae.sweep": sweep_cfg.name, "kmervae.trial_id": trial_id, "engine": "ray"}
+        tracker = Tracker(sweep_cfg.experiment, f"{sweep_cfg.name}-{trial_id}", uri=mlflow_uri, tags=tags, parent_run_id=parent_run_id, resume=True)
+        if not tracker.resumed:
+            tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **tune_config}})
+    trainer = build_trainer(config, plan, train_ds, val_ds, labeled, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()])
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        if tracker is not None:
+            reason = _root_cause(err)
+            tracker.client.set_tag(tracker.run_id, "kmervae.failure", reason[:5000])
+            tracker.finish("FAILED")
+        raise
+    export_results(result, config, storage / f"trial-{trial_id}" / "outputs", tracker, log=lambda line: None)
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost error message of a failed trial (e.g. 'training loss became nan; ...')."""
+    text = str(err)
+    for marker in ("TrainingDiverged: ", "KmervaeError: "):
+        if marker in text:
+            return text.split(marker, 1)[1].splitlines()[0]
+    return text.strip().splitlines()[-1] if text.strip() else type(err).__name__
+
+
+def run_sweep(
+    data_path: str | Path,
+    base: RunConfig,
+    space: SpaceFn,
+    sweep: SweepConfig,
+    *,
+    resume: bool = False,
+    mlflow_dir: str | Path | None = None,
+    use_mlflow: bool = True,
+    address: str | None = None,
+    data_mode: str = "auto",
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> SweepResult:
+    """Run (or with `resume`, continue) a sweep; returns the trials and the best one."""
+    files = dataset_files(data_path)
+    check_space(space, base, sweep.seed)
+    storage = Path(sweep.storage).absolute()
+    sweep = SweepConfig(**{**asdict(sweep), "storage": str(storage)})
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from kmervae.ray_data import build_datasets, label_vocabulary
+    from kmervae.ray_engine import init_ray, plan_resources
+
+    labels = label_vocabulary(files)
+    if sweep.metric == "val/knn_acc" and not labels:
+        raise ConfigError(f"--metric val/knn_acc needs labels, and {data_path} has none; featurize with labels or use val/loss")
+    sweep_dir = storage / sweep.name
+    if resume and not sweep_dir.exists():
+        raise ConfigError(f"--resume: no sweep '{sweep.name}' in {storage}; run it without --resume first")
+    if not resume and sweep_dir.exists():
+        raise ConfigError(f"a sweep '{sweep.name}' exists in {storage}; pass --resume to continue it or choose another --name")
+    init_ray(address)
+    available = ray.available_resources()
+    workers = sweep.workers_per_trial
+    gpus_per_worker = None if sweep.gpus_per_trial is None else sweep.gpus_per_trial / workers
+    use_cpu = sweep.gpus_per_trial == 0
+    concurrent = sweep.max_concurrent or _max_concurrent(available, workers, gpus_per_worker, use_cpu, sweep.num_samples)
+    plan = plan_resources(available, workers, gpus_per_worker, use_cpu, trials=concurrent, trial_cpus=TRIAL_CPUS)
+    tracker = None
+    if use_mlflow:
+        tracker = _parent_run(sweep, files, data_path, base, mlflow_dir, space)
+    log(f"sweep {sweep.name}: {sweep.num_samples} trial(s), {concurrent} at a time, each {plan.describe()}; storage {sweep_dir}")
+    train_ds, val_ds = build_datasets(files, base.data, labels, base.train.seed, data_mode)  # once, for every trial
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, base=base.to_dict(), sweep=asdict(sweep), labeled=bool(labels), plan=plan,
+            train_ds=train_ds, val_ds=val_ds, parent_run_id=tracker.run_id if tracker else None,
+            mlflow_uri=tracker.uri if tracker else None, extra={},
+        ),
+        {"cpu": TRIAL_CPUS},
+    )
+    tune_dir = str(sweep_dir / "tune")
+    if resume and tune.Tuner.can_restore(tune_dir):
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        searcher = OptunaSearch(space=space, metric=sweep.metric, mode=sweep.mode, sampler=optuna.samplers.TPESampler(seed=sweep.seed))
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=base.train.epochs, grace_period=min(sweep.grace_period, base.train.epochs),
+            reduction_factor=sweep.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=sweep.metric, mode=sweep.mode, search_alg=searcher, scheduler=scheduler,
+                num_samples=sweep.num_samples, max_concurrent_trials=concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=str(sweep_dir), failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+            ),
+        )
+    try:
+        grid = tuner.fit()
+    except BaseException as err:
+        if tracker is not None:
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    result = _summarize(grid, sweep, sweep_dir)
+    result.space = space
+    if tracker is not None:
+        from kmervae.sweep_report import report_to_parent
+
+        result.parent_run_id, result.mlflow_uri = tracker.run_id, tracker.uri
+        result.registered = report_to_parent(tracker, result, sweep, grid, log)
+    return result
+
+
+def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunConfig, mlflow_dir, space: SpaceFn):
+    """The sweep's MLflow parent run (the same one again on --resume)."""
+    from kmervae.sweep_report import space_distributions
+    from kmervae.tracking import Tracker, tracking_uri
+
+    tags = {"kmervae.sweep": sweep.name, "kmervae.role": "sweep", "kmervae.storage": sweep.storage}
+    tracker = Tracker(sweep.experiment, sweep.name, uri=tracking_uri(mlflow_dir), tags=tags, resume=True)
+    if not tracker.resumed:
+        data = {"path": str(Path(data_path).absolute()), "contigs": files.rows, "files": len(files.paths), "hash": dataset_fingerprint(files)}
+        tracker.log_params({"sweep": asdict(sweep), **base.to_dict(), "dataset": data})
+        space_text = json.dumps({k: repr(v) for k, v in space_distributions(space).items()})
+        for key, value in (("git_commit", git_commit()), ("search_space", space_text[:5000])):
+            tracker.client.set_tag(tracker.run_id, key, value)
+    return tracker
+
+
+def _max_concurrent(available: dict[str, float], workers: int, gpus_per_worker, use_cpu: bool, samples: int) -> int:
+    """As many trials as fit: by GPUs when trials use them, else one CPU per worker."""
+    from kmervae.ray_engine import DATA_CPUS
+
+    gpus = float(available.get("GPU", 0))
+    if not use_cpu and gpus and (gpus_per_worker or 1.0) > 0:
+        fit = int(gpus // (workers * (gpus_per_worker or 1.0)))
+    else:
+        fit = int((float(available.get("CPU", 0)) - DATA_CPUS) // (workers + TRIAL_CPUS))
+    return max(1, min(samples, fit))
+
+
+def _summarize(grid, sweep: SweepConfig, sweep_dir: Path) -> SweepResult:
+    rows = []
+    for trial in grid:
+        metrics = trial.metrics or {}
+        trial_id = metrics.get("trial_id") or (trial.path and Path(trial.path).name)
+        rows.append(
+            {
+                "trial_id": metrics.get("trial_id", trial_id),
+                "status": "ERROR" if trial.error else "OK",
+                "error": _root_cause(trial.error) if trial.error else "",
+                "epochs": metrics.get("training_iteration", 0),
+                sweep.metric: metrics.get(sweep.metric, math.nan),
+                **{f"config/{k}": v for k, v in (trial.config or {}).items()},
+            }
+        )
+    ok = [r for r in rows if r["status"] == "OK" and isinstance(r[sweep.metric], float) and math.isfinite(r[sweep.metric])]
+    result = SweepResult(sweep.name, str(sweep_dir), rows)
+    if not ok:
+        return result
+    best = (min if sweep.mode == "min" else max)(ok, key=lambda r: r[sweep.metric])
+    result.best_trial = best
+    candidate = sweep_dir / "trials" / f"trial-{best['trial_id']}" / "outputs" / "best.pt"
+    result.best_checkpoint = candidate if candidate.exists() else None
+    return result
+
+
+class SweepFailed(KmervaeError):
+    """No trial of a sweep finished."""

@@ -1,0 +1,181 @@
+"""What a sweep leaves in its MLflow parent run: the best trial, a table, plots, the registry.
+
+At the end of a sweep the parent run gets the best trial's id, config and metrics, its
+best checkpoint, `trials.csv` (every trial: status, epochs, objective, config), the plots
+(objective against each swept parameter, learning curves of the top trials, Optuna's
+parameter importances), and the best model is registered under an alias, so picking
+the best checkpoint is `models:/kmervae-encoder@champion`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from kmervae.checkpoint import load_checkpoint
+
+
+def space_distributions(space, samples: int = 32, seed: int = 0) -> dict[str, Any]:
+    """The distributions a define-by-run space can suggest (union over a few samples)."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    found: dict[str, Any] = {}
+    for _ in range(samples):
+        trial = study.ask()
+        space(trial)
+        found.update(trial.distributions)
+        study.tell(trial, 0.0)
+    return found
+
+
+def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -> str | None:
+    """Log the sweep's outcome to the parent run; register the best model. Returns its models:/ URI."""
+    tracker.client.set_tag(tracker.run_id, "kmervae.trials", str(len(result.trials)))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        table = _write_table(result.trials, tmp / "trials.csv")
+        tracker.log_artifact(table)
+        histories = _trial_histories(result)
+        for plot in _plots(result, sweep, histories, tmp, log):
+            tracker.log_artifact(plot, "plots")
+    if result.best_trial is None:
+        tracker.finish("FAILED")
+        log("no trial finished: nothing to register")
+        return None
+    best = result.best_trial
+    tracker.client.set_tag(tracker.run_id, "best_trial_id", str(best["trial_id"]))
+    tracker.log_params({"best": {k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")}})
+    uri = None
+    if result.best_checkpoint is not None:
+        checkpoint = load_checkpoint(result.best_checkpoint)
+        tracker.log_metrics({k: v for k, v in checkpoint.metrics.items() if isinstance(v, float) and math.isfinite(v)}, step=int(checkpoint.epoch))
+        tracker.log_artifact(result.best_checkpoint, "best_model")
+        if sweep.register_as:
+            uri = _register(tracker, sweep)
+    tracker.finish()
+    return uri
+
+
+def _register(tracker, sweep) -> str:
+    """Register the parent's best_model/ artifact folder and point the alias at it."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracker.client
+    try:
+        client.create_registered_model(sweep.register_as, description="kmervae encoder checkpoints chosen by sweeps")
+    except MlflowException:
+        pass  # it exists already: add a version
+    source = f"{client.get_run(tracker.run_id).info.artifact_uri}/best_model"
+    version = client.create_model_version(sweep.register_as, source, run_id=tracker.run_id, tags={"sweep": sweep.name})
+    client.set_registered_model_alias(sweep.register_as, sweep.alias, version.version)
+    return f"models:/{sweep.register_as}@{sweep.alias}"
+
+
+def _write_table(rows: list[dict[str, Any]], path: Path) -> Path:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _trial_histories(result) -> dict[str, list[dict[str, float]]]:
+    histories = {}
+    for row in result.trials:
+        last = Path(result.path) / "trials" / f"trial-{row['trial_id']}" / "outputs" / "last.pt"
+        if last.exists():
+            histories[str(row["trial_id"])] = load_checkpoint(last).history
+    return histories
+
+
+def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Path, log) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("note: matplotlib is not installed; sweep plots not drawn")
+        return []
+    plots = []
+    ok = [r for r in result.trials if r["status"] == "OK" and isinstance(r[sweep.metric], float) and math.isfinite(r[sweep.metric])]
+    params = sorted({k for r in ok for k in r if k.startswith("config/")})
+    if ok and params:
+        fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
+        for ax, key in zip(axes[0], params):
+            points = [(r[key], r[sweep.metric]) for r in ok if r.get(key) is not None]
+            if points and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
+                ax.scatter([p[0] for p in points], [p[1] for p in points])
+                if min(p[0] for p in points) > 0 and max(p[0] for p in points) / min(p[0] for p in points) > 20:
+                    ax.set_xscale("log")
+            else:
+                labels = sorted({str(p[0]) for p in points})
+                ax.scatter([labels.index(str(p[0])) for p in points], [p[1] for p in points])
+                ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+            ax.set_xlabel(key.removeprefix("config/"))
+            ax.set_ylabel(sweep.metric)
+        fig.suptitle(f"{sweep.name}: {sweep.metric} of each finished trial against each swept parameter")
+        fig.tight_layout()
+        fig.savefig(tmp / "objective_vs_params.png", dpi=110)
+        plt.close(fig)
+        plots.append(tmp / "objective_vs_params.png")
+    top = sorted(ok, key=lambda r: r[sweep.metric], reverse=sweep.mode == "max")[:5]
+    if top:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for row in top:
+            history = histories.get(str(row["trial_id"]), [])
+            if history:
+                ax.plot([m["epoch"] + 1 for m in history], [m[sweep.metric] for m in history], marker=".", label=str(row["trial_id"]))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(sweep.metric)
+        ax.set_title(f"learning curves of the top {len(top)} trial(s)")
+        if sweep.metric == "val/loss":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(tmp / "learning_curves.png", dpi=110)
+        plt.close(fig)
+        plots.append(tmp / "learning_curves.png")
+    importance = _importances(result, sweep, ok)
+    if importance:
+        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importance)))
+        names = list(importance)[::-1]
+        ax.barh(names, [importance[n] for n in names])
+        ax.set_xlabel("importance (Optuna fANOVA)")
+        ax.set_title(f"parameter importance for {sweep.metric}")
+        fig.tight_layout()
+        fig.savefig(tmp / "param_importances.png", dpi=110)
+        plt.close(fig)
+        plots.append(tmp / "param_importances.png")
+        (tmp / "param_importances.json").write_text(json.dumps(importance, indent=2))
+        plots.append(tmp / "param_importances.json")
+    return plots
+
+
+def _importances(result, sweep, ok) -> dict[str, float]:
+    """Optuna's parameter importances over the finished trials (needs two or more)."""
+    if len(ok) < 2 or result.space is None:
+        return {}
+    import optuna
+
+    distributions = space_distributions(result.space)
+    study = optuna.create_study(direction="minimize" if sweep.mode == "min" else "maximize")
+    for row in ok:
+        params = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/") and v is not None}
+        known = {k: v for k, v in params.items() if k in distributions}
+        try:
+            study.add_trial(optuna.trial.create_trial(params=known, distributions={k: distributions[k] for k in known}, value=row[sweep.metric]))
+        except ValueError:
+            continue  # a value outside the distribution (changed space on resume): leave it out
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError):
+        return {}  # too few distinct trials for fANOVA

@@ -1,0 +1,108 @@
+"""The shape every sweep script shares: flags, --smoke-test, data defaults, and the summary.
+
+Each script in sweeps/ defines its search space (a define-by-run function that calls
+`trial.suggest_*`) and calls `sweep_main`. Parameters named `section.key` are settings
+(see kmervae/config.py); parameters without a dot are helpers of the space (a depth, say)
+and the space returns the settings it derives from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as `python sweeps/x.py` from a checkout or a Ray job's working dir
+
+from kmervae.errors import KmervaeError  # noqa: E402
+
+SMOKE = {"samples": 3, "epochs": 2, "max_samples": 600, "batch_size": 64}
+
+
+def parse_args(description: str, preset: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags every sweep script has."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", type=Path, help="feature dataset (default: the bundled examples, featurized on first use)")
+    p.add_argument("--samples", type=int, default=None, help="trials (default 16; 3 with --smoke-test)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs per trial (ASHA stops weak trials earlier; default 50, 2 with --smoke-test)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial (default: one per worker when the cluster has GPUs; 0 = CPU)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as the cluster fits)")
+    p.add_argument("--experiment", default="kmervae-sweeps", help="MLflow experiment")
+    p.add_argument("--name", default=None, help="sweep name (default: <script>-<time>); --resume needs it")
+    p.add_argument("--storage", type=Path, default=Path("runs/sweeps"), help="folder for trial state and checkpoints (made absolute)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep --name from --storage")
+    p.add_argument("--metric", default="val/loss", choices=["val/loss", "val/knn_acc"], help="objective (val/knn_acc needs labels)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
+    p.add_argument("--preset", default=preset, help="architecture the space starts from")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="fixed setting for every trial")
+    p.add_argument("--mlflow-dir", type=Path, default=None, help="folder of the local MLflow store (default: current folder; $MLFLOW_TRACKING_URI wins)")
+    p.add_argument("--register-as", default="kmervae-encoder", help="registered model name for the best checkpoint ('' to skip)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--smoke-test", action="store_true", help="tiny preset, 600 contigs, 3 trials x 2 epochs on CPU: about 2 minutes on 2 cores")
+    return p.parse_args(argv)
+
+
+def default_data(storage: Path) -> Path:
+    """The bundled example genomes as 5 kb labelled contigs, featurized once under `storage`."""
+    from data_pipeline.featurize import FeaturizeSettings, featurize
+    from data_pipeline.labels import Labels
+
+    out = storage.absolute() / "examples-features"
+    if not (out / "_kmervae_dataset.json").exists():
+        featurize(sorted((REPO / "examples").glob("*.fna.gz")), out, FeaturizeSettings(fragment_length=5000, overwrite=True), Labels(from_filename=True))
+    return out
+
+
+def sweep_main(script: str, description: str, space: Callable[[Any], Any], preset: str = "final", argv: list[str] | None = None) -> int:
+    """Parse flags, run the sweep, print where everything went. Returns the exit status."""
+    args = parse_args(description, preset, argv)
+    try:
+        return _run(script, args, space)
+    except KmervaeError as err:
+        print(f"{script}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(script: str, args: argparse.Namespace, space) -> int:
+    from kmervae.config import RunConfig, preset
+    from kmervae.sweep import SweepConfig, run_sweep
+    from kmervae.tracking import tracking_uri, ui_command
+
+    smoke = args.smoke_test
+    samples = args.samples or (SMOKE["samples"] if smoke else 16)
+    epochs = args.epochs or (SMOKE["epochs"] if smoke else 50)
+    base = RunConfig(model=preset("tiny" if smoke else args.preset))
+    fixed = [f"train.epochs={epochs}", f"train.seed={args.seed}"]
+    if smoke:
+        fixed += [f"data.max_samples={SMOKE['max_samples']}", f"train.batch_size={SMOKE['batch_size']}"]
+    base = base.with_overrides(fixed + args.overrides)
+    sweep = SweepConfig(
+        name=args.name or time.strftime(f"{script}-%Y%m%d-%H%M%S"),
+        storage=str(args.storage.absolute()),
+        metric=args.metric,
+        num_samples=samples,
+        max_concurrent=args.max_concurrent,
+        workers_per_trial=args.workers_per_trial,
+        gpus_per_trial=0.0 if smoke else args.gpus_per_trial,
+        seed=args.seed,
+        grace_period=1 if smoke else 2,
+        experiment=args.experiment,
+        register_as=args.register_as,
+    )
+    data = args.data or default_data(args.storage)
+    result = run_sweep(data, base, space, sweep, resume=args.resume, mlflow_dir=args.mlflow_dir, address=args.address)
+    failed = sum(1 for t in result.trials if t["status"] != "OK")
+    print(f"sweep     {result.name}: {len(result.trials)} trial(s), {failed} failed; state in {result.path}")
+    if result.best_trial is not None:
+        config = {k.removeprefix("config/"): v for k, v in result.best_trial.items() if k.startswith("config/")}
+        print(f"best      trial {result.best_trial['trial_id']}: {sweep.metric} {result.best_trial[sweep.metric]:.4f} with {config}")
+        print(f"checkpoint {result.best_checkpoint}")
+    if result.registered:
+        print(f"registry  {result.registered}")
+    if result.parent_run_id:
+        print(f"mlflow    parent run {result.parent_run_id} in experiment '{sweep.experiment}'; browse: {ui_command(result.mlflow_uri or tracking_uri(args.mlflow_dir))}")
+    return 0 if result.best_trial is not None else 1
