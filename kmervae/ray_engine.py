@@ -163,14 +163,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # sys.stdout.write, not print: Ray Train's patched print would echo the line twice.
             sys.stdout.write(epoch_line(epoch, tc.epochs, metrics) + "\n")
             sys.stdout.flush()
-            with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-            if client is not None:
+            if client is not None:  # before the report: a sweep may stop this trial right after it
                 from mlflow.entities import Metric
 
                 now = int(time.time() * 1000)
                 client.log_batch(loop_config["mlflow_run_id"], metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)
 

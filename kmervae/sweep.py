@@ -149,7 +149,7 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from kmervae.ray_engine import build_trainer, export_results
+    from kmervae.ray_engine import build_trainer
     from kmervae.tracking import Tracker
 
     config = RunConfig.from_dict(overrides_to_dict(config_overrides({**extra, **tune_config})), base=RunConfig.from_dict(base))
@@ -165,14 +165,15 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
             tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **tune_config}})
     trainer = build_trainer(config, plan, train_ds, val_ds, labeled, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()])
     try:
-        result = trainer.fit()
+        trainer.fit()
     except BaseException as err:
         if tracker is not None:
             reason = _root_cause(err)
             tracker.client.set_tag(tracker.run_id, "kmervae.failure", reason[:5000])
             tracker.finish("FAILED")
         raise
-    export_results(result, config, storage / f"trial-{trial_id}" / "outputs", tracker, log=lambda line: None)
+    # Nothing after fit() is guaranteed to run: ASHA stops a trial (killing this actor) as
+    # soon as its last report arrives. The driver exports every trial's results instead.
 
 
 def _root_cause(err: BaseException) -> str:
@@ -267,6 +268,9 @@ def run_sweep(
         raise
     result = _summarize(grid, sweep, sweep_dir)
     result.space = space
+    for row in result.trials:
+        _export_trial(row, sweep, sweep_dir, tracker, log)
+    _pick_best(result, sweep, sweep_dir)
     if tracker is not None:
         from kmervae.sweep_report import report_to_parent
 
@@ -318,15 +322,55 @@ def _summarize(grid, sweep: SweepConfig, sweep_dir: Path) -> SweepResult:
                 **{f"config/{k}": v for k, v in (trial.config or {}).items()},
             }
         )
-    ok = [r for r in rows if r["status"] == "OK" and isinstance(r[sweep.metric], float) and math.isfinite(r[sweep.metric])]
-    result = SweepResult(sweep.name, str(sweep_dir), rows)
-    if not ok:
-        return result
-    best = (min if sweep.mode == "min" else max)(ok, key=lambda r: r[sweep.metric])
-    result.best_trial = best
-    candidate = sweep_dir / "trials" / f"trial-{best['trial_id']}" / "outputs" / "best.pt"
-    result.best_checkpoint = candidate if candidate.exists() else None
-    return result
+    return SweepResult(sweep.name, str(sweep_dir), rows)
+
+
+def trial_outputs(sweep_dir: Path, trial_id: str) -> Path:
+    """Where a trial's best.pt, last.pt and plots are exported."""
+    return sweep_dir / "trials" / f"trial-{trial_id}" / "outputs"
+
+
+def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: Path, parent, log) -> None:
+    """Export a trial's checkpoints from its Ray Train run folder; close its MLflow child run."""
+    import ray.train
+
+    from kmervae.checkpoint import load_checkpoint
+    from kmervae.ray_engine import export_results
+    from kmervae.tracking import Tracker
+
+    run_dir = sweep_dir / "trials" / f"trial-{row['trial_id']}"
+    tracker = None
+    if parent is not None:
+        tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(row["trial_id"]), "engine": "ray", "mlflow.parentRunId": parent.run_id}
+        tracker = Tracker(sweep.experiment, uri=parent.uri, tags=tags, resume=True)
+    if row["status"] != "OK" or not any(run_dir.glob("checkpoint_*")):
+        if tracker is not None:
+            tracker.client.set_tag(tracker.run_id, "kmervae.failure", row["error"][:5000] or "no checkpoint")
+            tracker.finish("FAILED")
+        return
+    result = ray.train.Result.from_path(str(run_dir))
+    last = result.checkpoint
+    with last.as_directory() as folder:
+        checkpoint = load_checkpoint(Path(folder) / "checkpoint.pt")
+    config = checkpoint.config
+    row["epochs"] = len(checkpoint.history)
+    values = [m[sweep.metric] for m in checkpoint.history if math.isfinite(m.get(sweep.metric, math.nan))]
+    if values:  # a trial is as good as its best epoch (its best checkpoint), not its last report
+        row[f"best {sweep.metric}"] = min(values) if sweep.mode == "min" else max(values)
+    if tracker is not None:
+        stopped = len(checkpoint.history) < config.train.epochs  # ASHA ended it before its last epoch
+        tracker.client.set_tag(tracker.run_id, "kmervae.stopped_early", str(stopped).lower())
+    export_results(result, config, trial_outputs(sweep_dir, row["trial_id"]), tracker, log=lambda line: None)
+
+
+def _pick_best(result: SweepResult, sweep: SweepConfig, sweep_dir: Path) -> None:
+    """The trial whose best epoch is best, and that epoch's checkpoint."""
+    key = f"best {sweep.metric}"
+    ok = [r for r in result.trials if r["status"] == "OK" and key in r]
+    if ok:
+        result.best_trial = (min if sweep.mode == "min" else max)(ok, key=lambda r: r[key])
+        candidate = trial_outputs(sweep_dir, result.best_trial["trial_id"]) / "best.pt"
+        result.best_checkpoint = candidate if candidate.exists() else None
 
 
 class SweepFailed(KmervaeError):

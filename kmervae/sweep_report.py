@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kmervae.checkpoint import load_checkpoint
+from kmervae.sweep import trial_outputs
 
 
 def space_distributions(space, samples: int = 32, seed: int = 0) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def _write_table(rows: list[dict[str, Any]], path: Path) -> Path:
 def _trial_histories(result) -> dict[str, list[dict[str, float]]]:
     histories = {}
     for row in result.trials:
-        last = Path(result.path) / "trials" / f"trial-{row['trial_id']}" / "outputs" / "last.pt"
+        last = trial_outputs(Path(result.path), row["trial_id"]) / "last.pt"
         if last.exists():
             histories[str(row["trial_id"])] = load_checkpoint(last).history
     return histories
@@ -106,12 +107,13 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
         log("note: matplotlib is not installed; sweep plots not drawn")
         return []
     plots = []
-    ok = [r for r in result.trials if r["status"] == "OK" and isinstance(r[sweep.metric], float) and math.isfinite(r[sweep.metric])]
+    objective = f"best {sweep.metric}"
+    ok = [r for r in result.trials if r["status"] == "OK" and objective in r]
     params = sorted({k for r in ok for k in r if k.startswith("config/")})
     if ok and params:
         fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
         for ax, key in zip(axes[0], params):
-            points = [(r[key], r[sweep.metric]) for r in ok if r.get(key) is not None]
+            points = [(r[key], r[objective]) for r in ok if r.get(key) is not None]
             if points and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
                 ax.scatter([p[0] for p in points], [p[1] for p in points])
                 if min(p[0] for p in points) > 0 and max(p[0] for p in points) / min(p[0] for p in points) > 20:
@@ -122,12 +124,12 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
                 ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
             ax.set_xlabel(key.removeprefix("config/"))
             ax.set_ylabel(sweep.metric)
-        fig.suptitle(f"{sweep.name}: {sweep.metric} of each finished trial against each swept parameter")
+        fig.suptitle(f"{sweep.name}: best {sweep.metric} of each finished trial against each swept parameter")
         fig.tight_layout()
         fig.savefig(tmp / "objective_vs_params.png", dpi=110)
         plt.close(fig)
         plots.append(tmp / "objective_vs_params.png")
-    top = sorted(ok, key=lambda r: r[sweep.metric], reverse=sweep.mode == "max")[:5]
+    top = sorted(ok, key=lambda r: r[objective], reverse=sweep.mode == "max")[:5]
     if top:
         fig, ax = plt.subplots(figsize=(7, 4))
         for row in top:
@@ -139,12 +141,13 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
         ax.set_title(f"learning curves of the top {len(top)} trial(s)")
         if sweep.metric == "val/loss":
             ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(tmp / "learning_curves.png", dpi=110)
         plt.close(fig)
         plots.append(tmp / "learning_curves.png")
-    importance = _importances(result, sweep, ok)
+    importance = _importances(result, sweep, ok, objective)
     if importance:
         fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importance)))
         names = list(importance)[::-1]
@@ -160,7 +163,7 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
     return plots
 
 
-def _importances(result, sweep, ok) -> dict[str, float]:
+def _importances(result, sweep, ok, objective: str) -> dict[str, float]:
     """Optuna's parameter importances over the finished trials (needs two or more)."""
     if len(ok) < 2 or result.space is None:
         return {}
@@ -172,7 +175,7 @@ def _importances(result, sweep, ok) -> dict[str, float]:
         params = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/") and v is not None}
         known = {k: v for k, v in params.items() if k in distributions}
         try:
-            study.add_trial(optuna.trial.create_trial(params=known, distributions={k: distributions[k] for k in known}, value=row[sweep.metric]))
+            study.add_trial(optuna.trial.create_trial(params=known, distributions={k: distributions[k] for k in known}, value=row[objective]))
         except ValueError:
             continue  # a value outside the distribution (changed space on resume): leave it out
     try:

@@ -99,7 +99,7 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     print(f"sweep     {result.name}: {len(result.trials)} trial(s), {failed} failed; state in {result.path}")
     if result.best_trial is not None:
         config = {k.removeprefix("config/"): v for k, v in result.best_trial.items() if k.startswith("config/")}
-        print(f"best      trial {result.best_trial['trial_id']}: {sweep.metric} {result.best_trial[sweep.metric]:.4f} with {config}")
+        print(f"best      trial {result.best_trial['trial_id']}: {sweep.metric} {result.best_trial['best ' + sweep.metric]:.4f} with {config}")
         print(f"checkpoint {result.best_checkpoint}")
     if result.registered:
         print(f"registry  {result.registered}")

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Start, on this machine, a Ray head (token authentication, dashboard on 127.0.0.1) and an
+# MLflow tracking server (SQLite + artifact folder), then print their addresses and the
+# exact `ray job submit` command. Stop both with infra/local/stop.sh.
+#
+# Knobs (environment): KMERVAE_LOCAL_DIR (state folder, default runs/local-cluster),
+# RAY_PORT (6380), DASHBOARD_PORT (8265), MLFLOW_PORT (5000), NUM_CPUS (all cores).
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$repo"
+state="${KMERVAE_LOCAL_DIR:-$repo/runs/local-cluster}"
+ray_port="${RAY_PORT:-6380}"
+dashboard_port="${DASHBOARD_PORT:-8265}"
+mlflow_port="${MLFLOW_PORT:-5000}"
+mkdir -p "$state"
+# The job driver runs `python` from the head's PATH: make it this project's environment.
+export PATH="$repo/.venv/bin:$PATH"
+export RAY_AUTH_MODE=token  # clients without ~/.ray/auth_token are refused
+[ -s "$HOME/.ray/auth_token" ] || ray get-auth-token --generate >/dev/null
+ray start --head --port "$ray_port" --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
+    --num-cpus "${NUM_CPUS:-$(nproc)}" --disable-usage-stats >"$state/ray-start.log" 2>&1 \
+    || { cat "$state/ray-start.log" >&2; exit 1; }
+nohup mlflow server --host 127.0.0.1 --port "$mlflow_port" \
+    --backend-store-uri "sqlite:///$state/mlflow.db" --artifacts-destination "$state/mlartifacts" \
+    >"$state/mlflow.log" 2>&1 &
+echo $! >"$state/mlflow.pid"
+for _ in $(seq 60); do
+    curl -sf "http://127.0.0.1:$mlflow_port/health" >/dev/null && break
+    sleep 1
+done
+curl -sf "http://127.0.0.1:$mlflow_port/health" >/dev/null || { echo "MLflow did not start; see $state/mlflow.log" >&2; exit 1; }
+cat <<MSG
+Ray dashboard   http://127.0.0.1:$dashboard_port   (token in ~/.ray/auth_token)
+MLflow          http://127.0.0.1:$mlflow_port
+Submit a sweep:
+  RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:$dashboard_port --working-dir . \\
+    --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:$mlflow_port"}}' \\
+    -- python sweeps/latent_sweep.py --smoke-test --storage $state/sweeps
+Stop:           infra/local/stop.sh
+MSG

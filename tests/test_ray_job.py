@@ -1,0 +1,81 @@
+"""`ray job submit` of the main sweep against a local cluster started by infra/local/start.sh."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytest.importorskip("ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    """A Ray head with token auth and an MLflow server on loopback; stopped afterwards."""
+    if not (REPO / ".venv" / "bin" / "ray").exists():
+        pytest.skip("needs the project's .venv (the README's setup) for the cluster's Python")
+    env = dict(
+        os.environ,
+        KMERVAE_LOCAL_DIR=str(tmp_path / "cluster"),
+        RAY_PORT=str(free_port()),
+        DASHBOARD_PORT=str(free_port()),
+        MLFLOW_PORT=str(free_port()),
+        NUM_CPUS="2",
+    )
+    started = subprocess.run(["bash", str(REPO / "infra/local/start.sh")], env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr + started.stdout
+        yield env, started.stdout
+    finally:
+        subprocess.run(["bash", str(REPO / "infra/local/stop.sh")], env=env, capture_output=True, timeout=300)
+
+
+def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_path):
+    env, banner = local_cluster
+    dashboard = f"http://127.0.0.1:{env['DASHBOARD_PORT']}"
+    mlflow_uri = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
+    assert dashboard in banner and "ray job submit" in banner
+    storage = tmp_path / "cluster" / "sweeps"
+    submit_env = dict(env, RAY_AUTH_MODE="token", PATH=f"{REPO / '.venv' / 'bin'}:{env['PATH']}")
+    job = subprocess.run(
+        [
+            str(REPO / ".venv/bin/ray"), "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
+            "--runtime-env-json", f'{{"env_vars": {{"MLFLOW_TRACKING_URI": "{mlflow_uri}"}}}}',
+            "--", "python", "sweeps/latent_sweep.py", "--smoke-test", "--samples", "2",
+            "--data", str(example_features), "--name", "job", "--storage", str(storage),
+        ],
+        env=submit_env, capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in job.stdout and "registry  models:/kmervae-encoder@champion" in job.stdout
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("kmervae-sweeps")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len([r for r in runs if r.data.tags.get("kmervae.role") == "sweep"]) == 1
+    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2
+    assert client.get_model_version_by_alias("kmervae-encoder", "champion").version == "1"
+
+
+def test_a_client_without_the_token_is_refused(local_cluster):
+    env, _ = local_cluster
+    no_token = dict(env, RAY_AUTH_MODE="token", HOME=str(Path(env["KMERVAE_LOCAL_DIR"]) / "nohome"))
+    listed = subprocess.run(
+        [str(REPO / ".venv/bin/ray"), "job", "list", "--address", f"http://127.0.0.1:{env['DASHBOARD_PORT']}"],
+        env=no_token, capture_output=True, text=True, timeout=120,
+    )
+    assert listed.returncode != 0
+    assert "auth" in (listed.stdout + listed.stderr).lower()

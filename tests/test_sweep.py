@@ -1,0 +1,133 @@
+"""Sweeps on a real local Ray cluster with real MLflow: the smoke sweep, resume, divergence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kmervae.config import PRESETS, RunConfig
+from kmervae.errors import ConfigError
+from kmervae.sweep import SweepConfig, check_space, run_sweep
+from tests.conftest import REPO
+
+pytest.importorskip("ray")
+
+
+def sweep_script(*args: str, cwd: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "sweeps" / "latent_sweep.py"), *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
+    )
+
+
+def mlflow_runs(root: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    experiment = client.get_experiment_by_name("kmervae-sweeps")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kmervae.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_smoke_sweep_end_to_end(tmp_path, example_features):
+    proc = sweep_script("--smoke-test", "--data", str(example_features), "--name", "smoke", "--storage", "sweeps", cwd=tmp_path)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    assert "registry  models:/kmervae-encoder@champion" in out
+    client, parents, children = mlflow_runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/loss")]
+        assert steps and steps == list(range(len(steps)))
+        assert "model.latent_dim" in child.data.params and child.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_model", "plots", "trials.csv"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/objective_vs_params.png", "plots/learning_curves.png"} <= plots
+    assert parent.data.params["dataset.contigs"] == "1558" and parent.data.tags["git_commit"]
+    version = client.get_model_version_by_alias("kmervae-encoder", "champion")
+    assert version.run_id == parent.info.run_id
+    best_trial = parent.data.tags["best_trial_id"]
+    assert (tmp_path / "sweeps" / "smoke" / "trials" / f"trial-{best_trial}" / "outputs" / "best.pt").exists()
+
+
+def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features):
+    args = ["--smoke-test", "--samples", "3", "--data", str(example_features), "--name", "cut", "--storage", "sweeps", "--register-as", ""]
+    proc = sweep_script(*args, cwd=tmp_path, start_new_session=True)
+    trials = tmp_path / "sweeps" / "cut" / "trials"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        done = [d for d in trials.glob("trial-*") if len(list(d.glob("checkpoint_*"))) >= 2]
+        if len(list(trials.glob("trial-*"))) >= 2 and done:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
+    proc.communicate()
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120)
+    resumed = sweep_script(*args, "--resume", cwd=tmp_path)
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "sweep     cut: 3 trial(s), 0 failed" in out
+    client, parents, children = mlflow_runs(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3, [c.info.run_name for c in children]  # resumed trials kept their runs
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/loss")]
+        assert sorted(set(steps)) == list(range(2))
+
+
+def diverging_space(trial):
+    """The first trial's loss overflows (loss.scale=1e38 -> inf); the others train normally."""
+    trial.suggest_float("train.lr", 5e-4, 2e-3, log=True)
+    return {"loss.scale": 1e38} if trial.number == 0 else None
+
+
+def test_a_diverging_trial_fails_alone(tmp_path, example_features):
+    import ray
+
+    base = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=2", "train.batch_size=64", "data.max_samples=400"])
+    sweep = SweepConfig(name="nan", storage=str(tmp_path / "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as="")
+    try:
+        result = run_sweep(example_features, base, diverging_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)
+    finally:
+        ray.shutdown()
+    statuses = sorted(t["status"] for t in result.trials)
+    assert statuses == ["ERROR", "OK"]
+    failed = next(t for t in result.trials if t["status"] == "ERROR")
+    assert "training loss became inf" in failed["error"]
+    assert result.best_trial is not None and result.best_checkpoint.exists()
+    client, _, children = mlflow_runs(tmp_path)
+    failed_run = next(c for c in children if c.info.status == "FAILED")
+    assert "training loss became inf" in failed_run.data.tags["kmervae.failure"]
+
+
+def test_an_unsampleable_space_fails_before_ray_starts():
+    def broken(trial):
+        trial.suggest_int("model.latent_dim", 0, 4)  # latent 0 is not a valid model
+
+    with pytest.raises(ConfigError, match="model.latent_dim=0 is invalid"):
+        check_space(broken, RunConfig(model=PRESETS["tiny"]), seed=0, samples=64)
+
+    def typo(trial):
+        trial.suggest_float("train.learning_rate", 1e-4, 1e-2)
+
+    with pytest.raises(ConfigError, match="unknown key train.learning_rate"):
+        check_space(typo, RunConfig(), seed=0)
+
+
+def test_sweep_settings_are_validated():
+    with pytest.raises(ConfigError, match="--metric='val/mse' is invalid"):
+        SweepConfig(metric="val/mse")
+    with pytest.raises(ConfigError, match="--samples=0 is invalid"):
+        SweepConfig(num_samples=0)
