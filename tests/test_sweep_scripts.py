@@ -1,0 +1,82 @@
+"""The sweep scripts: same flags everywhere, and search spaces that always give valid configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from kmervae.config import RunConfig, preset
+from kmervae.sweep import check_space
+from kmervae.sweep_report import space_distributions
+from tests.conftest import REPO
+
+SCRIPTS = ["latent_sweep", "architecture_sweep", "loss_sweep"]
+FLAGS = [
+    "--data", "--samples", "--epochs", "--workers-per-trial", "--gpus-per-trial", "--max-concurrent", "--experiment",
+    "--name", "--storage", "--resume", "--metric", "--seed", "--smoke-test",
+]  # fmt: skip
+
+
+def load(name: str):
+    sys.path.insert(0, str(REPO / "sweeps"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "sweeps" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "sweeps"))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_has_the_same_flags(name):
+    result = subprocess.run([sys.executable, str(REPO / "sweeps" / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for flag in FLAGS:
+        assert flag in result.stdout, f"{name} lacks {flag}"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_spaces_sample_valid_configs(name):
+    space = load(name).space
+    check_space(space, RunConfig(model=preset("final")), seed=0, samples=64)
+    assert space_distributions(space)
+
+
+def test_architecture_depth_decides_how_many_widths_exist():
+    import optuna
+
+    space = load("architecture_sweep").space
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = study.ask()
+        settings = space(trial)
+        for branch in ("kmer7", "kmer4", "kmer3", "trunk"):
+            depth = trial.params[f"{branch}_depth"]
+            assert len(settings[f"model.{branch}_widths"]) == depth
+            assert {k for k in trial.params if k.startswith(f"{branch}_width_")} == {f"{branch}_width_{i}" for i in range(depth)}
+        study.tell(trial, 0.0)
+
+
+def test_gate_bce_weight_exists_only_with_the_gate():
+    import optuna
+
+    space = load("loss_sweep").space
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for _ in range(20):
+        trial = study.ask()
+        space(trial)
+        assert ("loss.gate_bce_weight" in trial.params) == trial.params["model.gate_k7"]
+        study.tell(trial, 0.0)
+
+
+def test_a_bad_flag_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "latent_sweep.py"), "--data", str(tmp_path / "none"), "--name", "x"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("latent_sweep: error: ") and "no such feature dataset" in result.stderr
