@@ -17,7 +17,6 @@ Prints a table; copy it into bench/RESULTS.md with the date, machine and commit.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import subprocess
 import sys

@@ -10,7 +10,6 @@ file, the record and the line.
 
 from __future__ import annotations
 
-import bz2
 import lzma
 import os
 import zlib

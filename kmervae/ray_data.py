@@ -13,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -31,7 +32,7 @@ def label_vocabulary(files: DatasetFiles) -> list[str]:
         if "label" not in pq.read_schema(path).names:
             continue
         column = pq.read_table(path, columns=["label"]).column("label")
-        labels.update(v for v in pa.compute.unique(column).to_pylist() if v is not None)
+        labels.update(v for v in pc.unique(column).to_pylist() if v is not None)
     return sorted(labels)
 
 

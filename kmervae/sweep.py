@@ -15,13 +15,12 @@ import json
 import math
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from kmervae.config import RunConfig, _check
-from kmervae.errors import ConfigError, KmervaeError
+from kmervae.errors import ConfigError
 from kmervae.feature_table import DatasetFiles, dataset_files
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
@@ -371,7 +370,3 @@ def _pick_best(result: SweepResult, sweep: SweepConfig, sweep_dir: Path) -> None
         result.best_trial = (min if sweep.mode == "min" else max)(ok, key=lambda r: r[key])
         candidate = trial_outputs(sweep_dir, result.best_trial["trial_id"]) / "best.pt"
         result.best_checkpoint = candidate if candidate.exists() else None
-
-
-class SweepFailed(KmervaeError):
-    """No trial of a sweep finished."""
