@@ -219,6 +219,109 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_best(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "best", help="list the best runs in MLflow (optionally of one sweep) and fetch the best checkpoint",
+        description="Rank the finished runs of an MLflow experiment by the best epoch's metric and show the "
+        "parameters that differ between them; --download fetches the best run's checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--experiment", default="kmervae-sweeps", help="MLflow experiment")
+    p.add_argument("--sweep", metavar="RUN_ID", help="only the trials of this sweep (its parent run id)")
+    p.add_argument("--metric", default="val/loss", help="ranking metric (val/*_acc are maximised, others minimised)")
+    p.add_argument("--top", type=int, default=5, help="rows to show")
+    p.add_argument("--download", type=Path, metavar="DIR", help="download the best run's checkpoints/best.pt here")
+    p.set_defaults(run=_cmd_best)
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from kmervae.best import best_runs, download_checkpoint, format_rows
+
+    rows = best_runs(args.experiment, args.sweep, args.metric, args.top)
+    print(format_rows(rows, args.metric))
+    if args.download is not None:
+        print(f"downloaded {download_checkpoint(rows[0]['run_id'], args.download)}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export the encoder (with its feature transform) to TorchScript, ONNX or MLflow",
+        description="SOURCE is a checkpoint file, an MLflow run id or a registry URI (models:/NAME@ALIAS). The "
+        "exported model takes length (int64), gc (float32), kmer7/kmer4/kmer3 counts (int32) with any batch size "
+        "and returns the latent mean (and the log-variance with --with-log-var).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--format", choices=["torchscript", "onnx", "mlflow"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="file (torchscript, onnx) or folder (mlflow)")
+    p.add_argument("--with-log-var", action="store_true", help="also output the log-variance (torchscript, onnx)")
+    p.add_argument("--register", metavar="NAME", help="also log the export to MLflow and register it under NAME")
+    p.add_argument("--alias", default="champion", help="registry alias for --register")
+    p.set_defaults(run=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kmervae.export import export, register
+
+    path = export(args.source, args.format, args.out, args.with_log_var)
+    print(f"exported  {args.format} model to {path}")
+    if args.register:
+        print(f"registry  {register(path, args.format, args.register, args.alias)}")
+    return 0
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed", help="embed the contigs of a feature dataset with a model",
+        description="MODEL is a checkpoint, a TorchScript or ONNX file, an MLflow model folder or models:/NAME@ALIAS. "
+        "Writes a parquet file of contig_id, label (when present) and embedding (the latent mean), streaming.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("features", type=Path, metavar="FEATURES")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output parquet file")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(run=_cmd_embed)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from kmervae.embed import embed
+
+    summary = embed(args.model, args.features, args.out, args.batch_size, args.device)
+    print(f"embedded  {summary.contigs:,} contigs into {summary.latent_dim} dimensions: {summary.out}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score embeddings against labels and simple baselines",
+        description="With labels: kNN accuracy (k=1, 5; cosine; 5-fold), k-means ARI and silhouette, for the "
+        "embedding and, given --labels-from-features, for two baselines on the same contigs (z-scored 4-mer "
+        "log-frequencies, PCA of all k-mer log-frequencies). Without labels: k-means silhouette and active units.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS")
+    p.add_argument("--labels-from-features", type=Path, metavar="FEATURES", help="feature dataset with labels (also enables the baselines)")
+    p.add_argument("--json", type=Path, help="write the table as JSON here (default: EMBEDDINGS with .eval.json)")
+    p.add_argument("--mlflow-run", metavar="RUN_ID", help="log the scores to this MLflow run")
+    p.set_defaults(run=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from kmervae.evaluate import evaluate, format_table, log_to_mlflow, write_json
+
+    result = evaluate(args.embeddings, args.labels_from_features)
+    print(format_table(result))
+    path = write_json(result, args.json or args.embeddings.with_suffix(".eval.json"))
+    print(f"json      {path}")
+    if args.mlflow_run:
+        log_to_mlflow(result, args.mlflow_run, path)
+        print(f"mlflow    logged to run {args.mlflow_run}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `kmervae` command."""
     parser = argparse.ArgumentParser(
@@ -230,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_featurize(sub)
     _add_train(sub)
     _add_describe(sub)
+    _add_best(sub)
+    _add_export(sub)
+    _add_embed(sub)
+    _add_evaluate(sub)
     return parser
 
 

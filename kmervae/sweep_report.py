@@ -57,24 +57,19 @@ def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -
         tracker.log_metrics({k: v for k, v in checkpoint.metrics.items() if isinstance(v, float) and math.isfinite(v)}, step=int(checkpoint.epoch))
         tracker.log_artifact(result.best_checkpoint, "best_model")
         if sweep.register_as:
-            uri = _register(tracker, sweep)
+            uri = _register(tracker, sweep, result.best_checkpoint)
     tracker.finish()
     return uri
 
 
-def _register(tracker, sweep) -> str:
-    """Register the parent's best_model/ artifact folder and point the alias at it."""
-    from mlflow.exceptions import MlflowException
+def _register(tracker, sweep, best_checkpoint: Path) -> str:
+    """Register the best trial as an MLflow pyfunc model (its checkpoint inside) under the alias."""
+    from kmervae.export import export_mlflow
 
-    client = tracker.client
-    try:
-        client.create_registered_model(sweep.register_as, description="kmervae encoder checkpoints chosen by sweeps")
-    except MlflowException:
-        pass  # it exists already: add a version
-    source = f"{client.get_run(tracker.run_id).info.artifact_uri}/best_model"
-    version = client.create_model_version(sweep.register_as, source, run_id=tracker.run_id, tags={"sweep": sweep.name})
-    client.set_registered_model_alias(sweep.register_as, sweep.alias, version.version)
-    return f"models:/{sweep.register_as}@{sweep.alias}"
+    with tempfile.TemporaryDirectory() as tmp:
+        model = export_mlflow(load_checkpoint(best_checkpoint), best_checkpoint, Path(tmp) / "model")
+        tracker.log_folder(model, "model")
+    return tracker.register("model", sweep.register_as, sweep.alias, tags={"sweep": sweep.name})
 
 
 def _write_table(rows: list[dict[str, Any]], path: Path) -> Path:

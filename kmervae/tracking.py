@@ -127,3 +127,22 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run FINISHED, FAILED or KILLED."""
         self.client.set_terminated(self.run_id, status)
+
+    def log_folder(self, folder: str | Path, artifact_path: str) -> None:
+        """Upload a folder's contents under `artifact_path`."""
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def register(self, artifact_path: str, name: str, alias: str | None, tags: Mapping[str, str] | None = None) -> str:
+        """Register this run's `artifact_path` folder as a new version of model `name`, point `alias` at it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, description="kmervae encoders (MLflow pyfunc; checkpoint inside)")
+        except MlflowException:
+            pass  # exists already: add a version
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+        version = self.client.create_model_version(name, source, run_id=self.run_id, tags=dict(tags or {}))
+        if alias:
+            self.client.set_registered_model_alias(name, alias, version.version)
+            return f"models:/{name}@{alias}"
+        return f"models:/{name}/{version.version}"

@@ -1,0 +1,87 @@
+"""Find the best runs in MLflow: the table behind `kmervae best` and its --download."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from kmervae.errors import ConfigError, InputError
+
+MAX_RUNS = 1000
+
+
+def best_runs(experiment: str, sweep: str | None = None, metric: str = "val/loss", top: int = 5) -> list[dict[str, Any]]:
+    """Runs with a checkpoint, best first by the best epoch's `metric` (min for losses, max for accuracies)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from kmervae.tracking import tracking_uri
+
+    if top < 1:
+        raise ConfigError(f"--top must be >= 1, got {top}")
+    client = MlflowClient(tracking_uri())
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise InputError(f"no MLflow experiment '{experiment}' in {tracking_uri()} (experiments: {names})")
+    query = "attributes.status != 'RUNNING'"
+    if sweep is not None:
+        try:
+            client.get_run(sweep)
+        except MlflowException:
+            raise InputError(f"--sweep {sweep}: no such MLflow run in {tracking_uri()}") from None
+        query += f" and tags.mlflow.parentRunId = '{sweep}'"
+    maximize = metric.endswith("acc")
+    rows = []
+    for run in client.search_runs([found.experiment_id], filter_string=query, max_results=MAX_RUNS):
+        if metric not in run.data.metrics or "kmervae.role" in run.data.tags:  # sweep parents summarise children
+            continue
+        history = [m for m in client.get_metric_history(run.info.run_id, metric) if math.isfinite(m.value)]
+        if not history:
+            continue
+        best = (max if maximize else min)(history, key=lambda m: m.value)
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "name": run.info.run_name,
+                metric: best.value,
+                "epoch": best.step,
+                "params": run.data.params,
+                "checkpoint": f"{run.info.artifact_uri}/checkpoints/best.pt",
+            }
+        )
+    rows.sort(key=lambda r: r[metric], reverse=maximize)
+    if not rows:
+        raise InputError(f"no finished run in experiment '{experiment}' logged {metric}")
+    return rows[:top]
+
+
+def format_rows(rows: list[dict[str, Any]], metric: str) -> str:
+    """A table of runs with the parameters that differ between them."""
+    keys = sorted({k for r in rows for k in r["params"]})
+    varying = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1 and not k.startswith(("trial.", "data.path"))][:4]
+    header = f"{'run_id':<34}{'name':<28}{metric:>12}{'epoch':>7}" + "".join(f"{k:>22}" for k in varying)
+    lines = [header]
+    for r in rows:
+        lines.append(
+            f"{r['run_id']:<34}{str(r['name'])[:27]:<28}{r[metric]:>12.4f}{r['epoch']:>7}"
+            + "".join(f"{str(r['params'].get(k, ''))[:20]:>22}" for k in varying)
+        )
+    lines.append(f"best checkpoint: {rows[0]['checkpoint']}")
+    return "\n".join(lines)
+
+
+def download_checkpoint(run_id: str, directory: str | Path) -> Path:
+    """Download a run's best checkpoint into `directory`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from kmervae.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.pt", dst_path=str(directory)))
+    except (MlflowException, OSError) as err:
+        raise InputError(f"run {run_id} has no checkpoints/best.pt artifact ({str(err).splitlines()[0][:200]})") from None

@@ -1,0 +1,180 @@
+"""Embed contigs with any exported model (or a checkpoint), streaming, into a latent parquet.
+
+Models: a kmervae checkpoint, a TorchScript file, an ONNX file, an MLflow model folder or
+a `models:/NAME@ALIAS` URI. Features are read one record batch at a time and written
+the same way, so memory stays bounded whatever the dataset size. The output has one
+row per contig: `contig_id`, `label` (when the features have labels) and `embedding`
+(a fixed-size list of float32, the latent mean).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from kmervae.errors import ConfigError, InputError, InputNotFoundError, OutputError
+from kmervae.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, decode_counts
+from kmervae.feature_table import dataset_files
+
+Embedder = Callable[[dict[str, np.ndarray]], np.ndarray]
+"""Takes length (int64), gc (float32), kmer7/kmer4/kmer3 (int32) arrays; returns (n, latent) float32."""
+
+
+def _torch_embedder(module: torch.nn.Module, device: torch.device) -> Embedder:
+    module = module.to(device).eval()
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = [torch.from_numpy(batch[name]).to(device) for name in ("length", "gc", "kmer7", "kmer4", "kmer3")]
+        with torch.no_grad():
+            out = module(*inputs)
+        return (out[0] if isinstance(out, tuple) else out).float().cpu().numpy()
+
+    return run
+
+
+def load_embedder(model: str, device: str = "cpu") -> Embedder:
+    """Open a model in any supported format for embedding."""
+    from kmervae.checkpoint import load_checkpoint
+    from kmervae.export import Encoder
+
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: expected cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: this host has no CUDA device; use --device cpu")
+    path = Path(model)
+    if model.startswith("models:/") or (path.is_dir() and (path / "MLmodel").exists()):
+        import mlflow
+
+        from kmervae.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+        try:
+            pyfunc = mlflow.pyfunc.load_model(model)
+        except Exception as err:  # mlflow raises several types for missing or broken models
+            raise InputError(f"{model}: cannot load the MLflow model ({str(err).splitlines()[0][:300]})") from None
+        return lambda batch: np.asarray(pyfunc.predict(batch), dtype=np.float32)
+    if not path.exists():
+        raise InputNotFoundError(f"{model}: no such model file or folder")
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        session = onnxruntime.InferenceSession(str(path), providers=providers)
+        return lambda batch: session.run(["mu"], {k: batch[k] for k in ("length", "gc", "kmer7", "kmer4", "kmer3")})[0]
+    if _is_torchscript(path):
+        try:
+            return _torch_embedder(torch.jit.load(str(path), map_location="cpu"), torch.device(device))
+        except RuntimeError as err:
+            raise InputError(f"{model}: broken TorchScript file ({str(err).splitlines()[0][:200]})") from None
+    try:
+        checkpoint = load_checkpoint(path)
+    except InputError:
+        raise InputError(f"{model}: neither a kmervae checkpoint, TorchScript, ONNX nor MLflow model") from None
+    return _torch_embedder(Encoder(checkpoint.build_model()), torch.device(device))
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives hold compiled code (``*/code/``); torch.save checkpoints do not."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def decode_batch(batch: pa.RecordBatch, fmt) -> dict[str, np.ndarray]:
+    """A record batch of feature columns -> the exported models' input arrays."""
+    out = {
+        "length": batch.column("length").to_numpy().astype(np.int64),
+        "gc": batch.column("gc").to_numpy().astype(np.float32),
+    }
+    for k in KMER_SIZES:
+        out[KMER_COLUMNS[k]] = decode_counts(batch.column(KMER_COLUMNS[k]), N_BINS[k], fmt.count_dtypes[k]).astype(np.int32)
+    return out
+
+
+@dataclass
+class EmbedSummary:
+    """What `embed` wrote."""
+
+    out: Path
+    contigs: int
+    latent_dim: int
+
+
+def embed(model: str, features: str | Path, out: str | Path, batch_size: int = 1024, device: str = "cpu", progress: bool | None = None) -> EmbedSummary:
+    """Embed every contig of a feature dataset; the output appears only when complete."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    files = dataset_files(features)
+    embedder = load_embedder(model, device)
+    out = Path(out)
+    if out.exists():
+        raise OutputError(f"{out}: exists; choose another -o or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    labeled = all("label" in pq.read_schema(p).names for p in files.paths)
+    writer = None
+    rows = 0
+    latent = 0
+    bar = tqdm(total=files.rows, unit="contig", desc="embed", disable=None if progress is None else not progress, file=sys.stderr)
+    try:
+        for path in files.paths:
+            columns = ["contig_id", "length", "gc", *(KMER_COLUMNS[k] for k in KMER_SIZES)] + (["label"] if labeled else [])
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+                vectors = embedder(decode_batch(batch, files.format))
+                latent = vectors.shape[1]
+                table = pa.table(
+                    {
+                        "contig_id": batch.column("contig_id"),
+                        **({"label": batch.column("label")} if labeled else {}),
+                        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), latent),
+                    }
+                )
+                if writer is None:
+                    schema = table.schema.with_metadata({b"kmervae.model": str(model).encode(), b"kmervae.latent_dim": str(latent).encode()})
+                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
+                rows += len(table)
+                bar.update(len(table))
+        if writer is None:
+            raise InputError(f"{features}: no contigs to embed")
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    return EmbedSummary(out, rows, latent)
+
+
+def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(contig_ids, embeddings (n, d) float32, labels or None) of an embedding parquet."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: no such embedding file; create it with 'kmervae embed'")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{path}: not a readable parquet file ({err})") from None
+    if "embedding" not in table.column_names or not pa.types.is_fixed_size_list(table.schema.field("embedding").type):
+        raise InputError(f"{path}: no fixed-size 'embedding' column; create it with 'kmervae embed'")
+    dim = table.schema.field("embedding").type.list_size
+    vectors = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    labels = np.asarray(table.column("label").to_pylist(), dtype=object) if "label" in table.column_names else None
+    return np.asarray(table.column("contig_id").to_pylist(), dtype=object), vectors.astype(np.float32), labels

@@ -1,0 +1,151 @@
+"""Is the embedding worth it? kNN accuracy, k-means ARI and silhouette against simple baselines.
+
+With labels, each embedding is scored by k-nearest-neighbour accuracy (k = 1 and 5,
+cosine, 5-fold stratified), the adjusted Rand index of k-means with the true number of
+labels, and the silhouette of the true labels (cosine). The same scores are computed on
+the same contigs for two baselines a binner would otherwise use: z-scored canonical
+4-mer log-frequencies (TNF, what VAMB-style binners start from) and PCA of all k-mer
+log-frequencies with the latent space's dimension. The log-frequencies come from the
+model's own `FeatureTransform` (one transform everywhere). Without labels: silhouette of
+k-means clusters and the number of active latent units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmervae.embed import read_embeddings
+from kmervae.errors import InputError
+
+SILHOUETTE_MAX = 5000
+"""Silhouette is O(n^2): it uses at most this many contigs (a seeded subsample)."""
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def score(x: np.ndarray, labels: np.ndarray | None, seed: int = 0) -> dict[str, float]:
+    """The scores of one embedding (rows = contigs)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, silhouette_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(x), min(len(x), SILHOUETTE_MAX), replace=False)
+    if labels is None:
+        k = max(2, min(20, int(math.sqrt(len(x) / 2))))
+        clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
+        return {
+            "silhouette_kmeans": float(silhouette_score(x[sample], clusters[sample], metric="cosine")),
+            "active_units": float((x.var(axis=0) > ACTIVE_UNIT_THRESHOLD).sum()),
+        }
+    names, codes = np.unique(labels.astype(str), return_inverse=True)
+    folds = min(5, int(np.bincount(codes).min()))
+    if folds < 2 or len(names) < 2:
+        raise InputError("evaluation needs at least 2 labels with 2 contigs each")
+    out = {}
+    for k in (1, 5):
+        knn = KNeighborsClassifier(n_neighbors=k, metric="cosine")
+        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        out[f"knn{k}_acc"] = float(cross_val_score(knn, x, codes, cv=cv).mean())
+    clusters = KMeans(n_clusters=len(names), n_init=10, random_state=seed).fit_predict(x)
+    out["kmeans_ari"] = float(adjusted_rand_score(codes, clusters))
+    out["silhouette"] = float(silhouette_score(x[sample], codes[sample], metric="cosine"))
+    return out
+
+
+def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """TNF (z-scored 4-mer log-frequencies) and PCA-`dim` of all k-mer log-frequencies, in `contig_ids` order."""
+    import torch
+    from sklearn.decomposition import PCA
+
+    from kmervae.feature_table import FeatureTable
+    from kmervae.model import FeatureTransform
+
+    table = FeatureTable.from_parquet(features)
+    index = {cid: i for i, cid in enumerate(table.contig_ids)}
+    missing = [cid for cid in contig_ids if cid not in index]
+    if missing:
+        raise InputError(f"{features}: has no features for {len(missing)} embedded contig(s), e.g. '{missing[0]}'")
+    rows = np.array([index[cid] for cid in contig_ids])
+    x = FeatureTransform()(
+        torch.from_numpy(table.length[rows]),
+        torch.from_numpy(table.gc[rows]),
+        *(torch.from_numpy(table.counts(k)[rows].astype(np.int64)) for k in (7, 4, 3)),
+    )
+    tnf = x.kmer4.numpy()
+    tnf = (tnf - tnf.mean(axis=0)) / tnf.std(axis=0).clip(min=1e-8)
+    everything = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).numpy()
+    pca = PCA(n_components=min(dim, *everything.shape), svd_solver="randomized", random_state=seed).fit_transform(everything)
+    return {"tnf_zscore": tnf, f"pca{dim}_kmers": pca}
+
+
+def labels_from(features: str | Path, contig_ids: np.ndarray) -> np.ndarray:
+    """Labels of `contig_ids` read from a feature dataset."""
+    from kmervae.feature_table import FeatureTable
+
+    table = FeatureTable.from_parquet(features)
+    if table.labels is None:
+        raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
+    lookup = dict(zip(table.contig_ids, table.labels))
+    return np.array([lookup.get(cid) for cid in contig_ids], dtype=object)
+
+
+def evaluate(embeddings: str | Path, features: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """Scores of the embedding and, when features are given, of the baselines on the same contigs."""
+    ids, x, labels = read_embeddings(embeddings)
+    if features is not None:
+        labels = labels_from(features, ids)
+    if labels is not None:
+        known = np.array([v is not None for v in labels])
+        ids, x, labels = ids[known], x[known], labels[known]
+    result: dict[str, Any] = {"contigs": int(len(ids)), "latent_dim": int(x.shape[1]), "labels": None, "scores": {}}
+    if labels is not None:
+        result["labels"] = int(len(set(labels)))
+    result["scores"]["vae"] = score(x, labels, seed)
+    if labels is None:
+        return result
+    if features is not None:
+        for name, values in baselines(features, ids, x.shape[1], seed).items():
+            result["scores"][name] = score(values, labels, seed)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The scores as an aligned text table, one row per embedding."""
+    rows = result["scores"]
+    keys = list(next(iter(rows.values())))
+    lines = [f"{result['contigs']:,} contigs, {result['labels'] or 'no'} labels, latent dim {result['latent_dim']}"]
+    lines.append(f"{'embedding':<16}" + "".join(f"{k:>18}" for k in keys))
+    for name, values in rows.items():
+        lines.append(f"{name:<16}" + "".join(f"{values.get(k, float('nan')):>18.4f}" for k in keys))
+    return "\n".join(lines)
+
+
+def log_to_mlflow(result: dict[str, Any], run_id: str, json_path: Path) -> None:
+    """Add the scores as metrics (eval/<embedding>/<score>) and the JSON to an MLflow run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from kmervae.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    try:
+        client.get_run(run_id)
+    except Exception:  # MlflowException for an unknown id
+        raise InputError(f"--mlflow-run {run_id}: no such run in {tracking_uri()}") from None
+    import time
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"eval/{name}/{key}", value, now, 0) for name, values in result["scores"].items() for key, value in values.items()]
+    client.log_batch(run_id, metrics=metrics)
+    client.log_artifact(run_id, str(json_path), "evaluation")
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

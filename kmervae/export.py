@@ -1,0 +1,218 @@
+"""Export the encoder with its feature transform: TorchScript, ONNX, or an MLflow pyfunc model.
+
+The exported model takes the stored feature columns as tensors (length int64, gc
+float32, kmer7/kmer4/kmer3 counts int32, batch dimension dynamic) and returns the latent
+mean (and, when asked for, the log-variance). The transform travels inside, so serving
+reads counts exactly as training did. Sources: a checkpoint file, an MLflow run id (its
+best checkpoint), or a registry URI such as `models:/kmervae-encoder@champion`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from kmervae.checkpoint import Checkpoint, load_checkpoint
+from kmervae.errors import ConfigError, InputError, InputNotFoundError
+from kmervae.model import N3, N4, N7, BranchedVAE
+
+FORMATS = ("torchscript", "onnx", "mlflow")
+INPUT_NAMES = ["length", "gc", "kmer7", "kmer4", "kmer3"]
+COUNT_DTYPE = torch.int32
+"""Counts enter exported models as int32 (uint8/uint16/uint32 storage all fit)."""
+CHECKPOINT_IN_MODEL = "checkpoint.pt"
+"""File name of the source checkpoint inside an MLflow model's artifacts."""
+
+
+class Encoder(nn.Module):
+    """Transform + encoder of a BranchedVAE in eval mode: counts -> latent mean (, log-variance)."""
+
+    def __init__(self, model: BranchedVAE, with_log_var: bool = False):
+        super().__init__()
+        self.model = model.eval()
+        self.with_log_var = with_log_var
+
+    def forward(self, length: Tensor, gc: Tensor, kmer7: Tensor, kmer4: Tensor, kmer3: Tensor):
+        mu, log_var = self.model.encode(self.model.transform(length, gc, kmer7, kmer4, kmer3))
+        return (mu, log_var) if self.with_log_var else mu
+
+
+def example_inputs(batch: int = 2) -> tuple[Tensor, ...]:
+    """Small valid inputs in the exported dtypes (for tracing and signatures)."""
+    g = torch.Generator().manual_seed(0)
+    return (
+        torch.full((batch,), 5000, dtype=torch.int64),
+        torch.full((batch,), 0.5, dtype=torch.float32),
+        torch.randint(0, 4, (batch, N7), generator=g, dtype=COUNT_DTYPE),
+        torch.randint(1, 60, (batch, N4), generator=g, dtype=COUNT_DTYPE),
+        torch.randint(1, 200, (batch, N3), generator=g, dtype=COUNT_DTYPE),
+    )
+
+
+def resolve_source(source: str, workdir: Path) -> Checkpoint:
+    """A checkpoint from a file, an MLflow run id, or a models:/ registry URI."""
+    path = Path(source)
+    if path.is_file():
+        return load_checkpoint(path)
+    if source.startswith("models:/") or source.startswith("runs:/") or (len(source) == 32 and source.isalnum()):
+        return load_checkpoint(_download_checkpoint(source, workdir))
+    raise InputNotFoundError(f"{source}: not a checkpoint file, an MLflow run id or a models:/ URI")
+
+
+def _download_checkpoint(source: str, workdir: Path) -> Path:
+    """Fetch the checkpoint of a run or a registered model version from MLflow."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from kmervae.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    candidates = [f"runs:/{source}/checkpoints/best.pt", f"runs:/{source}/best_model/best.pt", f"runs:/{source}/model/artifacts/{CHECKPOINT_IN_MODEL}"]
+    if not (len(source) == 32 and source.isalnum()):
+        candidates = [source]
+    errors = []
+    for uri in candidates:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(workdir)))
+        except (MlflowException, OSError) as err:
+            errors.append(str(err).splitlines()[0][:200])
+            continue
+        if local.is_file():
+            return local
+        found = sorted(local.rglob(CHECKPOINT_IN_MODEL)) + sorted(local.rglob("best.pt"))
+        if found:
+            return found[0]
+        errors.append(f"{uri} holds no {CHECKPOINT_IN_MODEL} or best.pt")
+    raise InputError(f"{source}: no kmervae checkpoint found in MLflow ({tracking_uri()}): {'; '.join(errors)}")
+
+
+def export_torchscript(checkpoint: Checkpoint, out: Path, with_log_var: bool = False) -> Path:
+    """Trace the encoder to a TorchScript file (dynamic batch: no shape-dependent code)."""
+    encoder = Encoder(checkpoint.build_model(), with_log_var)
+    with torch.no_grad():
+        traced = torch.jit.trace(encoder, example_inputs(3), check_inputs=[example_inputs(5)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(out))
+    return out
+
+
+def export_onnx(checkpoint: Checkpoint, out: Path, with_log_var: bool = False) -> Path:
+    """Export the encoder to ONNX with a dynamic batch axis."""
+    encoder = Encoder(checkpoint.build_model(), with_log_var)
+    outputs = ["mu", "log_var"] if with_log_var else ["mu"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            encoder,
+            example_inputs(3),
+            str(out),
+            input_names=INPUT_NAMES,
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + outputs},
+            opset_version=17,
+            dynamo=False,  # the TorchScript-based exporter: mature for plain MLPs, no onnxscript rewrite
+        )
+    return out
+
+
+MLFLOW_MODEL_CODE = '''"""kmervae encoder as an MLflow pyfunc model: needs torch, numpy and mlflow only."""
+import mlflow
+import numpy as np
+import torch
+
+
+class KmervaeEncoder(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        self.encoder = torch.jit.load(context.artifacts["encoder"], map_location="cpu").eval()
+
+    def predict(self, context, model_input, params=None):
+        """model_input: dict (or DataFrame) of length, gc, kmer7, kmer4, kmer3 -> latent means."""
+        def column(name, dtype):
+            value = model_input[name]
+            if hasattr(value, "to_numpy"):
+                value = value.to_numpy()
+            if value.dtype == object:
+                value = np.stack(value)
+            return torch.as_tensor(np.ascontiguousarray(value, dtype=dtype))
+
+        with torch.no_grad():
+            out = self.encoder(column("length", np.int64), column("gc", np.float32), column("kmer7", np.int32),
+                               column("kmer4", np.int32), column("kmer3", np.int32))
+        return (out[0] if isinstance(out, tuple) else out).numpy()
+
+
+mlflow.models.set_model(KmervaeEncoder())
+'''
+
+
+def export_mlflow(checkpoint: Checkpoint, source_file: Path | None, out: Path) -> Path:
+    """Save an MLflow pyfunc model (TorchScript inside, code saved with it, signature, example)."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    if out.exists():
+        raise InputError(f"{out}: exists; the MLflow model is a folder, choose a new --out")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        encoder = export_torchscript(checkpoint, tmp / "encoder.pt")
+        code = tmp / "kmervae_encoder_model.py"
+        code.write_text(MLFLOW_MODEL_CODE)
+        artifacts = {"encoder": str(encoder)}
+        if source_file is not None:
+            artifacts["checkpoint"] = str(source_file)
+        latent = checkpoint.config.model.latent_dim
+        signature = ModelSignature(
+            inputs=Schema([
+                TensorSpec(np.dtype(np.int64), (-1,), "length"),
+                TensorSpec(np.dtype(np.float32), (-1,), "gc"),
+                TensorSpec(np.dtype(np.int32), (-1, N7), "kmer7"),
+                TensorSpec(np.dtype(np.int32), (-1, N4), "kmer4"),
+                TensorSpec(np.dtype(np.int32), (-1, N3), "kmer3"),
+            ]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent), "mu")]),
+        )
+        example = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, example_inputs(2))}
+        mlflow.pyfunc.save_model(
+            str(out), python_model=str(code), artifacts=artifacts, signature=signature, input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", f"mlflow=={mlflow.__version__}"],
+        )
+    if source_file is not None:  # a stable name, so `export models:/...` can find it again
+        shutil.copy(Path(out) / "artifacts" / Path(source_file).name, Path(out) / "artifacts" / CHECKPOINT_IN_MODEL)
+    return out
+
+
+def export(source: str, fmt: str, out: str | Path, with_log_var: bool = False) -> Path:
+    """Export SOURCE to `out` in format `fmt`; returns what was written."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is unknown; allowed: {', '.join(FORMATS)}")
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as workdir:
+        checkpoint = resolve_source(source, Path(workdir))
+        source_file = Path(source) if Path(source).is_file() else next(Path(workdir).rglob("*.pt"), None)
+        if fmt == "torchscript":
+            return export_torchscript(checkpoint, out, with_log_var)
+        if fmt == "onnx":
+            return export_onnx(checkpoint, out, with_log_var)
+        if with_log_var:
+            raise ConfigError("--with-log-var applies to torchscript and onnx; the MLflow model returns the latent mean")
+        return export_mlflow(checkpoint, source_file, out)
+
+
+def register(path: Path, fmt: str, name: str, alias: str | None, experiment: str = "kmervae-exports") -> str:
+    """Log an exported model to an MLflow run and register it; returns its models:/ URI."""
+    from kmervae.tracking import Tracker
+
+    tracker = Tracker(experiment, f"export-{fmt}", tags={"kmervae.export_format": fmt})
+    if path.is_dir():
+        tracker.log_folder(path, "model")
+    else:
+        tracker.log_artifact(path, "model")
+    uri = tracker.register("model", name, alias, tags={"format": fmt})
+    tracker.finish()
+    return uri
