@@ -126,7 +126,7 @@ class EpochMetrics:
 
 
 KNN_K = 5
-KNN_MAX_SAMPLES = 10_000
+KNN_MAX_SAMPLES = 5_000
 """kNN accuracy uses at most this many validation contigs (a fixed, seeded subsample): O(n^2)."""
 
 

@@ -1,0 +1,174 @@
+"""Export to TorchScript, ONNX and MLflow; embed with each; evaluate against baselines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from kmervae.checkpoint import load_checkpoint
+from kmervae.config import PRESETS, RunConfig
+from kmervae.embed import decode_batch, embed, read_embeddings
+from kmervae.engine import fit_local
+from kmervae.errors import InputError, InputNotFoundError, OutputError
+from kmervae.evaluate import evaluate, format_table, score
+from kmervae.export import Encoder, export
+from kmervae.feature_table import dataset_files
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, example_features):
+    out = tmp_path_factory.mktemp("trained")
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=2", "train.batch_size=64"])
+    return fit_local(example_features, config, out, log=lambda line: None).best_checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, checkpoint):
+    out = tmp_path_factory.mktemp("exported")
+    return {
+        "checkpoint": checkpoint,
+        "torchscript": export(str(checkpoint), "torchscript", out / "encoder.pt"),
+        "onnx": export(str(checkpoint), "onnx", out / "encoder.onnx"),
+        "mlflow": export(str(checkpoint), "mlflow", out / "mlflow-model"),
+    }
+
+
+def real_inputs(features, rows: int) -> dict[str, np.ndarray]:
+    files = dataset_files(features)
+    batch = next(pq.ParquetFile(files.paths[0]).iter_batches(batch_size=rows))
+    return decode_batch(batch, files.format)
+
+
+def reference(checkpoint, inputs) -> np.ndarray:
+    encoder = Encoder(load_checkpoint(checkpoint).build_model())
+    with torch.no_grad():
+        return encoder(*(torch.from_numpy(inputs[k]) for k in ("length", "gc", "kmer7", "kmer4", "kmer3"))).numpy()
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_torchscript_and_onnx_match_pytorch_with_any_batch_size(exported, example_features, rows):
+    import onnxruntime
+
+    inputs = real_inputs(example_features, rows)
+    expected = reference(exported["checkpoint"], inputs)
+    traced = torch.jit.load(str(exported["torchscript"]))
+    with torch.no_grad():
+        got = traced(*(torch.from_numpy(inputs[k]) for k in ("length", "gc", "kmer7", "kmer4", "kmer3"))).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    session = onnxruntime.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["mu"], inputs)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_log_variance_on_request(checkpoint, tmp_path, example_features):
+    path = export(str(checkpoint), "onnx", tmp_path / "both.onnx", with_log_var=True)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["mu", "log_var"]
+    mu, log_var = session.run(None, real_inputs(example_features, 4))
+    assert mu.shape == log_var.shape == (4, 8)
+
+
+MLFLOW_FRESH = """
+import sys
+for name in ("kmervae", "data_pipeline"):
+    sys.modules[name] = None  # the package's code must not be needed
+import mlflow, numpy as np
+model = mlflow.pyfunc.load_model(sys.argv[1])
+data = dict(np.load(sys.argv[2]))
+np.save(sys.argv[3], model.predict(data))
+print(model.metadata.get_input_schema().input_names())
+"""
+
+
+def test_mlflow_model_loads_in_a_fresh_process_without_the_package(exported, example_features, tmp_path):
+    inputs = real_inputs(example_features, 16)
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    result = subprocess.run(
+        [sys.executable, "-c", MLFLOW_FRESH, str(exported["mlflow"]), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npy")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "['length', 'gc', 'kmer7', 'kmer4', 'kmer3']" in result.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference(exported["checkpoint"], inputs), rtol=1e-5, atol=1e-5)
+    assert (exported["mlflow"] / "input_example.json").exists() or any(exported["mlflow"].glob("input_example*"))
+
+
+def test_every_format_embeds_the_same_vectors(exported, example_features, tmp_path):
+    vectors = {}
+    for name, model in exported.items():
+        summary = embed(str(model), example_features, tmp_path / f"{name}.parquet", batch_size=500, progress=False)
+        ids, vectors[name], labels = read_embeddings(summary.out)
+        assert summary.contigs == len(ids) == 1558 and labels is not None and vectors[name].shape == (1558, 8)
+    for name in exported:
+        np.testing.assert_allclose(vectors[name], vectors["checkpoint"], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_embed_errors_are_clear_and_leave_nothing(exported, example_features, tmp_path):
+    with pytest.raises(InputNotFoundError, match="no such model"):
+        embed(str(tmp_path / "none.pt"), example_features, tmp_path / "a.parquet")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    with pytest.raises(InputError, match="neither a kmervae checkpoint, TorchScript, ONNX nor MLflow model"):
+        embed(str(junk), example_features, tmp_path / "a.parquet")
+    foreign = tmp_path / "foreign.parquet"
+    pq.write_table(pa.table({"contig_id": ["a"]}), foreign)
+    with pytest.raises(InputError, match="not a kmervae feature file"):
+        embed(str(exported["onnx"]), foreign, tmp_path / "a.parquet")
+    (tmp_path / "exists.parquet").write_bytes(b"x")
+    with pytest.raises(OutputError, match="exists"):
+        embed(str(exported["onnx"]), example_features, tmp_path / "exists.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.parquet", "foreign.parquet", "junk.pt"]
+
+
+def test_export_sources_and_errors(checkpoint, tmp_path):
+    with pytest.raises(InputNotFoundError, match="not a checkpoint file, an MLflow run id or a models:/ URI"):
+        export(str(tmp_path / "missing.pt"), "onnx", tmp_path / "x.onnx")
+    with pytest.raises(InputError, match="no kmervae checkpoint found in MLflow"):
+        export("0123456789abcdef0123456789abcdef", "onnx", tmp_path / "x.onnx")
+
+
+def test_scores_of_a_perfect_and_a_random_embedding():
+    rng = np.random.default_rng(0)
+    labels = np.array([f"g{i % 5}" for i in range(400)], dtype=object)
+    perfect = np.eye(5)[[int(v[1]) for v in labels]] + rng.normal(0, 0.01, (400, 5))
+    good = score(perfect, labels)
+    assert good["knn1_acc"] == 1.0 and good["knn5_acc"] == 1.0 and good["kmeans_ari"] == 1.0 and good["silhouette"] > 0.9
+    shuffled = score(perfect, rng.permutation(labels))
+    assert 0.1 < shuffled["knn5_acc"] < 0.35 and abs(shuffled["kmeans_ari"]) < 0.05
+
+
+def test_evaluate_compares_with_the_baselines(exported, example_features, tmp_path):
+    out = embed(str(exported["onnx"]), example_features, tmp_path / "emb.parquet", progress=False).out
+    result = evaluate(out, example_features)
+    assert list(result["scores"]) == ["vae", "tnf_zscore", "pca8_kmers"]
+    assert result["contigs"] == 1558 and result["labels"] == 5
+    for scores in result["scores"].values():
+        assert set(scores) == {"knn1_acc", "knn5_acc", "kmeans_ari", "silhouette"}
+        assert 0.5 < scores["knn5_acc"] <= 1.0  # five genomes: chance is about 0.2
+    assert "tnf_zscore" in format_table(result)
+    unlabeled = evaluate(out)  # the embedding carries labels from the features
+    assert unlabeled["labels"] == 5
+
+
+def test_cli_export_embed_evaluate(exported, example_features, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "kmervae.cli", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    done = run("export", str(exported["checkpoint"]), "--format", "onnx", "--out", "enc.onnx")
+    assert done.returncode == 0 and "exported  onnx model to enc.onnx" in done.stdout, done.stderr
+    done = run("embed", "enc.onnx", str(example_features), "-o", "emb.parquet")
+    assert done.returncode == 0 and "embedded  1,558 contigs into 8 dimensions" in done.stdout, done.stderr
+    done = run("evaluate", "emb.parquet", "--labels-from-features", str(example_features))
+    assert done.returncode == 0 and "pca8_kmers" in done.stdout and (tmp_path / "emb.eval.json").exists(), done.stderr
+    bad = run("export", "nope.pt", "--format", "onnx", "--out", "x.onnx")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    missing = run("best", "--experiment", "nothing-here")
+    assert missing.returncode == 2 and "no MLflow experiment 'nothing-here'" in missing.stderr
