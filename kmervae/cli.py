@@ -283,13 +283,14 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="output parquet file")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(run=_cmd_embed)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from kmervae.embed import embed
 
-    summary = embed(args.model, args.features, args.out, args.batch_size, args.device)
+    summary = embed(args.model, args.features, args.out, args.batch_size, args.device, overwrite=args.overwrite)
     print(f"embedded  {summary.contigs:,} contigs into {summary.latent_dim} dimensions: {summary.out}")
     return 0
 

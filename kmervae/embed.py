@@ -112,7 +112,10 @@ class EmbedSummary:
     latent_dim: int
 
 
-def embed(model: str, features: str | Path, out: str | Path, batch_size: int = 1024, device: str = "cpu", progress: bool | None = None) -> EmbedSummary:
+def embed(
+    model: str, features: str | Path, out: str | Path, batch_size: int = 1024, device: str = "cpu",
+    progress: bool | None = None, overwrite: bool = False,
+) -> EmbedSummary:
     """Embed every contig of a feature dataset; the output appears only when complete."""
     from tqdm import tqdm
 
@@ -121,8 +124,8 @@ def embed(model: str, features: str | Path, out: str | Path, batch_size: int = 1
     files = dataset_files(features)
     embedder = load_embedder(model, device)
     out = Path(out)
-    if out.exists():
-        raise OutputError(f"{out}: exists; choose another -o or remove it")
+    if out.exists() and not (overwrite and out.is_file()):
+        raise OutputError(f"{out}: exists; choose another -o or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     labeled = all("label" in pq.read_schema(p).names for p in files.paths)
