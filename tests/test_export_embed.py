@@ -172,3 +172,47 @@ def test_cli_export_embed_evaluate(exported, example_features, tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     missing = run("best", "--experiment", "nothing-here")
     assert missing.returncode == 2 and "no MLflow experiment 'nothing-here'" in missing.stderr
+
+
+def test_register_an_export_and_embed_from_the_registry(exported, example_features, tmp_path, monkeypatch):
+    from kmervae.export import register
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = register(exported["mlflow"], "mlflow", "test-encoder", "champion")
+    assert uri == "models:/test-encoder@champion"
+    summary = embed(uri, example_features, tmp_path / "from-registry.parquet", progress=False)
+    _, vectors, _ = read_embeddings(summary.out)
+    _, expected, _ = read_embeddings(embed(str(exported["checkpoint"]), example_features, tmp_path / "ref.parquet", progress=False).out)
+    np.testing.assert_allclose(vectors, expected, rtol=1e-5, atol=1e-5)
+    # The registered MLflow model keeps its checkpoint: it exports again to any format.
+    assert export(uri, "torchscript", tmp_path / "again.pt").exists()
+
+
+def test_evaluation_is_logged_to_an_mlflow_run(exported, example_features, tmp_path, monkeypatch):
+    from kmervae.best import download_checkpoint
+    from kmervae.evaluate import log_to_mlflow, write_json
+    from kmervae.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = embed(str(exported["onnx"]), example_features, tmp_path / "emb.parquet", progress=False).out
+    result = evaluate(out, example_features)
+    tracker = Tracker("tests", "eval")
+    log_to_mlflow(result, tracker.run_id, write_json(result, tmp_path / "eval.json"))
+    metrics = tracker.client.get_run(tracker.run_id).data.metrics
+    assert metrics["eval/vae/knn5_acc"] == result["scores"]["vae"]["knn5_acc"] and "eval/tnf_zscore/kmeans_ari" in metrics
+    with pytest.raises(InputError, match="no such run"):
+        log_to_mlflow(result, "0" * 32, tmp_path / "eval.json")
+    with pytest.raises(InputError, match="has no checkpoints/best.pt artifact"):
+        download_checkpoint(tracker.run_id, tmp_path / "nothing")
+
+
+def test_unlabeled_embeddings_get_silhouette_and_active_units(exported, example_features, tmp_path):
+    out = embed(str(exported["onnx"]), example_features, tmp_path / "emb.parquet", progress=False).out
+    table = pq.read_table(out).drop_columns(["label"])
+    pq.write_table(table, tmp_path / "unlabeled.parquet")
+    result = evaluate(tmp_path / "unlabeled.parquet")
+    assert result["labels"] is None and list(result["scores"]) == ["vae"]
+    assert set(result["scores"]["vae"]) == {"silhouette_kmeans", "active_units"}
+    assert 0 <= result["scores"]["vae"]["active_units"] <= 8
