@@ -9,6 +9,7 @@ and the space returns the settings it derives from them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,37 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
     p.add_argument("--register-as", default="kmervae-encoder", help="registered model name for the best checkpoint ('' to skip)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--smoke-test", action="store_true", help="tiny preset, 600 contigs, 3 trials x 2 epochs on CPU: about 2 minutes on 2 cores")
+    apply_env_defaults(p)
     return p.parse_args(argv)
+
+
+ENV_PREFIX = "KMERVAE_"
+
+
+def env_name(action: argparse.Action) -> str:
+    """The environment variable that sets a flag's default: --workers-per-trial -> KMERVAE_WORKERS_PER_TRIAL."""
+    return ENV_PREFIX + action.option_strings[-1].lstrip("-").replace("-", "_").upper()
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
+    """Let KMERVAE_<FLAG> environment variables set defaults (how a KubeRay RayJob passes knobs)."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        raw = os.environ.get(env_name(action))
+        if raw is None:
+            continue
+        if action.nargs == 0:  # store_true flags
+            value = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif action.dest == "overrides":
+            value = [item for item in raw.split() if item]  # KMERVAE_SET="train.lr=3e-4 loss.beta=0.1"
+        else:
+            try:
+                value = action.type(raw) if action.type else raw
+            except (TypeError, ValueError):
+                parser.error(f"{env_name(action)}={raw!r} is not a valid value for {action.option_strings[-1]}")
+        parser.set_defaults(**{action.dest: value})
+        action.help = (action.help or "") + f" [from ${env_name(action)}]"
 
 
 def default_data(storage: Path) -> Path:

@@ -80,3 +80,17 @@ def test_a_bad_flag_is_one_line(tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("latent_sweep: error: ") and "no such feature dataset" in result.stderr
+
+
+def test_every_flag_can_come_from_the_environment(monkeypatch):
+    common = load("_common")
+    monkeypatch.setenv("KMERVAE_SAMPLES", "7")
+    monkeypatch.setenv("KMERVAE_SMOKE_TEST", "true")
+    monkeypatch.setenv("KMERVAE_SET", "train.lr=1e-3 loss.beta=0.5")
+    monkeypatch.setenv("KMERVAE_STORAGE", "/data/sweeps")
+    args = common.parse_args("test", "final", [])
+    assert (args.samples, args.smoke_test, args.overrides, str(args.storage)) == (7, True, ["train.lr=1e-3", "loss.beta=0.5"], "/data/sweeps")
+    assert common.parse_args("test", "final", ["--samples", "3"]).samples == 3  # a flag beats its variable
+    monkeypatch.setenv("KMERVAE_EPOCHS", "many")
+    with pytest.raises(SystemExit):
+        common.parse_args("test", "final", [])
