@@ -34,11 +34,19 @@ def local_cluster(tmp_path):
         NUM_CPUS="2",
     )
     started = subprocess.run(["bash", str(REPO / "infra/local/start.sh")], env=env, capture_output=True, text=True, timeout=300)
+    mlflow_pid = None
     try:
         assert started.returncode == 0, started.stderr + started.stdout
+        mlflow_pid = int((tmp_path / "cluster" / "mlflow.pid").read_text())
         yield env, started.stdout
     finally:
-        subprocess.run(["bash", str(REPO / "infra/local/stop.sh")], env=env, capture_output=True, timeout=300)
+        stopped = subprocess.run(["bash", str(REPO / "infra/local/stop.sh")], env=env, capture_output=True, text=True, timeout=300)
+    assert "stopped the local Ray head and MLflow server" in stopped.stdout
+    # Nothing is left behind: no Ray daemons, no MLflow server, no pid file.
+    leftovers = subprocess.run(["pgrep", "-f", "raylet|gcs_server|mlflow.server|mlflow server"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", leftovers.stdout
+    assert mlflow_pid is not None and not Path(f"/proc/{mlflow_pid}").exists()
+    assert not (tmp_path / "cluster" / "mlflow.pid").exists()
 
 
 def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_path):
