@@ -79,9 +79,12 @@ def download_checkpoint(run_id: str, directory: str | Path) -> Path:
 
     from kmervae.tracking import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
     Path(directory).mkdir(parents=True, exist_ok=True)
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.pt", dst_path=str(directory)))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="checkpoints/best.pt", dst_path=str(directory), tracking_uri=tracking_uri()
+            )
+        )
     except (MlflowException, OSError) as err:
         raise InputError(f"run {run_id} has no checkpoints/best.pt artifact ({str(err).splitlines()[0][:200]})") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -55,8 +56,10 @@ def load_embedder(model: str, device: str = "cpu") -> Embedder:
 
         from kmervae.tracking import tracking_uri
 
-        mlflow.set_tracking_uri(tracking_uri())
         try:
+            if model.startswith("models:/"):  # resolve against our store without touching mlflow's global state
+                uri = tracking_uri()
+                model = mlflow.artifacts.download_artifacts(model, dst_path=tempfile.mkdtemp(prefix="kmervae-model-"), tracking_uri=uri, registry_uri=uri)
             pyfunc = mlflow.pyfunc.load_model(model)
         except Exception as err:  # mlflow raises several types for missing or broken models
             raise InputError(f"{model}: cannot load the MLflow model ({str(err).splitlines()[0][:300]})") from None

@@ -70,14 +70,14 @@ def _download_checkpoint(source: str, workdir: Path) -> Path:
 
     from kmervae.tracking import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()  # passed explicitly: mlflow.set_tracking_uri would change this process's environment
     candidates = [f"runs:/{source}/checkpoints/best.pt", f"runs:/{source}/best_model/best.pt", f"runs:/{source}/model/artifacts/{CHECKPOINT_IN_MODEL}"]
     if not (len(source) == 32 and source.isalnum()):
         candidates = [source]
     errors = []
-    for uri in candidates:
+    for candidate in candidates:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(workdir)))
+            local = Path(mlflow.artifacts.download_artifacts(candidate, dst_path=str(workdir), tracking_uri=uri, registry_uri=uri))
         except (MlflowException, OSError) as err:
             errors.append(str(err).splitlines()[0][:200])
             continue
@@ -86,8 +86,8 @@ def _download_checkpoint(source: str, workdir: Path) -> Path:
         found = sorted(local.rglob(CHECKPOINT_IN_MODEL)) + sorted(local.rglob("best.pt"))
         if found:
             return found[0]
-        errors.append(f"{uri} holds no {CHECKPOINT_IN_MODEL} or best.pt")
-    raise InputError(f"{source}: no kmervae checkpoint found in MLflow ({tracking_uri()}): {'; '.join(errors)}")
+        errors.append(f"{candidate} holds no {CHECKPOINT_IN_MODEL} or best.pt")
+    raise InputError(f"{source}: no kmervae checkpoint found in MLflow ({uri}): {'; '.join(errors)}")
 
 
 def export_torchscript(checkpoint: Checkpoint, out: Path, with_log_var: bool = False) -> Path:

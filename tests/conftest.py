@@ -64,3 +64,10 @@ def example_features(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("example-features") / "features"
     featurize(sorted(EXAMPLES.glob("*.fna.gz")), out, FeaturizeSettings(fragment_length=5000), Labels(from_filename=True))
     return out
+
+
+@pytest.fixture(autouse=True)
+def no_outside_servers(monkeypatch):
+    """Tests use their own local stores and clusters, never a server the developer's shell points at."""
+    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)

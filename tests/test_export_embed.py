@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -19,7 +20,6 @@ from kmervae.errors import InputError, InputNotFoundError, OutputError
 from kmervae.evaluate import evaluate, format_table, score
 from kmervae.export import Encoder, export
 from kmervae.feature_table import dataset_files
-from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +187,8 @@ def test_register_an_export_and_embed_from_the_registry(exported, example_featur
     np.testing.assert_allclose(vectors, expected, rtol=1e-5, atol=1e-5)
     # The registered MLflow model keeps its checkpoint: it exports again to any format.
     assert export(uri, "torchscript", tmp_path / "again.pt").exists()
+    # Resolving models:/ URIs must not redirect the whole process (mlflow.set_tracking_uri sets the env var).
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
 def test_evaluation_is_logged_to_an_mlflow_run(exported, example_features, tmp_path, monkeypatch):
