@@ -139,7 +139,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-mode", choices=["auto", "materialize", "stream"], default="auto", help="ray: decode the data once into the object store, or re-read it every epoch (auto: materialize when it fits)")
     p.add_argument("--address", default=None, help="ray: cluster address (default: $RAY_ADDRESS, else a local cluster in this process)")
     p.add_argument("--name", default=None, help="run name: ray resumes a run of this name in --storage; also the MLflow run name (default: train-<time>)")
-    p.add_argument("--storage", type=Path, default=Path("runs/ray"), help="ray: checkpoint storage folder")
+    p.add_argument("--storage", default="runs/ray", help="ray: checkpoint storage, a folder or an s3:// URI")
     p.add_argument("--out", type=Path, default=None, help="folder for best.pt, last.pt, curves and tables (default: local runs/<name>, ray <storage>/<name>/outputs)")
     p.add_argument("--experiment", default="kmervae", help="MLflow experiment")
     p.add_argument("--mlflow-dir", type=Path, default=None, help="folder of the local MLflow store (default: the current folder; ignored when $MLFLOW_TRACKING_URI is set)")

@@ -30,6 +30,8 @@ from kmervae.errors import ConfigError
 from kmervae.feature_table import dataset_files
 from kmervae.metrics import knn_accuracy
 from kmervae.model import BranchedVAE
+from kmervae.storage import local_outputs
+from kmervae.storage import normalize as normalize_storage
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATA_CPUS = 1.0
@@ -220,8 +222,8 @@ def fit_ray(
     """Train with Ray Train; resumes when `name` already has checkpoints in `storage`."""
     files = dataset_files(data_path)  # a foreign or corrupt dataset is refused before Ray starts
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
-    storage = Path(storage).absolute()
-    out = Path(out_dir).absolute() if out_dir else storage / name / "outputs"
+    storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
+    out = Path(out_dir).absolute() if out_dir else local_outputs(storage, name, "outputs")
     import ray
 
     from kmervae.ray_data import build_datasets, label_vocabulary
@@ -245,7 +247,7 @@ def fit_ray(
     return RayFitResult(name, str(result.path), best, last, history, tracker.run_id if tracker else None, tracker.uri if tracker else None)
 
 
-def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, labeled: bool, name: str, storage: Path, tracker, callbacks=()):
+def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, labeled: bool, name: str, storage: str, tracker, callbacks=()):
     """The Ray Train TorchTrainer of one training run (also one Tune trial of a sweep)."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -319,7 +321,7 @@ def init_ray(address: str | None) -> None:
         raise ConfigError(f"cannot connect to the Ray cluster at {address}: {err}; start it or fix --address") from None
 
 
-def _mlflow_run(experiment: str, name: str, storage: Path, mlflow_dir, config: RunConfig):
+def _mlflow_run(experiment: str, name: str, storage: str, mlflow_dir, config: RunConfig):
     """The MLflow run of this training run: the same run again when resuming by name."""
     from kmervae.tracking import Tracker, tracking_uri
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from kmervae.config import RunConfig, _check
 from kmervae.errors import ConfigError
 from kmervae.feature_table import DatasetFiles, dataset_files
+from kmervae.storage import exists, join, list_names, local_outputs, normalize
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
 """Define-by-run search space: takes an optuna.Trial, calls trial.suggest_*; returns None."""
@@ -81,7 +82,8 @@ class SweepResult:
     """What a sweep found."""
 
     name: str
-    path: str
+    path: str  # sweep state on Ray storage (a folder or a URI)
+    outputs: str  # local folder with every trial's exported checkpoints and plots
     trials: list[dict[str, Any]] = field(default_factory=list)  # one row per trial: id, status, config, metric
     best_trial: dict[str, Any] | None = None
     best_checkpoint: Path | None = None
@@ -108,8 +110,17 @@ def overrides_to_dict(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -> None:
     """Sample the space a few times and build each config: a bad space fails before Ray starts."""
+    import pickle
+
     import optuna
 
+    try:
+        pickle.dumps(space)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        raise ConfigError(
+            f"the search space {getattr(space, '__qualname__', space)!r} cannot be pickled: define it at module level "
+            "(Tune saves it with the sweep's state)"
+        ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     for _ in range(samples):
@@ -155,7 +166,7 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
     context = ray.tune.get_context()
     trial_id = context.get_trial_id()
     sweep_cfg = SweepConfig(**sweep)
-    storage = Path(sweep_cfg.storage) / sweep_cfg.name / "trials"
+    storage = join(sweep_cfg.storage, sweep_cfg.name, "trials")
     tracker = None
     if mlflow_uri:
         tags = {"kmervae.sweep": sweep_cfg.name, "kmervae.trial_id": trial_id, "engine": "ray"}
@@ -200,8 +211,8 @@ def run_sweep(
     """Run (or with `resume`, continue) a sweep; returns the trials and the best one."""
     files = dataset_files(data_path)
     check_space(space, base, sweep.seed)
-    storage = Path(sweep.storage).absolute()
-    sweep = SweepConfig(**{**asdict(sweep), "storage": str(storage)})
+    storage = normalize(sweep.storage)  # a local folder or s3://... shared by every node
+    sweep = SweepConfig(**{**asdict(sweep), "storage": storage})
     import optuna
     import ray
     from ray import tune
@@ -214,10 +225,11 @@ def run_sweep(
     labels = label_vocabulary(files)
     if sweep.metric == "val/knn_acc" and not labels:
         raise ConfigError(f"--metric val/knn_acc needs labels, and {data_path} has none; featurize with labels or use val/loss")
-    sweep_dir = storage / sweep.name
-    if resume and not sweep_dir.exists():
+    sweep_dir = join(storage, sweep.name)
+    outputs = local_outputs(storage, sweep.name)
+    if resume and not exists(sweep_dir):
         raise ConfigError(f"--resume: no sweep '{sweep.name}' in {storage}; run it without --resume first")
-    if not resume and sweep_dir.exists():
+    if not resume and exists(sweep_dir):
         raise ConfigError(f"a sweep '{sweep.name}' exists in {storage}; pass --resume to continue it or choose another --name")
     init_ray(address)
     available = ray.available_resources()
@@ -239,7 +251,7 @@ def run_sweep(
         ),
         {"cpu": TRIAL_CPUS},
     )
-    tune_dir = str(sweep_dir / "tune")
+    tune_dir = join(sweep_dir, "tune")
     if resume and tune.Tuner.can_restore(tune_dir):
         tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
@@ -256,7 +268,7 @@ def run_sweep(
                 num_samples=sweep.num_samples, max_concurrent_trials=concurrent,
             ),
             run_config=tune.RunConfig(
-                name="tune", storage_path=str(sweep_dir), failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                name="tune", storage_path=sweep_dir, failure_config=tune.FailureConfig(max_failures=0), verbose=0,
             ),
         )
     try:
@@ -265,11 +277,11 @@ def run_sweep(
         if tracker is not None:
             tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    result = _summarize(grid, sweep, sweep_dir)
+    result = _summarize(grid, sweep, sweep_dir, outputs)
     result.space = space
     for row in result.trials:
-        _export_trial(row, sweep, sweep_dir, tracker, log)
-    _pick_best(result, sweep, sweep_dir)
+        _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
+    _pick_best(result, sweep, outputs)
     if tracker is not None:
         from kmervae.sweep_report import report_to_parent
 
@@ -306,7 +318,7 @@ def _max_concurrent(available: dict[str, float], workers: int, gpus_per_worker, 
     return max(1, min(samples, fit))
 
 
-def _summarize(grid, sweep: SweepConfig, sweep_dir: Path) -> SweepResult:
+def _summarize(grid, sweep: SweepConfig, sweep_dir: str, outputs: Path) -> SweepResult:
     rows = []
     for trial in grid:
         metrics = trial.metrics or {}
@@ -321,15 +333,15 @@ def _summarize(grid, sweep: SweepConfig, sweep_dir: Path) -> SweepResult:
                 **{f"config/{k}": v for k, v in (trial.config or {}).items()},
             }
         )
-    return SweepResult(sweep.name, str(sweep_dir), rows)
+    return SweepResult(sweep.name, sweep_dir, str(outputs), rows)
 
 
-def trial_outputs(sweep_dir: Path, trial_id: str) -> Path:
-    """Where a trial's best.pt, last.pt and plots are exported."""
-    return sweep_dir / "trials" / f"trial-{trial_id}" / "outputs"
+def trial_outputs(outputs: Path, trial_id: str) -> Path:
+    """The local folder where a trial's best.pt, last.pt and plots are exported."""
+    return Path(outputs) / "trials" / f"trial-{trial_id}" / "outputs"
 
 
-def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: Path, parent, log) -> None:
+def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: str, outputs: Path, parent, log) -> None:
     """Export a trial's checkpoints from its Ray Train run folder; close its MLflow child run."""
     import ray.train
 
@@ -337,17 +349,17 @@ def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: Path, pare
     from kmervae.ray_engine import export_results
     from kmervae.tracking import Tracker
 
-    run_dir = sweep_dir / "trials" / f"trial-{row['trial_id']}"
+    run_dir = join(sweep_dir, "trials", f"trial-{row['trial_id']}")
     tracker = None
     if parent is not None:
         tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(row["trial_id"]), "engine": "ray", "mlflow.parentRunId": parent.run_id}
         tracker = Tracker(sweep.experiment, uri=parent.uri, tags=tags, resume=True)
-    if row["status"] != "OK" or not any(run_dir.glob("checkpoint_*")):
+    if row["status"] != "OK" or not any(name.startswith("checkpoint_") for name in list_names(run_dir)):
         if tracker is not None:
             tracker.client.set_tag(tracker.run_id, "kmervae.failure", row["error"][:5000] or "no checkpoint")
             tracker.finish("FAILED")
         return
-    result = ray.train.Result.from_path(str(run_dir))
+    result = ray.train.Result.from_path(run_dir)
     last = result.checkpoint
     with last.as_directory() as folder:
         checkpoint = load_checkpoint(Path(folder) / "checkpoint.pt")
@@ -359,14 +371,14 @@ def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: Path, pare
     if tracker is not None:
         stopped = len(checkpoint.history) < config.train.epochs  # ASHA ended it before its last epoch
         tracker.client.set_tag(tracker.run_id, "kmervae.stopped_early", str(stopped).lower())
-    export_results(result, config, trial_outputs(sweep_dir, row["trial_id"]), tracker, log=lambda line: None)
+    export_results(result, config, trial_outputs(outputs, row["trial_id"]), tracker, log=lambda line: None)
 
 
-def _pick_best(result: SweepResult, sweep: SweepConfig, sweep_dir: Path) -> None:
+def _pick_best(result: SweepResult, sweep: SweepConfig, outputs: Path) -> None:
     """The trial whose best epoch is best, and that epoch's checkpoint."""
     key = f"best {sweep.metric}"
     ok = [r for r in result.trials if r["status"] == "OK" and key in r]
     if ok:
         result.best_trial = (min if sweep.mode == "min" else max)(ok, key=lambda r: r[key])
-        candidate = trial_outputs(sweep_dir, result.best_trial["trial_id"]) / "best.pt"
+        candidate = trial_outputs(outputs, result.best_trial["trial_id"]) / "best.pt"
         result.best_checkpoint = candidate if candidate.exists() else None

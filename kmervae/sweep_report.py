@@ -86,7 +86,7 @@ def _write_table(rows: list[dict[str, Any]], path: Path) -> Path:
 def _trial_histories(result) -> dict[str, list[dict[str, float]]]:
     histories = {}
     for row in result.trials:
-        last = trial_outputs(Path(result.path), row["trial_id"]) / "last.pt"
+        last = trial_outputs(Path(result.outputs), row["trial_id"]) / "last.pt"
         if last.exists():
             histories[str(row["trial_id"])] = load_checkpoint(last).history
     return histories

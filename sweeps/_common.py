@@ -34,7 +34,7 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as the cluster fits)")
     p.add_argument("--experiment", default="kmervae-sweeps", help="MLflow experiment")
     p.add_argument("--name", default=None, help="sweep name (default: <script>-<time>); --resume needs it")
-    p.add_argument("--storage", type=Path, default=Path("runs/sweeps"), help="folder for trial state and checkpoints (made absolute)")
+    p.add_argument("--storage", default="runs/sweeps", help="trial state and checkpoints: a folder (made absolute) or an s3:// URI shared by all nodes")
     p.add_argument("--resume", action="store_true", help="continue the sweep --name from --storage")
     p.add_argument("--metric", default="val/loss", choices=["val/loss", "val/knn_acc"], help="objective (val/knn_acc needs labels)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
@@ -77,12 +77,13 @@ def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
         action.help = (action.help or "") + f" [from ${env_name(action)}]"
 
 
-def default_data(storage: Path) -> Path:
-    """The bundled example genomes as 5 kb labelled contigs, featurized once under `storage`."""
+def default_data(storage: str) -> Path:
+    """The bundled example genomes as 5 kb labelled contigs, featurized once (locally) for `storage`."""
     from data_pipeline.featurize import FeaturizeSettings, featurize
     from data_pipeline.labels import Labels
+    from kmervae.storage import local_outputs, normalize
 
-    out = storage.absolute() / "examples-features"
+    out = local_outputs(normalize(storage), "examples-features")
     if not (out / "_kmervae_dataset.json").exists():
         featurize(sorted((REPO / "examples").glob("*.fna.gz")), out, FeaturizeSettings(fragment_length=5000, overwrite=True), Labels(from_filename=True))
     return out
@@ -113,7 +114,7 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     base = base.with_overrides(fixed + args.overrides)
     sweep = SweepConfig(
         name=args.name or time.strftime(f"{script}-%Y%m%d-%H%M%S"),
-        storage=str(args.storage.absolute()),
+        storage=args.storage,
         metric=args.metric,
         num_samples=samples,
         max_concurrent=args.max_concurrent,

@@ -130,7 +130,9 @@ def test_kuberay_manifests_have_the_fields_kuberay_requires():
             assert {"requests", "limits"} <= set(container["resources"])
             assert any(e["name"] == "MLFLOW_TRACKING_URI" for e in container["env"])
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
-    assert env["KMERVAE_STORAGE"].startswith("/mnt/kmervae") and "KMERVAE_DATA" in env
+    assert env["KMERVAE_STORAGE"].startswith("s3://") and env["KMERVAE_DATA"].startswith("/mnt/kmervae")
+    for container in job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"]:
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= {e["name"] for e in container["env"]}
 
 
 def test_core_kubernetes_manifests_validate_offline():

@@ -128,18 +128,21 @@ def test_a_diverging_trial_fails_alone(tmp_path, example_features):
     assert "training loss became inf" in failed_run.data.tags["kmervae.failure"]
 
 
+def broken_space(trial):
+    trial.suggest_int("model.latent_dim", 0, 4)  # latent 0 is not a valid model
+
+
+def typo_space(trial):
+    trial.suggest_float("train.learning_rate", 1e-4, 1e-2)
+
+
 def test_an_unsampleable_space_fails_before_ray_starts():
-    def broken(trial):
-        trial.suggest_int("model.latent_dim", 0, 4)  # latent 0 is not a valid model
-
     with pytest.raises(ConfigError, match="model.latent_dim=0 is invalid"):
-        check_space(broken, RunConfig(model=PRESETS["tiny"]), seed=0, samples=64)
-
-    def typo(trial):
-        trial.suggest_float("train.learning_rate", 1e-4, 1e-2)
-
+        check_space(broken_space, RunConfig(model=PRESETS["tiny"]), seed=0, samples=64)
     with pytest.raises(ConfigError, match="unknown key train.learning_rate"):
-        check_space(typo, RunConfig(), seed=0)
+        check_space(typo_space, RunConfig(), seed=0)
+    with pytest.raises(ConfigError, match="cannot be pickled: define it at module level"):
+        check_space(lambda trial: trial.suggest_float("train.lr", 1e-4, 1e-2), RunConfig(), seed=0)
 
 
 def test_sweep_settings_are_validated():

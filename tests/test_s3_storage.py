@@ -1,0 +1,86 @@
+"""Ray storage on S3-compatible object storage (a local moto server): train, resume, sweep."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kmervae.config import PRESETS, RunConfig
+from kmervae.storage import exists, join, list_names
+
+pytest.importorskip("moto")
+ray = pytest.importorskip("ray")
+
+BUCKET = "kmervae-test"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on loopback, with the environment Ray's and pyarrow's S3 clients read."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # read by pyarrow's and boto3's S3 clients
+            env.setenv("AWS_ACCESS_KEY_ID", "test")
+            env.setenv("AWS_SECRET_ACCESS_KEY", "test")
+            env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            import boto3
+
+            deadline = time.time() + 30
+            while True:
+                try:
+                    boto3.client("s3").create_bucket(Bucket=BUCKET)
+                    break
+                except Exception:  # the server is still starting
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.3)
+            ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+            try:
+                yield f"s3://{BUCKET}"
+            finally:
+                ray.shutdown()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def lr_space(trial) -> None:
+    """Module level: Tune pickles the searcher, and with it the space, into its state."""
+    trial.suggest_float("train.lr", 5e-4, 2e-3, log=True)
+
+
+def tiny(epochs: int) -> RunConfig:
+    return RunConfig(model=PRESETS["tiny"]).with_overrides([f"train.epochs={epochs}", "train.batch_size=64", "data.max_samples=400"])
+
+
+def test_training_checkpoints_to_s3_and_resumes_from_there(s3, example_features, tmp_path, monkeypatch):
+    from kmervae.ray_engine import fit_ray
+
+    monkeypatch.chdir(tmp_path)
+    storage = join(s3, "ray")
+    first = fit_ray(example_features, tiny(2), workers=1, use_cpu=True, name="s3run", storage=storage, experiment=None, log=lambda line: None)
+    assert any(name.startswith("checkpoint_") for name in list_names(join(storage, "s3run")))
+    assert first.best_checkpoint.exists() and str(first.best_checkpoint).startswith(str(tmp_path / "runs" / "outputs"))
+    again = fit_ray(example_features, tiny(3), workers=1, use_cpu=True, name="s3run", storage=storage, experiment=None, log=lambda line: None)
+    assert [m["epoch"] for m in again.history] == [0, 1, 2] and again.history[:2] == first.history
+
+
+def test_a_sweep_keeps_its_state_on_s3(s3, example_features, tmp_path, monkeypatch):
+    from kmervae.sweep import SweepConfig, run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    sweep = SweepConfig(name="s3sweep", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as="")
+    result = run_sweep(example_features, tiny(2), lr_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)
+    assert [t["status"] for t in result.trials] == ["OK", "OK"]
+    assert exists(join(s3, "sweeps", "s3sweep", "tune")) and result.best_checkpoint.exists()
