@@ -167,12 +167,10 @@ def fit_local(
     With a `tracker`, the config, every epoch's metrics, the model table and diagram, the
     metrics log and the best checkpoint also go to its MLflow run.
     """
-    try:
+    from kmervae.tracking import closes_on_error  # mlflow itself is imported only by a Tracker
+
+    with closes_on_error(tracker):
         result = _fit_local(data_path, config, out_dir, log, tracker)
-    except BaseException as err:
-        if tracker is not None:
-            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
     if tracker is not None:
         for path in result.artifacts:
             tracker.log_artifact(path)

@@ -31,6 +31,7 @@ from kmervae.feature_table import dataset_files
 from kmervae.metrics import knn_accuracy
 from kmervae.model import BranchedVAE
 from kmervae.storage import local_outputs
+from kmervae.tracking import closes_on_error
 from kmervae.storage import normalize as normalize_storage
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -237,12 +238,8 @@ def fit_ray(
     log(f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, storage {storage}")
     train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
     trainer = build_trainer(config, plan, train_ds, val_ds, bool(labels), name, storage, tracker)
-    try:
+    with closes_on_error(tracker):
         result = trainer.fit()
-    except BaseException as err:
-        if tracker is not None:
-            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
     best, last, history = export_results(result, config, out, tracker, log)
     return RayFitResult(name, str(result.path), best, last, history, tracker.run_id if tracker else None, tracker.uri if tracker else None)
 

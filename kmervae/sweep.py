@@ -23,6 +23,7 @@ from kmervae.config import RunConfig, _check
 from kmervae.errors import ConfigError
 from kmervae.feature_table import DatasetFiles, dataset_files
 from kmervae.storage import exists, join, list_names, local_outputs, normalize
+from kmervae.tracking import closes_on_error
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
 """Define-by-run search space: takes an optuna.Trial, calls trial.suggest_*; returns None."""
@@ -271,12 +272,8 @@ def run_sweep(
                 name="tune", storage_path=sweep_dir, failure_config=tune.FailureConfig(max_failures=0), verbose=0,
             ),
         )
-    try:
+    with closes_on_error(tracker):
         grid = tuner.fit()
-    except BaseException as err:
-        if tracker is not None:
-            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
     result = _summarize(grid, sweep, sweep_dir, outputs)
     result.space = space
     for row in result.trials:

@@ -9,6 +9,7 @@ logged in one batch per epoch. mlflow is imported lazily: the model core never n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -43,6 +44,17 @@ def ui_command(uri: str) -> str:
         root = Path(uri.removeprefix("sqlite:///")).parent
         return f"mlflow ui --backend-store-uri {uri} --default-artifact-root {root / ARTIFACTS_NAME}"
     return f"open {uri} in a browser"
+
+
+@contextlib.contextmanager
+def closes_on_error(tracker: "Tracker | None"):
+    """Mark the MLflow run KILLED (interrupted) or FAILED when the block raises, then re-raise."""
+    try:
+        yield
+    except BaseException as err:
+        if tracker is not None:
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
