@@ -25,6 +25,7 @@ def load(name: str):
     try:
         spec = importlib.util.spec_from_file_location(name, REPO / "sweeps" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # as when run: its space must pickle by reference
         spec.loader.exec_module(module)
         return module
     finally:

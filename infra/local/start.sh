@@ -20,7 +20,7 @@ export RAY_AUTH_MODE=token  # clients without ~/.ray/auth_token are refused
 ray start --head --port "$ray_port" --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
     --num-cpus "${NUM_CPUS:-$(nproc)}" --disable-usage-stats >"$state/ray-start.log" 2>&1 \
     || { cat "$state/ray-start.log" >&2; exit 1; }
-nohup mlflow server --host 127.0.0.1 --port "$mlflow_port" \
+setsid nohup mlflow server --host 127.0.0.1 --port "$mlflow_port" \
     --backend-store-uri "sqlite:///$state/mlflow.db" --artifacts-destination "$state/mlartifacts" \
     >"$state/mlflow.log" 2>&1 &
 echo $! >"$state/mlflow.pid"
