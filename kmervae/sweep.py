@@ -276,6 +276,8 @@ def run_sweep(
         grid = tuner.fit()
     result = _summarize(grid, sweep, sweep_dir, outputs)
     result.space = space
+    if tracker is not None:
+        _drop_lost_trials(tracker, sweep, {str(row["trial_id"]) for row in result.trials}, log)
     for row in result.trials:
         _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
     _pick_best(result, sweep, outputs)
@@ -301,6 +303,24 @@ def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunCon
         for key, value in (("git_commit", git_commit()), ("search_space", space_text[:5000])):
             tracker.client.set_tag(tracker.run_id, key, value)
     return tracker
+
+
+def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
+    """Delete child runs of trials Tune no longer knows.
+
+    A driver killed between starting a trial and saving Tune's state loses that trial on
+    --resume (Optuna proposes a new one instead); its half-written MLflow child would
+    otherwise stay as a duplicate, RUNNING forever.
+    """
+    query = f"tags.mlflow.parentRunId = '{parent.run_id}' and tags.`kmervae.sweep` = '{sweep.name}'"
+    lost = [
+        run for run in parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=10_000)
+        if run.data.tags.get("kmervae.trial_id") not in known
+    ]
+    for run in lost:
+        parent.client.delete_run(run.info.run_id)
+    if lost:
+        log(f"removed {len(lost)} MLflow run(s) of trials lost when the sweep was interrupted")
 
 
 def _max_concurrent(available: dict[str, float], workers: int, gpus_per_worker, use_cpu: bool, samples: int) -> int:
