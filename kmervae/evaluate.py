@@ -21,10 +21,10 @@ import numpy as np
 
 from kmervae.embed import read_embeddings
 from kmervae.errors import InputError
+from kmervae.metrics import ACTIVE_UNIT_THRESHOLD
 
 SILHOUETTE_MAX = 5000
 """Silhouette is O(n^2): it uses at most this many contigs (a seeded subsample)."""
-ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 def score(x: np.ndarray, labels: np.ndarray | None, seed: int = 0) -> dict[str, float]:
@@ -129,20 +129,16 @@ def format_table(result: dict[str, Any]) -> str:
 def log_to_mlflow(result: dict[str, Any], run_id: str, json_path: Path) -> None:
     """Add the scores as metrics (eval/<embedding>/<score>) and the JSON to an MLflow run."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
 
-    from kmervae.tracking import tracking_uri
+    from kmervae.tracking import log_metrics, tracking_uri
 
     client = MlflowClient(tracking_uri())
     try:
         client.get_run(run_id)
     except Exception:  # MlflowException for an unknown id
         raise InputError(f"--mlflow-run {run_id}: no such run in {tracking_uri()}") from None
-    import time
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"eval/{name}/{key}", value, now, 0) for name, values in result["scores"].items() for key, value in values.items()]
-    client.log_batch(run_id, metrics=metrics)
+    scores = {f"eval/{name}/{key}": value for name, values in result["scores"].items() for key, value in values.items()}
+    log_metrics(client, run_id, scores, step=0)
     client.log_artifact(run_id, str(json_path), "evaluation")
 
 

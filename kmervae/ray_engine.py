@@ -31,7 +31,7 @@ from kmervae.feature_table import dataset_files
 from kmervae.metrics import knn_accuracy
 from kmervae.model import BranchedVAE
 from kmervae.storage import local_outputs
-from kmervae.tracking import closes_on_error
+from kmervae.tracking import closes_on_error, log_metrics
 from kmervae.storage import normalize as normalize_storage
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -167,10 +167,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             sys.stdout.write(epoch_line(epoch, tc.epochs, metrics) + "\n")
             sys.stdout.flush()
             if client is not None:  # before the report: a sweep may stop this trial right after it
-                from mlflow.entities import Metric
-
-                now = int(time.time() * 1000)
-                client.log_batch(loop_config["mlflow_run_id"], metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
+                log_metrics(client, loop_config["mlflow_run_id"], metrics, step=epoch)
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

@@ -339,10 +339,9 @@ def _summarize(grid, sweep: SweepConfig, sweep_dir: str, outputs: Path) -> Sweep
     rows = []
     for trial in grid:
         metrics = trial.metrics or {}
-        trial_id = metrics.get("trial_id") or (trial.path and Path(trial.path).name)
         rows.append(
             {
-                "trial_id": metrics.get("trial_id", trial_id),
+                "trial_id": metrics.get("trial_id") or (trial.path and Path(trial.path).name),
                 "status": "ERROR" if trial.error else "OK",
                 "error": _root_cause(trial.error) if trial.error else "",
                 "epochs": metrics.get("training_iteration", 0),

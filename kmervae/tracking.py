@@ -57,6 +57,14 @@ def closes_on_error(tracker: "Tracker | None"):
         raise
 
 
+def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Log a dict of metrics at `step` in one MLflow call (never one call per key)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """{'model': {'latent_dim': 8}} -> {'model.latent_dim': '8'} (MLflow params are strings)."""
     flat: dict[str, str] = {}
@@ -126,11 +134,7 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log one epoch's metrics in one call."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        log_metrics(self.client, self.run_id, metrics, step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file to the run."""
