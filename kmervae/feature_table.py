@@ -74,12 +74,39 @@ def dataset_files(path: str | os.PathLike[str]) -> DatasetFiles:
             raise InputError(f"{file}: stores counts as {file_fmt.count_dtypes}, other files as {fmt.count_dtypes}")
         fmt = file_fmt
         rows += meta.num_rows
+        check_values(file)
     if manifest is not None:
         expected = sum(entry.get("rows", 0) for entry in manifest["files"])
         if expected != rows:
             raise InputError(f"{path}: files hold {rows} rows, the manifest says {expected}; re-run 'kmervae featurize'")
     assert fmt is not None
     return DatasetFiles(tuple(paths), fmt, rows, manifest)
+
+
+def check_values(file: Path) -> None:
+    """Refuse rows no featurizer writes: GC not a finite fraction, length under one base.
+
+    Counts are unsigned by the schema, so GC and length are the only columns that can
+    hold NaN, infinities or negatives (from a foreign writer); the model would turn them
+    into NaN losses far from their cause, so they are named here by contig id.
+    """
+    import pyarrow.compute as pc
+
+    table = pq.read_table(file, columns=["length", "gc"])
+    gc, length = table.column("gc"), table.column("length")
+    bad = pc.or_(
+        pc.invert(pc.and_(pc.greater_equal(gc, 0.0), pc.less_equal(gc, 1.0))),  # NaN compares false
+        pc.less(length, 1),
+    )
+    n_bad = pc.sum(bad).as_py() or 0
+    if n_bad:
+        rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+        ids = pq.read_table(file, columns=["contig_id"]).column("contig_id").take(rows[:5]).to_pylist()
+        shown = ", ".join(f"{cid} (gc={gc[int(r)].as_py()}, length={length[int(r)].as_py()})" for cid, r in zip(ids, rows))
+        raise InputError(
+            f"{file}: {n_bad} row(s) with gc outside [0, 1] (NaN, inf) or length < 1, e.g. {shown}; "
+            "fix or drop them, or re-run 'kmervae featurize'"
+        )
 
 
 @dataclass(frozen=True)
