@@ -106,10 +106,17 @@ class FastaReader:
                     f"{self.path}: not a FASTA or FASTQ file (it does not start with '>' or '@')"
                 ) from None
             except dnaio.exceptions.FileFormatError as err:
+                if "must be ASCII encoded" in str(err):  # dnaio: "'name' ... must be ASCII encoded, but found 'é' at index 7"
+                    found = str(err).split("but found", 1)[1].strip()
+                    raise InputError(
+                        f"{self.path}: line {record_line(self.path, index + 1)}: header of record {index + 2} has "
+                        f"non-ASCII characters ({found}); contig ids must be ASCII: rename the record"
+                    ) from None
                 raise InputError(f"{self.path}: {_strip_dnaio_prefix(err)}") from None
             except UnicodeDecodeError:
                 raise InputError(
-                    f"{self.path}: binary (non-text) data after {index + 1} good record(s); is this a FASTA file?"
+                    f"{self.path}: binary or non-ASCII data after {index + 1} good record(s); "
+                    "FASTA must be ASCII text (is this a FASTA file?)"
                 ) from None
             except _DECOMPRESSION_ERRORS as err:
                 what = f"{compression} data" if compression else "file"
