@@ -82,3 +82,35 @@ def test_foreign_and_incompatible_checkpoints(tmp_path, saved):
     torch.save(wrong, tmp_path / "wrong.pt")
     with pytest.raises(InputError, match="weights do not match its model config"):
         load_checkpoint(tmp_path / "wrong.pt").build_model()
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious 'checkpoint' would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, example_features, capsys):
+    from kmervae.cli import main
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "kmervae-checkpoint", "model": _Payload(marker)}, evil)
+    with pytest.raises(InputError, match=r"evil.pt: not a readable kmervae checkpoint \(UnpicklingError: Weights only load failed"):
+        load_checkpoint(evil)
+    # The same file given to every command that reads a checkpoint or model file.
+    for argv in (
+        ["embed", str(evil), str(example_features), "-o", str(tmp_path / "emb.parquet")],
+        ["export", str(evil), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "evil.pt" in err and "Traceback" not in err
+    assert not marker.exists(), "the crafted pickle ran its code"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt"]
