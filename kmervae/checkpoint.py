@@ -8,6 +8,7 @@ half-written checkpoint under the real name.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import nn
 
 from kmervae import __version__
 from kmervae.config import RunConfig
-from kmervae.errors import ConfigError, InputError, InputNotFoundError
+from kmervae.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from kmervae.feature_contract import SCHEMA_VERSION
 from kmervae.model import BranchedVAE
 
@@ -85,11 +86,35 @@ def save_checkpoint(
         "metrics": {k: float(v) for k, v in metrics.items()},
         "history": [{k: float(v) for k, v in m.items()} for m in (history or [])],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    # Serialized in memory first: torch's zip writer reports a full disk as an opaque
+    # "unexpected pos" RuntimeError, a plain write says "No space left on device".
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as file:
+            file.write(buffer.getbuffer())
+            file.flush()
+            os.fsync(file.fileno())  # on disk before it replaces the previous checkpoint
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        reason = err.strerror or str(err)
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise OutputError(f"{path}: cannot write the checkpoint ({reason}){kept}; free space or choose another location") from None
     return path
+
+
+def checkpoint_bytes(config: RunConfig) -> int:
+    """About how large a checkpoint of `config` is: weights plus Adam's two moments, float32."""
+    with torch.device("meta"):  # counts parameters without allocating them
+        n = sum(p.numel() for p in BranchedVAE(config.model).parameters())
+    return 12 * n + (1 << 20)
+
+
+CHECKPOINT_COPIES = 3
+"""Copies of a checkpoint a run holds at once: best, latest, and the next one being written."""
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from kmervae.checkpoint import save_checkpoint, unwrap
+from kmervae.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.config import LossConfig, RunConfig, TrainConfig
 from kmervae.data import CountBatch, TensorData, load_splits
 from kmervae.errors import ConfigError, KmervaeError
 from kmervae.loss import vae_loss
 from kmervae.metrics import EpochMetrics, knn_accuracy
 from kmervae.model import BranchedVAE
+from kmervae.storage import check_writable
 
 if TYPE_CHECKING:
     from kmervae.tracking import Tracker
@@ -189,6 +190,7 @@ def _fit_local(data_path, config: RunConfig, out_dir, log, tracker) -> FitResult
     scheduler = make_scheduler(optimizer, tc)
     runnable = compile_model(model, tc, log)
     out = Path(out_dir)
+    check_writable(out, CHECKPOINT_COPIES * checkpoint_bytes(config))
     out.mkdir(parents=True, exist_ok=True)
     result = FitResult(out, out / "best.pt", out / "last.pt")
     result.artifacts = write_model_description(model, out, log) + [out / "metrics.jsonl"]

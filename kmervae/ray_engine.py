@@ -23,16 +23,16 @@ from typing import Any, Callable
 
 import torch
 
-from kmervae.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from kmervae.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint, save_checkpoint, unwrap
 from kmervae.config import RunConfig
 from kmervae.engine import epoch_line, make_optimizer, make_scheduler, train_epoch, validate_epoch, write_model_description
 from kmervae.errors import ConfigError
 from kmervae.feature_table import dataset_files
 from kmervae.metrics import knn_accuracy
 from kmervae.model import BranchedVAE
-from kmervae.storage import local_outputs
-from kmervae.tracking import closes_on_error, log_metrics
+from kmervae.storage import check_writable, local_outputs
 from kmervae.storage import normalize as normalize_storage
+from kmervae.tracking import closes_on_error, log_metrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATA_CPUS = 1.0
@@ -222,6 +222,9 @@ def fit_ray(
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
     out = Path(out_dir).absolute() if out_dir else local_outputs(storage, name, "outputs")
+    need = CHECKPOINT_COPIES * checkpoint_bytes(config)
+    check_writable(storage, need)  # a read-only or full disk fails now, not at the first checkpoint
+    check_writable(out, need)
     import ray
 
     from kmervae.ray_data import build_datasets, label_vocabulary

@@ -10,6 +10,7 @@ go to a local folder: `local_outputs`.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -61,3 +62,44 @@ def local_outputs(storage: str, *parts: str) -> Path:
     local, under ./runs/outputs when storage is remote."""
     base = Path("runs/outputs").absolute() if is_uri(storage) else Path(storage)
     return base.joinpath(*parts)
+
+
+def check_writable(location: str | os.PathLike[str], need_bytes: int = 0) -> None:
+    """Fail now, naming the location, when checkpoints could not be written there later.
+
+    A probe file is written and removed (in the nearest existing folder, so nothing is
+    left behind when the check fails) and, for local folders, the free space is compared
+    with `need_bytes`. Catching a read-only mount or a full disk here costs milliseconds;
+    finding it at the first checkpoint costs an epoch, or a whole sweep's first trials.
+    """
+    import uuid
+
+    from kmervae.errors import OutputError
+
+    location = str(location)
+    name = f".kmervae-write-probe-{uuid.uuid4().hex}"
+    if is_uri(location):
+        fs, path = _filesystem(location)
+        try:
+            with fs.open_output_stream(f"{path.rstrip('/')}/{name}") as probe:
+                probe.write(b"ok")
+            fs.delete_file(f"{path.rstrip('/')}/{name}")
+        except OSError as err:
+            raise OutputError(f"{location}: storage is not writable ({str(err).splitlines()[0][:200]}); check the credentials and bucket, or choose another --storage") from None
+        return
+    folder = Path(location).absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise OutputError(f"{folder}: cannot create this folder: {existing} is a file; choose another --storage/--out")
+    try:
+        with open(existing / name, "wb") as probe:
+            probe.write(b"ok")
+        (existing / name).unlink()
+    except OSError as err:
+        raise OutputError(f"{folder}: not writable ({err.strerror} in {existing}); fix its permissions or choose another --storage/--out") from None
+    free = shutil.disk_usage(existing).free
+    if free < need_bytes:
+        raise OutputError(
+            f"{folder}: {free / 2**20:,.0f} MiB free, checkpoints of this run need about {need_bytes / 2**20:,.0f} MiB; "
+            "free some space or choose another --storage/--out"
+        )

@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from kmervae.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes
 from kmervae.config import RunConfig, _check
 from kmervae.errors import ConfigError
 from kmervae.feature_table import DatasetFiles, dataset_files
-from kmervae.storage import exists, join, list_names, local_outputs, normalize
+from kmervae.storage import check_writable, exists, join, list_names, local_outputs, normalize
 from kmervae.tracking import closes_on_error
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
@@ -232,6 +233,10 @@ def run_sweep(
         raise ConfigError(f"--resume: no sweep '{sweep.name}' in {storage}; run it without --resume first")
     if not resume and exists(sweep_dir):
         raise ConfigError(f"a sweep '{sweep.name}' exists in {storage}; pass --resume to continue it or choose another --name")
+    # Every trial keeps its best and latest checkpoints: the whole sweep's worth must fit.
+    need = CHECKPOINT_COPIES * checkpoint_bytes(base) * sweep.num_samples
+    check_writable(storage, need)
+    check_writable(outputs, need // CHECKPOINT_COPIES)
     init_ray(address)
     available = ray.available_resources()
     workers = sweep.workers_per_trial
