@@ -323,6 +323,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_mlflow_sync(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "mlflow-sync", help="send MLflow calls saved while the tracking server was unreachable",
+        description="A run that outlives a tracking-server outage saves the calls it could not send "
+        "(metrics, params, artifacts, status) to mlflow-outbox.jsonl in its output folder. This sends "
+        "them, in order, to $MLFLOW_TRACKING_URI (else ./mlflow.db); epochs already logged are not "
+        "logged twice. Calls that still fail stay in the file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("outbox", type=Path, metavar="OUTBOX", help="an mlflow-outbox.jsonl file")
+    p.set_defaults(run=_cmd_mlflow_sync)
+
+
+def _cmd_mlflow_sync(args: argparse.Namespace) -> int:
+    from kmervae.errors import ConfigError
+    from kmervae.redact import redact
+    from kmervae.tracking import sync_file, tracking_uri
+
+    sent, left = sync_file(args.outbox)
+    print(f"sent      {sent} call(s) to {redact(tracking_uri())}")
+    if left:
+        raise ConfigError(f"{left} call(s) could not be sent (is the server up?); they stay in {args.outbox}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `kmervae` command."""
     parser = argparse.ArgumentParser(
@@ -338,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_embed(sub)
     _add_evaluate(sub)
+    _add_mlflow_sync(sub)
     return parser
 
 

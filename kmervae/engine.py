@@ -168,7 +168,7 @@ def fit_local(
     With a `tracker`, the config, every epoch's metrics, the model table and diagram, the
     metrics log and the best checkpoint also go to its MLflow run.
     """
-    from kmervae.tracking import closes_on_error  # mlflow itself is imported only by a Tracker
+    from kmervae.tracking import OUTBOX_FILE, closes_on_error  # mlflow itself is imported only by a Tracker
 
     with closes_on_error(tracker):
         result = _fit_local(data_path, config, out_dir, log, tracker)
@@ -176,7 +176,7 @@ def fit_local(
         for path in result.artifacts:
             tracker.log_artifact(path)
         tracker.log_artifact(result.best_checkpoint, "checkpoints")
-        tracker.finish()
+        tracker.finish(fallback=result.out_dir / OUTBOX_FILE, log=log)
     return result
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kmervae.embed import read_embeddings
-from kmervae.errors import InputError
+from kmervae.errors import ConfigError, InputError
 from kmervae.metrics import ACTIVE_UNIT_THRESHOLD
 
 SILHOUETTE_MAX = 5000
@@ -130,16 +130,20 @@ def log_to_mlflow(result: dict[str, Any], run_id: str, json_path: Path) -> None:
     """Add the scores as metrics (eval/<embedding>/<score>) and the JSON to an MLflow run."""
     from mlflow import MlflowClient
 
-    from kmervae.tracking import log_metrics, tracking_uri
+    from kmervae.tracking import execute, impatient_http, is_unreachable, metrics_op, tracking_uri
 
-    client = MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    client = MlflowClient(uri)
     try:
-        client.get_run(run_id)
-    except Exception:  # MlflowException for an unknown id
-        raise InputError(f"--mlflow-run {run_id}: no such run in {tracking_uri()}") from None
-    scores = {f"eval/{name}/{key}": value for name, values in result["scores"].items() for key, value in values.items()}
-    log_metrics(client, run_id, scores, step=0)
-    client.log_artifact(run_id, str(json_path), "evaluation")
+        with impatient_http():
+            client.get_run(run_id)
+            scores = {f"eval/{name}/{key}": value for name, values in result["scores"].items() for key, value in values.items()}
+            execute(client, metrics_op(run_id, scores, step=0))
+            client.log_artifact(run_id, str(json_path), "evaluation")
+    except Exception as err:  # MlflowException for an unknown id, requests errors for a dead server
+        if is_unreachable(err):
+            raise ConfigError(f"--mlflow-run: MLflow at {uri} is unreachable; the scores are in {json_path}") from None
+        raise InputError(f"--mlflow-run {run_id}: no such run in {uri}") from None
 
 
 def write_json(result: dict[str, Any], path: Path) -> Path:

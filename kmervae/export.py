@@ -214,5 +214,8 @@ def register(path: Path, fmt: str, name: str, alias: str | None, experiment: str
     else:
         tracker.log_artifact(path, "model")
     uri = tracker.register("model", name, alias, tags={"format": fmt})
+    if uri is None:
+        tracker.finish("FAILED")
+        raise ConfigError(f"MLflow at {tracker.uri} became unreachable: {name} not registered; run the export again")
     tracker.finish()
     return uri

@@ -32,7 +32,7 @@ from kmervae.metrics import knn_accuracy
 from kmervae.model import BranchedVAE
 from kmervae.storage import check_writable, local_outputs
 from kmervae.storage import normalize as normalize_storage
-from kmervae.tracking import closes_on_error, log_metrics
+from kmervae.tracking import OUTBOX_FILE, Outbox, closes_on_error, metrics_op
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATA_CPUS = 1.0
@@ -129,11 +129,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     distributed = dist.is_available() and dist.is_initialized() and world > 1
     all_reduce = dist.all_reduce if distributed else None
     labeled = loop_config["labeled"]
-    client = None
-    if rank == 0 and loop_config.get("mlflow_uri"):
+    outbox = None
+    if rank == 0 and loop_config.get("mlflow_run_id"):
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=loop_config["mlflow_uri"])
+        # A tracking outage must not stop training: unsent epochs wait in the outbox, and
+        # the driver backfills any the worker never sent from the checkpoint's history.
+        outbox = Outbox(MlflowClient(tracking_uri=loop_config["mlflow_uri"]), loop_config["mlflow_uri"])
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, tc.epochs):
@@ -166,8 +168,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # sys.stdout.write, not print: Ray Train's patched print would echo the line twice.
             sys.stdout.write(epoch_line(epoch, tc.epochs, metrics) + "\n")
             sys.stdout.flush()
-            if client is not None:  # before the report: a sweep may stop this trial right after it
-                log_metrics(client, loop_config["mlflow_run_id"], metrics, step=epoch)
+            if outbox is not None:  # before the report: a sweep may stop this trial right after it
+                outbox.send(metrics_op(loop_config["mlflow_run_id"], metrics, step=epoch))
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
@@ -292,11 +294,12 @@ def export_results(result, config: RunConfig, out: Path, tracker, log: Callable[
     except ImportError:
         log("note: matplotlib is not installed; curves.png not drawn")
     if tracker is not None:
+        tracker.sync_history(history)  # epochs the worker could not log (tracking outage, killed worker)
         for path in artifacts:
             tracker.log_artifact(path)
         tracker.log_artifact(best, "checkpoints")
         tracker.log_artifact(last, "checkpoints")
-        tracker.finish()
+        tracker.finish(fallback=out / OUTBOX_FILE, log=log)
     return best, last, history
 
 

@@ -24,7 +24,7 @@ from kmervae.config import RunConfig, _check
 from kmervae.errors import ConfigError
 from kmervae.feature_table import DatasetFiles, dataset_files
 from kmervae.storage import check_writable, exists, join, list_names, local_outputs, normalize
-from kmervae.tracking import closes_on_error
+from kmervae.tracking import OUTBOX_FILE, closes_on_error
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
 """Define-by-run search space: takes an optuna.Trial, calls trial.suggest_*; returns None."""
@@ -162,7 +162,6 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from kmervae.ray_engine import build_trainer
-    from kmervae.tracking import Tracker
 
     config = RunConfig.from_dict(overrides_to_dict(config_overrides({**extra, **tune_config})), base=RunConfig.from_dict(base))
     context = ray.tune.get_context()
@@ -171,21 +170,31 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
     storage = join(sweep_cfg.storage, sweep_cfg.name, "trials")
     tracker = None
     if mlflow_uri:
-        tags = {"kmervae.sweep": sweep_cfg.name, "kmervae.trial_id": trial_id, "engine": "ray"}
-        tracker = Tracker(sweep_cfg.experiment, f"{sweep_cfg.name}-{trial_id}", uri=mlflow_uri, tags=tags, parent_run_id=parent_run_id, resume=True)
-        if not tracker.resumed:
-            tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **tune_config}})
+        try:
+            tracker = _trial_run(sweep_cfg, trial_id, mlflow_uri, parent_run_id, config, tune_config)
+        except ConfigError as err:  # the tracking server is down: train anyway, the driver logs it later
+            print(f"warning: trial {trial_id}: {err}; its MLflow run is made when the sweep ends", file=sys.stderr)
     trainer = build_trainer(config, plan, train_ds, val_ds, labeled, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()])
     try:
         trainer.fit()
     except BaseException as err:
         if tracker is not None:
-            reason = _root_cause(err)
-            tracker.client.set_tag(tracker.run_id, "kmervae.failure", reason[:5000])
+            tracker.set_tag("kmervae.failure", _root_cause(err))
             tracker.finish("FAILED")
         raise
     # Nothing after fit() is guaranteed to run: ASHA stops a trial (killing this actor) as
     # soon as its last report arrives. The driver exports every trial's results instead.
+
+
+def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, config: RunConfig, sampled: dict):
+    """A trial's MLflow child run: found again by its tags (resume, driver export) or created."""
+    from kmervae.tracking import Tracker
+
+    tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray"}
+    tracker = Tracker(sweep.experiment, f"{sweep.name}-{trial_id}", uri=uri, tags=tags, parent_run_id=parent_run_id, resume=True)
+    if not tracker.resumed:
+        tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **sampled}})
+    return tracker
 
 
 def _root_cause(err: BaseException) -> str:
@@ -282,7 +291,7 @@ def run_sweep(
     result = _summarize(grid, sweep, sweep_dir, outputs)
     result.space = space
     if tracker is not None:
-        _drop_lost_trials(tracker, sweep, {str(row["trial_id"]) for row in result.trials}, log)
+        _drop_lost_trials_if_reachable(tracker, sweep, {str(row["trial_id"]) for row in result.trials}, log)
     for row in result.trials:
         _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
     _pick_best(result, sweep, outputs)
@@ -306,7 +315,7 @@ def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunCon
         tracker.log_params({"sweep": asdict(sweep), **base.to_dict(), "dataset": data})
         space_text = json.dumps({k: repr(v) for k, v in space_distributions(space).items()})
         for key, value in (("git_commit", git_commit()), ("search_space", space_text[:5000])):
-            tracker.client.set_tag(tracker.run_id, key, value)
+            tracker.set_tag(key, value)
     return tracker
 
 
@@ -326,6 +335,19 @@ def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
         parent.client.delete_run(run.info.run_id)
     if lost:
         log(f"removed {len(lost)} MLflow run(s) of trials lost when the sweep was interrupted")
+
+
+def _drop_lost_trials_if_reachable(parent, sweep: SweepConfig, known: set[str], log) -> None:
+    from kmervae.tracking import impatient_http, is_unreachable
+
+    try:
+        with impatient_http():
+            _drop_lost_trials(parent, sweep, known, log)
+    except Exception as err:
+        if not is_unreachable(err):
+            raise
+        log("warning: MLflow is unreachable: runs of trials lost by an interruption (if any) were not removed")
+        return
 
 
 def _max_concurrent(available: dict[str, float], workers: int, gpus_per_worker, use_cpu: bool, samples: int) -> int:
@@ -368,22 +390,27 @@ def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: str, outpu
 
     from kmervae.checkpoint import load_checkpoint
     from kmervae.ray_engine import export_results
-    from kmervae.tracking import Tracker
 
     run_dir = join(sweep_dir, "trials", f"trial-{row['trial_id']}")
+    out = trial_outputs(outputs, row["trial_id"])
+    sampled = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+    checkpoint = None
+    if row["status"] == "OK" and any(name.startswith("checkpoint_") for name in list_names(run_dir)):
+        result = ray.train.Result.from_path(run_dir)
+        with result.checkpoint.as_directory() as folder:
+            checkpoint = load_checkpoint(Path(folder) / "checkpoint.pt")
     tracker = None
     if parent is not None:
-        tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(row["trial_id"]), "engine": "ray", "mlflow.parentRunId": parent.run_id}
-        tracker = Tracker(sweep.experiment, uri=parent.uri, tags=tags, resume=True)
-    if row["status"] != "OK" or not any(name.startswith("checkpoint_") for name in list_names(run_dir)):
+        try:  # the trial's run, or a new one when the server was down while the trial started
+            base = checkpoint.config if checkpoint else RunConfig()
+            tracker = _trial_run(sweep, str(row["trial_id"]), parent.uri, parent.run_id, base, sampled)
+        except ConfigError as err:
+            log(f"warning: trial {row['trial_id']}: not logged to MLflow ({err}); its results are in {out}")
+    if checkpoint is None:
         if tracker is not None:
-            tracker.client.set_tag(tracker.run_id, "kmervae.failure", row["error"][:5000] or "no checkpoint")
-            tracker.finish("FAILED")
+            tracker.set_tag("kmervae.failure", row["error"] or "no checkpoint")
+            tracker.finish("FAILED", fallback=out / OUTBOX_FILE, log=log)
         return
-    result = ray.train.Result.from_path(run_dir)
-    last = result.checkpoint
-    with last.as_directory() as folder:
-        checkpoint = load_checkpoint(Path(folder) / "checkpoint.pt")
     config = checkpoint.config
     row["epochs"] = len(checkpoint.history)
     values = [m[sweep.metric] for m in checkpoint.history if math.isfinite(m.get(sweep.metric, math.nan))]
@@ -391,8 +418,8 @@ def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: str, outpu
         row[f"best {sweep.metric}"] = min(values) if sweep.mode == "min" else max(values)
     if tracker is not None:
         stopped = len(checkpoint.history) < config.train.epochs  # ASHA ended it before its last epoch
-        tracker.client.set_tag(tracker.run_id, "kmervae.stopped_early", str(stopped).lower())
-    export_results(result, config, trial_outputs(outputs, row["trial_id"]), tracker, log=lambda line: None)
+        tracker.set_tag("kmervae.stopped_early", str(stopped).lower())
+    export_results(result, config, out, tracker, log=lambda line: log(line) if line.startswith("warning") else None)
 
 
 def _pick_best(result: SweepResult, sweep: SweepConfig, outputs: Path) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from kmervae.checkpoint import load_checkpoint
 from kmervae.sweep import trial_outputs
+from kmervae.tracking import OUTBOX_FILE
 
 
 def space_distributions(space, samples: int = 32, seed: int = 0) -> dict[str, Any]:
@@ -36,20 +36,23 @@ def space_distributions(space, samples: int = 32, seed: int = 0) -> dict[str, An
 
 def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -> str | None:
     """Log the sweep's outcome to the parent run; register the best model. Returns its models:/ URI."""
-    tracker.client.set_tag(tracker.run_id, "kmervae.trials", str(len(result.trials)))
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        table = _write_table(result.trials, tmp / "trials.csv")
-        tracker.log_artifact(table)
-        histories = _trial_histories(result)
-        for plot in _plots(result, sweep, histories, tmp, log):
-            tracker.log_artifact(plot, "plots")
+    tracker.set_tag("kmervae.trials", str(len(result.trials)))
+    # Written to the sweep's local outputs (not a temporary folder): users find them there
+    # too, and an upload delayed by a tracking outage still has its files.
+    outputs = Path(result.outputs)
+    outputs.mkdir(parents=True, exist_ok=True)
+    table = _write_table(result.trials, outputs / "trials.csv")
+    tracker.log_artifact(table)
+    histories = _trial_histories(result)
+    for plot in _plots(result, sweep, histories, outputs, log):
+        tracker.log_artifact(plot, "plots")
+    fallback = outputs / OUTBOX_FILE
     if result.best_trial is None:
-        tracker.finish("FAILED")
+        tracker.finish("FAILED", fallback=fallback, log=log)
         log("no trial finished: nothing to register")
         return None
     best = result.best_trial
-    tracker.client.set_tag(tracker.run_id, "best_trial_id", str(best["trial_id"]))
+    tracker.set_tag("best_trial_id", str(best["trial_id"]))
     tracker.log_params({"best": {k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")}})
     uri = None
     if result.best_checkpoint is not None:
@@ -57,18 +60,22 @@ def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -
         tracker.log_metrics({k: v for k, v in checkpoint.metrics.items() if isinstance(v, float) and math.isfinite(v)}, step=int(checkpoint.epoch))
         tracker.log_artifact(result.best_checkpoint, "best_model")
         if sweep.register_as:
-            uri = _register(tracker, sweep, result.best_checkpoint)
-    tracker.finish()
+            uri = _register(tracker, sweep, result.best_checkpoint, outputs / "model")
+            if uri is None:
+                log(f"warning: MLflow is unreachable: {sweep.register_as} not registered; the model is in {outputs / 'model'}")
+    tracker.finish(fallback=fallback, log=log)
     return uri
 
 
-def _register(tracker, sweep, best_checkpoint: Path) -> str:
+def _register(tracker, sweep, best_checkpoint: Path, folder: Path) -> str | None:
     """Register the best trial as an MLflow pyfunc model (its checkpoint inside) under the alias."""
+    import shutil
+
     from kmervae.export import export_mlflow
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = export_mlflow(load_checkpoint(best_checkpoint), best_checkpoint, Path(tmp) / "model")
-        tracker.log_folder(model, "model")
+    shutil.rmtree(folder, ignore_errors=True)  # a resumed sweep exports its best model again
+    model = export_mlflow(load_checkpoint(best_checkpoint), best_checkpoint, folder)
+    tracker.log_folder(model, "model")
     return tracker.register("model", sweep.register_as, sweep.alias, tags={"sweep": sweep.name})
 
 

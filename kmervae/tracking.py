@@ -5,20 +5,31 @@ same code works in the driver, in Tune trials and in Ray Train workers. Paths ar
 absolute (RAY_NOTES.md: under `ray job submit --working-dir` the job runs in a temporary
 folder, where a relative `sqlite:///mlflow.db` or `./mlruns` would be lost). Metrics are
 logged in one batch per epoch. mlflow is imported lazily: the model core never needs it.
+
+A tracking server that cannot be reached when a run starts is an error naming its URI.
+Once a run has started, every call goes through an `Outbox`: a call that fails because
+the server is unreachable is kept and retried, training goes on, and whatever is still
+unsent when the run ends is written to a JSON-lines file that `kmervae mlflow-sync`
+replays. Hours of GPU time are never lost to a tracking outage.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from kmervae.errors import ConfigError
+from kmervae.errors import ConfigError, InputError
+from kmervae.redact import redact, redact_params
 
 DEFAULT_EXPERIMENT = "kmervae"
 DB_NAME = "mlflow.db"
+OUTBOX_FILE = "mlflow-outbox.jsonl"
+"""Where a run's MLflow calls that could not be sent are saved (in its output folder)."""
 ARTIFACTS_NAME = "mlruns"
 
 
@@ -53,16 +64,166 @@ def closes_on_error(tracker: "Tracker | None"):
         yield
     except BaseException as err:
         if tracker is not None:
-            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", log=lambda line: print(line, file=sys.stderr))
         raise
 
 
-def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """Log a dict of metrics at `step` in one MLflow call (never one call per key)."""
-    from mlflow.entities import Metric
-
+def metrics_op(run_id: str, metrics: Mapping[str, float], step: int) -> dict:
+    """An outbox call logging a dict of metrics at `step` in one batch (never one call per key)."""
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    return {"op": "log_batch", "run_id": run_id, "metrics": [[k, float(v), now, int(step)] for k, v in metrics.items()]}
+
+
+# MLflow's HTTP client retries 7 times with exponential backoff (minutes per call). While a
+# run trains, a call to a server that is down must cost seconds: the outbox retries later.
+IMPATIENT_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+@contextlib.contextmanager
+def impatient_http():
+    """MLflow HTTP calls inside the block give up after one quick retry."""
+    saved = {key: os.environ.get(key) for key in IMPATIENT_HTTP}
+    os.environ.update(IMPATIENT_HTTP)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """Whether an MLflow call failed because the store could not be reached (worth retrying)."""
+    text = str(err)
+    transient = ("failed with exception", "Max retries exceeded", "Connection refused", "timed out", "503", "502", "504", "database is locked")
+    return type(err).__name__ in {"ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout", "OperationalError"} or any(t in text for t in transient)
+
+
+def execute(client, op: Mapping[str, Any]) -> None:
+    """Perform one outbox call (a JSON-able dict) with an MlflowClient."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    run_id = op["run_id"]
+    kind = op["op"]
+    if kind == "log_batch":
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, ts, step) for k, v, ts, step in op.get("metrics", [])],
+            params=[Param(k, v) for k, v in op.get("params", [])],
+            tags=[RunTag(k, v) for k, v in op.get("tags", [])],
+        )
+    elif kind == "log_artifact":
+        client.log_artifact(run_id, op["path"], op.get("artifact_path"))
+    elif kind == "log_artifacts":
+        client.log_artifacts(run_id, op["path"], op.get("artifact_path"))
+    elif kind == "set_terminated":
+        client.set_terminated(run_id, op["status"])
+    elif kind == "sync_history":
+        # Idempotent: logs only the epochs the run does not have yet (the worker's own
+        # logging may have missed some while the server was down, or been killed).
+        logged = {m.step for m in client.get_metric_history(run_id, op["key"])}
+        missing = [m for m in op["history"] if int(m["epoch"]) not in logged]
+        for m in missing:
+            execute(client, metrics_op(run_id, m, int(m["epoch"])))
+    else:
+        raise ValueError(f"unknown outbox call {kind!r}")
+
+
+class Outbox:
+    """MLflow calls of a started run, sent in order; kept and retried while the store is unreachable.
+
+    A call is sent at once when nothing is waiting. After a failure, calls queue up and a
+    retry happens at most every `retry_every_s` (so a dead server costs one quick attempt
+    per interval, not one per epoch). `close()` makes a last attempt and writes what is
+    left to `fallback` (JSON lines, replayed by `kmervae mlflow-sync`). Errors that are not
+    about reachability (a rejected value) drop that call and are reported, never raised.
+    """
+
+    def __init__(self, client, uri: str, fallback: str | Path | None = None, retry_every_s: float = 30.0):
+        self.client, self.uri = client, uri
+        self.fallback = Path(fallback) if fallback else None
+        self.retry_every_s = retry_every_s
+        self.pending: list[dict] = []
+        self.last_failure: float | None = None
+        self.outage_started: float | None = None
+        self.outage_seconds = 0.0
+        self.sent_late = 0
+        self.dropped: list[str] = []
+
+    def send(self, op: dict) -> bool:
+        """Queue `op` and send what is waiting (unless a retry is not due yet); True when all went."""
+        self.pending.append(op)
+        if self.last_failure is not None and time.monotonic() - self.last_failure < self.retry_every_s:
+            return False
+        return self.flush()
+
+    def flush(self) -> bool:
+        with impatient_http():
+            while self.pending:
+                op = self.pending[0]
+                try:
+                    execute(self.client, op)
+                except Exception as err:  # mlflow, requests and sqlalchemy errors alike
+                    if is_unreachable(err):
+                        self.last_failure = time.monotonic()
+                        self.outage_started = self.outage_started or time.time()
+                        return False
+                    self.dropped.append(f"{op['op']}: {str(err).splitlines()[0][:200]}")
+                late = self.outage_started is not None
+                self.pending.pop(0)
+                self.sent_late += late
+        if self.outage_started is not None:
+            self.outage_seconds += time.time() - self.outage_started
+            self.outage_started = None
+        self.last_failure = None
+        return True
+
+    def close(self) -> str | None:
+        """Last attempt; returns a report of any gap (None when everything arrived on time)."""
+        self.flush()
+        notes = []
+        if self.pending:
+            values = sum(len(op.get("metrics", [])) for op in self.pending)
+            where = "they are lost (no fallback file)"
+            if self.fallback is not None:
+                self.fallback.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.fallback, "a") as file:
+                    for op in self.pending:
+                        file.write(json.dumps(op) + "\n")
+                where = f"saved to {self.fallback}; send them later with: kmervae mlflow-sync {self.fallback}"
+            notes.append(f"MLflow at {redact(self.uri)} is unreachable: {len(self.pending)} call(s) ({values} metric values) not logged; {where}")
+            self.pending = []
+        elif self.sent_late:
+            notes.append(f"MLflow at {redact(self.uri)} was unreachable for {self.outage_seconds:.0f} s; {self.sent_late} call(s) were buffered and sent late, none lost")
+        if self.dropped:
+            notes.append(f"MLflow refused {len(self.dropped)} call(s): {'; '.join(self.dropped[:3])}")
+        return "; ".join(notes) or None
+
+
+def sync_file(path: str | Path, uri: str | None = None) -> tuple[int, int]:
+    """Send the calls saved in an outbox fallback file; returns (sent, left). Calls that still
+    cannot be sent stay in the file."""
+    from mlflow import MlflowClient
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such MLflow outbox file")
+    try:
+        ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as err:
+        raise InputError(f"{path}: not an MLflow outbox file ({err})") from None
+    uri = uri or tracking_uri()
+    outbox = Outbox(MlflowClient(tracking_uri=uri), uri)
+    outbox.pending = ops
+    outbox.flush()
+    left = outbox.pending
+    if left:
+        path.write_text("".join(json.dumps(op) + "\n" for op in left))
+    else:
+        path.unlink()
+    return len(ops) - len(left), len(left)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -81,7 +242,9 @@ class Tracker:
     """One MLflow run: params once, metrics per epoch, artifacts at the end.
 
     With `resume=True`, an existing run of the experiment whose tags equal `tags` is
-    continued instead of creating a duplicate (a training run resumed by name).
+    continued instead of creating a duplicate (a training run resumed by name). The store
+    must be reachable here (else a ConfigError naming it); afterwards calls go through an
+    `Outbox` whose unsent calls `close()` writes to `fallback`.
     """
 
     def __init__(
@@ -92,6 +255,7 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
         resume: bool = False,
+        fallback: str | Path | None = None,
     ):
         from mlflow import MlflowClient
 
@@ -99,25 +263,31 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
-        try:
-            found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = (
-                found.experiment_id
-                if found is not None
-                else self.client.create_experiment(experiment, artifact_location=default_artifact_root(self.uri))
-            )
-        except Exception as err:  # mlflow raises MlflowException, requests and sqlalchemy errors alike
-            raise ConfigError(f"MLflow tracking store {self.uri} is not usable: {str(err).splitlines()[0][:300]}") from None
-        all_tags = dict(tags or {})
+        all_tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        previous = self._find(all_tags) if resume and all_tags else None
+        try:
+            with impatient_http():
+                found = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = (
+                    found.experiment_id
+                    if found is not None
+                    else self.client.create_experiment(experiment, artifact_location=default_artifact_root(self.uri))
+                )
+                previous = self._find(all_tags) if resume and all_tags else None
+                if previous is not None:
+                    self.run_id = previous
+                    self.client.update_run(previous, status="RUNNING")
+                else:
+                    self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        except Exception as err:  # mlflow raises MlflowException, requests and sqlalchemy errors alike
+            what = "unreachable" if is_unreachable(err) else "not usable"
+            raise ConfigError(
+                f"MLflow tracking store {redact(self.uri)} is {what} ({str(err).splitlines()[0][:200]}); "
+                "start it, fix MLFLOW_TRACKING_URI, or run without MLflow (--no-mlflow)"
+            ) from None
         self.resumed = previous is not None
-        if previous is not None:
-            self.run_id = previous
-            self.client.update_run(previous, status="RUNNING")
-        else:
-            self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        self.outbox = Outbox(self.client, self.uri, fallback)
 
     def _find(self, tags: Mapping[str, str]) -> str | None:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -125,40 +295,65 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log parameters (flattened) in batches of MLflow's limit."""
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        """Log parameters (flattened, credentials masked) in batches of MLflow's limit."""
+        items = [[k, str(v)[:6000]] for k, v in redact_params(flatten(params)).items()]
         for lo in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[lo : lo + 100])
+            self.outbox.send({"op": "log_batch", "run_id": self.run_id, "params": items[lo : lo + 100]})
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.outbox.send({"op": "log_batch", "run_id": self.run_id, "tags": [[key, redact(str(value))[:5000]]]})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log one epoch's metrics in one call."""
-        log_metrics(self.client, self.run_id, metrics, step)
+        self.outbox.send(metrics_op(self.run_id, metrics, step))
+
+    def sync_history(self, history: list[Mapping[str, float]], key: str = "val/loss") -> None:
+        """Make sure every epoch of `history` is logged once (backfills what a worker missed)."""
+        self.outbox.send({"op": "sync_history", "run_id": self.run_id, "key": key, "history": [dict(m) for m in history]})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file to the run."""
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def finish(self, status: str = "FINISHED") -> None:
-        """Mark the run FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(self.run_id, status)
+        self.outbox.send({"op": "log_artifact", "run_id": self.run_id, "path": str(Path(path).absolute()), "artifact_path": artifact_path})
 
     def log_folder(self, folder: str | Path, artifact_path: str) -> None:
         """Upload a folder's contents under `artifact_path`."""
-        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        self.outbox.send({"op": "log_artifacts", "run_id": self.run_id, "path": str(Path(folder).absolute()), "artifact_path": artifact_path})
 
-    def register(self, artifact_path: str, name: str, alias: str | None, tags: Mapping[str, str] | None = None) -> str:
-        """Register this run's `artifact_path` folder as a new version of model `name`, point `alias` at it."""
+    def finish(self, status: str = "FINISHED", fallback: str | Path | None = None, log=None) -> str | None:
+        """Mark the run FINISHED, FAILED or KILLED. Calls still unsent go to `fallback`; the gap
+        report (None: nothing lost or late) is returned and passed to `log`."""
+        self.outbox.send({"op": "set_terminated", "run_id": self.run_id, "status": status})
+        if fallback is not None:
+            self.outbox.fallback = Path(fallback)
+        report = self.outbox.close()
+        if report and log is not None:
+            log(f"warning: {report}")
+        return report
+
+    def register(self, artifact_path: str, name: str, alias: str | None, tags: Mapping[str, str] | None = None) -> str | None:
+        """Register this run's `artifact_path` folder as a new version of model `name`, point `alias` at it.
+
+        Returns the model URI, or None when the store is unreachable (the artifacts are not
+        uploaded yet; register later from the run)."""
         from mlflow.exceptions import MlflowException
 
+        if not self.outbox.flush():
+            return None
         try:
-            self.client.create_registered_model(name, description="kmervae encoders (MLflow pyfunc; checkpoint inside)")
-        except MlflowException:
-            pass  # exists already: add a version
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
-        version = self.client.create_model_version(name, source, run_id=self.run_id, tags=dict(tags or {}))
-        if alias:
-            self.client.set_registered_model_alias(name, alias, version.version)
-            return f"models:/{name}@{alias}"
-        return f"models:/{name}/{version.version}"
+            with impatient_http():
+                try:
+                    self.client.create_registered_model(name, description="kmervae encoders (MLflow pyfunc; checkpoint inside)")
+                except MlflowException as err:
+                    if is_unreachable(err):
+                        raise
+                    # exists already: add a version
+                source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+                version = self.client.create_model_version(name, source, run_id=self.run_id, tags=dict(tags or {}))
+                if alias:
+                    self.client.set_registered_model_alias(name, alias, version.version)
+                    return f"models:/{name}@{alias}"
+                return f"models:/{name}/{version.version}"
+        except Exception as err:
+            if is_unreachable(err):
+                return None
+            raise
