@@ -32,7 +32,7 @@ from kmervae.metrics import knn_accuracy
 from kmervae.model import BranchedVAE
 from kmervae.storage import check_writable, local_outputs
 from kmervae.storage import normalize as normalize_storage
-from kmervae.tracking import OUTBOX_FILE, Outbox, closes_on_error, metrics_op
+from kmervae.tracking import OUTBOX_FILE, Outbox, check_reachable, closes_on_error, metrics_op, tracking_uri
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATA_CPUS = 1.0
@@ -227,6 +227,8 @@ def fit_ray(
     need = CHECKPOINT_COPIES * checkpoint_bytes(config)
     check_writable(storage, need)  # a read-only or full disk fails now, not at the first checkpoint
     check_writable(out, need)
+    if experiment:
+        check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
     import ray
 
     from kmervae.ray_data import build_datasets, label_vocabulary

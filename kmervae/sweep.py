@@ -24,7 +24,7 @@ from kmervae.config import RunConfig, _check
 from kmervae.errors import ConfigError
 from kmervae.feature_table import DatasetFiles, dataset_files
 from kmervae.storage import check_writable, exists, join, list_names, local_outputs, normalize
-from kmervae.tracking import OUTBOX_FILE, closes_on_error
+from kmervae.tracking import OUTBOX_FILE, check_reachable, closes_on_error, tracking_uri
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
 """Define-by-run search space: takes an optuna.Trial, calls trial.suggest_*; returns None."""
@@ -169,11 +169,8 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
     sweep_cfg = SweepConfig(**sweep)
     storage = join(sweep_cfg.storage, sweep_cfg.name, "trials")
     tracker = None
-    if mlflow_uri:
-        try:
-            tracker = _trial_run(sweep_cfg, trial_id, mlflow_uri, parent_run_id, config, tune_config)
-        except ConfigError as err:  # the tracking server is down: train anyway, the driver logs it later
-            print(f"warning: trial {trial_id}: {err}; its MLflow run is made when the sweep ends", file=sys.stderr)
+    if mlflow_uri:  # with the tracking server down, the run is made later (the driver backfills it)
+        tracker = _trial_run(sweep_cfg, trial_id, mlflow_uri, parent_run_id, config, tune_config)
     trainer = build_trainer(config, plan, train_ds, val_ds, labeled, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()])
     try:
         trainer.fit()
@@ -191,7 +188,7 @@ def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, 
     from kmervae.tracking import Tracker
 
     tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray"}
-    tracker = Tracker(sweep.experiment, f"{sweep.name}-{trial_id}", uri=uri, tags=tags, parent_run_id=parent_run_id, resume=True)
+    tracker = Tracker(sweep.experiment, f"{sweep.name}-{trial_id}", uri=uri, tags=tags, parent_run_id=parent_run_id, resume=True, defer=True)
     if not tracker.resumed:
         tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **sampled}})
     return tracker
@@ -246,6 +243,8 @@ def run_sweep(
     need = CHECKPOINT_COPIES * checkpoint_bytes(base) * sweep.num_samples
     check_writable(storage, need)
     check_writable(outputs, need // CHECKPOINT_COPIES)
+    if use_mlflow:
+        check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
     init_ray(address)
     available = ray.available_resources()
     workers = sweep.workers_per_trial
@@ -400,12 +399,8 @@ def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: str, outpu
         with result.checkpoint.as_directory() as folder:
             checkpoint = load_checkpoint(Path(folder) / "checkpoint.pt")
     tracker = None
-    if parent is not None:
-        try:  # the trial's run, or a new one when the server was down while the trial started
-            base = checkpoint.config if checkpoint else RunConfig()
-            tracker = _trial_run(sweep, str(row["trial_id"]), parent.uri, parent.run_id, base, sampled)
-        except ConfigError as err:
-            log(f"warning: trial {row['trial_id']}: not logged to MLflow ({err}); its results are in {out}")
+    if parent is not None:  # the trial's run; made now (or at mlflow-sync) if the server was down when it started
+        tracker = _trial_run(sweep, str(row["trial_id"]), parent.uri, parent.run_id, checkpoint.config if checkpoint else RunConfig(), sampled)
     if checkpoint is None:
         if tracker is not None:
             tracker.set_tag("kmervae.failure", row["error"] or "no checkpoint")

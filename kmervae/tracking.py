@@ -101,11 +101,24 @@ def is_unreachable(err: BaseException) -> bool:
     return type(err).__name__ in {"ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout", "OperationalError"} or any(t in text for t in transient)
 
 
-def execute(client, op: Mapping[str, Any]) -> None:
-    """Perform one outbox call (a JSON-able dict) with an MlflowClient."""
+def resolve_run(client, spec: Mapping[str, Any]) -> str:
+    """The run that `spec` (experiment, name, tags) names: found by its tags, else created.
+
+    Calls of a run that could not be created while the store was down carry this spec
+    instead of a run id, so the run is made (or a run of a trial found again) on replay.
+    """
+    found = client.get_experiment_by_name(spec["experiment"])
+    experiment_id = found.experiment_id if found else client.create_experiment(spec["experiment"], artifact_location=default_artifact_root(client.tracking_uri))
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in spec["tags"].items())
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    return runs[0].info.run_id if runs else client.create_run(experiment_id, run_name=spec.get("name"), tags=dict(spec["tags"])).info.run_id
+
+
+def execute(client, op: Mapping[str, Any]) -> int:
+    """Perform one outbox call (a JSON-able dict) with an MlflowClient; returns the epochs backfilled."""
     from mlflow.entities import Metric, Param, RunTag
 
-    run_id = op["run_id"]
+    run_id = op.get("run_id") or resolve_run(client, op["run"])
     kind = op["op"]
     if kind == "log_batch":
         client.log_batch(
@@ -127,8 +140,10 @@ def execute(client, op: Mapping[str, Any]) -> None:
         missing = [m for m in op["history"] if int(m["epoch"]) not in logged]
         for m in missing:
             execute(client, metrics_op(run_id, m, int(m["epoch"])))
+        return len(missing)
     else:
         raise ValueError(f"unknown outbox call {kind!r}")
+    return 0
 
 
 class Outbox:
@@ -150,6 +165,7 @@ class Outbox:
         self.outage_started: float | None = None
         self.outage_seconds = 0.0
         self.sent_late = 0
+        self.backfilled = 0
         self.dropped: list[str] = []
 
     def send(self, op: dict) -> bool:
@@ -164,7 +180,7 @@ class Outbox:
             while self.pending:
                 op = self.pending[0]
                 try:
-                    execute(self.client, op)
+                    self.backfilled += execute(self.client, op)
                 except Exception as err:  # mlflow, requests and sqlalchemy errors alike
                     if is_unreachable(err):
                         self.last_failure = time.monotonic()
@@ -197,6 +213,8 @@ class Outbox:
             self.pending = []
         elif self.sent_late:
             notes.append(f"MLflow at {redact(self.uri)} was unreachable for {self.outage_seconds:.0f} s; {self.sent_late} call(s) were buffered and sent late, none lost")
+        if self.backfilled:
+            notes.append(f"{self.backfilled} epoch(s) the training worker could not log to MLflow were logged from the checkpoint's history")
         if self.dropped:
             notes.append(f"MLflow refused {len(self.dropped)} call(s): {'; '.join(self.dropped[:3])}")
         return "; ".join(notes) or None
@@ -216,7 +234,7 @@ def sync_file(path: str | Path, uri: str | None = None) -> tuple[int, int]:
         raise InputError(f"{path}: not an MLflow outbox file ({err})") from None
     uri = uri or tracking_uri()
     outbox = Outbox(MlflowClient(tracking_uri=uri), uri)
-    outbox.pending = ops
+    outbox.pending = list(ops)
     outbox.flush()
     left = outbox.pending
     if left:
@@ -224,6 +242,28 @@ def sync_file(path: str | Path, uri: str | None = None) -> tuple[int, int]:
     else:
         path.unlink()
     return len(ops) - len(left), len(left)
+
+
+def store_error(uri: str, err: BaseException) -> ConfigError:
+    """The one-line error for a tracking store that cannot be used."""
+    what = "unreachable" if is_unreachable(err) else "not usable"
+    return ConfigError(
+        f"MLflow tracking store {redact(uri)} is {what} ({redact(str(err).splitlines()[0][:200])}); "
+        "start it, fix MLFLOW_TRACKING_URI, or run without MLflow (--no-mlflow)"
+    )
+
+
+def check_reachable(uri: str) -> None:
+    """Fail in seconds, naming the store, when it cannot be used (before any training starts)."""
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with impatient_http():
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:
+        raise store_error(uri, err) from None
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -243,8 +283,9 @@ class Tracker:
 
     With `resume=True`, an existing run of the experiment whose tags equal `tags` is
     continued instead of creating a duplicate (a training run resumed by name). The store
-    must be reachable here (else a ConfigError naming it); afterwards calls go through an
-    `Outbox` whose unsent calls `close()` writes to `fallback`.
+    must be reachable here (else a ConfigError naming it) unless `defer`: then a run that
+    cannot be created yet is created by the first call that gets through. Afterwards calls
+    go through an `Outbox` whose unsent calls `close()` writes to `fallback`.
     """
 
     def __init__(
@@ -256,6 +297,7 @@ class Tracker:
         parent_run_id: str | None = None,
         resume: bool = False,
         fallback: str | Path | None = None,
+        defer: bool = False,
     ):
         from mlflow import MlflowClient
 
@@ -266,6 +308,10 @@ class Tracker:
         all_tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
+        self.run_spec = {"experiment": experiment, "name": run_name, "tags": all_tags}
+        self.run_id: str | None = None
+        self.resumed = False
+        previous = None
         try:
             with impatient_http():
                 found = self.client.get_experiment_by_name(experiment)
@@ -281,13 +327,15 @@ class Tracker:
                 else:
                     self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
         except Exception as err:  # mlflow raises MlflowException, requests and sqlalchemy errors alike
-            what = "unreachable" if is_unreachable(err) else "not usable"
-            raise ConfigError(
-                f"MLflow tracking store {redact(self.uri)} is {what} ({str(err).splitlines()[0][:200]}); "
-                "start it, fix MLFLOW_TRACKING_URI, or run without MLflow (--no-mlflow)"
-            ) from None
-        self.resumed = previous is not None
+            if not (defer and is_unreachable(err)):
+                raise store_error(self.uri, err) from None
+            # The run is found or made when the store answers again (or on `kmervae mlflow-sync`).
+        self.resumed = self.run_id is not None and previous is not None
         self.outbox = Outbox(self.client, self.uri, fallback)
+
+    def _ref(self) -> dict:
+        """How an outbox call names this run: its id, or (created while the store was down) its spec."""
+        return {"run_id": self.run_id} if self.run_id else {"run_id": None, "run": self.run_spec}
 
     def _find(self, tags: Mapping[str, str]) -> str | None:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -298,31 +346,31 @@ class Tracker:
         """Log parameters (flattened, credentials masked) in batches of MLflow's limit."""
         items = [[k, str(v)[:6000]] for k, v in redact_params(flatten(params)).items()]
         for lo in range(0, len(items), 100):
-            self.outbox.send({"op": "log_batch", "run_id": self.run_id, "params": items[lo : lo + 100]})
+            self.outbox.send({"op": "log_batch", **self._ref(), "params": items[lo : lo + 100]})
 
     def set_tag(self, key: str, value: str) -> None:
-        self.outbox.send({"op": "log_batch", "run_id": self.run_id, "tags": [[key, redact(str(value))[:5000]]]})
+        self.outbox.send({"op": "log_batch", **self._ref(), "tags": [[key, redact(str(value))[:5000]]]})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log one epoch's metrics in one call."""
-        self.outbox.send(metrics_op(self.run_id, metrics, step))
+        self.outbox.send({**metrics_op(self.run_id, metrics, step), **self._ref()})
 
     def sync_history(self, history: list[Mapping[str, float]], key: str = "val/loss") -> None:
         """Make sure every epoch of `history` is logged once (backfills what a worker missed)."""
-        self.outbox.send({"op": "sync_history", "run_id": self.run_id, "key": key, "history": [dict(m) for m in history]})
+        self.outbox.send({"op": "sync_history", **self._ref(), "key": key, "history": [dict(m) for m in history]})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file to the run."""
-        self.outbox.send({"op": "log_artifact", "run_id": self.run_id, "path": str(Path(path).absolute()), "artifact_path": artifact_path})
+        self.outbox.send({"op": "log_artifact", **self._ref(), "path": str(Path(path).absolute()), "artifact_path": artifact_path})
 
     def log_folder(self, folder: str | Path, artifact_path: str) -> None:
         """Upload a folder's contents under `artifact_path`."""
-        self.outbox.send({"op": "log_artifacts", "run_id": self.run_id, "path": str(Path(folder).absolute()), "artifact_path": artifact_path})
+        self.outbox.send({"op": "log_artifacts", **self._ref(), "path": str(Path(folder).absolute()), "artifact_path": artifact_path})
 
     def finish(self, status: str = "FINISHED", fallback: str | Path | None = None, log=None) -> str | None:
         """Mark the run FINISHED, FAILED or KILLED. Calls still unsent go to `fallback`; the gap
         report (None: nothing lost or late) is returned and passed to `log`."""
-        self.outbox.send({"op": "set_terminated", "run_id": self.run_id, "status": status})
+        self.outbox.send({"op": "set_terminated", **self._ref(), "status": status})
         if fallback is not None:
             self.outbox.fallback = Path(fallback)
         report = self.outbox.close()
@@ -337,7 +385,7 @@ class Tracker:
         uploaded yet; register later from the run)."""
         from mlflow.exceptions import MlflowException
 
-        if not self.outbox.flush():
+        if not self.outbox.flush() or self.run_id is None:
             return None
         try:
             with impatient_http():
