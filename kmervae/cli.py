@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kmervae import __version__
 from kmervae.errors import KmervaeError
+from kmervae.redact import redact
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except KmervaeError as err:
-        print(f"kmervae {args.run.__name__.removeprefix('_cmd_')}: error: {err}", file=sys.stderr)
+        print(f"kmervae {args.run.__name__.removeprefix('_cmd_')}: error: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("kmervae: interrupted; no output was written", file=sys.stderr)

@@ -30,6 +30,7 @@ from kmervae.errors import ConfigError
 from kmervae.feature_table import dataset_files
 from kmervae.metrics import knn_accuracy
 from kmervae.model import BranchedVAE
+from kmervae.redact import redact
 from kmervae.storage import check_writable, local_outputs
 from kmervae.storage import normalize as normalize_storage
 from kmervae.tracking import OUTBOX_FILE, Outbox, check_reachable, closes_on_error, metrics_op, tracking_uri
@@ -239,7 +240,7 @@ def fit_ray(
     tracker = None
     if experiment:
         tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config)
-    log(f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, storage {storage}")
+    log(f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, storage {redact(storage)}")
     train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
     trainer = build_trainer(config, plan, train_ds, val_ds, bool(labels), name, storage, tracker)
     with closes_on_error(tracker):

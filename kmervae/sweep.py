@@ -23,6 +23,7 @@ from kmervae.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes
 from kmervae.config import RunConfig, _check
 from kmervae.errors import ConfigError
 from kmervae.feature_table import DatasetFiles, dataset_files
+from kmervae.redact import redact
 from kmervae.storage import check_writable, exists, join, list_names, local_outputs, normalize
 from kmervae.tracking import OUTBOX_FILE, check_reachable, closes_on_error, tracking_uri
 
@@ -255,7 +256,7 @@ def run_sweep(
     tracker = None
     if use_mlflow:
         tracker = _parent_run(sweep, files, data_path, base, mlflow_dir, space)
-    log(f"sweep {sweep.name}: {sweep.num_samples} trial(s), {concurrent} at a time, each {plan.describe()}; storage {sweep_dir}")
+    log(f"sweep {sweep.name}: {sweep.num_samples} trial(s), {concurrent} at a time, each {plan.describe()}; storage {redact(sweep_dir)}")
     train_ds, val_ds = build_datasets(files, base.data, labels, base.train.seed, data_mode)  # once, for every trial
     trainable = tune.with_resources(
         tune.with_parameters(

@@ -54,7 +54,7 @@ def ui_command(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         root = Path(uri.removeprefix("sqlite:///")).parent
         return f"mlflow ui --backend-store-uri {uri} --default-artifact-root {root / ARTIFACTS_NAME}"
-    return f"open {uri} in a browser"
+    return f"open {redact(uri)} in a browser"
 
 
 @contextlib.contextmanager

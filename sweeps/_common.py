@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python sweeps/x.py` from a checkout or a Ray job's working dir
 
 from kmervae.errors import KmervaeError  # noqa: E402
+from kmervae.redact import redact  # noqa: E402
 
 SMOKE = {"samples": 3, "epochs": 2, "max_samples": 600, "batch_size": 64}
 
@@ -95,7 +96,7 @@ def sweep_main(script: str, description: str, space: Callable[[Any], Any], prese
     try:
         return _run(script, args, space)
     except KmervaeError as err:
-        print(f"{script}: error: {err}", file=sys.stderr)
+        print(f"{script}: error: {redact(str(err))}", file=sys.stderr)
         return 2
 
 

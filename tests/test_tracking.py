@@ -6,7 +6,7 @@ import pytest
 
 from kmervae.config import PRESETS, RunConfig
 from kmervae.engine import fit_local
-from kmervae.errors import KmervaeError
+from kmervae.errors import ConfigError, KmervaeError
 from kmervae.tracking import Tracker, flatten, tracking_uri
 
 
@@ -45,3 +45,35 @@ def test_a_failed_run_is_marked_failed(tmp_path):
     with pytest.raises(KmervaeError, match="no such feature dataset"):
         fit_local(tmp_path / "missing", RunConfig(model=PRESETS["tiny"]), tmp_path / "run", tracker=tracker)
     assert tracker.client.get_run(tracker.run_id).info.status == "FAILED"
+
+
+def test_credentials_never_reach_mlflow_or_the_terminal(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    from kmervae.redact import redact
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-pw")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker("secrets", "run", uri=uri, tags={"kmervae.storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs"})
+    tracker.log_params({
+        "storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs",
+        "server": "https://alice:hunter2-pw@mlflow.example.org",
+        "note": "password is hunter2-pw",
+        "aws": {"secret_access_key": "anything-at-all"},
+        "model": {"latent_dim": 32},
+    })
+    tracker.set_tag("endpoint", "https://bob:letmein99@minio:9000")
+    tracker.finish()
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    stored = " ".join([*run.data.params.values(), *run.data.tags.values()])
+    for secret in ("wJalrXUtnFEMI-secret", "hunter2-pw", "letmein99", "anything-at-all"):
+        assert secret not in stored
+    assert run.data.params["storage"] == "s3://AKIA:***@bucket/runs"
+    assert run.data.params["server"] == "https://alice:***@mlflow.example.org"
+    assert run.data.params["aws.secret_access_key"] == "***" and run.data.params["model.latent_dim"] == "32"
+    # Messages naming a store mask it the same way.
+    assert redact("cannot reach https://alice:hunter2-pw@host") == "cannot reach https://alice:***@host"
+    with pytest.raises(ConfigError) as err:
+        Tracker("x", uri="https://alice:hunter2-pw@127.0.0.1:9/")
+    assert "hunter2-pw" not in str(err.value) and "https://alice:***@127.0.0.1:9/" in str(err.value)
