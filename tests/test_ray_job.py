@@ -86,3 +86,37 @@ def test_a_client_without_the_token_is_refused(local_cluster):
     )
     assert listed.returncode != 0
     assert "auth" in (listed.stdout + listed.stderr).lower()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Addresses a TCP port listens on, read from /proc/net (IPv4 and IPv6)."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].split(":")
+            if fields[3] == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]  # little-endian 32-bit words
+                found.add(socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, b"".join(words)))
+    return found
+
+
+def test_servers_listen_on_loopback_and_the_job_api_needs_the_token(local_cluster):
+    import urllib.error
+    import urllib.request
+
+    env, _ = local_cluster
+    for port in (env["DASHBOARD_PORT"], env["MLFLOW_PORT"]):
+        assert listening_addresses(int(port)) == {"127.0.0.1"}, port
+    # Ray's own agents also listen on the node's address (Ray 2.60 has no switch for that):
+    # their job API must refuse a request without the token.
+    node_ip = subprocess.run(
+        [str(REPO / ".venv/bin/python"), "-c", "import ray._private.services as s; print(s.get_node_ip_address())"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout.strip()
+    agent_port = 52365  # Ray's default dashboard-agent HTTP port
+    assert listening_addresses(agent_port), "no dashboard agent found"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://{node_ip}:{agent_port}/api/job_agent/jobs/", timeout=10)
+    assert refused.value.code == 401

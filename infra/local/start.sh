@@ -4,7 +4,9 @@
 # exact `ray job submit` command. Stop both with infra/local/stop.sh.
 #
 # Knobs (environment): KMERVAE_LOCAL_DIR (state folder, default runs/local-cluster),
-# RAY_PORT (6380), DASHBOARD_PORT (8265), MLFLOW_PORT (5000), NUM_CPUS (all cores).
+# RAY_PORT (6380), DASHBOARD_PORT (8265), MLFLOW_PORT (5000), NUM_CPUS (all cores),
+# BIND_HOST (127.0.0.1: the dashboard/job API and MLflow are reachable from this machine only;
+# set 0.0.0.0 to serve other machines, and keep the token and a firewall in front of them).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
@@ -17,10 +19,11 @@ mkdir -p "$state"
 export PATH="$repo/.venv/bin:$PATH"
 export RAY_AUTH_MODE=token  # clients without ~/.ray/auth_token are refused
 [ -s "$HOME/.ray/auth_token" ] || ray get-auth-token --generate >/dev/null
-ray start --head --port "$ray_port" --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
+bind_host="${BIND_HOST:-127.0.0.1}"
+ray start --head --port "$ray_port" --dashboard-host "$bind_host" --dashboard-port "$dashboard_port" \
     --num-cpus "${NUM_CPUS:-$(nproc)}" --disable-usage-stats >"$state/ray-start.log" 2>&1 \
     || { cat "$state/ray-start.log" >&2; exit 1; }
-setsid nohup mlflow server --host 127.0.0.1 --port "$mlflow_port" \
+setsid nohup mlflow server --host "$bind_host" --port "$mlflow_port" \
     --backend-store-uri "sqlite:///$state/mlflow.db" --artifacts-destination "$state/mlartifacts" \
     >"$state/mlflow.log" 2>&1 &
 echo $! >"$state/mlflow.pid"
