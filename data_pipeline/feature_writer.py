@@ -146,12 +146,24 @@ class StagedDataset:
         parent = self.out_dir.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=parent))
+            self.removed_stale = self._remove_stale(parent)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-{os.getpid()}-", dir=parent))
             umask = os.umask(0)
             os.umask(umask)
             self.staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
         except OSError as err:
             raise OutputError(f"{parent}: cannot create the output folder here ({err.strerror})") from None
+
+    def _remove_stale(self, parent: Path) -> int:
+        """Delete staging folders of this output left by runs that were killed (their process
+        is gone); a run still writing keeps its own. Returns how many were removed."""
+        removed = 0
+        for folder in parent.glob(f".{self.out_dir.name}.partial-*"):
+            pid = folder.name.removeprefix(f".{self.out_dir.name}.partial-").split("-", 1)[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def _check_target(self) -> None:
         out = self.out_dir

@@ -94,6 +94,7 @@ class FeaturizeSummary:
     output_bytes: int = 0
     seconds: float = 0.0
     workers: int = 1
+    stale_removed: int = 0  # staging folders of killed earlier runs, cleaned up
 
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""
@@ -111,6 +112,8 @@ class FeaturizeSummary:
         if self.labels_unused:
             out.append(f"unused    {self.labels_unused:,} entries of the labels table matched no record")
         out.append(f"took      {self.seconds:.1f} s ({rate:,.1f} Mbp/s, {self.workers} worker(s))")
+        if self.stale_removed:
+            out.append(f"cleaned   {self.stale_removed} partial output(s) left by an interrupted earlier run")
         out.append(f"output    {self.out_dir}")
         return out
 
@@ -148,6 +151,7 @@ def featurize(
     workers = settings.workers or default_workers(total_bytes)
     summary = FeaturizeSummary(out_dir=str(Path(out_dir).absolute()), workers=workers)
     stage = StagedDataset(out_dir, settings.overwrite)
+    summary.stale_removed = stage.removed_stale
     executor = (
         ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _InlineExecutor()
     )

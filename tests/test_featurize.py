@@ -11,7 +11,7 @@ import pytest
 
 from data_pipeline.featurize import FeaturizeSettings, featurize
 from data_pipeline.labels import Labels
-from kmervae.errors import ConfigError, InputError, OutputError
+from kmervae.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from kmervae.feature_contract import KMER_SIZES, SCHEMA_VERSION
 from kmervae.feature_table import MANIFEST_NAME, FeatureTable, dataset_files
 from tests.conftest import write_fasta
@@ -231,3 +231,35 @@ def test_progress_bar_shows_bases_per_second(tmp_path, capsys, examples_dir):
     featurize(inputs, tmp_path / "out", FeaturizeSettings(fragment_length=5000), progress=True)
     err = capsys.readouterr().err
     assert "featurize: 100%" in err and "Mbp/s" in err
+
+
+def test_a_killed_featurizer_leaves_nothing_that_looks_complete(tmp_path, examples_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # A 20-Mbp input written in many records, so the run is still writing when it is killed.
+    rng = np.random.default_rng(5)
+    big = write_fasta(tmp_path / "big.fa", [(f"r{i}", "".join(rng.choice(list("ACGT"), 200_000))) for i in range(100)])
+    out = tmp_path / "features"
+    cmd = [sys.executable, "-m", "kmervae.cli", "featurize", str(big), "-o", str(out), "--fragment-length", "5000",
+           "--rows-per-file", "200", "--row-group-size", "100", "--quiet", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".features.partial-*/part-*.parquet")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".features.partial-*/part-*.parquet")), "killed before it wrote a part: the test did not exercise a partial write"
+    assert not out.exists()  # nothing under the output name: no reader can mistake it for a dataset
+    with pytest.raises(InputNotFoundError):
+        dataset_files(tmp_path / "features")
+    # Running again produces the whole dataset and cleans up the killed run's staging folder.
+    rerun = subprocess.run(cmd[:-3] + ["--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "cleaned   1 partial output(s) left by an interrupted earlier run" in rerun.stdout
+    assert not list(tmp_path.glob(".features.partial-*"))
+    table = FeatureTable.from_parquet(out)
+    assert len(table) == 100 * 40 and int(table.length.sum()) == 100 * 200_000
