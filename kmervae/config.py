@@ -162,6 +162,20 @@ class TrainConfig:
     """'fp32' or 'bf16' (autocast on CUDA)."""
     compile: bool = False
     """torch.compile the model (CUDA; falls back to eager with a warning when compilation fails)."""
+    lr_scaling: str = "sqrt"
+    """How the learning rate follows the batch size: lr * (batch_size / lr_reference_batch) ** p,
+    p = 0.5 ('sqrt', for Adam), 1 ('linear') or 0 ('none')."""
+    lr_reference_batch: int = 256
+    """The batch size at which train.lr applies unscaled."""
+    resident: str = "auto"
+    """GPU-resident data: 'auto' (when the training shard fits in half the free GPU memory),
+    'on' or 'off' (stream batches from host memory / Ray Data every epoch)."""
+
+    @property
+    def effective_lr(self) -> float:
+        """train.lr scaled to train.batch_size by train.lr_scaling."""
+        power = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}[self.lr_scaling]
+        return self.lr * (self.batch_size / self.lr_reference_batch) ** power
 
     def __post_init__(self) -> None:
         _check(isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs", self.epochs, "expected an integer >= 1")
@@ -176,6 +190,9 @@ class TrainConfig:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device", self.device, "expected auto, cpu, cuda or cuda:N")
         _check(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "expected fp32 or bf16")
         _check(isinstance(self.compile, bool), "train.compile", self.compile, "expected true or false")
+        _check(self.lr_scaling in ("sqrt", "linear", "none"), "train.lr_scaling", self.lr_scaling, "expected sqrt, linear or none")
+        _check(isinstance(self.lr_reference_batch, int) and self.lr_reference_batch >= 1, "train.lr_reference_batch", self.lr_reference_batch, "expected an integer >= 1")
+        _check(self.resident in ("auto", "on", "off"), "train.resident", self.resident, "expected auto, on or off")
 
 
 @dataclass(frozen=True)

@@ -43,18 +43,53 @@ class CountBatch(NamedTuple):
 
     length: Tensor  # (B,) int64
     gc: Tensor  # (B,) float32
-    kmer7: Tensor  # (B, 8192) uint8/int32/int64 counts
+    kmer7: Tensor  # (B, 8192) uint8/uint16/int64 counts
     kmer4: Tensor  # (B, 136)
     kmer3: Tensor  # (B, 32)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "CountBatch":
         return CountBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in self)
+
 
 def torch_counts(counts: np.ndarray) -> np.ndarray:
-    """Counts in a dtype torch handles fully: uint8 stays, uint16/uint32 widen to int32/int64."""
-    wider = {np.dtype("uint8"): np.uint8, np.dtype("uint16"): np.int32, np.dtype("uint32"): np.int64}
-    return np.ascontiguousarray(counts, dtype=wider[np.dtype(counts.dtype).newbyteorder("=")])
+    """Counts as they travel to the device: uint8 and uint16 stay (1 or 2 bytes a bin; the
+    model widens them there), uint32 widens to int64 (torch has few uint32 kernels)."""
+    kept = {np.dtype("uint8"): np.uint8, np.dtype("uint16"): np.uint16, np.dtype("uint32"): np.int64}
+    return np.ascontiguousarray(counts, dtype=kept[np.dtype(counts.dtype).newbyteorder("=")])
+
+
+RESIDENT_MODES = ("auto", "on", "off")
+RESIDENT_SHARE = 0.5
+"""`auto` keeps data on the GPU when it takes at most this share of the free GPU memory
+(the rest is for the model, optimiser state and activations)."""
+
+
+def use_resident(mode: str, device: torch.device, nbytes: int) -> bool:
+    """Whether data of `nbytes` should live on `device` for the whole run (train.resident)."""
+    from kmervae.errors import ConfigError
+
+    if mode == "off" or device.type != "cuda":
+        return False  # on the CPU the data is in memory already
+    free, _ = torch.cuda.mem_get_info(device)
+    if mode == "on" and nbytes > free:
+        raise ConfigError(f"train.resident=on: the data needs {nbytes / 2**30:.1f} GiB, {device} has {free / 2**30:.1f} GiB free; use auto or off")
+    return mode == "on" or nbytes <= RESIDENT_SHARE * free
+
+
+def _indexable(t: Tensor) -> Tensor:
+    """`t`, or `t` widened to int32 where this torch build cannot gather its dtype on its device
+    (uint16 support on CUDA is recent): resident data is gathered by index every step."""
+    if t.dtype not in (torch.uint16, torch.uint32) or t.numel() == 0:
+        return t
+    try:
+        t[torch.zeros(1, dtype=torch.int64, device=t.device)].float()
+        return t
+    except (RuntimeError, NotImplementedError):
+        return t.to(torch.int32)
 
 
 @dataclass
@@ -82,14 +117,21 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.batch.length)
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None, drop_singleton: bool = False) -> Iterator[CountBatch]:
-        """Batches in storage order, or shuffled by `generator`; a trailing batch of 1 is dropped
-        when `drop_singleton` (BatchNorm cannot train on one sample)."""
+    def to(self, device: torch.device) -> "TensorData":
+        """The same data held on `device` (GPU-resident mode: copied once, shuffled there)."""
+        return TensorData(CountBatch(*(_indexable(t.to(device)) for t in self.batch)), self.contig_ids, self.labels)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, drop_singleton: bool = False, drop_last: bool = False
+    ) -> Iterator[CountBatch]:
+        """Batches in storage order, or shuffled by `generator` (on the generator's device, so
+        resident data is shuffled on the GPU); a trailing batch of 1 is dropped when
+        `drop_singleton` (BatchNorm cannot train on one sample), any short one when `drop_last`."""
         n = len(self)
-        order = torch.randperm(n, generator=generator) if generator is not None else None
+        order = torch.randperm(n, generator=generator, device=generator.device) if generator is not None else None
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)
-            if drop_singleton and hi - lo < 2:
+            if (drop_singleton and hi - lo < 2) or (drop_last and hi - lo < batch_size):
                 break
             if order is None:
                 yield CountBatch(*(t[lo:hi] for t in self.batch))

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from kmervae.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.config import LossConfig, RunConfig, TrainConfig
-from kmervae.data import CountBatch, TensorData, load_splits
+from kmervae.data import CountBatch, TensorData, load_splits, use_resident
 from kmervae.errors import ConfigError, KmervaeError
 from kmervae.loss import vae_loss
 from kmervae.metrics import EpochMetrics, knn_accuracy
@@ -58,8 +58,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam (fused on CUDA: one kernel per step instead of one per parameter)."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    """Adam at train.lr scaled to the batch size (fused on CUDA: one kernel per step, not one per parameter)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.effective_lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
@@ -198,7 +198,13 @@ def _fit_local(data_path, config: RunConfig, out_dir, log, tracker) -> FitResult
         tracker.log_params({**config.to_dict(), "data": {**config.to_dict()["data"], "path": str(Path(data_path).absolute())}})
     best = math.inf
     generator = torch.Generator().manual_seed(tc.seed)
-    log(f"training on {len(train):,} contigs, validating on {len(val):,}, device {device}")
+    where = "streamed from host memory"
+    if use_resident(tc.resident, device, train.batch.nbytes + val.batch.nbytes):
+        # Copied to the GPU once and shuffled there: no host work or transfer per step.
+        train, val = train.to(device), val.to(device)
+        generator = torch.Generator(device=device).manual_seed(tc.seed)
+        where = f"resident on {device} ({(train.batch.nbytes + val.batch.nbytes) / 2**20:,.0f} MiB)"
+    log(f"training on {len(train):,} contigs, validating on {len(val):,}, device {device}, data {where}, lr {tc.effective_lr:.2e}")
     with open(out / "metrics.jsonl", "w") as metrics_log:
         for epoch in range(tc.epochs):
             beta = config.loss.beta_at(epoch)

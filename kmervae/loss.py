@@ -48,6 +48,8 @@ def kl_per_sample(mu: Tensor, log_var: Tensor) -> Tensor:
 
 def presence(kmer7_counts: Tensor, cfg: LossConfig) -> Tensor:
     """(B, 8192) bool: which 7-mers occur (count > presence_threshold)."""
+    if kmer7_counts.dtype in (torch.uint16, torch.uint32):  # few kernels for these on CUDA
+        kmer7_counts = kmer7_counts.to(torch.int32)
     return kmer7_counts > cfg.presence_threshold
 
 

@@ -20,6 +20,7 @@ import torch
 from kmervae.config import DataConfig
 from kmervae.data import SUBSAMPLE_SALT, CountBatch, split_hash, torch_counts
 from kmervae.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, DatasetFormat, decode_counts
+from kmervae.errors import KmervaeError
 from kmervae.feature_table import DatasetFiles
 
 READ_COLUMNS = ["contig_id", "length", "gc", *(KMER_COLUMNS[k] for k in KMER_SIZES)]
@@ -109,10 +110,12 @@ def build_datasets(files: DatasetFiles, cfg: DataConfig, labels: list[str], seed
     return train, val
 
 
-def decoded_bytes(files: DatasetFiles) -> int:
-    """Size of the decoded counts in memory (what materializing costs)."""
+def decoded_bytes(files: DatasetFiles, cfg: DataConfig | None = None) -> int:
+    """Size of the decoded counts in memory (what materializing, or holding on a GPU, costs);
+    with `cfg`, of the `data.max_samples` subsample only."""
     row = 8 + 4 + 8 + sum(N_BINS[k] * np.dtype(torch_counts(np.zeros(1, files.format.count_dtypes[k])).dtype).itemsize for k in KMER_SIZES)
-    return files.rows * row
+    rows = files.rows if cfg is None or cfg.max_samples is None else min(files.rows, cfg.max_samples)
+    return rows * row
 
 
 def object_store_bytes() -> float:
@@ -120,6 +123,18 @@ def object_store_bytes() -> float:
     import ray
 
     return float(ray.cluster_resources().get("object_store_memory", 0))
+
+
+def gather_shard(shard, device: torch.device, bucket: tuple[int, int] | None = None, labeled: bool = False):
+    """Read a worker's whole shard once onto `device`: (TensorData, label codes or None)."""
+    from kmervae.data import TensorData
+
+    labels: list[torch.Tensor] = []
+    parts = list(shard_batches(shard, 8192, device, labels_out=labels if labeled else None, bucket=bucket))
+    if not parts:
+        raise KmervaeError("this worker's shard is empty; featurize more contigs or use fewer workers")
+    batch = CountBatch(*(torch.cat(columns) for columns in zip(*parts)))
+    return TensorData(batch, np.array([], dtype=object), None).to(device), (torch.cat(labels) if labels else None)
 
 
 def shard_batches(

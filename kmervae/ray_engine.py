@@ -101,7 +101,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch.distributed as dist
 
-    from kmervae.ray_data import shard_batches
+    from kmervae.data import use_resident
+    from kmervae.ray_data import gather_shard, shard_batches
 
     config = RunConfig.from_dict(loop_config["run"])
     tc = config.train
@@ -139,12 +140,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         outbox = Outbox(MlflowClient(tracking_uri=loop_config["mlflow_uri"]), loop_config["mlflow_uri"])
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
+    # GPU-resident mode: this worker's shard (about data_bytes / world) is read once through
+    # Ray Data onto the GPU and shuffled there every epoch; else it streams every epoch.
+    resident_train = resident_val = resident_labels = None
+    if use_resident(tc.resident, device, loop_config["data_bytes"] // world):
+        resident_train, _ = gather_shard(train_shard, device)
+        resident_val, resident_labels = gather_shard(val_data, device, bucket=(rank, world), labeled=labeled)
+        generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
+        if rank == 0:
+            sys.stdout.write(f"data resident on {device}: {len(resident_train):,} training contigs per worker\n")
     for epoch in range(start_epoch, tc.epochs):
         beta = config.loss.beta_at(epoch)
         seed = tc.seed * 1_000_003 + epoch * 1009 + rank  # a different, reproducible order every epoch
+        if resident_train is not None:
+            batches = resident_train.batches(tc.batch_size, generator=generator, drop_last=True)
+        else:
+            batches = shard_batches(train_shard, tc.batch_size, device, shuffle_seed=seed, drop_last=True)
         train_metrics = train_epoch(
-            model, shard_batches(train_shard, tc.batch_size, device, shuffle_seed=seed, drop_last=True),
-            optimizer, config.loss, beta, device=device, grad_clip=tc.grad_clip, precision=tc.precision,
+            model, batches, optimizer, config.loss, beta, device=device, grad_clip=tc.grad_clip, precision=tc.precision,
             all_reduce=all_reduce,
         )
         if distributed:
@@ -155,8 +168,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Every worker reads the (unsplit) validation set and keeps its own hash buckets, so
         # nothing is dropped to equalise shards; the sums are then all-reduced: exact metrics.
         labels: list[torch.Tensor] = []
+        if resident_val is not None:
+            val_batches = resident_val.batches(tc.batch_size)
+            labels = [resident_labels.cpu()] if resident_labels is not None else []
+        else:
+            val_batches = shard_batches(val_data, tc.batch_size, device, labels_out=labels, bucket=(rank, world))
         val_metrics, mu = validate_epoch(
-            unwrap(model), shard_batches(val_data, tc.batch_size, device, labels_out=labels, bucket=(rank, world)),
+            unwrap(model), val_batches,
             config.loss, beta, device=device, precision=tc.precision, all_reduce=all_reduce, keep_embeddings=labeled,
         )
         if labeled:
@@ -169,11 +187,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # sys.stdout.write, not print: Ray Train's patched print would echo the line twice.
             sys.stdout.write(epoch_line(epoch, tc.epochs, metrics) + "\n")
             sys.stdout.flush()
-            if outbox is not None:  # before the report: a sweep may stop this trial right after it
-                outbox.send(metrics_op(loop_config["mlflow_run_id"], metrics, step=epoch))
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            # After the report, so each epoch is logged once: an epoch whose worker dies before
+            # its checkpoint is persisted is retrained, and logged, only then. An epoch reported
+            # but not logged (ASHA stopped the trial, the worker died) is logged by the driver
+            # from the checkpoint's history (`Tracker.sync_history`).
+            if outbox is not None:
+                outbox.send(metrics_op(loop_config["mlflow_run_id"], metrics, step=epoch))
         else:
             ray.train.report(metrics)
 
@@ -232,7 +254,7 @@ def fit_ray(
         check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
     import ray
 
-    from kmervae.ray_data import build_datasets, label_vocabulary
+    from kmervae.ray_data import build_datasets, decoded_bytes, label_vocabulary
 
     init_ray(address)
     plan = plan_resources(ray.available_resources(), workers, gpus_per_worker, use_cpu)
@@ -242,15 +264,17 @@ def fit_ray(
         tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config)
     log(f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, storage {redact(storage)}")
     train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
-    trainer = build_trainer(config, plan, train_ds, val_ds, bool(labels), name, storage, tracker)
+    trainer = build_trainer(config, plan, train_ds, val_ds, bool(labels), name, storage, tracker, data_bytes=decoded_bytes(files, config.data))
     with closes_on_error(tracker):
         result = trainer.fit()
     best, last, history = export_results(result, config, out, tracker, log)
     return RayFitResult(name, str(result.path), best, last, history, tracker.run_id if tracker else None, tracker.uri if tracker else None)
 
 
-def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, labeled: bool, name: str, storage: str, tracker, callbacks=()):
-    """The Ray Train TorchTrainer of one training run (also one Tune trial of a sweep)."""
+def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, labeled: bool, name: str, storage: str, tracker, callbacks=(), data_bytes: int = 0):
+    """The Ray Train TorchTrainer of one training run (also one Tune trial of a sweep).
+
+    `data_bytes`: the decoded size of the data it trains on (for the GPU-resident decision)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -260,6 +284,7 @@ def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, label
             "run": config.to_dict(),
             "labeled": labeled,
             "cpus_per_worker": plan.cpus_per_worker,
+            "data_bytes": int(data_bytes),
             "mlflow_uri": tracker.uri if tracker else None,
             "mlflow_run_id": tracker.run_id if tracker else None,
         },

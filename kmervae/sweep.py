@@ -157,7 +157,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: bool, plan, train_ds, val_ds, parent_run_id, mlflow_uri, extra) -> None:
+def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: bool, plan, train_ds, val_ds, parent_run_id, mlflow_uri, extra, data_bytes: int = 0) -> None:
     """One Tune trial: build its config from the sampled overrides and run Ray Train on it."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -172,7 +172,7 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
     tracker = None
     if mlflow_uri:  # with the tracking server down, the run is made later (the driver backfills it)
         tracker = _trial_run(sweep_cfg, trial_id, mlflow_uri, parent_run_id, config, tune_config)
-    trainer = build_trainer(config, plan, train_ds, val_ds, labeled, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()])
+    trainer = build_trainer(config, plan, train_ds, val_ds, labeled, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()], data_bytes=data_bytes)
     try:
         trainer.fit()
     except BaseException as err:
@@ -228,7 +228,7 @@ def run_sweep(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from kmervae.ray_data import build_datasets, label_vocabulary
+    from kmervae.ray_data import build_datasets, decoded_bytes, label_vocabulary
     from kmervae.ray_engine import init_ray, plan_resources
 
     labels = label_vocabulary(files)
@@ -262,7 +262,7 @@ def run_sweep(
         tune.with_parameters(
             run_trial, base=base.to_dict(), sweep=asdict(sweep), labeled=bool(labels), plan=plan,
             train_ds=train_ds, val_ds=val_ds, parent_run_id=tracker.run_id if tracker else None,
-            mlflow_uri=tracker.uri if tracker else None, extra={},
+            mlflow_uri=tracker.uri if tracker else None, extra={}, data_bytes=decoded_bytes(files, base.data),
         ),
         {"cpu": TRIAL_CPUS},
     )

@@ -94,6 +94,7 @@ def test_rerunning_the_same_name_resumes_and_continues_the_mlflow_run(two_worker
 
 
 def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path):
+    from mlflow import MlflowClient
     from ray.util.state import list_actors
 
     storage = tmp_path / "storage"
@@ -114,11 +115,20 @@ def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path):
     killer.start()
     result = fit_ray(
         example_features, tiny(4), workers=2, use_cpu=True, name="killed", storage=storage,
-        experiment=None, log=lambda line: None,
+        mlflow_dir=tmp_path, log=lambda line: None,
     )
     killer.join(timeout=5)
     assert killed, "no worker was killed: the test did not exercise recovery"
-    assert [m["epoch"] for m in result.history] == [0, 1, 2, 3]
+    assert [m["epoch"] for m in result.history] == [0, 1, 2, 3]  # no epoch counted twice
+    # One MLflow run, finished, with every epoch's metrics logged exactly once.
+    client = MlflowClient(result.mlflow_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    for key in ("val/loss", "train/loss", "val/knn_acc"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2, 3], key
+    last = client.get_metric_history(run.info.run_id, "val/loss")
+    assert {m.step: m.value for m in last}[3] == pytest.approx(result.history[3]["val/loss"])
 
 
 def test_impossible_resource_requests_fail_at_once():
