@@ -7,9 +7,13 @@ Runs on the ten shared genomes cut into 5 kb contigs (about 28 Mbp):
 - e2e:    FASTA.gz -> parquet dataset, in-process, after a warm-up (steady-state throughput);
 - cli:    the same as a fresh `kmervae featurize` process (includes imports and numba's cache load);
 - scale:  with --scale-gbp X, a plain FASTA of X Gbp (the genomes repeated under new ids) through
-          the CLI with 1 and 2 workers, reporting wall time and the peak memory of the process tree.
+          the CLI with 1 and 2 workers, reporting wall time and the peak memory of the process tree;
+- vamb:   when VAMB is installed (here, or in the interpreter given by --vamb-python), VAMB's
+          composition step (`vamb.parsecontigs.Composition.from_file`: tetranucleotide
+          frequencies) and kmervae's in-process featurizer on the same plain FASTA of the 5 kb
+          fragments, side by side in one run.
 
-    .venv/bin/python bench/featurize.py [--genomes DIR] [--repeat 5] [--scale-gbp 1.0]
+    .venv/bin/python bench/featurize.py [--genomes DIR] [--repeat 5] [--scale-gbp 1.0] [--vamb-python PY]
 
 Prints a table; copy it into bench/RESULTS.md with the date, machine and commit.
 """
@@ -141,11 +145,60 @@ def make_big_fasta(files: list[Path], path: Path, gbp: float) -> int:
     return written
 
 
+VAMB_SNIPPET = """
+import sys, time
+from vamb.parsecontigs import Composition
+path = sys.argv[1]
+best = None
+for _ in range(int(sys.argv[2])):
+    with open(path, "rb") as handle:
+        started = time.perf_counter()
+        comp = Composition.from_file(handle, path, minlength=1000)
+        seconds = time.perf_counter() - started
+    best = seconds if best is None else min(best, seconds)
+print(best, comp.nseqs, comp.matrix.shape[1])
+"""
+
+
+def write_fragments(files: list[Path], path: Path) -> int:
+    """The 5 kb fragments (the tail kept when >= 1 kb) as one plain FASTA; returns bases written."""
+    written = 0
+    with open(path, "w") as fh:
+        for f in files:
+            for record in dnaio.open(f):
+                seq = record.sequence
+                for lo in range(0, len(seq), FRAGMENT):
+                    piece = seq[lo : lo + FRAGMENT]
+                    if len(piece) >= 1000:
+                        fh.write(f">{record.name.split()[0]}:{lo + 1}-{lo + len(piece)}\n{piece}\n")
+                        written += len(piece)
+    return written
+
+
+def bench_vamb(files: list[Path], tmp: Path, python: str, repeat: int) -> list[tuple[str, str, str]]:
+    """VAMB's composition and kmervae on the same fragments, side by side."""
+    fragments = tmp / "fragments.fa"
+    bases = write_fragments(files, fragments)
+    run = subprocess.run([python, "-c", VAMB_SNIPPET, str(fragments), str(repeat)], capture_output=True, text=True)
+    if run.returncode != 0:
+        return [("vamb composition", "n/a", f"VAMB not usable with {python}: {run.stderr.strip().splitlines()[-1][:120]}")]
+    seconds, nseqs, dims = run.stdout.split()
+    version = subprocess.run([python, "-c", "import vamb; print(vamb.__version__)"], capture_output=True, text=True).stdout.strip()
+    settings = FeaturizeSettings(min_length=1000, workers=1, overwrite=True)
+    featurize([fragments], tmp / "frag-warm", settings, progress=False)
+    ours = best_of(repeat, lambda: featurize([fragments], tmp / "frag", settings, progress=False))
+    return [
+        (f"vamb {version} composition (TNF, {dims} dims)", f"{bases / 1e6 / float(seconds):.0f} Mbp/s", f"{float(seconds):.3f} s, {nseqs} contigs"),
+        ("kmervae on the same fragments (7+4+3-mers + GC)", f"{bases / 1e6 / ours:.0f} Mbp/s", f"{ours:.3f} s; {float(seconds) / ours:.2f}x VAMB's speed"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--genomes", type=Path, default=REPO.parent / "shared" / "genomes")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--scale-gbp", type=float, default=0.0, help="also run a plain FASTA of this many Gbp")
+    parser.add_argument("--vamb-python", default=sys.executable, help="an interpreter with VAMB installed (default: this one)")
     args = parser.parse_args()
     files = sorted(args.genomes.glob("*.fna.gz"))
     if not files:
@@ -164,6 +217,7 @@ def main() -> None:
         cli_args = ["featurize", *map(str, files), "-o", str(tmp / "cli"), "--fragment-length", str(FRAGMENT), "--label-from-filename", "--quiet"]
         wall, peak, _ = run_cli([*cli_args, "--workers", "1"])
         rows.append(("cli fresh process, 1 worker", f"{bases / 1e6 / wall:.0f} Mbp/s", f"{wall:.2f} s wall, peak RSS {peak / 2**20:.0f} MiB"))
+        rows += bench_vamb(files, tmp, args.vamb_python, args.repeat)
         if args.scale_gbp:
             big = tmp / "big.fa"
             big_bases = make_big_fasta(files, big, args.scale_gbp)

@@ -112,7 +112,7 @@ def train_epoch(
         raise TrainingDiverged(
             f"training loss became {loss}; lower train.lr, raise train.grad_clip protection, or check the features"
         )
-    return {"train/loss": loss, "samples_per_s": samples / seconds, "data_wait_s": data_wait}
+    return {"train/loss": loss, "samples_per_s": samples / seconds, "data_wait_s": data_wait, "train_s": seconds}
 
 
 @torch.no_grad()

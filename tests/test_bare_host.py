@@ -29,3 +29,23 @@ def test_training_needs_only_torch_numpy_pyarrow(tmp_path, example_features):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ok 1" in result.stdout and "model.png not drawn" in result.stdout
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "model.txt").exists()
+
+
+def test_gpu_check_runs_on_the_cpu_and_reports_every_measure(example_features):
+    """bench/gpu_check.sh --cpu: the GPU script's own checks, so it is known to work before it meets a GPU."""
+    import os
+    import re
+
+    run = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--features", str(example_features)],
+        capture_output=True, text=True, cwd=REPO, timeout=600, env=dict(os.environ, PYTHON=sys.executable),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = run.stdout[run.stdout.rindex("\n\n") :]  # the table printed last
+    bf16 = re.search(r"bf16 vs fp32: recon / mu / loss rel err\s+(\S+) / (\S+) / (\S+)", table)
+    fp32 = re.search(r"fp32 vs fp64: recon / mu / loss rel err\s+(\S+) / (\S+) / (\S+)", table)
+    assert bf16 and fp32, table
+    assert all(float(x) < 5e-2 for x in bf16.groups()) and all(float(x) < 1e-4 for x in fp32.groups())
+    rates = re.findall(r"^(core|engine) .*?([\d,]+) samples/s", table, flags=re.M)
+    assert len(rates) == 5 and all(int(r.replace(",", "")) > 0 for _, r in rates), table  # 2 core modes, 3 engine epochs
+    assert "uint16" in table and "fit_local tiny bf16" in table and "checkpoint reload" in table

@@ -15,7 +15,7 @@ from kmervae.errors import ConfigError
 from kmervae.model import BranchedVAE
 from tests.test_model import random_batch
 
-TIMING = {"samples_per_s", "data_wait_s"}
+TIMING = {"samples_per_s", "data_wait_s", "train_s"}
 
 
 def tiny_config(epochs: int = 4) -> RunConfig:
