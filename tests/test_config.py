@@ -37,6 +37,9 @@ def test_defaults_and_presets_are_valid():
         (TrainConfig, {"min_lr": 0.1, "lr": 0.01}, r"train.min_lr=0.1 is invalid: expected a number in \[0, train.lr=0.01\]"),
         (TrainConfig, {"precision": "fp16"}, "train.precision='fp16' is invalid: expected fp32 or bf16"),
         (TrainConfig, {"device": "tpu"}, "train.device='tpu'"),
+        (TrainConfig, {"lr_scaling": "cubic"}, "train.lr_scaling='cubic' is invalid: expected sqrt, linear or none"),
+        (TrainConfig, {"lr_reference_batch": 0}, r"train.lr_reference_batch=0 is invalid: expected an integer >= 1"),
+        (TrainConfig, {"resident": "yes"}, "train.resident='yes' is invalid: expected auto, on or off"),
         (DataConfig, {"val_fraction": 1.0}, r"data.val_fraction=1.0 is invalid: expected a number in \(0, 1\)"),
         (DataConfig, {"max_samples": 2}, "data.max_samples=2"),
     ],
@@ -106,3 +109,11 @@ def test_beta_warmup_is_linear():
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ModelConfig().latent_dim = 3
+
+
+def test_learning_rate_follows_the_batch_size():
+    assert TrainConfig(lr=1e-3, batch_size=256).effective_lr == pytest.approx(1e-3)
+    assert TrainConfig(lr=1e-3, batch_size=1024).effective_lr == pytest.approx(2e-3)  # sqrt(4)
+    assert TrainConfig(lr=1e-3, batch_size=1024, lr_scaling="linear").effective_lr == pytest.approx(4e-3)
+    assert TrainConfig(lr=1e-3, batch_size=8192, lr_scaling="none").effective_lr == pytest.approx(1e-3)
+    assert TrainConfig(lr=1e-3, batch_size=512, lr_reference_batch=512).effective_lr == pytest.approx(1e-3)

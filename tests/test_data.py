@@ -61,3 +61,20 @@ def test_too_few_contigs_is_an_error(tmp_path):
     featurize([tmp_path / "a.fa"], tmp_path / "f")
     with pytest.raises(InputError, match="1 contigs give .* for training and .* for validation"):
         load_splits(tmp_path / "f", DataConfig())
+
+
+def test_resident_batches_cover_every_row_once_and_keep_counts_compact():
+    from kmervae.data import CountBatch, TensorData, use_resident
+
+    n = 103
+    counts = torch.arange(n * 4, dtype=torch.int64).reshape(n, 4).to(torch.uint16)
+    data = TensorData(CountBatch(torch.arange(n), torch.zeros(n), counts, counts[:, :2], counts[:, :1]), np.arange(n), None)
+    moved = data.to(torch.device("cpu"))
+    assert moved.batch.kmer7.dtype == torch.uint16  # gathered by index on this device: kept as is
+    generator = torch.Generator().manual_seed(3)
+    batches = list(moved.batches(10, generator=generator, drop_last=True))
+    assert len(batches) == 10 and all(len(b.length) == 10 for b in batches)  # the short tail is dropped
+    seen = torch.cat([b.length for b in batches])
+    assert len(set(seen.tolist())) == 100  # a permutation: no row twice
+    assert all(torch.equal(b.kmer7.long()[:, 0], b.length * 4) for b in batches)  # rows stay aligned
+    assert not use_resident("on", torch.device("cpu"), 1 << 40)  # CPU data is in memory already

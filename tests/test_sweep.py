@@ -101,6 +101,16 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val/loss"))
         assert steps == list(range(len(steps))) and 1 <= len(steps) <= 2, steps
         assert child.info.status == "FINISHED"
+    # Optuna's history survived the kill: its study holds every trial, told once, with the
+    # same parameters the trials trained with (as MLflow recorded them).
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(tmp_path / "sweeps" / "cut" / "tune"))
+    told = [t for t in searcher._ot_study.trials if t.state.is_finished()]
+    assert len(told) == 3, [t.state for t in searcher._ot_study.trials]
+    for key in ("train.lr", "model.latent_dim"):
+        assert sorted(float(t.params[key]) for t in told) == pytest.approx(sorted(float(c.data.params[key]) for c in children))
 
 
 def diverging_space(trial):
