@@ -196,10 +196,11 @@ class Outbox:
         self.last_failure = None
         return True
 
-    def close(self) -> str | None:
-        """Last attempt; returns a report of any gap (None when everything arrived on time)."""
+    def close(self) -> list[str]:
+        """Last attempt; returns report lines: 'warning: ...' for a gap, 'note: ...' for epochs
+        backfilled from the checkpoint (routine when ASHA stops a trial); [] when all went on time."""
         self.flush()
-        notes = []
+        notes: list[str] = []
         if self.pending:
             values = sum(len(op.get("metrics", [])) for op in self.pending)
             where = "they are lost (no fallback file)"
@@ -209,15 +210,15 @@ class Outbox:
                     for op in self.pending:
                         file.write(json.dumps(op) + "\n")
                 where = f"saved to {self.fallback}; send them later with: kmervae mlflow-sync {self.fallback}"
-            notes.append(f"MLflow at {redact(self.uri)} is unreachable: {len(self.pending)} call(s) ({values} metric values) not logged; {where}")
+            notes.append(f"warning: MLflow at {redact(self.uri)} is unreachable: {len(self.pending)} call(s) ({values} metric values) not logged; {where}")
             self.pending = []
         elif self.sent_late:
-            notes.append(f"MLflow at {redact(self.uri)} was unreachable for {self.outage_seconds:.0f} s; {self.sent_late} call(s) were buffered and sent late, none lost")
-        if self.backfilled:
-            notes.append(f"{self.backfilled} epoch(s) the training worker could not log to MLflow were logged from the checkpoint's history")
+            notes.append(f"warning: MLflow at {redact(self.uri)} was unreachable for {self.outage_seconds:.0f} s; {self.sent_late} call(s) were buffered and sent late, none lost")
         if self.dropped:
-            notes.append(f"MLflow refused {len(self.dropped)} call(s): {'; '.join(self.dropped[:3])}")
-        return "; ".join(notes) or None
+            notes.append(f"warning: MLflow refused {len(self.dropped)} call(s): {'; '.join(self.dropped[:3])}")
+        if self.backfilled:
+            notes.append(f"note: logged {self.backfilled} epoch(s) to MLflow from the checkpoint's history (the training worker had not sent them)")
+        return notes
 
 
 def sync_file(path: str | Path, uri: str | None = None) -> tuple[int, int]:
@@ -367,15 +368,15 @@ class Tracker:
         """Upload a folder's contents under `artifact_path`."""
         self.outbox.send({"op": "log_artifacts", **self._ref(), "path": str(Path(folder).absolute()), "artifact_path": artifact_path})
 
-    def finish(self, status: str = "FINISHED", fallback: str | Path | None = None, log=None) -> str | None:
-        """Mark the run FINISHED, FAILED or KILLED. Calls still unsent go to `fallback`; the gap
-        report (None: nothing lost or late) is returned and passed to `log`."""
+    def finish(self, status: str = "FINISHED", fallback: str | Path | None = None, log=None) -> list[str]:
+        """Mark the run FINISHED, FAILED or KILLED. Calls still unsent go to `fallback`; the
+        outbox's report lines (a gap, epochs backfilled) are returned and passed to `log`."""
         self.outbox.send({"op": "set_terminated", **self._ref(), "status": status})
         if fallback is not None:
             self.outbox.fallback = Path(fallback)
         report = self.outbox.close()
-        if report and log is not None:
-            log(f"warning: {report}")
+        for line in report if log is not None else ():
+            log(line)
         return report
 
     def register(self, artifact_path: str, name: str, alias: str | None, tags: Mapping[str, str] | None = None) -> str | None:
