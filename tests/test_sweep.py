@@ -75,7 +75,7 @@ def test_smoke_sweep_end_to_end(tmp_path, example_features, monkeypatch):
     assert export("models:/kmervae-encoder@champion", "onnx", tmp_path / "champion.onnx").exists()
 
 
-def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features):
+def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features, monkeypatch):
     args = ["--smoke-test", "--samples", "3", "--data", str(example_features), "--name", "cut", "--storage", "sweeps", "--register-as", ""]
     proc = sweep_script(*args, cwd=tmp_path, start_new_session=True)
     trials = tmp_path / "sweeps" / "cut" / "trials"
@@ -103,8 +103,16 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
         assert child.info.status == "FINISHED"
     # Optuna's history survived the kill: its study holds every trial, told once, with the
     # same parameters the trials trained with (as MLflow recorded them).
+    import importlib.util
+
     from ray.tune.search.optuna import OptunaSearch
 
+    # The saved searcher refers to the script's space function as __main__.space.
+    spec = importlib.util.spec_from_file_location("latent_sweep_script", REPO / "sweeps" / "latent_sweep.py")
+    monkeypatch.syspath_prepend(str(REPO / "sweeps"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys.modules["__main__"], "space", script.space, raising=False)
     searcher = OptunaSearch()
     searcher.restore_from_dir(str(tmp_path / "sweeps" / "cut" / "tune"))
     told = [t for t in searcher._ot_study.trials if t.state.is_finished()]
