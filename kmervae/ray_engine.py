@@ -31,7 +31,7 @@ from kmervae.feature_table import dataset_files
 from kmervae.metrics import knn_accuracy
 from kmervae.model import BranchedVAE
 from kmervae.redact import redact
-from kmervae.storage import check_writable, local_outputs
+from kmervae.storage import check_writable, is_uri, local_outputs
 from kmervae.storage import normalize as normalize_storage
 from kmervae.tracking import OUTBOX_FILE, Outbox, check_reachable, closes_on_error, metrics_op, tracking_uri
 
@@ -247,9 +247,14 @@ def fit_ray(
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
     out = Path(out_dir).absolute() if out_dir else local_outputs(storage, name, "outputs")
-    need = CHECKPOINT_COPIES * checkpoint_bytes(config)
-    check_writable(storage, need)  # a read-only or full disk fails now, not at the first checkpoint
-    check_writable(out, need)
+    # A read-only or full disk fails now, not at the first checkpoint: Ray keeps the best and
+    # latest (and writes the next), and best.pt and last.pt are copied out at the end.
+    size = checkpoint_bytes(config)
+    if is_uri(storage) or not out.is_relative_to(storage):
+        check_writable(storage, 0 if is_uri(storage) else CHECKPOINT_COPIES * size)
+        check_writable(out, 2 * size)
+    else:
+        check_writable(storage, (CHECKPOINT_COPIES + 2) * size)
     if experiment:
         check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
     import ray

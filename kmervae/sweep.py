@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kmervae.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes
+from kmervae.checkpoint import checkpoint_bytes
 from kmervae.config import RunConfig, _check
 from kmervae.errors import ConfigError
 from kmervae.feature_table import DatasetFiles, dataset_files
 from kmervae.redact import redact
-from kmervae.storage import check_writable, exists, join, list_names, local_outputs, normalize
+from kmervae.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
 from kmervae.tracking import OUTBOX_FILE, check_reachable, closes_on_error, tracking_uri
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
@@ -240,10 +240,15 @@ def run_sweep(
         raise ConfigError(f"--resume: no sweep '{sweep.name}' in {storage}; run it without --resume first")
     if not resume and exists(sweep_dir):
         raise ConfigError(f"a sweep '{sweep.name}' exists in {storage}; pass --resume to continue it or choose another --name")
-    # Every trial keeps its best and latest checkpoints: the whole sweep's worth must fit.
-    need = CHECKPOINT_COPIES * checkpoint_bytes(base) * sweep.num_samples
-    check_writable(storage, need)
-    check_writable(outputs, need // CHECKPOINT_COPIES)
+    # Every trial keeps its best and latest checkpoints in storage (plus one being written)
+    # and exports best.pt and last.pt to the outputs: the whole sweep's worth must fit.
+    size = checkpoint_bytes(base)
+    in_storage, in_outputs = size * (2 * sweep.num_samples + 1), size * 2 * sweep.num_samples
+    if is_uri(storage):
+        check_writable(storage)
+        check_writable(outputs, in_outputs)
+    else:
+        check_writable(storage, in_storage + in_outputs)  # the outputs live inside local storage
     if use_mlflow:
         check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
     init_ray(address)
