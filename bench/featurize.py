@@ -183,7 +183,7 @@ def bench_vamb(files: list[Path], tmp: Path, python: str, repeat: int) -> list[t
     if run.returncode != 0:
         return [("vamb composition", "n/a", f"VAMB not usable with {python}: {run.stderr.strip().splitlines()[-1][:120]}")]
     seconds, nseqs, dims = run.stdout.split()
-    version = subprocess.run([python, "-c", "import vamb; print(vamb.__version__)"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('vamb'))"], capture_output=True, text=True).stdout.strip()
     settings = FeaturizeSettings(min_length=1000, workers=1, overwrite=True)
     featurize([fragments], tmp / "frag-warm", settings, progress=False)
     ours = best_of(repeat, lambda: featurize([fragments], tmp / "frag", settings, progress=False))
