@@ -69,11 +69,17 @@ RESIDENT_SHARE = 0.5
 
 
 def use_resident(mode: str, device: torch.device, nbytes: int) -> bool:
-    """Whether data of `nbytes` should live on `device` for the whole run (train.resident)."""
+    """Whether data of `nbytes` should live on `device` for the whole run (train.resident).
+
+    `auto` chooses it on CUDA devices only (on the CPU the local engine's data is in memory
+    already, and Ray Data's streaming overlaps with compute); `on` forces it anywhere, e.g.
+    a Ray CPU worker then reads its shard once instead of every epoch."""
     from kmervae.errors import ConfigError
 
-    if mode == "off" or device.type != "cuda":
-        return False  # on the CPU the data is in memory already
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return False
+    if device.type != "cuda":
+        return True
     free, _ = torch.cuda.mem_get_info(device)
     if mode == "on" and nbytes > free:
         raise ConfigError(f"train.resident=on: the data needs {nbytes / 2**30:.1f} GiB, {device} has {free / 2**30:.1f} GiB free; use auto or off")

@@ -131,13 +131,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     distributed = dist.is_available() and dist.is_initialized() and world > 1
     all_reduce = dist.all_reduce if distributed else None
     labeled = loop_config["labeled"]
-    outbox = None
-    if rank == 0 and loop_config.get("mlflow_run_id"):
-        from mlflow import MlflowClient
-
-        # A tracking outage must not stop training: unsent epochs wait in the outbox, and
-        # the driver backfills any the worker never sent from the checkpoint's history.
-        outbox = Outbox(MlflowClient(tracking_uri=loop_config["mlflow_uri"]), loop_config["mlflow_uri"])
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     # GPU-resident mode: this worker's shard (about data_bytes / world) is read once through
@@ -190,14 +183,36 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-            # After the report, so each epoch is logged once: an epoch whose worker dies before
-            # its checkpoint is persisted is retrained, and logged, only then. An epoch reported
-            # but not logged (ASHA stopped the trial, the worker died) is logged by the driver
-            # from the checkpoint's history (`Tracker.sync_history`).
-            if outbox is not None:
-                outbox.send(metrics_op(loop_config["mlflow_run_id"], metrics, step=epoch))
         else:
             ray.train.report(metrics)
+
+
+def mlflow_epoch_logger(uri: str, run_id: str):
+    """A Ray Train callback on the controller that logs each epoch's metrics to MLflow when
+    the epoch's report (and checkpoint) is registered, the point a restart resumes from.
+
+    Logged there, an epoch reaches MLflow exactly once: an epoch whose workers die before
+    their report is registered is retrained and logged then, never twice. Calls go through
+    an `Outbox` (a tracking outage does not stop training); epochs it could not send, or
+    that an ASHA stop or a dead controller cut off, are logged by the driver at the end from
+    the checkpoint's history (`Tracker.sync_history`).
+    """
+    from ray.train import UserCallback
+
+    class MlflowEpochLogger(UserCallback):  # defined here: importing this module needs no Ray
+        def __init__(self):
+            self.outbox = None  # made in the controller process, where the callback runs
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if not metrics or "epoch" not in metrics[0]:
+                return
+            if self.outbox is None:
+                from mlflow import MlflowClient
+
+                self.outbox = Outbox(MlflowClient(tracking_uri=uri), uri)
+            self.outbox.send(metrics_op(run_id, metrics[0], step=int(metrics[0]["epoch"])))
+
+    return MlflowEpochLogger()
 
 
 def _gather(mu: torch.Tensor | None, labels: torch.Tensor, distributed: bool, world: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,8 +305,6 @@ def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, label
             "labeled": labeled,
             "cpus_per_worker": plan.cpus_per_worker,
             "data_bytes": int(data_bytes),
-            "mlflow_uri": tracker.uri if tracker else None,
-            "mlflow_run_id": tracker.run_id if tracker else None,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers,
@@ -305,7 +318,7 @@ def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, label
                 num_to_keep=1, checkpoint_score_attribute="val/loss", checkpoint_score_order="min"
             ),  # keeps the best by val/loss; Ray always keeps the latest too
             failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, *([mlflow_epoch_logger(tracker.uri, tracker.run_id)] if tracker and tracker.run_id else [])],
         ),
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,13 @@ def no_outside_servers(monkeypatch):
     """Tests use their own local stores and clusters, never a server the developer's shell points at."""
     for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_ray_cluster_per_module():
+    """A module whose code started Ray in this process (fit_ray, run_sweep) stops it at its end:
+    the next module may start its own cluster (ray.init twice fails), or a separate one."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -77,4 +77,5 @@ def test_resident_batches_cover_every_row_once_and_keep_counts_compact():
     seen = torch.cat([b.length for b in batches])
     assert len(set(seen.tolist())) == 100  # a permutation: no row twice
     assert all(torch.equal(b.kmer7.long()[:, 0], b.length * 4) for b in batches)  # rows stay aligned
-    assert not use_resident("on", torch.device("cpu"), 1 << 40)  # CPU data is in memory already
+    assert not use_resident("auto", torch.device("cpu"), 1)  # auto: CUDA only
+    assert use_resident("on", torch.device("cpu"), 1) and not use_resident("off", torch.device("cpu"), 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -157,3 +158,16 @@ def test_a_foreign_parquet_is_refused_before_any_worker_starts(tmp_path, example
     with pytest.raises(InputError, match="not a kmervae feature file"):
         fit_ray(bad, tiny(1), workers=1, use_cpu=True, storage=tmp_path, experiment=None)
     assert ray.is_initialized() == was_running  # refused before Ray was even started
+
+
+def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, example_features):
+    """train.resident=on: each worker reads its shard once and shuffles it itself; the
+    contigs it trains and validates on are the streamed run's, epoch after epoch."""
+    root, streamed = two_worker_run
+    config = tiny(2).with_overrides(["train.resident=on"])
+    resident = fit_ray(example_features, config, workers=2, use_cpu=True, name="resident", storage=root / "storage", experiment=None, log=lambda line: None)
+    assert [m["epoch"] for m in resident.history] == [0, 1]
+    for a, b in zip(resident.history, streamed.history):
+        assert a["val/frac_present"] == pytest.approx(b["val/frac_present"], rel=1e-12)  # a property of the data alone
+        assert round(a["samples_per_s"] * a["train_s"]) == round(b["samples_per_s"] * b["train_s"])  # samples trained
+        assert math.isfinite(a["train/loss"]) and a["train/loss"] != b["train/loss"]  # its own shuffle
