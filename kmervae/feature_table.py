@@ -7,6 +7,7 @@ without loading them. Both say exactly what is wrong with a foreign or corrupt d
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -88,8 +89,15 @@ def check_values(file: Path) -> None:
 
     Counts are unsigned by the schema, so GC and length are the only columns that can
     hold NaN, infinities or negatives (from a foreign writer); the model would turn them
-    into NaN losses far from their cause, so they are named here by contig id.
+    into NaN losses far from their cause, so they are named here by contig id. A file is
+    scanned once per process while it is unchanged (every reader calls dataset_files).
     """
+    stat = Path(file).stat()
+    _check_values(Path(file), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_values(file: Path, mtime_ns: int, size: int) -> None:
     import pyarrow.compute as pc
 
     table = pq.read_table(file, columns=["length", "gc"])
