@@ -77,3 +77,24 @@ def test_credentials_never_reach_mlflow_or_the_terminal(tmp_path, monkeypatch, c
     with pytest.raises(ConfigError) as err:
         Tracker("x", uri="https://alice:hunter2-pw@127.0.0.1:9/")
     assert "hunter2-pw" not in str(err.value) and "https://alice:***@127.0.0.1:9/" in str(err.value)
+
+
+def test_mlflow_sync_errors_are_one_line_and_keep_the_file(tmp_path, monkeypatch, capsys):
+    import json
+
+    from kmervae.cli import main
+
+    assert main(["mlflow-sync", str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl: no such MLflow outbox file" in capsys.readouterr().err
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("{not json\n")
+    assert main(["mlflow-sync", str(junk)]) == 2
+    assert "junk.jsonl: not an MLflow outbox file" in capsys.readouterr().err
+    outbox = tmp_path / "mlflow-outbox.jsonl"
+    op = {"op": "log_batch", "run_id": "0" * 32, "metrics": [["val/loss", 1.0, 0, 0]]}
+    outbox.write_text(json.dumps(op) + "\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on port 9
+    assert main(["mlflow-sync", str(outbox)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 call(s) could not be sent (is the server up?); they stay in" in err[0], err
+    assert json.loads(outbox.read_text()) == op  # kept for the next try
