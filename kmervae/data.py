@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from kmervae.config import DataConfig
-from kmervae.errors import InputError
+from kmervae.errors import ConfigError, InputError
 from kmervae.feature_table import FeatureTable
 
 _HASH_SCALE = float(2**64)
@@ -62,7 +62,6 @@ def torch_counts(counts: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(counts, dtype=kept[np.dtype(counts.dtype).newbyteorder("=")])
 
 
-RESIDENT_MODES = ("auto", "on", "off")
 RESIDENT_SHARE = 0.5
 """`auto` keeps data on the GPU when it takes at most this share of the free GPU memory
 (the rest is for the model, optimiser state and activations)."""
@@ -74,8 +73,6 @@ def use_resident(mode: str, device: torch.device, nbytes: int) -> bool:
     `auto` chooses it on CUDA devices only (on the CPU the local engine's data is in memory
     already, and Ray Data's streaming overlaps with compute); `on` forces it anywhere, e.g.
     a Ray CPU worker then reads its shard once instead of every epoch."""
-    from kmervae.errors import ConfigError
-
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return False
     if device.type != "cuda":

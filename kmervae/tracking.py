@@ -107,11 +107,22 @@ def resolve_run(client, spec: Mapping[str, Any]) -> str:
     Calls of a run that could not be created while the store was down carry this spec
     instead of a run id, so the run is made (or a run of a trial found again) on replay.
     """
-    found = client.get_experiment_by_name(spec["experiment"])
-    experiment_id = found.experiment_id if found else client.create_experiment(spec["experiment"], artifact_location=default_artifact_root(client.tracking_uri))
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in spec["tags"].items())
+    experiment_id = experiment_id_of(client, spec["experiment"])
+    found = find_run(client, experiment_id, spec["tags"])
+    return found or client.create_run(experiment_id, run_name=spec.get("name"), tags=dict(spec["tags"])).info.run_id
+
+
+def experiment_id_of(client, name: str) -> str:
+    """The id of experiment `name`, created (artifacts beside a local store) when missing."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found is not None else client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
+
+
+def find_run(client, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """The id of a run of the experiment whose tags equal `tags`, or None."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
-    return runs[0].info.run_id if runs else client.create_run(experiment_id, run_name=spec.get("name"), tags=dict(spec["tags"])).info.run_id
+    return runs[0].info.run_id if runs else None
 
 
 def execute(client, op: Mapping[str, Any]) -> int:
@@ -315,13 +326,8 @@ class Tracker:
         previous = None
         try:
             with impatient_http():
-                found = self.client.get_experiment_by_name(experiment)
-                self.experiment_id = (
-                    found.experiment_id
-                    if found is not None
-                    else self.client.create_experiment(experiment, artifact_location=default_artifact_root(self.uri))
-                )
-                previous = self._find(all_tags) if resume and all_tags else None
+                self.experiment_id = experiment_id_of(self.client, experiment)
+                previous = find_run(self.client, self.experiment_id, all_tags) if resume and all_tags else None
                 if previous is not None:
                     self.run_id = previous
                     self.client.update_run(previous, status="RUNNING")
@@ -337,11 +343,6 @@ class Tracker:
     def _ref(self) -> dict:
         """How an outbox call names this run: its id, or (created while the store was down) its spec."""
         return {"run_id": self.run_id} if self.run_id else {"run_id": None, "run": self.run_spec}
-
-    def _find(self, tags: Mapping[str, str]) -> str | None:
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
-        return runs[0].info.run_id if runs else None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters (flattened, credentials masked) in batches of MLflow's limit."""
