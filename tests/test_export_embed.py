@@ -16,7 +16,7 @@ from kmervae.checkpoint import load_checkpoint
 from kmervae.config import PRESETS, RunConfig
 from kmervae.embed import decode_batch, embed, read_embeddings
 from kmervae.engine import fit_local
-from kmervae.errors import InputError, InputNotFoundError, OutputError
+from kmervae.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from kmervae.evaluate import evaluate, format_table, score
 from kmervae.export import Encoder, export
 from kmervae.feature_table import dataset_files
@@ -208,6 +208,10 @@ def test_evaluation_is_logged_to_an_mlflow_run(exported, example_features, tmp_p
         log_to_mlflow(result, "0" * 32, tmp_path / "eval.json")
     with pytest.raises(InputError, match="has no checkpoints/best.pt artifact"):
         download_checkpoint(tracker.run_id, tmp_path / "nothing")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on port 9
+    with pytest.raises(ConfigError, match=r"--mlflow-run: MLflow at http://127.0.0.1:9 is unreachable; the scores are in .*eval.json"):
+        log_to_mlflow(result, tracker.run_id, tmp_path / "eval.json")
+    assert (tmp_path / "eval.json").exists()  # the scores are kept
 
 
 def test_unlabeled_embeddings_get_silhouette_and_active_units(exported, example_features, tmp_path):
