@@ -28,12 +28,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kmervae.config import RunConfig, preset  # noqa: E402
-from kmervae.engine import fit_local  # noqa: E402
-from kmervae.evaluate import baselines, format_table, score  # noqa: E402
-from kmervae.export import Encoder  # noqa: E402
-from kmervae.feature_table import FeatureTable, dataset_files  # noqa: E402
-from kmervae.checkpoint import load_checkpoint  # noqa: E402
+from kmervae.core.config import RunConfig, preset  # noqa: E402
+from kmervae.core.engine import fit_local  # noqa: E402
+from kmervae.apply.evaluate import baselines, format_table, score  # noqa: E402
+from kmervae.apply.export import Encoder  # noqa: E402
+from kmervae.core.feature_table import FeatureTable, dataset_files  # noqa: E402
+from kmervae.core.checkpoint import load_checkpoint  # noqa: E402
 
 HELD_OUT = ["Chlamydia_trachomatis", "Helicobacter_pylori_G27", "Methanobrevibacter_ruminantium_M1", "Staphylococcus_aureus_N315"]
 

@@ -25,8 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kmervae.config import PRESETS, RunConfig  # noqa: E402
-from kmervae.sweep import SweepConfig, run_sweep  # noqa: E402
+from kmervae.core.config import PRESETS, RunConfig  # noqa: E402
+from kmervae.distributed.sweep import SweepConfig, run_sweep  # noqa: E402
 
 
 def space(trial) -> None:
@@ -72,7 +72,7 @@ def main() -> None:
     base = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=2", "train.batch_size=64", "data.max_samples=400"])
 
     # The same trial trained by the local engine in this process: the compute a trial needs.
-    from kmervae.engine import fit_local
+    from kmervae.core.engine import fit_local
 
     started = time.perf_counter()
     fit_local(features, base, work / "local", log=lambda line: None)

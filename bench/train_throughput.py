@@ -26,8 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kmervae.config import RunConfig, preset  # noqa: E402
-from kmervae.engine import fit_local  # noqa: E402
+from kmervae.core.config import RunConfig, preset  # noqa: E402
+from kmervae.core.engine import fit_local  # noqa: E402
 
 
 def featurize_genomes(genomes: Path, out: Path) -> Path:
@@ -57,7 +57,7 @@ def main() -> None:
         engines = args.engines.split(",")
         ray_start = float("nan")
         if any(e.startswith("ray") for e in engines):
-            from kmervae.ray_engine import fit_ray, init_ray
+            from kmervae.distributed.ray_engine import fit_ray, init_ray
 
             started = time.perf_counter()
             init_ray(None)

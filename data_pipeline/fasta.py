@@ -22,7 +22,7 @@ import numpy as np
 import xopen
 
 from data_pipeline.kmer_counter import BASE_CLASS, first_invalid_byte
-from kmervae.errors import InputError, InputNotFoundError
+from kmervae.core.errors import InputError, InputNotFoundError
 
 _MAGIC = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zst"}
 FASTA_SUFFIXES = (".fasta", ".fas", ".fa", ".fna", ".ffn", ".frn", ".fsa", ".fastq", ".fq", ".seq")

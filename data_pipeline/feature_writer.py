@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from data_pipeline.contigs import Batch, SkipCounts
 from data_pipeline.kmer_counter import KmerCounter
-from kmervae.errors import InputError, OutputError
-from kmervae.feature_contract import (
+from kmervae.core.errors import InputError, OutputError
+from kmervae.core.feature_contract import (
     KMER_COLUMNS,
     KMER_SIZES,
     N_BINS,
@@ -32,7 +32,7 @@ from kmervae.feature_contract import (
     encode_counts,
     narrowest_count_dtype,
 )
-from kmervae.feature_table import MANIFEST_NAME, part_name
+from kmervae.core.feature_table import MANIFEST_NAME, part_name
 
 # zstd level 1: k-mer counts compress about 6x at ~1 GB/s; higher levels gain a few
 # percent for several times the write time (bench/RESULTS.md).

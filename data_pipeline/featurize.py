@@ -24,8 +24,8 @@ from data_pipeline.fasta import FastaReader, check_readable, record_line
 from data_pipeline.feature_writer import PartResult, StagedDataset, write_part
 from data_pipeline.labels import Labels
 from kmervae import __version__
-from kmervae.errors import ConfigError, InputError
-from kmervae.feature_contract import SCHEMA_VERSION
+from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.feature_contract import SCHEMA_VERSION
 
 AUTO_WORKERS_MIN_BYTES = 16 * 2**20
 """Inputs smaller than this are featurized in-process: starting workers costs more than it saves."""

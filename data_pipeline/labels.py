@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipeline.fasta import check_readable, file_stem
-from kmervae.errors import InputError
+from kmervae.core.errors import InputError
 
 _HEADER_IDS = {"seq_id", "contig_id", "record_id", "id", "sequence_id", "contig", "name", "#seq_id"}
 

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from kmervae import __version__
-from kmervae.errors import KmervaeError
-from kmervae.redact import redact
+from kmervae.core.errors import KmervaeError
+from kmervae.core.redact import redact
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -108,7 +108,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args: argparse.Namespace):
-    from kmervae.config import RunConfig, preset
+    from kmervae.core.config import RunConfig, preset
 
     config = RunConfig(model=preset(args.preset))
     if args.config is not None:
@@ -151,8 +151,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
-    from kmervae.feature_table import dataset_files
-    from kmervae.tracking import tracking_uri, ui_command
+    from kmervae.core.feature_table import dataset_files
+    from kmervae.tracking.tracker import tracking_uri, ui_command
 
     config = _run_config(args)
     if args.epochs is not None:
@@ -160,7 +160,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dataset_files(args.data)  # a bad dataset fails before anything starts
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     if args.engine == "ray":
-        from kmervae.ray_engine import fit_ray
+        from kmervae.distributed.ray_engine import fit_ray
 
         result = fit_ray(
             args.data, config, workers=args.workers, gpus_per_worker=args.gpus_per_worker, use_cpu=args.cpu,
@@ -171,8 +171,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             result.history, result.best_checkpoint, result.last_checkpoint, result.mlflow_run_id, result.mlflow_uri,
         )
     else:
-        from kmervae.engine import fit_local
-        from kmervae.tracking import Tracker
+        from kmervae.core.engine import fit_local
+        from kmervae.tracking.tracker import Tracker
 
         out = args.out or Path("runs") / name
         tracker = None
@@ -182,7 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         local = fit_local(args.data, config, out, tracker=tracker)
         history, best_path, last_path = local.history, local.best_checkpoint, local.last_checkpoint
         run_id, uri = (tracker.run_id, tracker.uri) if tracker else (None, None)
-    from kmervae.engine import best_epoch
+    from kmervae.core.engine import best_epoch
 
     best = best_epoch(history)
     print(f"trained   {len(history)} epochs; best val/loss {best['val/loss']:.4f} at epoch {int(best['epoch']) + 1}")
@@ -207,9 +207,9 @@ def _add_describe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
-    from kmervae.describe import draw_diagram, format_table
-    from kmervae.errors import ConfigError
-    from kmervae.model import BranchedVAE
+    from kmervae.apply.describe import draw_diagram, format_table
+    from kmervae.core.errors import ConfigError
+    from kmervae.core.model import BranchedVAE
 
     config = _run_config(args)
     if args.out is not None and args.out.suffix.lower() not in (".png", ".svg"):
@@ -236,7 +236,7 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from kmervae.best import best_runs, download_checkpoint, format_rows
+    from kmervae.apply.best import best_runs, download_checkpoint, format_rows
 
     rows = best_runs(args.experiment, args.sweep, args.metric, args.top)
     print(format_rows(rows, args.metric))
@@ -263,7 +263,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from kmervae.export import export, register
+    from kmervae.apply.export import export, register
 
     path = export(args.source, args.format, args.out, args.with_log_var)
     print(f"exported  {args.format} model to {path}")
@@ -289,7 +289,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from kmervae.embed import embed
+    from kmervae.apply.embed import embed
 
     summary = embed(args.model, args.features, args.out, args.batch_size, args.device, overwrite=args.overwrite)
     print(f"embedded  {summary.contigs:,} contigs into {summary.latent_dim} dimensions: {summary.out}")
@@ -312,7 +312,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from kmervae.evaluate import evaluate, format_table, log_to_mlflow, write_json
+    from kmervae.apply.evaluate import evaluate, format_table, log_to_mlflow, write_json
 
     result = evaluate(args.embeddings, args.labels_from_features)
     print(format_table(result))
@@ -338,9 +338,9 @@ def _add_mlflow_sync(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_mlflow_sync(args: argparse.Namespace) -> int:
-    from kmervae.errors import ConfigError
-    from kmervae.redact import redact
-    from kmervae.tracking import sync_file, tracking_uri
+    from kmervae.core.errors import ConfigError
+    from kmervae.core.redact import redact
+    from kmervae.tracking.tracker import sync_file, tracking_uri
 
     sent, left = sync_file(args.outbox)
     print(f"sent      {sent} call(s) to {redact(tracking_uri())}")

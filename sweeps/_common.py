@@ -2,7 +2,7 @@
 
 Each script in sweeps/ defines its search space (a define-by-run function that calls
 `trial.suggest_*`) and calls `sweep_main`. Parameters named `section.key` are settings
-(see kmervae/config.py); parameters without a dot are helpers of the space (a depth, say)
+(see kmervae/core/config.py); parameters without a dot are helpers of the space (a depth, say)
 and the space returns the settings it derives from them.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python sweeps/x.py` from a checkout or a Ray job's working dir
 
-from kmervae.errors import KmervaeError  # noqa: E402
-from kmervae.redact import redact  # noqa: E402
+from kmervae.core.errors import KmervaeError  # noqa: E402
+from kmervae.core.redact import redact  # noqa: E402
 
 SMOKE = {"samples": 3, "epochs": 2, "max_samples": 600, "batch_size": 64}
 
@@ -82,7 +82,7 @@ def default_data(storage: str) -> Path:
     """The bundled example genomes as 5 kb labelled contigs, featurized once (locally) for `storage`."""
     from data_pipeline.featurize import FeaturizeSettings, featurize
     from data_pipeline.labels import Labels
-    from kmervae.storage import local_outputs, normalize
+    from kmervae.core.storage import local_outputs, normalize
 
     out = local_outputs(normalize(storage), "examples-features")
     if not (out / "_kmervae_dataset.json").exists():
@@ -101,9 +101,9 @@ def sweep_main(script: str, description: str, space: Callable[[Any], Any], prese
 
 
 def _run(script: str, args: argparse.Namespace, space) -> int:
-    from kmervae.config import RunConfig, preset
-    from kmervae.sweep import SweepConfig, run_sweep
-    from kmervae.tracking import tracking_uri, ui_command
+    from kmervae.core.config import RunConfig, preset
+    from kmervae.distributed.sweep import SweepConfig, run_sweep
+    from kmervae.tracking.tracker import tracking_uri, ui_command
 
     smoke = args.smoke_test
     samples = args.samples or (SMOKE["samples"] if smoke else 16)

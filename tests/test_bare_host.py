@@ -13,8 +13,8 @@ SCRIPT = f"""
 import sys
 for name in {BLOCKED!r}:
     sys.modules[name] = None  # any import of these now fails
-from kmervae.config import RunConfig, preset
-from kmervae.engine import fit_local
+from kmervae.core.config import RunConfig, preset
+from kmervae.core.engine import fit_local
 config = RunConfig(model=preset("tiny")).with_overrides(["train.epochs=1", "train.batch_size=32", "data.max_samples=200"])
 result = fit_local(sys.argv[1], config, sys.argv[2], log=print)
 print("ok", len(result.history))

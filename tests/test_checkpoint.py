@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from kmervae.checkpoint import load_checkpoint, save_checkpoint
-from kmervae.config import PRESETS, RunConfig
-from kmervae.engine import make_optimizer, make_scheduler
-from kmervae.errors import InputError, InputNotFoundError
-from kmervae.model import BranchedVAE
+from kmervae.core.checkpoint import load_checkpoint, save_checkpoint
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.engine import make_optimizer, make_scheduler
+from kmervae.core.errors import InputError, InputNotFoundError
+from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
 
 

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from kmervae.config import PRESETS, DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig, preset
-from kmervae.errors import ConfigError
+from kmervae.core.config import PRESETS, DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig, preset
+from kmervae.core.errors import ConfigError
 
 
 def test_defaults_and_presets_are_valid():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from kmervae.config import DataConfig
-from kmervae.data import load_splits, split_hash, validation_mask
-from kmervae.errors import InputError
-from kmervae.feature_table import FeatureTable
+from kmervae.core.config import DataConfig
+from kmervae.core.data import load_splits, split_hash, validation_mask
+from kmervae.core.errors import InputError
+from kmervae.core.feature_table import FeatureTable
 
 
 def test_split_is_stable_salted_and_close_to_the_fraction():
@@ -64,7 +64,7 @@ def test_too_few_contigs_is_an_error(tmp_path):
 
 
 def test_resident_batches_cover_every_row_once_and_keep_counts_compact():
-    from kmervae.data import CountBatch, TensorData, use_resident
+    from kmervae.core.data import CountBatch, TensorData, use_resident
 
     n = 103
     counts = torch.arange(n * 4, dtype=torch.int64).reshape(n, 4).to(torch.uint16)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kmervae.config import PRESETS
-from kmervae.describe import draw_diagram, format_table, layer_table
-from kmervae.model import BranchedVAE, count_parameters
+from kmervae.core.config import PRESETS
+from kmervae.apply.describe import draw_diagram, format_table, layer_table
+from kmervae.core.model import BranchedVAE, count_parameters
 
 
 def test_table_lists_every_block_with_the_exact_total():

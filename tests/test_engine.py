@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from kmervae.checkpoint import load_checkpoint
-from kmervae.config import PRESETS, LossConfig, RunConfig
-from kmervae.data import CountBatch
-from kmervae.engine import TrainingDiverged, autocast, fit_local, resolve_device, train_epoch
-from kmervae.errors import ConfigError
-from kmervae.model import BranchedVAE
+from kmervae.core.checkpoint import load_checkpoint
+from kmervae.core.config import PRESETS, LossConfig, RunConfig
+from kmervae.core.data import CountBatch
+from kmervae.core.engine import TrainingDiverged, autocast, fit_local, resolve_device, train_epoch
+from kmervae.core.errors import ConfigError
+from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
 
 TIMING = {"samples_per_s", "data_wait_s", "train_s"}

@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from kmervae.checkpoint import load_checkpoint
-from kmervae.config import PRESETS, RunConfig
-from kmervae.embed import decode_batch, embed, read_embeddings
-from kmervae.engine import fit_local
-from kmervae.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.evaluate import evaluate, format_table, score
-from kmervae.export import Encoder, export
-from kmervae.feature_table import dataset_files
+from kmervae.core.checkpoint import load_checkpoint
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.apply.embed import decode_batch, embed, read_embeddings
+from kmervae.core.engine import fit_local
+from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
+from kmervae.apply.evaluate import evaluate, format_table, score
+from kmervae.apply.export import Encoder, export
+from kmervae.core.feature_table import dataset_files
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_cli_export_embed_evaluate(exported, example_features, tmp_path):
 
 
 def test_register_an_export_and_embed_from_the_registry(exported, example_features, tmp_path, monkeypatch):
-    from kmervae.export import register
+    from kmervae.apply.export import register
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -192,9 +192,9 @@ def test_register_an_export_and_embed_from_the_registry(exported, example_featur
 
 
 def test_evaluation_is_logged_to_an_mlflow_run(exported, example_features, tmp_path, monkeypatch):
-    from kmervae.best import download_checkpoint
-    from kmervae.evaluate import log_to_mlflow, write_json
-    from kmervae.tracking import Tracker
+    from kmervae.apply.best import download_checkpoint
+    from kmervae.apply.evaluate import log_to_mlflow, write_json
+    from kmervae.tracking.tracker import Tracker
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

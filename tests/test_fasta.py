@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_pipeline.fasta import FastaReader, file_stem
-from kmervae.errors import InputError, InputNotFoundError
+from kmervae.core.errors import InputError, InputNotFoundError
 from tests.conftest import write_bytes, write_fasta
 
 RECORDS = [("chr1 some description", "ACGT" * 40 + "NNNN" + "acgt" * 10), ("chr2", "GGCC" * 3), ("chr3", "")]

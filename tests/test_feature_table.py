@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.featurize import FeaturizeSettings, featurize
-from kmervae.errors import InputError, InputNotFoundError
-from kmervae.feature_table import MANIFEST_NAME, FeatureTable, dataset_files
+from kmervae.core.errors import InputError, InputNotFoundError
+from kmervae.core.feature_table import MANIFEST_NAME, FeatureTable, dataset_files
 from tests.conftest import write_fasta
 
 

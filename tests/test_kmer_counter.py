@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_pipeline.kmer_counter import BASE_CLASS, KmerCounter, count_sequence, first_invalid_byte
-from kmervae.feature_contract import KMER_SIZES
+from kmervae.core.feature_contract import KMER_SIZES
 from tests.reference import reference_counts, reference_gc
 
 # Mostly bases, with runs of N, other IUPAC codes, lower case and U mixed in.

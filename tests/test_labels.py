@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from data_pipeline.labels import Labels
-from kmervae.errors import InputError, InputNotFoundError
+from kmervae.core.errors import InputError, InputNotFoundError
 
 
 def test_label_from_filename():

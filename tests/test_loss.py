@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from kmervae.config import LossConfig
-from kmervae.loss import vae_loss
-from kmervae.model import VAEOutput
+from kmervae.core.config import LossConfig
+from kmervae.core.loss import vae_loss
+from kmervae.core.model import VAEOutput
 
 
 def make_output(gated: bool, seed: int = 0):

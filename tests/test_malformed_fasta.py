@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from kmervae.cli import main
-from kmervae.feature_contract import KMER_SIZES
-from kmervae.feature_table import FeatureTable
+from kmervae.core.feature_contract import KMER_SIZES
+from kmervae.core.feature_table import FeatureTable
 from tests.reference import reference_counts, reference_gc
 
 RNG = random.Random(8)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from kmervae.config import PRESETS, LossConfig
-from kmervae.loss import vae_loss
-from kmervae.metrics import EpochMetrics, knn_accuracy
-from kmervae.model import BranchedVAE
+from kmervae.core.config import PRESETS, LossConfig
+from kmervae.core.loss import vae_loss
+from kmervae.core.metrics import EpochMetrics, knn_accuracy
+from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
 
 GATED_KEYS = {

@@ -19,8 +19,8 @@ import urllib.request
 
 import pytest
 
-from kmervae.config import PRESETS, RunConfig
-from kmervae.errors import ConfigError
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.errors import ConfigError
 
 
 def free_port() -> int:
@@ -88,8 +88,8 @@ def space(trial):
 def test_an_unreachable_server_fails_before_ray_starts(server, tmp_path, example_features):
     import ray
 
-    from kmervae.ray_engine import fit_ray
-    from kmervae.sweep import SweepConfig, run_sweep
+    from kmervae.distributed.ray_engine import fit_ray
+    from kmervae.distributed.sweep import SweepConfig, run_sweep
 
     started = time.time()
     with pytest.raises(ConfigError, match=f"MLflow tracking store {server.uri} is unreachable .*; start it, fix MLFLOW_TRACKING_URI"):
@@ -103,8 +103,8 @@ def test_an_unreachable_server_fails_before_ray_starts(server, tmp_path, example
 def test_training_outlives_a_dead_server_and_nothing_is_lost(server, tmp_path, example_features):
     from mlflow import MlflowClient
 
-    from kmervae.ray_engine import fit_ray
-    from kmervae.tracking import OUTBOX_FILE, sync_file
+    from kmervae.distributed.ray_engine import fit_ray
+    from kmervae.tracking.tracker import OUTBOX_FILE, sync_file
 
     server.start()
     storage, killed, lines = tmp_path / "ray", [], []
@@ -133,8 +133,8 @@ def test_training_outlives_a_dead_server_and_nothing_is_lost(server, tmp_path, e
 def test_a_sweep_outlives_a_dead_server(server, tmp_path, example_features):
     from mlflow import MlflowClient
 
-    from kmervae.sweep import SweepConfig, run_sweep
-    from kmervae.tracking import sync_file
+    from kmervae.distributed.sweep import SweepConfig, run_sweep
+    from kmervae.tracking.tracker import sync_file
 
     server.start()
     storage, killed, lines = tmp_path / "sweeps", [], []

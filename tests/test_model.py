@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kmervae.config import PRESETS, ModelConfig
-from kmervae.model import N_OUTPUT, BranchedVAE, FeatureTransform, count_parameters
+from kmervae.core.config import PRESETS, ModelConfig
+from kmervae.core.model import N_OUTPUT, BranchedVAE, FeatureTransform, count_parameters
 
 
 def random_batch(batch: int = 4, seed: int = 0):

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from kmervae.checkpoint import load_checkpoint
-from kmervae.config import PRESETS, RunConfig
-from kmervae.data import load_splits
-from kmervae.engine import validate_epoch
-from kmervae.errors import ConfigError, InputError
-from kmervae.ray_engine import fit_ray, plan_resources
+from kmervae.core.checkpoint import load_checkpoint
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.data import load_splits
+from kmervae.core.engine import validate_epoch
+from kmervae.core.errors import ConfigError, InputError
+from kmervae.distributed.ray_engine import fit_ray, plan_resources
 
 ray = pytest.importorskip("ray")
 

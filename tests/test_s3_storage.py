@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from kmervae.config import PRESETS, RunConfig
-from kmervae.storage import exists, join, list_names
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.storage import exists, join, list_names
 
 pytest.importorskip("moto")
 ray = pytest.importorskip("ray")
@@ -65,7 +65,7 @@ def tiny(epochs: int) -> RunConfig:
 
 
 def test_training_checkpoints_to_s3_and_resumes_from_there(s3, example_features, tmp_path, monkeypatch):
-    from kmervae.ray_engine import fit_ray
+    from kmervae.distributed.ray_engine import fit_ray
 
     monkeypatch.chdir(tmp_path)
     storage = join(s3, "ray")
@@ -77,7 +77,7 @@ def test_training_checkpoints_to_s3_and_resumes_from_there(s3, example_features,
 
 
 def test_a_sweep_keeps_its_state_on_s3(s3, example_features, tmp_path, monkeypatch):
-    from kmervae.sweep import SweepConfig, run_sweep
+    from kmervae.distributed.sweep import SweepConfig, run_sweep
 
     monkeypatch.chdir(tmp_path)
     sweep = SweepConfig(name="s3sweep", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as="")

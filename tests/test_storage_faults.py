@@ -15,12 +15,12 @@ import sys
 import pytest
 import torch
 
-from kmervae.checkpoint import save_checkpoint
-from kmervae.config import PRESETS, RunConfig
-from kmervae.engine import make_optimizer
-from kmervae.model import BranchedVAE
+from kmervae.core.checkpoint import save_checkpoint
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.engine import make_optimizer
+from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
-from kmervae.errors import OutputError
+from kmervae.core.errors import OutputError
 
 
 def run_in_namespace(script: str) -> subprocess.CompletedProcess:
@@ -97,7 +97,7 @@ def test_a_disk_that_fills_during_training_stops_it_with_the_path(namespaces, tm
     echo "@@ log"; cat {tmp_path}/train.log
     rm {disk}/fill
     echo "@@ files"; ls -A {disk}/run
-    echo "@@ last"; {sys.executable} -c "from kmervae.checkpoint import load_checkpoint; print(load_checkpoint('{disk}/run/last.pt').epoch)"
+    echo "@@ last"; {sys.executable} -c "from kmervae.core.checkpoint import load_checkpoint; print(load_checkpoint('{disk}/run/last.pt').epoch)"
     """
     result = run_in_namespace(script)
     out = sections(result.stdout)
@@ -116,8 +116,8 @@ def space(trial):
 def test_ray_training_and_sweeps_check_storage_before_ray_starts(tmp_path, example_features):
     import ray
 
-    from kmervae.ray_engine import fit_ray
-    from kmervae.sweep import SweepConfig, run_sweep
+    from kmervae.distributed.ray_engine import fit_ray
+    from kmervae.distributed.sweep import SweepConfig, run_sweep
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kmervae.config import PRESETS, RunConfig
-from kmervae.errors import ConfigError
-from kmervae.sweep import SweepConfig, check_space, run_sweep
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.errors import ConfigError
+from kmervae.distributed.sweep import SweepConfig, check_space, run_sweep
 from tests.conftest import REPO
 
 pytest.importorskip("ray")
@@ -60,7 +60,7 @@ def test_smoke_sweep_end_to_end(tmp_path, example_features, monkeypatch):
     best_trial = parent.data.tags["best_trial_id"]
     assert (tmp_path / "sweeps" / "smoke" / "trials" / f"trial-{best_trial}" / "outputs" / "best.pt").exists()
     # `kmervae best` ranks the sweep's trials by their best epoch and picks the same trial.
-    from kmervae.best import best_runs, download_checkpoint
+    from kmervae.apply.best import best_runs, download_checkpoint
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -70,7 +70,7 @@ def test_smoke_sweep_end_to_end(tmp_path, example_features, monkeypatch):
     assert rows[0]["name"].endswith(best_trial)
     assert download_checkpoint(rows[0]["run_id"], tmp_path / "picked").name == "best.pt"
     # The registered model is an MLflow pyfunc: loadable as it is, and exportable again.
-    from kmervae.export import export
+    from kmervae.apply.export import export
 
     assert export("models:/kmervae-encoder@champion", "onnx", tmp_path / "champion.onnx").exists()
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from kmervae.config import RunConfig, preset
-from kmervae.sweep import check_space
-from kmervae.sweep_report import space_distributions
+from kmervae.core.config import RunConfig, preset
+from kmervae.distributed.sweep import check_space
+from kmervae.distributed.sweep_report import space_distributions
 from tests.conftest import REPO
 
 SCRIPTS = ["latent_sweep", "architecture_sweep", "loss_sweep"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kmervae.config import PRESETS, RunConfig
-from kmervae.engine import fit_local
-from kmervae.errors import ConfigError, KmervaeError
-from kmervae.tracking import Tracker, flatten, tracking_uri
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.engine import fit_local
+from kmervae.core.errors import ConfigError, KmervaeError
+from kmervae.tracking.tracker import Tracker, flatten, tracking_uri
 
 
 def test_default_store_is_an_absolute_sqlite_file(tmp_path, monkeypatch):
@@ -50,12 +50,12 @@ def test_a_failed_run_is_marked_failed(tmp_path):
 def test_credentials_never_reach_mlflow_or_the_terminal(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    from kmervae.redact import redact
+    from kmervae.core.redact import redact
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-pw")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = Tracker("secrets", "run", uri=uri, tags={"kmervae.storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs"})
+    tracker = Tracker("secrets", "run", uri=uri, tags={"kmervae.core.storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs"})
     tracker.log_params({
         "storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs",
         "server": "https://alice:hunter2-pw@mlflow.example.org",

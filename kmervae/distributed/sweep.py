@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from kmervae.checkpoint import checkpoint_bytes
-from kmervae.config import RunConfig, _check
-from kmervae.errors import ConfigError
-from kmervae.feature_table import DatasetFiles, dataset_files
-from kmervae.redact import redact
-from kmervae.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
-from kmervae.tracking import OUTBOX_FILE, check_reachable, closes_on_error, tracking_uri
+from kmervae.core.checkpoint import checkpoint_bytes
+from kmervae.core.config import RunConfig, _check
+from kmervae.core.errors import ConfigError
+from kmervae.core.feature_table import DatasetFiles, dataset_files
+from kmervae.core.redact import redact
+from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
+from kmervae.tracking.tracker import OUTBOX_FILE, check_reachable, closes_on_error, tracking_uri
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
 """Define-by-run search space: takes an optuna.Trial, calls trial.suggest_*; returns None."""
@@ -162,7 +162,7 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from kmervae.ray_engine import build_trainer
+    from kmervae.distributed.ray_engine import build_trainer
 
     config = RunConfig.from_dict(overrides_to_dict(config_overrides({**extra, **tune_config})), base=RunConfig.from_dict(base))
     context = ray.tune.get_context()
@@ -186,9 +186,9 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
 
 def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, config: RunConfig, sampled: dict):
     """A trial's MLflow child run: found again by its tags (resume, driver export) or created."""
-    from kmervae.tracking import Tracker
+    from kmervae.tracking.tracker import Tracker
 
-    tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray"}
+    tags = {"kmervae.distributed.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray"}
     tracker = Tracker(sweep.experiment, f"{sweep.name}-{trial_id}", uri=uri, tags=tags, parent_run_id=parent_run_id, resume=True, defer=True)
     if not tracker.resumed:
         tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **sampled}})
@@ -228,8 +228,8 @@ def run_sweep(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from kmervae.ray_data import build_datasets, decoded_bytes, label_vocabulary
-    from kmervae.ray_engine import init_ray, plan_resources
+    from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary
+    from kmervae.distributed.ray_engine import init_ray, plan_resources
 
     labels = label_vocabulary(files)
     if sweep.metric == "val/knn_acc" and not labels:
@@ -301,7 +301,7 @@ def run_sweep(
         _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
     _pick_best(result, sweep, outputs)
     if tracker is not None:
-        from kmervae.sweep_report import report_to_parent
+        from kmervae.distributed.sweep_report import report_to_parent
 
         result.parent_run_id, result.mlflow_uri = tracker.run_id, tracker.uri
         result.registered = report_to_parent(tracker, result, sweep, grid, log)
@@ -310,10 +310,10 @@ def run_sweep(
 
 def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunConfig, mlflow_dir, space: SpaceFn):
     """The sweep's MLflow parent run (the same one again on --resume)."""
-    from kmervae.sweep_report import space_distributions
-    from kmervae.tracking import Tracker, tracking_uri
+    from kmervae.distributed.sweep_report import space_distributions
+    from kmervae.tracking.tracker import Tracker, tracking_uri
 
-    tags = {"kmervae.sweep": sweep.name, "kmervae.role": "sweep", "kmervae.storage": sweep.storage}
+    tags = {"kmervae.distributed.sweep": sweep.name, "kmervae.role": "sweep", "kmervae.core.storage": sweep.storage}
     tracker = Tracker(sweep.experiment, sweep.name, uri=tracking_uri(mlflow_dir), tags=tags, resume=True)
     if not tracker.resumed:
         data = {"path": str(Path(data_path).absolute()), "contigs": files.rows, "files": len(files.paths), "hash": dataset_fingerprint(files)}
@@ -331,7 +331,7 @@ def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
     --resume (Optuna proposes a new one instead); its half-written MLflow child would
     otherwise stay as a duplicate, RUNNING forever.
     """
-    query = f"tags.mlflow.parentRunId = '{parent.run_id}' and tags.`kmervae.sweep` = '{sweep.name}'"
+    query = f"tags.mlflow.parentRunId = '{parent.run_id}' and tags.`kmervae.distributed.sweep` = '{sweep.name}'"
     lost = [
         run for run in parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=10_000)
         if run.data.tags.get("kmervae.trial_id") not in known
@@ -343,7 +343,7 @@ def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
 
 
 def _drop_lost_trials_if_reachable(parent, sweep: SweepConfig, known: set[str], log) -> None:
-    from kmervae.tracking import impatient_http, is_unreachable
+    from kmervae.tracking.tracker import impatient_http, is_unreachable
 
     try:
         with impatient_http():
@@ -357,7 +357,7 @@ def _drop_lost_trials_if_reachable(parent, sweep: SweepConfig, known: set[str], 
 
 def _max_concurrent(available: dict[str, float], workers: int, gpus_per_worker, use_cpu: bool, samples: int) -> int:
     """As many trials as fit: by GPUs when trials use them, else one CPU per worker."""
-    from kmervae.ray_engine import DATA_CPUS
+    from kmervae.distributed.ray_engine import DATA_CPUS
 
     gpus = float(available.get("GPU", 0))
     if not use_cpu and gpus and (gpus_per_worker or 1.0) > 0:
@@ -393,8 +393,8 @@ def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: str, outpu
     """Export a trial's checkpoints from its Ray Train run folder; close its MLflow child run."""
     import ray.train
 
-    from kmervae.checkpoint import load_checkpoint
-    from kmervae.ray_engine import export_results
+    from kmervae.core.checkpoint import load_checkpoint
+    from kmervae.distributed.ray_engine import export_results
 
     run_dir = join(sweep_dir, "trials", f"trial-{row['trial_id']}")
     out = trial_outputs(outputs, row["trial_id"])

@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from kmervae.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
-from kmervae.config import LossConfig, RunConfig, TrainConfig
-from kmervae.data import CountBatch, TensorData, load_splits, use_resident
-from kmervae.errors import ConfigError, KmervaeError
-from kmervae.loss import vae_loss
-from kmervae.metrics import EpochMetrics, knn_accuracy
-from kmervae.model import BranchedVAE
-from kmervae.storage import check_writable
+from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
+from kmervae.core.config import LossConfig, RunConfig, TrainConfig
+from kmervae.core.data import CountBatch, TensorData, load_splits, use_resident
+from kmervae.core.errors import ConfigError, KmervaeError
+from kmervae.core.loss import vae_loss
+from kmervae.core.metrics import EpochMetrics, knn_accuracy
+from kmervae.core.model import BranchedVAE
+from kmervae.core.storage import check_writable
 
 if TYPE_CHECKING:
-    from kmervae.tracking import Tracker
+    from kmervae.tracking.tracker import Tracker
 
 AllReduce = Callable[[Tensor], None]
 """Sums a tensor in place across ranks (torch.distributed.all_reduce); None in one process."""
@@ -168,7 +168,7 @@ def fit_local(
     With a `tracker`, the config, every epoch's metrics, the model table and diagram, the
     metrics log and the best checkpoint also go to its MLflow run.
     """
-    from kmervae.tracking import OUTBOX_FILE, closes_on_error  # mlflow itself is imported only by a Tracker
+    from kmervae.tracking.tracker import OUTBOX_FILE, closes_on_error  # mlflow itself is imported only by a Tracker
 
     with closes_on_error(tracker):
         result = _fit_local(data_path, config, out_dir, log, tracker)
@@ -263,7 +263,7 @@ def best_epoch(history: list[dict[str, float]]) -> dict[str, float]:
 
 def write_model_description(model: BranchedVAE, out: Path, log: Callable[[str], None]) -> list[Path]:
     """The layer table (model.txt) and, where matplotlib exists, the diagram (model.png) of a run."""
-    from kmervae.describe import draw_diagram, format_table
+    from kmervae.apply.describe import draw_diagram, format_table
 
     table = out / "model.txt"
     table.write_text(format_table(model) + "\n")

@@ -17,11 +17,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from kmervae.config import DataConfig
-from kmervae.data import SUBSAMPLE_SALT, CountBatch, split_hash, torch_counts
-from kmervae.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, DatasetFormat, decode_counts
-from kmervae.errors import KmervaeError
-from kmervae.feature_table import DatasetFiles
+from kmervae.core.config import DataConfig
+from kmervae.core.data import SUBSAMPLE_SALT, CountBatch, split_hash, torch_counts
+from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, DatasetFormat, decode_counts
+from kmervae.core.errors import KmervaeError
+from kmervae.core.feature_table import DatasetFiles
 
 READ_COLUMNS = ["contig_id", "length", "gc", *(KMER_COLUMNS[k] for k in KMER_SIZES)]
 
@@ -127,7 +127,7 @@ def object_store_bytes() -> float:
 
 def gather_shard(shard, device: torch.device, bucket: tuple[int, int] | None = None, labeled: bool = False):
     """Read a worker's whole shard once onto `device`: (TensorData, label codes or None)."""
-    from kmervae.data import TensorData
+    from kmervae.core.data import TensorData
 
     labels: list[torch.Tensor] = []
     parts = list(shard_batches(shard, 8192, device, labels_out=labels if labeled else None, bucket=bucket))

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kmervae.config import LossConfig
-from kmervae.model import N3, N4, N7, VAEOutput
+from kmervae.core.config import LossConfig
+from kmervae.core.model import N3, N4, N7, VAEOutput
 
 
 class LossTerms(NamedTuple):

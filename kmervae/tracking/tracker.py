@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from kmervae.errors import ConfigError, InputError
-from kmervae.redact import redact, redact_params
+from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.redact import redact, redact_params
 
 DEFAULT_EXPERIMENT = "kmervae"
 DB_NAME = "mlflow.db"

@@ -14,9 +14,9 @@ import math
 import torch
 from torch import Tensor
 
-from kmervae.config import LossConfig
-from kmervae.loss import kl_per_sample, presence, split_output
-from kmervae.model import N3, N4, N7, VAEOutput
+from kmervae.core.config import LossConfig
+from kmervae.core.loss import kl_per_sample, presence, split_output
+from kmervae.core.model import N3, N4, N7, VAEOutput
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 """A latent unit is active when Cov_x(E[z|x]) exceeds this (Burda et al. 2016)."""

@@ -6,7 +6,7 @@ follows DESIGN.md "The model": three encoder branches (7-, 4-, 3-mers, each give
 and length), a shared trunk to z_mean / z_log_var, and a decoder that mirrors it with
 one projection per branch and per-branch heads. The structure follows pytorch/examples
 `vae/main.py`: `encode`, `reparameterize`, `decode`, `forward` on a pure nn.Module; the
-loss lives in `kmervae.loss`.
+loss lives in `kmervae.core.loss`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from kmervae.config import ModelConfig
-from kmervae.feature_contract import N_BINS
+from kmervae.core.config import ModelConfig
+from kmervae.core.feature_contract import N_BINS
 
 N7, N4, N3 = N_BINS[7], N_BINS[4], N_BINS[3]  # 8192, 136, 32
 N_OUTPUT = N7 + N4 + N3 + 1  # 8,361 = [7-mers, 4-mers, 3-mers, GC]

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from kmervae.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, decode_counts
-from kmervae.feature_table import dataset_files
+from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
+from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, decode_counts
+from kmervae.core.feature_table import dataset_files
 
 Embedder = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Takes length (int64), gc (float32), kmer7/kmer4/kmer3 (int32) arrays; returns (n, latent) float32."""
@@ -43,8 +43,8 @@ def _torch_embedder(module: torch.nn.Module, device: torch.device) -> Embedder:
 
 def load_embedder(model: str, device: str = "cpu") -> Embedder:
     """Open a model in any supported format for embedding."""
-    from kmervae.checkpoint import load_checkpoint
-    from kmervae.export import Encoder
+    from kmervae.core.checkpoint import load_checkpoint
+    from kmervae.apply.export import Encoder
 
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected cpu or cuda")
@@ -54,7 +54,7 @@ def load_embedder(model: str, device: str = "cpu") -> Embedder:
     if model.startswith("models:/") or (path.is_dir() and (path / "MLmodel").exists()):
         import mlflow
 
-        from kmervae.tracking import tracking_uri
+        from kmervae.tracking.tracker import tracking_uri
 
         try:
             if model.startswith("models:/"):  # resolve against our store without touching mlflow's global state
@@ -150,7 +150,7 @@ def embed(
                     }
                 )
                 if writer is None:
-                    schema = table.schema.with_metadata({b"kmervae.model": str(model).encode(), b"kmervae.latent_dim": str(latent).encode()})
+                    schema = table.schema.with_metadata({b"kmervae.core.model": str(model).encode(), b"kmervae.latent_dim": str(latent).encode()})
                     writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                 writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
                 rows += len(table)

@@ -23,17 +23,17 @@ from typing import Any, Callable
 
 import torch
 
-from kmervae.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint, save_checkpoint, unwrap
-from kmervae.config import RunConfig
-from kmervae.engine import epoch_line, make_optimizer, make_scheduler, train_epoch, validate_epoch, write_model_description
-from kmervae.errors import ConfigError
-from kmervae.feature_table import dataset_files
-from kmervae.metrics import knn_accuracy
-from kmervae.model import BranchedVAE
-from kmervae.redact import redact
-from kmervae.storage import check_writable, is_uri, local_outputs
-from kmervae.storage import normalize as normalize_storage
-from kmervae.tracking import OUTBOX_FILE, Outbox, check_reachable, closes_on_error, metrics_op, tracking_uri
+from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint, save_checkpoint, unwrap
+from kmervae.core.config import RunConfig
+from kmervae.core.engine import epoch_line, make_optimizer, make_scheduler, train_epoch, validate_epoch, write_model_description
+from kmervae.core.errors import ConfigError
+from kmervae.core.feature_table import dataset_files
+from kmervae.core.metrics import knn_accuracy
+from kmervae.core.model import BranchedVAE
+from kmervae.core.redact import redact
+from kmervae.core.storage import check_writable, is_uri, local_outputs
+from kmervae.core.storage import normalize as normalize_storage
+from kmervae.tracking.tracker import OUTBOX_FILE, Outbox, check_reachable, closes_on_error, metrics_op, tracking_uri
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATA_CPUS = 1.0
@@ -101,8 +101,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch.distributed as dist
 
-    from kmervae.data import use_resident
-    from kmervae.ray_data import gather_shard, shard_batches
+    from kmervae.core.data import use_resident
+    from kmervae.distributed.ray_data import gather_shard, shard_batches
 
     config = RunConfig.from_dict(loop_config["run"])
     tc = config.train
@@ -274,7 +274,7 @@ def fit_ray(
         check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
     import ray
 
-    from kmervae.ray_data import build_datasets, decoded_bytes, label_vocabulary
+    from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary
 
     init_ray(address)
     plan = plan_resources(ray.available_resources(), workers, gpus_per_worker, use_cpu)
@@ -334,7 +334,7 @@ def export_results(result, config: RunConfig, out: Path, tracker, log: Callable[
     history = load_checkpoint(last).history
     artifacts = write_model_description(BranchedVAE(config.model), out, log)
     try:
-        from kmervae.plots import plot_training_curves
+        from kmervae.apply.plots import plot_training_curves
 
         artifacts.append(plot_training_curves(history, out / "curves.png"))
     except ImportError:
@@ -369,10 +369,10 @@ def init_ray(address: str | None) -> None:
 
 def _mlflow_run(experiment: str, name: str, storage: str, mlflow_dir, config: RunConfig):
     """The MLflow run of this training run: the same run again when resuming by name."""
-    from kmervae.tracking import Tracker, tracking_uri
+    from kmervae.tracking.tracker import Tracker, tracking_uri
 
     uri = tracking_uri(mlflow_dir)
-    tags = {"kmervae.run_name": name, "kmervae.storage": str(storage), "engine": "ray"}
+    tags = {"kmervae.run_name": name, "kmervae.core.storage": str(storage), "engine": "ray"}
     tracker = Tracker(experiment, name, uri=uri, tags=tags, resume=True)
     if not tracker.resumed:
         tracker.log_params(config.to_dict())

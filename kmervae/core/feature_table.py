@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kmervae.errors import InputError, InputNotFoundError
-from kmervae.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, DatasetFormat, decode_counts
+from kmervae.core.errors import InputError, InputNotFoundError
+from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, DatasetFormat, decode_counts
 
 MANIFEST_NAME = "_kmervae_dataset.json"
 """Written last by the featurizer: lists the files and rows of a complete dataset."""

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kmervae.config import ModelConfig
-from kmervae.model import N3, N4, N7, BranchedVAE, count_parameters
+from kmervae.core.config import ModelConfig
+from kmervae.core.model import N3, N4, N7, BranchedVAE, count_parameters
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from kmervae import __version__
-from kmervae.config import RunConfig
-from kmervae.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.feature_contract import SCHEMA_VERSION
-from kmervae.model import BranchedVAE
+from kmervae.core.config import RunConfig
+from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
+from kmervae.core.feature_contract import SCHEMA_VERSION
+from kmervae.core.model import BranchedVAE
 
 FORMAT = "kmervae-checkpoint"
 FORMAT_VERSION = 1

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kmervae.errors import ConfigError, InputError
+from kmervae.core.errors import ConfigError, InputError
 
 MAX_RUNS = 1000
 
@@ -16,7 +16,7 @@ def best_runs(experiment: str, sweep: str | None = None, metric: str = "val/loss
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from kmervae.tracking import tracking_uri
+    from kmervae.tracking.tracker import tracking_uri
 
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")
@@ -77,7 +77,7 @@ def download_checkpoint(run_id: str, directory: str | Path) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from kmervae.tracking import tracking_uri
+    from kmervae.tracking.tracker import tracking_uri
 
     Path(directory).mkdir(parents=True, exist_ok=True)
     try:

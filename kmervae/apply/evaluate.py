@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from kmervae.embed import read_embeddings
-from kmervae.errors import ConfigError, InputError
-from kmervae.metrics import ACTIVE_UNIT_THRESHOLD
+from kmervae.apply.embed import read_embeddings
+from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.metrics import ACTIVE_UNIT_THRESHOLD
 
 SILHOUETTE_MAX = 5000
 """Silhouette is O(n^2): it uses at most this many contigs (a seeded subsample)."""
@@ -63,8 +63,8 @@ def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int 
     import torch
     from sklearn.decomposition import PCA
 
-    from kmervae.feature_table import FeatureTable
-    from kmervae.model import FeatureTransform
+    from kmervae.core.feature_table import FeatureTable
+    from kmervae.core.model import FeatureTransform
 
     table = FeatureTable.from_parquet(features)
     index = {cid: i for i, cid in enumerate(table.contig_ids)}
@@ -86,7 +86,7 @@ def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int 
 
 def labels_from(features: str | Path, contig_ids: np.ndarray) -> np.ndarray:
     """Labels of `contig_ids` read from a feature dataset."""
-    from kmervae.feature_table import FeatureTable
+    from kmervae.core.feature_table import FeatureTable
 
     table = FeatureTable.from_parquet(features)
     if table.labels is None:
@@ -130,7 +130,7 @@ def log_to_mlflow(result: dict[str, Any], run_id: str, json_path: Path) -> None:
     """Add the scores as metrics (eval/<embedding>/<score>) and the JSON to an MLflow run."""
     from mlflow import MlflowClient
 
-    from kmervae.tracking import execute, impatient_http, is_unreachable, metrics_op, tracking_uri
+    from kmervae.tracking.tracker import execute, impatient_http, is_unreachable, metrics_op, tracking_uri
 
     uri = tracking_uri()
     client = MlflowClient(uri)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kmervae.config import DataConfig
-from kmervae.errors import ConfigError, InputError
-from kmervae.feature_table import FeatureTable
+from kmervae.core.config import DataConfig
+from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.feature_table import FeatureTable
 
 _HASH_SCALE = float(2**64)
 SUBSAMPLE_SALT = ":subsample"

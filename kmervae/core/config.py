@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kmervae.errors import ConfigError
+from kmervae.core.errors import ConfigError
 
 
 def _check(condition: bool, key: str, value: Any, allowed: str) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kmervae.checkpoint import Checkpoint, load_checkpoint
-from kmervae.errors import ConfigError, InputError, InputNotFoundError
-from kmervae.model import N3, N4, N7, BranchedVAE
+from kmervae.core.checkpoint import Checkpoint, load_checkpoint
+from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
+from kmervae.core.model import N3, N4, N7, BranchedVAE
 
 FORMATS = ("torchscript", "onnx", "mlflow")
 INPUT_NAMES = ["length", "gc", "kmer7", "kmer4", "kmer3"]
@@ -68,7 +68,7 @@ def _download_checkpoint(source: str, workdir: Path) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from kmervae.tracking import tracking_uri
+    from kmervae.tracking.tracker import tracking_uri
 
     uri = tracking_uri()  # passed explicitly: mlflow.set_tracking_uri would change this process's environment
     candidates = [f"runs:/{source}/checkpoints/best.pt", f"runs:/{source}/best_model/best.pt", f"runs:/{source}/model/artifacts/{CHECKPOINT_IN_MODEL}"]
@@ -206,7 +206,7 @@ def export(source: str, fmt: str, out: str | Path, with_log_var: bool = False) -
 
 def register(path: Path, fmt: str, name: str, alias: str | None, experiment: str = "kmervae-exports") -> str:
     """Log an exported model to an MLflow run and register it; returns its models:/ URI."""
-    from kmervae.tracking import Tracker
+    from kmervae.tracking.tracker import Tracker
 
     tracker = Tracker(experiment, f"export-{fmt}", tags={"kmervae.export_format": fmt})
     if path.is_dir():

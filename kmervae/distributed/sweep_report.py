@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from kmervae.checkpoint import load_checkpoint
-from kmervae.sweep import trial_outputs
-from kmervae.tracking import OUTBOX_FILE
+from kmervae.core.checkpoint import load_checkpoint
+from kmervae.distributed.sweep import trial_outputs
+from kmervae.tracking.tracker import OUTBOX_FILE
 
 
 def space_distributions(space, samples: int = 32, seed: int = 0) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def _register(tracker, sweep, best_checkpoint: Path, folder: Path) -> str | None
     """Register the best trial as an MLflow pyfunc model (its checkpoint inside) under the alias."""
     import shutil
 
-    from kmervae.export import export_mlflow
+    from kmervae.apply.export import export_mlflow
 
     shutil.rmtree(folder, ignore_errors=True)  # a resumed sweep exports its best model again
     model = export_mlflow(load_checkpoint(best_checkpoint), best_checkpoint, folder)

@@ -29,7 +29,7 @@ from typing import Mapping
 import numpy as np
 import pyarrow as pa
 
-from kmervae.errors import InputError
+from kmervae.core.errors import InputError
 
 SCHEMA_VERSION = 1
 """Bumped whenever the columns, their meaning or their storage change incompatibly."""

@@ -1,0 +1,5 @@
+"""MLflow: runs, the outbox that outlives an outage, and the local trainer's wiring to a run.
+
+May import `kmervae.core` and mlflow (lazily, where a call needs it); never Ray or the
+subpackages above it (`apply`, `distributed`).
+"""
