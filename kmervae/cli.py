@@ -207,7 +207,7 @@ def _add_describe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
-    from kmervae.apply.describe import draw_diagram, format_table
+    from kmervae.core.describe import draw_diagram, format_table
     from kmervae.core.errors import ConfigError
     from kmervae.core.model import BranchedVAE
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kmervae.core.config import PRESETS
-from kmervae.apply.describe import draw_diagram, format_table, layer_table
+from kmervae.core.describe import draw_diagram, format_table, layer_table
 from kmervae.core.model import BranchedVAE, count_parameters
 
 

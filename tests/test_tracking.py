@@ -55,7 +55,7 @@ def test_credentials_never_reach_mlflow_or_the_terminal(tmp_path, monkeypatch, c
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-pw")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = Tracker("secrets", "run", uri=uri, tags={"kmervae.core.storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs"})
+    tracker = Tracker("secrets", "run", uri=uri, tags={"kmervae.storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs"})
     tracker.log_params({
         "storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs",
         "server": "https://alice:hunter2-pw@mlflow.example.org",

@@ -150,7 +150,7 @@ def embed(
                     }
                 )
                 if writer is None:
-                    schema = table.schema.with_metadata({b"kmervae.core.model": str(model).encode(), b"kmervae.latent_dim": str(latent).encode()})
+                    schema = table.schema.with_metadata({b"kmervae.model": str(model).encode(), b"kmervae.latent_dim": str(latent).encode()})
                     writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                 writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
                 rows += len(table)

@@ -263,7 +263,7 @@ def best_epoch(history: list[dict[str, float]]) -> dict[str, float]:
 
 def write_model_description(model: BranchedVAE, out: Path, log: Callable[[str], None]) -> list[Path]:
     """The layer table (model.txt) and, where matplotlib exists, the diagram (model.png) of a run."""
-    from kmervae.apply.describe import draw_diagram, format_table
+    from kmervae.core.describe import draw_diagram, format_table
 
     table = out / "model.txt"
     table.write_text(format_table(model) + "\n")

@@ -334,7 +334,7 @@ def export_results(result, config: RunConfig, out: Path, tracker, log: Callable[
     history = load_checkpoint(last).history
     artifacts = write_model_description(BranchedVAE(config.model), out, log)
     try:
-        from kmervae.apply.plots import plot_training_curves
+        from kmervae.core.plots import plot_training_curves
 
         artifacts.append(plot_training_curves(history, out / "curves.png"))
     except ImportError:
@@ -372,7 +372,7 @@ def _mlflow_run(experiment: str, name: str, storage: str, mlflow_dir, config: Ru
     from kmervae.tracking.tracker import Tracker, tracking_uri
 
     uri = tracking_uri(mlflow_dir)
-    tags = {"kmervae.run_name": name, "kmervae.core.storage": str(storage), "engine": "ray"}
+    tags = {"kmervae.run_name": name, "kmervae.storage": str(storage), "engine": "ray"}
     tracker = Tracker(experiment, name, uri=uri, tags=tags, resume=True)
     if not tracker.resumed:
         tracker.log_params(config.to_dict())

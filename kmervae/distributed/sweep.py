@@ -188,7 +188,7 @@ def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, 
     """A trial's MLflow child run: found again by its tags (resume, driver export) or created."""
     from kmervae.tracking.tracker import Tracker
 
-    tags = {"kmervae.distributed.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray"}
+    tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray"}
     tracker = Tracker(sweep.experiment, f"{sweep.name}-{trial_id}", uri=uri, tags=tags, parent_run_id=parent_run_id, resume=True, defer=True)
     if not tracker.resumed:
         tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **sampled}})
@@ -313,7 +313,7 @@ def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunCon
     from kmervae.distributed.sweep_report import space_distributions
     from kmervae.tracking.tracker import Tracker, tracking_uri
 
-    tags = {"kmervae.distributed.sweep": sweep.name, "kmervae.role": "sweep", "kmervae.core.storage": sweep.storage}
+    tags = {"kmervae.sweep": sweep.name, "kmervae.role": "sweep", "kmervae.storage": sweep.storage}
     tracker = Tracker(sweep.experiment, sweep.name, uri=tracking_uri(mlflow_dir), tags=tags, resume=True)
     if not tracker.resumed:
         data = {"path": str(Path(data_path).absolute()), "contigs": files.rows, "files": len(files.paths), "hash": dataset_fingerprint(files)}
@@ -331,7 +331,7 @@ def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
     --resume (Optuna proposes a new one instead); its half-written MLflow child would
     otherwise stay as a duplicate, RUNNING forever.
     """
-    query = f"tags.mlflow.parentRunId = '{parent.run_id}' and tags.`kmervae.distributed.sweep` = '{sweep.name}'"
+    query = f"tags.mlflow.parentRunId = '{parent.run_id}' and tags.`kmervae.sweep` = '{sweep.name}'"
     lost = [
         run for run in parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=10_000)
         if run.data.tags.get("kmervae.trial_id") not in known
