@@ -192,9 +192,9 @@ def engine_epoch(data: CountBatch, device: torch.device, preset: str, batch_size
     """One epoch of the engine's `train_epoch`, data resident on the device or streamed from host memory."""
     if counts == "uint16":
         data = CountBatch(data.length, data.gc, *(t.to(torch.uint16) for t in (data.kmer7, data.kmer4, data.kmer3)))
-    host = TensorData(data, np.array([], dtype=object), None)
+    host = TensorData(data)
     if not resident and device.type == "cuda":
-        host = TensorData(CountBatch(*(t.pin_memory() for t in data)), host.contig_ids, None)  # as a DataLoader would
+        host = TensorData(CountBatch(*(t.pin_memory() for t in data)))  # as a DataLoader would
     reset_peak(device)
     chosen = use_resident("on" if resident else "off", device, host.batch.nbytes)
     source = host.to(device) if chosen else host
@@ -205,7 +205,7 @@ def engine_epoch(data: CountBatch, device: torch.device, preset: str, batch_size
     runnable = compile_model(model, cfg, print)
     generator = torch.Generator(device=device if chosen else "cpu").manual_seed(0)
     # A short warm-up epoch slice, then the measured epoch.
-    warm = TensorData(CountBatch(*(t[: 3 * batch_size] for t in source.batch)), source.contig_ids, None)
+    warm = TensorData(CountBatch(*(t[: 3 * batch_size] for t in source.batch)))
     train_epoch(runnable, warm.batches(batch_size, generator=generator, drop_last=True), optimizer, LossConfig(), 1.0, device=device, precision=precision)
     sync(device)
     metrics = train_epoch(

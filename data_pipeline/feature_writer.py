@@ -26,13 +26,14 @@ from kmervae.core.errors import InputError, OutputError
 from kmervae.core.feature_contract import (
     KMER_COLUMNS,
     KMER_SIZES,
+    MANIFEST_NAME,
     N_BINS,
     DatasetFormat,
     decode_counts,
     encode_counts,
     narrowest_count_dtype,
+    part_name,
 )
-from kmervae.core.feature_table import MANIFEST_NAME, part_name
 
 # zstd level 1: k-mer counts compress about 6x at ~1 GB/s; higher levels gain a few
 # percent for several times the write time (bench/RESULTS.md).

@@ -172,14 +172,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         from kmervae.core.engine import fit_local
+        from kmervae.tracking.local_run import fit_local_tracked
         from kmervae.tracking.tracker import Tracker
 
         out = args.out or Path("runs") / name
         tracker = None
-        if not args.no_mlflow:
+        if args.no_mlflow:
+            local = fit_local(args.data, config, out)
+        else:
             uri = tracking_uri(args.mlflow_dir)
             tracker = Tracker(args.experiment, name, uri=uri, tags={"engine": "local", "preset": args.preset})
-        local = fit_local(args.data, config, out, tracker=tracker)
+            local = fit_local_tracked(args.data, config, out, tracker)
         history, best_path, last_path = local.history, local.best_checkpoint, local.last_checkpoint
         run_id, uri = (tracker.run_id, tracker.uri) if tracker else (None, None)
     from kmervae.core.engine import best_epoch

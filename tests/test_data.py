@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from kmervae.core.config import DataConfig
-from kmervae.core.data import load_splits, split_hash, validation_mask
+from kmervae.core.data import load_splits, split_hash, split_mask
 from kmervae.core.errors import InputError
 from kmervae.core.feature_table import FeatureTable
 
 
 def test_split_is_stable_salted_and_close_to_the_fraction():
     ids = [f"contig_{i}" for i in range(20_000)]
-    mask = validation_mask(ids, DataConfig(val_fraction=0.1))
+    mask = split_mask(ids, DataConfig(val_fraction=0.1), validation=True)
     assert abs(mask.mean() - 0.1) < 0.01
-    np.testing.assert_array_equal(mask[::-1], validation_mask(ids[::-1], DataConfig(val_fraction=0.1)))
-    other = validation_mask(ids, DataConfig(val_fraction=0.1, split_salt="other"))
+    np.testing.assert_array_equal(mask[::-1], split_mask(ids[::-1], DataConfig(val_fraction=0.1), validation=True))
+    other = split_mask(ids, DataConfig(val_fraction=0.1, split_salt="other"), validation=True)
     assert (mask != other).any()
     # The documented definition (salted 64-bit BLAKE2b): changing it would silently move
     # contigs between training and validation in resumed runs and sweeps.
@@ -32,8 +32,8 @@ def test_load_splits_is_disjoint_and_complete(example_features):
     train, val = load_splits(example_features, DataConfig())
     assert len(train) + len(val) == len(table)
     assert not set(train.contig_ids) & set(val.contig_ids)
-    assert set(val.contig_ids) == set(table.contig_ids[validation_mask(table.contig_ids, DataConfig())])
-    assert train.batch.kmer7.dtype == torch.uint8 and train.labels is not None
+    assert set(val.contig_ids) == set(table.contig_ids[split_mask(table.contig_ids, DataConfig(), validation=True)])
+    assert train.batch.kmer7.dtype == torch.uint8 and train.codes is not None
 
 
 def test_max_samples_subsamples_both_splits(example_features):
@@ -68,7 +68,7 @@ def test_resident_batches_cover_every_row_once_and_keep_counts_compact():
 
     n = 103
     counts = torch.arange(n * 4, dtype=torch.int64).reshape(n, 4).to(torch.uint16)
-    data = TensorData(CountBatch(torch.arange(n), torch.zeros(n), counts, counts[:, :2], counts[:, :1]), np.arange(n), None)
+    data = TensorData(CountBatch(torch.arange(n), torch.zeros(n), counts, counts[:, :2], counts[:, :1]))
     moved = data.to(torch.device("cpu"))
     assert moved.batch.kmer7.dtype == torch.uint16  # gathered by index on this device: kept as is
     generator = torch.Generator().manual_seed(3)

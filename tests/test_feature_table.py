@@ -11,7 +11,8 @@ import pytest
 
 from data_pipeline.featurize import FeaturizeSettings, featurize
 from kmervae.core.errors import InputError, InputNotFoundError
-from kmervae.core.feature_table import MANIFEST_NAME, FeatureTable, dataset_files
+from kmervae.core.feature_contract import MANIFEST_NAME
+from kmervae.core.feature_table import FeatureTable, dataset_files
 from tests.conftest import write_fasta
 
 

@@ -13,7 +13,8 @@ from data_pipeline.featurize import FeaturizeSettings, featurize
 from data_pipeline.labels import Labels
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from kmervae.core.feature_contract import KMER_SIZES, SCHEMA_VERSION
-from kmervae.core.feature_table import MANIFEST_NAME, FeatureTable, dataset_files
+from kmervae.core.feature_contract import MANIFEST_NAME
+from kmervae.core.feature_table import FeatureTable, dataset_files
 from tests.conftest import write_fasta
 from tests.reference import reference_counts, reference_gc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kmervae.core.config import PRESETS, RunConfig
-from kmervae.core.engine import fit_local
+from kmervae.tracking.local_run import fit_local_tracked
 from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.tracking.tracker import Tracker, flatten, tracking_uri
 
@@ -28,7 +28,7 @@ def test_a_local_run_is_logged_completely(tmp_path, example_features):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker("tests", "tiny-run", uri=uri, tags={"engine": "local"})
     config = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=2", "train.batch_size=64", "data.max_samples=400"])
-    result = fit_local(example_features, config, tmp_path / "run", log=lambda line: None, tracker=tracker)
+    result = fit_local_tracked(example_features, config, tmp_path / "run", tracker, log=lambda line: None)
     run = tracker.client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["engine"] == "local"
     assert run.data.params["model.latent_dim"] == "8" and run.data.params["train.epochs"] == "2"
@@ -43,7 +43,7 @@ def test_a_local_run_is_logged_completely(tmp_path, example_features):
 def test_a_failed_run_is_marked_failed(tmp_path):
     tracker = Tracker("tests", "broken", uri=f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(KmervaeError, match="no such feature dataset"):
-        fit_local(tmp_path / "missing", RunConfig(model=PRESETS["tiny"]), tmp_path / "run", tracker=tracker)
+        fit_local_tracked(tmp_path / "missing", RunConfig(model=PRESETS["tiny"]), tmp_path / "run", tracker)
     assert tracker.client.get_run(tracker.run_id).info.status == "FAILED"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from kmervae.core.config import DataConfig
 from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.feature_contract import KMER_SIZES
 from kmervae.core.feature_table import FeatureTable
 
 _HASH_SCALE = float(2**64)
@@ -33,9 +34,32 @@ def split_hash(contig_ids, salt: str) -> np.ndarray:
     )
 
 
-def validation_mask(contig_ids, cfg: DataConfig) -> np.ndarray:
-    """True for the contigs held out for validation (a `val_fraction` share, chosen by hash)."""
-    return split_hash(contig_ids, cfg.split_salt) < cfg.val_fraction
+def subsample_threshold(contig_ids, cfg: DataConfig) -> float | None:
+    """Largest subsample hash that `data.max_samples` keeps (None: keep every contig).
+
+    The one rule of subsampling for every reader: keep the contigs whose independent
+    subsample hash is at most this value, i.e. the `max_samples` lowest. A streamed read
+    cannot sort globally, so the driver computes it once from the ids and the read tasks
+    apply `split_mask` with it; the local engine does the same in one process.
+    """
+    if cfg.max_samples is None or cfg.max_samples >= len(contig_ids):
+        return None
+    return float(np.sort(split_hash(contig_ids, cfg.split_salt + SUBSAMPLE_SALT))[cfg.max_samples - 1])
+
+
+def split_mask(contig_ids, cfg: DataConfig, validation: bool, threshold: float | None = None) -> np.ndarray:
+    """True for the contigs of one split (validation: a `val_fraction` share chosen by hash),
+    after the subsample rule of `subsample_threshold`."""
+    keep = (split_hash(contig_ids, cfg.split_salt) < cfg.val_fraction) == validation
+    if threshold is not None:
+        keep &= split_hash(contig_ids, cfg.split_salt + SUBSAMPLE_SALT) <= threshold
+    return keep
+
+
+def label_codes(labels, vocabulary: list[str]) -> np.ndarray:
+    """(n,) int32 index of each label in `vocabulary`; -1 for an unknown or missing label."""
+    codes = {name: i for i, name in enumerate(vocabulary)}
+    return np.array([-1 if v is None else codes.get(v, -1) for v in labels], dtype=np.int32)
 
 
 class CountBatch(NamedTuple):
@@ -97,32 +121,30 @@ def _indexable(t: Tensor) -> Tensor:
 
 @dataclass
 class TensorData:
-    """Contigs held in memory as tensors, iterated in (optionally shuffled) batches."""
+    """Contigs held as tensors (in host memory or on a GPU), iterated in (optionally shuffled) batches."""
 
     batch: CountBatch
-    contig_ids: np.ndarray
-    labels: np.ndarray | None
+    codes: Tensor | None = None  # (n,) int32 label code per contig (-1: none); None when unlabeled
+    contig_ids: np.ndarray | None = None  # (n,) str, where known (the local engine)
 
     @classmethod
-    def from_table(cls, table: FeatureTable, rows: np.ndarray) -> "TensorData":
-        return cls(
-            CountBatch(
-                torch.from_numpy(table.length[rows]),
-                torch.from_numpy(table.gc[rows]),
-                torch.from_numpy(torch_counts(table.kmer7[rows])),
-                torch.from_numpy(torch_counts(table.kmer4[rows])),
-                torch.from_numpy(torch_counts(table.kmer3[rows])),
-            ),
-            table.contig_ids[rows],
-            None if table.labels is None else table.labels[rows],
-        )
+    def from_table(cls, table: FeatureTable, rows: np.ndarray, vocabulary: list[str] | None = None) -> "TensorData":
+        """Rows of a table; label codes against `vocabulary` (default: the table's own labels)."""
+        codes = None
+        if table.labels is not None:
+            vocabulary = vocabulary if vocabulary is not None else sorted({v for v in table.labels if v is not None})
+            codes = torch.from_numpy(label_codes(table.labels[rows], vocabulary))
+        counts = (torch.from_numpy(torch_counts(table.counts(k)[rows])) for k in KMER_SIZES)
+        batch = CountBatch(torch.from_numpy(table.length[rows]), torch.from_numpy(table.gc[rows]), *counts)
+        return cls(batch, codes, table.contig_ids[rows])
 
     def __len__(self) -> int:
         return len(self.batch.length)
 
     def to(self, device: torch.device) -> "TensorData":
-        """The same data held on `device` (GPU-resident mode: copied once, shuffled there)."""
-        return TensorData(CountBatch(*(_indexable(t.to(device)) for t in self.batch)), self.contig_ids, self.labels)
+        """The same data held on `device` (GPU-resident mode: copied once, shuffled there).
+        Label codes stay on the host: they are only read for kNN accuracy."""
+        return TensorData(CountBatch(*(_indexable(t.to(device)) for t in self.batch)), self.codes, self.contig_ids)
 
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None, drop_singleton: bool = False, drop_last: bool = False
@@ -142,21 +164,58 @@ class TensorData:
                 idx = order[lo:hi]
                 yield CountBatch(*(t[idx] for t in self.batch))
 
+    def labeled_batches(self, batch_size: int) -> Iterator[tuple[CountBatch, Tensor | None]]:
+        """Batches in storage order, each with its label codes (None when unlabeled)."""
+        for lo, batch in zip(range(0, len(self), batch_size), self.batches(batch_size)):
+            yield batch, None if self.codes is None else self.codes[lo : lo + batch_size]
+
+
+class EpochData(Protocol):
+    """What the epoch loop reads: training batches per epoch, validation batches with their labels.
+
+    One implementation holds the data in memory (`InMemoryData`: the local engine, and a Ray
+    worker's GPU-resident shard); the Ray engine's other streams a worker's shard through
+    Ray Data every epoch (`kmervae.distributed.ray_data.StreamedShards`).
+    """
+
+    labeled: bool  # validation batches carry label codes (kNN accuracy is computed)
+
+    def train_batches(self, epoch: int) -> Iterable[CountBatch]: ...
+
+    def val_batches(self) -> Iterable[tuple[CountBatch, Tensor | None]]: ...
+
+
+@dataclass
+class InMemoryData:
+    """Training and validation data held as tensors; the training order is reshuffled every epoch."""
+
+    train: TensorData
+    val: TensorData
+    batch_size: int
+    generator: torch.Generator  # on the data's device: resident data is shuffled there
+    drop_last: bool = False  # full batches only (equal steps on every DDP rank); else only a batch of 1 is dropped
+
+    @property
+    def labeled(self) -> bool:
+        return self.val.codes is not None
+
+    def train_batches(self, epoch: int) -> Iterator[CountBatch]:
+        return self.train.batches(self.batch_size, self.generator, drop_singleton=True, drop_last=self.drop_last)
+
+    def val_batches(self) -> Iterator[tuple[CountBatch, Tensor | None]]:
+        return self.val.labeled_batches(self.batch_size)
+
 
 def load_splits(path, cfg: DataConfig) -> tuple[TensorData, TensorData]:
-    """Read a feature dataset and split it into training and validation data."""
+    """Read a feature dataset and split it into training and validation data (label codes
+    against the dataset's sorted labels, as the Ray engine codes them)."""
     table = FeatureTable.from_parquet(path)
-    hashes = split_hash(table.contig_ids, cfg.split_salt)
-    rows = np.arange(len(table))
-    if cfg.max_samples is not None and cfg.max_samples < len(table):
-        # An independent hash picks the subsample, so it keeps the validation share.
-        subsample = split_hash(table.contig_ids, cfg.split_salt + SUBSAMPLE_SALT)
-        rows = np.sort(np.argsort(subsample, kind="stable")[: cfg.max_samples])
-    val = hashes[rows] < cfg.val_fraction
-    train_rows, val_rows = rows[~val], rows[val]
+    threshold = subsample_threshold(table.contig_ids, cfg)
+    train_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=False, threshold=threshold))
+    val_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=True, threshold=threshold))
     if len(train_rows) < 2 or len(val_rows) < 1:
         raise InputError(
-            f"{path}: {len(rows)} contigs give {len(train_rows)} for training and {len(val_rows)} for validation; "
-            "featurize more contigs or change data.val_fraction"
+            f"{path}: {len(train_rows) + len(val_rows)} contigs give {len(train_rows)} for training and "
+            f"{len(val_rows)} for validation; featurize more contigs or change data.val_fraction"
         )
     return TensorData.from_table(table, train_rows), TensorData.from_table(table, val_rows)

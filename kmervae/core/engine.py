@@ -16,22 +16,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
-from kmervae.core.data import CountBatch, TensorData, load_splits, use_resident
+from kmervae.core.data import CountBatch, EpochData, InMemoryData, load_splits, use_resident
 from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.core.loss import vae_loss
 from kmervae.core.metrics import EpochMetrics, knn_accuracy
 from kmervae.core.model import BranchedVAE
 from kmervae.core.storage import check_writable
-
-if TYPE_CHECKING:
-    from kmervae.tracking.tracker import Tracker
 
 AllReduce = Callable[[Tensor], None]
 """Sums a tensor in place across ranks (torch.distributed.all_reduce); None in one process."""
@@ -118,7 +115,7 @@ def train_epoch(
 @torch.no_grad()
 def validate_epoch(
     model: nn.Module,
-    batches: Iterable[CountBatch],
+    batches: Iterable[tuple[CountBatch, Tensor | None]],
     loss_cfg: LossConfig,
     beta: float,
     *,
@@ -126,23 +123,91 @@ def validate_epoch(
     precision: str = "fp32",
     all_reduce: AllReduce | None = None,
     keep_embeddings: bool = False,
-) -> tuple[dict[str, float], Tensor | None]:
-    """Exact validation metrics over all batches (and every rank); optionally the latent means."""
+) -> tuple[dict[str, float], Tensor | None, Tensor | None]:
+    """Exact validation metrics over all batches (and every rank); optionally the latent
+    means and the label codes that came with the batches, in the same order."""
     model.eval()
     plain = unwrap(model)
     metrics = EpochMetrics(plain.cfg.latent_dim, plain.cfg.gate_k7, device)
-    embeddings = []
-    for batch in batches:
+    embeddings, codes = [], []
+    for batch, batch_codes in batches:
         batch = batch.to(device, non_blocking=True)
         with autocast(device, precision):
             out = model(*batch)
         metrics.update(out, batch.kmer7, loss_cfg)
         if keep_embeddings:
             embeddings.append(out.mu.float().cpu())
+            if batch_codes is not None:
+                codes.append(batch_codes.cpu())
     if all_reduce is not None:
         all_reduce(metrics.state)
     values = metrics.compute(loss_cfg, beta, prefix="val/")
-    return values, (torch.cat(embeddings) if embeddings else None)
+    mu = torch.cat(embeddings) if embeddings else None
+    return values, mu, (torch.cat(codes) if codes else None)
+
+
+class Collective:
+    """What the epoch loop needs from the other ranks; in one process, nothing.
+
+    The Ray engine's DDP subclass all-reduces sums, makes every rank validate rank 0's
+    BatchNorm statistics and gathers the validation embeddings for kNN accuracy."""
+
+    all_reduce: AllReduce | None = None
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Make every rank's buffers (BatchNorm running statistics) rank 0's."""
+
+    def gather(self, mu: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's validation embeddings and label codes."""
+        return mu, codes
+
+
+EpochHook = Callable[[int, dict[str, float], list[dict[str, float]]], None]
+"""Called after each epoch with (epoch, its metrics, the history so far): the engine's own part
+(save checkpoints and log locally; report to Ray Train on a worker)."""
+
+
+def run_epochs(
+    model: nn.Module,
+    data: EpochData,
+    config: RunConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    *,
+    device: torch.device,
+    on_epoch: EpochHook,
+    start_epoch: int = 0,
+    history: list[dict[str, float]] | None = None,
+    collective: Collective | None = None,
+) -> list[dict[str, float]]:
+    """The epoch loop of every engine: beta schedule, train, validate, kNN, scheduler, metrics, hook.
+
+    `model` is what trains (possibly DDP- or compile-wrapped); validation runs the plain model
+    (rank 0's weights everywhere) so that no DDP collective runs outside training steps.
+    """
+    tc = config.train
+    collective = collective or Collective()
+    history = list(history or [])
+    for epoch in range(start_epoch, tc.epochs):
+        beta = config.loss.beta_at(epoch)
+        train_metrics = train_epoch(
+            model, data.train_batches(epoch), optimizer, config.loss, beta,
+            device=device, grad_clip=tc.grad_clip, precision=tc.precision, all_reduce=collective.all_reduce,
+        )
+        collective.sync_buffers(unwrap(model))
+        val_metrics, mu, codes = validate_epoch(
+            unwrap(model), data.val_batches(), config.loss, beta,
+            device=device, precision=tc.precision, all_reduce=collective.all_reduce, keep_embeddings=data.labeled,
+        )
+        if data.labeled:
+            empty = torch.zeros(0, dtype=torch.int32)
+            mu, codes = collective.gather(mu if mu is not None else torch.zeros(0, 0), codes if codes is not None else empty)
+            val_metrics["val/knn_acc"] = knn_accuracy(mu, [int(c) if c >= 0 else None for c in codes])
+        scheduler.step(val_metrics["val/loss"])
+        metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
+        history.append(metrics)
+        on_epoch(epoch, metrics, history)
+    return history
 
 
 @dataclass
@@ -161,26 +226,11 @@ def fit_local(
     config: RunConfig,
     out_dir: str | Path,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
-    tracker: "Tracker | None" = None,
+    on_epoch: EpochHook | None = None,
 ) -> FitResult:
-    """Train in this process from a feature dataset; checkpoints and metrics.jsonl go to `out_dir`.
-
-    With a `tracker`, the config, every epoch's metrics, the model table and diagram, the
-    metrics log and the best checkpoint also go to its MLflow run.
-    """
-    from kmervae.tracking.tracker import OUTBOX_FILE, closes_on_error  # mlflow itself is imported only by a Tracker
-
-    with closes_on_error(tracker):
-        result = _fit_local(data_path, config, out_dir, log, tracker)
-    if tracker is not None:
-        for path in result.artifacts:
-            tracker.log_artifact(path)
-        tracker.log_artifact(result.best_checkpoint, "checkpoints")
-        tracker.finish(fallback=result.out_dir / OUTBOX_FILE, log=log)
-    return result
-
-
-def _fit_local(data_path, config: RunConfig, out_dir, log, tracker) -> FitResult:
+    """Train in this process from a feature dataset; checkpoints, metrics.jsonl and the model's
+    description go to `out_dir`. `on_epoch` is called after each epoch is saved (MLflow logging
+    lives in the layer above: `kmervae.tracking.local_run`)."""
     tc = config.train
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
@@ -188,15 +238,11 @@ def _fit_local(data_path, config: RunConfig, out_dir, log, tracker) -> FitResult
     model = BranchedVAE(config.model).to(device)
     optimizer = make_optimizer(model, tc, device)
     scheduler = make_scheduler(optimizer, tc)
-    runnable = compile_model(model, tc, log)
     out = Path(out_dir)
     check_writable(out, CHECKPOINT_COPIES * checkpoint_bytes(config))
     out.mkdir(parents=True, exist_ok=True)
     result = FitResult(out, out / "best.pt", out / "last.pt")
     result.artifacts = write_model_description(model, out, log) + [out / "metrics.jsonl"]
-    if tracker is not None:
-        tracker.log_params({**config.to_dict(), "data": {**config.to_dict()["data"], "path": str(Path(data_path).absolute())}})
-    best = math.inf
     generator = torch.Generator().manual_seed(tc.seed)
     where = "streamed from host memory"
     if use_resident(tc.resident, device, train.batch.nbytes + val.batch.nbytes):
@@ -204,32 +250,28 @@ def _fit_local(data_path, config: RunConfig, out_dir, log, tracker) -> FitResult
         train, val = train.to(device), val.to(device)
         generator = torch.Generator(device=device).manual_seed(tc.seed)
         where = f"resident on {device} ({(train.batch.nbytes + val.batch.nbytes) / 2**20:,.0f} MiB)"
-    log(f"training on {len(train):,} contigs, validating on {len(val):,}, device {device}, data {where}, lr {tc.effective_lr:.2e}")
+    lr = f"lr {tc.effective_lr:.2e}"
+    log(f"training on {len(train):,} contigs, validating on {len(val):,}, device {device}, data {where}, {lr}")
+    best = math.inf
+
     with open(out / "metrics.jsonl", "w") as metrics_log:
-        for epoch in range(tc.epochs):
-            beta = config.loss.beta_at(epoch)
-            train_metrics = train_epoch(
-                runnable, _train_batches(train, tc.batch_size, generator), optimizer, config.loss, beta,
-                device=device, grad_clip=tc.grad_clip, precision=tc.precision,
-            )
-            val_metrics, mu = validate_epoch(
-                runnable, val.batches(tc.batch_size), config.loss, beta,
-                device=device, precision=tc.precision, keep_embeddings=val.labels is not None,
-            )
-            if mu is not None:
-                val_metrics["val/knn_acc"] = knn_accuracy(mu, val.labels)
-            scheduler.step(val_metrics["val/loss"])
-            metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
-            result.history.append(metrics)
-            save_checkpoint(result.last_checkpoint, model, config, epoch, metrics, optimizer, scheduler, result.history)
-            if val_metrics["val/loss"] < best:
-                best = val_metrics["val/loss"]
-                save_checkpoint(result.best_checkpoint, model, config, epoch, metrics, optimizer, scheduler, result.history)
+
+        def save_and_log(epoch: int, metrics: dict[str, float], history: list[dict[str, float]]) -> None:
+            nonlocal best
+            state = (model, config, epoch, metrics, optimizer, scheduler, history)
+            save_checkpoint(result.last_checkpoint, *state)
+            if metrics["val/loss"] < best:
+                best = metrics["val/loss"]
+                save_checkpoint(result.best_checkpoint, *state)
             metrics_log.write(json.dumps(metrics) + "\n")
             metrics_log.flush()
-            if tracker is not None:
-                tracker.log_metrics(metrics, step=epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics, history)
             log(epoch_line(epoch, tc.epochs, metrics))
+
+        data = InMemoryData(train, val, tc.batch_size, generator)
+        runnable = compile_model(model, tc, log)
+        result.history = run_epochs(runnable, data, config, optimizer, scheduler, device=device, on_epoch=save_and_log)
     return result
 
 
@@ -277,10 +319,6 @@ def write_model_description(model: BranchedVAE, out: Path, log: Callable[[str], 
 def compile_model(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) -> nn.Module:
     """torch.compile when asked for, with an eager fallback; the model itself otherwise."""
     return _CompiledWithFallback(model, log) if cfg.compile else model
-
-
-def _train_batches(data: TensorData, batch_size: int, generator: torch.Generator):
-    return data.batches(batch_size, generator=generator, drop_singleton=True)
 
 
 def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:

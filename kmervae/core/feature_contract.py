@@ -44,6 +44,17 @@ KMER_SIZES = (7, 4, 3)
 KMER_COLUMNS = {k: f"kmer{k}" for k in KMER_SIZES}
 """Parquet column of each k."""
 
+MODEL_INPUTS = ("length", "gc", *KMER_COLUMNS.values())
+"""The stored columns a model reads, in the order of its arguments (training, export, embed)."""
+
+MANIFEST_NAME = "_kmervae_dataset.json"
+"""Written last by the featurizer: lists the files and rows of a complete dataset."""
+
+
+def part_name(index: int) -> str:
+    """File name of the `index`-th part of a dataset."""
+    return f"part-{index:05d}.parquet"
+
 COUNT_DTYPES = (np.dtype("<u1"), np.dtype("<u2"), np.dtype("<u4"))
 """Storage widths a k-mer column may use, narrowest first."""
 

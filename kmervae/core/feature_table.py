@@ -17,16 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kmervae.core.errors import InputError, InputNotFoundError
-from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, DatasetFormat, decode_counts
-
-MANIFEST_NAME = "_kmervae_dataset.json"
-"""Written last by the featurizer: lists the files and rows of a complete dataset."""
-
-
-def part_name(index: int) -> str:
-    """File name of the `index`-th part of a dataset."""
-    return f"part-{index:05d}.parquet"
-
+from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, MANIFEST_NAME, N_BINS, DatasetFormat, decode_counts
 
 @dataclass(frozen=True)
 class DatasetFiles:
@@ -117,6 +108,18 @@ def _check_values(file: Path, mtime_ns: int, size: int) -> None:
         )
 
 
+def decode_inputs(table: pa.Table | pa.RecordBatch, fmt: DatasetFormat) -> dict[str, np.ndarray]:
+    """The model's input columns (`MODEL_INPUTS`) of stored rows: length int64, gc float32, and
+    the counts at their stored width. The one decoder every reader uses (local, Ray, embed)."""
+    out = {
+        "length": table.column("length").to_numpy().astype(np.int64, copy=False),
+        "gc": table.column("gc").to_numpy().astype(np.float32, copy=False),
+    }
+    for k in KMER_SIZES:
+        out[KMER_COLUMNS[k]] = decode_counts(table.column(KMER_COLUMNS[k]), N_BINS[k], fmt.count_dtypes[k])
+    return out
+
+
 @dataclass(frozen=True)
 class FeatureTable:
     """Counts, GC and length of a set of contigs: one row per contig, shapes and dtypes checked."""
@@ -154,19 +157,11 @@ class FeatureTable:
     @classmethod
     def from_arrow(cls, table: pa.Table, fmt: DatasetFormat) -> "FeatureTable":
         """Decode an arrow table read from feature files of format `fmt`."""
-        counts = {k: decode_counts(table.column(KMER_COLUMNS[k]), N_BINS[k], fmt.count_dtypes[k]) for k in KMER_SIZES}
         labels = None
         if "label" in table.column_names and table.column("label").null_count < len(table):
             labels = np.asarray(table.column("label").to_pylist(), dtype=object)
-        return cls(
-            contig_ids=np.asarray(table.column("contig_id").to_pylist(), dtype=object),
-            length=table.column("length").to_numpy().astype(np.int64, copy=False),
-            gc=table.column("gc").to_numpy().astype(np.float32, copy=False),
-            kmer7=counts[7],
-            kmer4=counts[4],
-            kmer3=counts[3],
-            labels=labels,
-        )
+        contig_ids = np.asarray(table.column("contig_id").to_pylist(), dtype=object)
+        return cls(contig_ids=contig_ids, labels=labels, **decode_inputs(table, fmt))
 
     @classmethod
     def from_parquet(cls, path: str | os.PathLike[str]) -> "FeatureTable":

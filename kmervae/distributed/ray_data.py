@@ -9,6 +9,7 @@ are widened and transformed on the device inside the model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -18,12 +19,12 @@ import pyarrow.parquet as pq
 import torch
 
 from kmervae.core.config import DataConfig
-from kmervae.core.data import SUBSAMPLE_SALT, CountBatch, split_hash, torch_counts
-from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, DatasetFormat, decode_counts
+from kmervae.core.data import CountBatch, TensorData, label_codes, split_hash, split_mask, subsample_threshold, torch_counts
+from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, MODEL_INPUTS, N_BINS, DatasetFormat
 from kmervae.core.errors import KmervaeError
-from kmervae.core.feature_table import DatasetFiles
+from kmervae.core.feature_table import DatasetFiles, decode_inputs
 
-READ_COLUMNS = ["contig_id", "length", "gc", *(KMER_COLUMNS[k] for k in KMER_SIZES)]
+READ_COLUMNS = ["contig_id", *MODEL_INPUTS]
 
 
 def label_vocabulary(files: DatasetFiles) -> list[str]:
@@ -37,42 +38,29 @@ def label_vocabulary(files: DatasetFiles) -> list[str]:
     return sorted(labels)
 
 
-def subsample_threshold(files: DatasetFiles, cfg: DataConfig) -> float | None:
-    """Largest subsample hash kept by `data.max_samples` (None: keep all).
-
-    The local engine keeps the `max_samples` contigs with the lowest subsample hash; a
-    streamed read cannot sort globally, so the driver finds that hash once (reading only
-    contig_id) and the read tasks keep rows at or under it: the same contigs either way.
-    """
+def dataset_threshold(files: DatasetFiles, cfg: DataConfig) -> float | None:
+    """`subsample_threshold` of the whole dataset, read once on the driver (contig_id only)."""
     if cfg.max_samples is None or cfg.max_samples >= files.rows:
         return None
     ids = [cid for p in files.paths for cid in pq.read_table(p, columns=["contig_id"]).column("contig_id").to_pylist()]
-    hashes = np.sort(split_hash(ids, cfg.split_salt + SUBSAMPLE_SALT))
-    return float(hashes[cfg.max_samples - 1])
+    return subsample_threshold(ids, cfg)
 
 
 def decode_split(
     table: pa.Table, fmt: DatasetFormat, cfg: DataConfig, validation: bool, labels: list[str], threshold: float | None
 ) -> dict[str, np.ndarray]:
-    """Ray Data map_batches function: keep one split's rows and decode the count columns."""
+    """Ray Data map_batches function: keep one split's rows (the local engine's rule,
+    `split_mask`) and decode the model's input columns."""
     ids = table.column("contig_id").to_pylist()
-    hashes = split_hash(ids, cfg.split_salt)
-    keep = (hashes < cfg.val_fraction) == validation
-    if threshold is not None:
-        keep &= split_hash(ids, cfg.split_salt + SUBSAMPLE_SALT) <= threshold
+    keep = split_mask(ids, cfg, validation, threshold)
     table = table.take(pa.array(np.flatnonzero(keep), pa.int64()))
-    out = {
-        "length": table.column("length").to_numpy().astype(np.int64, copy=False),
-        "gc": table.column("gc").to_numpy().astype(np.float32, copy=False),
-        # A stable integer per contig that spreads the unsplit validation set over ranks.
-        "bucket": (hashes[keep] * 2**31).astype(np.int64),
-    }
-    for k in KMER_SIZES:
-        name = KMER_COLUMNS[k]
-        out[name] = torch_counts(decode_counts(table.column(name), N_BINS[k], fmt.count_dtypes[k]))
+    out = decode_inputs(table, fmt)
+    for name in KMER_COLUMNS.values():
+        out[name] = torch_counts(out[name])
+    # A stable integer per contig that spreads the unsplit validation set over ranks.
+    out["bucket"] = (split_hash(np.asarray(ids, dtype=object)[keep], cfg.split_salt) * 2**31).astype(np.int64)
     if labels:
-        codes = {name: i for i, name in enumerate(labels)}
-        out["label"] = np.array([-1 if v is None else codes.get(v, -1) for v in table.column("label").to_pylist()], np.int32)
+        out["label"] = label_codes(table.column("label").to_pylist(), labels)
     return out
 
 
@@ -98,7 +86,7 @@ def build_datasets(files: DatasetFiles, cfg: DataConfig, labels: list[str], seed
     context = DataContext.get_current()  # travels with the datasets to the workers
     context.enable_progress_bars = False  # per-epoch lines from rank 0 instead of a bar per read
     context.print_on_execution_start = False
-    threshold = subsample_threshold(files, cfg)
+    threshold = dataset_threshold(files, cfg)
     columns = READ_COLUMNS + (["label"] if labels else [])
     base = ray.data.read_parquet([str(p) for p in files.paths]).select_columns(columns)  # projection pushed into the read
     common = dict(fmt=files.format, cfg=cfg, threshold=threshold)
@@ -125,16 +113,14 @@ def object_store_bytes() -> float:
     return float(ray.cluster_resources().get("object_store_memory", 0))
 
 
-def gather_shard(shard, device: torch.device, bucket: tuple[int, int] | None = None, labeled: bool = False):
-    """Read a worker's whole shard once onto `device`: (TensorData, label codes or None)."""
-    from kmervae.core.data import TensorData
-
-    labels: list[torch.Tensor] = []
-    parts = list(shard_batches(shard, 8192, device, labels_out=labels if labeled else None, bucket=bucket))
+def gather_shard(shard, device: torch.device, bucket: tuple[int, int] | None = None) -> TensorData:
+    """Read a worker's whole shard once onto `device` (with its label codes, if any)."""
+    parts = list(shard_batches(shard, 8192, device, bucket=bucket))
     if not parts:
         raise KmervaeError("this worker's shard is empty; featurize more contigs or use fewer workers")
-    batch = CountBatch(*(torch.cat(columns) for columns in zip(*parts)))
-    return TensorData(batch, np.array([], dtype=object), None).to(device), (torch.cat(labels) if labels else None)
+    batch = CountBatch(*(torch.cat(columns) for columns in zip(*(b for b, _ in parts))))
+    codes = [c for _, c in parts if c is not None]
+    return TensorData(batch, torch.cat(codes) if codes else None).to(device)
 
 
 def shard_batches(
@@ -143,15 +129,14 @@ def shard_batches(
     device: torch.device,
     shuffle_seed: int | None = None,
     drop_last: bool = False,
-    labels_out: list | None = None,
     bucket: tuple[int, int] | None = None,
-) -> Iterator[CountBatch]:
-    """A worker's batches as model input on `device`.
+) -> Iterator[tuple[CountBatch, torch.Tensor | None]]:
+    """A worker's batches as model input on `device`, each with its label codes (on the host;
+    None when the dataset carries none).
 
     `shuffle_seed` turns on a local shuffle buffer; `drop_last` keeps every training step
     at full size (equal shards then give every DDP rank the same number of steps);
-    `bucket=(rank, world)` keeps this rank's share of an unsplit dataset; label codes,
-    when present, are appended to `labels_out` in batch order.
+    `bucket=(rank, world)` keeps this rank's share of an unsplit dataset.
     """
     for batch in shard.iter_torch_batches(
         batch_size=batch_size,
@@ -166,6 +151,32 @@ def shard_batches(
             batch = {key: value[keep] for key, value in batch.items()}
             if not len(batch["length"]):
                 continue
-        if labels_out is not None and "label" in batch:
-            labels_out.append(batch["label"].cpu())
-        yield CountBatch(batch["length"], batch["gc"], *(batch[KMER_COLUMNS[k]] for k in KMER_SIZES))
+        codes = batch["label"].cpu() if "label" in batch else None
+        yield CountBatch(*(batch[name] for name in MODEL_INPUTS)), codes
+
+
+@dataclass
+class StreamedShards:
+    """A Ray Train worker's data read through Ray Data every epoch (the `EpochData` of streaming).
+
+    Training streams this worker's split of the training set, reshuffled by epoch and rank;
+    validation streams the unsplit validation set and keeps this rank's hash buckets, so no
+    contig is dropped to equalise shards and the all-reduced metrics are exact.
+    """
+
+    train_shard: object  # ray.data.DataIterator
+    val_shard: object
+    batch_size: int
+    device: torch.device
+    rank: int
+    world: int
+    seed: int
+    labeled: bool
+
+    def train_batches(self, epoch: int) -> Iterator[CountBatch]:
+        seed = self.seed * 1_000_003 + epoch * 1009 + self.rank  # a different, reproducible order every epoch
+        batches = shard_batches(self.train_shard, self.batch_size, self.device, shuffle_seed=seed, drop_last=True)
+        return (batch for batch, _ in batches)
+
+    def val_batches(self) -> Iterator[tuple[CountBatch, torch.Tensor | None]]:
+        return shard_batches(self.val_shard, self.batch_size, self.device, bucket=(self.rank, self.world))

@@ -23,16 +23,17 @@ from typing import Any, Callable
 
 import torch
 
-from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint, save_checkpoint, unwrap
+from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint, save_checkpoint
 from kmervae.core.config import RunConfig
-from kmervae.core.engine import epoch_line, make_optimizer, make_scheduler, train_epoch, validate_epoch, write_model_description
+from kmervae.core.data import EpochData, InMemoryData, use_resident
+from kmervae.core.engine import Collective, epoch_line, make_optimizer, make_scheduler, run_epochs, write_model_description
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import dataset_files
-from kmervae.core.metrics import knn_accuracy
 from kmervae.core.model import BranchedVAE
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, is_uri, local_outputs
 from kmervae.core.storage import normalize as normalize_storage
+from kmervae.distributed.ray_data import StreamedShards, gather_shard
 from kmervae.tracking.tracker import OUTBOX_FILE, Outbox, check_reachable, closes_on_error, metrics_op, tracking_uri
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -96,13 +97,9 @@ def plan_resources(
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker: train the VAE on this worker's shard, report every epoch."""
+    """Ray Train worker: the shared epoch loop on this worker's shard, reporting every epoch."""
     import ray.train
     import ray.train.torch
-    import torch.distributed as dist
-
-    from kmervae.core.data import use_resident
-    from kmervae.distributed.ray_data import gather_shard, shard_batches
 
     config = RunConfig.from_dict(loop_config["run"])
     tc = config.train
@@ -114,77 +111,75 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)
     model = BranchedVAE(config.model)
     resumed = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as folder:
             resumed = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
         model.load_state_dict(resumed.model_state)
     model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP when world > 1
     optimizer = make_optimizer(model, tc, device)
     scheduler = make_scheduler(optimizer, tc)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
     if resumed is not None:
         optimizer.load_state_dict(resumed.optimizer_state)
         scheduler.load_state_dict(resumed.scheduler_state)
-        history, start_epoch = list(resumed.history), resumed.epoch + 1
-    distributed = dist.is_available() and dist.is_initialized() and world > 1
-    all_reduce = dist.all_reduce if distributed else None
-    labeled = loop_config["labeled"]
-    train_shard = ray.train.get_dataset_shard("train")
-    val_data = ray.train.get_dataset_shard("val")
-    # GPU-resident mode: this worker's shard (about data_bytes / world) is read once through
-    # Ray Data onto the GPU and shuffled there every epoch; else it streams every epoch.
-    resident_train = resident_val = resident_labels = None
-    if use_resident(tc.resident, device, loop_config["data_bytes"] // world):
-        resident_train, _ = gather_shard(train_shard, device)
-        resident_val, resident_labels = gather_shard(val_data, device, bucket=(rank, world), labeled=labeled)
-        generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
-        if rank == 0:
-            sys.stdout.write(f"data resident on {device}: {len(resident_train):,} training contigs per worker\n")
-    for epoch in range(start_epoch, tc.epochs):
-        beta = config.loss.beta_at(epoch)
-        seed = tc.seed * 1_000_003 + epoch * 1009 + rank  # a different, reproducible order every epoch
-        if resident_train is not None:
-            batches = resident_train.batches(tc.batch_size, generator=generator, drop_last=True)
-        else:
-            batches = shard_batches(train_shard, tc.batch_size, device, shuffle_seed=seed, drop_last=True)
-        train_metrics = train_epoch(
-            model, batches, optimizer, config.loss, beta, device=device, grad_clip=tc.grad_clip, precision=tc.precision,
-            all_reduce=all_reduce,
-        )
-        if distributed:
-            # DDP keeps each rank's BatchNorm running statistics from its own last batch: make
-            # every rank validate rank 0's model, the one that is checkpointed.
-            for buffer in unwrap(model).buffers():
-                dist.broadcast(buffer, src=0)
-        # Every worker reads the (unsplit) validation set and keeps its own hash buckets, so
-        # nothing is dropped to equalise shards; the sums are then all-reduced: exact metrics.
-        labels: list[torch.Tensor] = []
-        if resident_val is not None:
-            val_batches = resident_val.batches(tc.batch_size)
-            labels = [resident_labels.cpu()] if resident_labels is not None else []
-        else:
-            val_batches = shard_batches(val_data, tc.batch_size, device, labels_out=labels, bucket=(rank, world))
-        val_metrics, mu = validate_epoch(
-            unwrap(model), val_batches,
-            config.loss, beta, device=device, precision=tc.precision, all_reduce=all_reduce, keep_embeddings=labeled,
-        )
-        if labeled:
-            mu_all, labels_all = _gather(mu, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int32), distributed, world)
-            val_metrics["val/knn_acc"] = knn_accuracy(mu_all, [int(c) if c >= 0 else None for c in labels_all])
-        scheduler.step(val_metrics["val/loss"])
-        metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
-        history.append(metrics)
-        if rank == 0:
-            # sys.stdout.write, not print: Ray Train's patched print would echo the line twice.
-            sys.stdout.write(epoch_line(epoch, tc.epochs, metrics) + "\n")
-            sys.stdout.flush()
-            with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
+    data = worker_data(loop_config, tc, device, rank, world)
+
+    def report(epoch: int, metrics: dict[str, float], history: list[dict[str, float]]) -> None:
+        if rank != 0:
             ray.train.report(metrics)
+            return
+        sys.stdout.write(epoch_line(epoch, tc.epochs, metrics) + "\n")  # not print: Ray's print echoes twice
+        sys.stdout.flush()
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    run_epochs(
+        model, data, config, optimizer, scheduler, device=device, on_epoch=report, collective=DDPCollective.of(world),
+        start_epoch=resumed.epoch + 1 if resumed else 0, history=resumed.history if resumed else None,
+    )
+
+
+def worker_data(loop_config: dict[str, Any], tc, device: torch.device, rank: int, world: int) -> EpochData:
+    """This worker's data: read once onto the device (GPU-resident mode, when it fits) or streamed."""
+    import ray.train
+
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    if use_resident(tc.resident, device, loop_config["data_bytes"] // world):
+        train, val = gather_shard(train_shard, device), gather_shard(val_shard, device, bucket=(rank, world))
+        if rank == 0:
+            sys.stdout.write(f"data resident on {device}: {len(train):,} training contigs per worker\n")
+        generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
+        return InMemoryData(train, val, tc.batch_size, generator, drop_last=True)  # equal steps on every rank
+    return StreamedShards(train_shard, val_shard, tc.batch_size, device, rank, world, tc.seed, loop_config["labeled"])
+
+
+class DDPCollective(Collective):
+    """The epoch loop's cross-rank operations over torch.distributed (gloo or NCCL)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.all_reduce = dist.all_reduce
+
+    @classmethod
+    def of(cls, world: int) -> Collective:
+        """DDP operations when this run has several ranks; none otherwise."""
+        import torch.distributed as dist
+
+        return cls() if world > 1 and dist.is_available() and dist.is_initialized() else Collective()
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        # DDP keeps each rank's BatchNorm running statistics from its own last batch: make
+        # every rank validate rank 0's model, the one that is checkpointed.
+        for buffer in model.buffers():
+            self.dist.broadcast(buffer, src=0)
+
+    def gather(self, mu: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts: list[Any] = [None] * self.dist.get_world_size()
+        self.dist.all_gather_object(parts, (mu, codes))
+        mus = [m for m, _ in parts if m.numel()]
+        return (torch.cat(mus) if mus else mu), torch.cat([c for _, c in parts])
 
 
 def mlflow_epoch_logger(uri: str, run_id: str):
@@ -213,19 +208,6 @@ def mlflow_epoch_logger(uri: str, run_id: str):
             self.outbox.send(metrics_op(run_id, metrics[0], step=int(metrics[0]["epoch"])))
 
     return MlflowEpochLogger()
-
-
-def _gather(mu: torch.Tensor | None, labels: torch.Tensor, distributed: bool, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All workers' validation embeddings and label codes (for kNN accuracy over the whole set)."""
-    mu = mu if mu is not None else torch.zeros(0, 0)
-    if not distributed:
-        return mu, labels
-    import torch.distributed as dist
-
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, (mu, labels))
-    mus = [m for m, _ in parts if m.numel()]
-    return (torch.cat(mus) if mus else mu), torch.cat([lab for _, lab in parts])
 
 
 @dataclass
