@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kmervae.core.config import PRESETS, RunConfig  # noqa: E402
-from kmervae.distributed.sweep import SweepConfig, run_sweep  # noqa: E402
+from kmervae.core.config import SweepConfig
+from kmervae.distributed.sweep import run_sweep  # noqa: E402
 
 
 def space(trial) -> None:
@@ -102,7 +103,7 @@ def main() -> None:
     epochs_once = all(
         len(steps) == len(set(steps)) for steps in ([m.step for m in client.get_metric_history(c.info.run_id, "val/loss")] for c in children)
     )
-    ok = sum(1 for row in result.trials if row["status"] == "OK")
+    ok = sum(1 for row in result.trials if row.status == "OK")
 
     import re
 

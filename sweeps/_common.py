@@ -102,7 +102,8 @@ def sweep_main(script: str, description: str, space: Callable[[Any], Any], prese
 
 def _run(script: str, args: argparse.Namespace, space) -> int:
     from kmervae.core.config import RunConfig, preset
-    from kmervae.distributed.sweep import SweepConfig, run_sweep
+    from kmervae.core.config import SweepConfig
+    from kmervae.distributed.sweep import run_sweep
     from kmervae.tracking.tracker import tracking_uri, ui_command
 
     smoke = args.smoke_test
@@ -128,11 +129,11 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     )
     data = args.data or default_data(args.storage)
     result = run_sweep(data, base, space, sweep, resume=args.resume, mlflow_dir=args.mlflow_dir, address=args.address)
-    failed = sum(1 for t in result.trials if t["status"] != "OK")
+    failed = sum(1 for t in result.trials if t.status != "OK")
     print(f"sweep     {result.name}: {len(result.trials)} trial(s), {failed} failed; state in {result.path}")
     if result.best_trial is not None:
-        config = {k.removeprefix("config/"): v for k, v in result.best_trial.items() if k.startswith("config/")}
-        print(f"best      trial {result.best_trial['trial_id']}: {sweep.metric} {result.best_trial['best ' + sweep.metric]:.4f} with {config}")
+        best = result.best_trial
+        print(f"best      trial {best.trial_id}: {sweep.metric} {best.best:.4f} with {best.params}")
         print(f"checkpoint {result.best_checkpoint}")
     if result.registered:
         print(f"registry  {result.registered}")

@@ -206,7 +206,7 @@ def test_evaluation_is_logged_to_an_mlflow_run(exported, example_features, tmp_p
     assert metrics["eval/vae/knn5_acc"] == result["scores"]["vae"]["knn5_acc"] and "eval/tnf_zscore/kmeans_ari" in metrics
     with pytest.raises(InputError, match="no such run"):
         log_to_mlflow(result, "0" * 32, tmp_path / "eval.json")
-    with pytest.raises(InputError, match="has no checkpoints/best.pt artifact"):
+    with pytest.raises(InputError, match="no kmervae checkpoint found in MLflow"):
         download_checkpoint(tracker.run_id, tmp_path / "nothing")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on port 9
     with pytest.raises(ConfigError, match=r"--mlflow-run: MLflow at http://127.0.0.1:9 is unreachable; the scores are in .*eval.json"):

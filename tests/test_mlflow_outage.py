@@ -89,7 +89,8 @@ def test_an_unreachable_server_fails_before_ray_starts(server, tmp_path, example
     import ray
 
     from kmervae.distributed.ray_engine import fit_ray
-    from kmervae.distributed.sweep import SweepConfig, run_sweep
+    from kmervae.core.config import SweepConfig
+    from kmervae.distributed.sweep import run_sweep
 
     started = time.time()
     with pytest.raises(ConfigError, match=f"MLflow tracking store {server.uri} is unreachable .*; start it, fix MLFLOW_TRACKING_URI"):
@@ -133,7 +134,8 @@ def test_training_outlives_a_dead_server_and_nothing_is_lost(server, tmp_path, e
 def test_a_sweep_outlives_a_dead_server(server, tmp_path, example_features):
     from mlflow import MlflowClient
 
-    from kmervae.distributed.sweep import SweepConfig, run_sweep
+    from kmervae.core.config import SweepConfig
+    from kmervae.distributed.sweep import run_sweep
     from kmervae.tracking.tracker import sync_file
 
     server.start()
@@ -144,7 +146,7 @@ def test_a_sweep_outlives_a_dead_server(server, tmp_path, example_features):
     result = run_sweep(example_features, base, space, sweep, log=lines.append)
     watcher.join(timeout=5)
     assert killed, "the server was not killed during the sweep"
-    assert [row["status"] for row in result.trials] == ["OK"] * 3  # every trial trained
+    assert [row.status for row in result.trials] == ["OK"] * 3  # every trial trained
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
     assert result.registered is None
     assert any("kmervae-down not registered" in line for line in lines), lines
@@ -155,7 +157,7 @@ def test_a_sweep_outlives_a_dead_server(server, tmp_path, example_features):
         assert sync_file(outbox, server.uri)[1] == 0
     client = MlflowClient(server.uri)
     parent = client.get_run(result.parent_run_id)
-    assert parent.info.status == "FINISHED" and parent.data.tags["best_trial_id"] == str(result.best_trial["trial_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_trial_id"] == result.best_trial.trial_id
     children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     logged = {c.data.tags["kmervae.trial_id"]: c for c in children}
     assert len(children) == len(logged) == 3  # every trial once, those started during the outage too

@@ -77,10 +77,11 @@ def test_training_checkpoints_to_s3_and_resumes_from_there(s3, example_features,
 
 
 def test_a_sweep_keeps_its_state_on_s3(s3, example_features, tmp_path, monkeypatch):
-    from kmervae.distributed.sweep import SweepConfig, run_sweep
+    from kmervae.core.config import SweepConfig
+    from kmervae.distributed.sweep import run_sweep
 
     monkeypatch.chdir(tmp_path)
     sweep = SweepConfig(name="s3sweep", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as="")
     result = run_sweep(example_features, tiny(2), lr_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)
-    assert [t["status"] for t in result.trials] == ["OK", "OK"]
+    assert [t.status for t in result.trials] == ["OK", "OK"]
     assert exists(join(s3, "sweeps", "s3sweep", "tune")) and result.best_checkpoint.exists()

@@ -117,7 +117,8 @@ def test_ray_training_and_sweeps_check_storage_before_ray_starts(tmp_path, examp
     import ray
 
     from kmervae.distributed.ray_engine import fit_ray
-    from kmervae.distributed.sweep import SweepConfig, run_sweep
+    from kmervae.core.config import SweepConfig
+    from kmervae.distributed.sweep import run_sweep
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -13,7 +13,8 @@ import pytest
 
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError
-from kmervae.distributed.sweep import SweepConfig, check_space, run_sweep
+from kmervae.core.config import SweepConfig
+from kmervae.distributed.sweep import check_space, run_sweep
 from tests.conftest import REPO
 
 pytest.importorskip("ray")
@@ -136,10 +137,10 @@ def test_a_diverging_trial_fails_alone(tmp_path, example_features):
         result = run_sweep(example_features, base, diverging_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)
     finally:
         ray.shutdown()
-    statuses = sorted(t["status"] for t in result.trials)
+    statuses = sorted(t.status for t in result.trials)
     assert statuses == ["ERROR", "OK"]
-    failed = next(t for t in result.trials if t["status"] == "ERROR")
-    assert "training loss became inf" in failed["error"]
+    failed = next(t for t in result.trials if t.status == "ERROR")
+    assert "training loss became inf" in failed.error
     assert result.best_trial is not None and result.best_checkpoint.exists()
     client, _, children = mlflow_runs(tmp_path)
     failed_run = next(c for c in children if c.info.status == "FAILED")

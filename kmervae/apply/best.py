@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.metric_keys import metric_mode
 
 MAX_RUNS = 1000
 
 
 def best_runs(experiment: str, sweep: str | None = None, metric: str = "val/loss", top: int = 5) -> list[dict[str, Any]]:
-    """Runs with a checkpoint, best first by the best epoch's `metric` (min for losses, max for accuracies)."""
+    """Runs with a checkpoint, best first by the best epoch's `metric` (`metric_mode` says which way is better)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -32,7 +33,7 @@ def best_runs(experiment: str, sweep: str | None = None, metric: str = "val/loss
         except MlflowException:
             raise InputError(f"--sweep {sweep}: no such MLflow run in {tracking_uri()}") from None
         query += f" and tags.mlflow.parentRunId = '{sweep}'"
-    maximize = metric.endswith("acc")
+    maximize = metric_mode(metric) == "max"
     rows = []
     for run in client.search_runs([found.experiment_id], filter_string=query, max_results=MAX_RUNS):
         if metric not in run.data.metrics or "kmervae.role" in run.data.tags:  # sweep parents summarise children
@@ -74,17 +75,6 @@ def format_rows(rows: list[dict[str, Any]], metric: str) -> str:
 
 def download_checkpoint(run_id: str, directory: str | Path) -> Path:
     """Download a run's best checkpoint into `directory`."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from kmervae.tracking.checkpoints import fetch_checkpoint
 
-    from kmervae.tracking.tracker import tracking_uri
-
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    try:
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="checkpoints/best.pt", dst_path=str(directory), tracking_uri=tracking_uri()
-            )
-        )
-    except (MlflowException, OSError) as err:
-        raise InputError(f"run {run_id} has no checkpoints/best.pt artifact ({str(err).splitlines()[0][:200]})") from None
+    return fetch_checkpoint(run_id, directory)

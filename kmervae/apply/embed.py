@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import torch
 
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, N_BINS, decode_counts
-from kmervae.core.feature_table import dataset_files
+from kmervae.core.feature_contract import KMER_COLUMNS, MODEL_INPUTS
+from kmervae.core.feature_table import dataset_files, decode_inputs
 
 Embedder = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Takes length (int64), gc (float32), kmer7/kmer4/kmer3 (int32) arrays; returns (n, latent) float32."""
@@ -33,7 +33,7 @@ def _torch_embedder(module: torch.nn.Module, device: torch.device) -> Embedder:
     module = module.to(device).eval()
 
     def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = [torch.from_numpy(batch[name]).to(device) for name in ("length", "gc", "kmer7", "kmer4", "kmer3")]
+        inputs = [torch.from_numpy(batch[name]).to(device) for name in MODEL_INPUTS]
         with torch.no_grad():
             out = module(*inputs)
         return (out[0] if isinstance(out, tuple) else out).float().cpu().numpy()
@@ -71,7 +71,7 @@ def load_embedder(model: str, device: str = "cpu") -> Embedder:
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         session = onnxruntime.InferenceSession(str(path), providers=providers)
-        return lambda batch: session.run(["mu"], {k: batch[k] for k in ("length", "gc", "kmer7", "kmer4", "kmer3")})[0]
+        return lambda batch: session.run(["mu"], {k: batch[k] for k in MODEL_INPUTS})[0]
     if _is_torchscript(path):
         try:
             return _torch_embedder(torch.jit.load(str(path), map_location="cpu"), torch.device(device))
@@ -96,13 +96,10 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def decode_batch(batch: pa.RecordBatch, fmt) -> dict[str, np.ndarray]:
-    """A record batch of feature columns -> the exported models' input arrays."""
-    out = {
-        "length": batch.column("length").to_numpy().astype(np.int64),
-        "gc": batch.column("gc").to_numpy().astype(np.float32),
-    }
-    for k in KMER_SIZES:
-        out[KMER_COLUMNS[k]] = decode_counts(batch.column(KMER_COLUMNS[k]), N_BINS[k], fmt.count_dtypes[k]).astype(np.int32)
+    """A record batch of feature columns -> the exported models' input arrays (counts as int32)."""
+    out = decode_inputs(batch, fmt)
+    for name in KMER_COLUMNS.values():
+        out[name] = out[name].astype(np.int32)
     return out
 
 
@@ -138,7 +135,7 @@ def embed(
     bar = tqdm(total=files.rows, unit="contig", desc="embed", disable=None if progress is None else not progress, file=sys.stderr)
     try:
         for path in files.paths:
-            columns = ["contig_id", "length", "gc", *(KMER_COLUMNS[k] for k in KMER_SIZES)] + (["label"] if labeled else [])
+            columns = ["contig_id", *MODEL_INPUTS] + (["label"] if labeled else [])
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
                 vectors = embedder(decode_batch(batch, files.format))
                 latent = vectors.shape[1]

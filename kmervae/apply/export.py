@@ -18,14 +18,14 @@ from torch import Tensor, nn
 
 from kmervae.core.checkpoint import Checkpoint, load_checkpoint
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
+from kmervae.core.feature_contract import MODEL_INPUTS
 from kmervae.core.model import N3, N4, N7, BranchedVAE
+from kmervae.tracking.checkpoints import CHECKPOINT_IN_MODEL, fetch_checkpoint, is_run_id
 
 FORMATS = ("torchscript", "onnx", "mlflow")
-INPUT_NAMES = ["length", "gc", "kmer7", "kmer4", "kmer3"]
+INPUT_NAMES = list(MODEL_INPUTS)
 COUNT_DTYPE = torch.int32
 """Counts enter exported models as int32 (uint8/uint16/uint32 storage all fit)."""
-CHECKPOINT_IN_MODEL = "checkpoint.pt"
-"""File name of the source checkpoint inside an MLflow model's artifacts."""
 
 
 class Encoder(nn.Module):
@@ -58,36 +58,9 @@ def resolve_source(source: str, workdir: Path) -> Checkpoint:
     path = Path(source)
     if path.is_file():
         return load_checkpoint(path)
-    if source.startswith("models:/") or source.startswith("runs:/") or (len(source) == 32 and source.isalnum()):
-        return load_checkpoint(_download_checkpoint(source, workdir))
+    if source.startswith(("models:/", "runs:/")) or is_run_id(source):
+        return load_checkpoint(fetch_checkpoint(source, workdir))
     raise InputNotFoundError(f"{source}: not a checkpoint file, an MLflow run id or a models:/ URI")
-
-
-def _download_checkpoint(source: str, workdir: Path) -> Path:
-    """Fetch the checkpoint of a run or a registered model version from MLflow."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from kmervae.tracking.tracker import tracking_uri
-
-    uri = tracking_uri()  # passed explicitly: mlflow.set_tracking_uri would change this process's environment
-    candidates = [f"runs:/{source}/checkpoints/best.pt", f"runs:/{source}/best_model/best.pt", f"runs:/{source}/model/artifacts/{CHECKPOINT_IN_MODEL}"]
-    if not (len(source) == 32 and source.isalnum()):
-        candidates = [source]
-    errors = []
-    for candidate in candidates:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(candidate, dst_path=str(workdir), tracking_uri=uri, registry_uri=uri))
-        except (MlflowException, OSError) as err:
-            errors.append(str(err).splitlines()[0][:200])
-            continue
-        if local.is_file():
-            return local
-        found = sorted(local.rglob(CHECKPOINT_IN_MODEL)) + sorted(local.rglob("best.pt"))
-        if found:
-            return found[0]
-        errors.append(f"{candidate} holds no {CHECKPOINT_IN_MODEL} or best.pt")
-    raise InputError(f"{source}: no kmervae checkpoint found in MLflow ({uri}): {'; '.join(errors)}")
 
 
 def export_torchscript(checkpoint: Checkpoint, out: Path, with_log_var: bool = False) -> Path:
@@ -124,6 +97,8 @@ import mlflow
 import numpy as np
 import torch
 
+INPUT_NAMES = {input_names!r}
+
 
 class KmervaeEncoder(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
@@ -139,9 +114,10 @@ class KmervaeEncoder(mlflow.pyfunc.PythonModel):
                 value = np.stack(value)
             return torch.as_tensor(np.ascontiguousarray(value, dtype=dtype))
 
+        inputs = [column(name, np.int64 if name == "length" else np.float32 if name == "gc" else np.int32)
+                  for name in INPUT_NAMES]
         with torch.no_grad():
-            out = self.encoder(column("length", np.int64), column("gc", np.float32), column("kmer7", np.int32),
-                               column("kmer4", np.int32), column("kmer3", np.int32))
+            out = self.encoder(*inputs)
         return (out[0] if isinstance(out, tuple) else out).numpy()
 
 
@@ -162,7 +138,7 @@ def export_mlflow(checkpoint: Checkpoint, source_file: Path | None, out: Path) -
         tmp = Path(tmp)
         encoder = export_torchscript(checkpoint, tmp / "encoder.pt")
         code = tmp / "kmervae_encoder_model.py"
-        code.write_text(MLFLOW_MODEL_CODE)
+        code.write_text(MLFLOW_MODEL_CODE.replace("{input_names!r}", repr(INPUT_NAMES)))
         artifacts = {"encoder": str(encoder)}
         if source_file is not None:
             artifacts["checkpoint"] = str(source_file)

@@ -53,6 +53,17 @@ def presence(kmer7_counts: Tensor, cfg: LossConfig) -> Tensor:
     return kmer7_counts > cfg.presence_threshold
 
 
+def seven_mer_term(cfg: LossConfig, mse7, gate_bce=None, value_mse=None):
+    """L7: with the gate, gate_bce_weight * BCE + value MSE on present 7-mers; else the plain MSE."""
+    return mse7 if gate_bce is None else cfg.gate_bce_weight * gate_bce + value_mse
+
+
+def reconstruction(cfg: LossConfig, l7, mse4, mse3, mse_gc):
+    """scale * (w7 * L7 + w4 * MSE4 + w3 * MSE3 + wgc * MSEgc): the one formula the loss and the
+    epoch metrics both apply (to batch means and to whole-set means, tensors or floats)."""
+    return cfg.scale * (cfg.w7 * l7 + cfg.w4 * mse4 + cfg.w3 * mse3 + cfg.wgc * mse_gc)
+
+
 def vae_loss(out: VAEOutput, kmer7_counts: Tensor, cfg: LossConfig, beta: float) -> LossTerms:
     """Loss of one batch, averaged over samples (and features within each group)."""
     recon = out.recon.float()
@@ -67,9 +78,9 @@ def vae_loss(out: VAEOutput, kmer7_counts: Tensor, cfg: LossConfig, beta: float)
         gate_bce = F.binary_cross_entropy_with_logits(out.gate_logits.float(), present.float())
         sq = (out.values.float() - x7).pow(2)
         value_mse = (sq * present).sum() / present.sum().clamp_min(1)
-        l7 = cfg.gate_bce_weight * gate_bce + value_mse
+        l7 = seven_mer_term(cfg, None, gate_bce, value_mse)
     else:
-        l7 = F.mse_loss(r7, x7)
+        l7 = seven_mer_term(cfg, F.mse_loss(r7, x7))
     kl = kl_per_sample(out.mu.float(), out.log_var.float()).mean()
-    weighted = cfg.scale * (cfg.w7 * l7 + cfg.w4 * mse4 + cfg.w3 * mse3 + cfg.wgc * mse_gc)
+    weighted = reconstruction(cfg, l7, mse4, mse3, mse_gc)
     return LossTerms(weighted + beta * kl, weighted, kl, l7, mse4, mse3, mse_gc, gate_bce, value_mse)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from kmervae.core.config import LossConfig
-from kmervae.core.loss import kl_per_sample, presence, split_output
+from kmervae.core.loss import kl_per_sample, presence, reconstruction, seven_mer_term, split_output
 from kmervae.core.model import N3, N4, N7, VAEOutput
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -108,10 +108,8 @@ class EpochMetrics:
             m["gate_bce"] = s["gate_bce"] / bins7
             m["gate_acc"] = s["gate_correct"] / bins7
             m["value_mse"] = s["value_sse"] / s["present7"] if s["present7"] else 0.0
-            l7 = cfg.gate_bce_weight * m["gate_bce"] + m["value_mse"]
-        else:
-            l7 = m["mse_7"]
-        m["recon"] = cfg.scale * (cfg.w7 * l7 + cfg.w4 * mse4 + cfg.w3 * mse3 + cfg.wgc * mse_gc)
+        l7 = seven_mer_term(cfg, m["mse_7"], m.get("gate_bce"), m.get("value_mse"))
+        m["recon"] = reconstruction(cfg, l7, mse4, mse3, mse_gc)
         m["loss"] = m["recon"] + beta * m["kl"]
         m["active_units"] = float(self.active_units())
         return {f"{prefix}{key}": value for key, value in m.items()}

@@ -20,80 +20,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kmervae.core.checkpoint import checkpoint_bytes
-from kmervae.core.config import RunConfig, _check
+from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import DatasetFiles, dataset_files
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
+from kmervae.distributed.sweep_report import SpaceFn, SweepResult, TrialRow, report_to_parent, space_distributions, trial_outputs
 from kmervae.tracking.tracker import OUTBOX_FILE, check_reachable, closes_on_error, tracking_uri
-
-SpaceFn = Callable[[Any], "dict[str, Any] | None"]
-"""Define-by-run search space: takes an optuna.Trial, calls trial.suggest_*; returns None."""
 
 TRIAL_CPUS = 0.1
 """CPU reserved for each trial's own actor (it only waits on its Ray Train run)."""
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """How a sweep searches, stops trials early, and where it keeps its state."""
-
-    name: str = "latent-sweep"
-    """Sweep name: its folder under `storage`, its MLflow parent run, the key for --resume."""
-    storage: str = "runs/sweeps"
-    """Folder (made absolute) where Tune and Train keep trial state and checkpoints."""
-    metric: str = "val/loss"
-    """Objective: val/loss (minimised) or val/knn_acc (maximised; needs labels)."""
-    num_samples: int = 8
-    """Trials to run."""
-    max_concurrent: int | None = None
-    """Trials at once (None: as many as the cluster fits)."""
-    workers_per_trial: int = 1
-    """Ray Train workers per trial."""
-    gpus_per_trial: float | None = None
-    """GPUs per trial, spread over its workers (None: one per worker when the cluster has them; 0: CPU)."""
-    seed: int = 0
-    """Seed of the TPE sampler (and of every trial's training)."""
-    grace_period: int = 2
-    """ASHA: epochs every trial runs before it can be stopped."""
-    reduction_factor: int = 3
-    """ASHA: keep the top 1/reduction_factor at each rung."""
-    experiment: str = "kmervae-sweeps"
-    """MLflow experiment of the parent and child runs."""
-    register_as: str = "kmervae-encoder"
-    """Registered model name for the best trial's checkpoint ('' to skip)."""
-    alias: str = "champion"
-    """Registry alias set on the registered version."""
-
-    def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "sweep.name", self.name, "expected a non-empty name without '/'")
-        _check(self.metric in ("val/loss", "val/knn_acc"), "--metric", self.metric, "expected val/loss or val/knn_acc")
-        _check(self.num_samples >= 1, "--samples", self.num_samples, "expected an integer >= 1")
-        _check(self.max_concurrent is None or self.max_concurrent >= 1, "--max-concurrent", self.max_concurrent, "expected an integer >= 1")
-        _check(self.workers_per_trial >= 1, "--workers-per-trial", self.workers_per_trial, "expected an integer >= 1")
-        _check(self.gpus_per_trial is None or self.gpus_per_trial >= 0, "--gpus-per-trial", self.gpus_per_trial, "expected a number >= 0")
-        _check(self.grace_period >= 1, "sweep.grace_period", self.grace_period, "expected an integer >= 1")
-        _check(self.reduction_factor >= 2, "sweep.reduction_factor", self.reduction_factor, "expected an integer >= 2")
-
-    @property
-    def mode(self) -> str:
-        return "max" if self.metric == "val/knn_acc" else "min"
-
-
-@dataclass
-class SweepResult:
-    """What a sweep found."""
-
-    name: str
-    path: str  # sweep state on Ray storage (a folder or a URI)
-    outputs: str  # local folder with every trial's exported checkpoints and plots
-    trials: list[dict[str, Any]] = field(default_factory=list)  # one row per trial: id, status, config, metric
-    best_trial: dict[str, Any] | None = None
-    best_checkpoint: Path | None = None
-    parent_run_id: str | None = None
-    mlflow_uri: str | None = None
-    registered: str | None = None  # models:/NAME@ALIAS
-    space: SpaceFn | None = None  # for parameter importances
 
 
 def config_overrides(params: dict[str, Any]) -> dict[str, Any]:
@@ -296,13 +232,11 @@ def run_sweep(
     result = _summarize(grid, sweep, sweep_dir, outputs)
     result.space = space
     if tracker is not None:
-        _drop_lost_trials_if_reachable(tracker, sweep, {str(row["trial_id"]) for row in result.trials}, log)
+        _drop_lost_trials_if_reachable(tracker, sweep, {row.trial_id for row in result.trials}, log)
     for row in result.trials:
         _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
     _pick_best(result, sweep, outputs)
     if tracker is not None:
-        from kmervae.distributed.sweep_report import report_to_parent
-
         result.parent_run_id, result.mlflow_uri = tracker.run_id, tracker.uri
         result.registered = report_to_parent(tracker, result, sweep, grid, log)
     return result
@@ -310,7 +244,6 @@ def run_sweep(
 
 def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunConfig, mlflow_dir, space: SpaceFn):
     """The sweep's MLflow parent run (the same one again on --resume)."""
-    from kmervae.distributed.sweep_report import space_distributions
     from kmervae.tracking.tracker import Tracker, tracking_uri
 
     tags = {"kmervae.sweep": sweep.name, "kmervae.role": "sweep", "kmervae.storage": sweep.storage}
@@ -372,51 +305,46 @@ def _summarize(grid, sweep: SweepConfig, sweep_dir: str, outputs: Path) -> Sweep
     for trial in grid:
         metrics = trial.metrics or {}
         rows.append(
-            {
-                "trial_id": metrics.get("trial_id") or (trial.path and Path(trial.path).name),
-                "status": "ERROR" if trial.error else "OK",
-                "error": _root_cause(trial.error) if trial.error else "",
-                "epochs": metrics.get("training_iteration", 0),
-                sweep.metric: metrics.get(sweep.metric, math.nan),
-                **{f"config/{k}": v for k, v in (trial.config or {}).items()},
-            }
+            TrialRow(
+                trial_id=str(metrics.get("trial_id") or (trial.path and Path(trial.path).name)),
+                status="ERROR" if trial.error else "OK",
+                error=_root_cause(trial.error) if trial.error else "",
+                epochs=int(metrics.get("training_iteration", 0)),
+                last=metrics.get(sweep.metric, math.nan),
+                params=dict(trial.config or {}),
+            )
         )
     return SweepResult(sweep.name, sweep_dir, str(outputs), rows)
 
 
-def trial_outputs(outputs: Path, trial_id: str) -> Path:
-    """The local folder where a trial's best.pt, last.pt and plots are exported."""
-    return Path(outputs) / "trials" / f"trial-{trial_id}" / "outputs"
-
-
-def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: str, outputs: Path, parent, log) -> None:
+def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, outputs: Path, parent, log) -> None:
     """Export a trial's checkpoints from its Ray Train run folder; close its MLflow child run."""
     import ray.train
 
     from kmervae.core.checkpoint import load_checkpoint
     from kmervae.distributed.ray_engine import export_results
 
-    run_dir = join(sweep_dir, "trials", f"trial-{row['trial_id']}")
-    out = trial_outputs(outputs, row["trial_id"])
-    sampled = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+    run_dir = join(sweep_dir, "trials", f"trial-{row.trial_id}")
+    out = trial_outputs(outputs, row.trial_id)
     checkpoint = None
-    if row["status"] == "OK" and any(name.startswith("checkpoint_") for name in list_names(run_dir)):
+    if row.status == "OK" and any(name.startswith("checkpoint_") for name in list_names(run_dir)):
         result = ray.train.Result.from_path(run_dir)
         with result.checkpoint.as_directory() as folder:
             checkpoint = load_checkpoint(Path(folder) / "checkpoint.pt")
     tracker = None
     if parent is not None:  # the trial's run; made now (or at mlflow-sync) if the server was down when it started
-        tracker = _trial_run(sweep, str(row["trial_id"]), parent.uri, parent.run_id, checkpoint.config if checkpoint else RunConfig(), sampled)
+        config = checkpoint.config if checkpoint else RunConfig()
+        tracker = _trial_run(sweep, row.trial_id, parent.uri, parent.run_id, config, row.params)
     if checkpoint is None:
         if tracker is not None:
-            tracker.set_tag("kmervae.failure", row["error"] or "no checkpoint")
+            tracker.set_tag("kmervae.failure", row.error or "no checkpoint")
             tracker.finish("FAILED", fallback=out / OUTBOX_FILE, log=log)
         return
     config = checkpoint.config
-    row["epochs"] = len(checkpoint.history)
+    row.epochs = len(checkpoint.history)
     values = [m[sweep.metric] for m in checkpoint.history if math.isfinite(m.get(sweep.metric, math.nan))]
     if values:  # a trial is as good as its best epoch (its best checkpoint), not its last report
-        row[f"best {sweep.metric}"] = min(values) if sweep.mode == "min" else max(values)
+        row.best = min(values) if sweep.mode == "min" else max(values)
     if tracker is not None:
         stopped = len(checkpoint.history) < config.train.epochs  # ASHA ended it before its last epoch
         tracker.set_tag("kmervae.stopped_early", str(stopped).lower())
@@ -425,9 +353,8 @@ def _export_trial(row: dict[str, Any], sweep: SweepConfig, sweep_dir: str, outpu
 
 def _pick_best(result: SweepResult, sweep: SweepConfig, outputs: Path) -> None:
     """The trial whose best epoch is best, and that epoch's checkpoint."""
-    key = f"best {sweep.metric}"
-    ok = [r for r in result.trials if r["status"] == "OK" and key in r]
+    ok = [r for r in result.trials if r.status == "OK" and r.best is not None]
     if ok:
-        result.best_trial = (min if sweep.mode == "min" else max)(ok, key=lambda r: r[key])
-        candidate = trial_outputs(outputs, result.best_trial["trial_id"]) / "best.pt"
+        result.best_trial = (min if sweep.mode == "min" else max)(ok, key=lambda r: r.best)
+        candidate = trial_outputs(outputs, result.best_trial.trial_id) / "best.pt"
         result.best_checkpoint = candidate if candidate.exists() else None

@@ -12,12 +12,54 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from kmervae.core.checkpoint import load_checkpoint
-from kmervae.distributed.sweep import trial_outputs
 from kmervae.tracking.tracker import OUTBOX_FILE
+
+SpaceFn = Callable[[Any], "dict[str, Any] | None"]
+"""Define-by-run search space: takes an optuna.Trial, calls trial.suggest_*; returns None."""
+
+
+@dataclass
+class TrialRow:
+    """One trial of a sweep as the driver saw it end."""
+
+    trial_id: str
+    status: str  # OK or ERROR
+    error: str  # the root cause of a failed trial, else ''
+    epochs: int  # epochs run (fewer than asked when ASHA stopped it)
+    last: float  # the objective at its last report
+    params: dict[str, Any]  # what the search space sampled
+    best: float | None = None  # the objective at its best epoch (its best checkpoint), once exported
+
+    def as_csv(self, metric: str) -> dict[str, Any]:
+        """The row of trials.csv: status, epochs, objective (last and best), then the parameters."""
+        head = {"trial_id": self.trial_id, "status": self.status, "error": self.error, "epochs": self.epochs}
+        return {**head, metric: self.last, f"best {metric}": self.best, **self.params}
+
+
+@dataclass
+class SweepResult:
+    """What a sweep found."""
+
+    name: str
+    path: str  # sweep state on Ray storage (a folder or a URI)
+    outputs: str  # local folder with every trial's exported checkpoints and plots
+    trials: list[TrialRow] = field(default_factory=list)
+    best_trial: TrialRow | None = None
+    best_checkpoint: Path | None = None
+    parent_run_id: str | None = None
+    mlflow_uri: str | None = None
+    registered: str | None = None  # models:/NAME@ALIAS
+    space: SpaceFn | None = None  # for parameter importances
+
+
+def trial_outputs(outputs: Path, trial_id: str) -> Path:
+    """The local folder where a trial's best.pt, last.pt and plots are exported."""
+    return Path(outputs) / "trials" / f"trial-{trial_id}" / "outputs"
 
 
 def space_distributions(space, samples: int = 32, seed: int = 0) -> dict[str, Any]:
@@ -41,7 +83,7 @@ def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -
     # too, and an upload delayed by a tracking outage still has its files.
     outputs = Path(result.outputs)
     outputs.mkdir(parents=True, exist_ok=True)
-    table = _write_table(result.trials, outputs / "trials.csv")
+    table = _write_table([row.as_csv(sweep.metric) for row in result.trials], outputs / "trials.csv")
     tracker.log_artifact(table)
     histories = _trial_histories(result)
     for plot in _plots(result, sweep, histories, outputs, log):
@@ -52,8 +94,8 @@ def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -
         log("no trial finished: nothing to register")
         return None
     best = result.best_trial
-    tracker.set_tag("best_trial_id", str(best["trial_id"]))
-    tracker.log_params({"best": {k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")}})
+    tracker.set_tag("best_trial_id", best.trial_id)
+    tracker.log_params({"best": best.params})
     uri = None
     if result.best_checkpoint is not None:
         checkpoint = load_checkpoint(result.best_checkpoint)
@@ -93,9 +135,9 @@ def _write_table(rows: list[dict[str, Any]], path: Path) -> Path:
 def _trial_histories(result) -> dict[str, list[dict[str, float]]]:
     histories = {}
     for row in result.trials:
-        last = trial_outputs(Path(result.outputs), row["trial_id"]) / "last.pt"
+        last = trial_outputs(Path(result.outputs), row.trial_id) / "last.pt"
         if last.exists():
-            histories[str(row["trial_id"])] = load_checkpoint(last).history
+            histories[row.trial_id] = load_checkpoint(last).history
     return histories
 
 
@@ -109,13 +151,12 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
         log("note: matplotlib is not installed; sweep plots not drawn")
         return []
     plots = []
-    objective = f"best {sweep.metric}"
-    ok = [r for r in result.trials if r["status"] == "OK" and objective in r]
-    params = sorted({k for r in ok for k in r if k.startswith("config/")})
+    ok = [r for r in result.trials if r.status == "OK" and r.best is not None]
+    params = sorted({k for r in ok for k in r.params})
     if ok and params:
         fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
         for ax, key in zip(axes[0], params):
-            points = [(r[key], r[objective]) for r in ok if r.get(key) is not None]
+            points = [(r.params[key], r.best) for r in ok if r.params.get(key) is not None]
             if points and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
                 ax.scatter([p[0] for p in points], [p[1] for p in points])
                 if min(p[0] for p in points) > 0 and max(p[0] for p in points) / min(p[0] for p in points) > 20:
@@ -124,20 +165,20 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
                 labels = sorted({str(p[0]) for p in points})
                 ax.scatter([labels.index(str(p[0])) for p in points], [p[1] for p in points])
                 ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
-            ax.set_xlabel(key.removeprefix("config/"))
+            ax.set_xlabel(key)
             ax.set_ylabel(sweep.metric)
         fig.suptitle(f"{sweep.name}: best {sweep.metric} of each finished trial against each swept parameter")
         fig.tight_layout()
         fig.savefig(tmp / "objective_vs_params.png", dpi=110)
         plt.close(fig)
         plots.append(tmp / "objective_vs_params.png")
-    top = sorted(ok, key=lambda r: r[objective], reverse=sweep.mode == "max")[:5]
+    top = sorted(ok, key=lambda r: r.best, reverse=sweep.mode == "max")[:5]
     if top:
         fig, ax = plt.subplots(figsize=(7, 4))
         for row in top:
-            history = histories.get(str(row["trial_id"]), [])
+            history = histories.get(row.trial_id, [])
             if history:
-                ax.plot([m["epoch"] + 1 for m in history], [m[sweep.metric] for m in history], marker=".", label=str(row["trial_id"]))
+                ax.plot([m["epoch"] + 1 for m in history], [m[sweep.metric] for m in history], marker=".", label=row.trial_id)
         ax.set_xlabel("epoch")
         ax.set_ylabel(sweep.metric)
         ax.set_title(f"learning curves of the top {len(top)} trial(s)")
@@ -149,7 +190,7 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
         fig.savefig(tmp / "learning_curves.png", dpi=110)
         plt.close(fig)
         plots.append(tmp / "learning_curves.png")
-    importance = _importances(result, sweep, ok, objective)
+    importance = _importances(result, sweep, ok)
     if importance:
         fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importance)))
         names = list(importance)[::-1]
@@ -165,7 +206,7 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
     return plots
 
 
-def _importances(result, sweep, ok, objective: str) -> dict[str, float]:
+def _importances(result, sweep, ok: list[TrialRow]) -> dict[str, float]:
     """Optuna's parameter importances over the finished trials (needs two or more)."""
     if len(ok) < 2 or result.space is None:
         return {}
@@ -174,10 +215,9 @@ def _importances(result, sweep, ok, objective: str) -> dict[str, float]:
     distributions = space_distributions(result.space)
     study = optuna.create_study(direction="minimize" if sweep.mode == "min" else "maximize")
     for row in ok:
-        params = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/") and v is not None}
-        known = {k: v for k, v in params.items() if k in distributions}
+        known = {k: v for k, v in row.params.items() if k in distributions and v is not None}
         try:
-            study.add_trial(optuna.trial.create_trial(params=known, distributions={k: distributions[k] for k in known}, value=row[objective]))
+            study.add_trial(optuna.trial.create_trial(params=known, distributions={k: distributions[k] for k in known}, value=row.best))
         except ValueError:
             continue  # a value outside the distribution (changed space on resume): leave it out
     try:

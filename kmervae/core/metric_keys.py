@@ -1,0 +1,27 @@
+"""Metric keys: the names MLflow, Tune, checkpoints and logs share, and which way is better.
+
+A contract (docs/contracts.md): users compare runs by these names in the MLflow UI and
+scripts query them, so they never change meaning. Every epoch reports `EPOCH_KEYS`
+(gate keys only for gated models), `LABELED_KEYS` when the data has labels.
+"""
+
+from __future__ import annotations
+
+EPOCH_KEYS = (
+    "train/loss", "val/loss", "val/recon", "val/kl",
+    "val/mse_7", "val/mse_7_present", "val/mse_7_absent", "val/frac_present",
+    "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
+    "val/active_units", "lr", "epoch", "samples_per_s",
+)  # fmt: skip
+LABELED_KEYS = ("val/knn_acc",)
+
+MAXIMIZED = frozenset({"val/knn_acc", "val/kmeans_ari", "val/gate_acc", "val/active_units", "val/nc_bins"})
+"""Metrics where higher is better; every other key (losses, errors) is minimised."""
+
+OBJECTIVES = ("val/loss", "val/knn_acc")
+"""Keys a sweep may rank trials on."""
+
+
+def metric_mode(key: str) -> str:
+    """'max' when higher is better for `key`, else 'min' (the one rule sweeps and `kmervae best` use)."""
+    return "max" if key in MAXIMIZED else "min"
