@@ -5,7 +5,13 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -82,3 +88,91 @@ def one_ray_cluster_per_module():
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group `pgid` is still running."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def stop_process_group(pgid: int, grace_s: float = 15.0) -> None:
+    """Stop a process group this test started: SIGTERM, then SIGKILL after `grace_s`, then wait until it is empty."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait_s
+        while time.time() < deadline and group_alive(pgid):
+            time.sleep(0.2)
+    assert not group_alive(pgid), f"process group {pgid} survived SIGKILL"
+
+
+def processes_mentioning(marker: str) -> list[str]:
+    """Command lines of running processes that contain `marker` (a port or folder only this test uses)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended while we looked
+            continue
+        if marker in text:
+            found.append(text[:200])
+    return found
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local_cluster(state: Path, num_cpus: int = 2) -> dict[str, str]:
+    """infra/local/start.sh with its own folder and free ports; returns its environment (stop with stop.sh)."""
+    if not (REPO / ".venv" / "bin" / "ray").exists():
+        pytest.skip("needs the project's .venv (the README's setup) for the cluster's Python")
+    env = dict(
+        os.environ,
+        KMERVAE_LOCAL_DIR=str(state),
+        RAY_PORT=str(free_port()),
+        DASHBOARD_PORT=str(free_port()),
+        MLFLOW_PORT=str(free_port()),
+        NUM_CPUS=str(num_cpus),
+    )
+    started = subprocess.run(["bash", str(REPO / "infra/local/start.sh")], env=env, capture_output=True, text=True, timeout=300)
+    if started.returncode != 0:
+        subprocess.run(["bash", str(REPO / "infra/local/stop.sh")], env=env, capture_output=True, timeout=300)
+    assert started.returncode == 0, started.stderr + started.stdout
+    env["BANNER"] = started.stdout
+    return env
+
+
+def stop_local_cluster(env: dict[str, str]) -> str:
+    """infra/local/stop.sh for a cluster `start_local_cluster` started; returns what it printed."""
+    stopped = subprocess.run(["bash", str(REPO / "infra/local/stop.sh")], env=env, capture_output=True, text=True, timeout=300)
+    return stopped.stdout
+
+
+@pytest.fixture(scope="module")
+def bystander(tmp_path_factory):
+    """Someone else's Ray head and MLflow server on this machine: tests that start and stop
+    their own must leave these running. `check()` asserts they are."""
+    env = start_local_cluster(tmp_path_factory.mktemp("bystander") / "cluster", num_cpus=1)
+    state = Path(env["KMERVAE_LOCAL_DIR"])
+    ray_pgid, mlflow_pid = int((state / "ray.pgid").read_text()), int((state / "mlflow.pid").read_text())
+
+    def check() -> None:
+        assert group_alive(ray_pgid), "a test stopped someone else's Ray cluster"
+        assert group_alive(mlflow_pid), "a test stopped someone else's MLflow server"
+        with urllib.request.urlopen(f"http://127.0.0.1:{env['MLFLOW_PORT']}/health", timeout=10) as response:
+            assert response.status == 200
+
+    yield check
+    stop_local_cluster(env)

@@ -9,44 +9,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, group_alive, processes_mentioning, start_local_cluster, stop_local_cluster
 
 pytest.importorskip("ray")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def local_cluster(tmp_path):
-    """A Ray head with token auth and an MLflow server on loopback; stopped afterwards."""
-    if not (REPO / ".venv" / "bin" / "ray").exists():
-        pytest.skip("needs the project's .venv (the README's setup) for the cluster's Python")
-    env = dict(
-        os.environ,
-        KMERVAE_LOCAL_DIR=str(tmp_path / "cluster"),
-        RAY_PORT=str(free_port()),
-        DASHBOARD_PORT=str(free_port()),
-        MLFLOW_PORT=str(free_port()),
-        NUM_CPUS="2",
-    )
-    started = subprocess.run(["bash", str(REPO / "infra/local/start.sh")], env=env, capture_output=True, text=True, timeout=300)
-    mlflow_pid = None
+def local_cluster(tmp_path, bystander):
+    """A Ray head with token auth and an MLflow server on loopback, beside someone else's; ours is
+    stopped afterwards, completely, and theirs keeps running."""
+    env = start_local_cluster(tmp_path / "cluster")
+    state = tmp_path / "cluster"
+    ray_pgid, mlflow_pid = int((state / "ray.pgid").read_text()), int((state / "mlflow.pid").read_text())
     try:
-        assert started.returncode == 0, started.stderr + started.stdout
-        mlflow_pid = int((tmp_path / "cluster" / "mlflow.pid").read_text())
-        yield env, started.stdout
+        yield env, env["BANNER"]
     finally:
-        stopped = subprocess.run(["bash", str(REPO / "infra/local/stop.sh")], env=env, capture_output=True, text=True, timeout=300)
-    assert "stopped the local Ray head and MLflow server" in stopped.stdout
-    # Nothing is left behind: no Ray daemons, no MLflow server, no pid file.
-    leftovers = subprocess.run(["pgrep", "-f", "raylet|gcs_server|mlflow.server|mlflow server"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == "", leftovers.stdout
-    assert mlflow_pid is not None and not Path(f"/proc/{mlflow_pid}").exists()
-    assert not (tmp_path / "cluster" / "mlflow.pid").exists()
+        stopped = stop_local_cluster(env)
+    assert "stopped the local Ray head and MLflow server" in stopped
+    # Nothing of ours is left: not the head's process group, not the MLflow server, no
+    # process that speaks to our GCS port, no pid file; the bystander still runs.
+    assert not group_alive(ray_pgid) and not group_alive(mlflow_pid)
+    assert processes_mentioning(f":{env['RAY_PORT']}") == []
+    assert not (state / "mlflow.pid").exists() and not (state / "ray.pgid").exists()
+    bystander()
 
 
 def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_path):

@@ -15,7 +15,7 @@ from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.config import SweepConfig
 from kmervae.distributed.sweep import check_space, run_sweep
-from tests.conftest import REPO
+from tests.conftest import stop_process_group, REPO
 
 pytest.importorskip("ray")
 
@@ -76,7 +76,7 @@ def test_smoke_sweep_end_to_end(tmp_path, example_features, monkeypatch):
     assert export("models:/kmervae-encoder@champion", "onnx", tmp_path / "champion.onnx").exists()
 
 
-def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features, monkeypatch):
+def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features, monkeypatch, bystander):
     args = ["--smoke-test", "--samples", "3", "--data", str(example_features), "--name", "cut", "--storage", "sweeps", "--register-as", ""]
     proc = sweep_script(*args, cwd=tmp_path, start_new_session=True)
     trials = tmp_path / "sweeps" / "cut" / "trials"
@@ -87,9 +87,11 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
             break
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
+    # The driver and the local cluster it started share its process group: kill exactly that.
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120)
+    stop_process_group(proc.pid)  # waits until every process of the group is gone
+    bystander()  # someone else's Ray cluster and MLflow server were not touched
     resumed = sweep_script(*args, "--resume", cwd=tmp_path)
     out, err = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, err[-3000:]

@@ -20,9 +20,13 @@ export PATH="$repo/.venv/bin:$PATH"
 export RAY_AUTH_MODE=token  # clients without ~/.ray/auth_token are refused
 [ -s "$HOME/.ray/auth_token" ] || ray get-auth-token --generate >/dev/null
 bind_host="${BIND_HOST:-127.0.0.1}"
-ray start --head --port "$ray_port" --dashboard-host "$bind_host" --dashboard-port "$dashboard_port" \
-    --num-cpus "${NUM_CPUS:-$(nproc)}" --disable-usage-stats >"$state/ray-start.log" 2>&1 \
-    || { cat "$state/ray-start.log" >&2; exit 1; }
+# The head's daemons run in a process group of their own (setsid; every daemon inherits it),
+# recorded in ray.pgid: stop.sh stops exactly this head, never another Ray cluster here.
+setsid ray start --head --port "$ray_port" --dashboard-host "$bind_host" --dashboard-port "$dashboard_port" \
+    --num-cpus "${NUM_CPUS:-$(nproc)}" --disable-usage-stats >"$state/ray-start.log" 2>&1 &
+ray_pgid=$!
+wait "$ray_pgid" || { cat "$state/ray-start.log" >&2; kill -KILL -- "-$ray_pgid" 2>/dev/null; exit 1; }
+echo "$ray_pgid" >"$state/ray.pgid"
 setsid nohup mlflow server --host "$bind_host" --port "$mlflow_port" \
     --backend-store-uri "sqlite:///$state/mlflow.db" --artifacts-destination "$state/mlartifacts" \
     >"$state/mlflow.log" 2>&1 &

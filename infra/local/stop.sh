@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Stop what infra/local/start.sh started: the Ray head and the MLflow server (state is kept),
-# and wait until their processes are gone.
+# and wait until their processes are gone. Each runs in its own process group, recorded by
+# start.sh; only those groups are signalled, so other Ray clusters and MLflow servers on this
+# machine (a user's own) are left alone.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 state="${KMERVAE_LOCAL_DIR:-$repo/runs/local-cluster}"
-export PATH="$repo/.venv/bin:$PATH"
-ray stop --force >/dev/null 2>&1 || true
-if [ -s "$state/mlflow.pid" ]; then
-    pid=$(cat "$state/mlflow.pid")
-    # start.sh runs the server in its own process group (setsid): stop the whole group.
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+
+stop_group() {  # TERM the process group in file $1, KILL what is left after 15 s
+    [ -s "$1" ] || return 0
+    local pgid
+    pgid=$(cat "$1")
+    kill -TERM -- "-$pgid" 2>/dev/null || { rm -f "$1"; return 0; }
     for _ in $(seq 30); do
-        kill -0 -- "-$pid" 2>/dev/null || break
+        kill -0 -- "-$pgid" 2>/dev/null || break
         sleep 0.5
     done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    rm -f "$state/mlflow.pid"
-fi
-for _ in $(seq 30); do  # Ray's daemons exit asynchronously after `ray stop`
-    pgrep -f "raylet|gcs_server" >/dev/null || break
-    sleep 0.5
-done
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+    for _ in $(seq 20); do  # SIGKILL is asynchronous: wait until the group is empty
+        kill -0 -- "-$pgid" 2>/dev/null || break
+        sleep 0.25
+    done
+    rm -f "$1"
+}
+
+stop_group "$state/ray.pgid"
+stop_group "$state/mlflow.pid"  # start.sh runs the server under setsid: its pid is its group
 echo "stopped the local Ray head and MLflow server (state kept in $state)"
