@@ -28,14 +28,19 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kmervae.core.config import RunConfig, preset  # noqa: E402
-from kmervae.core.engine import fit_local  # noqa: E402
 from kmervae.apply.evaluate import baselines, format_table, score  # noqa: E402
 from kmervae.apply.export import Encoder  # noqa: E402
-from kmervae.core.feature_table import FeatureTable, dataset_files  # noqa: E402
 from kmervae.core.checkpoint import load_checkpoint  # noqa: E402
+from kmervae.core.config import RunConfig, preset  # noqa: E402
+from kmervae.core.engine import fit_local  # noqa: E402
+from kmervae.core.feature_table import FeatureTable, dataset_files  # noqa: E402
 
-HELD_OUT = ["Chlamydia_trachomatis", "Helicobacter_pylori_G27", "Methanobrevibacter_ruminantium_M1", "Staphylococcus_aureus_N315"]
+HELD_OUT = [
+    "Chlamydia_trachomatis",
+    "Helicobacter_pylori_G27",
+    "Methanobrevibacter_ruminantium_M1",
+    "Staphylococcus_aureus_N315",
+]
 
 
 def split_by_genome(features: Path, out: Path) -> tuple[Path, Path]:
@@ -66,30 +71,69 @@ def main() -> None:
         tmp = Path(tmp)
         train_dir, test_dir = split_by_genome(args.features, tmp)
         config = RunConfig(model=preset(args.preset)).with_overrides(
-            [f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.device={args.device}",
-             "train.plateau_patience=10", "loss.beta_warmup_epochs=10", *args.overrides]
+            [
+                f"train.epochs={args.epochs}",
+                f"train.batch_size={args.batch_size}",
+                f"train.device={args.device}",
+                "train.plateau_patience=10",
+                "loss.beta_warmup_epochs=10",
+                *args.overrides,
+            ]
         )
         started = time.perf_counter()
-        result = fit_local(train_dir, config, tmp / "run", log=lambda line: print(line, flush=True) if "epoch" in line and (line.split()[1].split("/")[0] in ("1", str(args.epochs)) or int(line.split()[1].split("/")[0]) % 10 == 0) else None)
+        result = fit_local(
+            train_dir,
+            config,
+            tmp / "run",
+            log=lambda line: (
+                print(line, flush=True)
+                if "epoch" in line
+                and (
+                    line.split()[1].split("/")[0] in ("1", str(args.epochs))
+                    or int(line.split()[1].split("/")[0]) % 10 == 0
+                )
+                else None
+            ),
+        )
         seconds = time.perf_counter() - started
         checkpoint = load_checkpoint(result.best_checkpoint)
         table = FeatureTable.from_parquet(test_dir)
         encoder = Encoder(checkpoint.build_model())
         with torch.no_grad():
-            mu = torch.cat([
-                encoder(*(torch.from_numpy(np.ascontiguousarray(a[lo : lo + 1024])) for a in (
-                    table.length, table.gc, table.kmer7.astype(np.int32), table.kmer4.astype(np.int32), table.kmer3.astype(np.int32))))
-                for lo in range(0, len(table), 1024)
-            ]).numpy()
+            mu = torch.cat(
+                [
+                    encoder(
+                        *(
+                            torch.from_numpy(np.ascontiguousarray(a[lo : lo + 1024]))
+                            for a in (
+                                table.length,
+                                table.gc,
+                                table.kmer7.astype(np.int32),
+                                table.kmer4.astype(np.int32),
+                                table.kmer3.astype(np.int32),
+                            )
+                        )
+                    )
+                    for lo in range(0, len(table), 1024)
+                ]
+            ).numpy()
         labels = table.labels
         scores = {"vae": score(mu, labels)}
         for name, values in baselines(test_dir, table.contig_ids, mu.shape[1]).items():
             scores[name] = score(values, labels)
     report = {
-        "held_out_genomes": HELD_OUT, "held_out_contigs": int(len(table)), "preset": args.preset, "epochs": args.epochs,
-        "best_epoch": checkpoint.epoch, "best_val_loss": checkpoint.metrics["val/loss"], "train_seconds": round(seconds, 1),
+        "held_out_genomes": HELD_OUT,
+        "held_out_contigs": int(len(table)),
+        "preset": args.preset,
+        "epochs": args.epochs,
+        "best_epoch": checkpoint.epoch,
+        "best_val_loss": checkpoint.metrics["val/loss"],
+        "train_seconds": round(seconds, 1),
         "device": str(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"),
-        "contigs": int(len(table)), "labels": len(HELD_OUT), "latent_dim": int(mu.shape[1]), "scores": scores,
+        "contigs": int(len(table)),
+        "labels": len(HELD_OUT),
+        "latent_dim": int(mu.shape[1]),
+        "scores": scores,
     }
     print(json.dumps({k: v for k, v in report.items() if k != "scores"}))
     print(format_table(report))

@@ -35,8 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from data_pipeline.featurize import FeaturizeSettings, featurize  # noqa: E402
 from data_pipeline.fasta import FastaReader  # noqa: E402
+from data_pipeline.featurize import FeaturizeSettings, featurize  # noqa: E402
 from data_pipeline.kmer_counter import KmerCounter  # noqa: E402
 from data_pipeline.labels import Labels  # noqa: E402
 
@@ -181,15 +181,27 @@ def bench_vamb(files: list[Path], tmp: Path, python: str, repeat: int) -> list[t
     bases = write_fragments(files, fragments)
     run = subprocess.run([python, "-c", VAMB_SNIPPET, str(fragments), str(repeat)], capture_output=True, text=True)
     if run.returncode != 0:
-        return [("vamb composition", "n/a", f"VAMB not usable with {python}: {run.stderr.strip().splitlines()[-1][:120]}")]
+        return [
+            ("vamb composition", "n/a", f"VAMB not usable with {python}: {run.stderr.strip().splitlines()[-1][:120]}")
+        ]
     seconds, nseqs, dims = run.stdout.split()
-    version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('vamb'))"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(
+        [python, "-c", "import importlib.metadata as m; print(m.version('vamb'))"], capture_output=True, text=True
+    ).stdout.strip()
     settings = FeaturizeSettings(min_length=1000, workers=1, overwrite=True)
     featurize([fragments], tmp / "frag-warm", settings, progress=False)
     ours = best_of(repeat, lambda: featurize([fragments], tmp / "frag", settings, progress=False))
     return [
-        (f"vamb {version} composition (TNF, {dims} dims)", f"{bases / 1e6 / float(seconds):.0f} Mbp/s", f"{float(seconds):.3f} s, {nseqs} contigs"),
-        ("kmervae on the same fragments (7+4+3-mers + GC)", f"{bases / 1e6 / ours:.0f} Mbp/s", f"{ours:.3f} s; {float(seconds) / ours:.2f}x VAMB's speed"),
+        (
+            f"vamb {version} composition (TNF, {dims} dims)",
+            f"{bases / 1e6 / float(seconds):.0f} Mbp/s",
+            f"{float(seconds):.3f} s, {nseqs} contigs",
+        ),
+        (
+            "kmervae on the same fragments (7+4+3-mers + GC)",
+            f"{bases / 1e6 / ours:.0f} Mbp/s",
+            f"{ours:.3f} s; {float(seconds) / ours:.2f}x VAMB's speed",
+        ),
     ]
 
 
@@ -198,7 +210,9 @@ def main() -> None:
     parser.add_argument("--genomes", type=Path, default=REPO.parent / "shared" / "genomes")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--scale-gbp", type=float, default=0.0, help="also run a plain FASTA of this many Gbp")
-    parser.add_argument("--vamb-python", default=sys.executable, help="an interpreter with VAMB installed (default: this one)")
+    parser.add_argument(
+        "--vamb-python", default=sys.executable, help="an interpreter with VAMB installed (default: this one)"
+    )
     args = parser.parse_args()
     files = sorted(args.genomes.glob("*.fna.gz"))
     if not files:
@@ -213,18 +227,57 @@ def main() -> None:
         e2e_s, summary = bench_e2e(files, tmp / "e2e", args.repeat, workers=1)
         rows.append(("e2e in-process, 1 worker", f"{bases / 1e6 / e2e_s:.0f} Mbp/s", f"{e2e_s:.3f} s"))
         per_contig = summary.output_bytes / summary.contigs
-        rows.append(("output size", f"{per_contig:.0f} B/contig", f"{summary.contigs} contigs, {summary.output_bytes / 2**20:.1f} MiB"))
-        cli_args = ["featurize", *map(str, files), "-o", str(tmp / "cli"), "--fragment-length", str(FRAGMENT), "--label-from-filename", "--quiet"]
+        rows.append(
+            (
+                "output size",
+                f"{per_contig:.0f} B/contig",
+                f"{summary.contigs} contigs, {summary.output_bytes / 2**20:.1f} MiB",
+            )
+        )
+        cli_args = [
+            "featurize",
+            *map(str, files),
+            "-o",
+            str(tmp / "cli"),
+            "--fragment-length",
+            str(FRAGMENT),
+            "--label-from-filename",
+            "--quiet",
+        ]
         wall, peak, _ = run_cli([*cli_args, "--workers", "1"])
-        rows.append(("cli fresh process, 1 worker", f"{bases / 1e6 / wall:.0f} Mbp/s", f"{wall:.2f} s wall, peak RSS {peak / 2**20:.0f} MiB"))
+        rows.append(
+            (
+                "cli fresh process, 1 worker",
+                f"{bases / 1e6 / wall:.0f} Mbp/s",
+                f"{wall:.2f} s wall, peak RSS {peak / 2**20:.0f} MiB",
+            )
+        )
         rows += bench_vamb(files, tmp, args.vamb_python, args.repeat)
         if args.scale_gbp:
             big = tmp / "big.fa"
             big_bases = make_big_fasta(files, big, args.scale_gbp)
             for workers in (1, 2):
                 out = tmp / f"big{workers}"
-                wall, peak, _ = run_cli(["featurize", str(big), "-o", str(out), "--fragment-length", str(FRAGMENT), "--quiet", "--workers", str(workers)])
-                rows.append((f"cli {big_bases / 1e9:.2f} Gbp plain, {workers} worker(s)", f"{big_bases / 1e6 / wall:.0f} Mbp/s", f"{wall:.1f} s wall, peak RSS {peak / 2**20:.0f} MiB"))
+                wall, peak, _ = run_cli(
+                    [
+                        "featurize",
+                        str(big),
+                        "-o",
+                        str(out),
+                        "--fragment-length",
+                        str(FRAGMENT),
+                        "--quiet",
+                        "--workers",
+                        str(workers),
+                    ]
+                )
+                rows.append(
+                    (
+                        f"cli {big_bases / 1e9:.2f} Gbp plain, {workers} worker(s)",
+                        f"{big_bases / 1e6 / wall:.0f} Mbp/s",
+                        f"{wall:.1f} s wall, peak RSS {peak / 2**20:.0f} MiB",
+                    )
+                )
                 subprocess.run(["rm", "-rf", str(out)], check=True)
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'rate':>14}  detail")

@@ -137,15 +137,29 @@ def check_correctness(pool: CountBatch, device: torch.device, n: int) -> None:
         fp32 = model(*on_device)
         with autocast(device, "bf16"):
             bf16 = model(*on_device)
-        losses = {name: vae_loss(out, kmer7, cfg, 1.0).loss.item() for name, out, kmer7 in (
-            ("fp64", ref, data.kmer7), ("fp32", fp32, on_device.kmer7), ("bf16", bf16, on_device.kmer7))}
-    report("bf16 vs fp32: recon / mu / loss rel err",
-           f"{rel_err(bf16.recon, fp32.recon):.1e} / {rel_err(bf16.mu, fp32.mu):.1e} / {abs(losses['bf16'] - losses['fp32']) / abs(losses['fp32']):.1e}")
-    report("fp32 vs fp64: recon / mu / loss rel err",
-           f"{rel_err(fp32.recon, ref.recon):.1e} / {rel_err(fp32.mu, ref.mu):.1e} / {abs(losses['fp32'] - losses['fp64']) / abs(losses['fp64']):.1e}")
+        losses = {
+            name: vae_loss(out, kmer7, cfg, 1.0).loss.item()
+            for name, out, kmer7 in (
+                ("fp64", ref, data.kmer7),
+                ("fp32", fp32, on_device.kmer7),
+                ("bf16", bf16, on_device.kmer7),
+            )
+        }
+    report(
+        "bf16 vs fp32: recon / mu / loss rel err",
+        f"{rel_err(bf16.recon, fp32.recon):.1e} / {rel_err(bf16.mu, fp32.mu):.1e} / "
+        f"{abs(losses['bf16'] - losses['fp32']) / abs(losses['fp32']):.1e}",
+    )
+    report(
+        "fp32 vs fp64: recon / mu / loss rel err",
+        f"{rel_err(fp32.recon, ref.recon):.1e} / {rel_err(fp32.mu, ref.mu):.1e} / "
+        f"{abs(losses['fp32'] - losses['fp64']) / abs(losses['fp64']):.1e}",
+    )
 
 
-def core_throughput(data: CountBatch, device: torch.device, preset: str, modes: list[str], batch_sizes: list[int], steps: int) -> None:
+def core_throughput(
+    data: CountBatch, device: torch.device, preset: str, modes: list[str], batch_sizes: list[int], steps: int
+) -> None:
     """Training steps on resident data, no shuffling: the model's own ceiling."""
     rows = len(data.length)
     for mode in modes:
@@ -155,12 +169,16 @@ def core_throughput(data: CountBatch, device: torch.device, preset: str, modes: 
             torch.manual_seed(0)
             reset_peak(device)
             model = BranchedVAE(PRESETS[preset]).to(device).train()
-            train_cfg = TrainConfig(batch_size=batch_size, compile=mode.endswith("compile"))  # lr scaled by sqrt(batch / 256)
+            train_cfg = TrainConfig(
+                batch_size=batch_size, compile=mode.endswith("compile")
+            )  # lr scaled by sqrt(batch / 256)
             optimizer = make_optimizer(model, train_cfg, device)
             runnable = compile_model(model, train_cfg, print)
             precision = "bf16" if mode.startswith("bf16") else "fp32"
 
-            def step(i: int) -> torch.Tensor:
+            def step(
+                i: int, batch_size=batch_size, precision=precision, runnable=runnable, optimizer=optimizer, model=model
+            ) -> torch.Tensor:
                 lo = (i * batch_size) % (rows - batch_size + 1)
                 batch = CountBatch(*(t[lo : lo + batch_size] for t in data))
                 with autocast(device, precision):
@@ -183,12 +201,24 @@ def core_throughput(data: CountBatch, device: torch.device, preset: str, modes: 
             sync(device)
             rate = steps * batch_size / (time.perf_counter() - started)
             tflops = 6 * matmul_params(model) * rate / 1e12
-            report(f"core {preset} {mode} batch {batch_size}",
-                   f"{rate:,.0f} samples/s, {tflops:.1f} TFLOP/s, peak {peak_gib(device)}, warm-up {warm:.1f} s, loss {loss.item():.1f}")
+            report(
+                f"core {preset} {mode} batch {batch_size}",
+                f"{rate:,.0f} samples/s, {tflops:.1f} TFLOP/s, peak {peak_gib(device)}, warm-up {warm:.1f} "
+                f"s, loss {loss.item():.1f}",
+            )
             del model, optimizer, runnable
 
 
-def engine_epoch(data: CountBatch, device: torch.device, preset: str, batch_size: int, precision: str, counts: str, resident: bool, compile: bool) -> float:
+def engine_epoch(
+    data: CountBatch,
+    device: torch.device,
+    preset: str,
+    batch_size: int,
+    precision: str,
+    counts: str,
+    resident: bool,
+    compile: bool,
+) -> float:
     """One epoch of the engine's `train_epoch`, data resident on the device or streamed from host memory."""
     if counts == "uint16":
         data = CountBatch(data.length, data.gc, *(t.to(torch.uint16) for t in (data.kmer7, data.kmer4, data.kmer3)))
@@ -206,27 +236,51 @@ def engine_epoch(data: CountBatch, device: torch.device, preset: str, batch_size
     generator = torch.Generator(device=device if chosen else "cpu").manual_seed(0)
     # A short warm-up epoch slice, then the measured epoch.
     warm = TensorData(CountBatch(*(t[: 3 * batch_size] for t in source.batch)))
-    train_epoch(runnable, warm.batches(batch_size, generator=generator, drop_last=True), optimizer, LossConfig(), 1.0, device=device, precision=precision)
+    train_epoch(
+        runnable,
+        warm.batches(batch_size, generator=generator, drop_last=True),
+        optimizer,
+        LossConfig(),
+        1.0,
+        device=device,
+        precision=precision,
+    )
     sync(device)
     metrics = train_epoch(
-        runnable, source.batches(batch_size, generator=generator, drop_last=True), optimizer, LossConfig(), 1.0,
-        device=device, precision=precision,
+        runnable,
+        source.batches(batch_size, generator=generator, drop_last=True),
+        optimizer,
+        LossConfig(),
+        1.0,
+        device=device,
+        precision=precision,
     )
     sync(device)
     seconds = len(data.length) // batch_size * batch_size / metrics["samples_per_s"]
     tflops = 6 * matmul_params(model) * metrics["samples_per_s"] / 1e12
-    where = f"resident ({str(source.batch.kmer7.dtype).removeprefix('torch.')} on device)" if chosen else "streamed from host"
-    report(f"engine {preset} {precision}{'+compile' if compile else ''} batch {batch_size} {counts} {where}",
-           f"{metrics['samples_per_s']:,.0f} samples/s ({len(data.length):,} rows, {seconds:.1f} s/epoch), "
-           f"data wait {100 * metrics['data_wait_s'] / seconds:.0f}%, {tflops:.1f} TFLOP/s, peak {peak_gib(device)}")
+    where = (
+        f"resident ({str(source.batch.kmer7.dtype).removeprefix('torch.')} on device)"
+        if chosen
+        else "streamed from host"
+    )
+    report(
+        f"engine {preset} {precision}{'+compile' if compile else ''} batch {batch_size} {counts} {where}",
+        f"{metrics['samples_per_s']:,.0f} samples/s ({len(data.length):,} rows, {seconds:.1f} s/epoch), "
+        f"data wait {100 * metrics['data_wait_s'] / seconds:.0f}%, {tflops:.1f} TFLOP/s, peak {peak_gib(device)}",
+    )
     del model, optimizer, runnable, source
     return metrics["samples_per_s"]
 
 
 def engine_path(features: Path, device: torch.device, epochs: int, preset: str, compile: bool) -> None:
     config = RunConfig(model=PRESETS[preset]).with_overrides(
-        [f"train.epochs={epochs}", "train.batch_size=1024", f"train.device={device.type}", "train.precision=bf16",
-         f"train.compile={str(compile).lower()}"]
+        [
+            f"train.epochs={epochs}",
+            "train.batch_size=1024",
+            f"train.device={device.type}",
+            "train.precision=bf16",
+            f"train.compile={str(compile).lower()}",
+        ]
     )
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -234,9 +288,15 @@ def engine_path(features: Path, device: torch.device, epochs: int, preset: str, 
         seconds = time.perf_counter() - started
         ckpt = load_checkpoint(result.best_checkpoint)
         model = ckpt.build_model(device)
-        report(f"fit_local {preset} bf16{'+compile' if compile else ''} batch 1024",
-               f"{epochs} epochs in {seconds:.1f} s, val/loss {result.history[0]['val/loss']:.1f} -> {result.history[-1]['val/loss']:.1f}")
-        report("checkpoint reload", f"epoch {ckpt.epoch}, {sum(p.numel() for p in model.parameters()):,} parameters on {device}")
+        report(
+            f"fit_local {preset} bf16{'+compile' if compile else ''} batch 1024",
+            f"{epochs} epochs in {seconds:.1f} s, val/loss {result.history[0]['val/loss']:.1f} -> "
+            f"{result.history[-1]['val/loss']:.1f}",
+        )
+        report(
+            "checkpoint reload",
+            f"epoch {ckpt.epoch}, {sum(p.numel() for p in model.parameters()):,} parameters on {device}",
+        )
         print(json.dumps(result.history[-1]), flush=True)
 
 
@@ -244,7 +304,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, help="feature dataset (default: synthetic contigs)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU with small sizes (what the test suite does)")
-    parser.add_argument("--rows", type=int, default=None, help="contigs per engine epoch (default: 1,000,000 on a GPU, 2,048 on the CPU)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="contigs per engine epoch (default: 1,000,000 on a GPU, 2,048 on the CPU)",
+    )
     parser.add_argument("--parts", default="correctness,core,engine,fit", help="comma-separated parts to run")
     args = parser.parse_args()
     cpu = args.cpu or not torch.cuda.is_available()
@@ -262,8 +327,14 @@ def main() -> None:
         check_correctness(pool, device, 64 if cpu else 1024)
     if "core" in parts:
         data = resample(pool, 1024 if cpu else 65536).to(device)
-        core_throughput(data, device, preset, ["fp32", "bf16"] if cpu else ["fp32", "bf16", "bf16+compile"],
-                        [256] if cpu else [1024, 4096, 8192], steps=3 if cpu else 60)
+        core_throughput(
+            data,
+            device,
+            preset,
+            ["fp32", "bf16"] if cpu else ["fp32", "bf16", "bf16+compile"],
+            [256] if cpu else [1024, 4096, 8192],
+            steps=3 if cpu else 60,
+        )
         del data
     if "engine" in parts:
         rows = args.rows or (2048 if cpu else 1_000_000)

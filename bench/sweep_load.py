@@ -25,8 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kmervae.core.config import PRESETS, RunConfig  # noqa: E402
-from kmervae.core.config import SweepConfig
+from kmervae.core.config import PRESETS, RunConfig, SweepConfig  # noqa: E402
 from kmervae.distributed.sweep import run_sweep  # noqa: E402
 
 
@@ -69,8 +68,16 @@ def main() -> None:
         from data_pipeline.labels import Labels
 
         features = work / "features"
-        featurize(sorted((REPO / "examples").glob("*.fna.gz")), features, FeaturizeSettings(fragment_length=5000), Labels(from_filename=True), progress=False)
-    base = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=2", "train.batch_size=64", "data.max_samples=400"])
+        featurize(
+            sorted((REPO / "examples").glob("*.fna.gz")),
+            features,
+            FeaturizeSettings(fragment_length=5000),
+            Labels(from_filename=True),
+            progress=False,
+        )
+    base = RunConfig(model=PRESETS["tiny"]).with_overrides(
+        ["train.epochs=2", "train.batch_size=64", "data.max_samples=400"]
+    )
 
     # The same trial trained by the local engine in this process: the compute a trial needs.
     from kmervae.core.engine import fit_local
@@ -80,12 +87,16 @@ def main() -> None:
     local_s = time.perf_counter() - started
 
     rss_start = rss_mib()
-    sweep = SweepConfig(name="load", storage=str(work / "sweeps"), num_samples=args.trials, grace_period=2, register_as="")
+    sweep = SweepConfig(
+        name="load", storage=str(work / "sweeps"), num_samples=args.trials, grace_period=2, register_as=""
+    )
     sampler = MemorySampler(work / "sweeps" / "load" / "trials")
     sampler.start()
     started = time.perf_counter()
     lines: list[str] = []
-    result = run_sweep(features, base, space, sweep, log=lambda line: (lines.append(line), print(line, file=sys.stderr)))
+    result = run_sweep(
+        features, base, space, sweep, log=lambda line: (lines.append(line), print(line, file=sys.stderr))
+    )
     sweep_s = time.perf_counter() - started
     sampler.stop.set()
     sampler.join()
@@ -97,11 +108,14 @@ def main() -> None:
     client = MlflowClient(result.mlflow_uri)
     parent = client.get_run(result.parent_run_id)
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10_000
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        max_results=10_000,
     )
     ids = [c.data.tags.get("kmervae.trial_id") for c in children]
     epochs_once = all(
-        len(steps) == len(set(steps)) for steps in ([m.step for m in client.get_metric_history(c.info.run_id, "val/loss")] for c in children)
+        len(steps) == len(set(steps))
+        for steps in ([m.step for m in client.get_metric_history(c.info.run_id, "val/loss")] for c in children)
     )
     ok = sum(1 for row in result.trials if row.status == "OK")
 
@@ -109,7 +123,11 @@ def main() -> None:
 
     concurrency = next(int(m[1]) for line in lines if (m := re.search(r"(\d+) at a time", line)))
     samples = np.array([(t, n, r) for t, n, r in sampler.samples])
-    growth = float(np.polyfit(samples[:, 1], samples[:, 2], 1)[0]) if len(samples) > 2 and np.ptp(samples[:, 1]) > 0 else float("nan")
+    growth = (
+        float(np.polyfit(samples[:, 1], samples[:, 2], 1)[0])
+        if len(samples) > 2 and np.ptp(samples[:, 1]) > 0
+        else float("nan")
+    )
     per_slot = sweep_s * concurrency / args.trials
     rows = [
         ("trials (OK / total)", f"{ok} / {len(result.trials)}"),

@@ -34,7 +34,13 @@ def featurize_genomes(genomes: Path, out: Path) -> Path:
     from data_pipeline.featurize import FeaturizeSettings, featurize
     from data_pipeline.labels import Labels
 
-    featurize(sorted(genomes.glob("*.fna.gz")), out, FeaturizeSettings(fragment_length=5000), Labels(from_filename=True), progress=False)
+    featurize(
+        sorted(genomes.glob("*.fna.gz")),
+        out,
+        FeaturizeSettings(fragment_length=5000),
+        Labels(from_filename=True),
+        progress=False,
+    )
     return out
 
 
@@ -71,24 +77,44 @@ def main() -> None:
                     for engine in engines:
                         started = time.perf_counter()
                         if engine == "local":
-                            last = fit_local(features, config, tmp / f"local-{name}-{batch}-{precision}", log=quiet).history[-1]
+                            last = fit_local(
+                                features, config, tmp / f"local-{name}-{batch}-{precision}", log=quiet
+                            ).history[-1]
                         else:
                             workers = int(engine.split("-")[1])
                             last = fit_ray(
-                                features, config, workers=workers, use_cpu=device == "cpu", name=f"{name}-{batch}-{precision}-{engine}",
-                                storage=tmp / "ray", experiment=None, data_mode="materialize", log=quiet,
+                                features,
+                                config,
+                                workers=workers,
+                                use_cpu=device == "cpu",
+                                name=f"{name}-{batch}-{precision}-{engine}",
+                                storage=tmp / "ray",
+                                experiment=None,
+                                data_mode="materialize",
+                                log=quiet,
                             ).history[-1]
                         rows.append((name, engine, batch, precision, last, time.perf_counter() - started))
-                        print(f"{name} {engine} batch {batch} {precision}: {last['samples_per_s']:,.0f} samples/s", file=sys.stderr, flush=True)
-    print(f"\ndevice {device}, {len(os.sched_getaffinity(0))} cores, {args.epochs} epochs each; ray.init took {ray_start:.1f} s")
-    print(f"{'preset':<7} {'engine':<6} {'batch':>6} {'prec':<5} {'samples/s':>10} {'vs local':>9} {'data wait':>10} {'compute':>8} {'wall':>7}")
+                        print(
+                            f"{name} {engine} batch {batch} {precision}: {last['samples_per_s']:,.0f} samples/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    print(
+        f"\ndevice {device}, {len(os.sched_getaffinity(0))} cores, {args.epochs} epochs each; ray.init "
+        f"took {ray_start:.1f} s"
+    )
+    print(
+        f"{'preset':<7} {'engine':<6} {'batch':>6} {'prec':<5} {'samples/s':>10} {'vs local':>9} "
+        f"{'data wait':>10} {'compute':>8} {'wall':>7}"
+    )
     local = {(r[0], r[2], r[3]): r[4]["samples_per_s"] for r in rows if r[1] == "local"}
     for name, engine, batch, precision, last, wall in rows:
         rate = last["samples_per_s"]
         base = local.get((name, batch, precision))
         wait = last["data_wait_s"]
         print(
-            f"{name:<7} {engine:<6} {batch:>6} {precision:<5} {rate:>10,.0f} {(rate / base if base else float('nan')):>8.0%} "
+            f"{name:<7} {engine:<6} {batch:>6} {precision:<5} {rate:>10,.0f} "
+            f"{(rate / base if base else float('nan')):>8.0%} "
             f"{wait:>9.2f}s {last['train_s'] - wait:>7.2f}s {wall:>6.0f}s"
         )
 

@@ -68,7 +68,7 @@ class SkipCounts:
     no_acgt_window: int = 0
     no_acgt_window_bases: int = 0
 
-    def merge(self, other: "SkipCounts") -> None:
+    def merge(self, other: SkipCounts) -> None:
         """Add another count to this one."""
         self.too_short += other.too_short
         self.too_short_bases += other.too_short_bases
@@ -101,7 +101,7 @@ class Batcher:
                 s, e = int(starts[short][0]), int(ends[short][0])
                 self.too_short_ids.append(contig_id(record.id, s, e, fragmented))
         done = []
-        pending = [(int(s), int(e)) for s, e in zip(starts[keep], ends[keep])]
+        pending = [(int(s), int(e)) for s, e in zip(starts[keep], ends[keep], strict=True)]
         while pending:
             room = self.rows - len(self._current)
             base_room = max(self.max_bases - self._current.bases, 1)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import lzma
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import dnaio
 import numpy as np
@@ -106,7 +107,9 @@ class FastaReader:
                     f"{self.path}: not a FASTA or FASTQ file (it does not start with '>' or '@')"
                 ) from None
             except dnaio.exceptions.FileFormatError as err:
-                if "must be ASCII encoded" in str(err):  # dnaio: "'name' ... must be ASCII encoded, but found 'é' at index 7"
+                if "must be ASCII encoded" in str(
+                    err
+                ):  # dnaio: "'name' ... must be ASCII encoded, but found 'é' at index 7"
                     found = str(err).split("but found", 1)[1].strip()
                     raise InputError(
                         f"{self.path}: line {record_line(self.path, index + 1)}: header of record {index + 2} has "

@@ -133,8 +133,12 @@ def widen_part(path: Path, dtypes: dict[int, np.dtype], row_group_size: int) -> 
         name = KMER_COLUMNS[k]
         counts = decode_counts(table.column(name), N_BINS[k], old.count_dtypes[k])
         table = table.set_column(table.schema.get_field_index(name), name, encode_counts(counts, dtypes[k]))
-    pq.write_table(table.replace_schema_metadata(new.metadata()).cast(new.schema()), path,
-                   row_group_size=row_group_size, **PARQUET_OPTIONS)
+    pq.write_table(
+        table.replace_schema_metadata(new.metadata()).cast(new.schema()),
+        path,
+        row_group_size=row_group_size,
+        **PARQUET_OPTIONS,
+    )
 
 
 class StagedDataset:

@@ -12,10 +12,10 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tqdm import tqdm
 
@@ -71,7 +71,8 @@ class FeaturizeSettings:
             raise ConfigError(f"--rows-per-file must be >= 1, got {self.rows_per_file}")
         if not 1 <= self.row_group_size <= self.rows_per_file:
             raise ConfigError(
-                f"--row-group-size must be between 1 and --rows-per-file ({self.rows_per_file}), got {self.row_group_size}"
+                f"--row-group-size must be between 1 and --rows-per-file ({self.rows_per_file}), got "
+                f"{self.row_group_size}"
             )
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
@@ -153,11 +154,15 @@ def featurize(
     stage = StagedDataset(out_dir, settings.overwrite)
     summary.stale_removed = stage.removed_stale
     executor = (
-        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _InlineExecutor()
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        if workers > 1
+        else _InlineExecutor()
     )
     pending: list[Future] = []
     results: list[PartResult] = []
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="featurize", disable=_no_bar(progress), file=sys.stderr)
+    bar = tqdm(
+        total=total_bytes, unit="B", unit_scale=True, desc="featurize", disable=_no_bar(progress), file=sys.stderr
+    )
 
     def submit(batches: list[Batch]) -> None:
         for batch in batches:

@@ -38,7 +38,7 @@ class Labels:
         return 0 if self.table is None else len(self.table) - len(self._used)
 
     @classmethod
-    def from_tsv(cls, path: str | Path) -> "Labels":
+    def from_tsv(cls, path: str | Path) -> Labels:
         """Read a tab-separated table: record id, label (more columns are ignored).
 
         Lines starting with '#' are comments; a first line whose first field is a column

@@ -61,7 +61,12 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
         metavar="TSV",
         help="tab-separated 'record_id<TAB>label' table (more columns ignored; a header line is allowed)",
     )
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: 1 for inputs under 16 MiB, else one per core)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: 1 for inputs under 16 MiB, else one per core)",
+    )
     p.add_argument("--rows-per-file", type=int, default=4096, help="contigs per parquet file")
     p.add_argument("--row-group-size", type=int, default=1024, help="contigs per parquet row group")
     p.add_argument("--strict", action="store_true", help="fail instead of skipping unusable contigs")
@@ -135,15 +140,45 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_model_flags(p)
     p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     p.add_argument("--workers", type=int, default=1, help="ray: training workers (one per GPU on GPU clusters)")
-    p.add_argument("--gpus-per-worker", type=float, default=None, help="ray: GPUs per worker (default: 1 when the cluster has enough GPUs, else 0)")
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="ray: GPUs per worker (default: 1 when the cluster has enough GPUs, else 0)",
+    )
     p.add_argument("--cpu", action="store_true", help="ray: train on CPU workers even where GPUs exist")
-    p.add_argument("--data-mode", choices=["auto", "materialize", "stream"], default="auto", help="ray: decode the data once into the object store, or re-read it every epoch (auto: materialize when it fits)")
-    p.add_argument("--address", default=None, help="ray: cluster address (default: $RAY_ADDRESS, else a local cluster in this process)")
-    p.add_argument("--name", default=None, help="run name: ray resumes a run of this name in --storage; also the MLflow run name (default: train-<time>)")
+    p.add_argument(
+        "--data-mode",
+        choices=["auto", "materialize", "stream"],
+        default="auto",
+        help="ray: decode the data once into the object store, or re-read it every epoch "
+        "(auto: materialize when it fits)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="ray: cluster address (default: $RAY_ADDRESS, else a local cluster in this process)",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="run name: ray resumes a run of this name in --storage; also the MLflow run name (default: train-<time>)",
+    )
     p.add_argument("--storage", default="runs/ray", help="ray: checkpoint storage, a folder or an s3:// URI")
-    p.add_argument("--out", type=Path, default=None, help="folder for best.pt, last.pt, curves and tables (default: local runs/<name>, ray <storage>/<name>/outputs)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for best.pt, last.pt, curves and tables "
+        "(default: local runs/<name>, ray <storage>/<name>/outputs)",
+    )
     p.add_argument("--experiment", default="kmervae", help="MLflow experiment")
-    p.add_argument("--mlflow-dir", type=Path, default=None, help="folder of the local MLflow store (default: the current folder; ignored when $MLFLOW_TRACKING_URI is set)")
+    p.add_argument(
+        "--mlflow-dir",
+        type=Path,
+        default=None,
+        help="folder of the local MLflow store (default: the current folder; ignored when $MLFLOW_TRACKING_URI is set)",
+    )
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.set_defaults(run=_cmd_train)
 
@@ -163,12 +198,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from kmervae.distributed.ray_engine import fit_ray
 
         result = fit_ray(
-            args.data, config, workers=args.workers, gpus_per_worker=args.gpus_per_worker, use_cpu=args.cpu,
-            name=name, storage=args.storage, experiment=None if args.no_mlflow else args.experiment,
-            mlflow_dir=args.mlflow_dir, address=args.address, out_dir=args.out, data_mode=args.data_mode,
+            args.data,
+            config,
+            workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker,
+            use_cpu=args.cpu,
+            name=name,
+            storage=args.storage,
+            experiment=None if args.no_mlflow else args.experiment,
+            mlflow_dir=args.mlflow_dir,
+            address=args.address,
+            out_dir=args.out,
+            data_mode=args.data_mode,
         )
         history, best_path, last_path, run_id, uri = (
-            result.history, result.best_checkpoint, result.last_checkpoint, result.mlflow_run_id, result.mlflow_uri,
+            result.history,
+            result.best_checkpoint,
+            result.last_checkpoint,
+            result.mlflow_run_id,
+            result.mlflow_uri,
         )
     else:
         from kmervae.core.engine import fit_local
@@ -225,7 +273,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 def _add_best(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "best", help="list the best runs in MLflow (optionally of one sweep) and fetch the best checkpoint",
+        "best",
+        help="list the best runs in MLflow (optionally of one sweep) and fetch the best checkpoint",
         description="Rank the finished runs of an MLflow experiment by the best epoch's metric and show the "
         "parameters that differ between them; --download fetches the best run's checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -250,7 +299,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="export the encoder (with its feature transform) to TorchScript, ONNX or MLflow",
+        "export",
+        help="export the encoder (with its feature transform) to TorchScript, ONNX or MLflow",
         description="SOURCE is a checkpoint file, an MLflow run id or a registry URI (models:/NAME@ALIAS). The "
         "exported model takes length (int64), gc (float32), kmer7/kmer4/kmer3 counts (int32) with any batch size "
         "and returns the latent mean (and the log-variance with --with-log-var).",
@@ -277,7 +327,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "embed", help="embed the contigs of a feature dataset with a model",
+        "embed",
+        help="embed the contigs of a feature dataset with a model",
         description="MODEL is a checkpoint, a TorchScript or ONNX file, an MLflow model folder or models:/NAME@ALIAS. "
         "Writes a parquet file of contig_id, label (when present) and embedding (the latent mean), streaming.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -301,14 +352,20 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="score embeddings against labels and simple baselines",
+        "evaluate",
+        help="score embeddings against labels and simple baselines",
         description="With labels: kNN accuracy (k=1, 5; cosine; 5-fold), k-means ARI and silhouette, for the "
         "embedding and, given --labels-from-features, for two baselines on the same contigs (z-scored 4-mer "
         "log-frequencies, PCA of all k-mer log-frequencies). Without labels: k-means silhouette and active units.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS")
-    p.add_argument("--labels-from-features", type=Path, metavar="FEATURES", help="feature dataset with labels (also enables the baselines)")
+    p.add_argument(
+        "--labels-from-features",
+        type=Path,
+        metavar="FEATURES",
+        help="feature dataset with labels (also enables the baselines)",
+    )
     p.add_argument("--json", type=Path, help="write the table as JSON here (default: EMBEDDINGS with .eval.json)")
     p.add_argument("--mlflow-run", metavar="RUN_ID", help="log the scores to this MLflow run")
     p.set_defaults(run=_cmd_evaluate)
@@ -329,7 +386,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_mlflow_sync(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "mlflow-sync", help="send MLflow calls saved while the tracking server was unreachable",
+        "mlflow-sync",
+        help="send MLflow calls saved while the tracking server was unreachable",
         description="A run that outlives a tracking-server outage saves the calls it could not send "
         "(metrics, params, artifacts, status) to mlflow-outbox.jsonl in its output folder. This sends "
         "them, in order, to $MLFLOW_TRACKING_URI (else ./mlflow.db); epochs already logged are not "

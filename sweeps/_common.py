@@ -12,8 +12,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python sweeps/x.py` from a checkout or a Ray job's working dir
@@ -29,22 +30,58 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, help="feature dataset (default: the bundled examples, featurized on first use)")
     p.add_argument("--samples", type=int, default=None, help="trials (default 16; 3 with --smoke-test)")
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs per trial (ASHA stops weak trials earlier; default 50, 2 with --smoke-test)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="maximum epochs per trial (ASHA stops weak trials earlier; default 50, 2 with --smoke-test)",
+    )
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial")
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial (default: one per worker when the cluster has GPUs; 0 = CPU)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as the cluster fits)")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per trial (default: one per worker when the cluster has GPUs; 0 = CPU)",
+    )
+    p.add_argument(
+        "--max-concurrent", type=int, default=None, help="trials at once (default: as many as the cluster fits)"
+    )
     p.add_argument("--experiment", default="kmervae-sweeps", help="MLflow experiment")
     p.add_argument("--name", default=None, help="sweep name (default: <script>-<time>); --resume needs it")
-    p.add_argument("--storage", default="runs/sweeps", help="trial state and checkpoints: a folder (made absolute) or an s3:// URI shared by all nodes")
+    p.add_argument(
+        "--storage",
+        default="runs/sweeps",
+        help="trial state and checkpoints: a folder (made absolute) or an s3:// URI shared by all nodes",
+    )
     p.add_argument("--resume", action="store_true", help="continue the sweep --name from --storage")
-    p.add_argument("--metric", default="val/loss", choices=["val/loss", "val/knn_acc"], help="objective (val/knn_acc needs labels)")
+    p.add_argument(
+        "--metric", default="val/loss", choices=["val/loss", "val/knn_acc"], help="objective (val/knn_acc needs labels)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
     p.add_argument("--preset", default=preset, help="architecture the space starts from")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="fixed setting for every trial")
-    p.add_argument("--mlflow-dir", type=Path, default=None, help="folder of the local MLflow store (default: current folder; $MLFLOW_TRACKING_URI wins)")
-    p.add_argument("--register-as", default="kmervae-encoder", help="registered model name for the best checkpoint ('' to skip)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="fixed setting for every trial",
+    )
+    p.add_argument(
+        "--mlflow-dir",
+        type=Path,
+        default=None,
+        help="folder of the local MLflow store (default: current folder; $MLFLOW_TRACKING_URI wins)",
+    )
+    p.add_argument(
+        "--register-as", default="kmervae-encoder", help="registered model name for the best checkpoint ('' to skip)"
+    )
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
-    p.add_argument("--smoke-test", action="store_true", help="tiny preset, 600 contigs, 3 trials x 2 epochs on CPU: about 2 minutes on 2 cores")
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="tiny preset, 600 contigs, 3 trials x 2 epochs on CPU: about 2 minutes on 2 cores",
+    )
     apply_env_defaults(p)
     return p.parse_args(argv)
 
@@ -86,11 +123,18 @@ def default_data(storage: str) -> Path:
 
     out = local_outputs(normalize(storage), "examples-features")
     if not (out / "_kmervae_dataset.json").exists():
-        featurize(sorted((REPO / "examples").glob("*.fna.gz")), out, FeaturizeSettings(fragment_length=5000, overwrite=True), Labels(from_filename=True))
+        featurize(
+            sorted((REPO / "examples").glob("*.fna.gz")),
+            out,
+            FeaturizeSettings(fragment_length=5000, overwrite=True),
+            Labels(from_filename=True),
+        )
     return out
 
 
-def sweep_main(script: str, description: str, space: Callable[[Any], Any], preset: str = "final", argv: list[str] | None = None) -> int:
+def sweep_main(
+    script: str, description: str, space: Callable[[Any], Any], preset: str = "final", argv: list[str] | None = None
+) -> int:
     """Parse flags, run the sweep, print where everything went. Returns the exit status."""
     args = parse_args(description, preset, argv)
     try:
@@ -101,8 +145,7 @@ def sweep_main(script: str, description: str, space: Callable[[Any], Any], prese
 
 
 def _run(script: str, args: argparse.Namespace, space) -> int:
-    from kmervae.core.config import RunConfig, preset
-    from kmervae.core.config import SweepConfig
+    from kmervae.core.config import RunConfig, SweepConfig, preset
     from kmervae.distributed.sweep import run_sweep
     from kmervae.tracking.tracker import tracking_uri, ui_command
 
@@ -138,5 +181,8 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     if result.registered:
         print(f"registry  {result.registered}")
     if result.parent_run_id:
-        print(f"mlflow    parent run {result.parent_run_id} in experiment '{sweep.experiment}'; browse: {ui_command(result.mlflow_uri or tracking_uri(args.mlflow_dir))}")
+        print(
+            f"mlflow    parent run {result.parent_run_id} in experiment '{sweep.experiment}'; browse: "
+            f"{ui_command(result.mlflow_uri or tracking_uri(args.mlflow_dir))}"
+        )
     return 0 if result.best_trial is not None else 1

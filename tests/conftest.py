@@ -69,7 +69,9 @@ def example_features(tmp_path_factory) -> Path:
     from data_pipeline.labels import Labels
 
     out = tmp_path_factory.mktemp("example-features") / "features"
-    featurize(sorted(EXAMPLES.glob("*.fna.gz")), out, FeaturizeSettings(fragment_length=5000), Labels(from_filename=True))
+    featurize(
+        sorted(EXAMPLES.glob("*.fna.gz")), out, FeaturizeSettings(fragment_length=5000), Labels(from_filename=True)
+    )
     return out
 
 
@@ -146,7 +148,9 @@ def start_local_cluster(state: Path, num_cpus: int = 2) -> dict[str, str]:
         MLFLOW_PORT=str(free_port()),
         NUM_CPUS=str(num_cpus),
     )
-    started = subprocess.run(["bash", str(REPO / "infra/local/start.sh")], env=env, capture_output=True, text=True, timeout=300)
+    started = subprocess.run(
+        ["bash", str(REPO / "infra/local/start.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
     if started.returncode != 0:
         subprocess.run(["bash", str(REPO / "infra/local/stop.sh")], env=env, capture_output=True, timeout=300)
     assert started.returncode == 0, started.stderr + started.stdout
@@ -156,7 +160,9 @@ def start_local_cluster(state: Path, num_cpus: int = 2) -> dict[str, str]:
 
 def stop_local_cluster(env: dict[str, str]) -> str:
     """infra/local/stop.sh for a cluster `start_local_cluster` started; returns what it printed."""
-    stopped = subprocess.run(["bash", str(REPO / "infra/local/stop.sh")], env=env, capture_output=True, text=True, timeout=300)
+    stopped = subprocess.run(
+        ["bash", str(REPO / "infra/local/stop.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
     return stopped.stdout
 
 

@@ -7,7 +7,7 @@ from sorting strings, and the reverse complement is a string translation.
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -18,7 +18,7 @@ def revcomp(kmer: str) -> str:
     return kmer.translate(COMPLEMENT)[::-1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def canonical_bins(k: int) -> dict[str, int]:
     """Every k-mer string -> index of its canonical bin (sorted distinct canonical strings)."""
     kmers = ["".join(p) for p in itertools.product("ACGT", repeat=k)]

@@ -72,7 +72,10 @@ def test_foreign_and_incompatible_checkpoints(tmp_path, saved):
     for change, message in [
         ({"format_version": 99}, "checkpoint format 99"),
         ({"feature_schema_version": 0}, "trained on feature schema 0"),
-        ({"config": {**payload["config"], "model": {**payload["config"]["model"], "branches": 3}}}, "incompatible with kmervae"),
+        (
+            {"config": {**payload["config"], "model": {**payload["config"]["model"], "branches": 3}}},
+            "incompatible with kmervae",
+        ),
     ]:
         bad = tmp_path / "bad.pt"
         torch.save({**payload, **change}, bad)
@@ -102,7 +105,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, example_features,
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "kmervae-checkpoint", "model": _Payload(marker)}, evil)
-    with pytest.raises(InputError, match=r"evil.pt: not a readable kmervae checkpoint \(UnpicklingError: Weights only load failed"):
+    with pytest.raises(
+        InputError, match=r"evil.pt: not a readable kmervae checkpoint \(UnpicklingError: Weights only load failed"
+    ):
         load_checkpoint(evil)
     # The same file given to every command that reads a checkpoint or model file.
     for argv in (

@@ -21,7 +21,14 @@ def test_help_explains_commands_and_defaults():
     assert top.returncode == 0 and "featurize" in top.stdout
     sub = kmervae("featurize", "--help")
     assert sub.returncode == 0
-    for text in ("--fragment-length", "--min-length", "(default: 1000)", "--label-from-filename", "--labels", "--workers"):
+    for text in (
+        "--fragment-length",
+        "--min-length",
+        "(default: 1000)",
+        "--label-from-filename",
+        "--labels",
+        "--workers",
+    ):
         assert text in sub.stdout
 
 
@@ -40,10 +47,26 @@ def test_featurize_prints_a_summary(tmp_path, examples_dir):
     "setup, args, message",
     [
         (lambda d: None, ["missing.fa"], "missing.fa: no such file"),
-        (lambda d: write_bytes(d / "bad.fa", b">a\nACGT\n>b\nAC!T\n"), ["bad.fa"], "bad.fa: line 4: record 'b' has character '!'"),
-        (lambda d: (d / "t.fa.gz").write_bytes(b"\x1f\x8b\x08\x00garbage"), ["t.fa.gz"], "corrupt or truncated gz data"),
-        (lambda d: write_fasta(d / "a.fa", [("a", "ACGT" * 300)]), ["a.fa", "--fragment-length", "3"], "--fragment-length must be >= 7"),
-        (lambda d: write_fasta(d / "a.fa", [("a", "ACGT" * 300)]), ["a.fa", "--labels", "none.tsv"], "none.tsv: no such file"),
+        (
+            lambda d: write_bytes(d / "bad.fa", b">a\nACGT\n>b\nAC!T\n"),
+            ["bad.fa"],
+            "bad.fa: line 4: record 'b' has character '!'",
+        ),
+        (
+            lambda d: (d / "t.fa.gz").write_bytes(b"\x1f\x8b\x08\x00garbage"),
+            ["t.fa.gz"],
+            "corrupt or truncated gz data",
+        ),
+        (
+            lambda d: write_fasta(d / "a.fa", [("a", "ACGT" * 300)]),
+            ["a.fa", "--fragment-length", "3"],
+            "--fragment-length must be >= 7",
+        ),
+        (
+            lambda d: write_fasta(d / "a.fa", [("a", "ACGT" * 300)]),
+            ["a.fa", "--labels", "none.tsv"],
+            "none.tsv: no such file",
+        ),
     ],
 )
 def test_user_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, setup, args, message):
@@ -59,7 +82,21 @@ def test_user_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, setup, args
 
 def test_train_and_describe_commands(tmp_path, example_features):
     out = tmp_path / "run"
-    result = kmervae("train", str(example_features), "--engine", "local", "--preset", "tiny", "--epochs", "2", "--out", str(out), "--set", "data.max_samples=300", cwd=tmp_path)
+    result = kmervae(
+        "train",
+        str(example_features),
+        "--engine",
+        "local",
+        "--preset",
+        "tiny",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        "data.max_samples=300",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "trained   2 epochs" in result.stdout and (out / "best.pt").exists() and (out / "metrics.jsonl").exists()
     assert "epoch 2/2" in result.stderr

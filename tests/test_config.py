@@ -34,7 +34,11 @@ def test_defaults_and_presets_are_valid():
         (TrainConfig, {"epochs": 0}, "train.epochs=0"),
         (TrainConfig, {"batch_size": 1}, r"train.batch_size=1 is invalid: expected an integer in \[2, 65536\]"),
         (TrainConfig, {"lr": 0.0}, "train.lr=0.0"),
-        (TrainConfig, {"min_lr": 0.1, "lr": 0.01}, r"train.min_lr=0.1 is invalid: expected a number in \[0, train.lr=0.01\]"),
+        (
+            TrainConfig,
+            {"min_lr": 0.1, "lr": 0.01},
+            r"train.min_lr=0.1 is invalid: expected a number in \[0, train.lr=0.01\]",
+        ),
         (TrainConfig, {"precision": "fp16"}, "train.precision='fp16' is invalid: expected fp32 or bf16"),
         (TrainConfig, {"device": "tpu"}, "train.device='tpu'"),
         (TrainConfig, {"lr_scaling": "cubic"}, "train.lr_scaling='cubic' is invalid: expected sqrt, linear or none"),

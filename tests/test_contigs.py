@@ -44,7 +44,7 @@ def test_batches_hold_the_right_bases_and_skip_short_tails():
     assert batcher.skipped.too_short == 2 and batcher.skipped.too_short_bases == 550
     assert batches[0].labels == ["A", "A"]
     joined = batches[0].joined()
-    for start, end, (s, e) in zip(batches[0].starts, batches[0].ends, [(0, 1000), (1000, 2000)]):
+    for start, end, (s, e) in zip(batches[0].starts, batches[0].ends, [(0, 1000), (1000, 2000)], strict=True):
         assert joined[start:end].tobytes().decode() == seq[s:e]
 
 

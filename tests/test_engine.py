@@ -19,7 +19,9 @@ TIMING = {"samples_per_s", "data_wait_s", "train_s"}
 
 
 def tiny_config(epochs: int = 4) -> RunConfig:
-    return RunConfig(model=PRESETS["tiny"]).with_overrides([f"train.epochs={epochs}", "train.batch_size=64", "train.lr=3e-3"])
+    return RunConfig(model=PRESETS["tiny"]).with_overrides(
+        [f"train.epochs={epochs}", "train.batch_size=64", "train.lr=3e-3"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,9 @@ def test_non_finite_loss_stops_training_with_the_reason():
     gc[0] = float("nan")
     optimizer = torch.optim.Adam(model.parameters())
     with pytest.raises(TrainingDiverged, match="training loss became nan"):
-        train_epoch(model, [CountBatch(length, gc, k7, k4, k3)], optimizer, LossConfig(), 1.0, device=torch.device("cpu"))
+        train_epoch(
+            model, [CountBatch(length, gc, k7, k4, k3)], optimizer, LossConfig(), 1.0, device=torch.device("cpu")
+        )
 
 
 def test_cuda_on_a_cpu_host_is_a_config_error():

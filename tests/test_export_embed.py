@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from kmervae.core.checkpoint import load_checkpoint
-from kmervae.core.config import PRESETS, RunConfig
 from kmervae.apply.embed import decode_batch, embed, read_embeddings
-from kmervae.core.engine import fit_local
-from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from kmervae.apply.evaluate import evaluate, format_table, score
 from kmervae.apply.export import Encoder, export
+from kmervae.core.checkpoint import load_checkpoint
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.engine import fit_local
+from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from kmervae.core.feature_table import dataset_files
 
 
@@ -92,12 +92,24 @@ def test_mlflow_model_loads_in_a_fresh_process_without_the_package(exported, exa
     inputs = real_inputs(example_features, 16)
     np.savez(tmp_path / "inputs.npz", **inputs)
     result = subprocess.run(
-        [sys.executable, "-c", MLFLOW_FRESH, str(exported["mlflow"]), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npy")],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            "-c",
+            MLFLOW_FRESH,
+            str(exported["mlflow"]),
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "out.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "['length', 'gc', 'kmer7', 'kmer4', 'kmer3']" in result.stdout
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference(exported["checkpoint"], inputs), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out.npy"), reference(exported["checkpoint"], inputs), rtol=1e-5, atol=1e-5
+    )
     assert (exported["mlflow"] / "input_example.json").exists() or any(exported["mlflow"].glob("input_example*"))
 
 
@@ -140,7 +152,9 @@ def test_scores_of_a_perfect_and_a_random_embedding():
     labels = np.array([f"g{i % 5}" for i in range(400)], dtype=object)
     perfect = np.eye(5)[[int(v[1]) for v in labels]] + rng.normal(0, 0.01, (400, 5))
     good = score(perfect, labels)
-    assert good["knn1_acc"] == 1.0 and good["knn5_acc"] == 1.0 and good["kmeans_ari"] == 1.0 and good["silhouette"] > 0.9
+    assert (
+        good["knn1_acc"] == 1.0 and good["knn5_acc"] == 1.0 and good["kmeans_ari"] == 1.0 and good["silhouette"] > 0.9
+    )
     shuffled = score(perfect, rng.permutation(labels))
     assert 0.1 < shuffled["knn5_acc"] < 0.35 and abs(shuffled["kmeans_ari"]) < 0.05
 
@@ -160,7 +174,9 @@ def test_evaluate_compares_with_the_baselines(exported, example_features, tmp_pa
 
 def test_cli_export_embed_evaluate(exported, example_features, tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "kmervae.cli", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        return subprocess.run(
+            [sys.executable, "-m", "kmervae.cli", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
 
     done = run("export", str(exported["checkpoint"]), "--format", "onnx", "--out", "enc.onnx")
     assert done.returncode == 0 and "exported  onnx model to enc.onnx" in done.stdout, done.stderr
@@ -183,7 +199,9 @@ def test_register_an_export_and_embed_from_the_registry(exported, example_featur
     assert uri == "models:/test-encoder@champion"
     summary = embed(uri, example_features, tmp_path / "from-registry.parquet", progress=False)
     _, vectors, _ = read_embeddings(summary.out)
-    _, expected, _ = read_embeddings(embed(str(exported["checkpoint"]), example_features, tmp_path / "ref.parquet", progress=False).out)
+    _, expected, _ = read_embeddings(
+        embed(str(exported["checkpoint"]), example_features, tmp_path / "ref.parquet", progress=False).out
+    )
     np.testing.assert_allclose(vectors, expected, rtol=1e-5, atol=1e-5)
     # The registered MLflow model keeps its checkpoint: it exports again to any format.
     assert export(uri, "torchscript", tmp_path / "again.pt").exists()
@@ -203,13 +221,17 @@ def test_evaluation_is_logged_to_an_mlflow_run(exported, example_features, tmp_p
     tracker = Tracker("tests", "eval")
     log_to_mlflow(result, tracker.run_id, write_json(result, tmp_path / "eval.json"))
     metrics = tracker.client.get_run(tracker.run_id).data.metrics
-    assert metrics["eval/vae/knn5_acc"] == result["scores"]["vae"]["knn5_acc"] and "eval/tnf_zscore/kmeans_ari" in metrics
+    assert (
+        metrics["eval/vae/knn5_acc"] == result["scores"]["vae"]["knn5_acc"] and "eval/tnf_zscore/kmeans_ari" in metrics
+    )
     with pytest.raises(InputError, match="no such run"):
         log_to_mlflow(result, "0" * 32, tmp_path / "eval.json")
     with pytest.raises(InputError, match="no kmervae checkpoint found in MLflow"):
         download_checkpoint(tracker.run_id, tmp_path / "nothing")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on port 9
-    with pytest.raises(ConfigError, match=r"--mlflow-run: MLflow at http://127.0.0.1:9 is unreachable; the scores are in .*eval.json"):
+    with pytest.raises(
+        ConfigError, match=r"--mlflow-run: MLflow at http://127.0.0.1:9 is unreachable; the scores are in .*eval.json"
+    ):
         log_to_mlflow(result, tracker.run_id, tmp_path / "eval.json")
     assert (tmp_path / "eval.json").exists()  # the scores are kept
 

@@ -101,7 +101,13 @@ def test_missing_unreadable_and_directory_inputs(tmp_path):
 
 @pytest.mark.parametrize(
     "name, stem",
-    [("E_coli.fna.gz", "E_coli"), ("a.b.fasta", "a.b"), ("reads.fq.zst", "reads"), ("genome", "genome"), (".fa", ".fa")],
+    [
+        ("E_coli.fna.gz", "E_coli"),
+        ("a.b.fasta", "a.b"),
+        ("reads.fq.zst", "reads"),
+        ("genome", "genome"),
+        (".fa", ".fa"),
+    ],
 )
 def test_file_stem(name, stem):
     assert file_stem(Path(name)) == stem

@@ -101,11 +101,15 @@ def test_schema_without_label_is_accepted():
         (lambda s: s.remove(s.get_field_index("gc")), "missing column 'gc'"),
         (lambda s: s.set(s.get_field_index("kmer4"), pa.field("kmer4", pa.binary(10))), "column 'kmer4' has type"),
         (
-            lambda s: s.with_metadata({**s.metadata, b"kmervae.count_dtypes": b'{"kmer7": "int8", "kmer4": "uint16", "kmer3": "uint16"}'}),
+            lambda s: s.with_metadata(
+                {**s.metadata, b"kmervae.count_dtypes": b'{"kmer7": "int8", "kmer4": "uint16", "kmer3": "uint16"}'}
+            ),
             "unsupported count dtype",
         ),
         (
-            lambda s: s.with_metadata({**s.metadata, b"kmervae.kmer_order": b'{"kmer7": {"k": 7, "bins": 16384, "order": "all"}}'}),
+            lambda s: s.with_metadata(
+                {**s.metadata, b"kmervae.kmer_order": b'{"kmer7": {"k": 7, "bins": 16384, "order": "all"}}'}
+            ),
             "k-mer order",
         ),
     ],

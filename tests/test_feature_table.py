@@ -102,7 +102,12 @@ def _rewrite(part, change_table=None, change_meta=None):
 def _set_column(name, values, type_=None):
     def change(table):
         i = table.schema.get_field_index(name)
-        return table.set_column(i, table.schema.field(i).with_type(type_ or table.schema.field(i).type), pa.array(values, type_ or table.schema.field(i).type))
+        return table.set_column(
+            i,
+            table.schema.field(i).with_type(type_ or table.schema.field(i).type),
+            pa.array(values, type_ or table.schema.field(i).type),
+        )
+
     return change
 
 
@@ -114,19 +119,46 @@ def _set_meta(key, value):
     "change_table, change_meta, message",
     [
         (None, _set_meta("kmervae.schema_version", "2"), "feature schema version 2, this kmervae reads version 1"),
-        (None, _set_meta("kmervae.count_dtypes", '{"kmer3": "int16", "kmer4": "uint8", "kmer7": "uint8"}'),
-         "column kmer3 has unsupported count dtype 'int16'"),  # signed (negative) counts are refused
+        (
+            None,
+            _set_meta("kmervae.count_dtypes", '{"kmer3": "int16", "kmer4": "uint8", "kmer7": "uint8"}'),
+            "column kmer3 has unsupported count dtype 'int16'",
+        ),  # signed (negative) counts are refused
         (None, _set_meta("kmervae.kmer_order", "{not json"), "corrupt kmervae metadata"),
-        (_set_column("kmer4", [b"\0" * 135] * 2, pa.binary(135)), None,
-         r"column 'kmer4' has type fixed_size_binary\[135\], expected fixed_size_binary\[136\]"),
-        (_set_column("kmer3", [[0] * 32] * 2, pa.list_(pa.int32())), None,
-         r"column 'kmer3' has type list<element: int32>, expected fixed_size_binary\[32\]"),
+        (
+            _set_column("kmer4", [b"\0" * 135] * 2, pa.binary(135)),
+            None,
+            r"column 'kmer4' has type fixed_size_binary\[135\], expected fixed_size_binary\[136\]",
+        ),
+        (
+            _set_column("kmer3", [[0] * 32] * 2, pa.list_(pa.int32())),
+            None,
+            r"column 'kmer3' has type list<element: int32>, expected fixed_size_binary\[32\]",
+        ),
         (lambda t: t.drop_columns(["gc"]), None, "missing column 'gc'"),
-        (_set_column("gc", [0.5, float("nan")]), None, r"1 row\(s\) with gc outside \[0, 1\] \(NaN, inf\) or length < 1, e.g. r1 \(gc=nan"),
-        (_set_column("gc", [float("inf"), float("-inf")]), None, r"2 row\(s\) with gc .* e.g. r0 \(gc=inf, length=1500\), r1 \(gc=-inf"),
+        (
+            _set_column("gc", [0.5, float("nan")]),
+            None,
+            r"1 row\(s\) with gc outside \[0, 1\] \(NaN, inf\) or length < 1, e.g. r1 \(gc=nan",
+        ),
+        (
+            _set_column("gc", [float("inf"), float("-inf")]),
+            None,
+            r"2 row\(s\) with gc .* e.g. r0 \(gc=inf, length=1500\), r1 \(gc=-inf",
+        ),
         (_set_column("length", [1500, -3]), None, r"e.g. r1 \(gc=0\.\d+, length=-3\)"),
     ],
-    ids=["version", "signed-counts", "corrupt-order", "width", "list-column", "missing-gc", "nan-gc", "inf-gc", "negative-length"],
+    ids=[
+        "version",
+        "signed-counts",
+        "corrupt-order",
+        "width",
+        "list-column",
+        "missing-gc",
+        "nan-gc",
+        "inf-gc",
+        "negative-length",
+    ],
 )
 def test_bad_parquet_is_refused_with_the_reason(dataset, change_table, change_meta, message):
     part = dataset / "part-00000.parquet"
@@ -140,7 +172,9 @@ def test_bad_rows_stop_training_before_it_starts(dataset, tmp_path, capsys):
     from kmervae.cli import main
 
     _rewrite(dataset / "part-00001.parquet", _set_column("gc", [float("nan"), 0.5]))
-    code = main(["train", str(dataset), "--engine", "local", "--preset", "tiny", "--out", str(tmp_path / "runs"), "--no-mlflow"])
+    code = main(
+        ["train", str(dataset), "--engine", "local", "--preset", "tiny", "--out", str(tmp_path / "runs"), "--no-mlflow"]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert "r2 (gc=nan, length=1500)" in err and "Traceback" not in err and len(err.splitlines()) == 1

@@ -12,8 +12,7 @@ import pytest
 from data_pipeline.featurize import FeaturizeSettings, featurize
 from data_pipeline.labels import Labels
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_contract import KMER_SIZES, SCHEMA_VERSION
-from kmervae.core.feature_contract import MANIFEST_NAME
+from kmervae.core.feature_contract import KMER_SIZES, MANIFEST_NAME, SCHEMA_VERSION
 from kmervae.core.feature_table import FeatureTable, dataset_files
 from tests.conftest import write_fasta
 from tests.reference import reference_counts, reference_gc
@@ -51,7 +50,9 @@ def no_leftovers(parent: Path) -> bool:
 def examples_dataset(tmp_path_factory, examples_dir):
     out = tmp_path_factory.mktemp("features") / "examples"
     inputs = sorted(examples_dir.glob("*.fna.gz"))
-    summary = featurize(inputs, out, FeaturizeSettings(fragment_length=5000, min_length=1000), Labels(from_filename=True))
+    summary = featurize(
+        inputs, out, FeaturizeSettings(fragment_length=5000, min_length=1000), Labels(from_filename=True)
+    )
     return inputs, out, summary
 
 
@@ -77,7 +78,11 @@ def test_examples_are_featurized_exactly(examples_dataset):
     phage = [i for i, c in enumerate(table.contig_ids) if c.startswith("Phage")]
     assert_rows_match_reference(table, sequences, phage + rng.choice(len(table), 40, replace=False).tolist())
     # Last fragments of records are where off-by-one errors live.
-    tails = [i for i, c in enumerate(table.contig_ids) if (i + 1 == len(table)) or not table.contig_ids[i + 1].startswith(c.rpartition(":")[0] + ":")]
+    tails = [
+        i
+        for i, c in enumerate(table.contig_ids)
+        if (i + 1 == len(table)) or not table.contig_ids[i + 1].startswith(c.rpartition(":")[0] + ":")
+    ]
     assert_rows_match_reference(table, sequences, tails)
 
 
@@ -99,7 +104,9 @@ def test_dataset_metadata_and_manifest(examples_dataset):
 def test_real_genomes_sample_is_exact(tmp_path, shared_genomes):
     inputs = sorted(shared_genomes.glob("*.fna.gz"))
     out = tmp_path / "all"
-    featurize(inputs, out, FeaturizeSettings(fragment_length=5000, min_length=1000, workers=2), Labels(from_filename=True))
+    featurize(
+        inputs, out, FeaturizeSettings(fragment_length=5000, min_length=1000, workers=2), Labels(from_filename=True)
+    )
     table = FeatureTable.from_parquet(out)
     sequences = {}
     for path in inputs:
@@ -114,7 +121,9 @@ def test_output_does_not_depend_on_workers(tmp_path, examples_dir):
     tables = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        featurize(inputs, out, FeaturizeSettings(fragment_length=3000, rows_per_file=150, row_group_size=50, workers=workers))
+        featurize(
+            inputs, out, FeaturizeSettings(fragment_length=3000, rows_per_file=150, row_group_size=50, workers=workers)
+        )
         tables.append(pq.read_table(out))
         assert len(dataset_files(out).paths) > 2
     assert tables[0].equals(tables[1])
@@ -245,15 +254,33 @@ def test_a_killed_featurizer_leaves_nothing_that_looks_complete(tmp_path, exampl
     rng = np.random.default_rng(5)
     big = write_fasta(tmp_path / "big.fa", [(f"r{i}", "".join(rng.choice(list("ACGT"), 200_000))) for i in range(100)])
     out = tmp_path / "features"
-    cmd = [sys.executable, "-m", "kmervae.cli", "featurize", str(big), "-o", str(out), "--fragment-length", "5000",
-           "--rows-per-file", "200", "--row-group-size", "100", "--quiet", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kmervae.cli",
+        "featurize",
+        str(big),
+        "-o",
+        str(out),
+        "--fragment-length",
+        "5000",
+        "--rows-per-file",
+        "200",
+        "--row-group-size",
+        "100",
+        "--quiet",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".features.partial-*/part-*.parquet")):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert list(tmp_path.glob(".features.partial-*/part-*.parquet")), "killed before it wrote a part: the test did not exercise a partial write"
+    assert list(tmp_path.glob(".features.partial-*/part-*.parquet")), (
+        "killed before it wrote a part: the test did not exercise a partial write"
+    )
     assert not out.exists()  # nothing under the output name: no reader can mistake it for a dataset
     with pytest.raises(InputNotFoundError):
         dataset_files(tmp_path / "features")

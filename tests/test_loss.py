@@ -25,7 +25,11 @@ def make_output(gated: bool, seed: int = 0):
     log_var = rng.normal(0, 0.3, size=(batch, latent))
     t = lambda a: None if a is None else torch.tensor(a, dtype=torch.float32)  # noqa: E731
     out = VAEOutput(t(recon), t(mu), t(log_var), t(gate), t(values), torch.zeros(batch, 3), t(target))
-    return out, torch.tensor(counts7), dict(counts7=counts7, target=target, recon=recon, values=values, gate=gate, mu=mu, log_var=log_var)
+    return (
+        out,
+        torch.tensor(counts7),
+        dict(counts7=counts7, target=target, recon=recon, values=values, gate=gate, mu=mu, log_var=log_var),
+    )
 
 
 def expected_terms(a, cfg: LossConfig, beta: float, gated: bool) -> dict[str, float]:

@@ -43,11 +43,17 @@ REFUSED = [
     ("binary.fa", bytes(range(256)) * 40, "binary or non-ASCII data after 0 good record(s)"),
     ("truncated.fa.gz", _truncated_gzip(), "corrupt or truncated gz data after 0 good record(s)"),
     ("duplicates.fa", PLAIN + PLAIN, "line 3: duplicate record id 'a' (also earlier in this file)"),
-    ("non-ascii.fa", ">contig_\u00e9\u00df\u4e2d desc\n".encode() + SEQ.encode() + b"\n",
-     "line 1: header of record 1 has non-ASCII characters ('\u00e9\u00df\u4e2d' at index 7)"),
+    (
+        "non-ascii.fa",
+        ">contig_\u00e9\u00df\u4e2d desc\n".encode() + SEQ.encode() + b"\n",
+        "line 1: header of record 1 has non-ASCII characters ('\u00e9\u00df\u4e2d' at index 7)",
+    ),
     ("latin1.fa", b">contig_\xe9\n" + SEQ.encode() + b"\n", "binary or non-ASCII data"),
-    ("bad-base.fa", b">a\n" + SEQ[:100].encode() + b"\n" + SEQ[100:200].encode() + b"J\n",
-     "line 3: record 'a' has character 'J' at base 201, which is not an IUPAC nucleotide code"),
+    (
+        "bad-base.fa",
+        b">a\n" + SEQ[:100].encode() + b"\n" + SEQ[100:200].encode() + b"J\n",
+        "line 3: record 'a' has character 'J' at base 201, which is not an IUPAC nucleotide code",
+    ),
 ]
 IUPAC = SEQ[:1000] + "NRYKMSWBDHVnrykmswbdhv" + SEQ[1000:]
 HANDLED = [

@@ -36,12 +36,27 @@ class MlflowServer:
         self.root, self.port, self.proc = root, free_port(), None
         self.uri = f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "MlflowServer":
+    def start(self) -> MlflowServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-             "--artifacts-destination", (self.root / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root}/mlflow.db",
+                "--artifacts-destination",
+                (self.root / "artifacts").as_uri(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -68,6 +83,7 @@ def server(tmp_path, monkeypatch):
 
 def kill_when(path_glob, root, action, done: list):
     """Run `action` once a file matching `path_glob` appears under `root` (a checkpoint)."""
+
     def watch():
         deadline = time.time() + 600
         while time.time() < deadline:
@@ -76,6 +92,7 @@ def kill_when(path_glob, root, action, done: list):
                 done.append(time.time())
                 return
             time.sleep(0.1)
+
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
@@ -88,15 +105,19 @@ def space(trial):
 def test_an_unreachable_server_fails_before_ray_starts(server, tmp_path, example_features):
     import ray
 
-    from kmervae.distributed.ray_engine import fit_ray
     from kmervae.core.config import SweepConfig
+    from kmervae.distributed.ray_engine import fit_ray
     from kmervae.distributed.sweep import run_sweep
 
     started = time.time()
-    with pytest.raises(ConfigError, match=f"MLflow tracking store {server.uri} is unreachable .*; start it, fix MLFLOW_TRACKING_URI"):
+    with pytest.raises(
+        ConfigError, match=f"MLflow tracking store {server.uri} is unreachable .*; start it, fix MLFLOW_TRACKING_URI"
+    ):
         fit_ray(example_features, RunConfig(model=PRESETS["tiny"]), storage=tmp_path / "ray")
     with pytest.raises(ConfigError, match=f"MLflow tracking store {server.uri} is unreachable"):
-        run_sweep(example_features, RunConfig(model=PRESETS["tiny"]), space, SweepConfig(storage=str(tmp_path / "sweeps")))
+        run_sweep(
+            example_features, RunConfig(model=PRESETS["tiny"]), space, SweepConfig(storage=str(tmp_path / "sweeps"))
+        )
     assert time.time() - started < 60  # MLflow's own retries would take minutes
     assert not ray.is_initialized() and not (tmp_path / "sweeps").exists()
 
@@ -110,7 +131,9 @@ def test_training_outlives_a_dead_server_and_nothing_is_lost(server, tmp_path, e
     server.start()
     storage, killed, lines = tmp_path / "ray", [], []
     watcher = kill_when("outage/checkpoint_*", storage, server.kill, killed)
-    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=4", "train.batch_size=64", "data.max_samples=500"])
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(
+        ["train.epochs=4", "train.batch_size=64", "data.max_samples=500"]
+    )
     result = fit_ray(example_features, config, name="outage", storage=storage, log=lines.append, use_cpu=True)
     watcher.join(timeout=5)
     assert killed, "the server was not killed during training"
@@ -126,7 +149,10 @@ def test_training_outlives_a_dead_server_and_nothing_is_lost(server, tmp_path, e
     assert run.info.status == "FINISHED"
     for key in ("val/loss", "train/loss", "val/kl"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2, 3], key
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    }
     runs = client.search_runs([run.info.experiment_id])
     assert len(runs) == 1  # no duplicate run
 
@@ -141,7 +167,9 @@ def test_a_sweep_outlives_a_dead_server(server, tmp_path, example_features):
     server.start()
     storage, killed, lines = tmp_path / "sweeps", [], []
     watcher = kill_when("down/trials/trial-*/checkpoint_*", storage, server.kill, killed)
-    base = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=2", "train.batch_size=64", "data.max_samples=400"])
+    base = RunConfig(model=PRESETS["tiny"]).with_overrides(
+        ["train.epochs=2", "train.batch_size=64", "data.max_samples=400"]
+    )
     sweep = SweepConfig(name="down", storage=str(storage), num_samples=3, grace_period=2, register_as="kmervae-down")
     result = run_sweep(example_features, base, space, sweep, log=lines.append)
     watcher.join(timeout=5)
@@ -158,7 +186,9 @@ def test_a_sweep_outlives_a_dead_server(server, tmp_path, example_features):
     client = MlflowClient(server.uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["best_trial_id"] == result.best_trial.trial_id
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     logged = {c.data.tags["kmervae.trial_id"]: c for c in children}
     assert len(children) == len(logged) == 3  # every trial once, those started during the outage too
     for child in logged.values():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
@@ -38,15 +37,23 @@ def local_ray():
 
 
 def tiny(epochs: int) -> RunConfig:
-    return RunConfig(model=PRESETS["tiny"]).with_overrides([f"train.epochs={epochs}", "train.batch_size=64", "train.lr=3e-3"])
+    return RunConfig(model=PRESETS["tiny"]).with_overrides(
+        [f"train.epochs={epochs}", "train.batch_size=64", "train.lr=3e-3"]
+    )
 
 
 @pytest.fixture(scope="module")
 def two_worker_run(local_ray, example_features, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-run")
     result = fit_ray(
-        example_features, tiny(2), workers=2, use_cpu=True, name="two", storage=root / "storage",
-        mlflow_dir=root, log=lambda line: None,
+        example_features,
+        tiny(2),
+        workers=2,
+        use_cpu=True,
+        name="two",
+        storage=root / "storage",
+        mlflow_dir=root,
+        log=lambda line: None,
     )
     return root, result
 
@@ -63,7 +70,10 @@ def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run):
         assert [m.step for m in client.get_metric_history(result.mlflow_run_id, key)] == [0, 1], key
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"curves.png", "model.png", "model.txt", "checkpoints"} <= artifacts
-    assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoints")} == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoints")} == {
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    }
 
 
 def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, example_features):
@@ -72,7 +82,11 @@ def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, exam
     reported = ckpt.metrics["val/loss"]
     _, val = load_splits(example_features, ckpt.config.data)
     metrics, _, _ = validate_epoch(
-        ckpt.build_model(), val.labeled_batches(64), ckpt.config.loss, ckpt.config.loss.beta_at(ckpt.epoch), device=torch.device("cpu")
+        ckpt.build_model(),
+        val.labeled_batches(64),
+        ckpt.config.loss,
+        ckpt.config.loss.beta_at(ckpt.epoch),
+        device=torch.device("cpu"),
     )
     # The workers split the validation set and all-reduced their sums: the whole set, exactly.
     assert metrics["val/loss"] == pytest.approx(reported, rel=1e-5)
@@ -84,8 +98,14 @@ def test_rerunning_the_same_name_resumes_and_continues_the_mlflow_run(two_worker
 
     root, first = two_worker_run
     again = fit_ray(
-        example_features, tiny(3), workers=2, use_cpu=True, name="two", storage=root / "storage",
-        mlflow_dir=root, log=lambda line: None,
+        example_features,
+        tiny(3),
+        workers=2,
+        use_cpu=True,
+        name="two",
+        storage=root / "storage",
+        mlflow_dir=root,
+        log=lambda line: None,
     )
     assert again.mlflow_run_id == first.mlflow_run_id
     assert [m["epoch"] for m in again.history] == [0, 1, 2]
@@ -115,8 +135,14 @@ def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path):
     killer = threading.Thread(target=kill_one_worker_after_first_checkpoint, daemon=True)
     killer.start()
     result = fit_ray(
-        example_features, tiny(4), workers=2, use_cpu=True, name="killed", storage=storage,
-        mlflow_dir=tmp_path, log=lambda line: None,
+        example_features,
+        tiny(4),
+        workers=2,
+        use_cpu=True,
+        name="killed",
+        storage=storage,
+        mlflow_dir=tmp_path,
+        log=lambda line: None,
     )
     killer.join(timeout=5)
     assert killed, "no worker was killed: the test did not exercise recovery"
@@ -165,9 +191,18 @@ def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, 
     contigs it trains and validates on are the streamed run's, epoch after epoch."""
     root, streamed = two_worker_run
     config = tiny(2).with_overrides(["train.resident=on"])
-    resident = fit_ray(example_features, config, workers=2, use_cpu=True, name="resident", storage=root / "storage", experiment=None, log=lambda line: None)
+    resident = fit_ray(
+        example_features,
+        config,
+        workers=2,
+        use_cpu=True,
+        name="resident",
+        storage=root / "storage",
+        experiment=None,
+        log=lambda line: None,
+    )
     assert [m["epoch"] for m in resident.history] == [0, 1]
-    for a, b in zip(resident.history, streamed.history):
+    for a, b in zip(resident.history, streamed.history, strict=True):
         assert a["val/frac_present"] == pytest.approx(b["val/frac_present"], rel=1e-12)  # a property of the data alone
         assert round(a["samples_per_s"] * a["train_s"]) == round(b["samples_per_s"] * b["train_s"])  # samples trained
     # The resident workers validated exactly the validation split: the checkpointed model,
@@ -175,7 +210,9 @@ def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, 
     ckpt = load_checkpoint(resident.last_checkpoint)
     _, val = load_splits(example_features, ckpt.config.data)
     beta = ckpt.config.loss.beta_at(ckpt.epoch)
-    metrics, _, _ = validate_epoch(ckpt.build_model(), val.labeled_batches(64), ckpt.config.loss, beta, device=torch.device("cpu"))
+    metrics, _, _ = validate_epoch(
+        ckpt.build_model(), val.labeled_batches(64), ckpt.config.loss, beta, device=torch.device("cpu")
+    )
     assert metrics["val/loss"] == pytest.approx(ckpt.metrics["val/loss"], rel=1e-5)
 
 

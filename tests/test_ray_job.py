@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from pathlib import Path
@@ -43,12 +42,33 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
     submit_env = dict(env, RAY_AUTH_MODE="token", PATH=f"{REPO / '.venv' / 'bin'}:{env['PATH']}")
     job = subprocess.run(
         [
-            str(REPO / ".venv/bin/ray"), "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
-            "--runtime-env-json", f'{{"env_vars": {{"MLFLOW_TRACKING_URI": "{mlflow_uri}"}}}}',
-            "--", "python", "sweeps/latent_sweep.py", "--smoke-test", "--samples", "2",
-            "--data", str(example_features), "--name", "job", "--storage", str(storage),
+            str(REPO / ".venv/bin/ray"),
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            f'{{"env_vars": {{"MLFLOW_TRACKING_URI": "{mlflow_uri}"}}}}',
+            "--",
+            "python",
+            "sweeps/latent_sweep.py",
+            "--smoke-test",
+            "--samples",
+            "2",
+            "--data",
+            str(example_features),
+            "--name",
+            "job",
+            "--storage",
+            str(storage),
         ],
-        env=submit_env, capture_output=True, text=True, timeout=900, cwd=REPO,
+        env=submit_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
     )
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout and "registry  models:/kmervae-encoder@champion" in job.stdout
@@ -67,7 +87,10 @@ def test_a_client_without_the_token_is_refused(local_cluster):
     no_token = dict(env, RAY_AUTH_MODE="token", HOME=str(Path(env["KMERVAE_LOCAL_DIR"]) / "nohome"))
     listed = subprocess.run(
         [str(REPO / ".venv/bin/ray"), "job", "list", "--address", f"http://127.0.0.1:{env['DASHBOARD_PORT']}"],
-        env=no_token, capture_output=True, text=True, timeout=120,
+        env=no_token,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert listed.returncode != 0
     assert "auth" in (listed.stdout + listed.stderr).lower()
@@ -98,7 +121,9 @@ def test_servers_listen_on_loopback_and_the_job_api_needs_the_token(local_cluste
     # their job API must refuse a request without the token.
     node_ip = subprocess.run(
         [str(REPO / ".venv/bin/python"), "-c", "import ray._private.services as s; print(s.get_node_ip_address())"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout.strip()
     agent_port = 52365  # Ray's default dashboard-agent HTTP port
     assert listening_addresses(agent_port), "no dashboard agent found"

@@ -14,9 +14,19 @@ from tests.conftest import REPO
 packaging = pytest.importorskip("ray._private.runtime_env.packaging")
 
 DECOYS = [
-    "runs/ray/train-1/checkpoint_0/checkpoint.pt", "mlruns/1/meta.yaml", "mlflow.db", "mlartifacts/1/a.png",
-    "features/part-00000.parquet", "data/genome.fna.gz", "contigs.fasta", ".venv/bin/python", "model.onnx",
-    "best.pt", ".env", "runs/outputs/mlflow-outbox.jsonl", ".gpu_data/features/part-00000.parquet",
+    "runs/ray/train-1/checkpoint_0/checkpoint.pt",
+    "mlruns/1/meta.yaml",
+    "mlflow.db",
+    "mlartifacts/1/a.png",
+    "features/part-00000.parquet",
+    "data/genome.fna.gz",
+    "contigs.fasta",
+    ".venv/bin/python",
+    "model.onnx",
+    "best.pt",
+    ".env",
+    "runs/outputs/mlflow-outbox.jsonl",
+    ".gpu_data/features/part-00000.parquet",
 ]
 
 
@@ -39,7 +49,13 @@ def test_only_the_code_is_uploaded(tmp_path, include_gitignore):
         (root / decoy).parent.mkdir(parents=True, exist_ok=True)
         (root / decoy).write_bytes(b"x")
     files = uploaded(root, include_gitignore)
-    assert {"kmervae/cli.py", "sweeps/latent_sweep.py", "sweeps/_common.py", "pyproject.toml", "constraints.txt"} <= files
+    assert {
+        "kmervae/cli.py",
+        "sweeps/latent_sweep.py",
+        "sweeps/_common.py",
+        "pyproject.toml",
+        "constraints.txt",
+    } <= files
     assert not files & set(DECOYS), sorted(files & set(DECOYS))
     assert not [f for f in files if f.startswith("examples/") and f.endswith(".fna.gz")]  # example genomes are data too
     assert sum((root / f).stat().st_size for f in files) < 2 * 2**20  # the code is small

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -47,3 +50,12 @@ def test_every_example_genome_is_attributed():
     assert genomes and sum(p.stat().st_size for p in EXAMPLES.glob("*.fna.gz")) < 5 * 2**20
     for name in genomes:
         assert f"`{name}`" in readme, f"{name} has no attribution in examples/README.md"
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_lint_and_format_are_clean(command):
+    """ruff (configured in pyproject.toml) finds nothing: the 120-character limit and the house style hold."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, str(REPO)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

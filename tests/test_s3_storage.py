@@ -26,7 +26,8 @@ def s3(tmp_path_factory):
         port = sock.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         with pytest.MonkeyPatch.context() as env:
@@ -61,7 +62,9 @@ def lr_space(trial) -> None:
 
 
 def tiny(epochs: int) -> RunConfig:
-    return RunConfig(model=PRESETS["tiny"]).with_overrides([f"train.epochs={epochs}", "train.batch_size=64", "data.max_samples=400"])
+    return RunConfig(model=PRESETS["tiny"]).with_overrides(
+        [f"train.epochs={epochs}", "train.batch_size=64", "data.max_samples=400"]
+    )
 
 
 def test_training_checkpoints_to_s3_and_resumes_from_there(s3, example_features, tmp_path, monkeypatch):
@@ -69,10 +72,28 @@ def test_training_checkpoints_to_s3_and_resumes_from_there(s3, example_features,
 
     monkeypatch.chdir(tmp_path)
     storage = join(s3, "ray")
-    first = fit_ray(example_features, tiny(2), workers=1, use_cpu=True, name="s3run", storage=storage, experiment=None, log=lambda line: None)
+    first = fit_ray(
+        example_features,
+        tiny(2),
+        workers=1,
+        use_cpu=True,
+        name="s3run",
+        storage=storage,
+        experiment=None,
+        log=lambda line: None,
+    )
     assert any(name.startswith("checkpoint_") for name in list_names(join(storage, "s3run")))
     assert first.best_checkpoint.exists() and str(first.best_checkpoint).startswith(str(tmp_path / "runs" / "outputs"))
-    again = fit_ray(example_features, tiny(3), workers=1, use_cpu=True, name="s3run", storage=storage, experiment=None, log=lambda line: None)
+    again = fit_ray(
+        example_features,
+        tiny(3),
+        workers=1,
+        use_cpu=True,
+        name="s3run",
+        storage=storage,
+        experiment=None,
+        log=lambda line: None,
+    )
     assert [m["epoch"] for m in again.history] == [0, 1, 2] and again.history[:2] == first.history
 
 
@@ -81,7 +102,9 @@ def test_a_sweep_keeps_its_state_on_s3(s3, example_features, tmp_path, monkeypat
     from kmervae.distributed.sweep import run_sweep
 
     monkeypatch.chdir(tmp_path)
-    sweep = SweepConfig(name="s3sweep", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as="")
+    sweep = SweepConfig(
+        name="s3sweep", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as=""
+    )
     result = run_sweep(example_features, tiny(2), lr_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)
     assert [t.status for t in result.trials] == ["OK", "OK"]
     assert exists(join(s3, "sweeps", "s3sweep", "tune")) and result.best_checkpoint.exists()

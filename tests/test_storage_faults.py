@@ -18,15 +18,17 @@ import torch
 from kmervae.core.checkpoint import save_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import make_optimizer
+from kmervae.core.errors import OutputError
 from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
-from kmervae.core.errors import OutputError
 
 
 def run_in_namespace(script: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", script],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -62,7 +64,8 @@ def test_read_only_or_too_small_storage_fails_at_start(namespaces, tmp_path, exa
     mount -t tmpfs -o ro tmpfs {tmp_path}/ro
     mount -t tmpfs -o size=4m tmpfs {tmp_path}/small
     echo "@@ ro"; {train_command(example_features, f"{tmp_path}/ro/run", 3)} 2>&1; echo "rc=$?"; ls -A {tmp_path}/ro
-    echo "@@ small"; {train_command(example_features, f"{tmp_path}/small/run", 3)} 2>&1; echo "rc=$?"; ls -A {tmp_path}/small
+    echo "@@ small"; {train_command(example_features, f"{tmp_path}/small/run", 3)} 2>&1; echo "rc=$?"
+    ls -A {tmp_path}/small
     """
     result = run_in_namespace(script)
     out = sections(result.stdout)
@@ -87,6 +90,9 @@ def test_read_only_or_too_small_storage_fails_at_start(namespaces, tmp_path, exa
 
 def test_a_disk_that_fills_during_training_stops_it_with_the_path(namespaces, tmp_path, example_features):
     disk = tmp_path / "disk"
+    read_epoch = (
+        f"from kmervae.core.checkpoint import load_checkpoint; print(load_checkpoint('{disk}/run/last.pt').epoch)"
+    )
     script = f"""
     mkdir -p {disk} && mount -t tmpfs -o size=200m tmpfs {disk}
     {train_command(example_features, f"{disk}/run", 500)} > {tmp_path}/train.log 2>&1 &
@@ -97,7 +103,7 @@ def test_a_disk_that_fills_during_training_stops_it_with_the_path(namespaces, tm
     echo "@@ log"; cat {tmp_path}/train.log
     rm {disk}/fill
     echo "@@ files"; ls -A {disk}/run
-    echo "@@ last"; {sys.executable} -c "from kmervae.core.checkpoint import load_checkpoint; print(load_checkpoint('{disk}/run/last.pt').epoch)"
+    echo "@@ last"; {sys.executable} -c "{read_epoch}"
     """
     result = run_in_namespace(script)
     out = sections(result.stdout)
@@ -116,8 +122,8 @@ def space(trial):
 def test_ray_training_and_sweeps_check_storage_before_ray_starts(tmp_path, example_features):
     import ray
 
-    from kmervae.distributed.ray_engine import fit_ray
     from kmervae.core.config import SweepConfig
+    from kmervae.distributed.ray_engine import fit_ray
     from kmervae.distributed.sweep import run_sweep
 
     blocker = tmp_path / "a-file"
@@ -125,5 +131,11 @@ def test_ray_training_and_sweeps_check_storage_before_ray_starts(tmp_path, examp
     with pytest.raises(OutputError, match=f"{blocker}/ray: cannot create this folder: {blocker} is a file"):
         fit_ray(example_features, RunConfig(model=PRESETS["tiny"]), storage=blocker / "ray", experiment=None)
     with pytest.raises(OutputError, match=f"{blocker}/sweeps: cannot create this folder"):
-        run_sweep(example_features, RunConfig(model=PRESETS["tiny"]), space, SweepConfig(storage=str(blocker / "sweeps")), use_mlflow=False)
+        run_sweep(
+            example_features,
+            RunConfig(model=PRESETS["tiny"]),
+            space,
+            SweepConfig(storage=str(blocker / "sweeps")),
+            use_mlflow=False,
+        )
     assert not ray.is_initialized()

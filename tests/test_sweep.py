@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.config import PRESETS, RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
-from kmervae.core.config import SweepConfig
 from kmervae.distributed.sweep import check_space, run_sweep
-from tests.conftest import stop_process_group, REPO
+from tests.conftest import REPO, stop_process_group
 
 pytest.importorskip("ray")
 
@@ -23,7 +22,11 @@ pytest.importorskip("ray")
 def sweep_script(*args: str, cwd: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "sweeps" / "latent_sweep.py"), *args],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
     )
 
 
@@ -39,7 +42,9 @@ def mlflow_runs(root: Path):
 
 
 def test_smoke_sweep_end_to_end(tmp_path, example_features, monkeypatch):
-    proc = sweep_script("--smoke-test", "--data", str(example_features), "--name", "smoke", "--storage", "sweeps", cwd=tmp_path)
+    proc = sweep_script(
+        "--smoke-test", "--data", str(example_features), "--name", "smoke", "--storage", "sweeps", cwd=tmp_path
+    )
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
     assert "registry  models:/kmervae-encoder@champion" in out
@@ -66,7 +71,9 @@ def test_smoke_sweep_end_to_end(tmp_path, example_features, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     rows = best_runs("kmervae-sweeps", sweep=parent.info.run_id, top=10)
-    lowest = {c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "val/loss")) for c in children}
+    lowest = {
+        c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "val/loss")) for c in children
+    }
     assert [r["run_id"] for r in rows] == sorted(lowest, key=lowest.get)
     assert rows[0]["name"].endswith(best_trial)
     assert download_checkpoint(rows[0]["run_id"], tmp_path / "picked").name == "best.pt"
@@ -77,7 +84,19 @@ def test_smoke_sweep_end_to_end(tmp_path, example_features, monkeypatch):
 
 
 def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features, monkeypatch, bystander):
-    args = ["--smoke-test", "--samples", "3", "--data", str(example_features), "--name", "cut", "--storage", "sweeps", "--register-as", ""]
+    args = [
+        "--smoke-test",
+        "--samples",
+        "3",
+        "--data",
+        str(example_features),
+        "--name",
+        "cut",
+        "--storage",
+        "sweeps",
+        "--register-as",
+        "",
+    ]
     proc = sweep_script(*args, cwd=tmp_path, start_new_session=True)
     trials = tmp_path / "sweeps" / "cut" / "trials"
     deadline = time.time() + 600
@@ -121,7 +140,9 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
     told = [t for t in searcher._ot_study.trials if t.state.is_finished()]
     assert len(told) == 3, [t.state for t in searcher._ot_study.trials]
     for key in ("train.lr", "model.latent_dim"):
-        assert sorted(float(t.params[key]) for t in told) == pytest.approx(sorted(float(c.data.params[key]) for c in children))
+        assert sorted(float(t.params[key]) for t in told) == pytest.approx(
+            sorted(float(c.data.params[key]) for c in children)
+        )
 
 
 def diverging_space(trial):
@@ -133,8 +154,12 @@ def diverging_space(trial):
 def test_a_diverging_trial_fails_alone(tmp_path, example_features):
     import ray
 
-    base = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=2", "train.batch_size=64", "data.max_samples=400"])
-    sweep = SweepConfig(name="nan", storage=str(tmp_path / "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as="")
+    base = RunConfig(model=PRESETS["tiny"]).with_overrides(
+        ["train.epochs=2", "train.batch_size=64", "data.max_samples=400"]
+    )
+    sweep = SweepConfig(
+        name="nan", storage=str(tmp_path / "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as=""
+    )
     try:
         result = run_sweep(example_features, base, diverging_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)
     finally:

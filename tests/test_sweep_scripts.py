@@ -34,7 +34,9 @@ def load(name: str):
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_every_script_has_the_same_flags(name):
-    result = subprocess.run([sys.executable, str(REPO / "sweeps" / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     for flag in FLAGS:
         assert flag in result.stdout, f"{name} lacks {flag}"
@@ -58,7 +60,9 @@ def test_architecture_depth_decides_how_many_widths_exist():
         for branch in ("kmer7", "kmer4", "kmer3", "trunk"):
             depth = trial.params[f"{branch}_depth"]
             assert len(settings[f"model.{branch}_widths"]) == depth
-            assert {k for k in trial.params if k.startswith(f"{branch}_width_")} == {f"{branch}_width_{i}" for i in range(depth)}
+            assert {k for k in trial.params if k.startswith(f"{branch}_width_")} == {
+                f"{branch}_width_{i}" for i in range(depth)
+            }
         study.tell(trial, 0.0)
 
 
@@ -77,10 +81,16 @@ def test_gate_bce_weight_exists_only_with_the_gate():
 def test_a_bad_flag_is_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "sweeps" / "latent_sweep.py"), "--data", str(tmp_path / "none"), "--name", "x"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("latent_sweep: error: ") and "no such feature dataset" in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("latent_sweep: error: ")
+        and "no such feature dataset" in result.stderr
+    )
 
 
 def test_every_flag_can_come_from_the_environment(monkeypatch):
@@ -90,7 +100,12 @@ def test_every_flag_can_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("KMERVAE_SET", "train.lr=1e-3 loss.beta=0.5")
     monkeypatch.setenv("KMERVAE_STORAGE", "/data/sweeps")
     args = common.parse_args("test", "final", [])
-    assert (args.samples, args.smoke_test, args.overrides, str(args.storage)) == (7, True, ["train.lr=1e-3", "loss.beta=0.5"], "/data/sweeps")
+    assert (args.samples, args.smoke_test, args.overrides, str(args.storage)) == (
+        7,
+        True,
+        ["train.lr=1e-3", "loss.beta=0.5"],
+        "/data/sweeps",
+    )
     assert common.parse_args("test", "final", ["--samples", "3"]).samples == 3  # a flag beats its variable
     monkeypatch.setenv("KMERVAE_EPOCHS", "many")
     with pytest.raises(SystemExit):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kmervae.core.config import PRESETS, RunConfig
-from kmervae.tracking.local_run import fit_local_tracked
 from kmervae.core.errors import ConfigError, KmervaeError
+from kmervae.tracking.local_run import fit_local_tracked
 from kmervae.tracking.tracker import Tracker, flatten, tracking_uri
 
 
@@ -27,7 +27,9 @@ def test_flatten():
 def test_a_local_run_is_logged_completely(tmp_path, example_features):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker("tests", "tiny-run", uri=uri, tags={"engine": "local"})
-    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=2", "train.batch_size=64", "data.max_samples=400"])
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(
+        ["train.epochs=2", "train.batch_size=64", "data.max_samples=400"]
+    )
     result = fit_local_tracked(example_features, config, tmp_path / "run", tracker, log=lambda line: None)
     run = tracker.client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["engine"] == "local"
@@ -56,13 +58,15 @@ def test_credentials_never_reach_mlflow_or_the_terminal(tmp_path, monkeypatch, c
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-pw")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker("secrets", "run", uri=uri, tags={"kmervae.storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs"})
-    tracker.log_params({
-        "storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs",
-        "server": "https://alice:hunter2-pw@mlflow.example.org",
-        "note": "password is hunter2-pw",
-        "aws": {"secret_access_key": "anything-at-all"},
-        "model": {"latent_dim": 32},
-    })
+    tracker.log_params(
+        {
+            "storage": "s3://AKIA:wJalrXUtnFEMI-secret@bucket/runs",
+            "server": "https://alice:hunter2-pw@mlflow.example.org",
+            "note": "password is hunter2-pw",
+            "aws": {"secret_access_key": "anything-at-all"},
+            "model": {"latent_dim": 32},
+        }
+    )
     tracker.set_tag("endpoint", "https://bob:letmein99@minio:9000")
     tracker.finish()
     run = MlflowClient(uri).get_run(tracker.run_id)

@@ -12,7 +12,9 @@ from kmervae.core.metric_keys import metric_mode
 MAX_RUNS = 1000
 
 
-def best_runs(experiment: str, sweep: str | None = None, metric: str = "val/loss", top: int = 5) -> list[dict[str, Any]]:
+def best_runs(
+    experiment: str, sweep: str | None = None, metric: str = "val/loss", top: int = 5
+) -> list[dict[str, Any]]:
     """Runs with a checkpoint, best first by the best epoch's `metric` (`metric_mode` says which way is better)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -61,7 +63,9 @@ def best_runs(experiment: str, sweep: str | None = None, metric: str = "val/loss
 def format_rows(rows: list[dict[str, Any]], metric: str) -> str:
     """A table of runs with the parameters that differ between them."""
     keys = sorted({k for r in rows for k in r["params"]})
-    varying = [k for k in keys if len({r["params"].get(k) for r in rows}) > 1 and not k.startswith(("trial.", "data.path"))][:4]
+    varying = [
+        k for k in keys if len({r["params"].get(k) for r in rows}) > 1 and not k.startswith(("trial.", "data.path"))
+    ][:4]
     header = f"{'run_id':<34}{'name':<28}{metric:>12}{'epoch':>7}" + "".join(f"{k:>22}" for k in varying)
     lines = [header]
     for r in rows:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -43,8 +43,8 @@ def _torch_embedder(module: torch.nn.Module, device: torch.device) -> Embedder:
 
 def load_embedder(model: str, device: str = "cpu") -> Embedder:
     """Open a model in any supported format for embedding."""
-    from kmervae.core.checkpoint import load_checkpoint
     from kmervae.apply.export import Encoder
+    from kmervae.core.checkpoint import load_checkpoint
 
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device {device!r}: expected cpu or cuda")
@@ -59,7 +59,9 @@ def load_embedder(model: str, device: str = "cpu") -> Embedder:
         try:
             if model.startswith("models:/"):  # resolve against our store without touching mlflow's global state
                 uri = tracking_uri()
-                model = mlflow.artifacts.download_artifacts(model, dst_path=tempfile.mkdtemp(prefix="kmervae-model-"), tracking_uri=uri, registry_uri=uri)
+                model = mlflow.artifacts.download_artifacts(
+                    model, dst_path=tempfile.mkdtemp(prefix="kmervae-model-"), tracking_uri=uri, registry_uri=uri
+                )
             pyfunc = mlflow.pyfunc.load_model(model)
         except Exception as err:  # mlflow raises several types for missing or broken models
             raise InputError(f"{model}: cannot load the MLflow model ({str(err).splitlines()[0][:300]})") from None
@@ -113,8 +115,13 @@ class EmbedSummary:
 
 
 def embed(
-    model: str, features: str | Path, out: str | Path, batch_size: int = 1024, device: str = "cpu",
-    progress: bool | None = None, overwrite: bool = False,
+    model: str,
+    features: str | Path,
+    out: str | Path,
+    batch_size: int = 1024,
+    device: str = "cpu",
+    progress: bool | None = None,
+    overwrite: bool = False,
 ) -> EmbedSummary:
     """Embed every contig of a feature dataset; the output appears only when complete."""
     from tqdm import tqdm
@@ -132,7 +139,13 @@ def embed(
     writer = None
     rows = 0
     latent = 0
-    bar = tqdm(total=files.rows, unit="contig", desc="embed", disable=None if progress is None else not progress, file=sys.stderr)
+    bar = tqdm(
+        total=files.rows,
+        unit="contig",
+        desc="embed",
+        disable=None if progress is None else not progress,
+        file=sys.stderr,
+    )
     try:
         for path in files.paths:
             columns = ["contig_id", *MODEL_INPUTS] + (["label"] if labeled else [])
@@ -143,11 +156,15 @@ def embed(
                     {
                         "contig_id": batch.column("contig_id"),
                         **({"label": batch.column("label")} if labeled else {}),
-                        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), latent),
+                        "embedding": pa.FixedSizeListArray.from_arrays(
+                            pa.array(vectors.reshape(-1), pa.float32()), latent
+                        ),
                     }
                 )
                 if writer is None:
-                    schema = table.schema.with_metadata({b"kmervae.model": str(model).encode(), b"kmervae.latent_dim": str(latent).encode()})
+                    schema = table.schema.with_metadata(
+                        {b"kmervae.model": str(model).encode(), b"kmervae.latent_dim": str(latent).encode()}
+                    )
                     writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                 writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
                 rows += len(table)

@@ -80,7 +80,9 @@ def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int 
     tnf = x.kmer4.numpy()
     tnf = (tnf - tnf.mean(axis=0)) / tnf.std(axis=0).clip(min=1e-8)
     everything = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).numpy()
-    pca = PCA(n_components=min(dim, *everything.shape), svd_solver="randomized", random_state=seed).fit_transform(everything)
+    pca = PCA(n_components=min(dim, *everything.shape), svd_solver="randomized", random_state=seed).fit_transform(
+        everything
+    )
     return {"tnf_zscore": tnf, f"pca{dim}_kmers": pca}
 
 
@@ -91,7 +93,7 @@ def labels_from(features: str | Path, contig_ids: np.ndarray) -> np.ndarray:
     table = FeatureTable.from_parquet(features)
     if table.labels is None:
         raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
-    lookup = dict(zip(table.contig_ids, table.labels))
+    lookup = dict(zip(table.contig_ids, table.labels, strict=True))
     return np.array([lookup.get(cid) for cid in contig_ids], dtype=object)
 
 
@@ -137,7 +139,11 @@ def log_to_mlflow(result: dict[str, Any], run_id: str, json_path: Path) -> None:
     try:
         with impatient_http():
             client.get_run(run_id)
-            scores = {f"eval/{name}/{key}": value for name, values in result["scores"].items() for key, value in values.items()}
+            scores = {
+                f"eval/{name}/{key}": value
+                for name, values in result["scores"].items()
+                for key, value in values.items()
+            }
             execute(client, metrics_op(run_id, scores, step=0))
             client.log_artifact(run_id, str(json_path), "evaluation")
     except Exception as err:  # MlflowException for an unknown id, requests errors for a dead server

@@ -144,18 +144,24 @@ def export_mlflow(checkpoint: Checkpoint, source_file: Path | None, out: Path) -
             artifacts["checkpoint"] = str(source_file)
         latent = checkpoint.config.model.latent_dim
         signature = ModelSignature(
-            inputs=Schema([
-                TensorSpec(np.dtype(np.int64), (-1,), "length"),
-                TensorSpec(np.dtype(np.float32), (-1,), "gc"),
-                TensorSpec(np.dtype(np.int32), (-1, N7), "kmer7"),
-                TensorSpec(np.dtype(np.int32), (-1, N4), "kmer4"),
-                TensorSpec(np.dtype(np.int32), (-1, N3), "kmer3"),
-            ]),
+            inputs=Schema(
+                [
+                    TensorSpec(np.dtype(np.int64), (-1,), "length"),
+                    TensorSpec(np.dtype(np.float32), (-1,), "gc"),
+                    TensorSpec(np.dtype(np.int32), (-1, N7), "kmer7"),
+                    TensorSpec(np.dtype(np.int32), (-1, N4), "kmer4"),
+                    TensorSpec(np.dtype(np.int32), (-1, N3), "kmer3"),
+                ]
+            ),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent), "mu")]),
         )
-        example = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, example_inputs(2))}
+        example = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, example_inputs(2), strict=True)}
         mlflow.pyfunc.save_model(
-            str(out), python_model=str(code), artifacts=artifacts, signature=signature, input_example=example,
+            str(out),
+            python_model=str(code),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", f"mlflow=={mlflow.__version__}"],
         )
     if source_file is not None:  # a stable name, so `export models:/...` can find it again
@@ -176,7 +182,9 @@ def export(source: str, fmt: str, out: str | Path, with_log_var: bool = False) -
         if fmt == "onnx":
             return export_onnx(checkpoint, out, with_log_var)
         if with_log_var:
-            raise ConfigError("--with-log-var applies to torchscript and onnx; the MLflow model returns the latent mean")
+            raise ConfigError(
+                "--with-log-var applies to torchscript and onnx; the MLflow model returns the latent mean"
+            )
         return export_mlflow(checkpoint, source_file, out)
 
 

@@ -102,7 +102,9 @@ def save_checkpoint(
         tmp.unlink(missing_ok=True)
         reason = err.strerror or str(err)
         kept = f"; the previous {path.name} is intact" if path.exists() else ""
-        raise OutputError(f"{path}: cannot write the checkpoint ({reason}){kept}; free space or choose another location") from None
+        raise OutputError(
+            f"{path}: cannot write the checkpoint ({reason}){kept}; free space or choose another location"
+        ) from None
     return path
 
 
@@ -125,16 +127,20 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for foreign or truncated files
-        raise InputError(f"{path}: not a readable kmervae checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
+        raise InputError(
+            f"{path}: not a readable kmervae checkpoint ({type(err).__name__}: {str(err)[:200]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path}: not a kmervae checkpoint (no '{FORMAT}' marker)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise InputError(
-            f"{path}: checkpoint format {payload.get('format_version')}, this kmervae {__version__} reads {FORMAT_VERSION}"
+            f"{path}: checkpoint format {payload.get('format_version')}, this kmervae {__version__} reads "
+            f"{FORMAT_VERSION}"
         )
     if payload.get("feature_schema_version") != SCHEMA_VERSION:
         raise InputError(
-            f"{path}: trained on feature schema {payload.get('feature_schema_version')}, this kmervae uses {SCHEMA_VERSION}"
+            f"{path}: trained on feature schema {payload.get('feature_schema_version')}, this kmervae uses "
+            f"{SCHEMA_VERSION}"
         )
     try:
         config = RunConfig.from_dict(payload["config"])

@@ -67,12 +67,26 @@ class ModelConfig:
         for name in ("kmer7_widths", "kmer4_widths", "kmer3_widths", "trunk_widths"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
             _check_widths(f"model.{name}", getattr(self, name))
-        check_field(isinstance(self.latent_dim, int) and 1 <= self.latent_dim <= 8192, "model.latent_dim", self.latent_dim, "expected an integer in [1, 8192]")
+        check_field(
+            isinstance(self.latent_dim, int) and 1 <= self.latent_dim <= 8192,
+            "model.latent_dim",
+            self.latent_dim,
+            "expected an integer in [1, 8192]",
+        )
         check_field(isinstance(self.gate_k7, bool), "model.gate_k7", self.gate_k7, "expected true or false")
         check_field(0.0 <= self.leaky_slope < 1.0, "model.leaky_slope", self.leaky_slope, "expected a number in [0, 1)")
-        check_field(0.0 < self.batchnorm_momentum <= 1.0, "model.batchnorm_momentum", self.batchnorm_momentum, "expected a number in (0, 1]")
-        check_field(0.0 < self.batchnorm_eps < 1.0, "model.batchnorm_eps", self.batchnorm_eps, "expected a number in (0, 1)")
-        check_field(0.0 <= self.input_dropout < 1.0, "model.input_dropout", self.input_dropout, "expected a number in [0, 1)")
+        check_field(
+            0.0 < self.batchnorm_momentum <= 1.0,
+            "model.batchnorm_momentum",
+            self.batchnorm_momentum,
+            "expected a number in (0, 1]",
+        )
+        check_field(
+            0.0 < self.batchnorm_eps < 1.0, "model.batchnorm_eps", self.batchnorm_eps, "expected a number in (0, 1)"
+        )
+        check_field(
+            0.0 <= self.input_dropout < 1.0, "model.input_dropout", self.input_dropout, "expected a number in [0, 1)"
+        )
         check_field(0.0 < self.log_eps < 1.0, "model.log_eps", self.log_eps, "expected a number in (0, 1)")
 
     @property
@@ -89,7 +103,9 @@ PRESETS: dict[str, ModelConfig] = {
         kmer7_widths=(4096, 2048), kmer4_widths=(64, 32), kmer3_widths=(16, 8), trunk_widths=(1024, 512), gate_k7=False
     ),
     # For tests and smoke runs: same shape, tiny widths.
-    "tiny": ModelConfig(kmer7_widths=(64, 32), kmer4_widths=(16,), kmer3_widths=(16,), trunk_widths=(32,), latent_dim=8),
+    "tiny": ModelConfig(
+        kmer7_widths=(64, 32), kmer4_widths=(16,), kmer3_widths=(16,), trunk_widths=(32,), latent_dim=8
+    ),
 }
 
 
@@ -124,10 +140,30 @@ class LossConfig:
     def __post_init__(self) -> None:
         for name in ("w7", "w4", "w3", "wgc", "scale", "beta", "gate_bce_weight"):
             value = getattr(self, name)
-            check_field(isinstance(value, (int, float)) and value >= 0 and math.isfinite(value), f"loss.{name}", value, "expected a finite number >= 0")
-        check_field(self.w7 + self.w4 + self.w3 + self.wgc > 0, "loss.w7+w4+w3+wgc", self.w7 + self.w4 + self.w3 + self.wgc, "at least one reconstruction weight must be > 0")
-        check_field(isinstance(self.beta_warmup_epochs, int) and self.beta_warmup_epochs >= 0, "loss.beta_warmup_epochs", self.beta_warmup_epochs, "expected an integer >= 0")
-        check_field(isinstance(self.presence_threshold, int) and self.presence_threshold >= 0, "loss.presence_threshold", self.presence_threshold, "expected an integer >= 0")
+            check_field(
+                isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
+                f"loss.{name}",
+                value,
+                "expected a finite number >= 0",
+            )
+        check_field(
+            self.w7 + self.w4 + self.w3 + self.wgc > 0,
+            "loss.w7+w4+w3+wgc",
+            self.w7 + self.w4 + self.w3 + self.wgc,
+            "at least one reconstruction weight must be > 0",
+        )
+        check_field(
+            isinstance(self.beta_warmup_epochs, int) and self.beta_warmup_epochs >= 0,
+            "loss.beta_warmup_epochs",
+            self.beta_warmup_epochs,
+            "expected an integer >= 0",
+        )
+        check_field(
+            isinstance(self.presence_threshold, int) and self.presence_threshold >= 0,
+            "loss.presence_threshold",
+            self.presence_threshold,
+            "expected an integer >= 0",
+        )
 
     def beta_at(self, epoch: int) -> float:
         """Beta for a 0-based epoch, with linear warm-up: epoch e of N gets beta * (e + 1) / N."""
@@ -180,20 +216,51 @@ class TrainConfig:
         return self.lr * (self.batch_size / self.lr_reference_batch) ** power
 
     def __post_init__(self) -> None:
-        check_field(isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs", self.epochs, "expected an integer >= 1")
-        check_field(isinstance(self.batch_size, int) and 2 <= self.batch_size <= 65536, "train.batch_size", self.batch_size, "expected an integer in [2, 65536] (BatchNorm needs 2)")
+        check_field(
+            isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs", self.epochs, "expected an integer >= 1"
+        )
+        check_field(
+            isinstance(self.batch_size, int) and 2 <= self.batch_size <= 65536,
+            "train.batch_size",
+            self.batch_size,
+            "expected an integer in [2, 65536] (BatchNorm needs 2)",
+        )
         check_field(0 < self.lr <= 1, "train.lr", self.lr, "expected a number in (0, 1]")
         check_field(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "expected a number >= 0")
         check_field(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "expected a number >= 0 (0 = off)")
-        check_field(0 < self.plateau_factor < 1, "train.plateau_factor", self.plateau_factor, "expected a number in (0, 1)")
-        check_field(isinstance(self.plateau_patience, int) and self.plateau_patience >= 0, "train.plateau_patience", self.plateau_patience, "expected an integer >= 0")
-        check_field(0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"expected a number in [0, train.lr={self.lr}]")
+        check_field(
+            0 < self.plateau_factor < 1, "train.plateau_factor", self.plateau_factor, "expected a number in (0, 1)"
+        )
+        check_field(
+            isinstance(self.plateau_patience, int) and self.plateau_patience >= 0,
+            "train.plateau_patience",
+            self.plateau_patience,
+            "expected an integer >= 0",
+        )
+        check_field(
+            0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"expected a number in [0, train.lr={self.lr}]"
+        )
         check_field(isinstance(self.seed, int) and self.seed >= 0, "train.seed", self.seed, "expected an integer >= 0")
-        check_field(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device", self.device, "expected auto, cpu, cuda or cuda:N")
+        check_field(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "train.device",
+            self.device,
+            "expected auto, cpu, cuda or cuda:N",
+        )
         check_field(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "expected fp32 or bf16")
         check_field(isinstance(self.compile, bool), "train.compile", self.compile, "expected true or false")
-        check_field(self.lr_scaling in ("sqrt", "linear", "none"), "train.lr_scaling", self.lr_scaling, "expected sqrt, linear or none")
-        check_field(isinstance(self.lr_reference_batch, int) and self.lr_reference_batch >= 1, "train.lr_reference_batch", self.lr_reference_batch, "expected an integer >= 1")
+        check_field(
+            self.lr_scaling in ("sqrt", "linear", "none"),
+            "train.lr_scaling",
+            self.lr_scaling,
+            "expected sqrt, linear or none",
+        )
+        check_field(
+            isinstance(self.lr_reference_batch, int) and self.lr_reference_batch >= 1,
+            "train.lr_reference_batch",
+            self.lr_reference_batch,
+            "expected an integer >= 1",
+        )
         check_field(self.resident in ("auto", "on", "off"), "train.resident", self.resident, "expected auto, on or off")
 
 
@@ -209,9 +276,16 @@ class DataConfig:
     """Use at most this many contigs, a subsample chosen by a second hash of contig_id (None = all)."""
 
     def __post_init__(self) -> None:
-        check_field(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "expected a number in (0, 1)")
+        check_field(
+            0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "expected a number in (0, 1)"
+        )
         check_field(isinstance(self.split_salt, str), "data.split_salt", self.split_salt, "expected a string")
-        check_field(self.max_samples is None or (isinstance(self.max_samples, int) and self.max_samples >= 4), "data.max_samples", self.max_samples, "expected an integer >= 4 or null")
+        check_field(
+            self.max_samples is None or (isinstance(self.max_samples, int) and self.max_samples >= 4),
+            "data.max_samples",
+            self.max_samples,
+            "expected an integer >= 4 or null",
+        )
 
 
 @dataclass(frozen=True)
@@ -228,11 +302,13 @@ class RunConfig:
         return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in _SECTIONS}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base: "RunConfig | None" = None) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
         """Build from nested {section: {key: value}}; unknown sections or keys are errors."""
         base = base or cls()
         if not isinstance(data, dict):
-            raise ConfigError(f"a configuration must be a mapping of sections {list(_SECTIONS)}, got {type(data).__name__}")
+            raise ConfigError(
+                f"a configuration must be a mapping of sections {list(_SECTIONS)}, got {type(data).__name__}"
+            )
         sections = {}
         for name, values in data.items():
             if name not in _SECTIONS:
@@ -242,7 +318,7 @@ class RunConfig:
             sections[name] = _replace(getattr(base, name), name, values)
         return dataclasses.replace(base, **sections)
 
-    def with_overrides(self, overrides: list[str]) -> "RunConfig":
+    def with_overrides(self, overrides: list[str]) -> RunConfig:
         """Apply `section.key=value` strings (values parsed as YAML: 64, 1e-3, true, [128, 64])."""
         nested: dict[str, dict[str, Any]] = {}
         for item in overrides:
@@ -254,7 +330,7 @@ class RunConfig:
         return RunConfig.from_dict(nested, base=self)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, base: "RunConfig | None" = None) -> "RunConfig":
+    def from_yaml(cls, path: str | Path, base: RunConfig | None = None) -> RunConfig:
         """Read a YAML file of sections (model, loss, train, data)."""
         import yaml  # only YAML files need PyYAML: bare GPU hosts train without it
 
@@ -306,14 +382,30 @@ class SweepConfig:
     """Registry alias set on the registered version."""
 
     def __post_init__(self) -> None:
-        check_field(bool(self.name) and "/" not in self.name, "sweep.name", self.name, "expected a non-empty name without '/'")
+        check_field(
+            bool(self.name) and "/" not in self.name, "sweep.name", self.name, "expected a non-empty name without '/'"
+        )
         check_field(self.metric in OBJECTIVES, "--metric", self.metric, f"expected one of {', '.join(OBJECTIVES)}")
         check_field(self.num_samples >= 1, "--samples", self.num_samples, "expected an integer >= 1")
-        check_field(self.max_concurrent is None or self.max_concurrent >= 1, "--max-concurrent", self.max_concurrent, "expected an integer >= 1")
-        check_field(self.workers_per_trial >= 1, "--workers-per-trial", self.workers_per_trial, "expected an integer >= 1")
-        check_field(self.gpus_per_trial is None or self.gpus_per_trial >= 0, "--gpus-per-trial", self.gpus_per_trial, "expected a number >= 0")
+        check_field(
+            self.max_concurrent is None or self.max_concurrent >= 1,
+            "--max-concurrent",
+            self.max_concurrent,
+            "expected an integer >= 1",
+        )
+        check_field(
+            self.workers_per_trial >= 1, "--workers-per-trial", self.workers_per_trial, "expected an integer >= 1"
+        )
+        check_field(
+            self.gpus_per_trial is None or self.gpus_per_trial >= 0,
+            "--gpus-per-trial",
+            self.gpus_per_trial,
+            "expected a number >= 0",
+        )
         check_field(self.grace_period >= 1, "sweep.grace_period", self.grace_period, "expected an integer >= 1")
-        check_field(self.reduction_factor >= 2, "sweep.reduction_factor", self.reduction_factor, "expected an integer >= 2")
+        check_field(
+            self.reduction_factor >= 2, "sweep.reduction_factor", self.reduction_factor, "expected an integer >= 2"
+        )
 
     @property
     def mode(self) -> str:

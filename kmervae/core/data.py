@@ -8,8 +8,9 @@ compact integers until the device: the model's transform widens and normalises t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -29,7 +30,10 @@ def split_hash(contig_ids, salt: str) -> np.ndarray:
     """Uniform [0, 1) value per contig id, stable across runs, machines and Python versions."""
     prefix = salt.encode() + b"\x00"
     return np.array(
-        [int.from_bytes(hashlib.blake2b(prefix + str(cid).encode(), digest_size=8).digest(), "little") / _HASH_SCALE for cid in contig_ids],
+        [
+            int.from_bytes(hashlib.blake2b(prefix + str(cid).encode(), digest_size=8).digest(), "little") / _HASH_SCALE
+            for cid in contig_ids
+        ],
         dtype=np.float64,
     )
 
@@ -71,7 +75,7 @@ class CountBatch(NamedTuple):
     kmer4: Tensor  # (B, 136)
     kmer3: Tensor  # (B, 32)
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "CountBatch":
+    def to(self, device: torch.device, non_blocking: bool = False) -> CountBatch:
         return CountBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
     @property
@@ -103,7 +107,10 @@ def use_resident(mode: str, device: torch.device, nbytes: int) -> bool:
         return True
     free, _ = torch.cuda.mem_get_info(device)
     if mode == "on" and nbytes > free:
-        raise ConfigError(f"train.resident=on: the data needs {nbytes / 2**30:.1f} GiB, {device} has {free / 2**30:.1f} GiB free; use auto or off")
+        raise ConfigError(
+            f"train.resident=on: the data needs {nbytes / 2**30:.1f} GiB, {device} has {free / 2**30:.1f} "
+            "GiB free; use auto or off"
+        )
     return mode == "on" or nbytes <= RESIDENT_SHARE * free
 
 
@@ -128,7 +135,7 @@ class TensorData:
     contig_ids: np.ndarray | None = None  # (n,) str, where known (the local engine)
 
     @classmethod
-    def from_table(cls, table: FeatureTable, rows: np.ndarray, vocabulary: list[str] | None = None) -> "TensorData":
+    def from_table(cls, table: FeatureTable, rows: np.ndarray, vocabulary: list[str] | None = None) -> TensorData:
         """Rows of a table; label codes against `vocabulary` (default: the table's own labels)."""
         codes = None
         if table.labels is not None:
@@ -141,13 +148,17 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.batch.length)
 
-    def to(self, device: torch.device) -> "TensorData":
+    def to(self, device: torch.device) -> TensorData:
         """The same data held on `device` (GPU-resident mode: copied once, shuffled there).
         Label codes stay on the host: they are only read for kNN accuracy."""
         return TensorData(CountBatch(*(_indexable(t.to(device)) for t in self.batch)), self.codes, self.contig_ids)
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None = None, drop_singleton: bool = False, drop_last: bool = False
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        drop_singleton: bool = False,
+        drop_last: bool = False,
     ) -> Iterator[CountBatch]:
         """Batches in storage order, or shuffled by `generator` (on the generator's device, so
         resident data is shuffled on the GPU); a trailing batch of 1 is dropped when
@@ -166,7 +177,7 @@ class TensorData:
 
     def labeled_batches(self, batch_size: int) -> Iterator[tuple[CountBatch, Tensor | None]]:
         """Batches in storage order, each with its label codes (None when unlabeled)."""
-        for lo, batch in zip(range(0, len(self), batch_size), self.batches(batch_size)):
+        for lo, batch in zip(range(0, len(self), batch_size), self.batches(batch_size), strict=True):
             yield batch, None if self.codes is None else self.codes[lo : lo + batch_size]
 
 

@@ -92,22 +92,50 @@ def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
     path = Path(path)
     lanes = {"7": 2.0, "4": 1.0, "3": 0.0}
     widths = {"7": cfg.kmer7_widths, "4": cfg.kmer4_widths, "3": cfg.kmer3_widths}
-    inputs = {"7": f"7-mers {N7:,}\n+ GC + length", "4": f"4-mers {N4}\n+ GC + length", "3": f"3-mers {N3}\n+ GC + length"}
-    heads = {"7": f"values {N7:,}" + (f"\ngate {N7:,}" if cfg.gate_k7 else "") + "\nGC", "4": f"4-mers {N4}\nGC", "3": f"3-mers {N3}\nGC"}
+    inputs = {
+        "7": f"7-mers {N7:,}\n+ GC + length",
+        "4": f"4-mers {N4}\n+ GC + length",
+        "3": f"3-mers {N3}\n+ GC + length",
+    }
+    heads = {
+        "7": f"values {N7:,}" + (f"\ngate {N7:,}" if cfg.gate_k7 else "") + "\nGC",
+        "4": f"4-mers {N4}\nGC",
+        "3": f"3-mers {N3}\nGC",
+    }
     concat = sum(w[-1] for w in widths.values())
     depth = max(len(w) for w in widths.values())
     trunk = cfg.trunk_widths
     fig_w = 2.0 + 1.25 * (2 * depth + 2 * len(trunk) + 6)
     fig, ax = plt.subplots(figsize=(fig_w, 4.6))
     ax.axis("off")
-    colors = {"in": "#dbe9f6", "enc": "#9ecae1", "trunk": "#fdd0a2", "z": "#fc9272", "dec": "#a1d99b", "head": "#e5e5e5"}
+    colors = {
+        "in": "#dbe9f6",
+        "enc": "#9ecae1",
+        "trunk": "#fdd0a2",
+        "z": "#fc9272",
+        "dec": "#a1d99b",
+        "head": "#e5e5e5",
+    }
 
     def box(x: float, y: float, text: str, kind: str) -> tuple[float, float]:
-        ax.text(x, y, text, ha="center", va="center", fontsize=7.5, bbox=dict(boxstyle="round,pad=0.35", fc=colors[kind], ec="#555555"))
+        ax.text(
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            bbox=dict(boxstyle="round,pad=0.35", fc=colors[kind], ec="#555555"),
+        )
         return x, y
 
     def arrow(a: tuple[float, float], b: tuple[float, float]) -> None:
-        ax.annotate("", xy=(b[0] - 0.42, b[1]), xytext=(a[0] + 0.42, a[1]), arrowprops=dict(arrowstyle="->", color="#555555", lw=0.8))
+        ax.annotate(
+            "",
+            xy=(b[0] - 0.42, b[1]),
+            xytext=(a[0] + 0.42, a[1]),
+            arrowprops=dict(arrowstyle="->", color="#555555", lw=0.8),
+        )
 
     x0 = 0.0
     ends = {}
@@ -148,8 +176,15 @@ def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
             cur = nxt
         last = x + 1.3 + 1.2 * (depth - 1) + 1.3
         arrow(cur, box(last, y, heads[k], "head"))
-    ax.text(last + 1.0, 1.0, "GC = mean of\nthe 3 branch GCs\n\noutput 8,361 =\n[7-, 4-, 3-mers, GC]", fontsize=7.5, va="center")
-    title = f"BranchedVAE: {count_parameters(BranchedVAE(cfg)):,} parameters, latent {cfg.latent_dim}, gate {'on' if cfg.gate_k7 else 'off'}"
+    ax.text(
+        last + 1.0,
+        1.0,
+        "GC = mean of\nthe 3 branch GCs\n\noutput 8,361 =\n[7-, 4-, 3-mers, GC]",
+        fontsize=7.5,
+        va="center",
+    )
+    params = count_parameters(BranchedVAE(cfg))
+    title = f"BranchedVAE: {params:,} parameters, latent {cfg.latent_dim}, gate {'on' if cfg.gate_k7 else 'off'}"
     ax.set_title(title + "  (every box: Linear -> BatchNorm -> LeakyReLU)", fontsize=9)
     ax.set_xlim(-0.8, last + 2.4)
     ax.set_ylim(-0.6, 2.6)

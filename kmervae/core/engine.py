@@ -14,9 +14,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +56,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
     """Adam at train.lr scaled to the batch size (fused on CUDA: one kernel per step, not one per parameter)."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.effective_lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    return torch.optim.Adam(
+        model.parameters(), lr=cfg.effective_lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
+    )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
@@ -191,17 +193,32 @@ def run_epochs(
     for epoch in range(start_epoch, tc.epochs):
         beta = config.loss.beta_at(epoch)
         train_metrics = train_epoch(
-            model, data.train_batches(epoch), optimizer, config.loss, beta,
-            device=device, grad_clip=tc.grad_clip, precision=tc.precision, all_reduce=collective.all_reduce,
+            model,
+            data.train_batches(epoch),
+            optimizer,
+            config.loss,
+            beta,
+            device=device,
+            grad_clip=tc.grad_clip,
+            precision=tc.precision,
+            all_reduce=collective.all_reduce,
         )
         collective.sync_buffers(unwrap(model))
         val_metrics, mu, codes = validate_epoch(
-            unwrap(model), data.val_batches(), config.loss, beta,
-            device=device, precision=tc.precision, all_reduce=collective.all_reduce, keep_embeddings=data.labeled,
+            unwrap(model),
+            data.val_batches(),
+            config.loss,
+            beta,
+            device=device,
+            precision=tc.precision,
+            all_reduce=collective.all_reduce,
+            keep_embeddings=data.labeled,
         )
         if data.labeled:
             empty = torch.zeros(0, dtype=torch.int32)
-            mu, codes = collective.gather(mu if mu is not None else torch.zeros(0, 0), codes if codes is not None else empty)
+            mu, codes = collective.gather(
+                mu if mu is not None else torch.zeros(0, 0), codes if codes is not None else empty
+            )
             val_metrics["val/knn_acc"] = knn_accuracy(mu, [int(c) if c >= 0 else None for c in codes])
         scheduler.step(val_metrics["val/loss"])
         metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}

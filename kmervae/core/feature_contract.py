@@ -23,8 +23,8 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +54,7 @@ MANIFEST_NAME = "_kmervae_dataset.json"
 def part_name(index: int) -> str:
     """File name of the `index`-th part of a dataset."""
     return f"part-{index:05d}.parquet"
+
 
 COUNT_DTYPES = (np.dtype("<u1"), np.dtype("<u2"), np.dtype("<u4"))
 """Storage widths a k-mer column may use, narrowest first."""
@@ -90,7 +91,7 @@ def reverse_complement_code(code: int, k: int) -> int:
     return rc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def canonical_index(k: int) -> np.ndarray:
     """Map every 2-bit packed k-mer code (0 .. 4^k - 1) to its canonical bin, as int32."""
     codes = np.arange(4**k, dtype=np.int64)
@@ -108,16 +109,14 @@ def canonical_index(k: int) -> np.ndarray:
     return index
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def canonical_kmers(k: int) -> tuple[str, ...]:
     """Names of the canonical bins of k, in storage order (e.g. 'AAAAAAA', ...)."""
     index = canonical_index(k)
     first_code = np.full(n_canonical(k), -1, dtype=np.int64)
     for code in range(4**k - 1, -1, -1):  # smallest code of each bin wins
         first_code[index[code]] = code
-    return tuple(
-        "".join(BASES[(int(code) >> (2 * (k - 1 - i))) & 3] for i in range(k)) for code in first_code
-    )
+    return tuple("".join(BASES[(int(code) >> (2 * (k - 1 - i))) & 3] for i in range(k)) for code in first_code)
 
 
 def kmer_names(k: int) -> tuple[str, ...]:
@@ -130,10 +129,7 @@ def narrowest_count_dtype(max_count: int) -> np.dtype:
     for dtype in COUNT_DTYPES:
         if max_count <= np.iinfo(dtype).max:
             return dtype
-    raise InputError(
-        f"a k-mer count of {max_count} does not fit in uint32: split the sequence "
-        "with --fragment-length"
-    )
+    raise InputError(f"a k-mer count of {max_count} does not fit in uint32: split the sequence with --fragment-length")
 
 
 def encode_counts(counts: np.ndarray, dtype: np.dtype) -> pa.FixedSizeBinaryArray:
@@ -197,7 +193,7 @@ class DatasetFormat:
         }
 
     @classmethod
-    def from_schema(cls, schema: pa.Schema, where: str) -> "DatasetFormat":
+    def from_schema(cls, schema: pa.Schema, where: str) -> DatasetFormat:
         """Check a file's schema and metadata against the contract; say what is wrong."""
         meta = schema.metadata or {}
         if META_SCHEMA_VERSION not in meta:

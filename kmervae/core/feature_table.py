@@ -12,12 +12,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kmervae.core.errors import InputError, InputNotFoundError
 from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, MANIFEST_NAME, N_BINS, DatasetFormat, decode_counts
+
 
 @dataclass(frozen=True)
 class DatasetFiles:
@@ -45,7 +47,9 @@ def dataset_files(path: str | os.PathLike[str]) -> DatasetFiles:
                 raise InputError(f"{manifest_path}: corrupt manifest ({err}); re-run 'kmervae featurize'") from None
             missing = [p.name for p in listed if not p.exists()]
             if missing:
-                raise InputError(f"{path}: incomplete dataset, missing {', '.join(missing[:3])}; re-run 'kmervae featurize'")
+                raise InputError(
+                    f"{path}: incomplete dataset, missing {', '.join(missing[:3])}; re-run 'kmervae featurize'"
+                )
             paths = listed
         else:
             paths = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
@@ -70,7 +74,9 @@ def dataset_files(path: str | os.PathLike[str]) -> DatasetFiles:
     if manifest is not None:
         expected = sum(entry.get("rows", 0) for entry in manifest["files"])
         if expected != rows:
-            raise InputError(f"{path}: files hold {rows} rows, the manifest says {expected}; re-run 'kmervae featurize'")
+            raise InputError(
+                f"{path}: files hold {rows} rows, the manifest says {expected}; re-run 'kmervae featurize'"
+            )
     assert fmt is not None
     return DatasetFiles(tuple(paths), fmt, rows, manifest)
 
@@ -101,7 +107,10 @@ def _check_values(file: Path, mtime_ns: int, size: int) -> None:
     if n_bad:
         rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
         ids = pq.read_table(file, columns=["contig_id"]).column("contig_id").take(rows[:5]).to_pylist()
-        shown = ", ".join(f"{cid} (gc={gc[int(r)].as_py()}, length={length[int(r)].as_py()})" for cid, r in zip(ids, rows))
+        shown = ", ".join(
+            f"{cid} (gc={gc[int(r)].as_py()}, length={length[int(r)].as_py()})"
+            for cid, r in zip(ids, rows, strict=False)
+        )
         raise InputError(
             f"{file}: {n_bad} row(s) with gc outside [0, 1] (NaN, inf) or length < 1, e.g. {shown}; "
             "fix or drop them, or re-run 'kmervae featurize'"
@@ -155,7 +164,7 @@ class FeatureTable:
         return {7: self.kmer7, 4: self.kmer4, 3: self.kmer3}[k]
 
     @classmethod
-    def from_arrow(cls, table: pa.Table, fmt: DatasetFormat) -> "FeatureTable":
+    def from_arrow(cls, table: pa.Table, fmt: DatasetFormat) -> FeatureTable:
         """Decode an arrow table read from feature files of format `fmt`."""
         labels = None
         if "label" in table.column_names and table.column("label").null_count < len(table):
@@ -164,7 +173,7 @@ class FeatureTable:
         return cls(contig_ids=contig_ids, labels=labels, **decode_inputs(table, fmt))
 
     @classmethod
-    def from_parquet(cls, path: str | os.PathLike[str]) -> "FeatureTable":
+    def from_parquet(cls, path: str | os.PathLike[str]) -> FeatureTable:
         """Read and validate a whole feature dataset (folder or file) into memory."""
         files = dataset_files(path)
         tables = [pq.read_table(p) for p in files.paths]

@@ -23,7 +23,15 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
         if (values := series(key)) is not None:
             axes[0].plot(epochs, values, label=key, marker=".")
     axes[0].set_title("loss")
-    for key in ("val/mse_7", "val/mse_7_present", "val/mse_7_absent", "val/mse_4", "val/mse_3", "val/mse_gc", "val/value_mse"):
+    for key in (
+        "val/mse_7",
+        "val/mse_7_present",
+        "val/mse_7_absent",
+        "val/mse_4",
+        "val/mse_3",
+        "val/mse_gc",
+        "val/value_mse",
+    ):
         if (values := series(key)) is not None:
             axes[1].plot(epochs, values, label=key, marker=".")
     axes[1].set_title("validation MSE per feature group")
@@ -37,7 +45,13 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
     for key, color in (("val/active_units", "tab:gray"), ("val/knn_acc", "tab:green")):
         if (values := series(key)) is not None:
             scale = 1.0 if key == "val/knn_acc" else 1.0 / max(max(values), 1.0)
-            twin.plot(epochs, [v * scale for v in values], label=f"{key}{'' if scale == 1.0 else ' (/max)'}", color=color, marker=".")
+            twin.plot(
+                epochs,
+                [v * scale for v in values],
+                label=f"{key}{'' if scale == 1.0 else ' (/max)'}",
+                color=color,
+                marker=".",
+            )
     twin.set_ylim(0, 1.05)
     for ax in (*axes, twin):
         ax.set_xlabel("epoch")

@@ -85,7 +85,10 @@ def check_writable(location: str | os.PathLike[str], need_bytes: int = 0) -> Non
                 probe.write(b"ok")
             fs.delete_file(f"{path.rstrip('/')}/{name}")
         except OSError as err:
-            raise OutputError(f"{location}: storage is not writable ({str(err).splitlines()[0][:200]}); check the credentials and bucket, or choose another --storage") from None
+            raise OutputError(
+                f"{location}: storage is not writable ({str(err).splitlines()[0][:200]}); check the "
+                "credentials and bucket, or choose another --storage"
+            ) from None
         return
     folder = Path(location).absolute()
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
@@ -96,10 +99,14 @@ def check_writable(location: str | os.PathLike[str], need_bytes: int = 0) -> Non
             probe.write(b"ok")
         (existing / name).unlink()
     except OSError as err:
-        raise OutputError(f"{folder}: not writable ({err.strerror} in {existing}); fix its permissions or choose another --storage/--out") from None
+        raise OutputError(
+            f"{folder}: not writable ({err.strerror} in {existing}); fix its permissions or choose another "
+            "--storage/--out"
+        ) from None
     free = shutil.disk_usage(existing).free
     if free < need_bytes:
         raise OutputError(
-            f"{folder}: {free / 2**20:,.0f} MiB free, checkpoints of this run need about {need_bytes / 2**20:,.0f} MiB; "
+            f"{folder}: {free / 2**20:,.0f} MiB free, checkpoints of this run need about "
+            f"{need_bytes / 2**20:,.0f} MiB; "
             "free some space or choose another --storage/--out"
         )

@@ -9,8 +9,8 @@ are widened and transformed on the device inside the model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,9 +19,17 @@ import pyarrow.parquet as pq
 import torch
 
 from kmervae.core.config import DataConfig
-from kmervae.core.data import CountBatch, TensorData, label_codes, split_hash, split_mask, subsample_threshold, torch_counts
-from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, MODEL_INPUTS, N_BINS, DatasetFormat
+from kmervae.core.data import (
+    CountBatch,
+    TensorData,
+    label_codes,
+    split_hash,
+    split_mask,
+    subsample_threshold,
+    torch_counts,
+)
 from kmervae.core.errors import KmervaeError
+from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, MODEL_INPUTS, N_BINS, DatasetFormat
 from kmervae.core.feature_table import DatasetFiles, decode_inputs
 
 READ_COLUMNS = ["contig_id", *MODEL_INPUTS]
@@ -88,7 +96,9 @@ def build_datasets(files: DatasetFiles, cfg: DataConfig, labels: list[str], seed
     context.print_on_execution_start = False
     threshold = dataset_threshold(files, cfg)
     columns = READ_COLUMNS + (["label"] if labels else [])
-    base = ray.data.read_parquet([str(p) for p in files.paths]).select_columns(columns)  # projection pushed into the read
+    base = ray.data.read_parquet([str(p) for p in files.paths]).select_columns(
+        columns
+    )  # projection pushed into the read
     common = dict(fmt=files.format, cfg=cfg, threshold=threshold)
     train = base.map_batches(decode_split, fn_kwargs=dict(common, validation=False, labels=[]), batch_format="pyarrow")
     val = base.map_batches(decode_split, fn_kwargs=dict(common, validation=True, labels=labels), batch_format="pyarrow")
@@ -101,7 +111,15 @@ def build_datasets(files: DatasetFiles, cfg: DataConfig, labels: list[str], seed
 def decoded_bytes(files: DatasetFiles, cfg: DataConfig | None = None) -> int:
     """Size of the decoded counts in memory (what materializing, or holding on a GPU, costs);
     with `cfg`, of the `data.max_samples` subsample only."""
-    row = 8 + 4 + 8 + sum(N_BINS[k] * np.dtype(torch_counts(np.zeros(1, files.format.count_dtypes[k])).dtype).itemsize for k in KMER_SIZES)
+    row = (
+        8
+        + 4
+        + 8
+        + sum(
+            N_BINS[k] * np.dtype(torch_counts(np.zeros(1, files.format.count_dtypes[k])).dtype).itemsize
+            for k in KMER_SIZES
+        )
+    )
     rows = files.rows if cfg is None or cfg.max_samples is None else min(files.rows, cfg.max_samples)
     return rows * row
 
@@ -118,7 +136,7 @@ def gather_shard(shard, device: torch.device, bucket: tuple[int, int] | None = N
     parts = list(shard_batches(shard, 8192, device, bucket=bucket))
     if not parts:
         raise KmervaeError("this worker's shard is empty; featurize more contigs or use fewer workers")
-    batch = CountBatch(*(torch.cat(columns) for columns in zip(*(b for b, _ in parts))))
+    batch = CountBatch(*(torch.cat(columns) for columns in zip(*(b for b, _ in parts), strict=True)))
     codes = [c for _, c in parts if c is not None]
     return TensorData(batch, torch.cat(codes) if codes else None).to(device)
 

@@ -17,16 +17,24 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint, save_checkpoint
 from kmervae.core.config import RunConfig
 from kmervae.core.data import EpochData, InMemoryData, use_resident
-from kmervae.core.engine import Collective, epoch_line, make_optimizer, make_scheduler, run_epochs, write_model_description
+from kmervae.core.engine import (
+    Collective,
+    epoch_line,
+    make_optimizer,
+    make_scheduler,
+    run_epochs,
+    write_model_description,
+)
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import dataset_files
 from kmervae.core.model import BranchedVAE
@@ -130,12 +138,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         sys.stdout.write(epoch_line(epoch, tc.epochs, metrics) + "\n")  # not print: Ray's print echoes twice
         sys.stdout.flush()
         with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history)
+            save_checkpoint(
+                Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history
+            )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     run_epochs(
-        model, data, config, optimizer, scheduler, device=device, on_epoch=report, collective=DDPCollective.of(world),
-        start_epoch=resumed.epoch + 1 if resumed else 0, history=resumed.history if resumed else None,
+        model,
+        data,
+        config,
+        optimizer,
+        scheduler,
+        device=device,
+        on_epoch=report,
+        collective=DDPCollective.of(world),
+        start_epoch=resumed.epoch + 1 if resumed else 0,
+        history=resumed.history if resumed else None,
     )
 
 
@@ -264,16 +282,48 @@ def fit_ray(
     tracker = None
     if experiment:
         tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config)
-    log(f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, storage {redact(storage)}")
+    log(
+        f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, "
+        f"storage {redact(storage)}"
+    )
     train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
-    trainer = build_trainer(config, plan, train_ds, val_ds, bool(labels), name, storage, tracker, data_bytes=decoded_bytes(files, config.data))
+    trainer = build_trainer(
+        config,
+        plan,
+        train_ds,
+        val_ds,
+        bool(labels),
+        name,
+        storage,
+        tracker,
+        data_bytes=decoded_bytes(files, config.data),
+    )
     with closes_on_error(tracker):
         result = trainer.fit()
     best, last, history = export_results(result, config, out, tracker, log)
-    return RayFitResult(name, str(result.path), best, last, history, tracker.run_id if tracker else None, tracker.uri if tracker else None)
+    return RayFitResult(
+        name,
+        str(result.path),
+        best,
+        last,
+        history,
+        tracker.run_id if tracker else None,
+        tracker.uri if tracker else None,
+    )
 
 
-def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, labeled: bool, name: str, storage: str, tracker, callbacks=(), data_bytes: int = 0):
+def build_trainer(
+    config: RunConfig,
+    plan: ResourcePlan,
+    train_ds,
+    val_ds,
+    labeled: bool,
+    name: str,
+    storage: str,
+    tracker,
+    callbacks=(),
+    data_bytes: int = 0,
+):
     """The Ray Train TorchTrainer of one training run (also one Tune trial of a sweep).
 
     `data_bytes`: the decoded size of the data it trains on (for the GPU-resident decision)."""
@@ -291,7 +341,10 @@ def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, label
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers,
             use_gpu=plan.gpus_per_worker > 0,
-            resources_per_worker={"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if plan.gpus_per_worker else {})},
+            resources_per_worker={
+                "CPU": plan.cpus_per_worker,
+                **({"GPU": plan.gpus_per_worker} if plan.gpus_per_worker else {}),
+            },
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -300,14 +353,19 @@ def build_trainer(config: RunConfig, plan: ResourcePlan, train_ds, val_ds, label
                 num_to_keep=1, checkpoint_score_attribute="val/loss", checkpoint_score_order="min"
             ),  # keeps the best by val/loss; Ray always keeps the latest too
             failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
-            callbacks=[*callbacks, *([mlflow_epoch_logger(tracker.uri, tracker.run_id)] if tracker and tracker.run_id else [])],
+            callbacks=[
+                *callbacks,
+                *([mlflow_epoch_logger(tracker.uri, tracker.run_id)] if tracker and tracker.run_id else []),
+            ],
         ),
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
 
 
-def export_results(result, config: RunConfig, out: Path, tracker, log: Callable[[str], None]) -> tuple[Path, Path, list[dict[str, float]]]:
+def export_results(
+    result, config: RunConfig, out: Path, tracker, log: Callable[[str], None]
+) -> tuple[Path, Path, list[dict[str, float]]]:
     """Copy the best and last checkpoints to `out`, draw the curves, log everything to MLflow."""
     out.mkdir(parents=True, exist_ok=True)
     best_ckpt = result.get_best_checkpoint("val/loss", "min") or result.checkpoint

@@ -15,9 +15,10 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kmervae.core.checkpoint import checkpoint_bytes
 from kmervae.core.config import RunConfig, SweepConfig
@@ -25,7 +26,14 @@ from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import DatasetFiles, dataset_files
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
-from kmervae.distributed.sweep_report import SpaceFn, SweepResult, TrialRow, report_to_parent, space_distributions, trial_outputs
+from kmervae.distributed.sweep_report import (
+    SpaceFn,
+    SweepResult,
+    TrialRow,
+    report_to_parent,
+    space_distributions,
+    trial_outputs,
+)
 from kmervae.tracking.tracker import OUTBOX_FILE, check_reachable, closes_on_error, tracking_uri
 
 TRIAL_CPUS = 0.1
@@ -87,20 +95,37 @@ def dataset_fingerprint(files: DatasetFiles) -> str:
 def git_commit() -> str:
     """The commit of the code running the sweep, or 'unknown' outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: bool, plan, train_ds, val_ds, parent_run_id, mlflow_uri, extra, data_bytes: int = 0) -> None:
+def run_trial(
+    tune_config: dict[str, Any],
+    *,
+    base: dict,
+    sweep: dict,
+    labeled: bool,
+    plan,
+    train_ds,
+    val_ds,
+    parent_run_id,
+    mlflow_uri,
+    extra,
+    data_bytes: int = 0,
+) -> None:
     """One Tune trial: build its config from the sampled overrides and run Ray Train on it."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from kmervae.distributed.ray_engine import build_trainer
 
-    config = RunConfig.from_dict(overrides_to_dict(config_overrides({**extra, **tune_config})), base=RunConfig.from_dict(base))
+    config = RunConfig.from_dict(
+        overrides_to_dict(config_overrides({**extra, **tune_config})), base=RunConfig.from_dict(base)
+    )
     context = ray.tune.get_context()
     trial_id = context.get_trial_id()
     sweep_cfg = SweepConfig(**sweep)
@@ -108,7 +133,18 @@ def run_trial(tune_config: dict[str, Any], *, base: dict, sweep: dict, labeled: 
     tracker = None
     if mlflow_uri:  # with the tracking server down, the run is made later (the driver backfills it)
         tracker = _trial_run(sweep_cfg, trial_id, mlflow_uri, parent_run_id, config, tune_config)
-    trainer = build_trainer(config, plan, train_ds, val_ds, labeled, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()], data_bytes=data_bytes)
+    trainer = build_trainer(
+        config,
+        plan,
+        train_ds,
+        val_ds,
+        labeled,
+        f"trial-{trial_id}",
+        storage,
+        tracker,
+        callbacks=[TuneReportCallback()],
+        data_bytes=data_bytes,
+    )
     try:
         trainer.fit()
     except BaseException as err:
@@ -125,7 +161,15 @@ def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, 
     from kmervae.tracking.tracker import Tracker
 
     tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray"}
-    tracker = Tracker(sweep.experiment, f"{sweep.name}-{trial_id}", uri=uri, tags=tags, parent_run_id=parent_run_id, resume=True, defer=True)
+    tracker = Tracker(
+        sweep.experiment,
+        f"{sweep.name}-{trial_id}",
+        uri=uri,
+        tags=tags,
+        parent_run_id=parent_run_id,
+        resume=True,
+        defer=True,
+    )
     if not tracker.resumed:
         tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **sampled}})
     return tracker
@@ -169,13 +213,17 @@ def run_sweep(
 
     labels = label_vocabulary(files)
     if sweep.metric == "val/knn_acc" and not labels:
-        raise ConfigError(f"--metric val/knn_acc needs labels, and {data_path} has none; featurize with labels or use val/loss")
+        raise ConfigError(
+            f"--metric val/knn_acc needs labels, and {data_path} has none; featurize with labels or use val/loss"
+        )
     sweep_dir = join(storage, sweep.name)
     outputs = local_outputs(storage, sweep.name)
     if resume and not exists(sweep_dir):
         raise ConfigError(f"--resume: no sweep '{sweep.name}' in {storage}; run it without --resume first")
     if not resume and exists(sweep_dir):
-        raise ConfigError(f"a sweep '{sweep.name}' exists in {storage}; pass --resume to continue it or choose another --name")
+        raise ConfigError(
+            f"a sweep '{sweep.name}' exists in {storage}; pass --resume to continue it or choose another --name"
+        )
     # Every trial keeps its best and latest checkpoints in storage (plus one being written)
     # and exports best.pt and last.pt to the outputs: the whole sweep's worth must fit.
     size = checkpoint_bytes(base)
@@ -192,18 +240,31 @@ def run_sweep(
     workers = sweep.workers_per_trial
     gpus_per_worker = None if sweep.gpus_per_trial is None else sweep.gpus_per_trial / workers
     use_cpu = sweep.gpus_per_trial == 0
-    concurrent = sweep.max_concurrent or _max_concurrent(available, workers, gpus_per_worker, use_cpu, sweep.num_samples)
+    concurrent = sweep.max_concurrent or _max_concurrent(
+        available, workers, gpus_per_worker, use_cpu, sweep.num_samples
+    )
     plan = plan_resources(available, workers, gpus_per_worker, use_cpu, trials=concurrent, trial_cpus=TRIAL_CPUS)
     tracker = None
     if use_mlflow:
         tracker = _parent_run(sweep, files, data_path, base, mlflow_dir, space)
-    log(f"sweep {sweep.name}: {sweep.num_samples} trial(s), {concurrent} at a time, each {plan.describe()}; storage {redact(sweep_dir)}")
+    log(
+        f"sweep {sweep.name}: {sweep.num_samples} trial(s), {concurrent} at a time, each "
+        f"{plan.describe()}; storage {redact(sweep_dir)}"
+    )
     train_ds, val_ds = build_datasets(files, base.data, labels, base.train.seed, data_mode)  # once, for every trial
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, base=base.to_dict(), sweep=asdict(sweep), labeled=bool(labels), plan=plan,
-            train_ds=train_ds, val_ds=val_ds, parent_run_id=tracker.run_id if tracker else None,
-            mlflow_uri=tracker.uri if tracker else None, extra={}, data_bytes=decoded_bytes(files, base.data),
+            run_trial,
+            base=base.to_dict(),
+            sweep=asdict(sweep),
+            labeled=bool(labels),
+            plan=plan,
+            train_ds=train_ds,
+            val_ds=val_ds,
+            parent_run_id=tracker.run_id if tracker else None,
+            mlflow_uri=tracker.uri if tracker else None,
+            extra={},
+            data_bytes=decoded_bytes(files, base.data),
         ),
         {"cpu": TRIAL_CPUS},
     )
@@ -212,19 +273,30 @@ def run_sweep(
         tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        searcher = OptunaSearch(space=space, metric=sweep.metric, mode=sweep.mode, sampler=optuna.samplers.TPESampler(seed=sweep.seed))
+        searcher = OptunaSearch(
+            space=space, metric=sweep.metric, mode=sweep.mode, sampler=optuna.samplers.TPESampler(seed=sweep.seed)
+        )
         scheduler = ASHAScheduler(
-            time_attr="training_iteration", max_t=base.train.epochs, grace_period=min(sweep.grace_period, base.train.epochs),
+            time_attr="training_iteration",
+            max_t=base.train.epochs,
+            grace_period=min(sweep.grace_period, base.train.epochs),
             reduction_factor=sweep.reduction_factor,
         )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=sweep.metric, mode=sweep.mode, search_alg=searcher, scheduler=scheduler,
-                num_samples=sweep.num_samples, max_concurrent_trials=concurrent,
+                metric=sweep.metric,
+                mode=sweep.mode,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=sweep.num_samples,
+                max_concurrent_trials=concurrent,
             ),
             run_config=tune.RunConfig(
-                name="tune", storage_path=sweep_dir, failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                name="tune",
+                storage_path=sweep_dir,
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0,
             ),
         )
     with closes_on_error(tracker):
@@ -249,7 +321,12 @@ def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunCon
     tags = {"kmervae.sweep": sweep.name, "kmervae.role": "sweep", "kmervae.storage": sweep.storage}
     tracker = Tracker(sweep.experiment, sweep.name, uri=tracking_uri(mlflow_dir), tags=tags, resume=True)
     if not tracker.resumed:
-        data = {"path": str(Path(data_path).absolute()), "contigs": files.rows, "files": len(files.paths), "hash": dataset_fingerprint(files)}
+        data = {
+            "path": str(Path(data_path).absolute()),
+            "contigs": files.rows,
+            "files": len(files.paths),
+            "hash": dataset_fingerprint(files),
+        }
         tracker.log_params({"sweep": asdict(sweep), **base.to_dict(), "dataset": data})
         space_text = json.dumps({k: repr(v) for k, v in space_distributions(space).items()})
         for key, value in (("git_commit", git_commit()), ("search_space", space_text[:5000])):
@@ -266,7 +343,8 @@ def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
     """
     query = f"tags.mlflow.parentRunId = '{parent.run_id}' and tags.`kmervae.sweep` = '{sweep.name}'"
     lost = [
-        run for run in parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=10_000)
+        run
+        for run in parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=10_000)
         if run.data.tags.get("kmervae.trial_id") not in known
     ]
     for run in lost:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.tracking.tracker import OUTBOX_FILE
@@ -99,12 +100,18 @@ def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -
     uri = None
     if result.best_checkpoint is not None:
         checkpoint = load_checkpoint(result.best_checkpoint)
-        tracker.log_metrics({k: v for k, v in checkpoint.metrics.items() if isinstance(v, float) and math.isfinite(v)}, step=int(checkpoint.epoch))
+        tracker.log_metrics(
+            {k: v for k, v in checkpoint.metrics.items() if isinstance(v, float) and math.isfinite(v)},
+            step=int(checkpoint.epoch),
+        )
         tracker.log_artifact(result.best_checkpoint, "best_model")
         if sweep.register_as:
             uri = _register(tracker, sweep, result.best_checkpoint, outputs / "model")
             if uri is None:
-                log(f"warning: MLflow is unreachable: {sweep.register_as} not registered; the model is in {outputs / 'model'}")
+                log(
+                    f"warning: MLflow is unreachable: {sweep.register_as} not registered; the model is in "
+                    f"{outputs / 'model'}"
+                )
     tracker.finish(fallback=fallback, log=log)
     return uri
 
@@ -155,7 +162,7 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
     params = sorted({k for r in ok for k in r.params})
     if ok and params:
         fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
-        for ax, key in zip(axes[0], params):
+        for ax, key in zip(axes[0], params, strict=True):
             points = [(r.params[key], r.best) for r in ok if r.params.get(key) is not None]
             if points and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
                 ax.scatter([p[0] for p in points], [p[1] for p in points])
@@ -178,7 +185,12 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
         for row in top:
             history = histories.get(row.trial_id, [])
             if history:
-                ax.plot([m["epoch"] + 1 for m in history], [m[sweep.metric] for m in history], marker=".", label=row.trial_id)
+                ax.plot(
+                    [m["epoch"] + 1 for m in history],
+                    [m[sweep.metric] for m in history],
+                    marker=".",
+                    label=row.trial_id,
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(sweep.metric)
         ax.set_title(f"learning curves of the top {len(top)} trial(s)")
@@ -217,7 +229,11 @@ def _importances(result, sweep, ok: list[TrialRow]) -> dict[str, float]:
     for row in ok:
         known = {k: v for k, v in row.params.items() if k in distributions and v is not None}
         try:
-            study.add_trial(optuna.trial.create_trial(params=known, distributions={k: distributions[k] for k in known}, value=row.best))
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=known, distributions={k: distributions[k] for k in known}, value=row.best
+                )
+            )
         except ValueError:
             continue  # a value outside the distribution (changed space on resume): leave it out
     try:

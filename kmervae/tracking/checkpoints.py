@@ -32,7 +32,9 @@ def fetch_checkpoint(source: str, directory: str | Path) -> Path:
     errors = []
     for candidate in candidates:
         try:
-            local = mlflow.artifacts.download_artifacts(candidate, dst_path=str(directory), tracking_uri=uri, registry_uri=uri)
+            local = mlflow.artifacts.download_artifacts(
+                candidate, dst_path=str(directory), tracking_uri=uri, registry_uri=uri
+            )
         except (MlflowException, OSError) as err:
             errors.append(str(err).splitlines()[0][:200])
             continue

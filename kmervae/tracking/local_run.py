@@ -7,8 +7,8 @@ benchmarks, so the core stays importable with torch, numpy and pyarrow alone.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from kmervae.core.config import RunConfig
 from kmervae.core.engine import FitResult, fit_local

@@ -20,8 +20,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.redact import redact, redact_params
@@ -58,13 +59,16 @@ def ui_command(uri: str) -> str:
 
 
 @contextlib.contextmanager
-def closes_on_error(tracker: "Tracker | None"):
+def closes_on_error(tracker: Tracker | None):
     """Mark the MLflow run KILLED (interrupted) or FAILED when the block raises, then re-raise."""
     try:
         yield
     except BaseException as err:
         if tracker is not None:
-            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", log=lambda line: print(line, file=sys.stderr))
+            tracker.finish(
+                "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
+                log=lambda line: print(line, file=sys.stderr),
+            )
         raise
 
 
@@ -76,7 +80,11 @@ def metrics_op(run_id: str, metrics: Mapping[str, float], step: int) -> dict:
 
 # MLflow's HTTP client retries 7 times with exponential backoff (minutes per call). While a
 # run trains, a call to a server that is down must cost seconds: the outbox retries later.
-IMPATIENT_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+IMPATIENT_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
 
 
 @contextlib.contextmanager
@@ -97,8 +105,23 @@ def impatient_http():
 def is_unreachable(err: BaseException) -> bool:
     """Whether an MLflow call failed because the store could not be reached (worth retrying)."""
     text = str(err)
-    transient = ("failed with exception", "Max retries exceeded", "Connection refused", "timed out", "503", "502", "504", "database is locked")
-    return type(err).__name__ in {"ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout", "OperationalError"} or any(t in text for t in transient)
+    transient = (
+        "failed with exception",
+        "Max retries exceeded",
+        "Connection refused",
+        "timed out",
+        "503",
+        "502",
+        "504",
+        "database is locked",
+    )
+    return type(err).__name__ in {
+        "ConnectionError",
+        "Timeout",
+        "ReadTimeout",
+        "ConnectTimeout",
+        "OperationalError",
+    } or any(t in text for t in transient)
 
 
 def resolve_run(client, spec: Mapping[str, Any]) -> str:
@@ -115,7 +138,11 @@ def resolve_run(client, spec: Mapping[str, Any]) -> str:
 def experiment_id_of(client, name: str) -> str:
     """The id of experiment `name`, created (artifacts beside a local store) when missing."""
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found is not None else client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
+    return (
+        found.experiment_id
+        if found is not None
+        else client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
+    )
 
 
 def find_run(client, experiment_id: str, tags: Mapping[str, str]) -> str | None:
@@ -221,14 +248,23 @@ class Outbox:
                     for op in self.pending:
                         file.write(json.dumps(op) + "\n")
                 where = f"saved to {self.fallback}; send them later with: kmervae mlflow-sync {self.fallback}"
-            notes.append(f"warning: MLflow at {redact(self.uri)} is unreachable: {len(self.pending)} call(s) ({values} metric values) not logged; {where}")
+            notes.append(
+                f"warning: MLflow at {redact(self.uri)} is unreachable: {len(self.pending)} call(s) "
+                f"({values} metric values) not logged; {where}"
+            )
             self.pending = []
         elif self.sent_late:
-            notes.append(f"warning: MLflow at {redact(self.uri)} was unreachable for {self.outage_seconds:.0f} s; {self.sent_late} call(s) were buffered and sent late, none lost")
+            notes.append(
+                f"warning: MLflow at {redact(self.uri)} was unreachable for {self.outage_seconds:.0f} s; "
+                f"{self.sent_late} call(s) were buffered and sent late, none lost"
+            )
         if self.dropped:
             notes.append(f"warning: MLflow refused {len(self.dropped)} call(s): {'; '.join(self.dropped[:3])}")
         if self.backfilled:
-            notes.append(f"note: logged {self.backfilled} epoch(s) to MLflow from the checkpoint's history (the training worker had not sent them)")
+            notes.append(
+                f"note: logged {self.backfilled} epoch(s) to MLflow from the checkpoint's history (the "
+                "training worker had not sent them)"
+            )
         return notes
 
 
@@ -332,7 +368,9 @@ class Tracker:
                     self.run_id = previous
                     self.client.update_run(previous, status="RUNNING")
                 else:
-                    self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
+                    self.run_id = self.client.create_run(
+                        self.experiment_id, run_name=run_name, tags=all_tags
+                    ).info.run_id
         except Exception as err:  # mlflow raises MlflowException, requests and sqlalchemy errors alike
             if not (defer and is_unreachable(err)):
                 raise store_error(self.uri, err) from None
@@ -363,11 +401,15 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file to the run."""
-        self.outbox.send({"op": "log_artifact", **self._ref(), "path": str(Path(path).absolute()), "artifact_path": artifact_path})
+        self.outbox.send(
+            {"op": "log_artifact", **self._ref(), "path": str(Path(path).absolute()), "artifact_path": artifact_path}
+        )
 
     def log_folder(self, folder: str | Path, artifact_path: str) -> None:
         """Upload a folder's contents under `artifact_path`."""
-        self.outbox.send({"op": "log_artifacts", **self._ref(), "path": str(Path(folder).absolute()), "artifact_path": artifact_path})
+        self.outbox.send(
+            {"op": "log_artifacts", **self._ref(), "path": str(Path(folder).absolute()), "artifact_path": artifact_path}
+        )
 
     def finish(self, status: str = "FINISHED", fallback: str | Path | None = None, log=None) -> list[str]:
         """Mark the run FINISHED, FAILED or KILLED. Calls still unsent go to `fallback`; the
@@ -380,7 +422,9 @@ class Tracker:
             log(line)
         return report
 
-    def register(self, artifact_path: str, name: str, alias: str | None, tags: Mapping[str, str] | None = None) -> str | None:
+    def register(
+        self, artifact_path: str, name: str, alias: str | None, tags: Mapping[str, str] | None = None
+    ) -> str | None:
         """Register this run's `artifact_path` folder as a new version of model `name`, point `alias` at it.
 
         Returns the model URI, or None when the store is unreachable (the artifacts are not
@@ -392,7 +436,9 @@ class Tracker:
         try:
             with impatient_http():
                 try:
-                    self.client.create_registered_model(name, description="kmervae encoders (MLflow pyfunc; checkpoint inside)")
+                    self.client.create_registered_model(
+                        name, description="kmervae encoders (MLflow pyfunc; checkpoint inside)"
+                    )
                 except MlflowException as err:
                     if is_unreachable(err):
                         raise
