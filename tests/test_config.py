@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from kmervae.core.config import PRESETS, DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig, preset
@@ -110,9 +108,13 @@ def test_beta_warmup_is_linear():
     assert LossConfig(beta=0.5).beta_at(0) == 0.5
 
 
-def test_configs_are_frozen():
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        ModelConfig().latent_dim = 3
+def test_overrides_make_a_new_config_and_leave_the_shared_base_alone():
+    """Sweeps build every trial from one base config: a trial's overrides must not leak into it."""
+    base = RunConfig()
+    trial = base.with_overrides(["model.latent_dim=3", "loss.beta=0.5"])
+    assert (trial.model.latent_dim, trial.loss.beta) == (3, 0.5)
+    assert (base.model.latent_dim, base.loss.beta) == (RunConfig().model.latent_dim, RunConfig().loss.beta)
+    assert RunConfig.from_dict(trial.to_dict()) == trial
 
 
 def test_learning_rate_follows_the_batch_size():

@@ -243,4 +243,22 @@ def test_unlabeled_embeddings_get_silhouette_and_active_units(exported, example_
     result = evaluate(tmp_path / "unlabeled.parquet")
     assert result["labels"] is None and list(result["scores"]) == ["vae"]
     assert set(result["scores"]["vae"]) == {"silhouette_kmeans", "active_units"}
-    assert 0 <= result["scores"]["vae"]["active_units"] <= 8
+    # Active units by their definition (Burda et al. 2016), computed here from the vectors:
+    # latent dimensions whose mean varies across contigs with variance above 0.01.
+    _, vectors, _ = read_embeddings(tmp_path / "unlabeled.parquet")
+    variances = vectors.astype(np.float64).var(axis=0)
+    assert result["scores"]["vae"]["active_units"] == float((variances > 0.01).sum())
+    # The count follows the data: embeddings with two dimensions flattened lose two units.
+    flat = vectors.copy()
+    live = np.flatnonzero(variances > 0.01)[:2]
+    flat[:, live] = flat[:, live].mean(axis=0)
+    flattened = pa.table(
+        {
+            "contig_id": table.column("contig_id"),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.float32()), flat.shape[1]),
+        }
+    )
+    pq.write_table(flattened, tmp_path / "flat.parquet")
+    assert evaluate(tmp_path / "flat.parquet")["scores"]["vae"]["active_units"] == float(
+        (variances > 0.01).sum() - len(live)
+    )

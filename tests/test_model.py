@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kmervae.core.config import PRESETS, ModelConfig
+from kmervae.core.config import PRESETS
 from kmervae.core.model import N_OUTPUT, BranchedVAE, FeatureTransform, count_parameters
 
 
@@ -85,7 +85,20 @@ def test_eval_mode_is_deterministic_and_training_samples():
     assert not torch.equal(a.recon, b.recon)  # z is sampled while training
 
 
-def test_input_dropout_is_configurable():
-    model = BranchedVAE(dataclasses.replace(PRESETS["tiny"], input_dropout=0.5))
-    assert model.input_dropout.p == 0.5
-    assert BranchedVAE(ModelConfig()).input_dropout.p == 0.0
+def test_input_dropout_acts_in_training_only():
+    """model.input_dropout=0.5 makes two training-mode encodings of one batch differ (random
+    masks on the k-mer inputs); in eval mode, and with the default 0, they are identical."""
+    batch = random_batch(8)
+
+    def encode_twice(model):
+        x = model.transform(*batch)
+        return model.encode(x)[0], model.encode(x)[0]
+
+    torch.manual_seed(0)
+    noisy = BranchedVAE(dataclasses.replace(PRESETS["tiny"], input_dropout=0.5))
+    a, b = encode_twice(noisy.train())
+    assert not torch.allclose(a, b)
+    a, b = encode_twice(noisy.eval())
+    torch.testing.assert_close(a, b)
+    a, b = encode_twice(BranchedVAE(PRESETS["tiny"]).train())
+    torch.testing.assert_close(a, b)
