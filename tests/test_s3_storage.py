@@ -46,7 +46,7 @@ def s3(tmp_path_factory):
                     if time.time() > deadline:
                         raise
                     time.sleep(0.3)
-            ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+            ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
             try:
                 yield f"s3://{BUCKET}"
             finally:

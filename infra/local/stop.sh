@@ -25,5 +25,9 @@ stop_group() {  # TERM the process group in file $1, KILL what is left after 15 
 }
 
 stop_group "$state/ray.pgid"
+# `ray start` names its head in ray_current_cluster, where a later ray.init() would look for
+# it; remove the entry when it is ours (what `ray stop` does), leave another cluster's alone.
+current="${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray/ray_current_cluster"
+grep -qs ":${RAY_PORT:-6380}\$" "$current" && rm -f "$current"
 stop_group "$state/mlflow.pid"  # start.sh runs the server under setsid: its pid is its group
 echo "stopped the local Ray head and MLflow server (state kept in $state)"

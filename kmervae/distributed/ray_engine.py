@@ -402,7 +402,9 @@ def init_ray(address: str | None) -> None:
         if address:
             ray.init(address=address, logging_level="WARNING")
         else:
-            ray.init(logging_level="WARNING", include_dashboard=True, dashboard_host="127.0.0.1")
+            # "local": a new cluster in this process, even where `ray start` left another one
+            # (plain ray.init() would join the cluster named in /tmp/ray/ray_current_cluster).
+            ray.init(address="local", logging_level="WARNING", include_dashboard=True, dashboard_host="127.0.0.1")
     except ConnectionError as err:
         raise ConfigError(f"cannot connect to the Ray cluster at {address}: {err}; start it or fix --address") from None
 
