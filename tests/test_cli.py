@@ -112,7 +112,11 @@ def test_train_and_describe_commands(tmp_path, example_features):
         (["train", "DATA", "--preset", "huge"], "--preset 'huge' is unknown"),
         (["train", "nowhere"], "nowhere: no such feature dataset"),
         (["describe", "-o", "model.pdf"], "the diagram is written as .png or .svg"),
-        (["train", "DATA", "--workers", "16", "--cpu", "--no-mlflow"], "cannot fit 16 worker(s): the cluster has"),
+        pytest.param(
+            ["train", "DATA", "--workers", "16", "--cpu", "--no-mlflow"],
+            "cannot fit 16 worker(s): the cluster has",
+            marks=pytest.mark.cluster,  # the layout is checked against a started cluster
+        ),
     ],
 )
 def test_train_and_describe_errors_are_one_line(tmp_path, example_features, args, message):

@@ -22,6 +22,8 @@ import pytest
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError
 
+pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -20,6 +20,8 @@ from kmervae.core.engine import validate_epoch
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.distributed.ray_engine import fit_ray, plan_resources
 
+pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
+
 ray = pytest.importorskip("ray")
 
 METRIC_KEYS = {

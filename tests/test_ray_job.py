@@ -10,15 +10,17 @@ import pytest
 
 from tests.conftest import REPO, group_alive, processes_mentioning, start_local_cluster, stop_local_cluster
 
+pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
+
 pytest.importorskip("ray")
 
 
-@pytest.fixture
-def local_cluster(tmp_path, bystander):
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory, bystander):
     """A Ray head with token auth and an MLflow server on loopback, beside someone else's; ours is
     stopped afterwards, completely, and theirs keeps running."""
-    env = start_local_cluster(tmp_path / "cluster")
-    state = tmp_path / "cluster"
+    state = tmp_path_factory.mktemp("local") / "cluster"
+    env = start_local_cluster(state)
     ray_pgid, mlflow_pid = int((state / "ray.pgid").read_text()), int((state / "mlflow.pid").read_text())
     try:
         yield env, env["BANNER"]
@@ -33,12 +35,12 @@ def local_cluster(tmp_path, bystander):
     bystander()
 
 
-def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_path):
+def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_path, monkeypatch):
     env, banner = local_cluster
     dashboard = f"http://127.0.0.1:{env['DASHBOARD_PORT']}"
     mlflow_uri = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
     assert dashboard in banner and "ray job submit" in banner
-    storage = tmp_path / "cluster" / "sweeps"
+    storage = tmp_path / "sweeps"
     submit_env = dict(env, RAY_AUTH_MODE="token", PATH=f"{REPO / '.venv' / 'bin'}:{env['PATH']}")
     job = subprocess.run(
         [
@@ -55,8 +57,6 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
             "python",
             "sweeps/latent_sweep.py",
             "--smoke-test",
-            "--samples",
-            "2",
             "--data",
             str(example_features),
             "--name",
@@ -74,12 +74,43 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
     assert "succeeded" in job.stdout and "registry  models:/kmervae-encoder@champion" in job.stdout
     from mlflow import MlflowClient
 
+    # The suite's one smoke sweep, checked end to end: MLflow parent and children, plots,
+    # registry, `kmervae best`, and export of the registered model.
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("kmervae-sweeps")
     runs = client.search_runs([experiment.experiment_id])
-    assert len([r for r in runs if r.data.tags.get("kmervae.role") == "sweep"]) == 1
-    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2
-    assert client.get_model_version_by_alias("kmervae-encoder", "champion").version == "1"
+    parents = [r for r in runs if r.data.tags.get("kmervae.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/loss")]
+        assert steps and steps == list(range(len(steps)))
+        assert "model.latent_dim" in child.data.params and child.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_model", "plots", "trials.csv"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/objective_vs_params.png", "plots/learning_curves.png"} <= plots
+    assert parent.data.params["dataset.contigs"] == "1558" and parent.data.tags["git_commit"]
+    version = client.get_model_version_by_alias("kmervae-encoder", "champion")
+    assert version.run_id == parent.info.run_id and version.version == "1"
+    best_trial = parent.data.tags["best_trial_id"]
+    assert (storage / "job" / "trials" / f"trial-{best_trial}" / "outputs" / "best.pt").exists()
+    # `kmervae best` ranks the sweep's trials by their best epoch and picks the same trial.
+    from kmervae.apply.best import best_runs, download_checkpoint
+    from kmervae.apply.export import export
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    rows = best_runs("kmervae-sweeps", sweep=parent.info.run_id, top=10)
+    lowest = {
+        c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "val/loss")) for c in children
+    }
+    assert [r["run_id"] for r in rows] == sorted(lowest, key=lowest.get)
+    assert rows[0]["name"].endswith(best_trial)
+    assert download_checkpoint(rows[0]["run_id"], tmp_path / "picked").name == "best.pt"
+    # The registered model is an MLflow pyfunc: loadable as it is, and exportable again.
+    assert export("models:/kmervae-encoder@champion", "onnx", tmp_path / "champion.onnx").exists()
 
 
 def test_a_client_without_the_token_is_refused(local_cluster):

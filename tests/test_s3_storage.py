@@ -12,6 +12,8 @@ import pytest
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.storage import exists, join, list_names
 
+pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
+
 pytest.importorskip("moto")
 ray = pytest.importorskip("ray")
 
@@ -46,7 +48,9 @@ def s3(tmp_path_factory):
                     if time.time() > deadline:
                         raise
                     time.sleep(0.3)
-            ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+            ray.init(
+                address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING"
+            )
             try:
                 yield f"s3://{BUCKET}"
             finally:
