@@ -1,4 +1,4 @@
-"""Epoch metrics: exact accumulation, every DESIGN.md key, active units, kNN accuracy."""
+"""Epoch metrics: exact accumulation, every metric key of docs/contracts.md, active units, kNN accuracy."""
 
 from __future__ import annotations
 

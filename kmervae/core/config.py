@@ -38,7 +38,7 @@ def _check_widths(key: str, widths: tuple[int, ...], min_layers: int = 1) -> Non
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the branched VAE and its feature transform (DESIGN.md, "The model")."""
+    """Architecture of the branched VAE and its feature transform (docs/contracts.md, "The model")."""
 
     kmer7_widths: tuple[int, ...] = (1024, 512, 256)
     """Hidden widths of the 7-mer encoder branch (input 8,192 + GC + length); the decoder mirrors them."""
@@ -96,7 +96,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # DESIGN.md "Final Architecture": 19.4M parameters without the gate, 27.8M with it.
+    # docs/contracts.md "The model": 19.4M parameters without the gate, 27.8M with it.
     "final": ModelConfig(),
     # The user's first request: 4,096 -> 2,048 / 64 -> 32 / 16 -> 8 / 2,088 -> 1,024 -> 512 -> latent; ~94M.
     "outline": ModelConfig(

@@ -14,7 +14,7 @@ integers, one value per canonical bin. The integer width (uint8, uint16 or uint3
 the narrowest that holds every count of the dataset; it is recorded in the file
 metadata and implied by the binary width. `encode_counts` / `decode_counts` hide this:
 nothing else in the project touches the bytes. A fixed-width binary writes about 2x
-faster than a `fixed_size_list` of integers (DESIGN.md measurements), and counts that
+faster than a `fixed_size_list` of integers (measured: docs/contracts.md), and counts that
 do not fit a width are widened, never wrapped (see `narrowest_count_dtype`).
 """
 

@@ -1,7 +1,7 @@
 """Epoch metrics, computed exactly: sums and counts are accumulated, then divided once.
 
 One accumulator serves training, validation, evaluation and tests, and produces the keys
-of DESIGN.md ("Metric keys"). Its state is one float64 vector, so under DDP a single
+of docs/contracts.md ("Metric keys"). Its state is one float64 vector, so under DDP a single
 all-reduce of `state` makes every rank's numbers those of the whole validation set.
 The epoch loss applies the loss formula to the epoch-level terms, so it is the loss of
 the whole set, not an average of batch averages.
@@ -86,7 +86,7 @@ class EpochMetrics:
         return int(self.state[0].item())
 
     def compute(self, cfg: LossConfig, beta: float, prefix: str = "val/") -> dict[str, float]:
-        """Metric values of the epoch, keyed as in DESIGN.md (gate keys only for gated models)."""
+        """Metric values of the epoch, keyed as in docs/contracts.md (gate keys only for gated models)."""
         s = {name: self.state[i].item() for i, name in enumerate(_FIELDS)}
         n = s["n"]
         if n == 0:

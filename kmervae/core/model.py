@@ -2,7 +2,7 @@
 
 The transform is part of the model (saved in every checkpoint, exported with the
 encoder), so training and serving read the same stored counts the same way. The model
-follows DESIGN.md "The model": three encoder branches (7-, 4-, 3-mers, each given GC
+follows docs/contracts.md "The model": three encoder branches (7-, 4-, 3-mers, each given GC
 and length), a shared trunk to z_mean / z_log_var, and a decoder that mirrors it with
 one projection per branch and per-branch heads. The structure follows pytorch/examples
 `vae/main.py`: `encode`, `reparameterize`, `decode`, `forward` on a pure nn.Module; the

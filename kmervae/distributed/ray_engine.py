@@ -6,7 +6,7 @@ its shard with `get_dataset_shard(...).iter_torch_batches(...)`, calls the same
 is exact over all workers), and `ray.train.report`s every epoch with a checkpoint from
 rank 0. The driver (`fit_ray`) validates the data and the resource request before any
 worker starts, owns the MLflow run, and logs artifacts at the end. Rank 0 logs each
-epoch's metrics to that run in one batch. See ../shared/RAY_NOTES.md for the traps this
+epoch's metrics to that run in one batch. See docs/ray_patterns.md for the traps this
 avoids (resource over-subscription hangs, relative MLflow paths, Train V2 APIs).
 """
 

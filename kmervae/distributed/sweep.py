@@ -1,6 +1,6 @@
 """Hyperparameter sweeps: Ray Tune + Optuna (seeded TPE) + ASHA over Ray Train runs, in MLflow.
 
-The supported Train V2 pattern (RAY_NOTES.md): a Tune trial is a plain function that
+The supported Train V2 pattern (docs/ray_patterns.md): a Tune trial is a plain function that
 builds a `TorchTrainer` (the same one `kmervae train` uses) with `TuneReportCallback`, so
 every epoch's metrics reach Tune and ASHA. The data is read and decoded once per sweep
 and shared by all trials. MLflow gets one parent run per sweep and one nested child run

@@ -2,7 +2,7 @@
 
 Uses `MlflowClient` with explicit run ids instead of mlflow's global active run, so the
 same code works in the driver, in Tune trials and in Ray Train workers. Paths are
-absolute (RAY_NOTES.md: under `ray job submit --working-dir` the job runs in a temporary
+absolute (docs/ray_patterns.md: under `ray job submit --working-dir` the job runs in a temporary
 folder, where a relative `sqlite:///mlflow.db` or `./mlruns` would be lost). Metrics are
 logged in one batch per epoch. mlflow is imported lazily: the model core never needs it.
 
