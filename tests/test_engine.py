@@ -9,8 +9,8 @@ import torch
 
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, LossConfig, RunConfig
-from kmervae.core.data import CountBatch
-from kmervae.core.engine import TrainingDiverged, autocast, fit_local, resolve_device, train_epoch
+from kmervae.core.data import CountBatch, load_splits
+from kmervae.core.engine import TrainingDiverged, autocast, fit_local, resolve_device, train_epoch, validate_epoch
 from kmervae.core.errors import ConfigError
 from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
@@ -95,3 +95,30 @@ def test_cuda_on_a_cpu_host_is_a_config_error():
     with pytest.raises(ConfigError, match="no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_validation_after_few_steps_matches_the_training_loss(example_features, tmp_path):
+    """Five steps of batch 256: the seed's running average (momentum 0.01) still holds mostly
+    BatchNorm's initial statistics, so validation in eval mode sees another model (val/kl in
+    the thousands); statistics recomputed with the final weights give a validation loss close
+    to the training loss, as for a model that has not yet fitted anything."""
+
+    def first_epoch(bn_stats: str) -> dict[str, float]:
+        config = RunConfig(model=PRESETS["tiny"]).with_overrides(
+            ["train.epochs=1", "train.batch_size=256", f"train.bn_stats={bn_stats}"]
+        )
+        return fit_local(example_features, config, tmp_path / bn_stats, log=lambda line: None).history[0]
+
+    recomputed = first_epoch("recompute")
+    assert 0.8 < recomputed["val/loss"] / recomputed["train/loss"] < 1.25
+    assert recomputed["val/kl"] < 10
+    running = first_epoch("ema")
+    assert running["val/loss"] / running["train/loss"] > 5  # the distortion this setting removes
+    # The checkpoint keeps the statistics validation used: its model, validated again, gives val/loss.
+    ckpt = load_checkpoint(tmp_path / "recompute" / "last.pt")
+    _, val = load_splits(example_features, ckpt.config.data)
+    beta = ckpt.config.loss.beta_at(0)
+    again, _, _ = validate_epoch(
+        ckpt.build_model(), val.labeled_batches(256), ckpt.config.loss, beta, device=torch.device("cpu")
+    )
+    assert again["val/loss"] == pytest.approx(recomputed["val/loss"], rel=1e-6)

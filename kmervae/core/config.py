@@ -208,6 +208,16 @@ class TrainConfig:
     resident: str = "auto"
     """GPU-resident data: 'auto' (when the training shard fits in half the free GPU memory),
     'on' or 'off' (stream batches from host memory / Ray Data every epoch)."""
+    bn_stats: str = "recompute"
+    """BatchNorm statistics that validation, checkpoints and exports use. 'recompute': after each
+    epoch, recomputed with the final weights over the epoch's first train.bn_contigs training
+    contigs (kept as they streamed by: no second read), as torch.optim.swa_utils.update_bn does;
+    'epoch': the plain average of the epoch's training-batch statistics (free, but it mixes the
+    weights of the whole epoch); 'ema': the running average with model.batchnorm_momentum, as
+    the seed's Keras script. After few steps 'ema' still holds mostly its initial values, which
+    distorts early validation and so ASHA's decisions (bench/RESULTS.md "BatchNorm statistics")."""
+    bn_contigs: int = 8192
+    """Training contigs that 'recompute' uses per epoch (each worker): kept on the device."""
 
     @property
     def effective_lr(self) -> float:
@@ -248,6 +258,18 @@ class TrainConfig:
             "expected auto, cpu, cuda or cuda:N",
         )
         check_field(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "expected fp32 or bf16")
+        check_field(
+            self.bn_stats in ("recompute", "epoch", "ema"),
+            "train.bn_stats",
+            self.bn_stats,
+            "expected recompute, epoch or ema",
+        )
+        check_field(
+            isinstance(self.bn_contigs, int) and self.bn_contigs >= 2,
+            "train.bn_contigs",
+            self.bn_contigs,
+            "expected an integer >= 2",
+        )
         check_field(isinstance(self.compile, bool), "train.compile", self.compile, "expected true or false")
         check_field(
             self.lr_scaling in ("sqrt", "linear", "none"),

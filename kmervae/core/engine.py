@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,6 +164,45 @@ class Collective:
         return mu, codes
 
 
+def keep_first(batches: Iterable[CountBatch], contigs: int, kept: list[CountBatch]) -> Iterator[CountBatch]:
+    """Pass `batches` through, appending the first ones (about `contigs` contigs) to `kept`."""
+    count = 0
+    for batch in batches:
+        if count < contigs:
+            kept.append(batch)
+            count += len(batch.length)
+        yield batch
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, batches: list[CountBatch], *, device: torch.device, precision: str) -> None:
+    """BatchNorm running statistics of the current weights: the plain average over `batches` of
+    their batch statistics (torch.optim.swa_utils.update_bn). Train-mode forward passes, no update."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average
+    was_training = model.training
+    model.train()
+    for batch in batches:
+        with autocast(device, precision):
+            model(*batch.to(device, non_blocking=True))
+    for module, momentum in zip(norms, momenta, strict=True):
+        module.momentum = momentum
+    model.train(was_training)
+
+
+def average_batchnorm_over_epoch(model: nn.Module) -> None:
+    """Make every BatchNorm layer's running statistics the plain average of the coming epoch's
+    batch statistics (momentum None: a cumulative average, as torch.optim.swa_utils.update_bn
+    uses). Training itself normalises with batch statistics and is unchanged."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            module.reset_running_stats()
+            module.momentum = None
+
+
 EpochHook = Callable[[int, dict[str, float], list[dict[str, float]]], None]
 """Called after each epoch with (epoch, its metrics, the history so far): the engine's own part
 (save checkpoints and log locally; report to Ray Train on a worker)."""
@@ -192,17 +231,18 @@ def run_epochs(
     history = list(history or [])
     for epoch in range(start_epoch, tc.epochs):
         beta = config.loss.beta_at(epoch)
+        if tc.bn_stats == "epoch":
+            average_batchnorm_over_epoch(unwrap(model))
+        kept: list[CountBatch] = []  # the epoch's first training batches, for bn_stats == "recompute"
+        batches = data.train_batches(epoch)
+        if tc.bn_stats == "recompute":
+            batches = keep_first(batches, tc.bn_contigs, kept)
         train_metrics = train_epoch(
-            model,
-            data.train_batches(epoch),
-            optimizer,
-            config.loss,
-            beta,
-            device=device,
-            grad_clip=tc.grad_clip,
-            precision=tc.precision,
-            all_reduce=collective.all_reduce,
-        )
+            model, batches, optimizer, config.loss, beta,
+            device=device, grad_clip=tc.grad_clip, precision=tc.precision, all_reduce=collective.all_reduce,
+        )  # fmt: skip
+        if kept:
+            recompute_batchnorm(unwrap(model), kept, device=device, precision=tc.precision)
         collective.sync_buffers(unwrap(model))
         val_metrics, mu, codes = validate_epoch(
             unwrap(model),
