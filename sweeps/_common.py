@@ -23,6 +23,8 @@ from kmervae.core.errors import KmervaeError  # noqa: E402
 from kmervae.core.redact import redact  # noqa: E402
 
 SMOKE = {"samples": 3, "epochs": 2, "max_samples": 600, "batch_size": 64}
+GENOME_SPLIT_LABELS = 5
+"""With at least this many labels, sweeps validate on whole genomes never trained on (data.val_split=genome)."""
 
 
 def parse_args(description: str, preset: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +57,11 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
     )
     p.add_argument("--resume", action="store_true", help="continue the sweep --name from --storage")
     p.add_argument(
-        "--metric", default="val/loss", choices=["val/loss", "val/knn_acc"], help="objective (val/knn_acc needs labels)"
+        "--metric",
+        default="auto",
+        choices=["auto", "val/knn_acc", "val/loss"],
+        help="objective: auto = val/knn_acc when the data has labels, else val/loss (which ranks only trials "
+        "that share their loss settings and latent size)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
     p.add_argument("--preset", default=preset, help="architecture the space starts from")
@@ -146,6 +152,9 @@ def sweep_main(
 
 def _run(script: str, args: argparse.Namespace, space) -> int:
     from kmervae.core.config import RunConfig, SweepConfig, preset
+    from kmervae.core.data import held_out_labels
+    from kmervae.core.feature_table import dataset_files
+    from kmervae.distributed.ray_data import label_vocabulary
     from kmervae.distributed.sweep import run_sweep
     from kmervae.tracking.tracker import tracking_uri, ui_command
 
@@ -156,11 +165,21 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     fixed = [f"train.epochs={epochs}", f"train.seed={args.seed}"]
     if smoke:
         fixed += [f"data.max_samples={SMOKE['max_samples']}", f"train.batch_size={SMOKE['batch_size']}"]
+    data = args.data or default_data(args.storage)
+    labels = label_vocabulary(dataset_files(data))
+    if len(labels) >= GENOME_SPLIT_LABELS and not any(o.startswith("data.val_split=") for o in args.overrides):
+        fixed.append("data.val_split=genome")
     base = base.with_overrides(fixed + args.overrides)
+    metric = args.metric if args.metric != "auto" else ("val/knn_acc" if labels else "val/loss")
+    if base.data.val_split == "genome":
+        held = held_out_labels(labels, base.data)
+        print(
+            f"validation: {len(held)} of {len(labels)} genomes held out, never trained on ({', '.join(sorted(held))})"
+        )
     sweep = SweepConfig(
         name=args.name or time.strftime(f"{script}-%Y%m%d-%H%M%S"),
         storage=args.storage,
-        metric=args.metric,
+        metric=metric,
         num_samples=samples,
         max_concurrent=args.max_concurrent,
         workers_per_trial=args.workers_per_trial,
@@ -170,7 +189,6 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
         experiment=args.experiment,
         register_as=args.register_as,
     )
-    data = args.data or default_data(args.storage)
     result = run_sweep(data, base, space, sweep, resume=args.resume, mlflow_dir=args.mlflow_dir, address=args.address)
     failed = sum(1 for t in result.trials if t.status != "OK")
     print(f"sweep     {result.name}: {len(result.trials)} trial(s), {failed} failed; state in {result.path}")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kmervae.core.config import DataConfig
-from kmervae.core.data import load_splits, split_hash, split_mask
-from kmervae.core.errors import InputError
+from kmervae.core.data import held_out_labels, load_splits, split_hash, split_mask
+from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.feature_table import FeatureTable
 
 
@@ -79,3 +79,32 @@ def test_resident_batches_cover_every_row_once_and_keep_counts_compact():
     assert all(torch.equal(b.kmer7.long()[:, 0], b.length * 4) for b in batches)  # rows stay aligned
     assert not use_resident("auto", torch.device("cpu"), 1)  # auto: CUDA only
     assert use_resident("on", torch.device("cpu"), 1) and not use_resident("off", torch.device("cpu"), 1)
+
+
+def test_genome_split_holds_out_whole_labels(example_features):
+    cfg = DataConfig(val_split="genome", val_fraction=0.2)
+    train, val = load_splits(example_features, cfg)
+    table = FeatureTable.from_parquet(example_features)
+    by_id = dict(zip(table.contig_ids, table.labels, strict=True))
+    train_labels = {by_id[c] for c in train.contig_ids}
+    val_labels = {by_id[c] for c in val.contig_ids}
+    assert not train_labels & val_labels  # no genome on both sides
+    assert len(val_labels) >= 2 and train_labels | val_labels == set(table.labels)
+    # Every contig of a held-out genome validates; the choice is stable and depends on the salt only.
+    assert len(val) == sum(label in val_labels for label in table.labels)
+    again, _ = load_splits(example_features, cfg)
+    assert list(again.contig_ids) == list(train.contig_ids)
+    vocabulary = sorted(set(table.labels))
+    assert held_out_labels(vocabulary, cfg) == frozenset(val_labels)
+    assert held_out_labels(vocabulary[::-1], cfg) == frozenset(val_labels)  # order of discovery does not matter
+
+
+def test_genome_split_takes_labels_below_the_fraction_and_at_least_two():
+    names = [f"genome_{i}" for i in range(200)]
+    hashes = dict(zip(names, split_hash(names, "kmervae:genome"), strict=True))
+    held = held_out_labels(names, DataConfig(val_split="genome", val_fraction=0.1))
+    assert held == {n for n in names if hashes[n] < 0.1}  # the documented rule
+    assert len(held_out_labels(names[:3], DataConfig(val_split="genome", val_fraction=0.01))) == 2
+    with pytest.raises(ConfigError, match="data.val_split=genome needs at least 3 labels, the data has 2"):
+        held_out_labels(names[:2], DataConfig(val_split="genome"))
+    assert held_out_labels(names, DataConfig()) == frozenset()  # contig split: no genome held out

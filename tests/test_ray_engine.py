@@ -218,15 +218,22 @@ def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, 
     assert metrics["val/loss"] == pytest.approx(ckpt.metrics["val/loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("max_samples", [None, 400])
-@pytest.mark.parametrize("mode", ["stream", "materialize"])
-def test_ray_data_and_the_local_engine_pick_the_same_contigs(local_ray, example_features, max_samples, mode):
+@pytest.mark.parametrize(
+    "mode, max_samples, val_split",
+    [
+        ("stream", None, "contig"),
+        ("stream", 400, "contig"),
+        ("materialize", None, "genome"),
+        ("materialize", 400, "genome"),
+    ],
+)
+def test_ray_data_and_the_local_engine_pick_the_same_contigs(local_ray, example_features, max_samples, mode, val_split):
     from kmervae.core.config import DataConfig
     from kmervae.core.data import split_hash
     from kmervae.core.feature_table import dataset_files
     from kmervae.distributed.ray_data import build_datasets, label_vocabulary
 
-    cfg = DataConfig(max_samples=max_samples)
+    cfg = DataConfig(max_samples=max_samples, val_split=val_split, val_fraction=0.3)
     files = dataset_files(example_features)
     train_ds, val_ds = build_datasets(files, cfg, label_vocabulary(files), seed=0, mode=mode)
     train, val = load_splits(example_features, cfg)
@@ -235,4 +242,6 @@ def test_ray_data_and_the_local_engine_pick_the_same_contigs(local_ray, example_
         expected = (split_hash(local.contig_ids, cfg.split_salt) * 2**31).astype(np.int64)  # the contig's fingerprint
         assert sorted(rows["bucket"]) == sorted(expected)
         assert sorted(rows["length"]) == sorted(local.batch.length.tolist())
+        if "label" in rows:  # validation carries label codes, the same as the local engine's
+            assert sorted(rows["label"]) == sorted(local.codes.tolist())
     assert len(train) + len(val) == (max_samples or files.rows)

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from kmervae.core.config import RunConfig, preset
-from kmervae.distributed.sweep import check_space
+from kmervae.core.errors import ConfigError
+from kmervae.distributed.sweep import check_objective, check_space
 from kmervae.distributed.sweep_report import space_distributions
 from tests.conftest import REPO
 
@@ -110,3 +111,31 @@ def test_every_flag_can_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("KMERVAE_EPOCHS", "many")
     with pytest.raises(SystemExit):
         common.parse_args("test", "final", [])
+
+
+@pytest.mark.parametrize(
+    "name, comparable", [("latent_sweep", False), ("loss_sweep", False), ("architecture_sweep", True)]
+)
+def test_val_loss_ranks_only_sweeps_that_share_the_loss(name, comparable):
+    """val/loss differs by construction between trials with other loss settings or latent sizes."""
+    varied = check_space(load(name).space, RunConfig(model=preset("final")), seed=0, samples=64)
+    check_objective("val/knn_acc", varied)  # an embedding metric ranks any sweep
+    if comparable:
+        check_objective("val/loss", varied)
+    else:
+        with pytest.raises(
+            ConfigError, match=r"--metric val/loss cannot rank this sweep: it varies .*rank on val/knn_acc"
+        ):
+            check_objective("val/loss", varied)
+
+
+def test_a_sweep_asked_to_rank_on_val_loss_stops_before_it_starts(tmp_path, example_features):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "latent_sweep.py"), "--smoke-test", "--metric", "val/loss",
+         "--data", str(example_features), "--storage", str(tmp_path / "sweeps"), "--name", "x"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("latent_sweep: error: --metric val/loss cannot rank this sweep: it varies model.latent_dim")
+    assert not (tmp_path / "sweeps" / "x").exists() and not (tmp_path / "mlflow.db").exists()

@@ -296,6 +296,11 @@ class DataConfig:
     """Salt of that hash: change it to draw a different validation set."""
     max_samples: int | None = None
     """Use at most this many contigs, a subsample chosen by a second hash of contig_id (None = all)."""
+    val_split: str = "contig"
+    """'contig': a val_fraction share of contigs validates (their genomes are also trained on);
+    'genome': whole labels are held out (those whose salted hash of the label is below
+    val_fraction, at least 2 so that kNN accuracy can tell genomes apart), so embedding metrics
+    measure genomes never trained on. Needs labels (3 or more); unlabelled contigs train."""
 
     def __post_init__(self) -> None:
         check_field(
@@ -307,6 +312,9 @@ class DataConfig:
             "data.max_samples",
             self.max_samples,
             "expected an integer >= 4 or null",
+        )
+        check_field(
+            self.val_split in ("contig", "genome"), "data.val_split", self.val_split, "expected contig or genome"
         )
 
 

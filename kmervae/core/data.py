@@ -51,10 +51,45 @@ def subsample_threshold(contig_ids, cfg: DataConfig) -> float | None:
     return float(np.sort(split_hash(contig_ids, cfg.split_salt + SUBSAMPLE_SALT))[cfg.max_samples - 1])
 
 
-def split_mask(contig_ids, cfg: DataConfig, validation: bool, threshold: float | None = None) -> np.ndarray:
-    """True for the contigs of one split (validation: a `val_fraction` share chosen by hash),
-    after the subsample rule of `subsample_threshold`."""
-    keep = (split_hash(contig_ids, cfg.split_salt) < cfg.val_fraction) == validation
+GENOME_SALT = ":genome"
+"""Appended to the split salt for the hash of labels that picks held-out genomes."""
+MIN_HELD_OUT_GENOMES = 2
+"""data.val_split=genome holds out at least this many labels: kNN accuracy needs two to tell apart."""
+
+
+def held_out_labels(vocabulary: list[str], cfg: DataConfig) -> frozenset[str]:
+    """The labels whose contigs validate under data.val_split=genome (empty for 'contig'): those
+    whose salted label hash is below val_fraction, and at least MIN_HELD_OUT_GENOMES."""
+    if cfg.val_split != "genome":
+        return frozenset()
+    if len(vocabulary) <= MIN_HELD_OUT_GENOMES:
+        raise ConfigError(
+            f"data.val_split=genome needs at least {MIN_HELD_OUT_GENOMES + 1} labels, the data has "
+            f"{len(vocabulary)}; featurize with labels (--label-from-filename) or use data.val_split=contig"
+        )
+    hashes = split_hash(vocabulary, cfg.split_salt + GENOME_SALT)
+    count = min(max(MIN_HELD_OUT_GENOMES, int((hashes < cfg.val_fraction).sum())), len(vocabulary) - 1)
+    return frozenset(vocabulary[i] for i in np.argsort(hashes, kind="stable")[:count])
+
+
+def split_mask(
+    contig_ids,
+    cfg: DataConfig,
+    validation: bool,
+    threshold: float | None = None,
+    labels=None,
+    held_out: frozenset[str] = frozenset(),
+) -> np.ndarray:
+    """True for the contigs of one split, after the subsample rule of `subsample_threshold`.
+
+    data.val_split=contig: validation is a `val_fraction` share of contigs chosen by hash;
+    genome: the contigs whose label is in `held_out` (`held_out_labels`; `labels` per contig).
+    """
+    if cfg.val_split == "genome":
+        is_val = np.array([label in held_out for label in labels], dtype=bool)
+    else:
+        is_val = split_hash(contig_ids, cfg.split_salt) < cfg.val_fraction
+    keep = is_val == validation
     if threshold is not None:
         keep &= split_hash(contig_ids, cfg.split_salt + SUBSAMPLE_SALT) <= threshold
     return keep
@@ -221,9 +256,12 @@ def load_splits(path, cfg: DataConfig) -> tuple[TensorData, TensorData]:
     """Read a feature dataset and split it into training and validation data (label codes
     against the dataset's sorted labels, as the Ray engine codes them)."""
     table = FeatureTable.from_parquet(path)
+    labels = table.labels if table.labels is not None else np.full(len(table), None, dtype=object)
+    held_out = held_out_labels(sorted({v for v in labels if v is not None}), cfg)
     threshold = subsample_threshold(table.contig_ids, cfg)
-    train_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=False, threshold=threshold))
-    val_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=True, threshold=threshold))
+    split = dict(threshold=threshold, labels=labels, held_out=held_out)
+    train_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=False, **split))
+    val_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=True, **split))
     if len(train_rows) < 2 or len(val_rows) < 1:
         raise InputError(
             f"{path}: {len(train_rows) + len(val_rows)} contigs give {len(train_rows)} for training and "

@@ -22,6 +22,7 @@ from kmervae.core.config import DataConfig
 from kmervae.core.data import (
     CountBatch,
     TensorData,
+    held_out_labels,
     label_codes,
     split_hash,
     split_mask,
@@ -55,12 +56,19 @@ def dataset_threshold(files: DatasetFiles, cfg: DataConfig) -> float | None:
 
 
 def decode_split(
-    table: pa.Table, fmt: DatasetFormat, cfg: DataConfig, validation: bool, labels: list[str], threshold: float | None
+    table: pa.Table,
+    fmt: DatasetFormat,
+    cfg: DataConfig,
+    validation: bool,
+    labels: list[str],
+    threshold: float | None,
+    held_out: frozenset[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
     """Ray Data map_batches function: keep one split's rows (the local engine's rule,
-    `split_mask`) and decode the model's input columns."""
+    `split_mask`) and decode the model's input columns; label codes when `labels` is given."""
     ids = table.column("contig_id").to_pylist()
-    keep = split_mask(ids, cfg, validation, threshold)
+    row_labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(ids)
+    keep = split_mask(ids, cfg, validation, threshold, labels=row_labels, held_out=held_out)
     table = table.take(pa.array(np.flatnonzero(keep), pa.int64()))
     out = decode_inputs(table, fmt)
     for name in KMER_COLUMNS.values():
@@ -99,7 +107,7 @@ def build_datasets(files: DatasetFiles, cfg: DataConfig, labels: list[str], seed
     base = ray.data.read_parquet([str(p) for p in files.paths]).select_columns(
         columns
     )  # projection pushed into the read
-    common = dict(fmt=files.format, cfg=cfg, threshold=threshold)
+    common = dict(fmt=files.format, cfg=cfg, threshold=threshold, held_out=held_out_labels(labels, cfg))
     train = base.map_batches(decode_split, fn_kwargs=dict(common, validation=False, labels=[]), batch_format="pyarrow")
     val = base.map_batches(decode_split, fn_kwargs=dict(common, validation=True, labels=labels), batch_format="pyarrow")
     if mode == "materialize" or (mode == "auto" and decoded_bytes(files) <= MATERIALIZE_SHARE * object_store_bytes()):

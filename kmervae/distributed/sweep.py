@@ -55,8 +55,25 @@ def overrides_to_dict(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return nested
 
 
-def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -> None:
-    """Sample the space a few times and build each config: a bad space fails before Ray starts."""
+LOSS_DEFINING = ("loss.", "model.latent_dim", "model.gate_k7")
+"""Settings (prefixes) that change how val/loss is computed: trials varying them are not comparable on it."""
+
+
+def check_objective(metric: str, varied: set[str]) -> None:
+    """Refuse to rank on val/loss a sweep whose trials each compute it differently."""
+    if metric != "val/loss":
+        return
+    defining = sorted(key for key in varied if key.startswith(LOSS_DEFINING))
+    if defining:
+        raise ConfigError(
+            f"--metric val/loss cannot rank this sweep: it varies {', '.join(defining)}, and each trial computes "
+            "val/loss with its own settings; rank on val/knn_acc (needs labels), which every trial computes alike"
+        )
+
+
+def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -> set[str]:
+    """Sample the space a few times and build each config: a bad space fails before Ray starts.
+    Returns the settings the space sets (`section.key`)."""
     import pickle
 
     import optuna
@@ -70,6 +87,7 @@ def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -
         ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    varied: set[str] = set()
     for _ in range(samples):
         trial = study.ask()
         try:
@@ -79,7 +97,9 @@ def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -
         params = dict(trial.params)
         params.update(returned or {})
         RunConfig.from_dict(overrides_to_dict(config_overrides(params)), base=base)
+        varied.update(config_overrides(params))
         study.tell(trial, 0.0)
+    return varied
 
 
 def dataset_fingerprint(files: DatasetFiles) -> str:
@@ -199,7 +219,7 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or with `resume`, continue) a sweep; returns the trials and the best one."""
     files = dataset_files(data_path)
-    check_space(space, base, sweep.seed)
+    check_objective(sweep.metric, check_space(space, base, sweep.seed))
     storage = normalize(sweep.storage)  # a local folder or s3://... shared by every node
     sweep = SweepConfig(**{**asdict(sweep), "storage": storage})
     import optuna
