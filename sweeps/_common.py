@@ -59,7 +59,7 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
     p.add_argument(
         "--metric",
         default="auto",
-        choices=["auto", "val/knn_acc", "val/loss"],
+        choices=["auto", "val/knn_acc", "val/kmeans_ari", "val/loss"],
         help="objective: auto = val/knn_acc when the data has labels, else val/loss (which ranks only trials "
         "that share their loss settings and latent size)",
     )

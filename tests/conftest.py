@@ -146,7 +146,10 @@ def start_local_cluster(state: Path, num_cpus: int = 2) -> dict[str, str]:
         RAY_PORT=str(free_port()),
         DASHBOARD_PORT=str(free_port()),
         MLFLOW_PORT=str(free_port()),
+        AGENT_PORT=str(free_port()),
+        CLIENT_PORT=str(free_port()),
         NUM_CPUS=str(num_cpus),
+        STOP_GRACE_S="3",
     )
     started = subprocess.run(
         ["bash", str(REPO / "infra/local/start.sh")], env=env, capture_output=True, text=True, timeout=300
@@ -166,7 +169,7 @@ def stop_local_cluster(env: dict[str, str]) -> str:
     return stopped.stdout
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bystander(tmp_path_factory):
     """Someone else's Ray head and MLflow server on this machine: tests that start and stop
     their own must leave these running. `check()` asserts they are."""

@@ -102,11 +102,12 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
     from kmervae.apply.export import export
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    rows = best_runs("kmervae-sweeps", sweep=parent.info.run_id, top=10)
-    lowest = {
-        c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "val/loss")) for c in children
+    # The sweep ranked on val/knn_acc (its labels allow it): `kmervae best` ranks on it too.
+    rows = best_runs("kmervae-sweeps", sweep=parent.info.run_id, metric="val/knn_acc", top=10)
+    highest = {
+        c.info.run_id: max(m.value for m in client.get_metric_history(c.info.run_id, "val/knn_acc")) for c in children
     }
-    assert [r["run_id"] for r in rows] == sorted(lowest, key=lowest.get)
+    assert [r["run_id"] for r in rows] == sorted(highest, key=highest.get, reverse=True)
     assert rows[0]["name"].endswith(best_trial)
     assert download_checkpoint(rows[0]["run_id"], tmp_path / "picked").name == "best.pt"
     # The registered model is an MLflow pyfunc: loadable as it is, and exportable again.
@@ -156,7 +157,7 @@ def test_servers_listen_on_loopback_and_the_job_api_needs_the_token(local_cluste
         text=True,
         timeout=60,
     ).stdout.strip()
-    agent_port = 52365  # Ray's default dashboard-agent HTTP port
+    agent_port = int(env["AGENT_PORT"])  # the dashboard agent's HTTP port, chosen by the test
     assert listening_addresses(agent_port), "no dashboard agent found"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://{node_ip}:{agent_port}/api/job_agent/jobs/", timeout=10)

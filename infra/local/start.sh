@@ -5,6 +5,9 @@
 #
 # Knobs (environment): KMERVAE_LOCAL_DIR (state folder, default runs/local-cluster),
 # RAY_PORT (6380), DASHBOARD_PORT (8265), MLFLOW_PORT (5000), NUM_CPUS (all cores),
+# AGENT_PORT (52365, the dashboard agent that runs submitted jobs) and CLIENT_PORT (10001, Ray
+# Client): Ray's fixed defaults, so a second cluster on one machine needs other values for all,
+# or its job API answers "No available agent to submit job" (the first cluster's agent holds the port);
 # BIND_HOST (127.0.0.1: the dashboard/job API and MLflow are reachable from this machine only;
 # set 0.0.0.0 to serve other machines, and keep the token and a firewall in front of them).
 set -euo pipefail
@@ -23,6 +26,7 @@ bind_host="${BIND_HOST:-127.0.0.1}"
 # The head's daemons run in a process group of their own (setsid; every daemon inherits it),
 # recorded in ray.pgid: stop.sh stops exactly this head, never another Ray cluster here.
 setsid ray start --head --port "$ray_port" --dashboard-host "$bind_host" --dashboard-port "$dashboard_port" \
+    --dashboard-agent-listen-port "${AGENT_PORT:-52365}" --ray-client-server-port "${CLIENT_PORT:-10001}" \
     --num-cpus "${NUM_CPUS:-$(nproc)}" --disable-usage-stats >"$state/ray-start.log" 2>&1 &
 ray_pgid=$!
 wait "$ray_pgid" || { cat "$state/ray-start.log" >&2; kill -KILL -- "-$ray_pgid" 2>/dev/null; exit 1; }

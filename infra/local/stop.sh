@@ -7,12 +7,14 @@ set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 state="${KMERVAE_LOCAL_DIR:-$repo/runs/local-cluster}"
 
-stop_group() {  # TERM the process group in file $1, KILL what is left after 15 s
+grace="${STOP_GRACE_S:-15}"  # seconds between SIGTERM and SIGKILL (Ray's daemons take a while)
+
+stop_group() {  # TERM the process group in file $1, KILL what is left after the grace period
     [ -s "$1" ] || return 0
     local pgid
     pgid=$(cat "$1")
     kill -TERM -- "-$pgid" 2>/dev/null || { rm -f "$1"; return 0; }
-    for _ in $(seq 30); do
+    for _ in $(seq $((grace * 2))); do
         kill -0 -- "-$pgid" 2>/dev/null || break
         sleep 0.5
     done

@@ -62,6 +62,12 @@ class ModelConfig:
     """Dropout on the transformed k-mer inputs while training (0 = off)."""
     log_eps: float = 1e-6
     """Pseudo-frequency of the transform: value = log(frequency + log_eps); log(log_eps) is the 'absent' floor."""
+    input_norm: str = "none"
+    """What the encoder sees of each k-mer block: 'none' (the transformed values), 'zscore' (each
+    value minus its mean over the training contigs, divided by its standard deviation; the
+    statistics are fitted before the first step and kept in the model's buffers, so exports and
+    embeddings stay self-contained) or 'clr' (the centred log-ratio: each contig's values minus
+    their mean, which removes the total and keeps only composition)."""
 
     def __post_init__(self) -> None:
         for name in ("kmer7_widths", "kmer4_widths", "kmer3_widths", "trunk_widths"):
@@ -88,6 +94,8 @@ class ModelConfig:
             0.0 <= self.input_dropout < 1.0, "model.input_dropout", self.input_dropout, "expected a number in [0, 1)"
         )
         check_field(0.0 < self.log_eps < 1.0, "model.log_eps", self.log_eps, "expected a number in (0, 1)")
+        norms = ("none", "zscore", "clr")
+        check_field(self.input_norm in norms, "model.input_norm", self.input_norm, "expected none, zscore or clr")
 
     @property
     def floor(self) -> float:
@@ -127,11 +135,28 @@ class LossConfig:
     wgc: float = 1.0
     """Weight of the GC MSE."""
     scale: float = 1.0
-    """Overall factor on the reconstruction (the balance against KL)."""
+    """Overall factor on the reconstruction (the balance against KL). The seed's script summed the
+    squared errors of all 8,361 output features; the four group means weighted equally and
+    multiplied by 2,090 (= 8,361 / 4) keep that magnitude, which is what `final` used. At scale 1
+    and beta 1 the KL weighs about 2,000 times more than in the seed, and collapse is optimal."""
     beta: float = 1.0
-    """Weight of the KL divergence once warm-up is over."""
+    """Weight of the KL divergence once warm-up is over (values down to 1e-4 are meaningful)."""
     beta_warmup_epochs: int = 0
     """Epochs over which beta rises linearly from 0 (0 = full beta from the first epoch)."""
+    beta_schedule: str = "linear"
+    """'linear' (warm up once over beta_warmup_epochs) or 'cyclical' (Fu et al. 2019: every
+    beta_cycle_epochs, beta rises linearly from 0 over the first half of the cycle, then holds)."""
+    beta_cycle_epochs: int = 10
+    """Length of one cycle of the cyclical schedule, in epochs."""
+    free_bits: float = 0.0
+    """KL floor per latent dimension in nats (Kingma et al. 2016): each dimension's batch-mean
+    KL below it costs the floor, so the optimiser gains nothing by collapsing it (0 = off)."""
+    cross_view: bool = False
+    """Cross-view training: each contig's counts are split binomially on the device into two views
+    (each k-mer window goes to view A with probability view_fraction); the encoder sees view A and
+    the decoder reconstructs view B, so only what the halves share (the genome's signal) pays."""
+    view_fraction: float = 0.5
+    """Share of each count that goes to the encoder's view A under cross_view."""
     gate_bce_weight: float = 1.0
     """Weight of the gate's binary cross-entropy inside L7 (gated models only)."""
     presence_threshold: int = 0
@@ -164,9 +189,33 @@ class LossConfig:
             self.presence_threshold,
             "expected an integer >= 0",
         )
+        schedules = ("linear", "cyclical")
+        check_field(
+            self.beta_schedule in schedules, "loss.beta_schedule", self.beta_schedule, "expected linear or cyclical"
+        )
+        check_field(
+            isinstance(self.beta_cycle_epochs, int) and self.beta_cycle_epochs >= 2,
+            "loss.beta_cycle_epochs",
+            self.beta_cycle_epochs,
+            "expected an integer >= 2",
+        )
+        check_field(
+            math.isfinite(self.free_bits) and self.free_bits >= 0,
+            "loss.free_bits",
+            self.free_bits,
+            "expected a number >= 0",
+        )
+        check_field(isinstance(self.cross_view, bool), "loss.cross_view", self.cross_view, "expected true or false")
+        check_field(
+            0.0 < self.view_fraction < 1.0, "loss.view_fraction", self.view_fraction, "expected a number in (0, 1)"
+        )
 
     def beta_at(self, epoch: int) -> float:
-        """Beta for a 0-based epoch, with linear warm-up: epoch e of N gets beta * (e + 1) / N."""
+        """Beta for a 0-based epoch. Linear warm-up: epoch e of N gets beta * (e + 1) / N; cyclical:
+        the same ramp over the first half of every cycle of beta_cycle_epochs, then beta."""
+        if self.beta_schedule == "cyclical":
+            ramp = self.beta_cycle_epochs / 2
+            return self.beta * min(1.0, (epoch % self.beta_cycle_epochs + 1) / ramp)
         if self.beta_warmup_epochs == 0:
             return self.beta
         return self.beta * min(1.0, (epoch + 1) / self.beta_warmup_epochs)
@@ -389,7 +438,8 @@ class SweepConfig:
     storage: str = "runs/sweeps"
     """Folder (made absolute) where Tune and Train keep trial state and checkpoints."""
     metric: str = "val/loss"
-    """Objective: val/loss (minimised) or val/knn_acc (maximised; needs labels)."""
+    """Objective: val/knn_acc or val/kmeans_ari (maximised; need labels), or val/loss (minimised;
+    it ranks only trials that share their loss settings and latent size)."""
     num_samples: int = 8
     """Trials to run."""
     max_concurrent: int | None = None

@@ -228,6 +228,10 @@ class EpochData(Protocol):
 
     def train_batches(self, epoch: int) -> Iterable[CountBatch]: ...
 
+    def all_train_batches(self) -> Iterable[CountBatch]:
+        """Every training contig once, in storage order (fitting input statistics)."""
+        ...
+
     def val_batches(self) -> Iterable[tuple[CountBatch, Tensor | None]]: ...
 
 
@@ -247,6 +251,9 @@ class InMemoryData:
 
     def train_batches(self, epoch: int) -> Iterator[CountBatch]:
         return self.train.batches(self.batch_size, self.generator, drop_singleton=True, drop_last=self.drop_last)
+
+    def all_train_batches(self) -> Iterator[CountBatch]:
+        return self.train.batches(self.batch_size)
 
     def val_batches(self) -> Iterator[tuple[CountBatch, Tensor | None]]:
         return self.val.labeled_batches(self.batch_size)

@@ -25,8 +25,8 @@ from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_ch
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, load_splits, use_resident
 from kmervae.core.errors import ConfigError, KmervaeError
-from kmervae.core.loss import vae_loss
-from kmervae.core.metrics import EpochMetrics, knn_accuracy
+from kmervae.core.loss import split_views, vae_loss
+from kmervae.core.metrics import EpochMetrics, kmeans_ari, knn_accuracy
 from kmervae.core.model import BranchedVAE
 from kmervae.core.storage import check_writable
 
@@ -89,9 +89,14 @@ def train_epoch(
     for batch in batches:
         batch = batch.to(device, non_blocking=True)
         data_wait += time.perf_counter() - fetch
+        target = batch
         with autocast(device, precision):
-            out = model(*batch)
-        terms = vae_loss(out, batch.kmer7, loss_cfg, beta)
+            if loss_cfg.cross_view:  # encode view A, reconstruct view B (loss.cross_view)
+                batch, target = split_batch(batch, loss_cfg.view_fraction)
+                out = model(*batch, target=target)
+            else:
+                out = model(*batch)
+        terms = vae_loss(out, target.kmer7, loss_cfg, beta)
         optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         if grad_clip > 0:
@@ -164,6 +169,35 @@ class Collective:
         return mu, codes
 
 
+def split_batch(batch: CountBatch, fraction: float) -> tuple[CountBatch, CountBatch]:
+    """Two binomially thinned views of a batch (`split_views` on every k-mer column); GC and
+    length are the contig's own in both."""
+    views = [split_views(counts, fraction) for counts in (batch.kmer7, batch.kmer4, batch.kmer3)]
+    a = CountBatch(batch.length, batch.gc, *(view[0] for view in views))
+    b = CountBatch(batch.length, batch.gc, *(view[1] for view in views))
+    return a, b
+
+
+@torch.no_grad()
+def fit_input_norm(model: nn.Module, batches: Iterable[CountBatch], *, device: torch.device, all_reduce=None) -> None:
+    """Fit model.input_norm=zscore: mean and standard deviation of every transformed k-mer value
+    over all training contigs (every rank's, when `all_reduce` sums across them)."""
+    sums = None
+    for batch in batches:
+        x = model.transform(*batch.to(device, non_blocking=True))
+        values = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).double()  # (B, 8360)
+        if sums is None:
+            sums = torch.zeros(2, values.shape[1] + 1, dtype=torch.float64, device=device)
+        sums[0, :-1] += values.sum(dim=0)
+        sums[1, :-1] += values.pow(2).sum(dim=0)
+        sums[0, -1] += len(values)
+    if sums is None:
+        raise KmervaeError("model.input_norm=zscore: no training contig to fit the statistics on")
+    if all_reduce is not None:
+        all_reduce(sums)
+    model.set_input_norm(sums[0, :-1], sums[1, :-1], float(sums[0, -1]))
+
+
 def keep_first(batches: Iterable[CountBatch], contigs: int, kept: list[CountBatch]) -> Iterator[CountBatch]:
     """Pass `batches` through, appending the first ones (about `contigs` contigs) to `kept`."""
     count = 0
@@ -229,6 +263,9 @@ def run_epochs(
     tc = config.train
     collective = collective or Collective()
     history = list(history or [])
+    plain = unwrap(model)
+    if config.model.input_norm == "zscore" and not bool(plain.norm_fitted):  # a resumed run has its statistics
+        fit_input_norm(plain, data.all_train_batches(), device=device, all_reduce=collective.all_reduce)
     for epoch in range(start_epoch, tc.epochs):
         beta = config.loss.beta_at(epoch)
         if tc.bn_stats == "epoch":
@@ -259,7 +296,9 @@ def run_epochs(
             mu, codes = collective.gather(
                 mu if mu is not None else torch.zeros(0, 0), codes if codes is not None else empty
             )
-            val_metrics["val/knn_acc"] = knn_accuracy(mu, [int(c) if c >= 0 else None for c in codes])
+            labels = [int(c) if c >= 0 else None for c in codes]
+            val_metrics["val/knn_acc"] = knn_accuracy(mu, labels)
+            val_metrics["val/kmeans_ari"] = kmeans_ari(mu, labels, seed=tc.seed)
         scheduler.step(val_metrics["val/loss"])
         metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
         history.append(metrics)
@@ -345,14 +384,14 @@ class _CompiledWithFallback(nn.Module):
         self._compiled = torch.compile(model)
         self._log = log
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         if self._compiled is not None:
             try:
-                return self._compiled(*args)
+                return self._compiled(*args, **kwargs)
             except Exception as err:  # any backend failure: the eager model is always correct
                 self._log(f"warning: torch.compile failed ({type(err).__name__}: {str(err)[:200]}); running eagerly")
                 self._compiled = None
-        return self.module(*args)
+        return self.module(*args, **kwargs)
 
 
 def best_epoch(history: list[dict[str, float]]) -> dict[str, float]:

@@ -7,7 +7,10 @@ L7 is, with the gate, gate_bce_weight * BCE(gate, present) + MSE of the values o
 often); without it, the MSE of the reconstruction over all 7-mers. "Present" is decided on
 the stored counts (count > threshold), never on a log-space cutoff. KL is the closed form
 for a diagonal Gaussian posterior against N(0, I) (Kingma & Welling 2014, appendix B),
-summed over latent dimensions and averaged over samples, as in pytorch/examples vae.
+summed over latent dimensions and averaged over samples, as in pytorch/examples vae; with
+`loss.free_bits` the optimiser pays max(KL of a dimension, free_bits) per dimension instead
+(`kl_penalty`), while the reported KL stays the true one. Under `loss.cross_view` the target
+is the transformed profile of the other view of the same contig (`split_views`).
 """
 
 from __future__ import annotations
@@ -41,9 +44,30 @@ def split_output(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x[:, :N7], x[:, N7 : N7 + N4], x[:, N7 + N4 : N7 + N4 + N3], x[:, N7 + N4 + N3 :]
 
 
+def kl_per_dim(mu: Tensor, log_var: Tensor) -> Tensor:
+    """KL(q(z|x) || N(0, I)) per sample and latent dimension, (B, D)."""
+    return -0.5 * (1.0 + log_var - mu.pow(2) - log_var.exp())
+
+
 def kl_per_sample(mu: Tensor, log_var: Tensor) -> Tensor:
     """KL(q(z|x) || N(0, I)) per sample, (B,)."""
-    return -0.5 * torch.sum(1.0 + log_var - mu.pow(2) - log_var.exp(), dim=1)
+    return kl_per_dim(mu, log_var).sum(dim=1)
+
+
+def kl_penalty(mu: Tensor, log_var: Tensor, cfg: LossConfig) -> Tensor:
+    """The KL term the optimiser pays: the batch-mean KL, or with free bits (Kingma et al. 2016,
+    eq. 15) the sum over dimensions of max(batch-mean KL of the dimension, loss.free_bits)."""
+    if cfg.free_bits == 0:
+        return kl_per_sample(mu, log_var).mean()
+    return kl_per_dim(mu, log_var).mean(dim=0).clamp_min(cfg.free_bits).sum()
+
+
+def split_views(counts: Tensor, fraction: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Two views of the same k-mer windows: each window goes to view A with probability
+    `fraction` (binomial thinning, on the counts' device), the rest to view B; A + B = counts."""
+    wide = counts.float()
+    a = torch.binomial(wide, torch.full_like(wide, fraction), generator=generator)
+    return a.to(counts.dtype), (wide - a).to(counts.dtype)
 
 
 def presence(kmer7_counts: Tensor, cfg: LossConfig) -> Tensor:
@@ -81,6 +105,8 @@ def vae_loss(out: VAEOutput, kmer7_counts: Tensor, cfg: LossConfig, beta: float)
         l7 = seven_mer_term(cfg, None, gate_bce, value_mse)
     else:
         l7 = seven_mer_term(cfg, F.mse_loss(r7, x7))
-    kl = kl_per_sample(out.mu.float(), out.log_var.float()).mean()
+    mu, log_var = out.mu.float(), out.log_var.float()
+    kl = kl_per_sample(mu, log_var).mean()
     weighted = reconstruction(cfg, l7, mse4, mse3, mse_gc)
-    return LossTerms(weighted + beta * kl, weighted, kl, l7, mse4, mse3, mse_gc, gate_bce, value_mse)
+    loss = weighted + beta * kl_penalty(mu, log_var, cfg)
+    return LossTerms(loss, weighted, kl, l7, mse4, mse3, mse_gc, gate_bce, value_mse)

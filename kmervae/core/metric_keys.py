@@ -13,12 +13,12 @@ EPOCH_KEYS = (
     "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
     "val/active_units", "lr", "epoch", "samples_per_s",
 )  # fmt: skip
-LABELED_KEYS = ("val/knn_acc",)
+LABELED_KEYS = ("val/knn_acc", "val/kmeans_ari")
 
 MAXIMIZED = frozenset({"val/knn_acc", "val/kmeans_ari", "val/gate_acc", "val/active_units", "val/nc_bins"})
 """Metrics where higher is better; every other key (losses, errors) is minimised."""
 
-OBJECTIVES = ("val/loss", "val/knn_acc")
+OBJECTIVES = ("val/loss", "val/knn_acc", "val/kmeans_ari")
 """Keys a sweep may rank trials on."""
 
 

@@ -151,3 +151,30 @@ def knn_accuracy(embeddings: Tensor, labels, k: int = KNN_K, max_samples: int = 
         predicted = votes.sum(dim=1).argmax(dim=1)
         correct += int((predicted == codes[lo : lo + 1024]).sum())
     return correct / len(keep)
+
+
+def readout(mu: Tensor) -> Tensor:
+    """The embedding of a contig: its latent mean, L2-normalised (what kNN accuracy, k-means
+    ARI and `kmervae embed` use)."""
+    return torch.nn.functional.normalize(mu.double(), dim=1)
+
+
+def kmeans_ari(embeddings: Tensor, labels, max_samples: int = KNN_MAX_SAMPLES, seed: int = 0) -> float:
+    """Adjusted Rand index between k-means clusters of the readout (k = the number of labels)
+    and the labels; NaN where scikit-learn is absent (bare GPU hosts) or labels are too few."""
+    try:
+        from sklearn.cluster import KMeans
+        from sklearn.metrics import adjusted_rand_score
+    except ImportError:
+        return math.nan
+    labels = list(labels)
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    if len(keep) > max_samples:
+        generator = torch.Generator().manual_seed(seed)
+        keep = [keep[i] for i in sorted(torch.randperm(len(keep), generator=generator)[:max_samples].tolist())]
+    names = sorted({labels[i] for i in keep})
+    if len(names) < 2 or len(keep) <= len(names):
+        return math.nan
+    x = readout(embeddings[keep]).numpy()
+    clusters = KMeans(n_clusters=len(names), n_init=3, random_state=seed).fit_predict(x)
+    return float(adjusted_rand_score([labels[i] for i in keep], clusters))

@@ -130,13 +130,45 @@ class BranchedVAE(nn.Module):
         self.head7_gc = nn.Linear(w7[0], 1)
         self.head4 = nn.Linear(w4[0], N4 + 1)  # 4-mers + GC
         self.head3 = nn.Linear(w3[0], N3 + 1)  # 3-mers + GC
+        if cfg.input_norm == "zscore":  # fitted on training contigs (fit_input_norm), saved with the weights
+            for name, n in (("7", N7), ("4", N4), ("3", N3)):
+                self.register_buffer(f"norm_mean{name}", torch.zeros(n))
+                self.register_buffer(f"norm_std{name}", torch.ones(n))
+            self.register_buffer("norm_fitted", torch.zeros((), dtype=torch.bool))
+
+    def normalize(self, x: Features) -> tuple[Tensor, Tensor, Tensor]:
+        """The k-mer blocks as the encoder sees them (model.input_norm)."""
+        blocks = (x.kmer7, x.kmer4, x.kmer3)
+        if self.cfg.input_norm == "clr":  # log-ratios to the contig's own mean: the total drops out
+            return tuple(b - b.mean(dim=1, keepdim=True) for b in blocks)
+        if self.cfg.input_norm == "zscore":
+            stats = (
+                (self.norm_mean7, self.norm_std7),
+                (self.norm_mean4, self.norm_std4),
+                (self.norm_mean3, self.norm_std3),
+            )
+            return tuple((b - mean) / std for b, (mean, std) in zip(blocks, stats, strict=True))
+        return blocks
+
+    @torch.no_grad()
+    def set_input_norm(self, sums: Tensor, squares: Tensor, n: float) -> None:
+        """Fit the z-score statistics from per-feature sums and sums of squares over n contigs
+        ([7-mers, 4-mers, 3-mers] concatenated, float64). A constant feature keeps std 1."""
+        mean = sums / n
+        std = (squares / n - mean.pow(2)).clamp_min(0).sqrt()
+        std = torch.where(std > 1e-3, std, torch.ones_like(std))
+        for name, lo, hi in (("7", 0, N7), ("4", N7, N7 + N4), ("3", N7 + N4, N7 + N4 + N3)):
+            getattr(self, f"norm_mean{name}").copy_(mean[lo:hi])
+            getattr(self, f"norm_std{name}").copy_(std[lo:hi])
+        self.norm_fitted.fill_(True)
 
     def encode(self, x: Features) -> tuple[Tensor, Tensor]:
         """Transformed features -> (mu, log_var), each (B, latent)."""
         side = torch.cat([x.gc, x.log_length], dim=1)  # (B, 2)
-        h7 = self.enc7(torch.cat([self.input_dropout(x.kmer7), side], dim=1))
-        h4 = self.enc4(torch.cat([self.input_dropout(x.kmer4), side], dim=1))
-        h3 = self.enc3(torch.cat([self.input_dropout(x.kmer3), side], dim=1))
+        k7, k4, k3 = self.normalize(x)
+        h7 = self.enc7(torch.cat([self.input_dropout(k7), side], dim=1))
+        h4 = self.enc4(torch.cat([self.input_dropout(k4), side], dim=1))
+        h3 = self.enc3(torch.cat([self.input_dropout(k3), side], dim=1))
         h = self.enc_trunk(torch.cat([h7, h4, h3], dim=1))
         return self.z_mean(h), self.z_log_var(h)
 
@@ -165,12 +197,17 @@ class BranchedVAE(nn.Module):
         recon = torch.cat([recon7, out4[:, :N4], out3[:, :N3], gc], dim=1)
         return recon, gate, values, gc_branches
 
-    def forward(self, length: Tensor, gc: Tensor, kmer7: Tensor, kmer4: Tensor, kmer3: Tensor) -> VAEOutput:
+    def forward(
+        self, length: Tensor, gc: Tensor, kmer7: Tensor, kmer4: Tensor, kmer3: Tensor, target: tuple | None = None
+    ) -> VAEOutput:
+        """Encode the counts and reconstruct them, or with `target` (the five columns of another
+        view of the same contigs, cross-view training) reconstruct that view instead."""
         x = self.transform(length, gc, kmer7, kmer4, kmer3)
         mu, log_var = self.encode(x)
         z = self.reparameterize(mu, log_var)
         recon, gate, values, gc_branches = self.decode(z)
-        return VAEOutput(recon, mu, log_var, gate, values, gc_branches, x.target())
+        wanted = x if target is None else self.transform(*target)
+        return VAEOutput(recon, mu, log_var, gate, values, gc_branches, wanted.target())
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -204,5 +204,9 @@ class StreamedShards:
         batches = shard_batches(self.train_shard, self.batch_size, self.device, shuffle_seed=seed, drop_last=True)
         return (batch for batch, _ in batches)
 
+    def all_train_batches(self) -> Iterator[CountBatch]:
+        # A whole pass (every rank at once): stopping a streaming split early can stall the others.
+        return (batch for batch, _ in shard_batches(self.train_shard, self.batch_size, self.device))
+
     def val_batches(self) -> Iterator[tuple[CountBatch, torch.Tensor | None]]:
         return shard_batches(self.val_shard, self.batch_size, self.device, bucket=(self.rank, self.world))

@@ -37,6 +37,7 @@ from kmervae.core.engine import (
 )
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import dataset_files
+from kmervae.core.metric_keys import metric_mode
 from kmervae.core.model import BranchedVAE
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, is_uri, local_outputs
@@ -323,10 +324,12 @@ def build_trainer(
     tracker,
     callbacks=(),
     data_bytes: int = 0,
+    best_by: str = "val/loss",
 ):
     """The Ray Train TorchTrainer of one training run (also one Tune trial of a sweep).
 
-    `data_bytes`: the decoded size of the data it trains on (for the GPU-resident decision)."""
+    `data_bytes`: the decoded size of the data it trains on (for the GPU-resident decision);
+    `best_by`: the metric whose best checkpoint Ray keeps (a sweep's objective)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -350,8 +353,8 @@ def build_trainer(
             name=name,
             storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="val/loss", checkpoint_score_order="min"
-            ),  # keeps the best by val/loss; Ray always keeps the latest too
+                num_to_keep=1, checkpoint_score_attribute=best_by, checkpoint_score_order=metric_mode(best_by)
+            ),  # keeps the best by `best_by`; Ray always keeps the latest too
             failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
             callbacks=[
                 *callbacks,
@@ -364,11 +367,11 @@ def build_trainer(
 
 
 def export_results(
-    result, config: RunConfig, out: Path, tracker, log: Callable[[str], None]
+    result, config: RunConfig, out: Path, tracker, log: Callable[[str], None], best_by: str = "val/loss"
 ) -> tuple[Path, Path, list[dict[str, float]]]:
-    """Copy the best and last checkpoints to `out`, draw the curves, log everything to MLflow."""
+    """Copy the best (by `best_by`) and last checkpoints to `out`, draw the curves, log everything to MLflow."""
     out.mkdir(parents=True, exist_ok=True)
-    best_ckpt = result.get_best_checkpoint("val/loss", "min") or result.checkpoint
+    best_ckpt = result.get_best_checkpoint(best_by, metric_mode(best_by)) or result.checkpoint
     best = _copy_checkpoint(best_ckpt, out / "best.pt")
     last = _copy_checkpoint(result.checkpoint, out / "last.pt")
     history = load_checkpoint(last).history

@@ -24,6 +24,7 @@ from kmervae.core.checkpoint import checkpoint_bytes
 from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import DatasetFiles, dataset_files
+from kmervae.core.metric_keys import LABELED_KEYS
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
 from kmervae.distributed.sweep_report import (
@@ -164,6 +165,7 @@ def run_trial(
         tracker,
         callbacks=[TuneReportCallback()],
         data_bytes=data_bytes,
+        best_by=sweep_cfg.metric,  # a trial's best checkpoint is its best epoch by the sweep's objective
     )
     try:
         trainer.fit()
@@ -232,9 +234,9 @@ def run_sweep(
     from kmervae.distributed.ray_engine import init_ray, plan_resources
 
     labels = label_vocabulary(files)
-    if sweep.metric == "val/knn_acc" and not labels:
+    if sweep.metric in LABELED_KEYS and not labels:
         raise ConfigError(
-            f"--metric val/knn_acc needs labels, and {data_path} has none; featurize with labels or use val/loss"
+            f"--metric {sweep.metric} needs labels, and {data_path} has none; featurize with labels or use val/loss"
         )
     sweep_dir = join(storage, sweep.name)
     outputs = local_outputs(storage, sweep.name)
@@ -446,7 +448,8 @@ def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, outputs: Pa
     if tracker is not None:
         stopped = len(checkpoint.history) < config.train.epochs  # ASHA ended it before its last epoch
         tracker.set_tag("kmervae.stopped_early", str(stopped).lower())
-    export_results(result, config, out, tracker, log=lambda line: log(line) if line.startswith("warning") else None)
+    quiet = lambda line: log(line) if line.startswith("warning") else None  # noqa: E731
+    export_results(result, config, out, tracker, log=quiet, best_by=sweep.metric)
 
 
 def _pick_best(result: SweepResult, sweep: SweepConfig, outputs: Path) -> None:
