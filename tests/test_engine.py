@@ -122,3 +122,23 @@ def test_validation_after_few_steps_matches_the_training_loss(example_features, 
         ckpt.build_model(), val.labeled_batches(256), ckpt.config.loss, beta, device=torch.device("cpu")
     )
     assert again["val/loss"] == pytest.approx(recomputed["val/loss"], rel=1e-6)
+
+
+def test_every_lever_trains_and_its_checkpoint_reproduces_validation(example_features, tmp_path):
+    """Cross-view training with z-scored inputs, free bits and cyclical beta, on genome-level
+    validation: the statistics fitted before the first step travel in the checkpoint."""
+    levers = [
+        "model.input_norm=zscore", "loss.cross_view=true", "loss.free_bits=0.1", "loss.beta_schedule=cyclical",
+        "loss.beta_cycle_epochs=2", "data.val_split=genome", "train.epochs=2", "train.batch_size=128",
+    ]  # fmt: skip
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(levers)
+    result = fit_local(example_features, config, tmp_path, log=lambda line: None)
+    last = result.history[-1]
+    assert 0 <= last["val/knn_acc"] <= 1 and -1 <= last["val/kmeans_ari"] <= 1
+    ckpt = load_checkpoint(result.last_checkpoint)
+    model = ckpt.build_model()
+    assert bool(model.norm_fitted) and model.norm_std7.ne(1).any()  # fitted, not the initial values
+    _, val = load_splits(example_features, ckpt.config.data)
+    beta = ckpt.config.loss.beta_at(ckpt.epoch)
+    again, _, _ = validate_epoch(model, val.labeled_batches(256), ckpt.config.loss, beta, device=torch.device("cpu"))
+    assert again["val/loss"] == pytest.approx(last["val/loss"], rel=1e-6)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kmervae.core.config import LossConfig
-from kmervae.core.loss import vae_loss
+from kmervae.core.loss import split_views, vae_loss
 from kmervae.core.model import VAEOutput
 
 
@@ -79,3 +79,38 @@ def test_presence_is_decided_on_counts():
     none_present = vae_loss(out, torch.zeros_like(counts7), LossConfig(), 1.0)
     assert none_present.value_mse.item() == 0.0  # no present 7-mer: no value error, only the gate's
     assert math.isfinite(none_present.loss.item())
+
+
+def test_free_bits_floor_each_dimension_of_the_kl_term_and_leave_the_reported_kl_alone():
+    # Two latent dimensions: one at the prior (KL 0), one with mu = 2 (KL = mu^2 / 2 = 2 nats).
+    mu = torch.tensor([[0.0, 2.0], [0.0, 2.0]])
+    log_var = torch.zeros(2, 2)
+    out = VAEOutput(
+        torch.zeros(2, 8361), mu, log_var, None, torch.zeros(2, 8192), torch.zeros(2, 3), torch.zeros(2, 8361)
+    )
+    counts = torch.zeros(2, 8192, dtype=torch.int64)
+    plain = vae_loss(out, counts, LossConfig(), beta=1.0)
+    floored = vae_loss(out, counts, LossConfig(free_bits=0.5), beta=1.0)
+    assert plain.kl.item() == pytest.approx(2.0) and floored.kl.item() == pytest.approx(2.0)  # reported: true KL
+    assert plain.loss.item() == pytest.approx(plain.recon.item() + 2.0)
+    assert floored.loss.item() == pytest.approx(floored.recon.item() + 0.5 + 2.0)  # max(0, 0.5) + max(2, 0.5)
+    assert (floored.loss - floored.recon).item() >= 2 * 0.5  # never under D x free_bits
+
+
+def test_cyclical_beta_ramps_over_the_first_half_of_every_cycle():
+    cfg = LossConfig(beta=1.0, beta_schedule="cyclical", beta_cycle_epochs=4)
+    assert [cfg.beta_at(e) for e in range(8)] == [0.5, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0]
+    assert [LossConfig(beta=0.2, beta_warmup_epochs=4).beta_at(e) for e in range(5)] == pytest.approx(
+        [0.05, 0.1, 0.15, 0.2, 0.2]
+    )
+
+
+def test_thinned_views_split_every_window_once():
+    counts = torch.randint(0, 200, (64, 8192), dtype=torch.int64).to(torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    a, b = split_views(counts, 0.3, generator=generator)
+    assert a.dtype == counts.dtype and b.dtype == counts.dtype
+    assert torch.equal(a.long() + b.long(), counts.long())  # each window in exactly one view
+    assert (a <= counts).all() and (b <= counts).all()
+    share = a.double().sum() / counts.double().sum()
+    assert share.item() == pytest.approx(0.3, abs=0.002)  # E[A] = fraction x counts (n = 53M windows)

@@ -102,3 +102,28 @@ def test_input_dropout_acts_in_training_only():
     torch.testing.assert_close(a, b)
     a, b = encode_twice(BranchedVAE(PRESETS["tiny"]).train())
     torch.testing.assert_close(a, b)
+
+
+def test_input_normalisations_do_what_they_say():
+    batch = random_batch(16)
+    clr = BranchedVAE(dataclasses.replace(PRESETS["tiny"], input_norm="clr"))
+    for block in clr.normalize(clr.transform(*batch)):
+        torch.testing.assert_close(block.mean(dim=1), torch.zeros(16), atol=1e-4, rtol=0)  # centred per contig
+    zscore = BranchedVAE(dataclasses.replace(PRESETS["tiny"], input_norm="zscore"))
+    x = zscore.transform(*batch)
+    values = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).double()
+    zscore.set_input_norm(values.sum(0), values.pow(2).sum(0), len(values))
+    k7, k4, k3 = zscore.normalize(x)
+    varying = values.std(dim=0) > 1e-3
+    normalised = torch.cat([k7, k4, k3], dim=1)[:, varying]
+    torch.testing.assert_close(normalised.mean(0), torch.zeros(normalised.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(normalised.std(0, unbiased=False), torch.ones(normalised.shape[1]), atol=1e-3, rtol=0)
+    assert bool(zscore.norm_fitted) and "norm_mean7" in zscore.state_dict()  # saved with the weights
+
+
+def test_cross_view_reconstructs_the_other_view():
+    model = BranchedVAE(PRESETS["tiny"]).eval()
+    a, b = random_batch(4, seed=1), random_batch(4, seed=2)
+    out = model(*a, target=b)
+    torch.testing.assert_close(out.target, model.transform(*b).target())
+    torch.testing.assert_close(out.mu, model(*a).mu)  # the encoder only ever sees view A

@@ -420,6 +420,6 @@ def compile_model(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]
 def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
     """One line of progress per epoch: losses, key metrics, learning rate, throughput."""
     parts = [f"epoch {epoch + 1}/{epochs}", f"train/loss {m['train/loss']:.4f}", f"val/loss {m['val/loss']:.4f}"]
-    parts += [f"{key} {m[key]:.4f}" for key in ("val/mse_7", "val/kl", "val/knn_acc") if key in m]
+    parts += [f"{key} {m[key]:.4f}" for key in ("val/mse_7", "val/kl", "val/knn_acc", "val/kmeans_ari") if key in m]
     parts += [f"active {int(m['val/active_units'])}", f"lr {m['lr']:.2e}", f"{m['samples_per_s']:,.0f} samples/s"]
     return "  ".join(parts)
