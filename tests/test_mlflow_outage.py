@@ -172,11 +172,11 @@ def test_a_sweep_outlives_a_dead_server(server, tmp_path, example_features):
     base = RunConfig(model=PRESETS["tiny"]).with_overrides(
         ["train.epochs=2", "train.batch_size=64", "data.max_samples=400"]
     )
-    sweep = SweepConfig(name="down", storage=str(storage), num_samples=3, grace_period=2, register_as="kmervae-down")
+    sweep = SweepConfig(name="down", storage=str(storage), num_samples=2, grace_period=2, register_as="kmervae-down")
     result = run_sweep(example_features, base, space, sweep, log=lines.append)
     watcher.join(timeout=5)
     assert killed, "the server was not killed during the sweep"
-    assert [row.status for row in result.trials] == ["OK"] * 3  # every trial trained
+    assert [row.status for row in result.trials] == ["OK"] * 2  # every trial trained
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
     assert result.registered is None
     assert any("kmervae-down not registered" in line for line in lines), lines
@@ -192,7 +192,7 @@ def test_a_sweep_outlives_a_dead_server(server, tmp_path, example_features):
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     logged = {c.data.tags["kmervae.trial_id"]: c for c in children}
-    assert len(children) == len(logged) == 3  # every trial once, those started during the outage too
+    assert len(children) == len(logged) == 2  # every trial once, the one started during the outage too
     for child in logged.values():
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val/loss"))
         assert steps == list(range(len(steps))) and len(steps) >= 1, steps  # each epoch once

@@ -23,7 +23,9 @@ pytest.importorskip("ray")
 
 def sweep_script(*args: str, cwd: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(REPO / "sweeps" / "latent_sweep.py"), *args],
+        # The quality sweep: its --smoke-test exercises every lever on a real cluster (cross-view,
+        # input normalisation, free bits, cyclical beta, genome-level validation).
+        [sys.executable, str(REPO / "sweeps" / "quality_sweep.py"), *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -90,7 +92,7 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
     from ray.tune.search.optuna import OptunaSearch
 
     # The saved searcher refers to the script's space function as __main__.space.
-    spec = importlib.util.spec_from_file_location("latent_sweep_script", REPO / "sweeps" / "latent_sweep.py")
+    spec = importlib.util.spec_from_file_location("quality_sweep_script", REPO / "sweeps" / "quality_sweep.py")
     monkeypatch.syspath_prepend(str(REPO / "sweeps"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -99,7 +101,7 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
     searcher.restore_from_dir(str(tmp_path / "sweeps" / "cut" / "tune"))
     told = [t for t in searcher._ot_study.trials if t.state.is_finished()]
     assert len(told) == 3, [t.state for t in searcher._ot_study.trials]
-    for key in ("train.lr", "model.latent_dim"):
+    for key in ("loss.beta", "model.latent_dim"):
         assert sorted(float(t.params[key]) for t in told) == pytest.approx(
             sorted(float(c.data.params[key]) for c in children)
         )
@@ -118,7 +120,13 @@ def test_a_diverging_trial_fails_alone(tmp_path, example_features):
         ["train.epochs=2", "train.batch_size=64", "data.max_samples=400"]
     )
     sweep = SweepConfig(
-        name="nan", storage=str(tmp_path / "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as=""
+        name="nan",
+        storage=str(tmp_path / "sweeps"),
+        num_samples=2,
+        gpus_per_trial=0,
+        grace_period=1,
+        register_as="",
+        metric="val/knn_acc",  # the space varies loss.scale: val/loss would not compare the trials
     )
     try:
         result = run_sweep(example_features, base, diverging_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)

@@ -14,7 +14,7 @@ from kmervae.distributed.sweep import check_objective, check_space
 from kmervae.distributed.sweep_report import space_distributions
 from tests.conftest import REPO
 
-SCRIPTS = ["latent_sweep", "architecture_sweep", "loss_sweep"]
+SCRIPTS = ["latent_sweep", "architecture_sweep", "loss_sweep", "quality_sweep"]
 FLAGS = [
     "--data", "--samples", "--epochs", "--workers-per-trial", "--gpus-per-trial", "--max-concurrent", "--experiment",
     "--name", "--storage", "--resume", "--metric", "--seed", "--smoke-test",
@@ -114,7 +114,8 @@ def test_every_flag_can_come_from_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name, comparable", [("latent_sweep", False), ("loss_sweep", False), ("architecture_sweep", True)]
+    "name, comparable",
+    [("latent_sweep", False), ("loss_sweep", False), ("quality_sweep", False), ("architecture_sweep", True)],
 )
 def test_val_loss_ranks_only_sweeps_that_share_the_loss(name, comparable):
     """val/loss differs by construction between trials with other loss settings or latent sizes."""

@@ -1,0 +1,40 @@
+"""Sweep the levers of embedding quality on the `final` architecture, ranked on genomes never seen.
+
+    python sweeps/quality_sweep.py --data features/ --samples 32 --epochs 60
+
+Ranks on val/knn_acc (--metric auto) with whole genomes held out (data.val_split=genome, the
+default for labelled data), so every trial is scored the same way on genomes it never trained
+on. The levers (kmervae/core/config.py documents each): the reconstruction scale, KL control
+(beta down to 1e-4, free bits, linear or cyclical annealing), the encoder's input normalisation
+(none, z-scores of the training data, centred log-ratio), cross-view training and its split,
+the 7-mer weight, the latent size, and regularisation (input dropout, weight decay).
+See sweeps/_common.py for the flags; bench/RESULTS.md ("Levers") for what was measured.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from _common import sweep_main
+
+
+def space(trial) -> None:
+    """Log scales for weights and rates; the cyclical period and the view split exist only when used."""
+    trial.suggest_categorical("model.latent_dim", [16, 32, 64])
+    trial.suggest_categorical("model.input_norm", ["none", "zscore", "clr"])
+    trial.suggest_float("model.input_dropout", 0.0, 0.3)
+    trial.suggest_float("loss.scale", 1.0, 2090.0, log=True)
+    trial.suggest_float("loss.w7", 0.05, 1.0, log=True)
+    trial.suggest_float("loss.beta", 1e-4, 1.0, log=True)
+    trial.suggest_categorical("loss.free_bits", [0.0, 0.05, 0.2])
+    if trial.suggest_categorical("loss.beta_schedule", ["linear", "cyclical"]) == "cyclical":
+        trial.suggest_categorical("loss.beta_cycle_epochs", [10, 20])
+    else:
+        trial.suggest_int("loss.beta_warmup_epochs", 0, 10)
+    if trial.suggest_categorical("loss.cross_view", [False, True]):
+        trial.suggest_float("loss.view_fraction", 0.3, 0.7)
+    trial.suggest_float("train.weight_decay", 1e-6, 1e-3, log=True)
+
+
+if __name__ == "__main__":
+    sys.exit(sweep_main("quality_sweep", __doc__.splitlines()[0], space, preset="final"))
