@@ -44,6 +44,7 @@ HELD_OUT = [
     "Methanobrevibacter_ruminantium_M1",
     "Staphylococcus_aureus_N315",
 ]
+SMALL = ["model.kmer7_widths=[256]", "model.kmer4_widths=[64]", "model.kmer3_widths=[32]", "model.trunk_widths=[128]"]
 COMMON = ["model.latent_dim=32", "train.plateau_patience=10", "train.batch_size=256"]
 CONFIGS = {
     # the defaults today: scale 1, beta 1 (posterior collapse expected)
@@ -67,6 +68,19 @@ CONFIGS = {
     ],
     # centred log-ratio inputs, cross-view, 7-mers down-weighted
     "clr-xview-w7=0.1": ["model.input_norm=clr", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1"],
+    # hypothesis: `final` (27.8M parameters) fits contig noise on 3,300 contigs; one layer per branch
+    "small-xview-w7=0.1": [*SMALL, "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1"],
+    "small-xview-w7=0.1-reg": [
+        *SMALL, "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1",
+        "model.input_dropout=0.2", "train.weight_decay=1e-4",
+    ],
+    "small-default": SMALL,
+    # hypothesis: with log(frequency + 1e-6), a 5 kb contig's 7-mers (mostly counts 0 or 1) are
+    # presence noise of +-6 that swamps the 4-mer signal; a larger pseudo-frequency compresses it
+    "small-xview-w7=0.1-eps1e-3": [
+        *SMALL, "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "model.log_eps=1e-3",
+    ],
+    "small-xview-eps1e-3-noz": [*SMALL, "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "model.log_eps=1e-3"],
 }  # fmt: skip
 
 
@@ -120,7 +134,7 @@ def train(args: argparse.Namespace) -> None:
         for features in args.features:
             size = features.name
             protocols = split_by_genome(features, Path(tmp) / size)
-            for protocol in ("heldout", "all"):
+            for protocol in args.protocols:
                 train_dir, embed_dir = protocols[protocol]
                 for name in names:
                     if time.perf_counter() - started > args.budget_s:
@@ -215,6 +229,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--configs", nargs="*", choices=list(CONFIGS))
+    parser.add_argument("--protocols", nargs="*", choices=["heldout", "all"], default=["heldout", "all"])
     args = parser.parse_args()
     train(args) if args.step == "train" else score(args)
 
