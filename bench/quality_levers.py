@@ -24,26 +24,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from embedding_quality import split_by_genome  # noqa: E402  (the same four genomes held out)
+
 from kmervae.core.config import RunConfig, preset  # noqa: E402
 from kmervae.core.data import CountBatch, InMemoryData, TensorData, load_splits  # noqa: E402
 from kmervae.core.engine import make_optimizer, make_scheduler, run_epochs  # noqa: E402
-from kmervae.core.feature_table import FeatureTable, dataset_files  # noqa: E402
+from kmervae.core.feature_table import FeatureTable  # noqa: E402
 from kmervae.core.metrics import readout  # noqa: E402
 from kmervae.core.model import BranchedVAE  # noqa: E402
 
-HELD_OUT = [
-    "Chlamydia_trachomatis",
-    "Helicobacter_pylori_G27",
-    "Methanobrevibacter_ruminantium_M1",
-    "Staphylococcus_aureus_N315",
-]
 SMALL = ["model.kmer7_widths=[256]", "model.kmer4_widths=[64]", "model.kmer3_widths=[32]", "model.trunk_widths=[128]"]
 COMMON = ["model.latent_dim=32", "train.plateau_patience=10", "train.batch_size=256"]
 CONFIGS = {
@@ -84,18 +78,10 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def split_by_genome(features: Path, out: Path) -> dict[str, tuple[Path, Path]]:
-    """{protocol: (training dataset, dataset to embed)} for the two protocols."""
-    files = dataset_files(features)
-    train_dir, test_dir = out / "train6", out / "held4"
-    for folder in (train_dir, test_dir):
-        folder.mkdir(parents=True)
-    for path in files.paths:
-        table = pq.read_table(path)
-        held = pc.is_in(table.column("label"), value_set=pc.cast(HELD_OUT, table.schema.field("label").type))
-        pq.write_table(table.filter(pc.invert(held)), train_dir / path.name)
-        pq.write_table(table.filter(held), test_dir / path.name)
-    return {"heldout": (train_dir, test_dir), "all": (features, features)}
+def protocols(features: Path, out: Path) -> dict[str, tuple[Path, Path]]:
+    """{protocol: (training dataset, dataset to embed)}: the held-out split of embedding_quality.py, and all."""
+    train_dir, held_dir = split_by_genome(features, out)
+    return {"heldout": (train_dir, held_dir), "all": (features, features)}
 
 
 def fit(features: Path, config: RunConfig, device: torch.device) -> tuple[torch.nn.Module, list[dict]]:
@@ -133,9 +119,9 @@ def train(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for features in args.features:
             size = features.name
-            protocols = split_by_genome(features, Path(tmp) / size)
+            splits = protocols(features, Path(tmp) / size)
             for protocol in args.protocols:
-                train_dir, embed_dir = protocols[protocol]
+                train_dir, embed_dir = splits[protocol]
                 for name in names:
                     if time.perf_counter() - started > args.budget_s:
                         print(
@@ -182,15 +168,15 @@ def score(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for features in args.features:
             size = features.name
-            protocols = split_by_genome(features, Path(tmp) / size)
+            splits = protocols(features, Path(tmp) / size)
             for protocol in ("heldout", "all"):
                 if f"{size}/{protocol}/ids" not in stored:
                     continue
                 ids = stored[f"{size}/{protocol}/ids"].astype(object)
-                table = FeatureTable.from_parquet(protocols[protocol][1])
+                table = FeatureTable.from_parquet(splits[protocol][1])
                 label_of = dict(zip(table.contig_ids, table.labels, strict=True))
                 labels = np.array([label_of[c] for c in ids], dtype=object)
-                for name, vectors in baselines(protocols[protocol][1], ids, 32).items():
+                for name, vectors in baselines(splits[protocol][1], ids, 32).items():
                     rows.append(
                         {"data": size, "protocol": protocol, "method": name, **score_embedding(vectors, labels)}
                     )
