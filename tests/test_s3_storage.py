@@ -60,9 +60,10 @@ def s3(tmp_path_factory):
         server.wait(timeout=30)
 
 
-def lr_space(trial) -> None:
-    """Module level: Tune pickles the searcher, and with it the space, into its state."""
+def diverging_space(trial):
+    """The first trial's loss overflows (loss.scale=1e38 -> inf); the other trains normally."""
     trial.suggest_float("train.lr", 5e-4, 2e-3, log=True)
+    return {"loss.scale": 1e38} if trial.number == 0 else None
 
 
 def tiny(epochs: int) -> RunConfig:
@@ -101,14 +102,27 @@ def test_training_checkpoints_to_s3_and_resumes_from_there(s3, example_features,
     assert [m["epoch"] for m in again.history] == [0, 1, 2] and again.history[:2] == first.history
 
 
-def test_a_sweep_keeps_its_state_on_s3(s3, example_features, tmp_path, monkeypatch):
+def test_a_sweep_keeps_its_state_on_s3_and_a_diverging_trial_fails_alone(s3, example_features, tmp_path, monkeypatch):
+    """One sweep shows both (a sweep costs a minute on 2 cores): state on S3, and a trial whose
+    loss becomes infinite fails with that reason while the other finishes and is picked."""
+    from mlflow import MlflowClient
+
     from kmervae.core.config import SweepConfig
     from kmervae.distributed.sweep import run_sweep
 
     monkeypatch.chdir(tmp_path)
     sweep = SweepConfig(
-        name="s3sweep", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as=""
-    )
-    result = run_sweep(example_features, tiny(2), lr_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)
-    assert [t.status for t in result.trials] == ["OK", "OK"]
+        name="s3sweep", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as="",
+        metric="val/knn_acc",  # the space varies loss.scale: val/loss would not compare the trials
+    )  # fmt: skip
+    result = run_sweep(example_features, tiny(2), diverging_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)
+    assert sorted(t.status for t in result.trials) == ["ERROR", "OK"]
+    failed = next(t for t in result.trials if t.status == "ERROR")
+    assert "training loss became inf" in failed.error
+    assert result.best_trial is not None and result.best_trial.status == "OK"
     assert exists(join(s3, "sweeps", "s3sweep", "tune")) and result.best_checkpoint.exists()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("kmervae-sweeps").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    failed_run = next(c for c in children if c.info.status == "FAILED")
+    assert "training loss became inf" in failed_run.data.tags["kmervae.failure"]
