@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python sweeps/x.py` from a checkout or a Ray job's working dir
 
 from kmervae.core.errors import KmervaeError  # noqa: E402
+from kmervae.core.metric_keys import OBJECTIVES  # noqa: E402
 from kmervae.core.redact import redact  # noqa: E402
 
 SMOKE = {"samples": 3, "epochs": 2, "max_samples": 600, "batch_size": 64}
@@ -59,7 +60,7 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
     p.add_argument(
         "--metric",
         default="auto",
-        choices=["auto", "val/knn_acc", "val/kmeans_ari", "val/loss"],
+        choices=["auto", *OBJECTIVES],
         help="objective: auto = val/knn_acc when the data has labels, else val/loss (which ranks only trials "
         "that share their loss settings and latent size)",
     )

@@ -79,16 +79,19 @@ def split_mask(
     threshold: float | None = None,
     labels=None,
     held_out: frozenset[str] = frozenset(),
+    hashes: np.ndarray | None = None,
 ) -> np.ndarray:
     """True for the contigs of one split, after the subsample rule of `subsample_threshold`.
 
     data.val_split=contig: validation is a `val_fraction` share of contigs chosen by hash;
     genome: the contigs whose label is in `held_out` (`held_out_labels`; `labels` per contig).
+    `hashes`: `split_hash(contig_ids, cfg.split_salt)` when the caller has it already.
     """
     if cfg.val_split == "genome":
         is_val = np.array([label in held_out for label in labels], dtype=bool)
     else:
-        is_val = split_hash(contig_ids, cfg.split_salt) < cfg.val_fraction
+        hashes = split_hash(contig_ids, cfg.split_salt) if hashes is None else hashes
+        is_val = hashes < cfg.val_fraction
     keep = is_val == validation
     if threshold is not None:
         keep &= split_hash(contig_ids, cfg.split_salt + SUBSAMPLE_SALT) <= threshold
@@ -266,7 +269,8 @@ def load_splits(path, cfg: DataConfig) -> tuple[TensorData, TensorData]:
     labels = table.labels if table.labels is not None else np.full(len(table), None, dtype=object)
     held_out = held_out_labels(sorted({v for v in labels if v is not None}), cfg)
     threshold = subsample_threshold(table.contig_ids, cfg)
-    split = dict(threshold=threshold, labels=labels, held_out=held_out)
+    hashes = split_hash(table.contig_ids, cfg.split_salt)  # once for both splits
+    split = dict(threshold=threshold, labels=labels, held_out=held_out, hashes=hashes)
     train_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=False, **split))
     val_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=True, **split))
     if len(train_rows) < 2 or len(val_rows) < 1:

@@ -123,6 +123,12 @@ class EpochMetrics:
         return int((var > ACTIVE_UNIT_THRESHOLD).sum().item())
 
 
+def readout(mu: Tensor) -> Tensor:
+    """The embedding of a contig as validation scores it: its latent mean, L2-normalised (kNN
+    accuracy, k-means ARI). `kmervae embed` writes the raw means; cosine kNN is the same on both."""
+    return torch.nn.functional.normalize(mu.double(), dim=1)
+
+
 KNN_K = 5
 KNN_MAX_SAMPLES = 5_000
 """kNN accuracy uses at most this many validation contigs (a fixed, seeded subsample): O(n^2)."""
@@ -140,7 +146,7 @@ def knn_accuracy(embeddings: Tensor, labels, k: int = KNN_K, max_samples: int = 
         return math.nan
     names = sorted({labels[i] for i in keep})
     codes = torch.tensor([names.index(labels[i]) for i in keep])
-    x = torch.nn.functional.normalize(embeddings[keep].double(), dim=1)
+    x = readout(embeddings[keep])
     correct = 0
     for lo in range(0, len(keep), 1024):
         sim = x[lo : lo + 1024] @ x.T  # (b, n)
@@ -151,12 +157,6 @@ def knn_accuracy(embeddings: Tensor, labels, k: int = KNN_K, max_samples: int = 
         predicted = votes.sum(dim=1).argmax(dim=1)
         correct += int((predicted == codes[lo : lo + 1024]).sum())
     return correct / len(keep)
-
-
-def readout(mu: Tensor) -> Tensor:
-    """The embedding of a contig: its latent mean, L2-normalised (what kNN accuracy, k-means
-    ARI and `kmervae embed` use)."""
-    return torch.nn.functional.normalize(mu.double(), dim=1)
 
 
 def kmeans_ari(embeddings: Tensor, labels, max_samples: int = KNN_MAX_SAMPLES, seed: int = 0) -> float:

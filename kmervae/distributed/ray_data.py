@@ -68,13 +68,14 @@ def decode_split(
     `split_mask`) and decode the model's input columns; label codes when `labels` is given."""
     ids = table.column("contig_id").to_pylist()
     row_labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(ids)
-    keep = split_mask(ids, cfg, validation, threshold, labels=row_labels, held_out=held_out)
+    hashes = split_hash(ids, cfg.split_salt)  # for the split and the validation buckets: computed once
+    keep = split_mask(ids, cfg, validation, threshold, labels=row_labels, held_out=held_out, hashes=hashes)
     table = table.take(pa.array(np.flatnonzero(keep), pa.int64()))
     out = decode_inputs(table, fmt)
     for name in KMER_COLUMNS.values():
         out[name] = torch_counts(out[name])
     # A stable integer per contig that spreads the unsplit validation set over ranks.
-    out["bucket"] = (split_hash(np.asarray(ids, dtype=object)[keep], cfg.split_salt) * 2**31).astype(np.int64)
+    out["bucket"] = (hashes[keep] * 2**31).astype(np.int64)
     if labels:
         out["label"] = label_codes(table.column("label").to_pylist(), labels)
     return out
