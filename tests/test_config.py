@@ -44,6 +44,19 @@ def test_defaults_and_presets_are_valid():
         (TrainConfig, {"resident": "yes"}, "train.resident='yes' is invalid: expected auto, on or off"),
         (DataConfig, {"val_fraction": 1.0}, r"data.val_fraction=1.0 is invalid: expected a number in \(0, 1\)"),
         (DataConfig, {"max_samples": 2}, "data.max_samples=2"),
+        (DataConfig, {"val_split": "label"}, "data.val_split='label' is invalid: expected contig or genome"),
+        (ModelConfig, {"input_norm": "minmax"}, "model.input_norm='minmax' is invalid: expected none, zscore or clr"),
+        (
+            LossConfig,
+            {"beta_schedule": "cosine"},
+            "loss.beta_schedule='cosine' is invalid: expected linear or cyclical",
+        ),
+        (LossConfig, {"beta_cycle_epochs": 1}, r"loss.beta_cycle_epochs=1 is invalid: expected an integer >= 2"),
+        (LossConfig, {"free_bits": -0.1}, r"loss.free_bits=-0.1 is invalid: expected a number >= 0"),
+        (LossConfig, {"cross_view": "yes"}, "loss.cross_view='yes' is invalid: expected true or false"),
+        (LossConfig, {"view_fraction": 1.0}, r"loss.view_fraction=1.0 is invalid: expected a number in \(0, 1\)"),
+        (TrainConfig, {"bn_stats": "batch"}, "train.bn_stats='batch' is invalid: expected recompute, epoch or ema"),
+        (TrainConfig, {"bn_contigs": 1}, r"train.bn_contigs=1 is invalid: expected an integer >= 2"),
     ],
 )
 def test_out_of_range_values_name_the_key_and_the_range(cls, kwargs, message):
