@@ -83,7 +83,7 @@ def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, exam
     ckpt = load_checkpoint(result.best_checkpoint)
     reported = ckpt.metrics["val/loss"]
     _, val = load_splits(example_features, ckpt.config.data)
-    metrics, _, _ = validate_epoch(
+    metrics, *_ = validate_epoch(
         ckpt.build_model(),
         val.labeled_batches(64),
         ckpt.config.loss,
@@ -212,7 +212,7 @@ def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, 
     ckpt = load_checkpoint(resident.last_checkpoint)
     _, val = load_splits(example_features, ckpt.config.data)
     beta = ckpt.config.loss.beta_at(ckpt.epoch)
-    metrics, _, _ = validate_epoch(
+    metrics, *_ = validate_epoch(
         ckpt.build_model(), val.labeled_batches(64), ckpt.config.loss, beta, device=torch.device("cpu")
     )
     assert metrics["val/loss"] == pytest.approx(ckpt.metrics["val/loss"], rel=1e-5)

@@ -116,6 +116,10 @@ class CountBatch(NamedTuple):
     def to(self, device: torch.device, non_blocking: bool = False) -> CountBatch:
         return CountBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
+    def head(self, n: int) -> CountBatch:
+        """The first `n` contigs."""
+        return CountBatch(*(t[:n] for t in self))
+
     @property
     def nbytes(self) -> int:
         return sum(t.element_size() * t.numel() for t in self)

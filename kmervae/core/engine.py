@@ -26,7 +26,7 @@ from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, load_splits, use_resident
 from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.core.loss import split_views, vae_loss
-from kmervae.core.metrics import EpochMetrics, kmeans_ari, knn_accuracy
+from kmervae.core.metrics import VIEW_CONTIGS, VIEW_SEED, EpochMetrics, kmeans_ari, knn_accuracy, view_agreement
 from kmervae.core.model import BranchedVAE
 from kmervae.core.storage import check_writable
 
@@ -130,17 +130,25 @@ def validate_epoch(
     precision: str = "fp32",
     all_reduce: AllReduce | None = None,
     keep_embeddings: bool = False,
-) -> tuple[dict[str, float], Tensor | None, Tensor | None]:
+    view_contigs: int = 0,
+) -> tuple[dict[str, float], Tensor | None, Tensor | None, Tensor | None]:
     """Exact validation metrics over all batches (and every rank); optionally the latent
-    means and the label codes that came with the batches, in the same order."""
+    means and the label codes that came with the batches, in the same order; and for the
+    first `view_contigs` contigs the latent means of their two thinned halves, (n, 2, latent)."""
     model.eval()
     plain = unwrap(model)
     metrics = EpochMetrics(plain.cfg.latent_dim, plain.cfg.gate_k7, device)
-    embeddings, codes = [], []
+    embeddings, codes, views = [], [], []
+    viewed = 0
+    generator = torch.Generator(device=device).manual_seed(VIEW_SEED)  # the same halves every epoch
     for batch, batch_codes in batches:
         batch = batch.to(device, non_blocking=True)
         with autocast(device, precision):
             out = model(*batch)
+            if viewed < view_contigs:
+                a, b = split_batch(batch.head(view_contigs - viewed), 0.5, generator)
+                views.append(torch.stack([model(*a).mu.float(), model(*b).mu.float()], dim=1).cpu())
+                viewed += len(a.length)
         metrics.update(out, batch.kmer7, loss_cfg)
         if keep_embeddings:
             embeddings.append(out.mu.float().cpu())
@@ -150,7 +158,7 @@ def validate_epoch(
         all_reduce(metrics.state)
     values = metrics.compute(loss_cfg, beta, prefix="val/")
     mu = torch.cat(embeddings) if embeddings else None
-    return values, mu, (torch.cat(codes) if codes else None)
+    return values, mu, (torch.cat(codes) if codes else None), (torch.cat(views) if views else None)
 
 
 class Collective:
@@ -169,10 +177,12 @@ class Collective:
         return mu, codes
 
 
-def split_batch(batch: CountBatch, fraction: float) -> tuple[CountBatch, CountBatch]:
+def split_batch(
+    batch: CountBatch, fraction: float, generator: torch.Generator | None = None
+) -> tuple[CountBatch, CountBatch]:
     """Two binomially thinned views of a batch (`split_views` on every k-mer column); GC and
     length are the contig's own in both."""
-    views = [split_views(counts, fraction) for counts in (batch.kmer7, batch.kmer4, batch.kmer3)]
+    views = [split_views(counts, fraction, generator) for counts in (batch.kmer7, batch.kmer4, batch.kmer3)]
     a = CountBatch(batch.length, batch.gc, *(view[0] for view in views))
     b = CountBatch(batch.length, batch.gc, *(view[1] for view in views))
     return a, b
@@ -281,7 +291,7 @@ def run_epochs(
         if kept:
             recompute_batchnorm(unwrap(model), kept, device=device, precision=tc.precision)
         collective.sync_buffers(unwrap(model))
-        val_metrics, mu, codes = validate_epoch(
+        val_metrics, mu, codes, views = validate_epoch(
             unwrap(model),
             data.val_batches(),
             config.loss,
@@ -290,7 +300,10 @@ def run_epochs(
             precision=tc.precision,
             all_reduce=collective.all_reduce,
             keep_embeddings=data.labeled,
+            view_contigs=VIEW_CONTIGS,
         )
+        views, _ = collective.gather(views if views is not None else torch.zeros(0, 2, 0), torch.zeros(0))
+        val_metrics["val/view_agreement"] = view_agreement(views[:, 0], views[:, 1]) if len(views) else math.nan
         if data.labeled:
             empty = torch.zeros(0, dtype=torch.int32)
             mu, codes = collective.gather(
