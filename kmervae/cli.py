@@ -303,13 +303,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="export the encoder (with its feature transform) to TorchScript, ONNX or MLflow",
         description="SOURCE is a checkpoint file, an MLflow run id or a registry URI (models:/NAME@ALIAS). The "
         "exported model takes length (int64), gc (float32), kmer7/kmer4/kmer3 counts (int32) with any batch size "
-        "and returns the latent mean (and the log-variance with --with-log-var).",
+        "and returns the embedding, the latent mean L2-normalised (with --with-log-var also the raw mean and the "
+        "log-variance).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--format", choices=["torchscript", "onnx", "mlflow"], required=True)
     p.add_argument("--out", type=Path, required=True, help="file (torchscript, onnx) or folder (mlflow)")
-    p.add_argument("--with-log-var", action="store_true", help="also output the log-variance (torchscript, onnx)")
+    p.add_argument(
+        "--with-log-var",
+        action="store_true",
+        help="also output the raw latent mean and log-variance (TorchScript, ONNX)",
+    )
     p.add_argument("--register", metavar="NAME", help="also log the export to MLflow and register it under NAME")
     p.add_argument("--alias", default="champion", help="registry alias for --register")
     p.set_defaults(run=_cmd_export)

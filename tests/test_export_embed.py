@@ -63,7 +63,25 @@ def test_torchscript_and_onnx_match_pytorch_with_any_batch_size(exported, exampl
         got = traced(*(torch.from_numpy(inputs[k]) for k in ("length", "gc", "kmer7", "kmer4", "kmer3"))).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     session = onnxruntime.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(["mu"], inputs)[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(session.run(["embedding"], inputs)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_exports_return_the_normalised_readout_of_the_latent_mean(exported, example_features):
+    """What validation scores is what users embed with: the latent mean of the model, L2-normalised."""
+    import onnxruntime
+
+    inputs = real_inputs(example_features, 50)
+    model = load_checkpoint(exported["checkpoint"]).build_model().eval()
+    with torch.no_grad():
+        mu = model(*(torch.from_numpy(inputs[k]) for k in ("length", "gc", "kmer7", "kmer4", "kmer3"))).mu.double()
+    expected = (mu / mu.norm(dim=1, keepdim=True)).numpy()  # worked out here, not with readout()
+    traced = torch.jit.load(str(exported["torchscript"]))
+    with torch.no_grad():
+        got = traced(*(torch.from_numpy(inputs[k]) for k in ("length", "gc", "kmer7", "kmer4", "kmer3"))).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    session = onnxruntime.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, inputs)[0], expected, atol=1e-5)
 
 
 def test_log_variance_on_request(checkpoint, tmp_path, example_features):
@@ -71,9 +89,10 @@ def test_log_variance_on_request(checkpoint, tmp_path, example_features):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["mu", "log_var"]
-    mu, log_var = session.run(None, real_inputs(example_features, 4))
-    assert mu.shape == log_var.shape == (4, 8)
+    assert [o.name for o in session.get_outputs()] == ["embedding", "mu", "log_var"]
+    embedding, mu, log_var = session.run(None, real_inputs(example_features, 4))
+    assert embedding.shape == mu.shape == log_var.shape == (4, 8)
+    np.testing.assert_allclose(embedding, mu / np.linalg.norm(mu, axis=1, keepdims=True), atol=1e-6)
 
 
 MLFLOW_FRESH = """

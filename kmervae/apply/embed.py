@@ -4,7 +4,8 @@ Models: a kmervae checkpoint, a TorchScript file, an ONNX file, an MLflow model 
 a `models:/NAME@ALIAS` URI. Features are read one record batch at a time and written
 the same way, so memory stays bounded whatever the dataset size. The output has one
 row per contig: `contig_id`, `label` (when the features have labels) and `embedding`
-(a fixed-size list of float32, the latent mean).
+(a fixed-size list of float32: the model's first output, which for kmervae's exports and
+checkpoints is the readout, the latent mean L2-normalised).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def load_embedder(model: str, device: str = "cpu") -> Embedder:
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         session = onnxruntime.InferenceSession(str(path), providers=providers)
-        return lambda batch: session.run(["mu"], {k: batch[k] for k in MODEL_INPUTS})[0]
+        return lambda batch: session.run(None, {k: batch[k] for k in MODEL_INPUTS})[0]  # the embedding
     if _is_torchscript(path):
         try:
             return _torch_embedder(torch.jit.load(str(path), map_location="cpu"), torch.device(device))

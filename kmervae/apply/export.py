@@ -1,8 +1,9 @@
 """Export the encoder with its feature transform: TorchScript, ONNX, or an MLflow pyfunc model.
 
 The exported model takes the stored feature columns as tensors (length int64, gc
-float32, kmer7/kmer4/kmer3 counts int32, batch dimension dynamic) and returns the latent
-mean (and, when asked for, the log-variance). The transform travels inside, so serving
+float32, kmer7/kmer4/kmer3 counts int32, batch dimension dynamic) and returns the
+embedding: the latent mean L2-normalised (`kmervae.core.metrics.readout`, what validation
+scores); with --with-log-var also the raw latent mean and log-variance. The transform travels inside, so serving
 reads counts exactly as training did. Sources: a checkpoint file, an MLflow run id (its
 best checkpoint), or a registry URI such as `models:/kmervae-encoder@champion`.
 """
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from kmervae.core.checkpoint import Checkpoint, load_checkpoint
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
 from kmervae.core.feature_contract import MODEL_INPUTS
+from kmervae.core.metrics import readout
 from kmervae.core.model import N3, N4, N7, BranchedVAE
 from kmervae.tracking.checkpoints import CHECKPOINT_IN_MODEL, fetch_checkpoint, is_run_id
 
@@ -29,7 +31,8 @@ COUNT_DTYPE = torch.int32
 
 
 class Encoder(nn.Module):
-    """Transform + encoder of a BranchedVAE in eval mode: counts -> latent mean (, log-variance)."""
+    """Transform + encoder of a BranchedVAE in eval mode: counts -> embedding (the readout),
+    or (embedding, latent mean, log-variance) with `with_log_var`."""
 
     def __init__(self, model: BranchedVAE, with_log_var: bool = False):
         super().__init__()
@@ -38,7 +41,8 @@ class Encoder(nn.Module):
 
     def forward(self, length: Tensor, gc: Tensor, kmer7: Tensor, kmer4: Tensor, kmer3: Tensor):
         mu, log_var = self.model.encode(self.model.transform(length, gc, kmer7, kmer4, kmer3))
-        return (mu, log_var) if self.with_log_var else mu
+        embedding = readout(mu)
+        return (embedding, mu, log_var) if self.with_log_var else embedding
 
 
 def example_inputs(batch: int = 2) -> tuple[Tensor, ...]:
@@ -76,7 +80,7 @@ def export_torchscript(checkpoint: Checkpoint, out: Path, with_log_var: bool = F
 def export_onnx(checkpoint: Checkpoint, out: Path, with_log_var: bool = False) -> Path:
     """Export the encoder to ONNX with a dynamic batch axis."""
     encoder = Encoder(checkpoint.build_model(), with_log_var)
-    outputs = ["mu", "log_var"] if with_log_var else ["mu"]
+    outputs = ["embedding", "mu", "log_var"] if with_log_var else ["embedding"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
@@ -105,7 +109,7 @@ class KmervaeEncoder(mlflow.pyfunc.PythonModel):
         self.encoder = torch.jit.load(context.artifacts["encoder"], map_location="cpu").eval()
 
     def predict(self, context, model_input, params=None):
-        """model_input: dict (or DataFrame) of length, gc, kmer7, kmer4, kmer3 -> latent means."""
+        """model_input: dict (or DataFrame) of length, gc, kmer7, kmer4, kmer3 -> embeddings."""
         def column(name, dtype):
             value = model_input[name]
             if hasattr(value, "to_numpy"):
@@ -153,7 +157,7 @@ def export_mlflow(checkpoint: Checkpoint, source_file: Path | None, out: Path) -
                     TensorSpec(np.dtype(np.int32), (-1, N3), "kmer3"),
                 ]
             ),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent), "mu")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent), "embedding")]),
         )
         example = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, example_inputs(2), strict=True)}
         mlflow.pyfunc.save_model(
@@ -182,9 +186,7 @@ def export(source: str, fmt: str, out: str | Path, with_log_var: bool = False) -
         if fmt == "onnx":
             return export_onnx(checkpoint, out, with_log_var)
         if with_log_var:
-            raise ConfigError(
-                "--with-log-var applies to torchscript and onnx; the MLflow model returns the latent mean"
-            )
+            raise ConfigError("--with-log-var applies to torchscript and onnx; the MLflow model returns the embedding")
         return export_mlflow(checkpoint, source_file, out)
 
 

@@ -124,9 +124,12 @@ class EpochMetrics:
 
 
 def readout(mu: Tensor) -> Tensor:
-    """The embedding of a contig as validation scores it: its latent mean, L2-normalised (kNN
-    accuracy, k-means ARI). `kmervae embed` writes the raw means; cosine kNN is the same on both."""
-    return torch.nn.functional.normalize(mu.double(), dim=1)
+    """The embedding of a contig: its latent mean, L2-normalised, in the dtype given. One readout
+    everywhere: validation scores it (kNN accuracy, k-means ARI, view agreement), exported
+    encoders return it and `kmervae embed` writes it, so `kmervae evaluate` scores what the sweep
+    ranked. The norm of a mean carries the posterior's confidence, not the genome: dropping it
+    makes Euclidean k-means agree with cosine neighbours."""
+    return torch.nn.functional.normalize(mu, dim=1)
 
 
 VIEW_CONTIGS = 1_000
@@ -146,7 +149,7 @@ def view_agreement(mu_a: Tensor, mu_b: Tensor) -> float:
     n = len(mu_a)
     if n < 2:
         return math.nan
-    a, b = readout(mu_a), readout(mu_b)
+    a, b = readout(mu_a.double()), readout(mu_b.double())
     farther = 0.0
     for lo in range(0, n, 1024):
         sim = a[lo : lo + 1024] @ b.T  # (chunk, n): half A of each contig against every half B
@@ -176,7 +179,7 @@ def knn_accuracy(embeddings: Tensor, labels, k: int = KNN_K, max_samples: int = 
         return math.nan
     names = sorted({labels[i] for i in keep})
     codes = torch.tensor([names.index(labels[i]) for i in keep])
-    x = readout(embeddings[keep])
+    x = readout(embeddings[keep].double())
     correct = 0
     for lo in range(0, len(keep), 1024):
         sim = x[lo : lo + 1024] @ x.T  # (b, n)
@@ -205,6 +208,6 @@ def kmeans_ari(embeddings: Tensor, labels, max_samples: int = KNN_MAX_SAMPLES, s
     names = sorted({labels[i] for i in keep})
     if len(names) < 2 or len(keep) <= len(names):
         return math.nan
-    x = readout(embeddings[keep]).numpy()
+    x = readout(embeddings[keep].double()).numpy()
     clusters = KMeans(n_clusters=len(names), n_init=3, random_state=seed).fit_predict(x)
     return float(adjusted_rand_score([labels[i] for i in keep], clusters))
