@@ -238,7 +238,7 @@ def engine_epoch(
     warm = TensorData(CountBatch(*(t[: 3 * batch_size] for t in source.batch)))
     train_epoch(
         runnable,
-        warm.batches(batch_size, generator=generator, drop_last=True),
+        warm.labeled_batches(batch_size, generator=generator, drop_last=True),
         optimizer,
         LossConfig(),
         1.0,
@@ -248,7 +248,7 @@ def engine_epoch(
     sync(device)
     metrics = train_epoch(
         runnable,
-        source.batches(batch_size, generator=generator, drop_last=True),
+        source.labeled_batches(batch_size, generator=generator, drop_last=True),
         optimizer,
         LossConfig(),
         1.0,

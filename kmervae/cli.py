@@ -229,7 +229,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             local = fit_local(args.data, config, out)
         else:
             uri = tracking_uri(args.mlflow_dir)
-            tracker = Tracker(args.experiment, name, uri=uri, tags={"engine": "local", "preset": args.preset})
+            tags = {"engine": "local", "preset": args.preset, **config.run_tags()}
+            tracker = Tracker(args.experiment, name, uri=uri, tags=tags)
             local = fit_local_tracked(args.data, config, out, tracker)
         history, best_path, last_path = local.history, local.best_checkpoint, local.last_checkpoint
         run_id, uri = (tracker.run_id, tracker.uri) if tracker else (None, None)

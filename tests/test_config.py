@@ -55,6 +55,9 @@ def test_defaults_and_presets_are_valid():
         (LossConfig, {"free_bits": -0.1}, r"loss.free_bits=-0.1 is invalid: expected a number >= 0"),
         (LossConfig, {"cross_view": "yes"}, "loss.cross_view='yes' is invalid: expected true or false"),
         (LossConfig, {"view_fraction": 1.0}, r"loss.view_fraction=1.0 is invalid: expected a number in \(0, 1\)"),
+        (LossConfig, {"infonce": -1.0}, r"loss.infonce=-1.0 is invalid: expected a finite number >= 0"),
+        (LossConfig, {"supcon": float("nan")}, r"loss.supcon=nan is invalid: expected a finite number >= 0"),
+        (LossConfig, {"temperature": 0.0}, r"loss.temperature=0.0 is invalid: expected a number in \(0, 10\]"),
         (TrainConfig, {"bn_stats": "batch"}, "train.bn_stats='batch' is invalid: expected recompute, epoch or ema"),
         (TrainConfig, {"bn_contigs": 1}, r"train.bn_contigs=1 is invalid: expected an integer >= 2"),
     ],
@@ -136,3 +139,9 @@ def test_learning_rate_follows_the_batch_size():
     assert TrainConfig(lr=1e-3, batch_size=1024, lr_scaling="linear").effective_lr == pytest.approx(4e-3)
     assert TrainConfig(lr=1e-3, batch_size=8192, lr_scaling="none").effective_lr == pytest.approx(1e-3)
     assert TrainConfig(lr=1e-3, batch_size=512, lr_reference_batch=512).effective_lr == pytest.approx(1e-3)
+
+
+def test_runs_say_whether_they_trained_on_labels():
+    assert RunConfig().run_tags() == {"kmervae.uses_labels": "false"}
+    assert RunConfig().with_overrides(["loss.infonce=1"]).run_tags() == {"kmervae.uses_labels": "false"}
+    assert RunConfig().with_overrides(["loss.supcon=0.1"]).run_tags() == {"kmervae.uses_labels": "true"}

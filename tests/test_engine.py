@@ -9,8 +9,18 @@ import torch
 
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, LossConfig, RunConfig
-from kmervae.core.data import CountBatch, load_splits
-from kmervae.core.engine import TrainingDiverged, autocast, fit_local, resolve_device, train_epoch, validate_epoch
+from kmervae.core.data import CountBatch, InMemoryData, TensorData, load_splits
+from kmervae.core.engine import (
+    TrainingDiverged,
+    autocast,
+    fit_local,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    run_epochs,
+    train_epoch,
+    validate_epoch,
+)
 from kmervae.core.errors import ConfigError
 from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
@@ -85,7 +95,12 @@ def test_non_finite_loss_stops_training_with_the_reason():
     optimizer = torch.optim.Adam(model.parameters())
     with pytest.raises(TrainingDiverged, match="training loss became nan"):
         train_epoch(
-            model, [CountBatch(length, gc, k7, k4, k3)], optimizer, LossConfig(), 1.0, device=torch.device("cpu")
+            model,
+            [(CountBatch(length, gc, k7, k4, k3), None)],
+            optimizer,
+            LossConfig(),
+            1.0,
+            device=torch.device("cpu"),
         )
 
 
@@ -130,6 +145,7 @@ def test_every_lever_trains_and_its_checkpoint_reproduces_validation(example_fea
     levers = [
         "model.input_norm=zscore", "loss.cross_view=true", "loss.free_bits=0.1", "loss.beta_schedule=cyclical",
         "loss.beta_cycle_epochs=2", "data.val_split=genome", "train.epochs=2", "train.batch_size=128",
+        "loss.infonce=0.5", "loss.supcon=0.5", "loss.temperature=0.2",
     ]  # fmt: skip
     config = RunConfig(model=PRESETS["tiny"]).with_overrides(levers)
     result = fit_local(example_features, config, tmp_path, log=lambda line: None)
@@ -142,3 +158,18 @@ def test_every_lever_trains_and_its_checkpoint_reproduces_validation(example_fea
     beta = ckpt.config.loss.beta_at(ckpt.epoch)
     again, *_ = validate_epoch(model, val.labeled_batches(256), ckpt.config.loss, beta, device=torch.device("cpu"))
     assert again["val/loss"] == pytest.approx(last["val/loss"], rel=1e-6)
+
+
+def test_a_supervised_term_on_unlabelled_features_is_refused_before_training(example_features):
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["loss.supcon=1"])
+    train, val = load_splits(example_features, config.data)
+    data = InMemoryData(TensorData(train.batch), TensorData(val.batch), 64, torch.Generator().manual_seed(0))
+    model = BranchedVAE(config.model)
+    optimizer = make_optimizer(model, config.train, torch.device("cpu"))
+    epochs = []
+    with pytest.raises(ConfigError, match="loss.supcon > 0 trains on genome labels, but these features have none"):
+        run_epochs(
+            model, data, config, optimizer, make_scheduler(optimizer, config.train),
+            device=torch.device("cpu"), on_epoch=lambda *args: epochs.append(args),
+        )  # fmt: skip
+    assert not epochs

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from kmervae.core.config import LossConfig
-from kmervae.core.loss import split_views, vae_loss
+from kmervae.core.data import CountBatch
+from kmervae.core.engine import training_views
+from kmervae.core.loss import contrastive_loss, info_nce, split_views, supervised_contrastive, vae_loss
 from kmervae.core.model import VAEOutput
 
 
@@ -114,3 +116,65 @@ def test_thinned_views_split_every_window_once():
     assert (a <= counts).all() and (b <= counts).all()
     share = a.double().sum() / counts.double().sum()
     assert share.item() == pytest.approx(0.3, abs=0.002)  # E[A] = fraction x counts (n = 53M windows)
+
+
+def test_info_nce_by_hand():
+    """Two contigs, orthogonal readouts, temperature 1: each view's logits are (1, 0) with its
+    partner first, so both cross-entropies are log(1 + e^-1)."""
+    a = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # norms drop out: the readout is normalised
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert info_nce(a, b, 1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    # At temperature 0.5 the logits double: log(1 + e^-2).
+    assert info_nce(a, b, 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+    # Swapped partners: the right one is the far one, log(1 + e^1).
+    assert info_nce(a, b.flip(0), 1.0).item() == pytest.approx(math.log(1 + math.e), rel=1e-6)
+
+
+def test_supervised_contrastive_by_hand():
+    """Contigs 0 and 1 share a label and a direction, contig 2 is alone: anchors 0 and 1 each have
+    one positive at cosine 1 against a denominator e^1 + e^0; contig 2 has no positive (no anchor)."""
+    mu = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
+    expected = math.log(1 + math.e) - 1
+    assert supervised_contrastive(mu, torch.tensor([0, 0, 1]), 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # A contig without a label (-1) is only a negative: the same value.
+    assert supervised_contrastive(mu, torch.tensor([0, 0, -1]), 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # Positives at cosine 0 (contigs 0 and 2 share a label): anchor 0 pays log(e^1 + e^0) (contig 1
+    # is near it), anchor 2 pays log(e^0 + e^0); the mean of the two.
+    value = supervised_contrastive(mu, torch.tensor([0, -1, 0]), 1.0).item()
+    assert value == pytest.approx((math.log(1 + math.e) + math.log(2)) / 2, rel=1e-6)
+    # No anchor with a positive: zero, still differentiable.
+    alone = mu.clone().requires_grad_()
+    zero = supervised_contrastive(alone, torch.tensor([0, 1, 2]), 1.0)
+    zero.backward()
+    assert zero.item() == 0.0 and alone.grad is not None
+
+
+def test_contrastive_terms_are_weighted_and_off_by_default():
+    a = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mu, codes = torch.cat([a, b]), torch.tensor([0, 1, 0, 1])
+    assert contrastive_loss(mu, codes, LossConfig()) is None
+    nce = contrastive_loss(mu, codes, LossConfig(infonce=2.0, temperature=1.0))
+    assert nce.item() == pytest.approx(2 * math.log(1 + math.exp(-1)), rel=1e-6)
+    both = contrastive_loss(mu, codes, LossConfig(infonce=2.0, supcon=0.5, temperature=1.0))
+    sup = supervised_contrastive(mu, codes, 1.0).item()
+    assert both.item() == pytest.approx(nce.item() + 0.5 * sup, rel=1e-6)
+    # supcon without label codes adds nothing (the engine refuses such a run before it starts).
+    assert contrastive_loss(mu, None, LossConfig(supcon=1.0)) is None
+
+
+def test_paired_views_stack_both_halves_and_their_targets():
+    g = torch.Generator().manual_seed(0)
+    counts = [torch.randint(0, 9, (5, n), generator=g, dtype=torch.int64) for n in (8192, 136, 32)]
+    batch = CountBatch(torch.full((5,), 5000), torch.full((5,), 0.4), *counts)
+    codes = torch.tensor([0, 1, 2, 0, -1])
+    inputs, targets, doubled = training_views(batch, codes, LossConfig(infonce=1.0, cross_view=True))
+    assert len(inputs.length) == 10 and torch.equal(doubled, torch.cat([codes, codes]))
+    for view_in, view_target, whole in zip(inputs[2:], targets[2:], counts, strict=True):
+        a, b = view_in[:5], view_in[5:]
+        assert torch.equal(a + b, whole)  # the halves of each contig
+        assert torch.equal(view_target[:5], b) and torch.equal(view_target[5:], a)  # each reconstructs the other
+    # Without cross_view each half reconstructs the whole contig; plain training splits nothing.
+    _, targets, _ = training_views(batch, codes, LossConfig(infonce=1.0))
+    assert torch.equal(targets.kmer7, torch.cat([batch.kmer7, batch.kmer7]))
+    assert training_views(batch, codes, LossConfig())[0] is batch

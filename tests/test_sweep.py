@@ -85,6 +85,8 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val/loss"))
         assert steps == list(range(len(steps))) and 1 <= len(steps) <= 2, steps
         assert child.info.status == "FINISHED"
+        supervised = float(child.data.params["loss.supcon"]) > 0  # a trial that trained on labels says so
+        assert child.data.tags["kmervae.uses_labels"] == str(supervised).lower()
     # Optuna's history survived the kill: its study holds every trial, told once, with the
     # same parameters the trials trained with (as MLflow recorded them).
     import importlib.util

@@ -156,7 +156,19 @@ class LossConfig:
     (each k-mer window goes to view A with probability view_fraction); the encoder sees view A and
     the decoder reconstructs view B, so only what the halves share (the genome's signal) pays."""
     view_fraction: float = 0.5
-    """Share of each count that goes to the encoder's view A under cross_view."""
+    """Share of each count that goes to view A (cross_view, infonce)."""
+    infonce: float = 0.0
+    """Weight of an InfoNCE term between the two views of each contig (0 = off): both views are
+    encoded in one forward pass (the batch doubles), each view's readout must pick its partner
+    among the batch's other contigs (`loss.info_nce`). Each view's reconstruction target is the
+    other view under cross_view, else the whole contig."""
+    supcon: float = 0.0
+    """Weight of a supervised contrastive term on genome labels (Khosla et al. 2020; 0 = off):
+    contigs with one label are pulled together, others pushed apart. USES LABELS: a model
+    trained with it is not label-free (runs are tagged kmervae.uses_labels); needs labelled
+    features. Contigs without a label take part only as negatives."""
+    temperature: float = 0.1
+    """Temperature of the contrastive terms (cosine similarities are divided by it)."""
     gate_bce_weight: float = 1.0
     """Weight of the gate's binary cross-entropy inside L7 (gated models only)."""
     presence_threshold: int = 0
@@ -209,6 +221,30 @@ class LossConfig:
         check_field(
             0.0 < self.view_fraction < 1.0, "loss.view_fraction", self.view_fraction, "expected a number in (0, 1)"
         )
+        for name in ("infonce", "supcon"):
+            value = getattr(self, name)
+            check_field(
+                isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                f"loss.{name}",
+                value,
+                "expected a finite number >= 0",
+            )
+        check_field(
+            isinstance(self.temperature, (int, float)) and 0.0 < self.temperature <= 10.0,
+            "loss.temperature",
+            self.temperature,
+            "expected a number in (0, 10]",
+        )
+
+    @property
+    def paired_views(self) -> bool:
+        """Whether training encodes both thinned views of every contig (the InfoNCE term needs them)."""
+        return self.infonce > 0
+
+    @property
+    def uses_labels(self) -> bool:
+        """Whether the loss reads genome labels (a supervised term is on)."""
+        return self.supcon > 0
 
     def beta_at(self, epoch: int) -> float:
         """Beta for a 0-based epoch. Linear warm-up: epoch e of N gets beta * (e + 1) / N; cyclical:
@@ -375,6 +411,11 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def run_tags(self) -> dict[str, str]:
+        """MLflow tags every run of this configuration carries: whether training read genome labels
+        (a supervised term), so label-free and supervised models are never compared unawares."""
+        return {"kmervae.uses_labels": str(self.loss.uses_labels).lower()}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples as lists): what checkpoints, YAML and MLflow store."""

@@ -191,36 +191,34 @@ class TensorData:
         return len(self.batch.length)
 
     def to(self, device: torch.device) -> TensorData:
-        """The same data held on `device` (GPU-resident mode: copied once, shuffled there).
-        Label codes stay on the host: they are only read for kNN accuracy."""
-        return TensorData(CountBatch(*(_indexable(t.to(device)) for t in self.batch)), self.codes, self.contig_ids)
+        """The same data held on `device` (GPU-resident mode: copied once, shuffled there; the
+        label codes too, so a shuffled batch's codes are gathered without a host round trip)."""
+        codes = None if self.codes is None else self.codes.to(device)
+        return TensorData(CountBatch(*(_indexable(t.to(device)) for t in self.batch)), codes, self.contig_ids)
 
-    def batches(
+    def labeled_batches(
         self,
         batch_size: int,
         generator: torch.Generator | None = None,
         drop_singleton: bool = False,
         drop_last: bool = False,
-    ) -> Iterator[CountBatch]:
+    ) -> Iterator[tuple[CountBatch, Tensor | None]]:
         """Batches in storage order, or shuffled by `generator` (on the generator's device, so
-        resident data is shuffled on the GPU); a trailing batch of 1 is dropped when
-        `drop_singleton` (BatchNorm cannot train on one sample), any short one when `drop_last`."""
+        resident data is shuffled on the GPU), each with its label codes (None when unlabeled);
+        a trailing batch of 1 is dropped when `drop_singleton` (BatchNorm cannot train on one
+        sample), any short one when `drop_last`."""
         n = len(self)
         order = torch.randperm(n, generator=generator, device=generator.device) if generator is not None else None
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)
             if (drop_singleton and hi - lo < 2) or (drop_last and hi - lo < batch_size):
                 break
-            if order is None:
-                yield CountBatch(*(t[lo:hi] for t in self.batch))
-            else:
-                idx = order[lo:hi]
-                yield CountBatch(*(t[idx] for t in self.batch))
+            rows = slice(lo, hi) if order is None else order[lo:hi]
+            yield CountBatch(*(t[rows] for t in self.batch)), None if self.codes is None else self.codes[rows]
 
-    def labeled_batches(self, batch_size: int) -> Iterator[tuple[CountBatch, Tensor | None]]:
-        """Batches in storage order, each with its label codes (None when unlabeled)."""
-        for lo, batch in zip(range(0, len(self), batch_size), self.batches(batch_size), strict=True):
-            yield batch, None if self.codes is None else self.codes[lo : lo + batch_size]
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, **drops) -> Iterator[CountBatch]:
+        """`labeled_batches` without the codes."""
+        return (batch for batch, _ in self.labeled_batches(batch_size, generator, **drops))
 
 
 class EpochData(Protocol):
@@ -231,9 +229,9 @@ class EpochData(Protocol):
     Ray Data every epoch (`kmervae.distributed.ray_data.StreamedShards`).
     """
 
-    labeled: bool  # validation batches carry label codes (kNN accuracy is computed)
+    labeled: bool  # batches carry label codes (kNN accuracy is computed; loss.supcon can train on them)
 
-    def train_batches(self, epoch: int) -> Iterable[CountBatch]: ...
+    def train_batches(self, epoch: int) -> Iterable[tuple[CountBatch, Tensor | None]]: ...
 
     def all_train_batches(self) -> Iterable[CountBatch]:
         """Every training contig once, in storage order (fitting input statistics)."""
@@ -256,8 +254,10 @@ class InMemoryData:
     def labeled(self) -> bool:
         return self.val.codes is not None
 
-    def train_batches(self, epoch: int) -> Iterator[CountBatch]:
-        return self.train.batches(self.batch_size, self.generator, drop_singleton=True, drop_last=self.drop_last)
+    def train_batches(self, epoch: int) -> Iterator[tuple[CountBatch, Tensor | None]]:
+        return self.train.labeled_batches(
+            self.batch_size, self.generator, drop_singleton=True, drop_last=self.drop_last
+        )
 
     def all_train_batches(self) -> Iterator[CountBatch]:
         return self.train.batches(self.batch_size)

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_ch
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, load_splits, use_resident
 from kmervae.core.errors import ConfigError, KmervaeError
-from kmervae.core.loss import split_views, vae_loss
+from kmervae.core.loss import contrastive_loss, split_views, vae_loss
 from kmervae.core.metrics import VIEW_CONTIGS, VIEW_SEED, EpochMetrics, kmeans_ari, knn_accuracy, view_agreement
 from kmervae.core.model import BranchedVAE
 from kmervae.core.storage import check_writable
@@ -68,9 +68,25 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
     )
 
 
+def training_views(batch: CountBatch, codes: Tensor | None, cfg: LossConfig):
+    """What one training step feeds the model: (inputs, reconstruction targets, label codes).
+
+    Plain: the contigs reconstruct themselves. cross_view: view A in, view B as the target.
+    paired views (InfoNCE): A and B stacked into one batch, one forward pass for both, each
+    reconstructing the other view under cross_view, else the whole contig."""
+    if not (cfg.cross_view or cfg.paired_views):
+        return batch, batch, codes
+    a, b = split_batch(batch, cfg.view_fraction)
+    if not cfg.paired_views:
+        return a, b, codes
+    stack = lambda x, y: CountBatch(*(torch.cat(pair) for pair in zip(x, y, strict=True)))  # noqa: E731
+    targets = stack(b, a) if cfg.cross_view else stack(batch, batch)
+    return stack(a, b), targets, None if codes is None else torch.cat([codes, codes])
+
+
 def train_epoch(
     model: nn.Module,
-    batches: Iterable[CountBatch],
+    batches: Iterable[tuple[CountBatch, Tensor | None]],
     optimizer: torch.optim.Optimizer,
     loss_cfg: LossConfig,
     beta: float,
@@ -86,24 +102,25 @@ def train_epoch(
     started = time.perf_counter()
     data_wait = 0.0
     fetch = time.perf_counter()
-    for batch in batches:
+    for batch, codes in batches:
         batch = batch.to(device, non_blocking=True)
         data_wait += time.perf_counter() - fetch
-        target = batch
+        batch, target, codes = training_views(batch, codes, loss_cfg)
         with autocast(device, precision):
-            if loss_cfg.cross_view:  # encode view A, reconstruct view B (loss.cross_view)
-                batch, target = split_batch(batch, loss_cfg.view_fraction)
-                out = model(*batch, target=target)
-            else:
-                out = model(*batch)
+            out = model(*batch) if target is batch else model(*batch, target=target)
         terms = vae_loss(out, target.kmer7, loss_cfg, beta)
+        loss = terms.loss
+        extra = contrastive_loss(out.mu, codes, loss_cfg)
+        if extra is not None:
+            loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        sums[0] += terms.loss.detach().double() * len(batch.length)
-        sums[1] += len(batch.length)
+        contigs = len(batch.length) // (2 if loss_cfg.paired_views else 1)
+        sums[0] += loss.detach().double() * contigs
+        sums[1] += contigs
         fetch = time.perf_counter()
     if all_reduce is not None:
         all_reduce(sums)
@@ -208,14 +225,14 @@ def fit_input_norm(model: nn.Module, batches: Iterable[CountBatch], *, device: t
     model.set_input_norm(sums[0, :-1], sums[1, :-1], float(sums[0, -1]))
 
 
-def keep_first(batches: Iterable[CountBatch], contigs: int, kept: list[CountBatch]) -> Iterator[CountBatch]:
-    """Pass `batches` through, appending the first ones (about `contigs` contigs) to `kept`."""
+def keep_first(batches: Iterable[tuple[CountBatch, Tensor | None]], contigs: int, kept: list[CountBatch]):
+    """Pass (batch, codes) pairs through, appending the first batches (about `contigs` contigs) to `kept`."""
     count = 0
-    for batch in batches:
+    for batch, codes in batches:
         if count < contigs:
             kept.append(batch)
             count += len(batch.length)
-        yield batch
+        yield batch, codes
 
 
 @torch.no_grad()
@@ -274,6 +291,11 @@ def run_epochs(
     collective = collective or Collective()
     history = list(history or [])
     plain = unwrap(model)
+    if config.loss.uses_labels and not data.labeled:
+        raise ConfigError(
+            "loss.supcon > 0 trains on genome labels, but these features have none; "
+            "featurize with --label-from-filename or --labels, or set loss.supcon=0"
+        )
     if config.model.input_norm == "zscore" and not bool(plain.norm_fitted):  # a resumed run has its statistics
         fit_input_norm(plain, data.all_train_batches(), device=device, all_reduce=collective.all_reduce)
     for epoch in range(start_epoch, tc.epochs):

@@ -11,6 +11,10 @@ summed over latent dimensions and averaged over samples, as in pytorch/examples 
 `loss.free_bits` the optimiser pays max(KL of a dimension, free_bits) per dimension instead
 (`kl_penalty`), while the reported KL stays the true one. Under `loss.cross_view` the target
 is the transformed profile of the other view of the same contig (`split_views`).
+
+Two optional contrastive terms are added to the training loss (not to `val/loss`, which stays
+the reconstruction + KL every trial shares): `loss.infonce` times `info_nce` between the two
+views' readouts, and `loss.supcon` times `supervised_contrastive` on genome labels.
 """
 
 from __future__ import annotations
@@ -68,6 +72,49 @@ def split_views(counts: Tensor, fraction: float, generator: torch.Generator | No
     wide = counts.float()
     a = torch.binomial(wide, torch.full_like(wide, fraction), generator=generator)
     return a.to(counts.dtype), (wide - a).to(counts.dtype)
+
+
+def info_nce(mu_a: Tensor, mu_b: Tensor, temperature: float) -> Tensor:
+    """Symmetric InfoNCE (van den Oord et al. 2018; SimCLR's NT-Xent across views): contig i's
+    view A must pick its own view B among the batch's B views by cosine / temperature, and
+    the reverse; the mean of both cross-entropies."""
+    a = F.normalize(mu_a.float(), dim=1)
+    b = F.normalize(mu_b.float(), dim=1)
+    logits = a @ b.T / temperature
+    own = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, own) + F.cross_entropy(logits.T, own))
+
+
+def supervised_contrastive(mu: Tensor, codes: Tensor, temperature: float) -> Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out): for every anchor with a label
+    (code >= 0) and at least one other contig of that label in the batch, minus the mean over
+    those positives of log softmax over all other contigs of cosine / temperature; averaged
+    over anchors. Zero (with a gradient path) when no anchor has a positive."""
+    z = F.normalize(mu.float(), dim=1)
+    sim = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    log_prob = sim - torch.logsumexp(sim.masked_fill(self_mask, -torch.inf), dim=1, keepdim=True)
+    codes = codes.to(z.device)
+    positive = (codes[:, None] == codes[None, :]) & (codes[:, None] >= 0) & ~self_mask
+    counts = positive.sum(dim=1)
+    anchors = counts > 0
+    if not bool(anchors.any()):
+        return sim.sum() * 0.0
+    mean_positive = (log_prob * positive).sum(dim=1)[anchors] / counts[anchors]
+    return -mean_positive.mean()
+
+
+def contrastive_loss(mu: Tensor, codes: Tensor | None, cfg: LossConfig) -> Tensor | None:
+    """The weighted contrastive terms of a training batch (None when both are off). With
+    `cfg.paired_views`, `mu` holds view A of the batch's contigs, then view B in the same order."""
+    total = None
+    if cfg.infonce > 0:
+        a, b = mu.chunk(2)
+        total = cfg.infonce * info_nce(a, b, cfg.temperature)
+    if cfg.supcon > 0 and codes is not None:
+        term = cfg.supcon * supervised_contrastive(mu, codes, cfg.temperature)
+        total = term if total is None else total + term
+    return total
 
 
 def presence(kmer7_counts: Tensor, cfg: LossConfig) -> Tensor:

@@ -87,7 +87,8 @@ MATERIALIZE_SHARE = 0.3
 
 
 def build_datasets(files: DatasetFiles, cfg: DataConfig, labels: list[str], seed: int, mode: str = "auto"):
-    """(train, validation) Ray datasets of decoded counts; validation carries label codes.
+    """(train, validation) Ray datasets of decoded counts, with label codes when `labels` is not
+    empty (validation scores embeddings with them; loss.supcon trains on them).
 
     `materialize` decodes once into the object store (shared memory) and every epoch
     streams from there; `stream` re-reads the parquet files every epoch (for data larger
@@ -109,8 +110,9 @@ def build_datasets(files: DatasetFiles, cfg: DataConfig, labels: list[str], seed
         columns
     )  # projection pushed into the read
     common = dict(fmt=files.format, cfg=cfg, threshold=threshold, held_out=held_out_labels(labels, cfg))
-    train = base.map_batches(decode_split, fn_kwargs=dict(common, validation=False, labels=[]), batch_format="pyarrow")
-    val = base.map_batches(decode_split, fn_kwargs=dict(common, validation=True, labels=labels), batch_format="pyarrow")
+    common["labels"] = labels
+    train = base.map_batches(decode_split, fn_kwargs=dict(common, validation=False), batch_format="pyarrow")
+    val = base.map_batches(decode_split, fn_kwargs=dict(common, validation=True), batch_format="pyarrow")
     if mode == "materialize" or (mode == "auto" and decoded_bytes(files) <= MATERIALIZE_SHARE * object_store_bytes()):
         train, val = train.materialize(), val.materialize()
     train = train.randomize_block_order(seed=RandomSeedConfig(seed, reseed_after_execution=True))
@@ -200,10 +202,9 @@ class StreamedShards:
     seed: int
     labeled: bool
 
-    def train_batches(self, epoch: int) -> Iterator[CountBatch]:
+    def train_batches(self, epoch: int) -> Iterator[tuple[CountBatch, torch.Tensor | None]]:
         seed = self.seed * 1_000_003 + epoch * 1009 + self.rank  # a different, reproducible order every epoch
-        batches = shard_batches(self.train_shard, self.batch_size, self.device, shuffle_seed=seed, drop_last=True)
-        return (batch for batch, _ in batches)
+        return shard_batches(self.train_shard, self.batch_size, self.device, shuffle_seed=seed, drop_last=True)
 
     def all_train_batches(self) -> Iterator[CountBatch]:
         # A whole pass (every rank at once): stopping a streaming split early can stall the others.

@@ -417,7 +417,7 @@ def _mlflow_run(experiment: str, name: str, storage: str, mlflow_dir, config: Ru
     from kmervae.tracking.tracker import Tracker, tracking_uri
 
     uri = tracking_uri(mlflow_dir)
-    tags = {"kmervae.run_name": name, "kmervae.storage": str(storage), "engine": "ray"}
+    tags = {"kmervae.run_name": name, "kmervae.storage": str(storage), "engine": "ray", **config.run_tags()}
     tracker = Tracker(experiment, name, uri=uri, tags=tags, resume=True)
     if not tracker.resumed:
         tracker.log_params(config.to_dict())

@@ -182,7 +182,7 @@ def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, 
     """A trial's MLflow child run: found again by its tags (resume, driver export) or created."""
     from kmervae.tracking.tracker import Tracker
 
-    tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray"}
+    tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray", **config.run_tags()}
     tracker = Tracker(
         sweep.experiment,
         f"{sweep.name}-{trial_id}",
