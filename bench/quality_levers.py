@@ -75,6 +75,24 @@ CONFIGS = {
         *SMALL, "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "model.log_eps=1e-3",
     ],
     "small-xview-eps1e-3-noz": [*SMALL, "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "model.log_eps=1e-3"],
+    # contrastive levers (issue 14): InfoNCE between the two views; a supervised contrastive term on
+    # the training genomes' labels (genomes never seen are still never trained on)
+    "xview-infonce": [
+        "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
+        "loss.temperature=0.1",
+    ],
+    "supcon": ["model.input_norm=zscore", "loss.beta=0", "loss.w7=0.1", "loss.supcon=1", "loss.temperature=0.1"],
+    "small-xview-infonce": [
+        *SMALL, "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
+        "loss.temperature=0.1",
+    ],
+    "small-supcon": [
+        *SMALL, "model.input_norm=zscore", "loss.beta=0", "loss.w7=0.1", "loss.supcon=1", "loss.temperature=0.1",
+    ],
+    "small-supcon-only": [
+        *SMALL, "model.input_norm=zscore", "loss.beta=0", "loss.scale=0.001", "loss.supcon=1",
+        "loss.temperature=0.1",
+    ],
 }  # fmt: skip
 
 
@@ -84,9 +102,12 @@ def protocols(features: Path, out: Path) -> dict[str, tuple[Path, Path]]:
     return {"heldout": (train_dir, held_dir), "all": (features, features)}
 
 
-def fit(features: Path, config: RunConfig, device: torch.device) -> tuple[torch.nn.Module, list[dict]]:
+def fit(
+    features: Path, config: RunConfig, device: torch.device, on_epoch=lambda *_: None
+) -> tuple[torch.nn.Module, list[dict]]:
     """The engine's epoch loop on one process, without writing checkpoints (a 27.8M-parameter
-    checkpoint with Adam state is 330 MB: saving one per epoch took most of a GPU epoch)."""
+    checkpoint with Adam state is 330 MB: saving one per epoch took most of a GPU epoch).
+    `on_epoch(epoch, model)` sees the model after each epoch (BatchNorm statistics recomputed)."""
     torch.manual_seed(config.train.seed)
     train, val = load_splits(features, config.data)
     train, val = train.to(device), val.to(device)
@@ -95,8 +116,9 @@ def fit(features: Path, config: RunConfig, device: torch.device) -> tuple[torch.
     generator = torch.Generator(device=device).manual_seed(config.train.seed)
     data = InMemoryData(train, val, config.train.batch_size, generator)
     history = run_epochs(
-        model, data, config, optimizer, make_scheduler(optimizer, config.train), device=device, on_epoch=lambda *_: None
-    )
+        model, data, config, optimizer, make_scheduler(optimizer, config.train), device=device,
+        on_epoch=lambda epoch, *_: on_epoch(epoch, model),
+    )  # fmt: skip
     return model, history
 
 
@@ -132,9 +154,14 @@ def train(args: argparse.Namespace) -> None:
                     overrides += [f"train.precision={args.precision}"] + CONFIGS[name]
                     config = RunConfig(model=preset("final")).with_overrides(overrides)
                     t0 = time.perf_counter()
-                    model, history = fit(train_dir, config, device)
-                    ids, vectors = embed(model, embed_dir, device)
                     key = f"{size}/{protocol}/{name}"
+
+                    def snapshot(epoch, model, key=key, embed_dir=embed_dir):
+                        if args.every_epoch and epoch + 1 < args.epochs:  # the last epoch is stored below
+                            arrays[f"{key}@{epoch + 1}"] = embed(model, embed_dir, device)[1]
+
+                    model, history = fit(train_dir, config, device, snapshot)
+                    ids, vectors = embed(model, embed_dir, device)
                     arrays[key] = vectors
                     arrays[f"{size}/{protocol}/ids"] = ids.astype(str)
                     last = history[-1]
@@ -182,7 +209,7 @@ def score(args: argparse.Namespace) -> None:
                     )
                 for key in stored.files:
                     if key.startswith(f"{size}/{protocol}/") and not key.endswith("/ids"):
-                        run = runs.get(key, {})
+                        run = runs.get(key, {}) if "@" not in key else {}
                         s = score_embedding(stored[key], labels)
                         rows.append(
                             {
@@ -215,6 +242,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--configs", nargs="*", choices=list(CONFIGS))
+    parser.add_argument("--every-epoch", action="store_true", help="also embed (and score) after every epoch")
     parser.add_argument("--protocols", nargs="*", choices=["heldout", "all"], default=["heldout", "all"])
     args = parser.parse_args()
     train(args) if args.step == "train" else score(args)

@@ -113,9 +113,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args: argparse.Namespace):
-    from kmervae.core.config import RunConfig, preset
+    from kmervae.core.config import RunConfig, preset_config
 
-    config = RunConfig(model=preset(args.preset))
+    config = preset_config(args.preset)
     if args.config is not None:
         config = RunConfig.from_yaml(args.config, base=config)
     return config.with_overrides(args.overrides)

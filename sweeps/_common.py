@@ -152,7 +152,7 @@ def sweep_main(
 
 
 def _run(script: str, args: argparse.Namespace, space) -> int:
-    from kmervae.core.config import RunConfig, SweepConfig, preset
+    from kmervae.core.config import SweepConfig, preset_config
     from kmervae.core.data import held_out_labels
     from kmervae.core.feature_table import dataset_files
     from kmervae.distributed.ray_data import label_vocabulary
@@ -162,7 +162,7 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     smoke = args.smoke_test
     samples = args.samples or (SMOKE["samples"] if smoke else 16)
     epochs = args.epochs or (SMOKE["epochs"] if smoke else 50)
-    base = RunConfig(model=preset("tiny" if smoke else args.preset))
+    base = preset_config("tiny" if smoke else args.preset)
     fixed = [f"train.epochs={epochs}", f"train.seed={args.seed}"]
     if smoke:
         fixed += [f"data.max_samples={SMOKE['max_samples']}", f"train.batch_size={SMOKE['batch_size']}"]

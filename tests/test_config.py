@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from kmervae.core.config import PRESETS, DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig, preset
+from kmervae.core.config import (
+    PRESETS,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    preset,
+    preset_config,
+)
 from kmervae.core.errors import ConfigError
 
 
@@ -145,3 +154,11 @@ def test_runs_say_whether_they_trained_on_labels():
     assert RunConfig().run_tags() == {"kmervae.uses_labels": "false"}
     assert RunConfig().with_overrides(["loss.infonce=1"]).run_tags() == {"kmervae.uses_labels": "false"}
     assert RunConfig().with_overrides(["loss.supcon=0.1"]).run_tags() == {"kmervae.uses_labels": "true"}
+
+
+def test_final_keeps_the_seeds_loss_scale():
+    """`final` is the seed's architecture and loss exactly: the group MSEs times 2,090 (= 8,361 / 4)."""
+    final = preset_config("final")
+    assert final.model == PRESETS["final"] and final.loss.scale == 2090 and final.loss.beta == 1
+    assert preset_config("tiny").loss.scale == LossConfig().scale  # presets without settings keep the defaults
+    assert preset_config("final").with_overrides(["loss.scale=1"]).loss.scale == 1  # --set wins
