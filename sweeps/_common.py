@@ -87,7 +87,8 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
     p.add_argument(
         "--smoke-test",
         action="store_true",
-        help="tiny preset, 600 contigs, 3 trials x 2 epochs on CPU: about 2 minutes on 2 cores",
+        help="the tiny architecture (with --preset's loss settings), 600 contigs, 3 trials x 2 epochs on CPU: "
+        "about 2 minutes on 2 cores",
     )
     apply_env_defaults(p)
     return p.parse_args(argv)
@@ -162,7 +163,7 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     smoke = args.smoke_test
     samples = args.samples or (SMOKE["samples"] if smoke else 16)
     epochs = args.epochs or (SMOKE["epochs"] if smoke else 50)
-    base = preset_config("tiny" if smoke else args.preset)
+    base = preset_config(args.preset, architecture="tiny" if smoke else None)
     fixed = [f"train.epochs={epochs}", f"train.seed={args.seed}"]
     if smoke:
         fixed += [f"data.max_samples={SMOKE['max_samples']}", f"train.batch_size={SMOKE['batch_size']}"]

@@ -162,3 +162,7 @@ def test_final_keeps_the_seeds_loss_scale():
     assert final.model == PRESETS["final"] and final.loss.scale == 2090 and final.loss.beta == 1
     assert preset_config("tiny").loss.scale == LossConfig().scale  # presets without settings keep the defaults
     assert preset_config("final").with_overrides(["loss.scale=1"]).loss.scale == 1  # --set wins
+    shrunk = preset_config("final", architecture="tiny")  # smoke sweeps: the settings on tiny widths
+    assert shrunk.model == PRESETS["tiny"] and shrunk.loss.scale == 2090
+    with pytest.raises(ConfigError, match="--preset 'best' is unknown"):
+        preset_config("best", architecture="tiny")

@@ -630,7 +630,10 @@ PRESET_SETTINGS: dict[str, tuple[str, ...]] = {
 """The loss, training and data settings that belong to a preset, beside its architecture."""
 
 
-def preset_config(name: str) -> RunConfig:
+def preset_config(name: str, architecture: str | None = None) -> RunConfig:
     """A preset's whole starting point: its architecture and its settings (`--set` and YAML
-    files apply on top)."""
-    return RunConfig(model=preset(name)).with_overrides(list(PRESET_SETTINGS.get(name, ())))
+    files apply on top). `architecture` puts the settings on another preset's widths (smoke
+    tests run a preset's settings on `tiny`)."""
+    preset(name)  # an unknown name is an error even when only its settings are used
+    base = RunConfig(model=preset(architecture or name))
+    return base.with_overrides(list(PRESET_SETTINGS.get(name, ())))
