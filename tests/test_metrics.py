@@ -1,4 +1,5 @@
-"""Epoch metrics: exact accumulation, every metric key of docs/contracts.md, active units, kNN accuracy."""
+"""Epoch metrics: exact accumulation, every metric key of docs/contracts.md, active units, kNN accuracy,
+view agreement."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import pytest
 import torch
 
 from kmervae.core.config import PRESETS, LossConfig
+from kmervae.core.data import CountBatch
+from kmervae.core.engine import validate_epoch
 from kmervae.core.loss import vae_loss
-from kmervae.core.metrics import EpochMetrics, knn_accuracy
+from kmervae.core.metrics import EpochMetrics, knn_accuracy, view_agreement
 from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
 
@@ -73,3 +76,23 @@ def test_knn_accuracy_separable_and_random():
     random_labels = [f"g{v}" for v in rng.integers(0, 4, 400)]
     assert 0.1 < knn_accuracy(noise, random_labels) < 0.45
     assert np.isnan(knn_accuracy(x[:3], labels[:3]))
+
+
+def test_view_agreement_by_hand():
+    """Share of other contigs' opposite halves farther (cosine) than the partner, both directions."""
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]])
+    assert view_agreement(a, a * 3) == 1.0  # every half finds its partner first (norms drop out)
+    # Contigs 0 and 1 swap their B halves. From A: contig 0 has 1 of 2 farther, contig 1 none (a tie
+    # at cosine 0 is not farther), contig 2 both; from B: 0, 1 and 2. (3 + 3) / (2 * 3 * 2).
+    b = torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+    assert view_agreement(a, b) == 0.5
+
+
+def test_validation_embeds_the_same_two_halves_every_time():
+    model = BranchedVAE(PRESETS["tiny"])
+    batches = [(CountBatch(*random_batch(6, seed=s)), None) for s in (1, 2)]
+    run = lambda: validate_epoch(model, batches, LossConfig(), 1.0, device=torch.device("cpu"), view_contigs=8)  # noqa: E731
+    metrics, _, _, views = run()
+    assert views.shape == (8, 2, 8)  # the first 8 contigs: all of batch 1, 2 of batch 2
+    assert not torch.equal(views[:, 0], views[:, 1])  # two different halves
+    torch.testing.assert_close(run()[3], views, rtol=0, atol=0)  # the same halves every epoch
