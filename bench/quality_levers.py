@@ -81,6 +81,12 @@ CONFIGS = {
         "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
         "loss.temperature=0.1",
     ],
+    # InfoNCE pushes apart every other contig, its own genome's too; a higher temperature
+    # tolerates near negatives (Wang & Liu 2021)
+    "xview-infonce-t0.5": [
+        "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
+        "loss.temperature=0.5",
+    ],
     "supcon": ["model.input_norm=zscore", "loss.beta=0", "loss.w7=0.1", "loss.supcon=1", "loss.temperature=0.1"],
     "small-xview-infonce": [
         *SMALL, "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",

@@ -100,7 +100,12 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="final", help="architecture preset: final, outline or tiny")
+    p.add_argument(
+        "--preset",
+        default="final",
+        help="preset (architecture and loss settings): final (the seed's), recommended (the best measured on "
+        "genomes never seen, bench/RESULTS.md), outline or tiny",
+    )
     p.add_argument("--config", type=Path, metavar="YAML", help="YAML file with model/loss/train/data sections")
     p.add_argument(
         "--set",

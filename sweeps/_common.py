@@ -65,7 +65,7 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
         "that share their loss settings and latent size)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
-    p.add_argument("--preset", default=preset, help="architecture the space starts from")
+    p.add_argument("--preset", default=preset, help="preset the space starts from (architecture and loss settings)")
     p.add_argument(
         "--set",
         dest="overrides",

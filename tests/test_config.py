@@ -19,7 +19,7 @@ from kmervae.core.errors import ConfigError
 
 def test_defaults_and_presets_are_valid():
     RunConfig()
-    assert set(PRESETS) == {"final", "outline", "tiny"}
+    assert set(PRESETS) == {"final", "outline", "recommended", "tiny"}
     assert preset("outline").kmer7_widths == (4096, 2048)
     with pytest.raises(ConfigError, match="--preset 'huge' is unknown; allowed: final, outline, tiny"):
         preset("huge")

@@ -57,6 +57,8 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
             "python",
             "sweeps/latent_sweep.py",
             "--smoke-test",
+            "--preset",
+            "recommended",  # as the Quickstart runs it: cross-view, InfoNCE, z-scored inputs under Ray
             "--samples",
             "2",
             "--data",
@@ -90,6 +92,7 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/loss")]
         assert steps and steps == list(range(len(steps)))
         assert "model.latent_dim" in child.data.params and child.info.status == "FINISHED"
+        assert child.data.params["loss.infonce"] == "1.0" and child.data.params["model.input_norm"] == "zscore"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_model", "plots", "trials.csv"} <= artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
