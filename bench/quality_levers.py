@@ -87,6 +87,10 @@ CONFIGS = {
         "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
         "loss.temperature=0.5",
     ],
+    "xview-infonce-t1": [
+        "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
+        "loss.temperature=1",
+    ],
     "supcon": ["model.input_norm=zscore", "loss.beta=0", "loss.w7=0.1", "loss.supcon=1", "loss.temperature=0.1"],
     "small-xview-infonce": [
         *SMALL, "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",

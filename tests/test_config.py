@@ -21,8 +21,11 @@ def test_defaults_and_presets_are_valid():
     RunConfig()
     assert set(PRESETS) == {"final", "outline", "recommended", "tiny"}
     assert preset("outline").kmer7_widths == (4096, 2048)
-    with pytest.raises(ConfigError, match="--preset 'huge' is unknown; allowed: final, outline, tiny"):
+    with pytest.raises(ConfigError, match="--preset 'huge' is unknown; allowed: final, outline, recommended, tiny"):
         preset("huge")
+    for name in PRESETS:  # every preset's settings are valid on its architecture and on tiny
+        assert preset_config(name).model == PRESETS[name]
+        preset_config(name, architecture="tiny")
 
 
 @pytest.mark.parametrize(
