@@ -87,6 +87,10 @@ CONFIGS = {
         "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
         "loss.temperature=0.5",
     ],
+    "xview-infonce-t0.25": [
+        "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
+        "loss.temperature=0.25",
+    ],
     "xview-infonce-t1": [
         "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
         "loss.temperature=1",
