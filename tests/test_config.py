@@ -167,5 +167,8 @@ def test_final_keeps_the_seeds_loss_scale():
     assert preset_config("final").with_overrides(["loss.scale=1"]).loss.scale == 1  # --set wins
     shrunk = preset_config("final", architecture="tiny")  # smoke sweeps: the settings on tiny widths
     assert shrunk.model == PRESETS["tiny"] and shrunk.loss.scale == 2090
+    small = preset_config("recommended", architecture="tiny")  # the size changes, nothing else
+    assert small.model.kmer7_widths == PRESETS["tiny"].kmer7_widths and small.model.latent_dim == 8
+    assert small.model.input_norm == "zscore" and small.loss == preset_config("recommended").loss
     with pytest.raises(ConfigError, match="--preset 'best' is unknown"):
         preset_config("best", architecture="tiny")

@@ -648,10 +648,16 @@ PRESET_SETTINGS: dict[str, tuple[str, ...]] = {
 """The loss, training and data settings that belong to a preset, beside its architecture."""
 
 
+SIZE_FIELDS = ("kmer7_widths", "kmer4_widths", "kmer3_widths", "trunk_widths", "latent_dim")
+"""What `preset_config(..., architecture=...)` takes from the other preset: the network's size."""
+
+
 def preset_config(name: str, architecture: str | None = None) -> RunConfig:
-    """A preset's whole starting point: its architecture and its settings (`--set` and YAML
-    files apply on top). `architecture` puts the settings on another preset's widths (smoke
-    tests run a preset's settings on `tiny`)."""
-    preset(name)  # an unknown name is an error even when only its settings are used
-    base = RunConfig(model=preset(architecture or name))
-    return base.with_overrides(list(PRESET_SETTINGS.get(name, ())))
+    """A preset's whole starting point: its model and its settings (`--set` and YAML files apply
+    on top). `architecture` shrinks it to another preset's size (widths and latent size) and
+    keeps everything else (smoke tests run a preset on `tiny`'s size)."""
+    model = preset(name)
+    if architecture is not None:
+        size = preset(architecture)
+        model = dataclasses.replace(model, **{field: getattr(size, field) for field in SIZE_FIELDS})
+    return RunConfig(model=model).with_overrides(list(PRESET_SETTINGS.get(name, ())))
