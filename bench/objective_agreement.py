@@ -8,6 +8,13 @@ ran (ASHA stops weak trials), its best epoch by `--label` with that epoch's `val
 `val/kmeans_ari` and `val/view_agreement`, and the last epoch's. Then the Spearman rank
 correlation between `val/view_agreement` and `--label` over the trials (at their last
 epoch, and at their best epoch), and over every epoch of every trial.
+
+    python bench/objective_agreement.py --checkpoints SWEEP_STORAGE_DIR --features FEATURES
+
+scores other label-free candidates on every trial's best checkpoint (`trials/*/outputs/best.pt`)
+over its own validation contigs, against its `val/knn_acc` there: view agreement, the adjusted
+Rand index between k-means partitions (k = 4, 8, 16) of the two halves' readouts, and the
+overlap of each contig's 10 nearest neighbours among A halves and among B halves.
 """
 
 from __future__ import annotations
@@ -31,16 +38,63 @@ def short(value: str) -> str:
     return f"{number:.3g}" if not number.is_integer() else str(int(number))
 
 
+def checkpoint_candidates(storage: Path, features: Path) -> None:
+    """Label-free candidates on each trial's best checkpoint, ranked against its val/knn_acc."""
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    from kmervae.core.checkpoint import load_checkpoint
+    from kmervae.core.data import load_splits
+    from kmervae.core.engine import split_batch
+    from kmervae.core.metrics import VIEW_CONTIGS, VIEW_SEED, knn_accuracy, readout, view_agreement
+
+    names = ["view agreement", "halves' k-means ARI, k=4", "k=8", "k=16", "10-NN overlap of the halves"]
+    rows = []
+    for path in sorted(storage.glob("trials/*/outputs/best.pt")):
+        checkpoint = load_checkpoint(path)
+        model = checkpoint.build_model().eval()
+        _, val = load_splits(features, checkpoint.config.data)
+        generator = torch.Generator().manual_seed(VIEW_SEED)
+        whole, a, b = [], [], []
+        with torch.no_grad():
+            for batch in val.batches(512):
+                half_a, half_b = split_batch(batch, 0.5, generator)
+                whole.append(model(*batch).mu.double())
+                a.append(model(*half_a).mu.double())
+                b.append(model(*half_b).mu.double())
+        whole, a, b = torch.cat(whole), readout(torch.cat(a)), readout(torch.cat(b))
+        knn = knn_accuracy(whole, [int(c) for c in val.codes])
+        scores = [view_agreement(a[:VIEW_CONTIGS], b[:VIEW_CONTIGS])]
+        for k in (4, 8, 16):
+            parts = [KMeans(k, n_init=3, random_state=0).fit_predict(x.numpy()) for x in (a, b)]
+            scores.append(adjusted_rand_score(*parts))
+        near = [(x @ x.T).fill_diagonal_(-2).topk(10, dim=1).indices for x in (a, b)]
+        overlap = [len(set(p.tolist()) & set(q.tolist())) / 10 for p, q in zip(*near, strict=True)]
+        scores.append(float(np.mean(overlap)))
+        rows.append((knn, *scores))
+        print(f"{path.parent.parent.name}: val/knn_acc {knn:.4f}, " + ", ".join(f"{s:.4f}" for s in scores))
+    for i, name in enumerate(names, start=1):
+        rho = spearmanr([r[i] for r in rows], [r[0] for r in rows]).statistic
+        print(f"Spearman({name}, val/knn_acc) over {len(rows)} trials: {rho:.3f}")
+
+
 def main() -> None:
     from mlflow import MlflowClient
     from scipy.stats import spearmanr
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mlflow-dir", type=Path, required=True)
-    parser.add_argument("--sweep", required=True)
+    parser.add_argument("--mlflow-dir", type=Path)
+    parser.add_argument("--sweep")
+    parser.add_argument("--checkpoints", type=Path, help="a sweep's storage folder: score candidates on its trials")
+    parser.add_argument("--features", type=Path, help="the sweep's feature dataset (with --checkpoints)")
     parser.add_argument("--experiment", default="kmervae-sweeps")
     parser.add_argument("--label", default="val/knn_acc", help="the labelled objective to compare with")
     args = parser.parse_args()
+    if args.checkpoints is not None:
+        return checkpoint_candidates(args.checkpoints, args.features)
     client = MlflowClient(f"sqlite:///{args.mlflow_dir.resolve()}/mlflow.db")
     experiment = client.get_experiment_by_name(args.experiment)
     runs = client.search_runs(
