@@ -91,6 +91,11 @@ CONFIGS = {
         "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
         "loss.temperature=0.25",
     ],
+    # hypothesis: the debiased loss (Chuang et al. 2020) stops pushing a genome's own contigs apart
+    "xview-infonce-debias0.1": [
+        "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
+        "loss.temperature=0.1", "loss.infonce_prior=0.1",
+    ],
     "xview-infonce-t1": [
         "model.input_norm=zscore", "loss.cross_view=true", "loss.beta=0", "loss.w7=0.1", "loss.infonce=1",
         "loss.temperature=1",

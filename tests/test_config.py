@@ -69,6 +69,7 @@ def test_defaults_and_presets_are_valid():
         (LossConfig, {"view_fraction": 1.0}, r"loss.view_fraction=1.0 is invalid: expected a number in \(0, 1\)"),
         (LossConfig, {"infonce": -1.0}, r"loss.infonce=-1.0 is invalid: expected a finite number >= 0"),
         (LossConfig, {"supcon": float("nan")}, r"loss.supcon=nan is invalid: expected a finite number >= 0"),
+        (LossConfig, {"infonce_prior": 1.0}, r"loss.infonce_prior=1.0 is invalid: expected a number in \[0, 1\)"),
         (LossConfig, {"temperature": 0.0}, r"loss.temperature=0.0 is invalid: expected a number in \(0, 10\]"),
         (TrainConfig, {"bn_stats": "batch"}, "train.bn_stats='batch' is invalid: expected recompute, epoch or ema"),
         (TrainConfig, {"bn_contigs": 1}, r"train.bn_contigs=1 is invalid: expected an integer >= 2"),

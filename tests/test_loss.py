@@ -128,6 +128,17 @@ def test_info_nce_by_hand():
     assert info_nce(a, b, 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
     # Swapped partners: the right one is the far one, log(1 + e^1).
     assert info_nce(a, b.flip(0), 1.0).item() == pytest.approx(math.log(1 + math.e), rel=1e-6)
+    # Debiased with prior 0.5 (N = 1 negative): (e^0 - 0.5 e^1) / 0.5 < 0 is floored at e^-1, so
+    # log(1 + e^-1 / e^1) = log(1 + e^-2); prior 0 is the plain form.
+    assert info_nce(a, b, 1.0, prior=0.5).item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+    assert info_nce(a, b, 1.0, prior=0.0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    # Three contigs, prior 0.25, temperature 1, N = 2, own cosine 1 everywhere (pos = e). Anchors 0
+    # and 2 have negatives at cosine 0 and -1: (1 + e^-1 - 2 * 0.25 * e) / 0.75 is under the floor
+    # 2 e^-1; anchor 1's are at cosine 0 and 0: (2 - 0.5 e) / 0.75 is above it and is kept.
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    floor, kept = 2 * math.exp(-1), (2 - 0.5 * math.e) / 0.75
+    rows = [math.log(1 + floor / math.e), math.log(1 + kept / math.e), math.log(1 + floor / math.e)]
+    assert info_nce(c, c, 1.0, prior=0.25).item() == pytest.approx(sum(rows) / 3, rel=1e-6)
 
 
 def test_supervised_contrastive_by_hand():

@@ -165,6 +165,10 @@ class LossConfig:
     encoded in one forward pass (the batch doubles), each view's readout must pick its partner
     among the batch's other contigs (`loss.info_nce`). Each view's reconstruction target is the
     other view under cross_view, else the whole contig."""
+    infonce_prior: float = 0.0
+    """Debiased InfoNCE (Chuang et al. 2020): the expected share of a batch's other contigs that
+    come from a contig's own genome (about 1 / the number of genomes of similar size); their
+    pull-apart is discounted. 0 = plain InfoNCE."""
     supcon: float = 0.0
     """Weight of a supervised contrastive term on genome labels (Khosla et al. 2020; 0 = off):
     contigs with one label are pulled together, others pushed apart. USES LABELS: a model
@@ -232,6 +236,12 @@ class LossConfig:
                 value,
                 "expected a finite number >= 0",
             )
+        check_field(
+            isinstance(self.infonce_prior, (int, float)) and 0.0 <= self.infonce_prior < 1.0,
+            "loss.infonce_prior",
+            self.infonce_prior,
+            "expected a number in [0, 1)",
+        )
         check_field(
             isinstance(self.temperature, (int, float)) and 0.0 < self.temperature <= 10.0,
             "loss.temperature",

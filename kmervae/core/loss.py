@@ -19,6 +19,7 @@ views' readouts, and `loss.supcon` times `supervised_contrastive` on genome labe
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -74,15 +75,31 @@ def split_views(counts: Tensor, fraction: float, generator: torch.Generator | No
     return a.to(counts.dtype), (wide - a).to(counts.dtype)
 
 
-def info_nce(mu_a: Tensor, mu_b: Tensor, temperature: float) -> Tensor:
+def info_nce(mu_a: Tensor, mu_b: Tensor, temperature: float, prior: float = 0.0) -> Tensor:
     """Symmetric InfoNCE (van den Oord et al. 2018; SimCLR's NT-Xent across views): contig i's
     view A must pick its own view B among the batch's B views by cosine / temperature, and
-    the reverse; the mean of both cross-entropies."""
+    the reverse; the mean of both cross-entropies.
+
+    With `prior` > 0, the debiased form (Chuang et al. 2020, eq. 7): other contigs of the same
+    genome are in the batch's negatives (a share `prior` of them in expectation), so the
+    negatives' sum is corrected by that share of the positive's weight, floored at its minimum:
+    -log(pos / (pos + max((sum(neg) - N prior pos) / (1 - prior), N e^(-1/t))))."""
     a = F.normalize(mu_a.float(), dim=1)
     b = F.normalize(mu_b.float(), dim=1)
     logits = a @ b.T / temperature
     own = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, own) + F.cross_entropy(logits.T, own))
+    if prior == 0:
+        return 0.5 * (F.cross_entropy(logits, own) + F.cross_entropy(logits.T, own))
+    n = len(a) - 1
+    off_diagonal = ~torch.eye(len(a), dtype=torch.bool, device=a.device)
+
+    def debiased(rows: Tensor) -> Tensor:
+        pos = rows.diagonal().exp()
+        neg = (rows.exp() * off_diagonal).sum(dim=1)
+        corrected = ((neg - n * prior * pos) / (1 - prior)).clamp_min(n * math.exp(-1 / temperature))
+        return -torch.log(pos / (pos + corrected)).mean()
+
+    return 0.5 * (debiased(logits) + debiased(logits.T))
 
 
 def supervised_contrastive(mu: Tensor, codes: Tensor, temperature: float) -> Tensor:
@@ -110,7 +127,7 @@ def contrastive_loss(mu: Tensor, codes: Tensor | None, cfg: LossConfig) -> Tenso
     total = None
     if cfg.infonce > 0:
         a, b = mu.chunk(2)
-        total = cfg.infonce * info_nce(a, b, cfg.temperature)
+        total = cfg.infonce * info_nce(a, b, cfg.temperature, cfg.infonce_prior)
     if cfg.supcon > 0 and codes is not None:
         term = cfg.supcon * supervised_contrastive(mu, codes, cfg.temperature)
         total = term if total is None else total + term
