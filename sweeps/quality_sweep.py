@@ -7,7 +7,7 @@ default for labelled data), so every trial is scored the same way on genomes it 
 on. The levers (kmervae/core/config.py documents each): the reconstruction scale, KL control
 (beta down to 1e-4, free bits, linear or cyclical annealing), the encoder's input normalisation
 (none, z-scores of the training data, centred log-ratio), cross-view training and its split,
-an InfoNCE term between the views, a supervised contrastive term on the training genomes'
+an InfoNCE term between the views (plain or debiased), a supervised contrastive term on the training genomes'
 labels (such trials are tagged kmervae.uses_labels=true), the 7-mer weight, the latent size,
 and regularisation (input dropout, weight decay).
 See sweeps/_common.py for the flags; bench/RESULTS.md ("Levers") for what was measured.
@@ -37,6 +37,8 @@ def space(trial) -> None:
         trial.suggest_float("loss.view_fraction", 0.3, 0.7)
     infonce = trial.suggest_categorical("loss.infonce", [0.0, 0.1, 1.0])
     supcon = trial.suggest_categorical("loss.supcon", [0.0, 0.1, 1.0])  # trains on labels: tagged as such
+    if infonce:
+        trial.suggest_categorical("loss.infonce_prior", [0.0, 0.1])  # debiased: a genome's own contigs spared
     if infonce or supcon:
         trial.suggest_float("loss.temperature", 0.05, 0.5, log=True)
     trial.suggest_float("train.weight_decay", 1e-6, 1e-3, log=True)
