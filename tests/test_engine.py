@@ -173,3 +173,18 @@ def test_a_supervised_term_on_unlabelled_features_is_refused_before_training(exa
             device=torch.device("cpu"), on_epoch=lambda *args: epochs.append(args),
         )  # fmt: skip
     assert not epochs
+
+
+def test_fit_local_refuses_a_supervised_loss_on_unlabelled_features_before_writing(example_features, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    unlabeled = tmp_path / "unlabeled"
+    shutil.copytree(example_features, unlabeled)
+    for part in unlabeled.glob("*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["label"]), part)
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["loss.supcon=1", "train.epochs=1"])
+    with pytest.raises(ConfigError, match="loss.supcon > 0 trains on genome labels, but these features have none"):
+        fit_local(unlabeled, config, tmp_path / "out", log=lambda line: None)
+    assert not (tmp_path / "out").exists()  # nothing partial left behind

@@ -68,6 +68,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
     )
 
 
+def check_labels_for(config: RunConfig, labeled: bool) -> None:
+    """Refuse a supervised loss on features without labels (before any output is made)."""
+    if config.loss.uses_labels and not labeled:
+        raise ConfigError(
+            "loss.supcon > 0 trains on genome labels, but these features have none; "
+            "featurize with --label-from-filename or --labels, or set loss.supcon=0"
+        )
+
+
 def training_views(batch: CountBatch, codes: Tensor | None, cfg: LossConfig):
     """What one training step feeds the model: (inputs, reconstruction targets, label codes).
 
@@ -291,11 +300,7 @@ def run_epochs(
     collective = collective or Collective()
     history = list(history or [])
     plain = unwrap(model)
-    if config.loss.uses_labels and not data.labeled:
-        raise ConfigError(
-            "loss.supcon > 0 trains on genome labels, but these features have none; "
-            "featurize with --label-from-filename or --labels, or set loss.supcon=0"
-        )
+    check_labels_for(config, data.labeled)  # the engines check before writing anything; a last guard
     if config.model.input_norm == "zscore" and not bool(plain.norm_fitted):  # a resumed run has its statistics
         fit_input_norm(plain, data.all_train_batches(), device=device, all_reduce=collective.all_reduce)
     for epoch in range(start_epoch, tc.epochs):
@@ -366,6 +371,7 @@ def fit_local(
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
     train, val = load_splits(data_path, config.data)
+    check_labels_for(config, val.codes is not None)
     model = BranchedVAE(config.model).to(device)
     optimizer = make_optimizer(model, tc, device)
     scheduler = make_scheduler(optimizer, tc)

@@ -29,6 +29,7 @@ from kmervae.core.config import RunConfig
 from kmervae.core.data import EpochData, InMemoryData, use_resident
 from kmervae.core.engine import (
     Collective,
+    check_labels_for,
     epoch_line,
     make_optimizer,
     make_scheduler,
@@ -280,6 +281,7 @@ def fit_ray(
     init_ray(address)
     plan = plan_resources(ray.available_resources(), workers, gpus_per_worker, use_cpu)
     labels = label_vocabulary(files)
+    check_labels_for(config, bool(labels))
     tracker = None
     if experiment:
         tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config)
