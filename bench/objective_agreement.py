@@ -12,7 +12,8 @@ epoch, and at their best epoch), and over every epoch of every trial.
     python bench/objective_agreement.py --checkpoints SWEEP_STORAGE_DIR --features FEATURES
 
 scores other label-free candidates on every trial's best checkpoint (`trials/*/outputs/best.pt`)
-over its own validation contigs, against its `val/knn_acc` there: view agreement, the adjusted
+over its own validation contigs, against its `val/knn_acc` there: view agreement, link agreement
+(consecutive fragments of one record as must-links, `metrics.link_agreement`), the adjusted
 Rand index between k-means partitions (k = 4, 8, 16) of the two halves' readouts, and the
 overlap of each contig's 10 nearest neighbours among A halves and among B halves.
 """
@@ -47,11 +48,20 @@ def checkpoint_candidates(storage: Path, features: Path) -> None:
     from sklearn.metrics import adjusted_rand_score
 
     from kmervae.core.checkpoint import load_checkpoint
-    from kmervae.core.data import load_splits
+    from kmervae.core.data import link_keys, load_splits
     from kmervae.core.engine import split_batch
-    from kmervae.core.metrics import VIEW_CONTIGS, VIEW_SEED, knn_accuracy, readout, view_agreement
+    from kmervae.core.metrics import (
+        VIEW_CONTIGS,
+        VIEW_SEED,
+        knn_accuracy,
+        link_agreement,
+        readout,
+        view_agreement,
+    )
 
-    names = ["view agreement", "halves' k-means ARI, k=4", "k=8", "k=16", "10-NN overlap of the halves"]
+    names = [
+        "view agreement", "link agreement", "halves' k-means ARI, k=4", "k=8", "k=16", "10-NN overlap of the halves",
+    ]  # fmt: skip
     rows = []
     for path in sorted(storage.glob("trials/*/outputs/best.pt")):
         checkpoint = load_checkpoint(path)
@@ -67,7 +77,10 @@ def checkpoint_candidates(storage: Path, features: Path) -> None:
                 b.append(model(*half_b).mu.double())
         whole, a, b = torch.cat(whole), readout(torch.cat(a)), readout(torch.cat(b))
         knn = knn_accuracy(whole, [int(c) for c in val.codes])
-        scores = [view_agreement(a[:VIEW_CONTIGS], b[:VIEW_CONTIGS])]
+        scores = [
+            view_agreement(a[:VIEW_CONTIGS], b[:VIEW_CONTIGS]),
+            link_agreement(whole, torch.from_numpy(link_keys(val.contig_ids))),
+        ]
         for k in (4, 8, 16):
             parts = [KMeans(k, n_init=3, random_state=0).fit_predict(x.numpy()) for x in (a, b)]
             scores.append(adjusted_rand_score(*parts))

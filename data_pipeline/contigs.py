@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_pipeline.fasta import FastaRecord
+from kmervae.core.feature_contract import fragment_contig_id
 
 
 def fragment_bounds(length: int, fragment_length: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +26,7 @@ def fragment_bounds(length: int, fragment_length: int | None) -> tuple[np.ndarra
 
 def contig_id(record_id: str, start: int, end: int, fragmented: bool) -> str:
     """`RECORD` or, for a fragment, `RECORD:START-END` with 1-based inclusive coordinates."""
-    return f"{record_id}:{start + 1}-{end}" if fragmented else record_id
+    return fragment_contig_id(record_id, start, end) if fragmented else record_id
 
 
 @dataclass

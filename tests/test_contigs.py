@@ -8,6 +8,7 @@ import numpy as np
 
 from data_pipeline.contigs import Batcher, contig_id, fragment_bounds
 from data_pipeline.fasta import FastaRecord
+from kmervae.core.feature_contract import parse_fragment
 
 
 def record(rid: str, seq: str, index: int = 0) -> FastaRecord:
@@ -26,6 +27,14 @@ def test_contig_ids_use_one_based_inclusive_coordinates():
     assert contig_id("chr1", 0, 5000, fragmented=True) == "chr1:1-5000"
     assert contig_id("chr1", 5000, 7000, fragmented=True) == "chr1:5001-7000"
     assert contig_id("chr1", 0, 7000, fragmented=False) == "chr1"
+
+
+def test_fragment_ids_parse_back_to_their_record_and_start():
+    assert parse_fragment(contig_id("chr1", 5000, 7000, fragmented=True)) == ("chr1", 5001)
+    # a record id with colons of its own (labelled genomes: "GENOME|RECORD") keeps them
+    assert parse_fragment("E_coli|NC_000913.3:x:10001-15000") == ("E_coli|NC_000913.3:x", 10001)
+    assert parse_fragment(contig_id("chr1", 0, 7000, fragmented=False)) is None
+    assert parse_fragment("chr1:5-") is None
 
 
 def collect(batcher: Batcher, records) -> list:

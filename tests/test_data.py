@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kmervae.core.config import DataConfig
-from kmervae.core.data import held_out_labels, load_splits, split_hash, split_mask
+from kmervae.core.data import held_out_labels, link_keys, load_splits, split_hash, split_mask
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.feature_table import FeatureTable
 
@@ -108,3 +108,11 @@ def test_genome_split_takes_labels_below_the_fraction_and_at_least_two():
     with pytest.raises(ConfigError, match="data.val_split=genome needs at least 3 labels, the data has 2"):
         held_out_labels(names[:2], DataConfig(val_split="genome"))
     assert held_out_labels(names, DataConfig()) == frozenset()  # contig split: no genome held out
+
+
+def test_link_keys_code_a_record_by_hash_and_a_fragment_by_start():
+    keys = link_keys(["a:1-5000", "b:1-5000", "a:5001-10000", "unfragmented"])
+    assert keys[0, 0] == keys[2, 0] != keys[1, 0]  # one record, one code; another record, another
+    assert keys[:3, 0].min() >= 0 and keys[:3, 1].tolist() == [1, 1, 5001]
+    assert keys[3].tolist() == [-1, -1]  # no coordinates: no must-link
+    assert (link_keys(["a:1-5000"]) == keys[:1]).all()  # a hash, the same in every process

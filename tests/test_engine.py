@@ -134,7 +134,7 @@ def test_validation_after_few_steps_matches_the_training_loss(example_features, 
     _, val = load_splits(example_features, ckpt.config.data)
     beta = ckpt.config.loss.beta_at(0)
     again, *_ = validate_epoch(
-        ckpt.build_model(), val.labeled_batches(256), ckpt.config.loss, beta, device=torch.device("cpu")
+        ckpt.build_model(), val.validation_batches(256), ckpt.config.loss, beta, device=torch.device("cpu")
     )
     assert again["val/loss"] == pytest.approx(recomputed["val/loss"], rel=1e-6)
 
@@ -156,7 +156,7 @@ def test_every_lever_trains_and_its_checkpoint_reproduces_validation(example_fea
     assert bool(model.norm_fitted) and model.norm_std7.ne(1).any()  # fitted, not the initial values
     _, val = load_splits(example_features, ckpt.config.data)
     beta = ckpt.config.loss.beta_at(ckpt.epoch)
-    again, *_ = validate_epoch(model, val.labeled_batches(256), ckpt.config.loss, beta, device=torch.device("cpu"))
+    again, *_ = validate_epoch(model, val.validation_batches(256), ckpt.config.loss, beta, device=torch.device("cpu"))
     assert again["val/loss"] == pytest.approx(last["val/loss"], rel=1e-6)
 
 

@@ -3,15 +3,17 @@ view agreement."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from kmervae.core.config import PRESETS, LossConfig
-from kmervae.core.data import CountBatch
+from kmervae.core.data import CountBatch, ValidationBatch, link_keys
 from kmervae.core.engine import validate_epoch
 from kmervae.core.loss import vae_loss
-from kmervae.core.metrics import EpochMetrics, knn_accuracy, view_agreement
+from kmervae.core.metrics import EpochMetrics, knn_accuracy, link_agreement, view_agreement
 from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
 
@@ -88,11 +90,30 @@ def test_view_agreement_by_hand():
     assert view_agreement(a, b) == 0.5
 
 
+def test_link_agreement_by_hand():
+    """Consecutive fragments of one record are pairs; each member ranks its partner among the others."""
+    ids = ["S:1-5000", "R:5001-10000", "unfragmented", "R:1-5000"]  # one pair: rows 3 and 1
+    links = torch.from_numpy(link_keys(ids))
+    x = torch.tensor([[0.6, 0.8], [0.0, 1.0], [0.0, -1.0], [2.0, 0.0]])
+    # From row 3 (partner at cosine 0): row 0 is nearer (0.6), row 2 a tie (0): 0.5 of 2.
+    # From row 1 (partner at 0): row 0 nearer (0.8), row 2 farther (-1): 1 of 2. (0.25 + 0.5) / 2.
+    assert link_agreement(x, links) == 0.375
+    assert link_agreement(torch.ones(4, 3), links) == 0.5  # collapsed: every other contig ties
+    # Three fragments make two pairs (1-2 and 2-3, not 1-3). Points on the unit circle at angles
+    # 0.3, 0.1, 0 (record R) and pi, pi - 0.1 (S): only fragment 2 against its partner 1 finds a
+    # nearer other (fragment 3): 2 of 3; the other five directions 3 of 3.
+    ids = ["R:1-10", "R:11-20", "R:21-30", "S:1-10", "S:11-20"]
+    angles = torch.tensor([0.3, 0.1, 0.0, math.pi, math.pi - 0.1], dtype=torch.float64)
+    x = torch.stack([angles.cos(), angles.sin()], dim=1)
+    assert link_agreement(x, torch.from_numpy(link_keys(ids))) == pytest.approx(17 / 18)
+    assert np.isnan(link_agreement(x[:3], torch.from_numpy(link_keys(["a", "b", "c"]))))  # no pairs
+
+
 def test_validation_embeds_the_same_two_halves_every_time():
     model = BranchedVAE(PRESETS["tiny"])
-    batches = [(CountBatch(*random_batch(6, seed=s)), None) for s in (1, 2)]
+    batches = [ValidationBatch(CountBatch(*random_batch(6, seed=s)), None, None) for s in (1, 2)]
     run = lambda: validate_epoch(model, batches, LossConfig(), 1.0, device=torch.device("cpu"), view_contigs=8)  # noqa: E731
-    metrics, _, _, views = run()
+    views = run().views
     assert views.shape == (8, 2, 8)  # the first 8 contigs: all of batch 1, 2 of batch 2
     assert not torch.equal(views[:, 0], views[:, 1])  # two different halves
-    torch.testing.assert_close(run()[3], views, rtol=0, atol=0)  # the same halves every epoch
+    torch.testing.assert_close(run().views, views, rtol=0, atol=0)  # the same halves every epoch

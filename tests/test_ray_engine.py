@@ -18,6 +18,7 @@ from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.data import load_splits
 from kmervae.core.engine import validate_epoch
 from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.metrics import link_agreement
 from kmervae.distributed.ray_engine import fit_ray, plan_resources
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
@@ -27,7 +28,7 @@ ray = pytest.importorskip("ray")
 METRIC_KEYS = {
     "train/loss", "val/loss", "val/recon", "val/kl", "val/mse_7", "val/mse_7_present", "val/mse_7_absent",
     "val/frac_present", "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
-    "val/active_units", "lr", "epoch", "samples_per_s", "val/knn_acc",
+    "val/active_units", "val/view_agreement", "val/link_agreement", "lr", "epoch", "samples_per_s", "val/knn_acc",
 }  # fmt: skip
 
 
@@ -83,15 +84,20 @@ def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, exam
     ckpt = load_checkpoint(result.best_checkpoint)
     reported = ckpt.metrics["val/loss"]
     _, val = load_splits(example_features, ckpt.config.data)
-    metrics, *_ = validate_epoch(
+    validation = validate_epoch(
         ckpt.build_model(),
-        val.labeled_batches(64),
+        val.validation_batches(64),
         ckpt.config.loss,
         ckpt.config.loss.beta_at(ckpt.epoch),
         device=torch.device("cpu"),
+        keep_embeddings=True,
     )
     # The workers split the validation set and all-reduced their sums: the whole set, exactly.
-    assert metrics["val/loss"] == pytest.approx(reported, rel=1e-5)
+    assert validation.metrics["val/loss"] == pytest.approx(reported, rel=1e-5)
+    # They gathered every rank's embeddings with their must-link keys: the same pairs and ranks.
+    assert 0.5 < ckpt.metrics["val/link_agreement"] <= 1
+    local = link_agreement(validation.mu, validation.links)
+    assert ckpt.metrics["val/link_agreement"] == pytest.approx(local, abs=1e-3)
     assert [m["epoch"] for m in result.history] == [0, 1]
 
 
@@ -213,7 +219,7 @@ def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, 
     _, val = load_splits(example_features, ckpt.config.data)
     beta = ckpt.config.loss.beta_at(ckpt.epoch)
     metrics, *_ = validate_epoch(
-        ckpt.build_model(), val.labeled_batches(64), ckpt.config.loss, beta, device=torch.device("cpu")
+        ckpt.build_model(), val.validation_batches(64), ckpt.config.loss, beta, device=torch.device("cpu")
     )
     assert metrics["val/loss"] == pytest.approx(ckpt.metrics["val/loss"], rel=1e-5)
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from kmervae.core.config import DataConfig
 from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.feature_contract import KMER_SIZES
+from kmervae.core.feature_contract import KMER_SIZES, parse_fragment
 from kmervae.core.feature_table import FeatureTable
 
 _HASH_SCALE = float(2**64)
@@ -104,6 +104,20 @@ def label_codes(labels, vocabulary: list[str]) -> np.ndarray:
     return np.array([-1 if v is None else codes.get(v, -1) for v in labels], dtype=np.int32)
 
 
+def link_keys(contig_ids) -> np.ndarray:
+    """(n, 2) int64 per contig: a 63-bit hash of the record it was cut from and its start
+    coordinate (`feature_contract.parse_fragment`); (-1, -1) for an id without coordinates.
+    Consecutive fragments of one record are the must-links of `metrics.link_agreement`; a hash,
+    not a vocabulary, so that every reader and rank codes a record the same way on its own."""
+    keys = np.full((len(contig_ids), 2), -1, dtype=np.int64)
+    for i, cid in enumerate(contig_ids):
+        fragment = parse_fragment(str(cid))
+        if fragment is not None:
+            digest = hashlib.blake2b(fragment[0].encode(), digest_size=8).digest()
+            keys[i] = int.from_bytes(digest, "little") >> 1, fragment[1]
+    return keys
+
+
 class CountBatch(NamedTuple):
     """A batch of stored features as tensors: the model's input."""
 
@@ -156,6 +170,14 @@ def use_resident(mode: str, device: torch.device, nbytes: int) -> bool:
     return mode == "on" or nbytes <= RESIDENT_SHARE * free
 
 
+class ValidationBatch(NamedTuple):
+    """A validation batch with what its metrics need beside the counts."""
+
+    batch: CountBatch
+    codes: Tensor | None  # (B,) int32 label codes (-1: none); None when the data is unlabeled
+    links: Tensor | None  # (B, 2) int64 must-link keys (`link_keys`); None where unknown
+
+
 def _indexable(t: Tensor) -> Tensor:
     """`t`, or `t` widened to int32 where this torch build cannot gather its dtype on its device
     (uint16 support on CUDA is recent): resident data is gathered by index every step."""
@@ -175,17 +197,22 @@ class TensorData:
     batch: CountBatch
     codes: Tensor | None = None  # (n,) int32 label code per contig (-1: none); None when unlabeled
     contig_ids: np.ndarray | None = None  # (n,) str, where known (the local engine)
+    links: Tensor | None = None  # (n, 2) int64 must-link keys (`link_keys`), host-side; validation data only
 
     @classmethod
-    def from_table(cls, table: FeatureTable, rows: np.ndarray, vocabulary: list[str] | None = None) -> TensorData:
-        """Rows of a table; label codes against `vocabulary` (default: the table's own labels)."""
+    def from_table(
+        cls, table: FeatureTable, rows: np.ndarray, vocabulary: list[str] | None = None, links: bool = False
+    ) -> TensorData:
+        """Rows of a table; label codes against `vocabulary` (default: the table's own labels);
+        with `links`, the must-link keys of `link_keys` (what validation scores)."""
         codes = None
         if table.labels is not None:
             vocabulary = vocabulary if vocabulary is not None else sorted({v for v in table.labels if v is not None})
             codes = torch.from_numpy(label_codes(table.labels[rows], vocabulary))
         counts = (torch.from_numpy(torch_counts(table.counts(k)[rows])) for k in KMER_SIZES)
         batch = CountBatch(torch.from_numpy(table.length[rows]), torch.from_numpy(table.gc[rows]), *counts)
-        return cls(batch, codes, table.contig_ids[rows])
+        ids = table.contig_ids[rows]
+        return cls(batch, codes, ids, torch.from_numpy(link_keys(ids)) if links else None)
 
     def __len__(self) -> int:
         return len(self.batch.length)
@@ -194,7 +221,8 @@ class TensorData:
         """The same data held on `device` (GPU-resident mode: copied once, shuffled there; the
         label codes too, so a shuffled batch's codes are gathered without a host round trip)."""
         codes = None if self.codes is None else self.codes.to(device)
-        return TensorData(CountBatch(*(_indexable(t.to(device)) for t in self.batch)), codes, self.contig_ids)
+        batch = CountBatch(*(_indexable(t.to(device)) for t in self.batch))
+        return TensorData(batch, codes, self.contig_ids, self.links)
 
     def labeled_batches(
         self,
@@ -220,6 +248,12 @@ class TensorData:
         """`labeled_batches` without the codes."""
         return (batch for batch, _ in self.labeled_batches(batch_size, generator, **drops))
 
+    def validation_batches(self, batch_size: int) -> Iterator[ValidationBatch]:
+        """Every contig once in storage order, with its label codes and must-link keys."""
+        links = self.links.split(batch_size) if self.links is not None else None
+        for i, (batch, codes) in enumerate(self.labeled_batches(batch_size)):
+            yield ValidationBatch(batch, codes, None if links is None else links[i])
+
 
 class EpochData(Protocol):
     """What the epoch loop reads: training batches per epoch, validation batches with their labels.
@@ -237,7 +271,7 @@ class EpochData(Protocol):
         """Every training contig once, in storage order (fitting input statistics)."""
         ...
 
-    def val_batches(self) -> Iterable[tuple[CountBatch, Tensor | None]]: ...
+    def val_batches(self) -> Iterable[ValidationBatch]: ...
 
 
 @dataclass
@@ -262,8 +296,8 @@ class InMemoryData:
     def all_train_batches(self) -> Iterator[CountBatch]:
         return self.train.batches(self.batch_size)
 
-    def val_batches(self) -> Iterator[tuple[CountBatch, Tensor | None]]:
-        return self.val.labeled_batches(self.batch_size)
+    def val_batches(self) -> Iterator[ValidationBatch]:
+        return self.val.validation_batches(self.batch_size)
 
 
 def load_splits(path, cfg: DataConfig) -> tuple[TensorData, TensorData]:
@@ -282,4 +316,4 @@ def load_splits(path, cfg: DataConfig) -> tuple[TensorData, TensorData]:
             f"{path}: {len(train_rows) + len(val_rows)} contigs give {len(train_rows)} for training and "
             f"{len(val_rows)} for validation; featurize more contigs or change data.val_fraction"
         )
-    return TensorData.from_table(table, train_rows), TensorData.from_table(table, val_rows)
+    return TensorData.from_table(table, train_rows), TensorData.from_table(table, val_rows, links=True)

@@ -17,16 +17,25 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
-from kmervae.core.data import CountBatch, EpochData, InMemoryData, load_splits, use_resident
+from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBatch, load_splits, use_resident
 from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.core.loss import contrastive_loss, split_views, vae_loss
-from kmervae.core.metrics import VIEW_CONTIGS, VIEW_SEED, EpochMetrics, kmeans_ari, knn_accuracy, view_agreement
+from kmervae.core.metrics import (
+    VIEW_CONTIGS,
+    VIEW_SEED,
+    EpochMetrics,
+    kmeans_ari,
+    knn_accuracy,
+    link_agreement,
+    view_agreement,
+)
 from kmervae.core.model import BranchedVAE
 from kmervae.core.storage import check_writable
 
@@ -145,10 +154,20 @@ def train_epoch(
     return {"train/loss": loss, "samples_per_s": samples / seconds, "data_wait_s": data_wait, "train_s": seconds}
 
 
+class Validation(NamedTuple):
+    """What `validate_epoch` measured, and what the embedding metrics need from every rank."""
+
+    metrics: dict[str, float]
+    mu: Tensor | None  # (n, latent) latent means in batch order, with keep_embeddings
+    codes: Tensor | None  # (n,) label codes that came with the batches
+    links: Tensor | None  # (n, 2) must-link keys that came with the batches
+    views: Tensor | None  # (view_contigs, 2, latent) latent means of the two thinned halves
+
+
 @torch.no_grad()
 def validate_epoch(
     model: nn.Module,
-    batches: Iterable[tuple[CountBatch, Tensor | None]],
+    batches: Iterable[ValidationBatch],
     loss_cfg: LossConfig,
     beta: float,
     *,
@@ -157,17 +176,17 @@ def validate_epoch(
     all_reduce: AllReduce | None = None,
     keep_embeddings: bool = False,
     view_contigs: int = 0,
-) -> tuple[dict[str, float], Tensor | None, Tensor | None, Tensor | None]:
+) -> Validation:
     """Exact validation metrics over all batches (and every rank); optionally the latent
-    means and the label codes that came with the batches, in the same order; and for the
-    first `view_contigs` contigs the latent means of their two thinned halves, (n, 2, latent)."""
+    means with the label codes and must-link keys that came with the batches, in the same
+    order; and for the first `view_contigs` contigs the latent means of their two thinned halves."""
     model.eval()
     plain = unwrap(model)
     metrics = EpochMetrics(plain.cfg.latent_dim, plain.cfg.gate_k7, device)
-    embeddings, codes, views = [], [], []
+    embeddings, codes, links, views = [], [], [], []
     viewed = 0
     generator = torch.Generator(device=device).manual_seed(VIEW_SEED)  # the same halves every epoch
-    for batch, batch_codes in batches:
+    for batch, batch_codes, batch_links in batches:
         batch = batch.to(device, non_blocking=True)
         with autocast(device, precision):
             out = model(*batch)
@@ -180,11 +199,13 @@ def validate_epoch(
             embeddings.append(out.mu.float().cpu())
             if batch_codes is not None:
                 codes.append(batch_codes.cpu())
+            if batch_links is not None:
+                links.append(batch_links.cpu())
     if all_reduce is not None:
         all_reduce(metrics.state)
     values = metrics.compute(loss_cfg, beta, prefix="val/")
-    mu = torch.cat(embeddings) if embeddings else None
-    return values, mu, (torch.cat(codes) if codes else None), (torch.cat(views) if views else None)
+    cat = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
+    return Validation(values, cat(embeddings), cat(codes), cat(links), cat(views))
 
 
 class Collective:
@@ -198,9 +219,10 @@ class Collective:
     def sync_buffers(self, model: nn.Module) -> None:
         """Make every rank's buffers (BatchNorm running statistics) rank 0's."""
 
-    def gather(self, mu: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
-        """Every rank's validation embeddings and label codes."""
-        return mu, codes
+    def gather(self, *parts: Tensor) -> tuple[Tensor, ...]:
+        """Every rank's `parts` (validation embeddings, label codes, ...), each concatenated
+        in rank order."""
+        return parts
 
 
 def split_batch(
@@ -318,7 +340,7 @@ def run_epochs(
         if kept:
             recompute_batchnorm(unwrap(model), kept, device=device, precision=tc.precision)
         collective.sync_buffers(unwrap(model))
-        val_metrics, mu, codes, views = validate_epoch(
+        val = validate_epoch(
             unwrap(model),
             data.val_batches(),
             config.loss,
@@ -326,16 +348,19 @@ def run_epochs(
             device=device,
             precision=tc.precision,
             all_reduce=collective.all_reduce,
-            keep_embeddings=data.labeled,
+            keep_embeddings=True,
             view_contigs=VIEW_CONTIGS,
         )
-        views, _ = collective.gather(views if views is not None else torch.zeros(0, 2, 0), torch.zeros(0))
+        val_metrics = val.metrics
+        views, mu, codes, links = collective.gather(
+            val.views if val.views is not None else torch.zeros(0, 2, 0),
+            val.mu if val.mu is not None else torch.zeros(0, 0),
+            val.codes if val.codes is not None else torch.zeros(0, dtype=torch.int32),
+            val.links if val.links is not None else torch.zeros(0, 2, dtype=torch.int64),
+        )
         val_metrics["val/view_agreement"] = view_agreement(views[:, 0], views[:, 1]) if len(views) else math.nan
+        val_metrics["val/link_agreement"] = link_agreement(mu, links) if len(links) == len(mu) > 0 else math.nan
         if data.labeled:
-            empty = torch.zeros(0, dtype=torch.int32)
-            mu, codes = collective.gather(
-                mu if mu is not None else torch.zeros(0, 0), codes if codes is not None else empty
-            )
             labels = [int(c) if c >= 0 else None for c in codes]
             val_metrics["val/knn_acc"] = knn_accuracy(mu, labels)
             val_metrics["val/kmeans_ari"] = kmeans_ari(mu, labels, seed=tc.seed)

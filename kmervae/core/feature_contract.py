@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -49,6 +50,22 @@ MODEL_INPUTS = ("length", "gc", *KMER_COLUMNS.values())
 
 MANIFEST_NAME = "_kmervae_dataset.json"
 """Written last by the featurizer: lists the files and rows of a complete dataset."""
+
+
+FRAGMENT_ID = re.compile(r"^(?P<record>.+):(?P<start>[0-9]+)-(?P<end>[0-9]+)$")
+"""A fragment's contig id: `RECORD:START-END`, 1-based inclusive coordinates in the record."""
+
+
+def fragment_contig_id(record_id: str, start: int, end: int) -> str:
+    """The contig id of the fragment [start, end) (0-based, end exclusive) of a record."""
+    return f"{record_id}:{start + 1}-{end}"
+
+
+def parse_fragment(contig_id: str) -> tuple[str, int] | None:
+    """(record, 1-based start) of a fragment's contig id; None for an id without coordinates
+    (an unfragmented record). Fragments of one record are must-links: same genome, other bases."""
+    match = FRAGMENT_ID.match(contig_id)
+    return None if match is None else (match["record"], int(match["start"]))
 
 
 def part_name(index: int) -> str:

@@ -11,18 +11,26 @@ EPOCH_KEYS = (
     "train/loss", "val/loss", "val/recon", "val/kl",
     "val/mse_7", "val/mse_7_present", "val/mse_7_absent", "val/frac_present",
     "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
-    "val/active_units", "val/view_agreement", "lr", "epoch", "samples_per_s",
+    "val/active_units", "val/view_agreement", "val/link_agreement", "lr", "epoch", "samples_per_s",
 )  # fmt: skip
 LABELED_KEYS = ("val/knn_acc", "val/kmeans_ari")
 
 MAXIMIZED = frozenset(
-    {"val/knn_acc", "val/kmeans_ari", "val/view_agreement", "val/gate_acc", "val/active_units", "val/nc_bins"}
+    {
+        "val/knn_acc",
+        "val/kmeans_ari",
+        "val/view_agreement",
+        "val/link_agreement",
+        "val/gate_acc",
+        "val/active_units",
+        "val/nc_bins",
+    }  # fmt: skip
 )
 """Metrics where higher is better; every other key (losses, errors) is minimised."""
 
-OBJECTIVES = ("val/loss", "val/knn_acc", "val/kmeans_ari", "val/view_agreement")
-"""Keys a sweep may rank trials on (val/view_agreement: the label-free one, computed the same way
-for every trial whatever it varies)."""
+OBJECTIVES = ("val/loss", "val/knn_acc", "val/kmeans_ari", "val/link_agreement", "val/view_agreement")
+"""Keys a sweep may rank trials on (val/link_agreement and val/view_agreement: label-free,
+computed the same way for every trial whatever it varies)."""
 
 
 def metric_mode(key: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -160,6 +161,44 @@ def view_agreement(mu_a: Tensor, mu_b: Tensor) -> float:
         own_t = sim_t[rows, rows + lo]
         farther += float((sim_t < own_t[:, None]).sum())
     return farther / (2 * n * (n - 1))
+
+
+LINK_PAIRS = 2_000
+"""Must-link pairs (a fixed, seeded subsample) that score `val/link_agreement`: O(pairs x n)."""
+
+
+@torch.no_grad()
+def link_agreement(embeddings: Tensor, links: Tensor, max_pairs: int = LINK_PAIRS) -> float:
+    """Label-free embedding quality from must-links, as SemiBin2 draws them: two consecutive
+    fragments of one record (`data.link_keys`: same record hash, next start among the contigs
+    given) share a genome but no bases. For each such pair and each of its two members, the
+    share of the other contigs that lie farther from it (cosine of the readout) than its partner,
+    ties counted half; the mean over pairs and both directions. 1 = every fragment's neighbour in
+    its record comes first; 0.5 = chance (a collapsed embedding scores 0.5). Unlike
+    `view_agreement`, the two members have no windows in common, so an embedding scores high by
+    keeping what a genome's regions share, not what makes one contig unique. NaN without pairs."""
+    source, start = links[:, 0], links[:, 1]
+    order = np.lexsort((start.numpy(), source.numpy()))
+    same = (source[order[1:]] == source[order[:-1]]) & (source[order[1:]] >= 0)
+    pairs = torch.from_numpy(np.stack([order[:-1], order[1:]], axis=1))[same]
+    n = len(embeddings)
+    if len(pairs) == 0 or n < 3:
+        return math.nan
+    if len(pairs) > max_pairs:
+        pairs = pairs[torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0))[:max_pairs]]
+    x = readout(embeddings.double())
+    anchors, partners = torch.cat([pairs[:, 0], pairs[:, 1]]), torch.cat([pairs[:, 1], pairs[:, 0]])
+    score = 0.0
+    for lo in range(0, len(anchors), 1024):
+        a, p = anchors[lo : lo + 1024], partners[lo : lo + 1024]
+        sim = x[a] @ x.T  # (chunk, n)
+        rows = torch.arange(len(a))
+        own = sim[rows, p][:, None]
+        sim[rows, a] = math.nan  # the anchor itself and its partner are not "others"
+        sim[rows, p] = math.nan
+        farther = (sim < own).sum(dim=1) + 0.5 * (sim == own).sum(dim=1)
+        score += float((farther / (n - 2)).sum())
+    return score / len(anchors)
 
 
 KNN_K = 5

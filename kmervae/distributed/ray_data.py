@@ -22,8 +22,10 @@ from kmervae.core.config import DataConfig
 from kmervae.core.data import (
     CountBatch,
     TensorData,
+    ValidationBatch,
     held_out_labels,
     label_codes,
+    link_keys,
     split_hash,
     split_mask,
     subsample_threshold,
@@ -65,7 +67,8 @@ def decode_split(
     held_out: frozenset[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
     """Ray Data map_batches function: keep one split's rows (the local engine's rule,
-    `split_mask`) and decode the model's input columns; label codes when `labels` is given."""
+    `split_mask`) and decode the model's input columns; label codes when `labels` is given,
+    and for validation the must-link keys (`link_keys`)."""
     ids = table.column("contig_id").to_pylist()
     row_labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(ids)
     hashes = split_hash(ids, cfg.split_salt)  # for the split and the validation buckets: computed once
@@ -78,6 +81,8 @@ def decode_split(
     out["bucket"] = (hashes[keep] * 2**31).astype(np.int64)
     if labels:
         out["label"] = label_codes(table.column("label").to_pylist(), labels)
+    if validation:  # must-links between fragments of one record score val/link_agreement
+        out["link"] = link_keys([cid for cid, kept in zip(ids, keep, strict=True) if kept])
     return out
 
 
@@ -143,13 +148,14 @@ def object_store_bytes() -> float:
 
 
 def gather_shard(shard, device: torch.device, bucket: tuple[int, int] | None = None) -> TensorData:
-    """Read a worker's whole shard once onto `device` (with its label codes, if any)."""
+    """Read a worker's whole shard once onto `device` (with its label codes and must-link keys, if any)."""
     parts = list(shard_batches(shard, 8192, device, bucket=bucket))
     if not parts:
         raise KmervaeError("this worker's shard is empty; featurize more contigs or use fewer workers")
-    batch = CountBatch(*(torch.cat(columns) for columns in zip(*(b for b, _ in parts), strict=True)))
-    codes = [c for _, c in parts if c is not None]
-    return TensorData(batch, torch.cat(codes) if codes else None).to(device)
+    batch = CountBatch(*(torch.cat(columns) for columns in zip(*(part.batch for part in parts), strict=True)))
+    codes = [part.codes for part in parts if part.codes is not None]
+    links = [part.links for part in parts if part.links is not None]
+    return TensorData(batch, torch.cat(codes) if codes else None, links=torch.cat(links) if links else None).to(device)
 
 
 def shard_batches(
@@ -159,9 +165,9 @@ def shard_batches(
     shuffle_seed: int | None = None,
     drop_last: bool = False,
     bucket: tuple[int, int] | None = None,
-) -> Iterator[tuple[CountBatch, torch.Tensor | None]]:
-    """A worker's batches as model input on `device`, each with its label codes (on the host;
-    None when the dataset carries none).
+) -> Iterator[ValidationBatch]:
+    """A worker's batches as model input on `device`, each with its label codes and must-link
+    keys (on the host; None when the dataset carries none).
 
     `shuffle_seed` turns on a local shuffle buffer; `drop_last` keeps every training step
     at full size (equal shards then give every DDP rank the same number of steps);
@@ -181,7 +187,8 @@ def shard_batches(
             if not len(batch["length"]):
                 continue
         codes = batch["label"].cpu() if "label" in batch else None
-        yield CountBatch(*(batch[name] for name in MODEL_INPUTS)), codes
+        links = batch["link"].cpu() if "link" in batch else None
+        yield ValidationBatch(CountBatch(*(batch[name] for name in MODEL_INPUTS)), codes, links)
 
 
 @dataclass
@@ -204,11 +211,12 @@ class StreamedShards:
 
     def train_batches(self, epoch: int) -> Iterator[tuple[CountBatch, torch.Tensor | None]]:
         seed = self.seed * 1_000_003 + epoch * 1009 + self.rank  # a different, reproducible order every epoch
-        return shard_batches(self.train_shard, self.batch_size, self.device, shuffle_seed=seed, drop_last=True)
+        batches = shard_batches(self.train_shard, self.batch_size, self.device, shuffle_seed=seed, drop_last=True)
+        return ((part.batch, part.codes) for part in batches)
 
     def all_train_batches(self) -> Iterator[CountBatch]:
         # A whole pass (every rank at once): stopping a streaming split early can stall the others.
-        return (batch for batch, _ in shard_batches(self.train_shard, self.batch_size, self.device))
+        return (part.batch for part in shard_batches(self.train_shard, self.batch_size, self.device))
 
-    def val_batches(self) -> Iterator[tuple[CountBatch, torch.Tensor | None]]:
+    def val_batches(self) -> Iterator[ValidationBatch]:
         return shard_batches(self.val_shard, self.batch_size, self.device, bucket=(self.rank, self.world))

@@ -195,11 +195,14 @@ class DDPCollective(Collective):
         for buffer in model.buffers():
             self.dist.broadcast(buffer, src=0)
 
-    def gather(self, mu: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        parts: list[Any] = [None] * self.dist.get_world_size()
-        self.dist.all_gather_object(parts, (mu, codes))
-        mus = [m for m, _ in parts if m.numel()]
-        return (torch.cat(mus) if mus else mu), torch.cat([c for _, c in parts])
+    def gather(self, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        gathered: list[Any] = [None] * self.dist.get_world_size()
+        self.dist.all_gather_object(gathered, parts)
+        # A rank with no rows of a part sends an empty placeholder whose trailing shape may differ.
+        return tuple(
+            torch.cat(nonempty) if (nonempty := [g[i] for g in gathered if g[i].numel()]) else part
+            for i, part in enumerate(parts)
+        )
 
 
 def mlflow_epoch_logger(uri: str, run_id: str):
