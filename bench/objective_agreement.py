@@ -5,15 +5,17 @@
 Reads a finished sweep's trials from its MLflow store (the child runs of the sweep NAME)
 and prints a Markdown table of every trial: the settings the space varied, the epochs it
 ran (ASHA stops weak trials), its best epoch by `--label` with that epoch's `val/knn_acc`,
-`val/kmeans_ari` and `val/view_agreement`, and the last epoch's. Then the Spearman rank
-correlation between `val/view_agreement` and `--label` over the trials (at their last
-epoch, and at their best epoch), and over every epoch of every trial.
+`val/kmeans_ari`, `val/link_agreement` and `val/view_agreement`, and the last epoch's. Then
+the Spearman rank correlation of each label-free key with each labelled one over the trials
+(at their last epoch, and at their best epoch by `--label`), and over every epoch of every trial.
 
     python bench/objective_agreement.py --checkpoints SWEEP_STORAGE_DIR --features FEATURES
 
 scores other label-free candidates on every trial's best checkpoint (`trials/*/outputs/best.pt`)
-over its own validation contigs, against its `val/knn_acc` there: view agreement, link agreement
-(consecutive fragments of one record as must-links, `metrics.link_agreement`), the adjusted
+over its own validation contigs, against its `val/knn_acc` and `val/kmeans_ari` there: view
+agreement, link agreement (consecutive fragments of one record as must-links,
+`metrics.link_agreement`), the share of must-linked fragments whose partner is among their 50
+nearest contigs, the adjusted
 Rand index between k-means partitions (k = 4, 8, 16) of the two halves' readouts, and the
 overlap of each contig's 10 nearest neighbours among A halves and among B halves.
 """
@@ -27,7 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SCORES = ("val/knn_acc", "val/kmeans_ari", "val/view_agreement")
+LABELLED = ("val/knn_acc", "val/kmeans_ari")
+LABEL_FREE = ("val/link_agreement", "val/view_agreement")
+SCORES = LABELLED + LABEL_FREE
 
 
 def short(value: str) -> str:
@@ -37,6 +41,26 @@ def short(value: str) -> str:
     except ValueError:
         return value
     return f"{number:.3g}" if not number.is_integer() else str(int(number))
+
+
+def partner_among_nearest(embeddings, links, k: int) -> float:
+    """Share of must-linked fragments (`metrics.link_agreement`'s pairs) whose partner is among
+    their `k` nearest contigs: a local variant of link agreement, as kNN accuracy is local."""
+    import numpy as np
+    import torch
+
+    from kmervae.core.metrics import readout
+
+    order = np.lexsort((links[:, 1], links[:, 0]))
+    same = (links[order[1:], 0] == links[order[:-1], 0]) & (links[order[1:], 0] >= 0)
+    pairs = np.stack([order[:-1], order[1:]], axis=1)[same]
+    anchors = torch.from_numpy(np.concatenate([pairs[:, 0], pairs[:, 1]]))
+    partners = torch.from_numpy(np.concatenate([pairs[:, 1], pairs[:, 0]]))
+    x = readout(embeddings.double())
+    sim = x[anchors] @ x.T
+    sim[torch.arange(len(anchors)), anchors] = -torch.inf  # not its own neighbour
+    own = sim[torch.arange(len(anchors)), partners]
+    return float(((sim > own[:, None]).sum(dim=1) < k).double().mean())
 
 
 def checkpoint_candidates(storage: Path, features: Path) -> None:
@@ -53,6 +77,7 @@ def checkpoint_candidates(storage: Path, features: Path) -> None:
     from kmervae.core.metrics import (
         VIEW_CONTIGS,
         VIEW_SEED,
+        kmeans_ari,
         knn_accuracy,
         link_agreement,
         readout,
@@ -60,7 +85,8 @@ def checkpoint_candidates(storage: Path, features: Path) -> None:
     )
 
     names = [
-        "view agreement", "link agreement", "halves' k-means ARI, k=4", "k=8", "k=16", "10-NN overlap of the halves",
+        "view agreement", "link agreement", "must-link partner among the 50 nearest", "halves' k-means ARI, k=4",
+        "k=8", "k=16", "10-NN overlap of the halves",
     ]  # fmt: skip
     rows = []
     for path in sorted(storage.glob("trials/*/outputs/best.pt")):
@@ -76,10 +102,12 @@ def checkpoint_candidates(storage: Path, features: Path) -> None:
                 a.append(model(*half_a).mu.double())
                 b.append(model(*half_b).mu.double())
         whole, a, b = torch.cat(whole), readout(torch.cat(a)), readout(torch.cat(b))
-        knn = knn_accuracy(whole, [int(c) for c in val.codes])
+        labels = [int(c) for c in val.codes]
+        knn, ari = knn_accuracy(whole, labels), kmeans_ari(whole, labels)
         scores = [
             view_agreement(a[:VIEW_CONTIGS], b[:VIEW_CONTIGS]),
             link_agreement(whole, torch.from_numpy(link_keys(val.contig_ids))),
+            partner_among_nearest(whole, link_keys(val.contig_ids), 50),
         ]
         for k in (4, 8, 16):
             parts = [KMeans(k, n_init=3, random_state=0).fit_predict(x.numpy()) for x in (a, b)]
@@ -87,11 +115,13 @@ def checkpoint_candidates(storage: Path, features: Path) -> None:
         near = [(x @ x.T).fill_diagonal_(-2).topk(10, dim=1).indices for x in (a, b)]
         overlap = [len(set(p.tolist()) & set(q.tolist())) / 10 for p, q in zip(*near, strict=True)]
         scores.append(float(np.mean(overlap)))
-        rows.append((knn, *scores))
-        print(f"{path.parent.parent.name}: val/knn_acc {knn:.4f}, " + ", ".join(f"{s:.4f}" for s in scores))
-    for i, name in enumerate(names, start=1):
-        rho = spearmanr([r[i] for r in rows], [r[0] for r in rows]).statistic
-        print(f"Spearman({name}, val/knn_acc) over {len(rows)} trials: {rho:.3f}")
+        rows.append((knn, ari, *scores))
+        print(f"{path.parent.parent.name}: knn {knn:.4f}, ARI {ari:.4f}, " + ", ".join(f"{s:.4f}" for s in scores))
+    for i, name in enumerate(names, start=2):
+        knn_rho = spearmanr([r[i] for r in rows], [r[0] for r in rows]).statistic
+        ari_rho = spearmanr([r[i] for r in rows], [r[1] for r in rows]).statistic
+        rhos = f"with val/knn_acc {knn_rho:.3f}, val/kmeans_ari {ari_rho:.3f}"
+        print(f"Spearman({name}) over {len(rows)} trials: {rhos}  ")
 
 
 def main() -> None:
@@ -117,28 +147,36 @@ def main() -> None:
     varied = sorted(
         {k[len("trial.") :] for r in runs for k in r.data.params if k.startswith("trial.") and k != "trial.id"}
     )
-    trials, epochs = [], []
+    trials = []
     for run in runs:
         history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)} for key in SCORES}
-        steps = sorted(set.intersection(*(set(h) for h in history.values())))
+        known = [set(h) for key, h in history.items() if h]  # a sweep older than a key did not log it
+        steps = sorted(set.intersection(*known))
         if not steps:
             continue
         best = max(steps, key=lambda s: history[args.label][s])
-        epochs += [(history["val/view_agreement"][s], history[args.label][s]) for s in steps]
         trials.append((run, steps, best, history))
     head = [*(k.split(".", 1)[1] for k in varied), "epochs", "best epoch", *SCORES, "last: " + args.label]
     print("| trial | " + " | ".join(head) + " |")
     print("|---" * (len(head) + 1) + "|")
     for run, steps, best, history in trials:
         params = [short(run.data.params.get(f"trial.{k}", "")) for k in varied]
-        scores = [f"{history[k][best]:.4f}" for k in SCORES]
+        scores = [f"{history[k][best]:.4f}" if best in history[k] else "" for k in SCORES]
         row = [run.data.tags["kmervae.trial_id"], *params, str(len(steps)), str(best + 1), *scores]
         print("| " + " | ".join(row + [f"{history[args.label][steps[-1]]:.4f}"]) + " |")
-    last = [(h["val/view_agreement"][s[-1]], h[args.label][s[-1]]) for _, s, _, h in trials]
-    at_best = [(h["val/view_agreement"][b], h[args.label][b]) for _, _, b, h in trials]
-    for name, pairs in (("trials, last epoch", last), ("trials, best epoch", at_best), ("every epoch", epochs)):
-        rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
-        print(f"Spearman(val/view_agreement, {args.label}) over {name} (n = {len(pairs)}): {rho:.3f}")
+    print()
+    for free in LABEL_FREE:
+        if not all(history[free] for *_, history in trials):
+            continue
+        for label in LABELLED:
+            at = {
+                "trials, last epoch": [(h[free][s[-1]], h[label][s[-1]]) for _, s, _, h in trials],
+                "trials, best epoch": [(h[free][b], h[label][b]) for _, _, b, h in trials],
+                "every epoch": [(h[free][step], h[label][step]) for _, s, _, h in trials for step in s],
+            }
+            for name, pairs in at.items():
+                rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+                print(f"Spearman({free}, {label}) over {name} (n = {len(pairs)}): {rho:.3f}  ")
 
 
 if __name__ == "__main__":
