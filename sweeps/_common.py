@@ -61,8 +61,9 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
         "--metric",
         default="auto",
         choices=["auto", *OBJECTIVES],
-        help="objective: auto = val/knn_acc when the data has labels, else val/loss (which ranks only trials "
-        "that share their loss settings and latent size)",
+        help="objective: auto = val/knn_acc when the data has labels, else val/link_agreement when validation "
+        "contigs are fragments of longer records (label-free; ranks trials like val/kmeans_ari), else val/loss "
+        "(which ranks only trials that share their loss settings and latent size)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
     p.add_argument("--preset", default=preset, help="preset the space starts from (architecture and loss settings)")
@@ -152,6 +153,20 @@ def sweep_main(
         return 2
 
 
+def objective(metric: str, data, base, labels: list[str]) -> str:
+    """The metric a sweep ranks on: `metric`, or for `auto` the best the data allows: kNN accuracy
+    with labels; without, link agreement where validation contigs are fragments of one record
+    (bench/RESULTS.md: it ranks trials like val/kmeans_ari); else the loss."""
+    from kmervae.core.feature_table import dataset_files
+    from kmervae.distributed.ray_data import validation_must_links
+
+    if metric != "auto":
+        return metric
+    if labels:
+        return "val/knn_acc"
+    return "val/link_agreement" if validation_must_links(dataset_files(data), base.data, labels) else "val/loss"
+
+
 def _run(script: str, args: argparse.Namespace, space) -> int:
     from kmervae.core.config import SweepConfig, preset_config
     from kmervae.core.data import held_out_labels
@@ -172,7 +187,7 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     if len(labels) >= GENOME_SPLIT_LABELS and not any(o.startswith("data.val_split=") for o in args.overrides):
         fixed.append("data.val_split=genome")
     base = base.with_overrides(fixed + args.overrides)
-    metric = args.metric if args.metric != "auto" else ("val/knn_acc" if labels else "val/loss")
+    metric = objective(args.metric, data, base, labels)
     if base.data.val_split == "genome":
         held = held_out_labels(labels, base.data)
         print(

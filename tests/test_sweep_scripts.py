@@ -140,3 +140,50 @@ def test_a_sweep_asked_to_rank_on_val_loss_stops_before_it_starts(tmp_path, exam
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("latent_sweep: error: --metric val/loss cannot rank this sweep: it varies model.latent_dim")
     assert not (tmp_path / "sweeps" / "x").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_ranking_on_link_agreement_needs_fragments_of_one_record(example_features, tmp_path):
+    """The driver counts the validation split's must-links as the engines will see them; a
+    sweep on data without any refuses val/link_agreement before Ray starts."""
+    import numpy as np
+
+    from data_pipeline.featurize import featurize
+    from kmervae.core.config import PRESETS, SweepConfig
+    from kmervae.core.data import load_splits
+    from kmervae.core.feature_table import dataset_files
+    from kmervae.distributed.ray_data import label_vocabulary, validation_must_links
+    from kmervae.distributed.sweep import run_sweep
+    from tests.conftest import write_fasta
+
+    config = RunConfig(model=PRESETS["tiny"])
+    files = dataset_files(example_features)
+    _, val = load_splits(example_features, config.data)
+    records = val.links[:, 0].numpy()
+    expected = sum(int(n) - 1 for n in np.unique(records[records >= 0], return_counts=True)[1])
+    assert validation_must_links(files, config.data, label_vocabulary(files)) == expected > 0
+
+    rng = np.random.default_rng(0)
+    write_fasta(tmp_path / "a.fa", [(f"c{i}", "".join(rng.choice(list("ACGT"), 1200))) for i in range(40)])
+    featurize([tmp_path / "a.fa"], tmp_path / "whole")  # unfragmented: every contig its own record
+    assert validation_must_links(dataset_files(tmp_path / "whole"), config.data, []) == 0
+    sweep = SweepConfig(metric="val/link_agreement", storage=str(tmp_path / "sweeps"), num_samples=1)
+    with pytest.raises(ConfigError, match="val/link_agreement needs validation contigs cut from one record"):
+        run_sweep(tmp_path / "whole", config, load("latent_sweep").space, sweep, use_mlflow=False)
+    assert not (tmp_path / "sweeps").exists()  # refused before anything was written
+
+
+def test_auto_objective_is_the_best_the_data_allows(example_features, examples_dir, tmp_path):
+    from data_pipeline.featurize import FeaturizeSettings, featurize
+    from kmervae.core.feature_table import dataset_files
+    from kmervae.distributed.ray_data import label_vocabulary
+
+    objective = load("_common").objective
+    base = RunConfig(model=preset("tiny"))
+    labels = label_vocabulary(dataset_files(example_features))
+    assert objective("auto", example_features, base, labels) == "val/knn_acc"
+    assert objective("val/loss", example_features, base, labels) == "val/loss"  # asked for: kept
+    genomes = sorted(examples_dir.glob("*.fna.gz"))[:2]
+    featurize(genomes, tmp_path / "fragments", FeaturizeSettings(fragment_length=5000))  # no labels
+    assert objective("auto", tmp_path / "fragments", base, []) == "val/link_agreement"
+    featurize(genomes, tmp_path / "records")  # no labels, one contig per record: no must-links
+    assert objective("auto", tmp_path / "records", base, []) == "val/loss"

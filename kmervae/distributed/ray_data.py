@@ -57,6 +57,22 @@ def dataset_threshold(files: DatasetFiles, cfg: DataConfig) -> float | None:
     return subsample_threshold(ids, cfg)
 
 
+def validation_must_links(files: DatasetFiles, cfg: DataConfig, labels: list[str]) -> int:
+    """How many must-link pairs (`metrics.link_agreement`) the validation split holds, read on
+    the driver from the ids and labels alone: a sweep ranking on val/link_agreement needs some."""
+    table = pa.concat_tables(
+        pq.read_table(p, columns=[c for c in ("contig_id", "label") if c in pq.read_schema(p).names])
+        for p in files.paths
+    )
+    ids = table.column("contig_id").to_pylist()
+    row_labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(ids)
+    threshold = subsample_threshold(ids, cfg)
+    keep = split_mask(ids, cfg, True, threshold, labels=row_labels, held_out=held_out_labels(labels, cfg))
+    records = link_keys([cid for cid, kept in zip(ids, keep, strict=True) if kept])[:, 0]
+    records = records[records >= 0]
+    return len(records) - len(np.unique(records))  # consecutive fragments of a record: its count - 1
+
+
 def decode_split(
     table: pa.Table,
     fmt: DatasetFormat,

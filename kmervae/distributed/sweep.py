@@ -230,13 +230,18 @@ def run_sweep(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary
+    from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary, validation_must_links
     from kmervae.distributed.ray_engine import init_ray, plan_resources
 
     labels = label_vocabulary(files)
     if sweep.metric in LABELED_KEYS and not labels:
         raise ConfigError(
             f"--metric {sweep.metric} needs labels, and {data_path} has none; featurize with labels or use val/loss"
+        )
+    if sweep.metric == "val/link_agreement" and not validation_must_links(files, base.data, labels):
+        raise ConfigError(
+            f"--metric val/link_agreement needs validation contigs cut from one record (ids RECORD:START-END), "
+            f"and {data_path} has none; featurize with --fragment-length or rank on another metric"
         )
     sweep_dir = join(storage, sweep.name)
     outputs = local_outputs(storage, sweep.name)
