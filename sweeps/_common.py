@@ -66,6 +66,11 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
         "(which ranks only trials that share their loss settings and latent size)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show what Ray, Tune and the trials print (default: in sweep.log in the sweep's outputs)",
+    )
     p.add_argument("--preset", default=preset, help="preset the space starts from (architecture and loss settings)")
     p.add_argument(
         "--set",
@@ -173,6 +178,7 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     from kmervae.core.feature_table import dataset_files
     from kmervae.distributed.ray_data import label_vocabulary
     from kmervae.distributed.sweep import run_sweep
+    from kmervae.distributed.sweep_view import LOG_NAME
     from kmervae.tracking.tracker import tracking_uri, ui_command
 
     smoke = args.smoke_test
@@ -206,9 +212,20 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
         experiment=args.experiment,
         register_as=args.register_as,
     )
-    result = run_sweep(data, base, space, sweep, resume=args.resume, mlflow_dir=args.mlflow_dir, address=args.address)
+    result = run_sweep(
+        data,
+        base,
+        space,
+        sweep,
+        resume=args.resume,
+        mlflow_dir=args.mlflow_dir,
+        address=args.address,
+        verbose=args.verbose,
+    )
     failed = sum(1 for t in result.trials if t.status != "OK")
     print(f"sweep     {result.name}: {len(result.trials)} trial(s), {failed} failed; state in {result.path}")
+    if not args.verbose:
+        print(f"log       {Path(result.outputs) / LOG_NAME} (everything Ray and the trials printed)")
     if result.best_trial is not None:
         best = result.best_trial
         print(f"best      trial {best.trial_id}: {sweep.metric} {best.best:.4f} with {best.params}")

@@ -76,6 +76,15 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
     )
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout and "registry  models:/kmervae-encoder@champion" in job.stdout
+    # What a person reads: the header, one line per trial and the summary, not Ray's machinery,
+    # which is in the sweep's log file, named in the summary.
+    shown = job.stdout.splitlines()
+    assert len(shown) <= 40, "\n".join(shown)
+    ended = [line for line in shown if line.startswith("[") and "trial " in line]
+    assert len(ended) == 2 and all(("finished" in line or "stopped early" in line) for line in ended), ended
+    assert not any("TrainingReport" in line or "Deprecat" in line for line in shown)
+    log = storage / "job" / "sweep.log"
+    assert f"log       {log}" in job.stdout and "epoch 2/2" in log.read_text()
     from mlflow import MlflowClient
 
     # The suite's one smoke sweep, checked end to end: MLflow parent and children, plots,

@@ -102,7 +102,9 @@ def test_training_checkpoints_to_s3_and_resumes_from_there(s3, example_features,
     assert [m["epoch"] for m in again.history] == [0, 1, 2] and again.history[:2] == first.history
 
 
-def test_a_sweep_keeps_its_state_on_s3_and_a_diverging_trial_fails_alone(s3, example_features, tmp_path, monkeypatch):
+def test_a_sweep_keeps_its_state_on_s3_and_a_diverging_trial_fails_alone(
+    s3, example_features, tmp_path, monkeypatch, capfd
+):
     """One sweep shows both (a sweep costs a minute on 2 cores): state on S3, and a trial whose
     loss becomes infinite fails with that reason while the other finishes and is picked."""
     from mlflow import MlflowClient
@@ -115,10 +117,19 @@ def test_a_sweep_keeps_its_state_on_s3_and_a_diverging_trial_fails_alone(s3, exa
         name="s3sweep", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as="",
         metric="val/knn_acc",  # the space varies loss.scale: val/loss would not compare the trials
     )  # fmt: skip
-    result = run_sweep(example_features, tiny(2), diverging_space, sweep, mlflow_dir=tmp_path, log=lambda line: None)
+    result = run_sweep(example_features, tiny(2), diverging_space, sweep, mlflow_dir=tmp_path)
     assert sorted(t.status for t in result.trials) == ["ERROR", "OK"]
     failed = next(t for t in result.trials if t.status == "ERROR")
     assert "training loss became inf" in failed.error
+    # The console: a few lines, the failed trial's reason in one line with where its trace and
+    # everything the trials printed are (state on S3: the log is in the local outputs).
+    shown = capfd.readouterr().err.splitlines()
+    assert len(shown) <= 20, "\n".join(shown)
+    log = tmp_path / "runs" / "outputs" / "s3sweep" / "sweep.log"
+    reason = next(line for line in shown if line.strip().startswith("error: "))
+    assert "training loss became inf" in reason and "trace: " in reason and f"everything printed: {log})" in reason
+    assert sum("  FAILED  " in line for line in shown) == 1
+    assert "epoch 1/2" in log.read_text()  # the workers' own lines went to the log
     assert result.best_trial is not None and result.best_trial.status == "OK"
     assert exists(join(s3, "sweeps", "s3sweep", "tune")) and result.best_checkpoint.exists()
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

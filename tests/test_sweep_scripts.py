@@ -17,7 +17,7 @@ from tests.conftest import REPO
 SCRIPTS = ["latent_sweep", "architecture_sweep", "loss_sweep", "quality_sweep"]
 FLAGS = [
     "--data", "--samples", "--epochs", "--workers-per-trial", "--gpus-per-trial", "--max-concurrent", "--experiment",
-    "--name", "--storage", "--resume", "--metric", "--seed", "--smoke-test",
+    "--name", "--storage", "--resume", "--metric", "--seed", "--smoke-test", "--verbose",
 ]  # fmt: skip
 
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -217,9 +216,14 @@ def run_sweep(
     use_mlflow: bool = True,
     address: str | None = None,
     data_mode: str = "auto",
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    log: Callable[[str], None] | None = None,
+    verbose: bool = False,
 ) -> SweepResult:
-    """Run (or with `resume`, continue) a sweep; returns the trials and the best one."""
+    """Run (or with `resume`, continue) a sweep; returns the trials and the best one.
+
+    What Ray, Tune and the trials print goes to `sweep.log` in the sweep's local outputs
+    (`verbose`: to this process's stdout and stderr, as Ray prints it); the console gets the
+    header, the live view of `sweep_view` and `log`'s lines (default: to the console)."""
     files = dataset_files(data_path)
     check_objective(sweep.metric, check_space(space, base, sweep.seed))
     storage = normalize(sweep.storage)  # a local folder or s3://... shared by every node
@@ -232,6 +236,7 @@ def run_sweep(
 
     from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary, validation_must_links
     from kmervae.distributed.ray_engine import init_ray, plan_resources
+    from kmervae.distributed.sweep_view import LOG_NAME, SweepView, quiet_console
 
     labels = label_vocabulary(files)
     if sweep.metric in LABELED_KEYS and not labels:
@@ -262,83 +267,98 @@ def run_sweep(
         check_writable(storage, in_storage + in_outputs)  # the outputs live inside local storage
     if use_mlflow:
         check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
-    init_ray(address)
-    available = ray.available_resources()
-    workers = sweep.workers_per_trial
-    gpus_per_worker = None if sweep.gpus_per_trial is None else sweep.gpus_per_trial / workers
-    use_cpu = sweep.gpus_per_trial == 0
-    concurrent = sweep.max_concurrent or _max_concurrent(
-        available, workers, gpus_per_worker, use_cpu, sweep.num_samples
-    )
-    plan = plan_resources(available, workers, gpus_per_worker, use_cpu, trials=concurrent, trial_cpus=TRIAL_CPUS)
-    tracker = None
-    if use_mlflow:
-        tracker = _parent_run(sweep, files, data_path, base, mlflow_dir, space)
-    log(
-        f"sweep {sweep.name}: {sweep.num_samples} trial(s), {concurrent} at a time, each "
-        f"{plan.describe()}; storage {redact(sweep_dir)}"
-    )
-    train_ds, val_ds = build_datasets(files, base.data, labels, base.train.seed, data_mode)  # once, for every trial
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            run_trial,
-            base=base.to_dict(),
-            sweep=asdict(sweep),
-            labeled=bool(labels),
-            plan=plan,
-            train_ds=train_ds,
-            val_ds=val_ds,
-            parent_run_id=tracker.run_id if tracker else None,
-            mlflow_uri=tracker.uri if tracker else None,
-            extra={},
-            data_bytes=decoded_bytes(files, base.data),
-        ),
-        {"cpu": TRIAL_CPUS},
-    )
-    tune_dir = join(sweep_dir, "tune")
-    if resume and tune.Tuner.can_restore(tune_dir):
-        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    else:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        searcher = OptunaSearch(
-            space=space, metric=sweep.metric, mode=sweep.mode, sampler=optuna.samplers.TPESampler(seed=sweep.seed)
+    log_path = outputs / LOG_NAME
+    with quiet_console(log_path, verbose) as console:
+        log = log or (lambda line: print(line, file=console, flush=True))
+        init_ray(address)
+        available = ray.available_resources()
+        workers = sweep.workers_per_trial
+        gpus_per_worker = None if sweep.gpus_per_trial is None else sweep.gpus_per_trial / workers
+        use_cpu = sweep.gpus_per_trial == 0
+        concurrent = sweep.max_concurrent or _max_concurrent(
+            available, workers, gpus_per_worker, use_cpu, sweep.num_samples
         )
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=base.train.epochs,
-            grace_period=min(sweep.grace_period, base.train.epochs),
-            reduction_factor=sweep.reduction_factor,
+        plan = plan_resources(available, workers, gpus_per_worker, use_cpu, trials=concurrent, trial_cpus=TRIAL_CPUS)
+        tracker = None
+        if use_mlflow:
+            tracker = _parent_run(sweep, files, data_path, base, mlflow_dir, space)
+        log(
+            f"sweep {sweep.name}: {sweep.num_samples} trial(s) of at most {base.train.epochs} epoch(s), ranked on "
+            f"{sweep.metric}; {concurrent} at a time, each {plan.describe()}"
         )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=sweep.metric,
-                mode=sweep.mode,
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=sweep.num_samples,
-                max_concurrent_trials=concurrent,
+        log(f"data      {data_path} ({files.rows:,} contigs); storage {redact(sweep_dir)}")
+        if tracker is not None:
+            log(f"mlflow    {redact(tracker.uri)}, experiment '{sweep.experiment}'")
+        log(f"log       {log_path} (what Ray and the trials print)" if not verbose else "log       this console")
+        train_ds, val_ds = build_datasets(files, base.data, labels, base.train.seed, data_mode)  # once, for every trial
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                run_trial,
+                base=base.to_dict(),
+                sweep=asdict(sweep),
+                labeled=bool(labels),
+                plan=plan,
+                train_ds=train_ds,
+                val_ds=val_ds,
+                parent_run_id=tracker.run_id if tracker else None,
+                mlflow_uri=tracker.uri if tracker else None,
+                extra={},
+                data_bytes=decoded_bytes(files, base.data),
             ),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=sweep_dir,
-                failure_config=tune.FailureConfig(max_failures=0),
-                verbose=0,
-            ),
+            {"cpu": TRIAL_CPUS},
         )
-    with closes_on_error(tracker):
-        grid = tuner.fit()
-    result = _summarize(grid, sweep, sweep_dir, outputs)
-    result.space = space
-    if tracker is not None:
-        _drop_lost_trials_if_reachable(tracker, sweep, {row.trial_id for row in result.trials}, log)
-    for row in result.trials:
-        _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
-    _pick_best(result, sweep, outputs)
-    if tracker is not None:
-        result.parent_run_id, result.mlflow_uri = tracker.run_id, tracker.uri
-        result.registered = report_to_parent(tracker, result, sweep, grid, log)
-    return result
+        view = SweepView(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            total=sweep.num_samples,
+            max_epochs=base.train.epochs,
+            log_path=None if verbose else log_path,
+        )
+        tune_dir = join(sweep_dir, "tune")
+        if resume and tune.Tuner.can_restore(tune_dir):
+            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            searcher = OptunaSearch(
+                space=space, metric=sweep.metric, mode=sweep.mode, sampler=optuna.samplers.TPESampler(seed=sweep.seed)
+            )
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=base.train.epochs,
+                grace_period=min(sweep.grace_period, base.train.epochs),
+                reduction_factor=sweep.reduction_factor,
+            )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    metric=sweep.metric,
+                    mode=sweep.mode,
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=sweep.num_samples,
+                    max_concurrent_trials=concurrent,
+                ),
+                run_config=tune.RunConfig(
+                    name="tune",
+                    storage_path=sweep_dir,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                    verbose=0,
+                    callbacks=[view],
+                ),
+            )
+        with closes_on_error(tracker):
+            grid = tuner.fit()
+        result = _summarize(grid, sweep, sweep_dir, outputs)
+        result.space = space
+        if tracker is not None:
+            _drop_lost_trials_if_reachable(tracker, sweep, {row.trial_id for row in result.trials}, log)
+        for row in result.trials:
+            _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
+        _pick_best(result, sweep, outputs)
+        if tracker is not None:
+            result.parent_run_id, result.mlflow_uri = tracker.run_id, tracker.uri
+            result.registered = report_to_parent(tracker, result, sweep, grid, log)
+        return result
 
 
 def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunConfig, mlflow_dir, space: SpaceFn):

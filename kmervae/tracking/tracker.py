@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -26,6 +27,9 @@ from typing import Any
 
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.redact import redact, redact_params
+
+# MLflow announces at INFO that it creates or migrates a SQLite store's tables: nothing for a user to act on.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 DEFAULT_EXPERIMENT = "kmervae"
 DB_NAME = "mlflow.db"
