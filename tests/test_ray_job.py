@@ -97,6 +97,12 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    # The parent's description (MLflow's run overview): the best trial, linked to its child run.
+    note = parent.data.tags["mlflow.note.content"]
+    best_child = next(c for c in children if c.data.tags["kmervae.trial_id"] == parent.data.tags["best_trial_id"])
+    assert f"/runs/{best_child.info.run_id})" in note.split("**Best trial**")[1].splitlines()[0]
+    assert "Top 2 trial(s)" in note and "ranked on `val/knn_acc`" in note
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/loss")]
         assert steps and steps == list(range(len(steps)))

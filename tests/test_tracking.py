@@ -40,6 +40,22 @@ def test_a_local_run_is_logged_completely(tmp_path, example_features):
     assert {"model.txt", "model.png", "metrics.jsonl", "checkpoints"} <= artifacts
     assert [a.path for a in tracker.client.list_artifacts(tracker.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database, not in the cwd
+    # Marked as model training, so MLflow's UI opens the experiment on its runs table.
+    experiment = tracker.client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_experiment_made_elsewhere_is_marked_once_and_a_chosen_kind_kept(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    plain = client.create_experiment("made-by-hand")
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "finetuning"})
+    Tracker("made-by-hand", "a", uri=uri).finish()
+    Tracker("chosen", "b", uri=uri).finish()
+    assert client.get_experiment(plain).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "finetuning"
 
 
 def test_a_failed_run_is_marked_failed(tmp_path):

@@ -112,8 +112,80 @@ def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -
                     f"warning: MLflow is unreachable: {sweep.register_as} not registered; the model is in "
                     f"{outputs / 'model'}"
                 )
+    children = _child_runs(tracker, sweep)
+    tracker.set_tag(NOTE_TAG, sweep_description(result, sweep, children, tracker.experiment_id, uri))
     tracker.finish(fallback=fallback, log=log)
     return uri
+
+
+NOTE_TAG = "mlflow.note.content"
+"""The run tag MLflow's UI shows as a run's description (markdown) on its overview page."""
+TOP_TRIALS = 10
+
+
+def sweep_description(result, sweep, children: dict[str, str], experiment_id: str | None, registered) -> str:
+    """The parent run's description: the objective, the best trial (linked to its child run)
+    with its settings, the top trials, and where the plots and files are."""
+
+    def link(trial_id: str) -> str:
+        run = children.get(trial_id)
+        return f"[`{trial_id}`](#/experiments/{experiment_id}/runs/{run})" if run and experiment_id else f"`{trial_id}`"
+
+    failed = sum(1 for r in result.trials if r.status != "OK")
+    lines = [
+        f"**Sweep `{sweep.name}`**: {len(result.trials)} trial(s), {failed} failed, ranked on `{sweep.metric}` "
+        f"({'higher' if sweep.mode == 'max' else 'lower'} is better).",
+        "",
+    ]
+    best = result.best_trial
+    if best is not None and best.best is not None:
+        settings = ", ".join(f"`{k}={_short(v)}`" for k, v in best.params.items())
+        lines += [f"**Best trial** {link(best.trial_id)}: `{sweep.metric}` **{best.best:.4f}** with {settings}.", ""]
+        if registered:
+            lines += [f"Registered as `{registered}`; its checkpoint is in this run's `best_model/`.", ""]
+    ranked = sorted(
+        (r for r in result.trials if r.status == "OK" and r.best is not None),
+        key=lambda r: r.best,
+        reverse=sweep.mode == "max",
+    )[:TOP_TRIALS]
+    if ranked:
+        keys = sorted({k for r in ranked for k in r.params})
+        lines += [
+            f"Top {len(ranked)} trial(s):",
+            "",
+            "| trial | " + sweep.metric + " | epochs | " + " | ".join(k.split(".")[-1] for k in keys) + " |",
+            "|---" * (len(keys) + 3) + "|",
+        ]
+        for r in ranked:
+            values = " | ".join(_short(r.params.get(k, "")) for k in keys)
+            lines.append(f"| {link(r.trial_id)} | {r.best:.4f} | {r.epochs} | {values} |")
+        lines.append("")
+    lines.append(
+        "Plots in the artifacts' `plots/`: `objective_vs_params.png` (each trial's best against each setting), "
+        "`learning_curves.png` (the top trials by epoch), `param_importances.png`; every trial in `trials.csv`."
+    )
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _child_runs(tracker, sweep) -> dict[str, str]:
+    """Trial id -> MLflow run id of the sweep's child runs; {} when MLflow cannot be asked."""
+    from kmervae.tracking.tracker import impatient_http, is_unreachable
+
+    if tracker.run_id is None:
+        return {}
+    query = f"tags.mlflow.parentRunId = '{tracker.run_id}' and tags.`kmervae.sweep` = '{sweep.name}'"
+    try:
+        with impatient_http():
+            runs = tracker.client.search_runs([tracker.experiment_id], filter_string=query, max_results=10_000)
+    except Exception as err:
+        if not is_unreachable(err):
+            raise
+        return {}
+    return {r.data.tags["kmervae.trial_id"]: r.info.run_id for r in runs if "kmervae.trial_id" in r.data.tags}
 
 
 def _register(tracker, sweep, best_checkpoint: Path, folder: Path) -> str | None:

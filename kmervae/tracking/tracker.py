@@ -139,14 +139,22 @@ def resolve_run(client, spec: Mapping[str, Any]) -> str:
     return found or client.create_run(experiment_id, run_name=spec.get("name"), tags=dict(spec["tags"])).info.run_id
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""The tag MLflow 3's UI reads to open an experiment on its runs table (untagged, it guesses,
+and with no traces it lands on the GenAI overview)."""
+
+
 def experiment_id_of(client, name: str) -> str:
-    """The id of experiment `name`, created (artifacts beside a local store) when missing."""
+    """The id of experiment `name`, created (artifacts beside a local store, marked as model
+    training) when missing."""
     found = client.get_experiment_by_name(name)
-    return (
-        found.experiment_id
-        if found is not None
-        else client.create_experiment(name, artifact_location=default_artifact_root(client.tracking_uri))
-    )
+    if found is not None:
+        if not any(key in found.tags for key in EXPERIMENT_KIND):  # made by an older kmervae
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(found.experiment_id, key, value)
+        return found.experiment_id
+    root = default_artifact_root(client.tracking_uri)
+    return client.create_experiment(name, artifact_location=root, tags=EXPERIMENT_KIND)
 
 
 def find_run(client, experiment_id: str, tags: Mapping[str, str]) -> str | None:
