@@ -99,7 +99,11 @@ def test_train_and_describe_commands(tmp_path, example_features):
     )
     assert result.returncode == 0, result.stderr
     assert "trained   2 epochs" in result.stdout and (out / "best.pt").exists() and (out / "metrics.jsonl").exists()
-    assert "epoch 2/2" in result.stderr
+    # The seed's per-epoch view: a header once, a row per epoch, each group's error and the gate's.
+    rows = result.stderr[result.stderr.index("epoch ") :].splitlines()[:3]
+    assert all(name in rows[0] for name in ("mse_7_pres", "mse_7_abs", "present", "gate_acc", "mse_gc", "kl", "lr"))
+    assert rows[1].startswith("1/2 *") and rows[2].startswith("2/2") and len(rows[1]) == len(rows[0])
+    assert "* the best epoch" in (out / "epochs.txt").read_text()
     described = kmervae("describe", "--preset", "outline", "-o", str(tmp_path / "outline.svg"))
     assert described.returncode == 0 and "94,454,819" in described.stdout and (tmp_path / "outline.svg").exists()
 

@@ -72,7 +72,7 @@ def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run):
     for key in METRIC_KEYS:
         assert [m.step for m in client.get_metric_history(result.mlflow_run_id, key)] == [0, 1], key
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
-    assert {"curves.png", "model.png", "model.txt", "checkpoints"} <= artifacts
+    assert {"curves.png", "model.png", "model.txt", "epochs.txt", "checkpoints"} <= artifacts
     assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoints")} == {
         "checkpoints/best.pt",
         "checkpoints/last.pt",

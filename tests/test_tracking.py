@@ -37,7 +37,7 @@ def test_a_local_run_is_logged_completely(tmp_path, example_features):
     history = tracker.client.get_metric_history(tracker.run_id, "val/loss")
     assert [(m.step, m.value) for m in history] == [(i, m["val/loss"]) for i, m in enumerate(result.history)]
     artifacts = {a.path for a in tracker.client.list_artifacts(tracker.run_id)}
-    assert {"model.txt", "model.png", "metrics.jsonl", "checkpoints"} <= artifacts
+    assert {"model.txt", "model.png", "metrics.jsonl", "epochs.txt", "checkpoints"} <= artifacts
     assert [a.path for a in tracker.client.list_artifacts(tracker.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database, not in the cwd
     # Marked as model training, so MLflow's UI opens the experiment on its runs table.

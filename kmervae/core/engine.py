@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBatch, load_splits, use_resident
+from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, table
 from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.core.loss import contrastive_loss, split_views, vae_loss
 from kmervae.core.metrics import (
@@ -415,6 +416,7 @@ def fit_local(
     lr = f"lr {tc.effective_lr:.2e}"
     log(f"training on {len(train):,} contigs, validating on {len(val):,}, device {device}, data {where}, {lr}")
     best = math.inf
+    printer = EpochPrinter(tc.epochs)  # best by val/loss, as best.pt is chosen here
 
     with open(out / "metrics.jsonl", "w") as metrics_log:
 
@@ -429,11 +431,14 @@ def fit_local(
             metrics_log.flush()
             if on_epoch is not None:
                 on_epoch(epoch, metrics, history)
-            log(epoch_line(epoch, tc.epochs, metrics))
+            for line in printer.lines(epoch, metrics):
+                log(line)
 
         data = InMemoryData(train, val, tc.batch_size, generator)
         runnable = compile_model(model, tc, log)
         result.history = run_epochs(runnable, data, config, optimizer, scheduler, device=device, on_epoch=save_and_log)
+    (out / EPOCHS_FILE).write_text(table(result.history, tc.epochs, int(best_epoch(result.history)["epoch"])))
+    result.artifacts.append(out / EPOCHS_FILE)
     return result
 
 
@@ -481,11 +486,3 @@ def write_model_description(model: BranchedVAE, out: Path, log: Callable[[str], 
 def compile_model(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) -> nn.Module:
     """torch.compile when asked for, with an eager fallback; the model itself otherwise."""
     return _CompiledWithFallback(model, log) if cfg.compile else model
-
-
-def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
-    """One line of progress per epoch: losses, key metrics, learning rate, throughput."""
-    parts = [f"epoch {epoch + 1}/{epochs}", f"train/loss {m['train/loss']:.4f}", f"val/loss {m['val/loss']:.4f}"]
-    parts += [f"{key} {m[key]:.4f}" for key in ("val/mse_7", "val/kl", "val/knn_acc", "val/kmeans_ari") if key in m]
-    parts += [f"active {int(m['val/active_units'])}", f"lr {m['lr']:.2e}", f"{m['samples_per_s']:,.0f} samples/s"]
-    return "  ".join(parts)

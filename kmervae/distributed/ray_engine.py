@@ -30,12 +30,12 @@ from kmervae.core.data import EpochData, InMemoryData, use_resident
 from kmervae.core.engine import (
     Collective,
     check_labels_for,
-    epoch_line,
     make_optimizer,
     make_scheduler,
     run_epochs,
     write_model_description,
 )
+from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, best_index, table
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import dataset_files
 from kmervae.core.metric_keys import metric_mode
@@ -132,12 +132,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(resumed.optimizer_state)
         scheduler.load_state_dict(resumed.scheduler_state)
     data = worker_data(loop_config, tc, device, rank, world)
+    best_by = loop_config.get("best_by", "val/loss")
+    printer = EpochPrinter(tc.epochs, best_by, metric_mode(best_by))  # marks the epochs best.pt may come from
+    if resumed is not None:
+        printer.prime(resumed.history)
 
     def report(epoch: int, metrics: dict[str, float], history: list[dict[str, float]]) -> None:
         if rank != 0:
             ray.train.report(metrics)
             return
-        sys.stdout.write(epoch_line(epoch, tc.epochs, metrics) + "\n")  # not print: Ray's print echoes twice
+        sys.stdout.write("".join(line + "\n" for line in printer.lines(epoch, metrics)))  # print echoes twice
         sys.stdout.flush()
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(
@@ -345,6 +349,7 @@ def build_trainer(
             "labeled": labeled,
             "cpus_per_worker": plan.cpus_per_worker,
             "data_bytes": int(data_bytes),
+            "best_by": best_by,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers,
@@ -381,6 +386,10 @@ def export_results(
     last = _copy_checkpoint(result.checkpoint, out / "last.pt")
     history = load_checkpoint(last).history
     artifacts = write_model_description(BranchedVAE(config.model), out, log)
+    (out / EPOCHS_FILE).write_text(
+        table(history, config.train.epochs, best_index(history, best_by, metric_mode(best_by)))
+    )
+    artifacts.append(out / EPOCHS_FILE)
     try:
         from kmervae.core.plots import plot_training_curves
 

@@ -1,0 +1,108 @@
+"""The per-epoch table the seed's users watched, printed by every engine and kept in MLflow.
+
+Every epoch the original script showed each group's reconstruction error (7-, 4-, 3-mer, GC),
+the 7-mer error on present and on absent k-mers, the share of present 7-mers, and the gate's
+BCE, accuracy and value error, beside loss, KL and learning rate. `header` and `row` print
+that as an aligned table (a header once, a row per epoch, `*` on the best epoch so far);
+`table` renders a whole history the same way for the run's `epochs.txt` artifact.
+"""
+
+from __future__ import annotations
+
+import math
+
+COLUMNS = (
+    ("train/loss", "train_loss"), ("val/loss", "val_loss"), ("val/kl", "kl"),
+    ("val/mse_7", "mse_7"), ("val/mse_7_present", "mse_7_pres"), ("val/mse_7_absent", "mse_7_abs"),
+    ("val/frac_present", "present"), ("val/gate_bce", "gate_bce"), ("val/gate_acc", "gate_acc"),
+    ("val/value_mse", "value_mse"), ("val/mse_4", "mse_4"), ("val/mse_3", "mse_3"), ("val/mse_gc", "mse_gc"),
+    ("val/knn_acc", "knn_acc"), ("val/kmeans_ari", "ari"), ("lr", "lr"), ("samples_per_s", "samples/s"),
+)  # fmt: skip
+"""(metric key, heading) in print order; a key the run does not report (gate keys of an
+ungated model, label scores of unlabelled data) has no column."""
+EPOCHS_FILE = "epochs.txt"
+"""The table of a finished run, beside its checkpoints and in its MLflow artifacts."""
+WIDTH = 10
+EPOCH_WIDTH = 9
+
+
+def columns(metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """The columns of a run whose epochs report `metrics`."""
+    return [(key, name) for key, name in COLUMNS if key in metrics]
+
+
+def _value(key: str, value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if key == "lr":
+        return f"{value:.2e}"
+    if key == "samples_per_s":
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def header(metrics: dict[str, float]) -> str:
+    """The heading line: epoch, then one right-aligned column per reported key."""
+    return "epoch".ljust(EPOCH_WIDTH) + "".join(" " + name.rjust(WIDTH) for _, name in columns(metrics))
+
+
+def row(epoch: int, epochs: int, metrics: dict[str, float], best: bool = False) -> str:
+    """One epoch (0-based `epoch` of `epochs`), `*` after the number when it is the best so far."""
+    label = f"{epoch + 1}/{epochs}" + (" *" if best else "")
+    return label.ljust(EPOCH_WIDTH) + "".join(_value(key, metrics[key]).rjust(WIDTH) for key, _ in columns(metrics))
+
+
+def table(history: list[dict[str, float]], epochs: int, best_epoch: int | None) -> str:
+    """A whole run: header, a row per epoch, `*` on `best_epoch` (0-based), and a legend."""
+    if not history:
+        return ""
+    lines = [header(history[0])]
+    lines += [row(int(m["epoch"]), epochs, m, best=int(m["epoch"]) == best_epoch) for m in history]
+    lines.append(f"* the best epoch (its checkpoint is best.pt); {LEGEND}")
+    return "\n".join(lines) + "\n"
+
+
+LEGEND = (
+    "mse_7_pres / mse_7_abs: 7-mer error on present / absent k-mers; present: share of present 7-mers; "
+    "gate_*: the 7-mer gate's BCE, accuracy and error on the values it keeps"
+)
+
+
+def best_index(history: list[dict[str, float]], metric: str = "val/loss", mode: str = "min") -> int | None:
+    """The epoch (its `epoch` value) with the best finite `metric`, or None."""
+    finite = [m for m in history if math.isfinite(m.get(metric, math.nan))]
+    if not finite:
+        return None
+    best = (max if mode == "max" else min)(finite, key=lambda m: m[metric])
+    return int(best["epoch"])
+
+
+class EpochPrinter:
+    """Prints a run's table as it trains: the header before the first row, `*` on each new best
+    by `metric` (`mode` 'min' or 'max', as the best checkpoint is chosen)."""
+
+    def __init__(self, epochs: int, metric: str = "val/loss", mode: str = "min"):
+        self.epochs, self.metric, self.mode = epochs, metric, mode
+        self.best = math.nan
+        self.started = False
+
+    def prime(self, history: list[dict[str, float]]) -> None:
+        """Take the best so far from the epochs a resumed run already trained (printed then)."""
+        for metrics in history:
+            self._improves(metrics)
+
+    def _improves(self, metrics: dict[str, float]) -> bool:
+        value = metrics.get(self.metric, math.nan)
+        better = math.isfinite(value) and (
+            not math.isfinite(self.best) or (value > self.best if self.mode == "max" else value < self.best)
+        )
+        if better:
+            self.best = value
+        return better
+
+    def lines(self, epoch: int, metrics: dict[str, float]) -> list[str]:
+        """The lines to print after `epoch`: the header first time, then its row."""
+        better = self._improves(metrics)
+        out = [] if self.started else [header(metrics)]
+        self.started = True
+        return out + [row(epoch, self.epochs, metrics, best=better)]
