@@ -49,7 +49,8 @@ def header(metrics: dict[str, float]) -> str:
 def row(epoch: int, epochs: int, metrics: dict[str, float], best: bool = False) -> str:
     """One epoch (0-based `epoch` of `epochs`), `*` after the number when it is the best so far."""
     label = f"{epoch + 1}/{epochs}" + (" *" if best else "")
-    return label.ljust(EPOCH_WIDTH) + "".join(_value(key, metrics[key]).rjust(WIDTH) for key, _ in columns(metrics))
+    cells = (" " + _value(key, metrics[key]).rjust(WIDTH) for key, _ in columns(metrics))
+    return label.ljust(EPOCH_WIDTH) + "".join(cells)
 
 
 def table(history: list[dict[str, float]], epochs: int, best_epoch: int | None) -> str:
