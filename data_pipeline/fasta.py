@@ -95,6 +95,7 @@ class FastaReader:
             self._raw = raw
             compression = _sniff_compression(raw)
             index = -1
+            utf8 = False
             try:
                 stream = xopen.xopen(raw, "rb", threads=0, format=compression) if compression else raw
                 with dnaio.open(stream) as records:
@@ -107,15 +108,12 @@ class FastaReader:
                     f"{self.path}: not a FASTA or FASTQ file (it does not start with '>' or '@')"
                 ) from None
             except dnaio.exceptions.FileFormatError as err:
-                if "must be ASCII encoded" in str(
-                    err
-                ):  # dnaio: "'name' ... must be ASCII encoded, but found 'é' at index 7"
-                    found = str(err).split("but found", 1)[1].strip()
-                    raise InputError(
-                        f"{self.path}: line {record_line(self.path, index + 1)}: header of record {index + 2} has "
-                        f"non-ASCII characters ({found}); contig ids must be ASCII: rename the record"
-                    ) from None
-                raise InputError(f"{self.path}: {_strip_dnaio_prefix(err)}") from None
+                # dnaio: "'name' ... must be ASCII encoded, but found 'é' at index 7": a UTF-8 id
+                # (>ctg_ü1). Such files are read again by the plain reader below, which decodes
+                # headers as UTF-8, from the first record dnaio did not give.
+                if "must be ASCII encoded" not in str(err) or _is_fastq(self.path):
+                    raise InputError(f"{self.path}: {_strip_dnaio_prefix(err)}") from None
+                utf8, given = True, index
             except UnicodeDecodeError:
                 raise InputError(
                     f"{self.path}: binary or non-ASCII data after {index + 1} good record(s); "
@@ -127,6 +125,10 @@ class FastaReader:
                     f"{self.path}: corrupt or truncated {what} after {index + 1} good record(s) ({err}); "
                     "re-download or re-compress it"
                 ) from None
+            if utf8:
+                for index, (name, sequence) in enumerate(_utf8_fasta(self.path)):
+                    if index > given:
+                        yield self._check(index, name, sequence)
             if index < 0:
                 raise InputError(f"{self.path}: contains no FASTA records (is it empty?)")
 
@@ -155,6 +157,43 @@ class FastaReader:
                 f"{bad + 1}, which is not an IUPAC nucleotide code (ACGTUN RYSWKMBDHV)"
             )
         return FastaRecord(self.path, index, words[0], bases)
+
+
+def _utf8_fasta(path: Path) -> Iterator[tuple[str, str]]:
+    """(header, sequence) of each record of a FASTA file whose headers are UTF-8 text (dnaio
+    reads ASCII only). Plain Python, so slower than dnaio: used only for such files. Bytes that
+    are not UTF-8 in a header, or not ASCII in a sequence, are refused with their line."""
+    name, parts, start = None, [], 0
+    for number, line in enumerate(_lines(path), start=1):
+        line = line.rstrip(b"\r\n")
+        if line.startswith(b">"):
+            if name is not None:
+                yield name, _ascii_bases(path, parts, start)
+            try:
+                name = line[1:].decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(
+                    f"{path}: line {number}: the header is not UTF-8 text (byte {line[1 + err.start]:#04x}); "
+                    "save the file as UTF-8 or rename the record"
+                ) from None
+            parts, start = [], number
+        elif line.strip():
+            if name is None:
+                raise InputError(f"{path}: line {number}: Expected '>' at beginning of record")
+            parts.append(line)
+    if name is not None:
+        yield name, _ascii_bases(path, parts, start)
+
+
+def _ascii_bases(path: Path, parts: list[bytes], header_line: int) -> str:
+    joined = b"".join(parts)
+    try:
+        return joined.decode("ascii")
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{path}: the record at line {header_line} has a non-ASCII byte ({joined[err.start]:#04x}) at base "
+            f"{err.start + 1}; FASTA sequences are ASCII letters"
+        ) from None
 
 
 def _strip_dnaio_prefix(err: Exception) -> str:

@@ -281,3 +281,22 @@ def test_unlabeled_embeddings_get_silhouette_and_active_units(exported, example_
     assert evaluate(tmp_path / "flat.parquet")["scores"]["vae"]["active_units"] == float(
         (variances > 0.01).sum() - len(live)
     )
+
+
+def test_utf8_contig_ids_go_through_featurize_train_and_embed(tmp_path):
+    """Ids are UTF-8 text end to end (only undecodable bytes are refused, by the reader)."""
+    import random
+
+    from data_pipeline.featurize import FeaturizeSettings, featurize
+    from tests.conftest import write_fasta
+
+    rng = random.Random(5)
+    names = [f"ctg_\u00fc{i} sample=\u00e9t\u00e9" if i % 2 else f"contig_\u4e2d{i}" for i in range(24)]
+    write_fasta(tmp_path / "ids.fa", [(name, "".join(rng.choice("ACGT") for _ in range(6000))) for name in names])
+    featurize([tmp_path / "ids.fa"], tmp_path / "features", FeaturizeSettings(fragment_length=3000))
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=1", "data.val_fraction=0.25"])
+    trained = fit_local(tmp_path / "features", config, tmp_path / "run", log=lambda line: None)
+    summary = embed(str(trained.best_checkpoint), tmp_path / "features", tmp_path / "emb.parquet", progress=False)
+    ids, vectors, _ = read_embeddings(summary.out)
+    expected = {f"{name.split()[0]}:{start}-{start + 2999}" for name in names for start in (1, 3001)}
+    assert set(ids) == expected and len(ids) == 48 and np.isfinite(vectors).all()

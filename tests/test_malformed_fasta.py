@@ -43,12 +43,13 @@ REFUSED = [
     ("binary.fa", bytes(range(256)) * 40, "binary or non-ASCII data after 0 good record(s)"),
     ("truncated.fa.gz", _truncated_gzip(), "corrupt or truncated gz data after 0 good record(s)"),
     ("duplicates.fa", PLAIN + PLAIN, "line 3: duplicate record id 'a' (also earlier in this file)"),
-    (
-        "non-ascii.fa",
-        ">contig_\u00e9\u00df\u4e2d desc\n".encode() + SEQ.encode() + b"\n",
-        "line 1: header of record 1 has non-ASCII characters ('\u00e9\u00df\u4e2d' at index 7)",
-    ),
     ("latin1.fa", b">contig_\xe9\n" + SEQ.encode() + b"\n", "binary or non-ASCII data"),
+    ("utf8-then-latin1.fa", _wrapped("ctg_\u00fc1", SEQ) + b">contig_\xe9\n", "binary or non-ASCII data"),
+    (
+        "utf8-id-bad-base.fa",
+        ">ctg_\u00fc1\n".encode() + SEQ[:10].encode() + "\u00e9".encode() + b"\n",
+        "the record at line 1 has a non-ASCII byte (0xc3) at base 11; FASTA sequences are ASCII letters",
+    ),
     (
         "bad-base.fa",
         b">a\n" + SEQ[:100].encode() + b"\n" + SEQ[100:200].encode() + b"J\n",
@@ -62,6 +63,8 @@ HANDLED = [
     ("iupac.fa", _wrapped("a", IUPAC), {"a": IUPAC}),  # windows over IUPAC codes are skipped, length counts them
     ("rna.fa", _wrapped("a", SEQ.replace("T", "U")), {"a": SEQ}),
     ("id-with-spaces.fa", _wrapped("contig 1 length=3000 some description", SEQ), {"contig": SEQ}),
+    ("utf8-id.fa", _wrapped("contig_\u00e9\u00df\u4e2d desc", SEQ), {"contig_\u00e9\u00df\u4e2d": SEQ}),
+    ("utf8-second.fa", PLAIN + _wrapped("ctg_\u00fc1", SEQ[::-1]), {"a": SEQ, "ctg_\u00fc1": SEQ[::-1]}),
 ]
 
 
