@@ -385,7 +385,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from kmervae.apply.evaluate import evaluate, format_table, log_to_mlflow, write_json
 
-    result = evaluate(args.embeddings, args.labels_from_features)
+    result = evaluate(args.embeddings, args.labels_from_features, log=lambda line: print(line, file=sys.stderr))
     print(format_table(result))
     path = write_json(result, args.json or args.embeddings.with_suffix(".eval.json"))
     print(f"json      {path}")

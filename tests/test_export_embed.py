@@ -203,6 +203,9 @@ def test_cli_export_embed_evaluate(exported, example_features, tmp_path):
     assert done.returncode == 0 and "embedded  1,558 contigs into 8 dimensions" in done.stdout, done.stderr
     done = run("evaluate", "emb.parquet", "--labels-from-features", str(example_features))
     assert done.returncode == 0 and "pca8_kmers" in done.stdout and (tmp_path / "emb.eval.json").exists(), done.stderr
+    stages = done.stderr.splitlines()  # progress: each stage as it ends, with the time so far
+    assert stages[0].startswith("read 1,558 embedded contig(s) with 5 label(s) (") and len(stages) == 4
+    assert stages[1].startswith("scored the embedding") and stages[3].startswith("scored the baseline pca8_kmers")
     bad = run("export", "nope.pt", "--format", "onnx", "--out", "x.onnx")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     missing = run("best", "--experiment", "nothing-here")
