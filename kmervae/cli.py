@@ -185,6 +185,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="folder of the local MLflow store (default: the current folder; ignored when $MLFLOW_TRACKING_URI is set)",
     )
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="engine ray: show what Ray and the workers print (default: in train.log beside the checkpoints)",
+    )
     p.set_defaults(run=_cmd_train)
 
 
@@ -200,7 +205,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dataset_files(args.data)  # a bad dataset fails before anything starts
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     if args.engine == "ray":
-        from kmervae.distributed.ray_engine import fit_ray
+        from kmervae.distributed.ray_engine import TRAIN_LOG, fit_ray
 
         result = fit_ray(
             args.data,
@@ -215,6 +220,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             address=args.address,
             out_dir=args.out,
             data_mode=args.data_mode,
+            verbose=args.verbose,
         )
         history, best_path, last_path, run_id, uri = (
             result.history,
@@ -223,6 +229,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             result.mlflow_run_id,
             result.mlflow_uri,
         )
+        if not args.verbose:
+            print(f"log       {Path(best_path).parent / TRAIN_LOG} (what Ray and the workers printed)", file=sys.stderr)
     else:
         from kmervae.core.engine import fit_local
         from kmervae.tracking.local_run import fit_local_tracked

@@ -43,6 +43,7 @@ from kmervae.core.model import BranchedVAE
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, is_uri, local_outputs
 from kmervae.core.storage import normalize as normalize_storage
+from kmervae.distributed.console import RELAY_MARK, quiet_console
 from kmervae.distributed.ray_data import StreamedShards, gather_shard
 from kmervae.tracking.tracker import OUTBOX_FILE, Outbox, check_reachable, closes_on_error, metrics_op, tracking_uri
 
@@ -141,7 +142,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report(metrics)
             return
-        sys.stdout.write("".join(line + "\n" for line in printer.lines(epoch, metrics)))  # print echoes twice
+        # Marked for the driver's console (`console.quiet_console`); not print: Ray's print echoes twice.
+        sys.stdout.write("".join(RELAY_MARK + line + "\n" for line in printer.lines(epoch, metrics)))
         sys.stdout.flush()
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(
@@ -264,9 +266,13 @@ def fit_ray(
     address: str | None = None,
     out_dir: str | Path | None = None,
     data_mode: str = "auto",
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    log: Callable[[str], None] | None = None,
+    verbose: bool = False,
 ) -> RayFitResult:
-    """Train with Ray Train; resumes when `name` already has checkpoints in `storage`."""
+    """Train with Ray Train; resumes when `name` already has checkpoints in `storage`.
+
+    The console gets `log`'s lines (default: printed there) and the per-epoch table; what Ray
+    and the workers print goes to `train.log` in the outputs (`verbose`: to the console)."""
     files = dataset_files(data_path)  # a foreign or corrupt dataset is refused before Ray starts
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
@@ -285,32 +291,35 @@ def fit_ray(
 
     from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary
 
-    init_ray(address)
-    plan = plan_resources(ray.available_resources(), workers, gpus_per_worker, use_cpu)
-    labels = label_vocabulary(files)
-    check_labels_for(config, bool(labels))
-    tracker = None
-    if experiment:
-        tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config)
-    log(
-        f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, "
-        f"storage {redact(storage)}"
-    )
-    train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
-    trainer = build_trainer(
-        config,
-        plan,
-        train_ds,
-        val_ds,
-        bool(labels),
-        name,
-        storage,
-        tracker,
-        data_bytes=decoded_bytes(files, config.data),
-    )
-    with closes_on_error(tracker):
-        result = trainer.fit()
-    best, last, history = export_results(result, config, out, tracker, log)
+    log_path = out / TRAIN_LOG
+    with quiet_console(log_path, verbose, relay=True) as console:
+        log = log or (lambda line: print(line, file=console, flush=True))
+        init_ray(address)
+        plan = plan_resources(ray.available_resources(), workers, gpus_per_worker, use_cpu)
+        labels = label_vocabulary(files)
+        check_labels_for(config, bool(labels))
+        tracker = None
+        if experiment:
+            tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config)
+        log(
+            f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, "
+            f"storage {redact(storage)}"
+        )
+        train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
+        trainer = build_trainer(
+            config,
+            plan,
+            train_ds,
+            val_ds,
+            bool(labels),
+            name,
+            storage,
+            tracker,
+            data_bytes=decoded_bytes(files, config.data),
+        )
+        with closes_on_error(tracker):
+            result = trainer.fit()
+        best, last, history = export_results(result, config, out, tracker, log)
     return RayFitResult(
         name,
         str(result.path),
@@ -404,6 +413,10 @@ def export_results(
         tracker.log_artifact(last, "checkpoints")
         tracker.finish(fallback=out / OUTBOX_FILE, log=log)
     return best, last, history
+
+
+TRAIN_LOG = "train.log"
+"""What Ray and the workers printed during `kmervae train` on Ray, in the run's outputs."""
 
 
 def init_ray(address: str | None) -> None:

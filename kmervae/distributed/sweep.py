@@ -234,9 +234,10 @@ def run_sweep(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from kmervae.distributed.console import quiet_console
     from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary, validation_must_links
     from kmervae.distributed.ray_engine import init_ray, plan_resources
-    from kmervae.distributed.sweep_view import LOG_NAME, SweepView, quiet_console
+    from kmervae.distributed.sweep_view import LOG_NAME, SweepView
 
     labels = label_vocabulary(files)
     if sweep.metric in LABELED_KEYS and not labels:

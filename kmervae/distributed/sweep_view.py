@@ -1,73 +1,28 @@
 """What a person sees while a sweep runs: a header, a live progress line, one line per trial.
 
-Ray, Tune, Ray Data, MLflow and the training workers print hundreds of lines per trial
-(reports, checkpoint paths, deprecation warnings, progress bars). `quiet_console` sends all
-of it, at the file-descriptor level so that Ray's log monitor and child processes are caught
-too, to a log file in the sweep's folder, and hands the sweep a stream to the person's real
-console. `sweep_view` is the Tune callback that writes to that stream: on a terminal a status
-line redrawn in place (trials done, running, stopped, failed; elapsed; ETA; best so far), and
-whatever the terminal, one permanent line per trial as it ends: its id, parameters, epochs,
-objective and why it ended. A failed trial's line carries its error in one line and the path
-of its full trace.
+While a sweep runs, `console.quiet_console` sends what Ray, Tune and the trials print to the
+sweep's log file. `SweepView` is the Tune callback that writes to the person's console instead:
+on a terminal a status line redrawn in place (trials done, running, stopped, failed; elapsed;
+ETA; best so far), and whatever the terminal, one permanent line per trial as it ends: its
+id, parameters, epochs, objective and why it ended. A failed trial's line carries its error
+in one line and the path of its full trace.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ray.tune import Callback
+
+from kmervae.distributed import console
 
 LOG_NAME = "sweep.log"
 """Everything Ray and the workers printed during a sweep, in the sweep's local outputs folder."""
 REDRAW_S = 1.0
 """The live status line is redrawn at most this often."""
-
-_console: IO[str] = sys.stderr
-"""Where `sweep_view` writes: set by `quiet_console`. Not held by the callback itself, which Tune
-pickles with the sweep's state (a resumed sweep's restored callback writes to its new console)."""
-
-
-@contextlib.contextmanager
-def quiet_console(log_path: Path, verbose: bool = False) -> Iterator[IO[str]]:
-    """Send this process's stdout and stderr (file descriptors 1 and 2, and `sys.stdout` and
-    `sys.stderr`, through which Ray relays its workers' lines) to `log_path`, appending; yield a
-    stream to the original stderr for the lines meant for a person. With `verbose`, nothing is
-    redirected: the stream is stderr."""
-    global _console
-    if verbose:
-        _console = sys.stderr
-        yield sys.stderr
-        return
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    console = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
-    streams = sys.stdout, sys.stderr
-    try:
-        with open(log_path, "a", buffering=1, encoding="utf-8", errors="replace") as log:
-            os.dup2(log.fileno(), 1)  # child processes and C++ code write to the descriptors
-            os.dup2(log.fileno(), 2)
-            sys.stdout = sys.stderr = log  # Python code (Ray's log relay) to whatever sys.* is
-            _console = console
-            try:
-                yield console
-            finally:
-                _console = streams[1]
-                sys.stdout, sys.stderr = streams
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
-    finally:
-        for fd in saved:
-            os.close(fd)
-        console.close()
 
 
 def short_params(params: dict[str, Any]) -> str:
@@ -108,7 +63,7 @@ class SweepView(Callback):
         )  # fmt: skip
 
     def setup(self, **info):  # at the start of a sweep, and again when it is resumed
-        self.live = _console.isatty()
+        self.live = console.current().isatty()
         self.start = time.monotonic()
         self.redrawn = 0.0
         self.best: dict[str, float] = {}  # trial id -> its best objective so far
@@ -139,12 +94,12 @@ class SweepView(Callback):
     def _redraw(self, force: bool = False) -> None:
         now = time.monotonic()
         if self.live and (force or now - self.redrawn >= REDRAW_S):
-            _console.write("\r\x1b[K" + self._status())
-            _console.flush()
+            console.current().write("\r\x1b[K" + self._status())
+            console.current().flush()
             self.redrawn = now
 
     def _say(self, line: str) -> None:
-        _console.write(("\r\x1b[K" if self.live else "") + line + "\n")
+        console.current().write(("\r\x1b[K" if self.live else "") + line + "\n")
         self._redraw(force=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -186,5 +141,5 @@ class SweepView(Callback):
 
     def on_experiment_end(self, trials, **info):
         if self.live:
-            _console.write("\r\x1b[K" + self._status() + "\n")
-            _console.flush()
+            console.current().write("\r\x1b[K" + self._status() + "\n")
+            console.current().flush()
