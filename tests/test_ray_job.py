@@ -84,7 +84,7 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
     assert len(ended) == 2 and all(("finished" in line or "stopped early" in line) for line in ended), ended
     assert not any("TrainingReport" in line or "Deprecat" in line for line in shown)
     log = storage / "job" / "sweep.log"
-    assert f"log       {log}" in job.stdout and "epoch 2/2" in log.read_text()
+    assert f"log       {log}" in job.stdout and "kmervae> 2/2" in log.read_text()
     from mlflow import MlflowClient
 
     # The suite's one smoke sweep, checked end to end: MLflow parent and children, plots,
