@@ -40,3 +40,11 @@ def test_the_best_epoch_so_far_is_marked_and_the_table_marks_the_final_best():
     resumed.prime(history)  # a resumed run: epoch 4 is no better than epoch 3 was
     assert not resumed.lines(3, epoch(3, 4.5))[1].startswith("4/4 *")
     assert best_index([{"epoch": 0, "val/loss": math.nan}]) is None
+
+
+def test_values_spanning_orders_of_magnitude_get_a_log_axis():
+    from kmervae.core.plots import spans_orders
+
+    assert spans_orders([2041.0, 187_168.0, math.nan])  # early KL values of a distorted run
+    assert not spans_orders([0.90, 0.96])  # accuracies
+    assert not spans_orders([-1.0, 100.0]) and not spans_orders([])  # a log axis needs positive values

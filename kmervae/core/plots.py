@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+LOG_SPAN = 20.0
+"""Values whose largest is more than this many times their smallest (all positive) get a log axis."""
+
+
+def spans_orders(values) -> bool:
+    """Whether `values` (ignoring NaN and infinities) are positive and span orders of magnitude."""
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > LOG_SPAN
+
 
 def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
     """Three panels over epochs: train/val loss; val MSE per feature group; KL, active units, kNN."""
@@ -40,6 +49,8 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
     kl = series("val/kl")
     if kl is not None:
         axes[2].plot(epochs, kl, label="val/kl", color="tab:red", marker=".")
+        if spans_orders(kl):  # early epochs' KL can be 100x the last
+            axes[2].set_yscale("log")
     axes[2].set_title("KL, active units, kNN accuracy")
     twin = axes[2].twinx()
     for key, color in (("val/active_units", "tab:gray"), ("val/knn_acc", "tab:green")):

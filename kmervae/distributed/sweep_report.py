@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kmervae.core.checkpoint import load_checkpoint
+from kmervae.core.plots import spans_orders
 from kmervae.tracking.tracker import OUTBOX_FILE
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
@@ -238,8 +239,10 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
             points = [(r.params[key], r.best) for r in ok if r.params.get(key) is not None]
             if points and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
                 ax.scatter([p[0] for p in points], [p[1] for p in points])
-                if min(p[0] for p in points) > 0 and max(p[0] for p in points) / min(p[0] for p in points) > 20:
+                if spans_orders([p[0] for p in points]):
                     ax.set_xscale("log")
+                if spans_orders([p[1] for p in points]):
+                    ax.set_yscale("log")
             else:
                 labels = sorted({str(p[0]) for p in points})
                 ax.scatter([labels.index(str(p[0])) for p in points], [p[1] for p in points])
@@ -266,7 +269,7 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
         ax.set_xlabel("epoch")
         ax.set_ylabel(sweep.metric)
         ax.set_title(f"learning curves of the top {len(top)} trial(s)")
-        if sweep.metric == "val/loss":
+        if spans_orders([m[sweep.metric] for row in top for m in histories.get(row.trial_id, [])]):
             ax.set_yscale("log")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
