@@ -122,7 +122,7 @@ def test_rerunning_the_same_name_resumes_and_continues_the_mlflow_run(two_worker
     assert [m.step for m in client.get_metric_history(again.mlflow_run_id, "val/loss")] == [0, 1, 2]
 
 
-def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path):
+def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path, capfd):
     from mlflow import MlflowClient
     from ray.util.state import list_actors
 
@@ -154,6 +154,12 @@ def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path):
     )
     killer.join(timeout=5)
     assert killed, "no worker was killed: the test did not exercise recovery"
+    # The console shows the epoch table (rank 0's marked lines), not Ray's account of the dead
+    # worker, which is in train.log beside the checkpoints.
+    shown = capfd.readouterr().err.splitlines()
+    assert any(line.startswith("epoch ") and "mse_7_pres" in line for line in shown), shown
+    assert any(line.startswith("4/4") for line in shown) and not any("RayTrainWorker" in line for line in shown)
+    assert "RayTrainWorker" in (result.best_checkpoint.parent / "train.log").read_text()
     assert [m["epoch"] for m in result.history] == [0, 1, 2, 3]  # no epoch counted twice
     # One MLflow run, finished, with every epoch's metrics logged exactly once.
     client = MlflowClient(result.mlflow_uri)

@@ -170,7 +170,7 @@ def run_trial(
         trainer.fit()
     except BaseException as err:
         if tracker is not None:
-            tracker.set_tag("kmervae.failure", _root_cause(err))
+            tracker.set_tag("kmervae.failure", root_cause(err))
             tracker.finish("FAILED")
         raise
     # Nothing after fit() is guaranteed to run: ASHA stops a trial (killing this actor) as
@@ -196,7 +196,7 @@ def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, 
     return tracker
 
 
-def _root_cause(err: BaseException) -> str:
+def root_cause(err: BaseException) -> str:
     """The innermost error message of a failed trial (e.g. 'training loss became nan; ...')."""
     text = str(err)
     for marker in ("TrainingDiverged: ", "KmervaeError: "):
@@ -434,7 +434,7 @@ def _summarize(grid, sweep: SweepConfig, sweep_dir: str, outputs: Path) -> Sweep
             TrialRow(
                 trial_id=str(metrics.get("trial_id") or (trial.path and Path(trial.path).name)),
                 status="ERROR" if trial.error else "OK",
-                error=_root_cause(trial.error) if trial.error else "",
+                error=root_cause(trial.error) if trial.error else "",
                 epochs=int(metrics.get("training_iteration", 0)),
                 last=metrics.get(sweep.metric, math.nan),
                 params=dict(trial.config or {}),

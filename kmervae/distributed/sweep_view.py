@@ -47,9 +47,9 @@ def duration(seconds: float) -> str:
 
 def error_line(text: str) -> str:
     """The one line of a trial's error text that says what went wrong (its root cause)."""
-    from kmervae.distributed.sweep import _root_cause
+    from kmervae.distributed.sweep import root_cause
 
-    return _root_cause(RuntimeError(text))
+    return root_cause(RuntimeError(text))
 
 
 class SweepView(Callback):
