@@ -219,7 +219,12 @@ def test_register_an_export_and_embed_from_the_registry(exported, example_featur
     monkeypatch.chdir(tmp_path)
     uri = register(exported["mlflow"], "mlflow", "test-encoder", "champion")
     assert uri == "models:/test-encoder@champion"
+    import tempfile
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     summary = embed(uri, example_features, tmp_path / "from-registry.parquet", progress=False)
+    assert not list((tmp_path / "tmp").iterdir())  # the downloaded model is not left behind
     _, vectors, _ = read_embeddings(summary.out)
     _, expected, _ = read_embeddings(
         embed(str(exported["checkpoint"]), example_features, tmp_path / "ref.parquet", progress=False).out

@@ -58,12 +58,15 @@ def load_embedder(model: str, device: str = "cpu") -> Embedder:
         from kmervae.tracking.tracker import tracking_uri
 
         try:
-            if model.startswith("models:/"):  # resolve against our store without touching mlflow's global state
-                uri = tracking_uri()
-                model = mlflow.artifacts.download_artifacts(
-                    model, dst_path=tempfile.mkdtemp(prefix="kmervae-model-"), tracking_uri=uri, registry_uri=uri
-                )
-            pyfunc = mlflow.pyfunc.load_model(model)
+            # A registered model is downloaded to a temporary folder, removed once loaded (the
+            # encoder is read into memory by load_context): each embed used to leave ~44 MB behind.
+            with tempfile.TemporaryDirectory(prefix="kmervae-model-") as folder:
+                if model.startswith("models:/"):  # resolve against our store without touching mlflow's global state
+                    uri = tracking_uri()
+                    model = mlflow.artifacts.download_artifacts(
+                        model, dst_path=folder, tracking_uri=uri, registry_uri=uri
+                    )
+                pyfunc = mlflow.pyfunc.load_model(model)
         except Exception as err:  # mlflow raises several types for missing or broken models
             raise InputError(f"{model}: cannot load the MLflow model ({str(err).splitlines()[0][:300]})") from None
         return lambda batch: np.asarray(pyfunc.predict(batch), dtype=np.float32)
