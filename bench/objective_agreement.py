@@ -49,11 +49,9 @@ def partner_among_nearest(embeddings, links, k: int) -> float:
     import numpy as np
     import torch
 
-    from kmervae.core.metrics import readout
+    from kmervae.core.metrics import must_link_pairs, readout
 
-    order = np.lexsort((links[:, 1], links[:, 0]))
-    same = (links[order[1:], 0] == links[order[:-1], 0]) & (links[order[1:], 0] >= 0)
-    pairs = np.stack([order[:-1], order[1:]], axis=1)[same]
+    pairs = must_link_pairs(links)
     anchors = torch.from_numpy(np.concatenate([pairs[:, 0], pairs[:, 1]]))
     partners = torch.from_numpy(np.concatenate([pairs[:, 1], pairs[:, 0]]))
     x = readout(embeddings.double())

@@ -167,6 +167,14 @@ LINK_PAIRS = 2_000
 """Must-link pairs (a fixed, seeded subsample) that score `val/link_agreement`: O(pairs x n)."""
 
 
+def must_link_pairs(links: np.ndarray) -> np.ndarray:
+    """(pairs, 2) row indices of consecutive fragments of one record among the rows of `links`
+    (`data.link_keys`: record hash, start; a record hash of -1 links nothing)."""
+    order = np.lexsort((links[:, 1], links[:, 0]))
+    same = (links[order[1:], 0] == links[order[:-1], 0]) & (links[order[1:], 0] >= 0)
+    return np.stack([order[:-1], order[1:]], axis=1)[same]
+
+
 @torch.no_grad()
 def link_agreement(embeddings: Tensor, links: Tensor, max_pairs: int = LINK_PAIRS) -> float:
     """Label-free embedding quality from must-links, as SemiBin2 draws them: two consecutive
@@ -177,10 +185,7 @@ def link_agreement(embeddings: Tensor, links: Tensor, max_pairs: int = LINK_PAIR
     its record comes first; 0.5 = chance (a collapsed embedding scores 0.5). Unlike
     `view_agreement`, the two members have no windows in common, so an embedding scores high by
     keeping what a genome's regions share, not what makes one contig unique. NaN without pairs."""
-    source, start = links[:, 0], links[:, 1]
-    order = np.lexsort((start.numpy(), source.numpy()))
-    same = (source[order[1:]] == source[order[:-1]]) & (source[order[1:]] >= 0)
-    pairs = torch.from_numpy(np.stack([order[:-1], order[1:]], axis=1))[same]
+    pairs = torch.from_numpy(must_link_pairs(links.numpy()))
     n = len(embeddings)
     if len(pairs) == 0 or n < 3:
         return math.nan

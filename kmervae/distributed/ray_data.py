@@ -34,6 +34,7 @@ from kmervae.core.data import (
 from kmervae.core.errors import KmervaeError
 from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, MODEL_INPUTS, N_BINS, DatasetFormat
 from kmervae.core.feature_table import DatasetFiles, decode_inputs
+from kmervae.core.metrics import must_link_pairs
 
 READ_COLUMNS = ["contig_id", *MODEL_INPUTS]
 
@@ -68,9 +69,7 @@ def validation_must_links(files: DatasetFiles, cfg: DataConfig, labels: list[str
     row_labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(ids)
     threshold = subsample_threshold(ids, cfg)
     keep = split_mask(ids, cfg, True, threshold, labels=row_labels, held_out=held_out_labels(labels, cfg))
-    records = link_keys([cid for cid, kept in zip(ids, keep, strict=True) if kept])[:, 0]
-    records = records[records >= 0]
-    return len(records) - len(np.unique(records))  # consecutive fragments of a record: its count - 1
+    return len(must_link_pairs(link_keys([cid for cid, kept in zip(ids, keep, strict=True) if kept])))
 
 
 def decode_split(
