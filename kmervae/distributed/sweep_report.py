@@ -140,7 +140,7 @@ def sweep_description(result, sweep, children: dict[str, str], experiment_id: st
     ]
     best = result.best_trial
     if best is not None and best.best is not None:
-        settings = ", ".join(f"`{k}={_short(v)}`" for k, v in best.params.items())
+        settings = ", ".join(f"`{k}={short_value(v)}`" for k, v in best.params.items())
         lines += [f"**Best trial** {link(best.trial_id)}: `{sweep.metric}` **{best.best:.4f}** with {settings}.", ""]
         if registered:
             lines += [f"Registered as `{registered}`; its checkpoint is in this run's `best_model/`.", ""]
@@ -158,7 +158,7 @@ def sweep_description(result, sweep, children: dict[str, str], experiment_id: st
             "|---" * (len(keys) + 3) + "|",
         ]
         for r in ranked:
-            values = " | ".join(_short(r.params.get(k, "")) for k in keys)
+            values = " | ".join(short_value(r.params.get(k, "")) for k in keys)
             lines.append(f"| {link(r.trial_id)} | {r.best:.4f} | {r.epochs} | {values} |")
         lines.append("")
     lines.append(
@@ -168,7 +168,9 @@ def sweep_description(result, sweep, children: dict[str, str], experiment_id: st
     return "\n".join(lines)
 
 
-def _short(value) -> str:
+def short_value(value) -> str:
+    """A sampled setting in a few characters: floats to 3 significant digits (the sweep's
+    description and its console lines)."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 

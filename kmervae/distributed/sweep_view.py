@@ -18,6 +18,7 @@ from typing import Any
 from ray.tune import Callback
 
 from kmervae.distributed import console
+from kmervae.distributed.sweep_report import short_value
 
 LOG_NAME = "sweep.log"
 """Everything Ray and the workers printed during a sweep, in the sweep's local outputs folder."""
@@ -27,12 +28,7 @@ REDRAW_S = 1.0
 
 def short_params(params: dict[str, Any]) -> str:
     """A trial's sampled settings in a few characters each: `latent_dim=16 beta=0.0143 ...`."""
-    parts = []
-    for key, value in params.items():
-        if isinstance(value, float):
-            value = f"{value:.3g}"
-        parts.append(f"{key.split('.')[-1]}={value}")
-    return " ".join(parts)
+    return " ".join(f"{key.split('.')[-1]}={short_value(value)}" for key, value in params.items())
 
 
 def duration(seconds: float) -> str:
