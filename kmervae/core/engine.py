@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBatch, load_splits, use_resident
-from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, table
+from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, best_index, table
 from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.core.loss import contrastive_loss, split_views, vae_loss
 from kmervae.core.metrics import (
@@ -437,7 +437,7 @@ def fit_local(
         data = InMemoryData(train, val, tc.batch_size, generator)
         runnable = compile_model(model, tc, log)
         result.history = run_epochs(runnable, data, config, optimizer, scheduler, device=device, on_epoch=save_and_log)
-    (out / EPOCHS_FILE).write_text(table(result.history, tc.epochs, int(best_epoch(result.history)["epoch"])))
+    (out / EPOCHS_FILE).write_text(table(result.history, tc.epochs, best_index(result.history)))
     result.artifacts.append(out / EPOCHS_FILE)
     return result
 
