@@ -403,6 +403,87 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bin(sub: argparse._SubParsersAction) -> None:
+    from kmervae.core import bins
+
+    p = sub.add_parser(
+        "bin",
+        help="cluster embedded contigs into genome bins (and score them against known genomes)",
+        description="Clusters the embeddings that 'kmervae embed' wrote into bins (Leiden communities of the "
+        "cosine kNN graph by default; hdbscan also available) and writes BINS_DIR/bins.tsv, bin_summary.tsv and "
+        "summary.json, with --fasta one FASTA per bin of the original sequences. Bins under --min-bin-size bases "
+        "stay unbinned. With labels (--labels-from-features, --labels, or a label column in the embeddings), "
+        "reports per bin purity and recall of its main genome in bases and the bins at each quality level. "
+        "The folder appears only when complete.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS", help="embedding parquet from 'kmervae embed'")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="BINS_DIR", help="output folder")
+    p.add_argument(
+        "--fasta",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="ASSEMBLY",
+        help="FASTA file(s) the contigs came from: write one FASTA per bin (fragments RECORD:START-END map "
+        "back to their record)",
+    )
+    p.add_argument(
+        "--min-bin-size",
+        type=int,
+        default=bins.DEFAULT_MIN_BIN_SIZE,
+        metavar="BP",
+        help="bins with fewer bases are left unbinned",
+    )
+    p.add_argument("--method", choices=bins.METHODS, default=bins.DEFAULT_METHOD, help="clustering method")
+    p.add_argument(
+        "--resolution",
+        type=float,
+        default=bins.LEIDEN_RESOLUTION,
+        help="leiden: higher splits more (more, smaller bins), lower merges",
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--labels-from-features", type=Path, metavar="FEATURES", help="score bins against this dataset's labels"
+    )
+    group.add_argument("--labels", type=Path, metavar="TSV", help="score bins against a 'record_id<TAB>genome' table")
+    p.add_argument("--seed", type=int, default=0, help="seed of the clustering")
+    p.add_argument("--mlflow-run", metavar="RUN_ID", help="log the bin counts and tables to this MLflow run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bins folder")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(run=_cmd_bin)
+
+
+def _cmd_bin(args: argparse.Namespace) -> int:
+    from kmervae.apply.binning import bin_contigs, format_quality
+    from kmervae.apply.evaluate import log_to_run
+
+    result = bin_contigs(
+        args.embeddings,
+        args.out,
+        fasta=args.fasta,
+        labels_tsv=args.labels,
+        labels_from_features=args.labels_from_features,
+        method=args.method,
+        min_bin_size=args.min_bin_size,
+        resolution=args.resolution,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else None,
+        log=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr)),
+    )
+    if result.quality is not None:
+        print(format_quality(result.quality))
+    print("\n".join(result.lines()))
+    if args.mlflow_run:
+        metrics = {"bins/count": result.bins, "bins/binned_bases": result.binned_bases}
+        if result.quality is not None:
+            metrics |= {"bins/near_complete": result.quality["near_complete"], "bins/medium": result.quality["medium"]}
+        log_to_run(args.mlflow_run, metrics, [*result.files], "bins")
+        print(f"mlflow    logged to run {args.mlflow_run}")
+    return 0
+
+
 def _add_mlflow_sync(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "mlflow-sync",
@@ -444,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_embed(sub)
     _add_evaluate(sub)
+    _add_bin(sub)
     _add_mlflow_sync(sub)
     return parser
 

@@ -63,7 +63,8 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
         choices=["auto", *OBJECTIVES],
         help="objective: auto = val/knn_acc when the data has labels, else val/link_agreement when validation "
         "contigs are fragments of longer records (label-free; ranks trials like val/kmeans_ari), else val/loss "
-        "(which ranks only trials that share their loss settings and latent size)",
+        "(which ranks only trials that share their loss settings and latent size); val/nc_bins = near-complete "
+        "bins of the validation contigs as 'kmervae bin' makes them (needs labels; bins every epoch)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
     p.add_argument(

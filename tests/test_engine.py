@@ -9,7 +9,7 @@ import torch
 
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, LossConfig, RunConfig
-from kmervae.core.data import CountBatch, InMemoryData, TensorData, load_splits
+from kmervae.core.data import CountBatch, InMemoryData, TensorData, held_out_labels, load_splits
 from kmervae.core.engine import (
     TrainingDiverged,
     autocast,
@@ -22,6 +22,7 @@ from kmervae.core.engine import (
     validate_epoch,
 )
 from kmervae.core.errors import ConfigError
+from kmervae.core.feature_table import FeatureTable
 from kmervae.core.model import BranchedVAE
 from tests.test_model import random_batch
 
@@ -145,12 +146,15 @@ def test_every_lever_trains_and_its_checkpoint_reproduces_validation(example_fea
     levers = [
         "model.input_norm=zscore", "loss.cross_view=true", "loss.free_bits=0.1", "loss.beta_schedule=cyclical",
         "loss.beta_cycle_epochs=2", "data.val_split=genome", "train.epochs=2", "train.batch_size=128",
-        "loss.infonce=0.5", "loss.supcon=0.5", "loss.temperature=0.2",
+        "loss.infonce=0.5", "loss.supcon=0.5", "loss.temperature=0.2", "train.nc_bins=true",
     ]  # fmt: skip
     config = RunConfig(model=PRESETS["tiny"]).with_overrides(levers)
     result = fit_local(example_features, config, tmp_path, log=lambda line: None)
     last = result.history[-1]
     assert 0 <= last["val/knn_acc"] <= 1 and -1 <= last["val/kmeans_ari"] <= 1
+    genomes = sorted(set(FeatureTable.from_parquet(example_features).labels))
+    held_out = len(held_out_labels(genomes, config.data))
+    assert last["val/nc_bins"] in range(0, held_out + 1)  # near-complete bins of the held-out genomes
     ckpt = load_checkpoint(result.last_checkpoint)
     model = ckpt.build_model()
     assert bool(model.norm_fitted) and model.norm_std7.ne(1).any()  # fitted, not the initial values
@@ -160,14 +164,21 @@ def test_every_lever_trains_and_its_checkpoint_reproduces_validation(example_fea
     assert again["val/loss"] == pytest.approx(last["val/loss"], rel=1e-6)
 
 
-def test_a_supervised_term_on_unlabelled_features_is_refused_before_training(example_features):
-    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["loss.supcon=1"])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.supcon=1", "loss.supcon > 0 trains on genome labels, but these features have none"),
+        ("train.nc_bins=true", "train.nc_bins counts near-complete bins against genome labels, but these features"),
+    ],
+)
+def test_a_labelled_setting_on_unlabelled_features_is_refused_before_training(example_features, override, message):
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides([override])
     train, val = load_splits(example_features, config.data)
     data = InMemoryData(TensorData(train.batch), TensorData(val.batch), 64, torch.Generator().manual_seed(0))
     model = BranchedVAE(config.model)
     optimizer = make_optimizer(model, config.train, torch.device("cpu"))
     epochs = []
-    with pytest.raises(ConfigError, match="loss.supcon > 0 trains on genome labels, but these features have none"):
+    with pytest.raises(ConfigError, match=message):
         run_epochs(
             model, data, config, optimizer, make_scheduler(optimizer, config.train),
             device=torch.device("cpu"), on_epoch=lambda *args: epochs.append(args),

@@ -136,7 +136,7 @@ def test_every_format_embeds_the_same_vectors(exported, example_features, tmp_pa
     vectors = {}
     for name, model in exported.items():
         summary = embed(str(model), example_features, tmp_path / f"{name}.parquet", batch_size=500, progress=False)
-        ids, vectors[name], labels = read_embeddings(summary.out)
+        ids, vectors[name], labels, *_ = read_embeddings(summary.out)
         assert summary.contigs == len(ids) == 1558 and labels is not None and vectors[name].shape == (1558, 8)
     for name in exported:
         np.testing.assert_allclose(vectors[name], vectors["checkpoint"], rtol=1e-5, atol=1e-5, err_msg=name)
@@ -184,8 +184,10 @@ def test_evaluate_compares_with_the_baselines(exported, example_features, tmp_pa
     assert list(result["scores"]) == ["vae", "tnf_zscore", "pca8_kmers"]
     assert result["contigs"] == 1558 and result["labels"] == 5
     for scores in result["scores"].values():
-        assert set(scores) == {"knn1_acc", "knn5_acc", "kmeans_ari", "silhouette"}
+        assert set(scores) == {"knn1_acc", "knn5_acc", "kmeans_ari", "silhouette", "nc_bins", "mq_bins"}
         assert 0.5 < scores["knn5_acc"] <= 1.0  # five genomes: chance is about 0.2
+        assert 0 <= scores["nc_bins"] <= scores["mq_bins"] <= 5  # a near-complete bin is also a medium one
+    assert result["scores"]["tnf_zscore"]["nc_bins"] >= 1  # TNF separates these five genomes (RESULTS: 5 of 10)
     assert "tnf_zscore" in format_table(result)
     unlabeled = evaluate(out)  # the embedding carries labels from the features
     assert unlabeled["labels"] == 5
@@ -225,10 +227,10 @@ def test_register_an_export_and_embed_from_the_registry(exported, example_featur
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     summary = embed(uri, example_features, tmp_path / "from-registry.parquet", progress=False)
     assert not list((tmp_path / "tmp").iterdir())  # the downloaded model is not left behind
-    _, vectors, _ = read_embeddings(summary.out)
-    _, expected, _ = read_embeddings(
+    vectors = read_embeddings(summary.out).vectors
+    expected = read_embeddings(
         embed(str(exported["checkpoint"]), example_features, tmp_path / "ref.parquet", progress=False).out
-    )
+    ).vectors
     np.testing.assert_allclose(vectors, expected, rtol=1e-5, atol=1e-5)
     # The registered MLflow model keeps its checkpoint: it exports again to any format.
     assert export(uri, "torchscript", tmp_path / "again.pt").exists()
@@ -257,7 +259,7 @@ def test_evaluation_is_logged_to_an_mlflow_run(exported, example_features, tmp_p
         download_checkpoint(tracker.run_id, tmp_path / "nothing")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on port 9
     with pytest.raises(
-        ConfigError, match=r"--mlflow-run: MLflow at http://127.0.0.1:9 is unreachable; the scores are in .*eval.json"
+        ConfigError, match=r"--mlflow-run: MLflow at http://127.0.0.1:9 is unreachable; the results are in .*eval.json"
     ):
         log_to_mlflow(result, tracker.run_id, tmp_path / "eval.json")
     assert (tmp_path / "eval.json").exists()  # the scores are kept
@@ -272,7 +274,7 @@ def test_unlabeled_embeddings_get_silhouette_and_active_units(exported, example_
     assert set(result["scores"]["vae"]) == {"silhouette_kmeans", "active_units"}
     # Active units by their definition (Burda et al. 2016), computed here from the vectors:
     # latent dimensions whose mean varies across contigs with variance above 0.01.
-    _, vectors, _ = read_embeddings(tmp_path / "unlabeled.parquet")
+    vectors = read_embeddings(tmp_path / "unlabeled.parquet").vectors
     variances = vectors.astype(np.float64).var(axis=0)
     assert result["scores"]["vae"]["active_units"] == float((variances > 0.01).sum())
     # The count follows the data: embeddings with two dimensions flattened lose two units.
@@ -305,6 +307,6 @@ def test_utf8_contig_ids_go_through_featurize_train_and_embed(tmp_path):
     config = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=1", "data.val_fraction=0.25"])
     trained = fit_local(tmp_path / "features", config, tmp_path / "run", log=lambda line: None)
     summary = embed(str(trained.best_checkpoint), tmp_path / "features", tmp_path / "emb.parquet", progress=False)
-    ids, vectors, _ = read_embeddings(summary.out)
+    ids, vectors, *_ = read_embeddings(summary.out)
     expected = {f"{name.split()[0]}:{start}-{start + 2999}" for name in names for start in (1, 3001)}
     assert set(ids) == expected and len(ids) == 48 and np.isfinite(vectors).all()

@@ -19,14 +19,17 @@ from tests.conftest import REPO
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 ROOMS = {
     # room: (kmervae rooms it may import, third-party packages it may import)
-    "kmervae.core": ({"kmervae", "kmervae.core"}, {"torch", "numpy", "pyarrow", "matplotlib", "yaml", "sklearn"}),
+    "kmervae.core": (
+        {"kmervae", "kmervae.core"},
+        {"torch", "numpy", "pyarrow", "matplotlib", "yaml", "sklearn", "igraph", "leidenalg"},
+    ),
     "data_pipeline": (
         {"kmervae", "kmervae.core.feature_contract", "kmervae.core.errors", "data_pipeline"},
         {"numpy", "pyarrow", "numba", "dnaio", "xopen", "tqdm"},
     ),
     "kmervae.tracking": ({"kmervae", "kmervae.core", "kmervae.tracking"}, {"torch", "numpy", "pyarrow", "mlflow"}),
     "kmervae.apply": (
-        {"kmervae", "kmervae.core", "kmervae.tracking", "kmervae.apply"},
+        {"kmervae", "kmervae.core", "kmervae.tracking", "kmervae.apply", "data_pipeline"},
         {"torch", "numpy", "pyarrow", "mlflow", "sklearn", "onnx", "onnxruntime", "onnxscript", "tqdm"},
     ),
     "kmervae.distributed": (
@@ -34,8 +37,8 @@ ROOMS = {
         {"torch", "numpy", "pyarrow", "mlflow", "ray", "optuna", "matplotlib"},
     ),
 }
-OPTIONAL_LAZY = {"matplotlib", "yaml", "sklearn"}
-"""Allowed in the core only inside functions (drawing, YAML files, k-means ARI): bare hosts lack them."""
+OPTIONAL_LAZY = {"matplotlib", "yaml", "sklearn", "igraph", "leidenalg"}
+"""Allowed in the core only inside functions (drawing, YAML files, k-means ARI, binning): bare hosts lack them."""
 
 
 def modules_of(room: str) -> list[Path]:

@@ -58,6 +58,8 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
         "sweeps",
         "--register-as",
         "",
+        "--metric",  # the binning objective: every trial bins its validation contigs each epoch
+        "val/nc_bins",
     ]
     proc = sweep_script(*args, cwd=tmp_path, start_new_session=True)
     trials = tmp_path / "sweeps" / "cut" / "trials"
@@ -84,6 +86,8 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
         # Each epoch once (ASHA may have stopped a trial after its first): no duplicate steps.
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val/loss"))
         assert steps == list(range(len(steps))) and 1 <= len(steps) <= 2, steps
+        bins = [m.value for m in client.get_metric_history(child.info.run_id, "val/nc_bins")]
+        assert len(bins) == len(steps) and all(v in (0, 1, 2) for v in bins), bins  # two genomes held out
         assert child.info.status == "FINISHED"
         supervised = float(child.data.params["loss.supcon"]) > 0  # a trial that trained on labels says so
         assert child.data.tags["kmervae.uses_labels"] == str(supervised).lower()

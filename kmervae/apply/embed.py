@@ -3,8 +3,9 @@
 Models: a kmervae checkpoint, a TorchScript file, an ONNX file, an MLflow model folder or
 a `models:/NAME@ALIAS` URI. Features are read one record batch at a time and written
 the same way, so memory stays bounded whatever the dataset size. The output has one
-row per contig: `contig_id`, `label` (when the features have labels) and `embedding`
-(a fixed-size list of float32: the model's first output, which for kmervae's exports and
+row per contig: `contig_id`, `label` (when the features have labels), `length` and `gc`
+(copied from the features: what `kmervae bin` needs to size bins) and `embedding` (a
+fixed-size list of float32: the model's first output, which for kmervae's exports and
 checkpoints is the readout, the latent mean L2-normalised).
 """
 
@@ -16,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -109,6 +111,26 @@ def decode_batch(batch: pa.RecordBatch, fmt) -> dict[str, np.ndarray]:
     return out
 
 
+def embedding_table(ids, labels, lengths, gc, vectors: np.ndarray) -> pa.Table:
+    """The columns of an embedding parquet (the one schema `embed` writes and `bin`/`evaluate`
+    read): contig_id, label (when given), length, gc, embedding (fixed-size list of float32)."""
+    columns = {"contig_id": pa.array(ids, pa.string())}
+    if labels is not None:
+        columns["label"] = pa.array(labels, pa.string())
+    columns["length"] = pa.array(lengths, pa.int64())
+    columns["gc"] = pa.array(gc, pa.float32())
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    return pa.table(columns)
+
+
+def write_embeddings(path: str | Path, ids, labels, lengths, gc, vectors: np.ndarray) -> Path:
+    """An embedding parquet from arrays (baselines, benchmarks, tests), in embed's schema."""
+    path = Path(path)
+    pq.write_table(embedding_table(ids, labels, lengths, gc, vectors), path, compression="zstd")
+    return path
+
+
 @dataclass
 class EmbedSummary:
     """What `embed` wrote."""
@@ -156,14 +178,12 @@ def embed(
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
                 vectors = embedder(decode_batch(batch, files.format))
                 latent = vectors.shape[1]
-                table = pa.table(
-                    {
-                        "contig_id": batch.column("contig_id"),
-                        **({"label": batch.column("label")} if labeled else {}),
-                        "embedding": pa.FixedSizeListArray.from_arrays(
-                            pa.array(vectors.reshape(-1), pa.float32()), latent
-                        ),
-                    }
+                table = embedding_table(
+                    batch.column("contig_id"),
+                    batch.column("label") if labeled else None,
+                    batch.column("length"),
+                    batch.column("gc"),
+                    vectors,
                 )
                 if writer is None:
                     schema = table.schema.with_metadata(
@@ -187,8 +207,19 @@ def embed(
     return EmbedSummary(out, rows, latent)
 
 
-def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(contig_ids, embeddings (n, d) float32, labels or None) of an embedding parquet."""
+class Embeddings(NamedTuple):
+    """The columns of an embedding parquet (`length` and `gc` are None in files written before
+    embed copied them)."""
+
+    ids: np.ndarray  # (n,) contig ids, object
+    vectors: np.ndarray  # (n, d) float32
+    labels: np.ndarray | None  # (n,) object, None for an unlabelled contig
+    lengths: np.ndarray | None  # (n,) int64
+    gc: np.ndarray | None  # (n,) float32
+
+
+def read_embeddings(path: str | Path) -> Embeddings:
+    """An embedding parquet's contig ids, vectors and, where present, labels, lengths and GC."""
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such embedding file; create it with 'kmervae embed'")
@@ -200,5 +231,14 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
         raise InputError(f"{path}: no fixed-size 'embedding' column; create it with 'kmervae embed'")
     dim = table.schema.field("embedding").type.list_size
     vectors = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    column = lambda name, dtype: (  # noqa: E731
+        table.column(name).to_numpy().astype(dtype) if name in table.column_names else None
+    )
     labels = np.asarray(table.column("label").to_pylist(), dtype=object) if "label" in table.column_names else None
-    return np.asarray(table.column("contig_id").to_pylist(), dtype=object), vectors.astype(np.float32), labels
+    return Embeddings(
+        np.asarray(table.column("contig_id").to_pylist(), dtype=object),
+        vectors.astype(np.float32),
+        labels,
+        column("length", np.int64),
+        column("gc", np.float32),
+    )

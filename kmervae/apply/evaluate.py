@@ -2,7 +2,10 @@
 
 With labels, each embedding is scored by k-nearest-neighbour accuracy (k = 1 and 5,
 cosine, 5-fold stratified), the adjusted Rand index of k-means with the true number of
-labels, and the silhouette of the true labels (cosine). The same scores are computed on
+labels, the silhouette of the true labels (cosine) and, when contig lengths are known, the
+bins `kmervae bin` would make (default clusterer, default minimum bin size) counted at two
+quality levels in bases: near-complete (`nc_bins`: recall >= 0.9, purity >= 0.95) and
+medium (`mq_bins`: recall >= 0.5, purity >= 0.9). The same scores are computed on
 the same contigs for two baselines a binner would otherwise use: z-scored canonical
 4-mer log-frequencies (TNF, what VAMB-style binners start from) and PCA of all k-mer
 log-frequencies with the latent space's dimension. The log-frequencies come from the
@@ -22,15 +25,20 @@ from typing import Any
 import numpy as np
 
 from kmervae.apply.embed import read_embeddings
+from kmervae.core import bins
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.metrics import ACTIVE_UNIT_THRESHOLD
 
+COUNTS = ("nc_bins", "mq_bins", "active_units")
+"""Scores that are counts: printed without decimals."""
 SILHOUETTE_MAX = 5000
 """Silhouette is O(n^2): it uses at most this many contigs (a seeded subsample)."""
 
 
-def score(x: np.ndarray, labels: np.ndarray | None, seed: int = 0) -> dict[str, float]:
-    """The scores of one embedding (rows = contigs)."""
+def score(
+    x: np.ndarray, labels: np.ndarray | None, seed: int = 0, lengths: np.ndarray | None = None
+) -> dict[str, float]:
+    """The scores of one embedding (rows = contigs); bin counts too when `lengths` are given."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, silhouette_score
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -57,6 +65,10 @@ def score(x: np.ndarray, labels: np.ndarray | None, seed: int = 0) -> dict[str, 
     clusters = KMeans(n_clusters=len(names), n_init=10, random_state=seed).fit_predict(x)
     out["kmeans_ari"] = float(adjusted_rand_score(codes, clusters))
     out["silhouette"] = float(silhouette_score(x[sample], codes[sample], metric="cosine"))
+    if lengths is not None:
+        quality = bins.bin_quality(bins.cluster(x, lengths, seed=seed), labels, lengths)
+        out["nc_bins"] = float(quality.near_complete)
+        out["mq_bins"] = float(quality.count(*bins.MEDIUM))
     return out
 
 
@@ -99,6 +111,15 @@ def labels_from(features: str | Path, contig_ids: np.ndarray) -> np.ndarray:
     return np.array([lookup.get(cid) for cid in contig_ids], dtype=object)
 
 
+def lengths_from(features: str | Path, contig_ids: np.ndarray) -> np.ndarray:
+    """Lengths of `contig_ids` read from a feature dataset."""
+    from kmervae.core.feature_table import FeatureTable
+
+    table = FeatureTable.from_parquet(features)
+    lookup = dict(zip(table.contig_ids, table.length, strict=True))
+    return np.array([lookup.get(cid, 0) for cid in contig_ids], dtype=np.int64)
+
+
 def evaluate(
     embeddings: str | Path,
     features: str | Path | None = None,
@@ -112,23 +133,26 @@ def evaluate(
     def done(what: str) -> None:
         log(f"{what} ({time.perf_counter() - started:.1f} s)")
 
-    ids, x, labels = read_embeddings(embeddings)
+    ids, x, labels, lengths, _ = read_embeddings(embeddings)
     if features is not None:
         labels = labels_from(features, ids)
+        if lengths is None:  # embeddings written before embed copied the lengths
+            lengths = lengths_from(features, ids)
     if labels is not None:
         known = np.array([v is not None for v in labels])
         ids, x, labels = ids[known], x[known], labels[known]
+        lengths = lengths[known] if lengths is not None else None
     done(f"read {len(ids):,} embedded contig(s)" + (f" with {len(set(labels))} label(s)" if labels is not None else ""))
     result: dict[str, Any] = {"contigs": int(len(ids)), "latent_dim": int(x.shape[1]), "labels": None, "scores": {}}
     if labels is not None:
         result["labels"] = int(len(set(labels)))
-    result["scores"]["vae"] = score(x, labels, seed)
+    result["scores"]["vae"] = score(x, labels, seed, lengths)
     done("scored the embedding")
     if labels is None:
         return result
     if features is not None:
         for name, values in baselines(features, ids, x.shape[1], seed).items():
-            result["scores"][name] = score(values, labels, seed)
+            result["scores"][name] = score(values, labels, seed, lengths)
             done(f"scored the baseline {name}")
     return result
 
@@ -138,14 +162,23 @@ def format_table(result: dict[str, Any]) -> str:
     rows = result["scores"]
     keys = list(next(iter(rows.values())))
     lines = [f"{result['contigs']:,} contigs, {result['labels'] or 'no'} labels, latent dim {result['latent_dim']}"]
-    lines.append(f"{'embedding':<16}" + "".join(f"{k:>18}" for k in keys))
+    lines.append(f"{'embedding':<16}" + "".join(f"{k:>14}" for k in keys))
     for name, values in rows.items():
-        lines.append(f"{name:<16}" + "".join(f"{values.get(k, float('nan')):>18.4f}" for k in keys))
+        cells = [values.get(k, float("nan")) for k in keys]
+        text = (f"{v:>14.0f}" if k in COUNTS else f"{v:>14.4f}" for k, v in zip(keys, cells, strict=True))
+        lines.append(f"{name:<16}" + "".join(text))
     return "\n".join(lines)
 
 
 def log_to_mlflow(result: dict[str, Any], run_id: str, json_path: Path) -> None:
     """Add the scores as metrics (eval/<embedding>/<score>) and the JSON to an MLflow run."""
+    scores = {f"eval/{name}/{key}": value for name, values in result["scores"].items() for key, value in values.items()}
+    log_to_run(run_id, scores, [json_path], "evaluation")
+
+
+def log_to_run(run_id: str, metrics: dict[str, float], files: list[Path], artifact_path: str) -> None:
+    """Metrics (step 0) and files of a command's result added to an existing MLflow run; one line
+    for an unknown run or an unreachable server (the files stay where they are)."""
     from mlflow import MlflowClient
 
     from kmervae.tracking.tracker import execute, impatient_http, is_unreachable, metrics_op, tracking_uri
@@ -155,16 +188,13 @@ def log_to_mlflow(result: dict[str, Any], run_id: str, json_path: Path) -> None:
     try:
         with impatient_http():
             client.get_run(run_id)
-            scores = {
-                f"eval/{name}/{key}": value
-                for name, values in result["scores"].items()
-                for key, value in values.items()
-            }
-            execute(client, metrics_op(run_id, scores, step=0))
-            client.log_artifact(run_id, str(json_path), "evaluation")
+            execute(client, metrics_op(run_id, metrics, step=0))
+            for path in files:
+                client.log_artifact(run_id, str(path), artifact_path)
     except Exception as err:  # MlflowException for an unknown id, requests errors for a dead server
         if is_unreachable(err):
-            raise ConfigError(f"--mlflow-run: MLflow at {uri} is unreachable; the scores are in {json_path}") from None
+            where = ", ".join(str(p) for p in files)
+            raise ConfigError(f"--mlflow-run: MLflow at {uri} is unreachable; the results are in {where}") from None
         raise InputError(f"--mlflow-run {run_id}: no such run in {uri}") from None
 
 

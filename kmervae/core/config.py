@@ -316,6 +316,10 @@ class TrainConfig:
     distorts early validation and so ASHA's decisions (bench/RESULTS.md "BatchNorm statistics")."""
     bn_contigs: int = 8192
     """Training contigs that 'recompute' uses per epoch (each worker): kept on the device."""
+    nc_bins: bool = False
+    """Report val/nc_bins every epoch: near-complete bins when the validation contigs are binned
+    as `kmervae bin` does (kmervae.core.bins; needs labels). Off by default: clustering costs
+    seconds per epoch; a sweep ranking on val/nc_bins turns it on."""
 
     @property
     def effective_lr(self) -> float:
@@ -369,6 +373,7 @@ class TrainConfig:
             "expected an integer >= 2",
         )
         check_field(isinstance(self.compile, bool), "train.compile", self.compile, "expected true or false")
+        check_field(isinstance(self.nc_bins, bool), "train.nc_bins", self.nc_bins, "expected true or false")
         check_field(
             self.lr_scaling in ("sqrt", "linear", "none"),
             "train.lr_scaling",
@@ -492,8 +497,9 @@ class SweepConfig:
     storage: str = "runs/sweeps"
     """Folder (made absolute) where Tune and Train keep trial state and checkpoints."""
     metric: str = "val/loss"
-    """Objective: val/knn_acc or val/kmeans_ari (maximised; need labels), or val/loss (minimised;
-    it ranks only trials that share their loss settings and latent size)."""
+    """Objective: val/knn_acc, val/kmeans_ari or val/nc_bins (maximised; need labels; val/nc_bins
+    turns train.nc_bins on), val/link_agreement (label-free), or val/loss (minimised; it ranks only
+    trials that share their loss settings and latent size)."""
     num_samples: int = 8
     """Trials to run."""
     max_concurrent: int | None = None

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from kmervae.core.bins import near_complete_bins
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBatch, load_splits, use_resident
@@ -84,6 +85,11 @@ def check_labels_for(config: RunConfig, labeled: bool) -> None:
         raise ConfigError(
             "loss.supcon > 0 trains on genome labels, but these features have none; "
             "featurize with --label-from-filename or --labels, or set loss.supcon=0"
+        )
+    if config.train.nc_bins and not labeled:
+        raise ConfigError(
+            "train.nc_bins counts near-complete bins against genome labels, but these features have none; "
+            "featurize with --label-from-filename or --labels, or set train.nc_bins=false"
         )
 
 
@@ -162,6 +168,7 @@ class Validation(NamedTuple):
     mu: Tensor | None  # (n, latent) latent means in batch order, with keep_embeddings
     codes: Tensor | None  # (n,) label codes that came with the batches
     links: Tensor | None  # (n, 2) must-link keys that came with the batches
+    lengths: Tensor | None  # (n,) contig lengths, for val/nc_bins
     views: Tensor | None  # (view_contigs, 2, latent) latent means of the two thinned halves
 
 
@@ -184,7 +191,7 @@ def validate_epoch(
     model.eval()
     plain = unwrap(model)
     metrics = EpochMetrics(plain.cfg.latent_dim, plain.cfg.gate_k7, device)
-    embeddings, codes, links, views = [], [], [], []
+    embeddings, codes, links, lengths, views = [], [], [], [], []
     viewed = 0
     generator = torch.Generator(device=device).manual_seed(VIEW_SEED)  # the same halves every epoch
     for batch, batch_codes, batch_links in batches:
@@ -198,6 +205,7 @@ def validate_epoch(
         metrics.update(out, batch.kmer7, loss_cfg)
         if keep_embeddings:
             embeddings.append(out.mu.float().cpu())
+            lengths.append(batch.length.cpu())
             if batch_codes is not None:
                 codes.append(batch_codes.cpu())
             if batch_links is not None:
@@ -206,7 +214,7 @@ def validate_epoch(
         all_reduce(metrics.state)
     values = metrics.compute(loss_cfg, beta, prefix="val/")
     cat = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
-    return Validation(values, cat(embeddings), cat(codes), cat(links), cat(views))
+    return Validation(values, cat(embeddings), cat(codes), cat(links), cat(lengths), cat(views))
 
 
 class Collective:
@@ -353,11 +361,12 @@ def run_epochs(
             view_contigs=VIEW_CONTIGS,
         )
         val_metrics = val.metrics
-        views, mu, codes, links = collective.gather(
+        views, mu, codes, links, lengths = collective.gather(
             val.views if val.views is not None else torch.zeros(0, 2, 0),
             val.mu if val.mu is not None else torch.zeros(0, 0),
             val.codes if val.codes is not None else torch.zeros(0, dtype=torch.int32),
             val.links if val.links is not None else torch.zeros(0, 2, dtype=torch.int64),
+            val.lengths if val.lengths is not None else torch.zeros(0, dtype=torch.int64),
         )
         val_metrics["val/view_agreement"] = view_agreement(views[:, 0], views[:, 1]) if len(views) else math.nan
         val_metrics["val/link_agreement"] = link_agreement(mu, links) if len(links) == len(mu) > 0 else math.nan
@@ -365,6 +374,8 @@ def run_epochs(
             labels = [int(c) if c >= 0 else None for c in codes]
             val_metrics["val/knn_acc"] = knn_accuracy(mu, labels)
             val_metrics["val/kmeans_ari"] = kmeans_ari(mu, labels, seed=tc.seed)
+            if tc.nc_bins:
+                val_metrics["val/nc_bins"] = near_complete_bins(mu.numpy(), labels, lengths.numpy(), seed=tc.seed)
         scheduler.step(val_metrics["val/loss"])
         metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
         history.append(metrics)

@@ -16,7 +16,8 @@ COLUMNS = (
     ("val/mse_7", "mse_7"), ("val/mse_7_present", "mse_7_pres"), ("val/mse_7_absent", "mse_7_abs"),
     ("val/frac_present", "present"), ("val/gate_bce", "gate_bce"), ("val/gate_acc", "gate_acc"),
     ("val/value_mse", "value_mse"), ("val/mse_4", "mse_4"), ("val/mse_3", "mse_3"), ("val/mse_gc", "mse_gc"),
-    ("val/knn_acc", "knn_acc"), ("val/kmeans_ari", "ari"), ("lr", "lr"), ("samples_per_s", "samples/s"),
+    ("val/knn_acc", "knn_acc"), ("val/kmeans_ari", "ari"), ("val/nc_bins", "nc_bins"), ("lr", "lr"),
+    ("samples_per_s", "samples/s"),
 )  # fmt: skip
 """(metric key, heading) in print order; a key the run does not report (gate keys of an
 ungated model, label scores of unlabelled data) has no column."""

@@ -2,7 +2,8 @@
 
 A contract (docs/contracts.md): users compare runs by these names in the MLflow UI and
 scripts query them, so they never change meaning. Every epoch reports `EPOCH_KEYS`
-(gate keys only for gated models), `LABELED_KEYS` when the data has labels.
+(gate keys only for gated models), `LABELED_KEYS` when the data has labels, `BIN_KEYS` when
+binning is asked for (train.nc_bins; labels needed too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ EPOCH_KEYS = (
     "val/active_units", "val/view_agreement", "val/link_agreement", "lr", "epoch", "samples_per_s",
 )  # fmt: skip
 LABELED_KEYS = ("val/knn_acc", "val/kmeans_ari")
+BIN_KEYS = ("val/nc_bins",)
 
 MAXIMIZED = frozenset(
     {
@@ -28,9 +30,12 @@ MAXIMIZED = frozenset(
 )
 """Metrics where higher is better; every other key (losses, errors) is minimised."""
 
-OBJECTIVES = ("val/loss", "val/knn_acc", "val/kmeans_ari", "val/link_agreement", "val/view_agreement")
+OBJECTIVES = (
+    "val/loss", "val/knn_acc", "val/kmeans_ari", "val/nc_bins", "val/link_agreement", "val/view_agreement",
+)  # fmt: skip
 """Keys a sweep may rank trials on (val/link_agreement and val/view_agreement: label-free,
-computed the same way for every trial whatever it varies)."""
+computed the same way for every trial whatever it varies; val/nc_bins: labels needed, and a
+sweep ranking on it turns train.nc_bins on)."""
 
 
 def metric_mode(key: str) -> str:

@@ -23,7 +23,7 @@ from kmervae.core.checkpoint import checkpoint_bytes
 from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import DatasetFiles, dataset_files
-from kmervae.core.metric_keys import LABELED_KEYS
+from kmervae.core.metric_keys import BIN_KEYS, LABELED_KEYS
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
 from kmervae.distributed.sweep_report import (
@@ -226,6 +226,8 @@ def run_sweep(
     header, the live view of `sweep_view` and `log`'s lines (default: to the console)."""
     files = dataset_files(data_path)
     check_objective(sweep.metric, check_space(space, base, sweep.seed))
+    if sweep.metric in BIN_KEYS:  # computed only when asked for: every trial bins its validation contigs
+        base = base.with_overrides(["train.nc_bins=true"])
     storage = normalize(sweep.storage)  # a local folder or s3://... shared by every node
     sweep = SweepConfig(**{**asdict(sweep), "storage": storage})
     import optuna
@@ -240,7 +242,7 @@ def run_sweep(
     from kmervae.distributed.sweep_view import LOG_NAME, SweepView
 
     labels = label_vocabulary(files)
-    if sweep.metric in LABELED_KEYS and not labels:
+    if sweep.metric in LABELED_KEYS + BIN_KEYS and not labels:
         raise ConfigError(
             f"--metric {sweep.metric} needs labels, and {data_path} has none; featurize with labels or use val/loss"
         )

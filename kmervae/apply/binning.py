@@ -1,0 +1,414 @@
+"""`kmervae bin`: contig embeddings -> genome bins on disk, with their quality when genomes are known.
+
+Clustering and quality are `kmervae.core.bins` (one definition for the command, `evaluate`,
+`val/nc_bins` and the benchmark). This module adds what a user of a binner expects around
+them: reading the embeddings, the contigs' lengths and labels, the original sequences, and
+writing a bins folder that appears whole or not at all:
+
+- `bins.tsv`: contig_id, bin (`bin_001` ..., largest first; `unbinned` for the rest);
+- `bin_summary.tsv`: per bin its contigs, bases and GC, and with labels its main genome,
+  purity and recall (in bases);
+- `summary.json`: the counts, and with labels the bins at each recall/purity level and per-bin
+  numbers;
+- with `--fasta`: `fasta/bin_001.fna` ..., the original sequences. A record whose fragments
+  (`RECORD:START-END` contigs) all landed in one bin is written whole under its own id; a
+  record split across bins (or partly unbinned) is listed in `split_records.tsv` and each
+  binned fragment is written to its own bin under the fragment's id: never silently
+  assigned to one of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmervae.apply.embed import read_embeddings
+from kmervae.core import bins
+from kmervae.core.errors import ConfigError, InputError, OutputError
+from kmervae.core.feature_contract import FRAGMENT_ID
+
+UNBINNED_NAME = "unbinned"
+SUMMARY_JSON = "summary.json"
+FLUSH_BYTES = 64 << 20
+"""Sequences buffered per write pass before they are appended to the bin files."""
+
+
+def bin_names(count: int) -> list[str]:
+    """`bin_001` ... zero-padded to the widest number, so the files sort in bin order."""
+    width = max(3, len(str(count)))
+    return [f"bin_{i + 1:0{width}d}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a contig's bases are in the FASTA: a whole record or a fragment [start, end)."""
+
+    record: str
+    start: int
+    end: int | None  # None: the whole record
+
+
+@dataclass
+class BinResult:
+    """What `bin_contigs` wrote and measured."""
+
+    out: Path
+    contigs: int
+    bins: int
+    binned_bases: int
+    total_bases: int
+    method: str
+    min_bin_size: int
+    quality: dict[str, Any] | None = None
+    fasta_files: int = 0
+    split_records: int = 0
+    fasta_records_unused: int = 0
+    files: list[Path] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The end-of-run summary."""
+        share = self.binned_bases / self.total_bases if self.total_bases else 0.0
+        out = [
+            f"binned    {self.contigs:,} contigs into {self.bins} bin(s) ({self.method}); "
+            f"{share:.1%} of {self.total_bases:,} bases binned",
+        ]
+        if self.quality is not None:
+            q = self.quality
+            out.append(
+                f"quality   {q['near_complete']} near-complete bin(s) (recall >= 0.9, purity >= 0.95), "
+                f"{q['medium']} at recall >= 0.5, purity >= 0.9, of {q['genomes']} genome(s)"
+            )
+        if self.fasta_files:
+            out.append(f"fasta     {self.fasta_files} bin file(s) in {self.out / 'fasta'}")
+        if self.split_records:
+            out.append(
+                f"split     {self.split_records} record(s) have fragments in several bins (or unbinned): "
+                f"{self.out / 'split_records.tsv'}; each fragment went to its own bin"
+            )
+        if self.fasta_records_unused:
+            out.append(f"fasta     {self.fasta_records_unused} FASTA record(s) had no embedded contig (not written)")
+        out.append(f"output    {self.out}")
+        return out
+
+
+def read_labels_tsv(path: Path, ids: np.ndarray) -> np.ndarray:
+    """Labels of contigs from a 'record_id<TAB>label' table: a contig's own id, else its record's."""
+    from data_pipeline.labels import Labels
+
+    table = Labels.from_tsv(path).table or {}
+    out = []
+    for cid in ids:
+        label = table.get(cid)
+        if label is None and (match := FRAGMENT_ID.match(cid)) is not None:
+            label = table.get(match["record"])
+        out.append(label)
+    labels = np.asarray(out, dtype=object)
+    if all(label is None for label in labels):
+        raise InputError(f"{path}: labels none of the embedded contigs (e.g. '{ids[0]}'); is it for this assembly?")
+    return labels
+
+
+def feature_labels(features: Path, ids: np.ndarray) -> np.ndarray:
+    """Labels of `ids` from a feature dataset, refusing embeddings of another dataset."""
+    from kmervae.core.feature_table import FeatureTable
+
+    table = FeatureTable.from_parquet(features)
+    if table.labels is None:
+        raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
+    lookup = dict(zip(table.contig_ids, table.labels, strict=True))
+    missing = [cid for cid in ids if cid not in lookup]
+    if missing:
+        raise InputError(
+            f"{features}: has no row for {len(missing):,} of the {len(ids):,} embedded contigs (e.g. '{missing[0]}'): "
+            "the embeddings come from another dataset; give the features they were embedded from"
+        )
+    return np.asarray([lookup[cid] for cid in ids], dtype=object)
+
+
+def place_contigs(
+    ids: np.ndarray, fasta: Sequence[Path], lengths: np.ndarray | None
+) -> tuple[list[Placement], np.ndarray, int]:
+    """Where every contig lies in the FASTA files (a first pass over their headers and lengths),
+    its length there, and how many records hold no contig. Refuses ids the FASTA lacks and
+    fragments beyond their record's end, before anything is written."""
+    from data_pipeline.fasta import FastaReader
+
+    record_length: dict[str, int] = {}
+    for path in fasta:
+        for record in FastaReader(path):
+            if record.id in record_length:
+                raise InputError(f"{path}: record '{record.id}' appears twice in the --fasta files")
+            record_length[record.id] = len(record.sequence)
+    placements, sizes, missing = [], [], []
+    for i, cid in enumerate(ids):
+        if cid in record_length:
+            placements.append(Placement(cid, 0, None))
+            size = record_length[cid]
+        elif (match := FRAGMENT_ID.match(cid)) is not None and match["record"] in record_length:
+            start, end = int(match["start"]) - 1, int(match["end"])
+            if end > record_length[match["record"]] or start >= end:
+                raise InputError(
+                    f"contig '{cid}': bases {start + 1}-{end} lie beyond record '{match['record']}' "
+                    f"({record_length[match['record']]:,} bases) in --fasta; give the FASTA the features were made from"
+                )
+            placements.append(Placement(match["record"], start, end))
+            size = end - start
+        else:
+            missing.append(cid)
+            continue
+        sizes.append(size)
+        if lengths is not None and size != lengths[i]:
+            raise InputError(
+                f"contig '{cid}': {lengths[i]:,} bases in the embeddings but {size:,} in --fasta: "
+                "the embeddings come from another assembly; give the FASTA the features were made from"
+            )
+    if missing:
+        raise InputError(
+            f"--fasta: {len(missing):,} of the {len(ids):,} embedded contigs are not in {', '.join(map(str, fasta))} "
+            f"(e.g. '{missing[0]}'); give the FASTA file(s) the features were made from"
+        )
+    used = {p.record for p in placements}
+    return placements, np.asarray(sizes, dtype=np.int64), sum(1 for record in record_length if record not in used)
+
+
+def write_fasta(
+    fasta: Sequence[Path],
+    placements: list[Placement],
+    codes: np.ndarray,
+    names: list[str],
+    folder: Path,
+    progress: bool | None,
+) -> tuple[int, list[tuple[str, list[tuple[str, int]]]]]:
+    """One FASTA per bin; returns the files written and the records split across bins."""
+    from tqdm import tqdm
+
+    from data_pipeline.fasta import FastaReader
+
+    by_record: dict[str, list[int]] = defaultdict(list)
+    for i, placement in enumerate(placements):
+        by_record[placement.record].append(i)
+    folder.mkdir()
+    split: list[tuple[str, list[tuple[str, int]]]] = []
+    buffered: dict[int, list[bytes]] = defaultdict(list)
+    size = 0
+    written: set[int] = set()
+
+    def flush() -> None:
+        for code, parts in buffered.items():
+            with open(folder / f"{names[code]}.fna", "ab") as handle:
+                handle.writelines(parts)
+            written.add(code)
+        buffered.clear()
+
+    total = sum(path.stat().st_size for path in fasta)
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="bin fasta", disable=progress is False, file=sys.stderr
+    ) as bar:
+        for path in fasta:
+            reader = FastaReader(path)
+            seen = 0
+            for record in reader:
+                members = by_record.get(record.id, [])
+                targets = {int(codes[i]) for i in members}
+                whole = len(members) == 1 and placements[members[0]].end is None
+                if members and not whole and len(targets) > 1:  # in several bins, or partly unbinned
+                    per_bin: dict[str, int] = defaultdict(int)
+                    for i in members:
+                        p = placements[i]
+                        per_bin[names[codes[i]] if codes[i] >= 0 else UNBINNED_NAME] += p.end - p.start
+                    split.append((record.id, sorted(per_bin.items())))
+                for code in targets - {bins.UNBINNED}:
+                    if len(targets) == 1:  # the whole record in one bin, under its own id
+                        parts = [(record.id, record.sequence)]
+                    else:
+                        parts = [
+                            (ids_of(placements[i], record.id), record.sequence[placements[i].start : placements[i].end])
+                            for i in members
+                            if codes[i] == code
+                        ]
+                    for name, sequence in parts:
+                        text = b">" + name.encode() + b"\n" + wrap(sequence.tobytes())
+                        buffered[code].append(text)
+                        size += len(text)
+                if size > FLUSH_BYTES:
+                    flush()
+                    size = 0
+                bar.update(reader.raw_bytes_read - seen)
+                seen = reader.raw_bytes_read
+    flush()
+    return len(written), split
+
+
+def ids_of(placement: Placement, record: str) -> str:
+    """The FASTA header of a fragment written on its own: its contig id."""
+    return record if placement.end is None else f"{record}:{placement.start + 1}-{placement.end}"
+
+
+def wrap(sequence: bytes, width: int = 80) -> bytes:
+    """Bases as FASTA lines of `width`."""
+    return b"".join(sequence[i : i + width] + b"\n" for i in range(0, len(sequence), width))
+
+
+def quality_report(q: bins.BinQuality, names: list[str], labelled: int) -> dict[str, Any]:
+    """The JSON form of a bin quality: levels, the grid and per-bin numbers."""
+    return {
+        "genomes": len(q.genomes),
+        "labelled_contigs": labelled,
+        "near_complete": q.near_complete,
+        "medium": q.count(*bins.MEDIUM),
+        "grid": q.grid(),
+        "bins": {
+            name: {
+                "genome": q.genomes[q.main[i]] if q.main[i] >= 0 else None,
+                "purity": round(float(q.purity[i]), 6),
+                "recall": round(float(q.recall[i]), 6),
+            }
+            for i, name in enumerate(names)
+        },
+    }
+
+
+def format_quality(quality: dict[str, Any]) -> str:
+    """Bins at each recall (columns) and purity (rows) level, as AMBER's tables."""
+    head = f"{'bins at':<14}" + "".join(f"{'recall>=' + str(r):>13}" for r in bins.RECALLS)
+    lines = [head]
+    for p in bins.PURITIES:
+        row = "".join(f"{quality['grid'][f'recall>={r},purity>={p}']:>13}" for r in bins.RECALLS)
+        lines.append(f"{'purity>=' + str(p):<14}" + row)
+    return "\n".join(lines)
+
+
+def bin_contigs(
+    embeddings: str | Path,
+    out: str | Path,
+    *,
+    fasta: Sequence[Path] = (),
+    labels_tsv: Path | None = None,
+    labels_from_features: Path | None = None,
+    method: str = bins.DEFAULT_METHOD,
+    min_bin_size: int = bins.DEFAULT_MIN_BIN_SIZE,
+    resolution: float = bins.LEIDEN_RESOLUTION,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> BinResult:
+    """Bin the embedded contigs into `out` (written whole, or not at all)."""
+    started = time.perf_counter()
+
+    def done(what: str) -> None:
+        log(f"{what} ({time.perf_counter() - started:.1f} s)")
+
+    if method not in bins.METHODS:
+        raise ConfigError(f"--method {method!r}: expected one of {', '.join(bins.METHODS)}")
+    if not resolution > 0:
+        raise ConfigError(f"--resolution must be > 0, got {resolution}")
+    if min_bin_size < 0:
+        raise ConfigError(f"--min-bin-size must be >= 0 bases, got {min_bin_size}")
+    out = Path(out)
+    if out.exists() and not (overwrite and (out / "bins.tsv").is_file()):
+        hint = "pass --overwrite" if out.is_dir() and (out / "bins.tsv").is_file() else "choose another -o"
+        raise OutputError(f"{out}: exists; {hint}")
+    fasta = [Path(p) for p in fasta]
+    ids, vectors, labels, lengths, gc = read_embeddings(embeddings)
+    if len(ids) == 0:
+        raise InputError(f"{embeddings}: holds no contigs")
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{embeddings}: contig ids repeat; embed one feature dataset per file")
+    placements, sizes, unused = place_contigs(ids, fasta, lengths) if fasta else ([], None, 0)
+    if lengths is None:
+        if sizes is None:
+            raise InputError(
+                f"{embeddings}: has no 'length' column (written by an older kmervae embed); "
+                "run 'kmervae embed' again, or give --fasta"
+            )
+        lengths = sizes
+    if labels_tsv is not None:
+        labels = read_labels_tsv(labels_tsv, ids)
+    elif labels_from_features is not None:
+        labels = feature_labels(labels_from_features, ids)
+    done(f"read {len(ids):,} embedded contigs ({int(lengths.sum()):,} bases); clustering ({method})")
+    codes = bins.cluster(vectors, lengths, method, min_bin_size, seed, resolution=resolution)
+    names = bin_names(int(codes.max()) + 1 if (codes >= 0).any() else 0)
+    done(f"clustered into {len(names)} bin(s) of >= {min_bin_size:,} bases")
+
+    quality = None
+    if labels is not None and any(label is not None for label in labels):
+        q = bins.bin_quality(codes, labels, lengths)
+        quality = quality_report(q, names, int(sum(label is not None for label in labels)))
+
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = BinResult(
+        out=out,
+        contigs=len(ids),
+        bins=len(names),
+        binned_bases=int(lengths[codes >= 0].sum()),
+        total_bases=int(lengths.sum()),
+        method=method,
+        min_bin_size=min_bin_size,
+        quality=quality,
+        fasta_records_unused=unused,
+    )
+    try:
+        tmp.mkdir(parents=True)
+        _write_tables(tmp, ids, codes, names, lengths, gc, quality, result)
+        if fasta:
+            result.fasta_files, split = write_fasta(fasta, placements, codes, names, tmp / "fasta", progress)
+            result.split_records = len(split)
+            if split:
+                with open(tmp / "split_records.tsv", "w", newline="") as handle:
+                    writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+                    writer.writerow(["record", "bin", "bases"])
+                    for record, parts in split:
+                        writer.writerows([record, name, bases] for name, bases in parts)
+            done(f"wrote {result.fasta_files} bin FASTA file(s)")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.files = sorted(out.rglob("*.tsv")) + sorted(out.glob("*.json"))
+    return result
+
+
+def _write_tables(folder: Path, ids, codes, names, lengths, gc, quality, result: BinResult) -> None:
+    with open(folder / "bins.tsv", "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["contig_id", "bin"])
+        writer.writerows((cid, names[c] if c >= 0 else UNBINNED_NAME) for cid, c in zip(ids, codes, strict=True))
+    with open(folder / "bin_summary.tsv", "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        header = ["bin", "contigs", "bases", "gc"] + (["genome", "purity", "recall"] if quality else [])
+        writer.writerow(header)
+        for i, name in enumerate(names):
+            member = codes == i
+            bases = int(lengths[member].sum())
+            row = [name, int(member.sum()), bases]
+            row.append(f"{float((gc[member] * lengths[member]).sum() / bases):.4f}" if gc is not None else "NA")
+            if quality:
+                b = quality["bins"][name]
+                row += [b["genome"] or "NA", f"{b['purity']:.4f}", f"{b['recall']:.4f}"]
+            writer.writerow(row)
+    summary = {
+        "contigs": result.contigs,
+        "bins": result.bins,
+        "binned_bases": result.binned_bases,
+        "total_bases": result.total_bases,
+        "method": result.method,
+        "min_bin_size": result.min_bin_size,
+        "quality": quality,
+    }
+    (folder / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,204 @@
+"""Contig embeddings -> genome bins, and how good bins are against known genomes.
+
+One clusterer and one quality measure serve `kmervae bin`, `kmervae evaluate`, the
+validation metric `val/nc_bins` and bench/binning.py, so a bin count means the same
+thing everywhere.
+
+Clustering works on the readout (L2-normalised embeddings: cosine geometry) and leaves
+bins under `min_bin_size` bases unbinned (code -1). Two methods, both maintained
+libraries built for an unknown number of clusters of uneven size:
+- `leiden` (default): Leiden communities (leidenalg, on igraph) of the k-nearest-neighbour
+  graph, edges weighted by cosine similarity;
+- `hdbscan`: scikit-learn's HDBSCAN on the readout; contigs it calls noise stay unbinned.
+bench/RESULTS.md "Binning" measures both (bins at each quality level, seconds for 10k-100k
+contigs) and says why leiden is the default.
+
+Quality is counted in bases, as AMBER and BinBencher do: each bin's main genome is the one
+with most bases in it; purity = those bases / the bin's labelled bases; recall = those bases
+/ all bases of that genome among the labelled contigs given (binned or not). A bin is
+near-complete at recall >= 0.9 and purity >= 0.95. Contigs without a label take no part.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+METHODS = ("leiden", "hdbscan")
+DEFAULT_METHOD = "leiden"
+KNN_NEIGHBOURS = 15
+"""Neighbours per contig in the Leiden graph."""
+LEIDEN_RESOLUTION = 0.5
+"""Leiden (RBConfiguration) resolution: 1.0 splits a large genome of a small assembly (two genomes
+far apart in GC came out as 3-5 bins), 0.5 keeps them whole and bins as many genomes on the
+benchmark sets (bench/RESULTS.md "Binning", the grid)."""
+HDBSCAN_MIN_CLUSTER = 10
+"""Smallest HDBSCAN cluster, in contigs (bins are then also held to min_bin_size bases)."""
+DEFAULT_MIN_BIN_SIZE = 200_000
+"""Bases: VAMB's default minimum bin size; smaller bins are left unbinned."""
+UNBINNED = -1
+
+RECALLS = (0.5, 0.7, 0.9, 0.95, 0.99)
+PURITIES = (0.9, 0.95)
+NEAR_COMPLETE = (0.9, 0.95)
+"""(recall, purity) of a near-complete bin."""
+MEDIUM = (0.5, 0.9)
+"""(recall, purity) of a medium-quality bin (MIMAG: >= 50% complete, < 10% contamination)."""
+
+
+def readout(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (cosine geometry), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def nearest_neighbours(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine similarities (n, k) of each row's k nearest other rows of a readout:
+    exact, blockwise matrix products (torch: multithreaded BLAS, topk without a full sort)."""
+    import torch
+
+    k = min(k, len(x) - 1)
+    data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    index = np.empty((len(x), k), dtype=np.int64)
+    sims = np.empty((len(x), k), dtype=np.float32)
+    for lo in range(0, len(x), block):
+        sim = data[lo : lo + block] @ data.T
+        sim[torch.arange(len(sim)), torch.arange(lo, lo + len(sim))] = -math.inf  # not its own neighbour
+        top = sim.topk(k, dim=1)
+        index[lo : lo + block] = top.indices.numpy()
+        sims[lo : lo + block] = top.values.numpy()
+    return index, sims
+
+
+def _leiden(x: np.ndarray, seed: int, neighbours: int, resolution: float) -> np.ndarray:
+    import igraph
+    import leidenalg
+
+    index, sims = nearest_neighbours(x, neighbours)
+    rows = np.repeat(np.arange(len(x)), index.shape[1])
+    graph = igraph.Graph(n=len(x), edges=np.stack([rows, index.reshape(-1)], axis=1).tolist(), directed=False)
+    graph.es["weight"] = np.clip(sims.reshape(-1), 0.0, None).astype(float).tolist()
+    graph.simplify(combine_edges="max")  # i->j and j->i are one edge
+    partition = leidenalg.find_partition(
+        graph,
+        leidenalg.RBConfigurationVertexPartition,
+        weights="weight",
+        resolution_parameter=resolution,
+        n_iterations=-1,  # until stable
+        seed=seed,
+    )
+    return np.asarray(partition.membership, dtype=np.int64)
+
+
+def _hdbscan(x: np.ndarray, min_cluster: int) -> np.ndarray:
+    from sklearn.cluster import HDBSCAN
+
+    return HDBSCAN(min_cluster_size=min_cluster, copy=True).fit_predict(x).astype(np.int64)
+
+
+def cluster(
+    embeddings: np.ndarray,
+    lengths: np.ndarray,
+    method: str = DEFAULT_METHOD,
+    min_bin_size: int = DEFAULT_MIN_BIN_SIZE,
+    seed: int = 0,
+    *,
+    neighbours: int = KNN_NEIGHBOURS,
+    resolution: float = LEIDEN_RESOLUTION,
+) -> np.ndarray:
+    """Bin codes 0..B-1 (largest bin first, by bases) or UNBINNED (-1) for every contig
+    (`neighbours` and `resolution`: the Leiden graph's and partition's)."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    x = readout(embeddings)
+    if len(x) < 2:
+        raw = np.zeros(len(x), dtype=np.int64)
+    elif method == "leiden":
+        raw = _leiden(x, seed, neighbours, resolution)
+    else:
+        raw = _hdbscan(x, HDBSCAN_MIN_CLUSTER)
+    return renumber(raw, lengths, min_bin_size)
+
+
+def renumber(raw: np.ndarray, lengths: np.ndarray, min_bin_size: int) -> np.ndarray:
+    """Clusters of at least `min_bin_size` bases numbered by size (largest 0); the rest UNBINNED."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    codes = np.full(len(raw), UNBINNED, dtype=np.int64)
+    clustered = raw >= 0
+    if not clustered.any():
+        return codes
+    ids, inverse = np.unique(raw[clustered], return_inverse=True)
+    bases = np.bincount(inverse, weights=lengths[clustered], minlength=len(ids))
+    order = np.lexsort((ids, -bases))  # by size, ties by the clusterer's own id: deterministic
+    kept = order[bases[order] >= min_bin_size]
+    new = np.full(len(ids), UNBINNED, dtype=np.int64)
+    new[kept] = np.arange(len(kept))
+    codes[clustered] = new[inverse]
+    return codes
+
+
+@dataclass(frozen=True)
+class BinQuality:
+    """Per bin (index = bin code): its main genome, purity and recall of that genome, in bases."""
+
+    genomes: list[str]  # the label names codes refer to
+    main: np.ndarray  # (bins,) index into genomes; -1 for a bin with no labelled contig
+    purity: np.ndarray  # (bins,)
+    recall: np.ndarray  # (bins,)
+    labelled_bases: np.ndarray  # (bins,) labelled bases in each bin
+
+    def count(self, recall: float, purity: float) -> int:
+        """Bins at or above both thresholds."""
+        return int(((self.recall >= recall) & (self.purity >= purity)).sum())
+
+    @property
+    def near_complete(self) -> int:
+        return self.count(*NEAR_COMPLETE)
+
+    def grid(self) -> dict[str, int]:
+        """Bins at every (recall, purity) threshold pair, keys 'recall>=R,purity>=P'."""
+        return {f"recall>={r},purity>={p}": self.count(r, p) for p in PURITIES for r in RECALLS}
+
+
+def bin_quality(codes: np.ndarray, labels, lengths: np.ndarray) -> BinQuality:
+    """Quality of the bins `codes` (UNBINNED for none) against genome `labels` (None: unknown)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.float64)
+    labels = np.asarray(labels, dtype=object)
+    known = np.array([label is not None for label in labels], dtype=bool)
+    genomes = sorted({str(label) for label in labels[known]})
+    genome_code = np.full(len(labels), -1, dtype=np.int64)
+    lookup = {name: i for i, name in enumerate(genomes)}
+    genome_code[known] = [lookup[str(label)] for label in labels[known]]
+    bins = int(codes.max()) + 1 if len(codes) and codes.max() >= 0 else 0
+    table = np.zeros((bins, max(len(genomes), 1)), dtype=np.float64)  # bases of genome g in bin b
+    use = known & (codes >= 0)
+    np.add.at(table, (codes[use], genome_code[use]), lengths[use])
+    genome_bases = np.bincount(genome_code[known], weights=lengths[known], minlength=len(genomes))
+    binned = table.sum(axis=1)
+    main = np.where(binned > 0, table.argmax(axis=1), -1)
+    top = table.max(axis=1) if bins else np.zeros(0)
+    purity = np.divide(top, binned, out=np.zeros(bins), where=binned > 0)
+    totals = genome_bases[main.clip(min=0)] if len(genomes) else np.zeros(bins)
+    recall = np.divide(top, totals, out=np.zeros(bins), where=(main >= 0) & (totals > 0))
+    return BinQuality(genomes, main, purity, recall, binned)
+
+
+def near_complete_bins(embeddings: np.ndarray, labels, lengths: np.ndarray, seed: int = 0) -> float:
+    """`val/nc_bins`: near-complete bins of the default clusterer on labelled contigs; NaN where
+    the clustering libraries are absent (bare GPU hosts) or fewer than 2 contigs are labelled.
+    No minimum bin size: a validation split holds only part of each genome."""
+    try:
+        import igraph  # noqa: F401
+        import leidenalg  # noqa: F401
+    except ImportError:
+        return math.nan
+    labels = np.asarray(labels, dtype=object)
+    known = np.array([label is not None for label in labels], dtype=bool)
+    if known.sum() < 2:
+        return math.nan
+    lengths = np.asarray(lengths)[known]
+    codes = cluster(np.asarray(embeddings)[known], lengths, min_bin_size=0, seed=seed)
+    return float(bin_quality(codes, labels[known], lengths).near_complete)

@@ -1,0 +1,221 @@
+"""Binning: `kmervae bin` on real genomes, bin quality by hand, bad inputs, and val/nc_bins."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmervae.apply.binning import bin_contigs
+from kmervae.apply.embed import read_embeddings, write_embeddings
+from kmervae.apply.evaluate import baselines
+from kmervae.core import bins
+from kmervae.core.errors import ConfigError, InputError, OutputError
+from kmervae.core.feature_table import FeatureTable
+from tests.conftest import write_fasta
+
+FAR_APART = ("Staphylococcus_aureus_N315", "Mycobacterium_tuberculosis_H37Rv")
+"""GC 33% and 66%: any composition embedding tells them apart."""
+FRAGMENT = 20_000
+CHIMERA = 100_000
+"""Bases each genome gives the chimera record (five fragments from each)."""
+
+
+def read_record(path: Path) -> tuple[str, str]:
+    with gzip.open(path, "rt") as handle:
+        header, *lines = handle.read().split("\n")
+    return header[1:].split()[0], "".join(lines)
+
+
+@pytest.fixture(scope="module")
+def two_genomes(tmp_path_factory, shared_genomes):
+    """The two genomes and a chimera of both (unlabelled) as one assembly, cut into 20 kb contigs,
+    featurized, and embedded as z-scored TNF (a real composition embedding, in embed's schema)."""
+    from data_pipeline.featurize import FeaturizeSettings, featurize
+    from data_pipeline.labels import Labels
+
+    root = tmp_path_factory.mktemp("binning")
+    records = [read_record(shared_genomes / f"{name}.fna.gz") for name in FAR_APART]
+    chimera = ("chimera", records[0][1][:CHIMERA] + records[1][1][:CHIMERA])
+    fasta = write_fasta(root / "assembly.fna", [*records, chimera])
+    labels = root / "labels.tsv"
+    labels.write_text("".join(f"{rid}\t{name}\n" for (rid, _), name in zip(records, FAR_APART, strict=True)))
+    features = root / "features"
+    featurize([fasta], features, FeaturizeSettings(fragment_length=FRAGMENT), Labels.from_tsv(labels))
+    table = FeatureTable.from_parquet(features)
+    ids = np.asarray(table.contig_ids, dtype=object)
+    tnf = baselines(features, ids, 8)["tnf_zscore"]
+    embeddings = write_embeddings(root / "tnf.parquet", ids, table.labels, table.length, table.gc, tnf)
+    return {"root": root, "fasta": fasta, "labels": labels, "features": features, "embeddings": embeddings}
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def read_fasta(path: Path) -> dict[str, str]:
+    out, name = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith(">"):
+            name = line[1:]
+            assert name not in out, f"{name} written twice in {path.name}"
+            out[name] = ""
+        else:
+            out[name] += line
+    return out
+
+
+def test_two_genomes_far_apart_give_two_pure_bins(two_genomes, tmp_path):
+    result = bin_contigs(two_genomes["embeddings"], tmp_path / "bins", fasta=[two_genomes["fasta"]])
+    assert result.bins == 2 and result.quality is not None
+    q = result.quality
+    assert q["near_complete"] == 2 and q["genomes"] == 2
+    assert sorted(b["genome"] for b in q["bins"].values()) == sorted(FAR_APART)
+    assert all(b["purity"] == 1.0 and b["recall"] >= 0.99 for b in q["bins"].values())
+    # The tables agree with the quality: bin_summary holds each bin's contigs and bases.
+    rows = read_tsv(tmp_path / "bins" / "bins.tsv")
+    summary = {r["bin"]: r for r in read_tsv(tmp_path / "bins" / "bin_summary.tsv")}
+    assert set(summary) == {"bin_001", "bin_002"}
+    for name, row in summary.items():
+        assert int(row["contigs"]) == sum(r["bin"] == name for r in rows)
+        assert row["genome"] == q["bins"][name]["genome"]
+    # GC of each bin, weighted by bases: S. aureus about 0.33, M. tuberculosis about 0.66.
+    gc = {row["genome"]: float(row["gc"]) for row in summary.values()}
+    assert 0.31 < gc[FAR_APART[0]] < 0.35 and 0.64 < gc[FAR_APART[1]] < 0.68
+
+
+def test_bins_tsv_and_fasta_hold_every_binned_base_once(two_genomes, tmp_path):
+    result = bin_contigs(two_genomes["embeddings"], tmp_path / "bins", fasta=[two_genomes["fasta"]])
+    source = {name.split()[0]: seq for name, seq in read_fasta(two_genomes["fasta"]).items()}
+    assignment = {r["contig_id"]: r["bin"] for r in read_tsv(tmp_path / "bins" / "bins.tsv")}
+    ids = read_embeddings(two_genomes["embeddings"]).ids
+    assert sorted(assignment) == sorted(ids)  # every embedded contig has one line
+    written = {path.stem: read_fasta(path) for path in sorted((tmp_path / "bins" / "fasta").glob("*.fna"))}
+    assert sorted(written) == ["bin_001", "bin_002"] and result.fasta_files == 2
+    # Every binned contig's bases are in its own bin's file exactly once: inside its whole record
+    # (all of the record's fragments went to that bin) or as the fragment itself.
+    for cid, name in assignment.items():
+        record, span = cid.rsplit(":", 1)
+        start, end = (int(v) for v in span.split("-"))
+        files = [b for b, entries in written.items() if cid in entries or record in entries]
+        if name == "unbinned":
+            assert files == []
+            continue
+        assert files == [name], (cid, files)
+        entries = written[name]
+        if record in entries:
+            assert cid not in entries and entries[record] == source[record]
+        else:
+            assert entries[cid] == source[record][start - 1 : end]
+    # The chimera's fragments went to two bins: reported, each fragment written to its own.
+    split = read_tsv(tmp_path / "bins" / "split_records.tsv")
+    assert result.split_records == 1 and {r["record"] for r in split} == {"chimera"}
+    assert sorted(int(r["bases"]) for r in split) == [CHIMERA, CHIMERA]
+    assert all("chimera" not in entries for entries in written.values())
+
+
+def test_quality_counts_bases_by_hand():
+    # Genome A: 100 + 300 + 600 = 1,000 bases; genome B: 500 + 500; one unlabelled contig.
+    labels = ["A", "A", "A", "B", "B", None]
+    lengths = [100, 300, 600, 500, 500, 10_000]
+    codes = [0, 0, 1, 1, bins.UNBINNED, 1]
+    q = bins.bin_quality(codes, labels, lengths)
+    assert q.genomes == ["A", "B"] and list(q.main) == [0, 0]
+    # Bin 0: 400 bases of A, pure, recall 0.4. Bin 1: 600 A + 500 B (the unlabelled contig takes no part).
+    np.testing.assert_allclose(q.purity, [1.0, 600 / 1100])
+    np.testing.assert_allclose(q.recall, [0.4, 0.6])
+    assert q.count(0.4, 1.0) == 1 and q.count(0.5, 0.5) == 1 and q.near_complete == 0
+    q = bins.bin_quality([0, 0, 0, 1, 1, 1], labels, lengths)
+    assert q.near_complete == 2 and q.grid()["recall>=0.99,purity>=0.95"] == 2
+
+
+def test_small_clusters_stay_unbinned_and_bins_are_numbered_by_size():
+    raw = np.array([5, 5, 7, 7, 7, 9, -1])
+    lengths = np.array([100, 100, 50, 50, 50, 1000, 5000])
+    np.testing.assert_array_equal(bins.renumber(raw, lengths, 160), [1, 1, -1, -1, -1, 0, -1])
+    np.testing.assert_array_equal(bins.renumber(raw, lengths, 0), [1, 1, 2, 2, 2, 0, -1])
+
+
+def test_bad_inputs_are_one_clear_error_and_leave_nothing(two_genomes, tmp_path):
+    embeddings = two_genomes["embeddings"]
+    out = tmp_path / "bins"
+    other = write_fasta(tmp_path / "other.fna", [("unrelated", "ACGT" * 1000)])
+    with pytest.raises(InputError, match=r"--fasta: 372 of the 372 embedded contigs are not in .*other.fna"):
+        bin_contigs(embeddings, out, fasta=[other])
+    short = write_fasta(tmp_path / "short.fna", [("chimera", "ACGT" * 1000)])
+    with pytest.raises(InputError, match=r"contig 'chimera:1-20000': bases 1-20000 lie beyond record 'chimera'"):
+        bin_contigs(embeddings, out, fasta=[short])
+    with pytest.raises(InputError, match=r"has no row for 2 of the 372 .* the embeddings come from another dataset"):
+        table = FeatureTable.from_parquet(two_genomes["features"])
+        ids = np.asarray(table.contig_ids, dtype=object)
+        ids[:2] = ["elsewhere:1-20000", "elsewhere:20001-40000"]
+        moved = write_embeddings(tmp_path / "moved.parquet", ids, None, table.length, table.gc, np.eye(len(ids), 4))
+        bin_contigs(moved, out, labels_from_features=two_genomes["features"])
+    with pytest.raises(ConfigError, match="--min-bin-size must be >= 0"):
+        bin_contigs(embeddings, out, min_bin_size=-1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved.parquet", "other.fna", "short.fna"]
+    out.mkdir()
+    with pytest.raises(OutputError, match="exists; choose another -o"):
+        bin_contigs(embeddings, out)
+
+
+def test_cli_bins_reports_quality_and_refuses_bad_input_in_one_line(two_genomes, tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "kmervae.cli", "bin", *map(str, args)], capture_output=True, text=True, timeout=300
+        )
+
+    done = run(two_genomes["embeddings"], "-o", tmp_path / "bins", "--labels", two_genomes["labels"], "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "quality   2 near-complete bin(s)" in done.stdout and "purity>=0.95" in done.stdout
+    summary = json.loads((tmp_path / "bins" / "summary.json").read_text())
+    assert summary["bins"] == 2 and summary["quality"]["near_complete"] == 2 and summary["method"] == "leiden"
+    again = run(two_genomes["embeddings"], "-o", tmp_path / "bins")
+    assert (
+        again.returncode == 2
+        and again.stderr.strip() == f"kmervae bin: error: {tmp_path / 'bins'}: exists; pass --overwrite"
+    )
+    missing = run(tmp_path / "nope.parquet", "-o", tmp_path / "b2")
+    assert (
+        missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+    )
+    assert not (tmp_path / "b2").exists()
+
+
+def test_hdbscan_is_the_other_method(two_genomes):
+    data = read_embeddings(two_genomes["embeddings"])
+    codes = bins.cluster(data.vectors, data.lengths, "hdbscan")
+    q = bins.bin_quality(codes, data.labels, data.lengths)
+    assert q.purity.min() >= 0.95 and len(q.main) >= 2  # pure, if more fragmented than leiden
+
+
+def test_val_nc_bins_counts_near_complete_bins_of_the_validation_contigs(two_genomes):
+    data = read_embeddings(two_genomes["embeddings"])
+    assert bins.near_complete_bins(data.vectors, data.labels, data.lengths) == 2.0
+    scrambled = np.random.default_rng(0).normal(size=data.vectors.shape)  # no composition signal
+    assert bins.near_complete_bins(scrambled, data.labels, data.lengths) == 0.0
+    assert np.isnan(bins.near_complete_bins(data.vectors, [None] * len(data.ids), data.lengths))
+
+
+def test_bins_are_logged_to_an_mlflow_run(two_genomes, tmp_path, monkeypatch, capsys):
+    from kmervae.cli import main
+    from kmervae.tracking.tracker import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker("tests", "bins")
+    assert main(["bin", str(two_genomes["embeddings"]), "-o", "bins", "--quiet", "--mlflow-run", tracker.run_id]) == 0
+    assert f"mlflow    logged to run {tracker.run_id}" in capsys.readouterr().out
+    metrics = tracker.client.get_run(tracker.run_id).data.metrics
+    assert metrics["bins/near_complete"] == 2 and metrics["bins/count"] == 2
+    logged = {Path(a.path).name for a in tracker.client.list_artifacts(tracker.run_id, "bins")}
+    assert {"bins.tsv", "bin_summary.tsv", "summary.json"} <= logged
+    assert main(["bin", str(two_genomes["embeddings"]), "-o", "b2", "--quiet", "--mlflow-run", "0" * 32]) == 2
+    assert "no such run" in capsys.readouterr().err
