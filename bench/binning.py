@@ -158,7 +158,7 @@ def quality(args: argparse.Namespace) -> None:
         + " | ".join(f"r>={r}" for r in bins.RECALLS)
         + " (purity >= 0.95) | near-complete | medium (r>=0.5, p>=0.9) | seconds |"
     )
-    print("|" + "---|" * (9 + len(bins.RECALLS) - 1))
+    print("|" + "---|" * (7 + len(bins.RECALLS)))
     for dataset in args.datasets:
         folder = prepare(args.genomes, args.work, dataset)
         table = FeatureTable.from_parquet(folder / "features")
@@ -251,7 +251,10 @@ def speed(args: argparse.Namespace) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
         records = [
-            (r.id, r.sequence.tobytes().decode()) for p in sorted(args.genomes.glob("*.fna.gz")) for r in FastaReader(p)
+            (r.id, r.sequence.tobytes().decode())
+            for p in sorted(args.genomes.glob("*.fna.gz"))
+            for r in FastaReader(p)
+            if len(r.sequence) >= MIN_CONTIG  # every window a whole 2 kb
         ]
         weights = np.array([len(s) for _, s in records], dtype=np.float64)
         with open(folder / "windows.fna", "w") as fasta:
@@ -264,6 +267,8 @@ def speed(args: argparse.Namespace) -> None:
         )
         embed(str(model), folder / "features", folder / "embeddings.parquet", progress=False)
     data = read_embeddings(folder / "embeddings.parquet")
+    if len(data.ids) < max(args.sizes):
+        sys.exit(f"{folder}: holds {len(data.ids):,} windows, fewer than {max(args.sizes):,}; remove it and run again")
     print("| contigs | seconds (kNN graph + Leiden + renumbering) | bins |")
     print("|---|---|---|")
     for n in sorted(args.sizes):

@@ -61,15 +61,15 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 
 
 def read_fasta(path: Path) -> dict[str, str]:
-    out, name = {}, None
+    out: dict[str, list[str]] = {}
     for line in path.read_text().splitlines():
         if line.startswith(">"):
             name = line[1:]
             assert name not in out, f"{name} written twice in {path.name}"
-            out[name] = ""
+            out[name] = []
         else:
-            out[name] += line
-    return out
+            out[name].append(line)
+    return {name: "".join(lines) for name, lines in out.items()}
 
 
 def test_two_genomes_far_apart_give_two_pure_bins(two_genomes, tmp_path):
@@ -166,7 +166,9 @@ def test_bad_inputs_are_one_clear_error_and_leave_nothing(two_genomes, tmp_path)
         bin_contigs(embeddings, out)
 
 
-def test_cli_bins_reports_quality_and_refuses_bad_input_in_one_line(two_genomes, tmp_path):
+def test_cli_bins_reports_quality_and_refuses_bad_input_in_one_line(two_genomes, tmp_path, capsys):
+    from kmervae.cli import main
+
     def run(*args):
         return subprocess.run(
             [sys.executable, "-m", "kmervae.cli", "bin", *map(str, args)], capture_output=True, text=True, timeout=300
@@ -177,15 +179,12 @@ def test_cli_bins_reports_quality_and_refuses_bad_input_in_one_line(two_genomes,
     assert "quality   2 near-complete bin(s)" in done.stdout and "purity>=0.95" in done.stdout
     summary = json.loads((tmp_path / "bins" / "summary.json").read_text())
     assert summary["bins"] == 2 and summary["quality"]["near_complete"] == 2 and summary["method"] == "leiden"
-    again = run(two_genomes["embeddings"], "-o", tmp_path / "bins")
-    assert (
-        again.returncode == 2
-        and again.stderr.strip() == f"kmervae bin: error: {tmp_path / 'bins'}: exists; pass --overwrite"
-    )
-    missing = run(tmp_path / "nope.parquet", "-o", tmp_path / "b2")
-    assert (
-        missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
-    )
+    # Refusals in this process (the console script's path is the same `main`): one line, status 2.
+    assert main(["bin", str(two_genomes["embeddings"]), "-o", str(tmp_path / "bins")]) == 2
+    assert capsys.readouterr().err.strip() == f"kmervae bin: error: {tmp_path / 'bins'}: exists; pass --overwrite"
+    assert main(["bin", str(tmp_path / "nope.parquet"), "-o", str(tmp_path / "b2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kmervae bin: error: ") and "no such embedding file" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "b2").exists()
 
 

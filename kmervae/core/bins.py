@@ -34,6 +34,9 @@ LEIDEN_RESOLUTION = 0.5
 """Leiden (RBConfiguration) resolution: 1.0 splits a large genome of a small assembly (two genomes
 far apart in GC came out as 3-5 bins), 0.5 keeps them whole and bins as many genomes on the
 benchmark sets (bench/RESULTS.md "Binning", the grid)."""
+N_ITERATIONS = 2
+"""Leiden passes (leidenalg's default). Iterating until stable costs 7x the time at 30,000 contigs
+(16.5 s against 2.4 s) for a partition 0.1% better in quality, with the same bins."""
 HDBSCAN_MIN_CLUSTER = 10
 """Smallest HDBSCAN cluster, in contigs (bins are then also held to min_bin_size bases)."""
 DEFAULT_MIN_BIN_SIZE = 200_000
@@ -86,7 +89,7 @@ def _leiden(x: np.ndarray, seed: int, neighbours: int, resolution: float) -> np.
         leidenalg.RBConfigurationVertexPartition,
         weights="weight",
         resolution_parameter=resolution,
-        n_iterations=-1,  # until stable
+        n_iterations=N_ITERATIONS,
         seed=seed,
     )
     return np.asarray(partition.membership, dtype=np.int64)
