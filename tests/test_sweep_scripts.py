@@ -187,3 +187,20 @@ def test_auto_objective_is_the_best_the_data_allows(example_features, examples_d
     assert objective("auto", tmp_path / "fragments", base, []) == "val/link_agreement"
     featurize(genomes, tmp_path / "records")  # no labels, one contig per record: no must-links
     assert objective("auto", tmp_path / "records", base, []) == "val/loss"
+
+
+def test_half_a_gpu_per_trial_runs_two_trials_on_one_gpu():
+    """The fractional-GPU plan of `--gpus-per-trial 0.5` on a one-GPU node (Ray's resource
+    dictionary as a GPU host reports it): two trials at once, each worker half a GPU and a CPU;
+    a third does not fit and is refused with the numbers."""
+    from kmervae.distributed.ray_engine import plan_resources
+    from kmervae.distributed.sweep import _max_concurrent
+
+    host = {"CPU": 16.0, "GPU": 1.0}
+    assert _max_concurrent(host, 1, 0.5, use_cpu=False, samples=8) == 2
+    assert _max_concurrent(host, 1, 1.0, use_cpu=False, samples=8) == 1
+    assert _max_concurrent(host, 1, 0.5, use_cpu=False, samples=1) == 1  # never more than the trials
+    plan = plan_resources(host, 1, 0.5, use_cpu=False, trials=2, trial_cpus=0.1)
+    assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (1, 0.5, 1.0)
+    with pytest.raises(ConfigError, match=r"cannot fit 3 x 1 worker\(s\) x 0.5 GPU: the cluster has 1 GPU\(s\)"):
+        plan_resources(host, 1, 0.5, use_cpu=False, trials=3, trial_cpus=0.1)
