@@ -32,7 +32,9 @@ from kmervae.core.feature_contract import (
     decode_counts,
     encode_counts,
     narrowest_count_dtype,
+    numeric_column,
     part_name,
+    string_column,
 )
 
 # zstd level 1: k-mer counts compress about 6x at ~1 GB/s; higher levels gain a few
@@ -102,14 +104,14 @@ def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool)
     dtypes = {k: max((c.dtype for c in chunks[k]), key=lambda d: d.itemsize) for k in KMER_SIZES}
     fmt = DatasetFormat(dtypes)
     columns = {
-        "contig_id": pa.array([batch.contig_ids[i] for i in rows], pa.string()),
-        "length": pa.array((ends - starts)[rows], pa.int64()),
-        "gc": pa.array(np.concatenate(gc_parts), pa.float32()),
+        "contig_id": string_column([batch.contig_ids[i] for i in rows]),
+        "length": numeric_column((ends - starts)[rows], np.int64),
+        "gc": numeric_column(np.concatenate(gc_parts), np.float32),
     }
     for k in KMER_SIZES:
         matrix = np.concatenate([c.astype(dtypes[k], copy=False) for c in chunks[k]])
         columns[KMER_COLUMNS[k]] = encode_counts(matrix, dtypes[k])
-    columns["label"] = pa.array([batch.labels[i] for i in rows], pa.string())
+    columns["label"] = string_column([batch.labels[i] for i in rows])
     table = pa.Table.from_pydict(columns, schema=fmt.schema())
     if len(table):
         pq.write_table(table, directory / part_name(batch.index), row_group_size=row_group_size, **PARQUET_OPTIONS)

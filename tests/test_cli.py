@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import write_bytes, write_fasta
+from tests.conftest import REPO, write_bytes, write_fasta
 
 
 def kmervae(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -129,3 +129,23 @@ def test_train_and_describe_errors_are_one_line(tmp_path, example_features, args
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+HEAVY = ("torch", "ray", "mlflow", "optuna", "sklearn", "pandas", "onnxruntime")
+"""Packages whose import alone takes a second or more: featurizing and --help load none of them."""
+
+
+def test_featurize_and_help_import_nothing_heavy(tmp_path, examples_dir):
+    script = (
+        "import sys\n"
+        "from kmervae.cli import build_parser, main\n"
+        "build_parser().format_help()\n"
+        f"after_help = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+        f"code = main(['featurize', {str(examples_dir / 'Phage_Agate_metagenomic.fna.gz')!r}, '-o', "
+        f"{str(tmp_path / 'out')!r}, '--quiet'])\n"
+        f"print(code, after_help, sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "0 [] []"  # exit 0, nothing heavy after --help or featurize
+    assert (tmp_path / "out").is_dir()
