@@ -188,6 +188,9 @@ def test_evaluate_compares_with_the_baselines(exported, example_features, tmp_pa
         assert 0.5 < scores["knn5_acc"] <= 1.0  # five genomes: chance is about 0.2
         assert 0 <= scores["nc_bins"] <= scores["mq_bins"] <= 5  # a near-complete bin is also a medium one
     assert result["scores"]["tnf_zscore"]["nc_bins"] >= 1  # TNF separates these five genomes (RESULTS: 5 of 10)
+    for name, report in result["bins"].items():  # each embedding's bins, per bin, as `kmervae bin` reports them
+        assert report["near_complete"] == result["scores"][name]["nc_bins"] and report["genomes"] == 5
+        assert all(0 < b["purity"] <= 1 and 0 <= b["recall"] <= 1 for b in report["bins"].values())
     assert "tnf_zscore" in format_table(result)
     unlabeled = evaluate(out)  # the embedding carries labels from the features
     assert unlabeled["labels"] == 5

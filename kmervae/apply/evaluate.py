@@ -5,7 +5,8 @@ cosine, 5-fold stratified), the adjusted Rand index of k-means with the true num
 labels, the silhouette of the true labels (cosine) and, when contig lengths are known, the
 bins `kmervae bin` would make (default clusterer, default minimum bin size) counted at two
 quality levels in bases: near-complete (`nc_bins`: recall >= 0.9, purity >= 0.95) and
-medium (`mq_bins`: recall >= 0.5, purity >= 0.9). The same scores are computed on
+medium (`mq_bins`: recall >= 0.5, purity >= 0.9), with each bin's genome, purity and recall
+in the JSON's `bins` (as `kmervae bin` reports them). The same scores are computed on
 the same contigs for two baselines a binner would otherwise use: z-scored canonical
 4-mer log-frequencies (TNF, what VAMB-style binners start from) and PCA of all k-mer
 log-frequencies with the latent space's dimension. The log-frequencies come from the
@@ -36,9 +37,14 @@ SILHOUETTE_MAX = 5000
 
 
 def score(
-    x: np.ndarray, labels: np.ndarray | None, seed: int = 0, lengths: np.ndarray | None = None
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    seed: int = 0,
+    lengths: np.ndarray | None = None,
+    bin_report: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """The scores of one embedding (rows = contigs); bin counts too when `lengths` are given."""
+    """The scores of one embedding (rows = contigs); bin counts too when `lengths` are given,
+    and then the bins' own quality (per bin: genome, purity, recall) in `bin_report`."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, silhouette_score
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -66,8 +72,12 @@ def score(
     out["kmeans_ari"] = float(adjusted_rand_score(codes, clusters))
     out["silhouette"] = float(silhouette_score(x[sample], codes[sample], metric="cosine"))
     if lengths is not None:
+        from kmervae.apply.binning import bin_names, quality_report
+
         quality = bins.bin_quality(bins.cluster(x, lengths, seed=seed), labels, lengths)
         out["nc_bins"] = float(quality.near_complete)
+        if bin_report is not None:
+            bin_report.update(quality_report(quality, bin_names(len(quality.main)), len(labels)))
         out["mq_bins"] = float(quality.count(*bins.MEDIUM))
     return out
 
@@ -146,13 +156,16 @@ def evaluate(
     result: dict[str, Any] = {"contigs": int(len(ids)), "latent_dim": int(x.shape[1]), "labels": None, "scores": {}}
     if labels is not None:
         result["labels"] = int(len(set(labels)))
-    result["scores"]["vae"] = score(x, labels, seed, lengths)
+    if lengths is not None and labels is not None:
+        result["bins"] = {}  # per embedding: the bins `kmervae bin` would make and their quality
+    report = lambda name: result["bins"].setdefault(name, {}) if "bins" in result else None  # noqa: E731
+    result["scores"]["vae"] = score(x, labels, seed, lengths, report("vae"))
     done("scored the embedding")
     if labels is None:
         return result
     if features is not None:
         for name, values in baselines(features, ids, x.shape[1], seed).items():
-            result["scores"][name] = score(values, labels, seed, lengths)
+            result["scores"][name] = score(values, labels, seed, lengths, report(name))
             done(f"scored the baseline {name}")
     return result
 
