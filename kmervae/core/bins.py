@@ -52,9 +52,13 @@ MEDIUM = (0.5, 0.9)
 
 
 def readout(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (cosine geometry), float32."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+    """`metrics.readout` of numpy rows (unit length: cosine geometry), float32. Idempotent, so
+    embeddings that are readouts already (what `kmervae embed` writes) pass unchanged."""
+    import torch
+
+    from kmervae.core.metrics import readout as normalise
+
+    return normalise(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
 def nearest_neighbours(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
