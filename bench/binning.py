@@ -8,8 +8,9 @@ RECORD:START-END, labelled with their genome):
 
 For each dataset: the `recommended` preset trained on all its contigs with the local engine
 (binning is unsupervised: a binner trains on the assembly it bins, as VAMB does), its
-embeddings; z-scored TNF of the same contigs; both binned with kmervae's default clusterer
-(`kmervae.core.bins.cluster`, also `--method hdbscan` for both); VAMB 5 `bin default` with a
+embeddings; z-scored TNF and PCA-32 of all k-mer log-frequencies of the same contigs; all binned
+with kmervae's default clusterer (`kmervae.core.bins.cluster`, also `--method hdbscan`); VAMB 5
+`bin default` with a
 constant abundance (one sample, every contig 1.0: composition only) when --vamb-python names
 an interpreter with VAMB. Every bin set is scored by `kmervae.core.bins.bin_quality` with the
 same minimum bin size (200 kb), so the counts are comparable.
@@ -170,8 +171,9 @@ def quality(args: argparse.Namespace) -> None:
             f"kmervae `recommended`{' ' + ' '.join(args.set) if args.set else ''}": data.vectors[
                 [position[cid] for cid in ids]
             ],
-            "TNF z-scored": baselines(folder / "features", ids, 32)["tnf_zscore"],
         }
+        linear = baselines(folder / "features", ids, 32)
+        embeddings |= {"TNF z-scored": linear["tnf_zscore"], "PCA-32 of all k-mers": linear["pca32_kmers"]}
         print(f"# {dataset}: {len(ids):,} contigs, {int(lengths.sum()):,} bases", file=sys.stderr)
         for method in args.methods:
             for name, x in embeddings.items():
