@@ -119,14 +119,30 @@ def test_real_genomes_sample_is_exact(tmp_path, shared_genomes):
 def test_output_does_not_depend_on_workers(tmp_path, examples_dir):
     inputs = sorted(examples_dir.glob("*.fna.gz"))[:2]
     tables = []
-    for workers in (1, 2):
+    for workers in (1, 2, 4):  # 4: more workers than this machine's 2 cores
         out = tmp_path / f"w{workers}"
         featurize(
             inputs, out, FeaturizeSettings(fragment_length=3000, rows_per_file=150, row_group_size=50, workers=workers)
         )
         tables.append(pq.read_table(out))
         assert len(dataset_files(out).paths) > 2
-    assert tables[0].equals(tables[1])
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+
+
+def test_output_does_not_depend_on_the_input_compression(tmp_path, examples_dir):
+    with gzip.open(examples_dir / "Phage_Agate_metagenomic.fna.gz", "rt") as handle:
+        bases = "".join(handle.read().split("\n")[1:])
+    records = [("phage_a", bases[:60_000]), ("phage_b", bases[60_000:100_000].lower())]
+    tables = []
+    for suffix in ("", ".gz", ".bz2", ".xz", ".zst"):
+        path = write_fasta(tmp_path / f"in{suffix or '.plain'}.fa{suffix}", records, width=70)
+        featurize(
+            [path],
+            tmp_path / f"out{suffix}",
+            FeaturizeSettings(fragment_length=5000, rows_per_file=8, row_group_size=4),
+        )
+        tables.append(pq.read_table(tmp_path / f"out{suffix}"))
+    assert len(tables[0]) == 20 and all(table.equals(tables[0]) for table in tables[1:])
 
 
 def test_wide_counts_widen_the_whole_dataset(tmp_path):
