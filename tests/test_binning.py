@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from kmervae.apply.binning import bin_contigs
@@ -160,7 +161,19 @@ def test_bad_inputs_are_one_clear_error_and_leave_nothing(two_genomes, tmp_path)
         bin_contigs(moved, out, labels_from_features=two_genomes["features"])
     with pytest.raises(ConfigError, match="--min-bin-size must be >= 0"):
         bin_contigs(embeddings, out, min_bin_size=-1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved.parquet", "other.fna", "short.fna"]
+    with pytest.raises(ConfigError, match="--resolution must be > 0, got 0"):
+        bin_contigs(embeddings, out, resolution=0)
+    other_labels = tmp_path / "other.tsv"
+    other_labels.write_text("unrelated\tgenome\n")
+    with pytest.raises(InputError, match=r"other.tsv: labels none of the embedded contigs .* for this assembly\?"):
+        bin_contigs(embeddings, out, labels_tsv=other_labels)
+    old = tmp_path / "old.parquet"  # written before embed copied lengths
+    pq.write_table(pq.read_table(embeddings).drop_columns(["length", "gc"]), old)
+    with pytest.raises(InputError, match=r"has no 'length' column .* run 'kmervae embed' again, or give --fasta"):
+        bin_contigs(old, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "moved.parquet", "old.parquet", "other.fna", "other.tsv", "short.fna"
+    ]  # fmt: skip
     out.mkdir()
     with pytest.raises(OutputError, match="exists; choose another -o"):
         bin_contigs(embeddings, out)
