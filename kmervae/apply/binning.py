@@ -36,7 +36,7 @@ import numpy as np
 from kmervae.apply.embed import read_embeddings
 from kmervae.core import bins
 from kmervae.core.errors import ConfigError, InputError, OutputError
-from kmervae.core.feature_contract import FRAGMENT_ID
+from kmervae.core.feature_contract import fragment_contig_id, fragment_span
 
 UNBINNED_NAME = "unbinned"
 SUMMARY_JSON = "summary.json"
@@ -110,8 +110,8 @@ def read_labels_tsv(path: Path, ids: np.ndarray) -> np.ndarray:
     out = []
     for cid in ids:
         label = table.get(cid)
-        if label is None and (match := FRAGMENT_ID.match(cid)) is not None:
-            label = table.get(match["record"])
+        if label is None and (span := fragment_span(cid)) is not None:
+            label = table.get(span[0])
         out.append(label)
     labels = np.asarray(out, dtype=object)
     if all(label is None for label in labels):
@@ -155,14 +155,14 @@ def place_contigs(
         if cid in record_length:
             placements.append(Placement(cid, 0, None))
             size = record_length[cid]
-        elif (match := FRAGMENT_ID.match(cid)) is not None and match["record"] in record_length:
-            start, end = int(match["start"]) - 1, int(match["end"])
-            if end > record_length[match["record"]] or start >= end:
+        elif (span := fragment_span(cid)) is not None and span[0] in record_length:
+            record, start, end = span
+            if end > record_length[record] or start >= end:
                 raise InputError(
-                    f"contig '{cid}': bases {start + 1}-{end} lie beyond record '{match['record']}' "
-                    f"({record_length[match['record']]:,} bases) in --fasta; give the FASTA the features were made from"
+                    f"contig '{cid}': bases {start + 1}-{end} lie beyond record '{record}' "
+                    f"({record_length[record]:,} bases) in --fasta; give the FASTA the features were made from"
                 )
-            placements.append(Placement(match["record"], start, end))
+            placements.append(Placement(record, start, end))
             size = end - start
         else:
             missing.append(cid)
@@ -221,8 +221,7 @@ def write_fasta(
             for record in reader:
                 members = by_record.get(record.id, [])
                 targets = {int(codes[i]) for i in members}
-                whole = len(members) == 1 and placements[members[0]].end is None
-                if members and not whole and len(targets) > 1:  # in several bins, or partly unbinned
+                if len(targets) > 1:  # fragments in several bins, or partly unbinned
                     per_bin: dict[str, int] = defaultdict(int)
                     for i in members:
                         p = placements[i]
@@ -233,7 +232,10 @@ def write_fasta(
                         parts = [(record.id, record.sequence)]
                     else:
                         parts = [
-                            (ids_of(placements[i], record.id), record.sequence[placements[i].start : placements[i].end])
+                            (
+                                fragment_contig_id(record.id, placements[i].start, placements[i].end),
+                                record.sequence[placements[i].start : placements[i].end],
+                            )
                             for i in members
                             if codes[i] == code
                         ]
@@ -248,11 +250,6 @@ def write_fasta(
                 seen = reader.raw_bytes_read
     flush()
     return len(written), split
-
-
-def ids_of(placement: Placement, record: str) -> str:
-    """The FASTA header of a fragment written on its own: its contig id."""
-    return record if placement.end is None else f"{record}:{placement.start + 1}-{placement.end}"
 
 
 def wrap(sequence: bytes, width: int = 80) -> bytes:

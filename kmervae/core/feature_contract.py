@@ -61,11 +61,18 @@ def fragment_contig_id(record_id: str, start: int, end: int) -> str:
     return f"{record_id}:{start + 1}-{end}"
 
 
+def fragment_span(contig_id: str) -> tuple[str, int, int] | None:
+    """(record, start, end) of a fragment's contig id, 0-based with end exclusive: the inverse of
+    `fragment_contig_id`; None for an id without coordinates (an unfragmented record)."""
+    match = FRAGMENT_ID.match(contig_id)
+    return None if match is None else (match["record"], int(match["start"]) - 1, int(match["end"]))
+
+
 def parse_fragment(contig_id: str) -> tuple[str, int] | None:
     """(record, 1-based start) of a fragment's contig id; None for an id without coordinates
     (an unfragmented record). Fragments of one record are must-links: same genome, other bases."""
-    match = FRAGMENT_ID.match(contig_id)
-    return None if match is None else (match["record"], int(match["start"]))
+    span = fragment_span(contig_id)
+    return None if span is None else (span[0], span[1] + 1)
 
 
 def part_name(index: int) -> str:
