@@ -110,24 +110,19 @@ def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int 
     return {"tnf_zscore": tnf, f"pca{dim}_kmers": pca}
 
 
-def labels_from(features: str | Path, contig_ids: np.ndarray) -> np.ndarray:
-    """Labels of `contig_ids` read from a feature dataset."""
+def labels_from(features: str | Path, contig_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (None where absent) and lengths (0 where absent) of `contig_ids`, read once from a
+    feature dataset."""
     from kmervae.core.feature_table import FeatureTable
 
     table = FeatureTable.from_parquet(features)
     if table.labels is None:
         raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
-    lookup = dict(zip(table.contig_ids, table.labels, strict=True))
-    return np.array([lookup.get(cid) for cid in contig_ids], dtype=object)
-
-
-def lengths_from(features: str | Path, contig_ids: np.ndarray) -> np.ndarray:
-    """Lengths of `contig_ids` read from a feature dataset."""
-    from kmervae.core.feature_table import FeatureTable
-
-    table = FeatureTable.from_parquet(features)
-    lookup = dict(zip(table.contig_ids, table.length, strict=True))
-    return np.array([lookup.get(cid, 0) for cid in contig_ids], dtype=np.int64)
+    row = {cid: i for i, cid in enumerate(table.contig_ids)}
+    rows = [row.get(cid) for cid in contig_ids]
+    labels = np.array([None if i is None else table.labels[i] for i in rows], dtype=object)
+    lengths = np.array([0 if i is None else table.length[i] for i in rows], dtype=np.int64)
+    return labels, lengths
 
 
 def evaluate(
@@ -145,9 +140,9 @@ def evaluate(
 
     ids, x, labels, lengths, _ = read_embeddings(embeddings)
     if features is not None:
-        labels = labels_from(features, ids)
+        labels, feature_lengths = labels_from(features, ids)
         if lengths is None:  # embeddings written before embed copied the lengths
-            lengths = lengths_from(features, ids)
+            lengths = feature_lengths
     if labels is not None:
         known = np.array([v is not None for v in labels])
         ids, x, labels = ids[known], x[known], labels[known]
