@@ -1,7 +1,7 @@
 """Cut records into contigs and group contigs into batches, one batch per output file.
 
-A batch carries only the bases it needs (a slice of each record), so a batch can be
-shipped to a worker process cheaply, and a huge record is spread over several batches.
+A batch carries only the bases of its contigs (slices of the blocks' buffers), and a
+huge record is spread over several batches.
 Batch boundaries depend only on the input and the settings, never on the number of
 workers, so the output is the same for any `--workers`.
 """
@@ -12,16 +12,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_pipeline.fasta import FastaRecord
+from data_pipeline.fasta_blocks import RecordBlock
 from kmervae.core.feature_contract import fragment_contig_id
 
 
+def fragments(lengths: np.ndarray, fragment_length: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-overlapping fragments of records of `lengths`: (record, start, end) of each, in
+    order, offsets within the record; one contig per record when not fragmenting (an empty
+    record gives one empty contig, which the length filter counts)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if fragment_length is None:
+        return np.arange(len(lengths)), np.zeros(len(lengths), dtype=np.int64), lengths
+    per_record = np.maximum(-(-lengths // fragment_length), 1)
+    record = np.repeat(np.arange(len(lengths)), per_record)
+    first = np.cumsum(per_record) - per_record
+    starts = (np.arange(len(record)) - first[record]) * fragment_length
+    return record, starts, np.minimum(starts + fragment_length, lengths[record])
+
+
 def fragment_bounds(length: int, fragment_length: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end offsets of the non-overlapping fragments of a record (one if not fragmenting)."""
-    if fragment_length is None or length == 0:
-        return np.array([0], dtype=np.int64), np.array([length], dtype=np.int64)
-    starts = np.arange(0, length, fragment_length, dtype=np.int64)
-    return starts, np.minimum(starts + fragment_length, length)
+    """Start and end offsets of the non-overlapping fragments of one record."""
+    _, starts, ends = fragments(np.array([length]), fragment_length)
+    return starts, ends
 
 
 def contig_id(record_id: str, start: int, end: int, fragmented: bool) -> str:
@@ -34,26 +46,33 @@ class Batch:
     """Contigs bound for one output file: their bases, bounds, ids and labels."""
 
     index: int
-    pieces: list[np.ndarray] = field(default_factory=list)  # uint8 slices of records
+    pieces: list[np.ndarray] = field(default_factory=list)  # uint8 runs of bases, each holding whole contigs
     starts: list[int] = field(default_factory=list)  # contig bounds in the joined pieces
     ends: list[int] = field(default_factory=list)
     contig_ids: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
-    bases: int = 0
+    bases: int = 0  # bases of its contigs
+    _joined: int = 0  # length of the joined pieces
 
     def __len__(self) -> int:
         return len(self.contig_ids)
 
-    def add(self, sequence: np.ndarray, bounds: list[tuple[int, int]], ids: list[str], label: str | None) -> None:
-        """Add contigs lying in `sequence` at `bounds` (offsets into it)."""
-        lo, hi = bounds[0][0], bounds[-1][1]
-        for start, end in bounds:
-            self.starts.append(self.bases + start - lo)
-            self.ends.append(self.bases + end - lo)
-        self.pieces.append(sequence[lo:hi])
+    def add(self, seq: np.ndarray, starts: np.ndarray, ends: np.ndarray, ids: list[str], labels: list) -> None:
+        """Add contigs lying in `seq` at `starts`/`ends` (in order, not overlapping). Each run of
+        adjacent contigs becomes one piece, so the bases of skipped contigs between them are left out."""
+        cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        run_lo = starts[np.r_[0, cut]]
+        run_hi = ends[np.r_[cut - 1, len(ends) - 1]]
+        run_size = run_hi - run_lo
+        run_of = np.repeat(np.arange(len(cut) + 1), np.diff(np.r_[0, cut, len(starts)]))
+        shift = (self._joined + np.cumsum(run_size) - run_size - run_lo)[run_of]
+        self.starts.extend((starts + shift).tolist())
+        self.ends.extend((ends + shift).tolist())
+        self.pieces.extend(seq[lo:hi] for lo, hi in zip(run_lo.tolist(), run_hi.tolist(), strict=True))
         self.contig_ids.extend(ids)
-        self.labels.extend([label] * len(ids))
-        self.bases += hi - lo
+        self.labels.extend(labels)
+        self.bases += int((ends - starts).sum())
+        self._joined += int(run_size.sum())
 
     def joined(self) -> np.ndarray:
         """All bases of the batch in one buffer (what the counting kernel reads)."""
@@ -78,7 +97,11 @@ class SkipCounts:
 
 
 class Batcher:
-    """Turns records into full batches of at most `rows` contigs or `max_bases` bases."""
+    """Turns blocks of records into full batches of at most `rows` contigs or `max_bases` bases.
+
+    Contigs fill a batch in input order; a batch closes when it holds `rows` contigs or
+    `max_bases` bases, so the boundaries depend on the input alone.
+    """
 
     def __init__(self, fragment_length: int | None, min_length: int, rows: int, max_bases: int = 64_000_000):
         self.fragment_length = fragment_length
@@ -87,35 +110,49 @@ class Batcher:
         self.max_bases = max_bases
         self.skipped = SkipCounts()
         self.too_short_ids: list[str] = []  # for --strict messages (first few only)
+        self.first_too_short_record: int | None = None  # index in the last block, for --strict
         self._current = Batch(0)
 
-    def add(self, record: FastaRecord, label: str | None) -> list[Batch]:
-        """Add a record's contigs; return the batches it completed."""
-        starts, ends = fragment_bounds(len(record.sequence), self.fragment_length)
+    def add(self, block: RecordBlock, labels: list[str | None]) -> list[Batch]:
+        """Add the contigs of a block's records (`labels`: one per record); return the batches completed."""
+        record, lo, hi = fragments(np.diff(block.bounds), self.fragment_length)
         fragmented = self.fragment_length is not None
-        keep = (ends - starts) >= max(self.min_length, 1)
+        keep = (hi - lo) >= max(self.min_length, 1)
+        self.first_too_short_record = None
         if not keep.all():
-            short = ~keep
-            self.skipped.too_short += int(short.sum())
-            self.skipped.too_short_bases += int((ends - starts)[short].sum())
-            if len(self.too_short_ids) < 3:
-                s, e = int(starts[short][0]), int(ends[short][0])
-                self.too_short_ids.append(contig_id(record.id, s, e, fragmented))
+            short = np.flatnonzero(~keep)
+            self.skipped.too_short += len(short)
+            self.skipped.too_short_bases += int((hi - lo)[short].sum())
+            self.first_too_short_record = int(record[short[0]])
+            for i in short[: 3 - len(self.too_short_ids)]:
+                self.too_short_ids.append(contig_id(block.ids[record[i]], int(lo[i]), int(hi[i]), fragmented))
+            record, lo, hi = record[keep], lo[keep], hi[keep]
+        starts = block.bounds[record] + lo
+        ends = block.bounds[record] + hi
+        names = block.ids
+        if fragmented:
+            spans = zip(record.tolist(), lo.tolist(), hi.tolist(), strict=True)
+            ids = [fragment_contig_id(names[r], s, e) for r, s, e in spans]
+        else:
+            ids = [names[r] for r in record.tolist()]
+        contig_labels = [labels[r] for r in record.tolist()]
+        # bases before each contig, to find where the base budget closes a batch
+        before = np.zeros(len(starts) + 1, dtype=np.int64)
+        np.cumsum(ends - starts, out=before[1:])
         done = []
-        pending = [(int(s), int(e)) for s, e in zip(starts[keep], ends[keep], strict=True)]
-        while pending:
-            room = self.rows - len(self._current)
-            base_room = max(self.max_bases - self._current.bases, 1)
-            take, taken_bases = 0, 0
-            while take < min(room, len(pending)) and (take == 0 or taken_bases < base_room):
-                taken_bases += pending[take][1] - pending[take][0]
-                take += 1
-            chunk, pending = pending[:take], pending[take:]
-            ids = [contig_id(record.id, s, e, fragmented) for s, e in chunk]
-            self._current.add(record.sequence, chunk, ids, label)
-            if len(self._current) >= self.rows or self._current.bases >= self.max_bases:
-                done.append(self._current)
-                self._current = Batch(self._current.index + 1)
+        i = 0
+        while i < len(starts):
+            batch = self._current
+            take = min(self.rows - len(batch), len(starts) - i)
+            # the first contig that brings the batch to max_bases is its last
+            full = int(np.searchsorted(before, self.max_bases - batch.bases + before[i], side="left"))
+            take = min(take, max(full - i, 1))
+            j = i + take
+            batch.add(block.seq, starts[i:j], ends[i:j], ids[i:j], contig_labels[i:j])
+            i = j
+            if len(batch) >= self.rows or batch.bases >= self.max_bases:
+                done.append(batch)
+                self._current = Batch(batch.index + 1)
         return done
 
     def finish(self) -> list[Batch]:

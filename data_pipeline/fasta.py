@@ -31,7 +31,7 @@ COMPRESSION_SUFFIXES = (".gz", ".bgz", ".bz2", ".xz", ".zst")
 
 # What decompressors raise on corrupt or truncated input (isal and zstandard raise
 # subclasses of these or OSError).
-_DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError, OSError)
+DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def check_readable(path: Path) -> None:
         raise InputNotFoundError(f"{path}: not readable (check its permissions)")
 
 
-def _sniff_compression(raw: BinaryIO) -> str | None:
+def sniff_compression(raw: BinaryIO) -> str | None:
     head = raw.read(8)
     raw.seek(0)
     for magic, fmt in _MAGIC.items():
@@ -93,7 +93,7 @@ class FastaReader:
     def __iter__(self) -> Iterator[FastaRecord]:
         with open(self.path, "rb") as raw:
             self._raw = raw
-            compression = _sniff_compression(raw)
+            compression = sniff_compression(raw)
             index = -1
             utf8 = False
             try:
@@ -119,7 +119,7 @@ class FastaReader:
                     f"{self.path}: binary or non-ASCII data after {index + 1} good record(s); "
                     "FASTA must be ASCII text (is this a FASTA file?)"
                 ) from None
-            except _DECOMPRESSION_ERRORS as err:
+            except DECOMPRESSION_ERRORS as err:
                 what = f"{compression} data" if compression else "file"
                 raise InputError(
                     f"{self.path}: corrupt or truncated {what} after {index + 1} good record(s) ({err}); "
@@ -136,7 +136,7 @@ class FastaReader:
         try:
             with xopen.xopen(self.path, "rb", threads=0, format=compression) as stream:
                 stream.read(1 << 16)
-        except _DECOMPRESSION_ERRORS as err:
+        except DECOMPRESSION_ERRORS as err:
             raise InputError(
                 f"{self.path}: corrupt or truncated {compression} data at the start ({err}); "
                 "re-download or re-compress it"
@@ -207,7 +207,7 @@ def _strip_dnaio_prefix(err: Exception) -> str:
 
 def _lines(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as raw:
-        compression = _sniff_compression(raw)
+        compression = sniff_compression(raw)
         with xopen.xopen(raw, "rb", threads=0, format=compression) if compression else raw as handle:
             yield from handle
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,7 @@ COUNT_CHUNK = 256
 """Contigs counted per kernel call: small enough that the reused count buffers (8 MB)
 stay warm in memory, large enough that per-call overhead vanishes."""
 
-_counter: KmerCounter | None = None  # one per process: its buffers are reused across batches
+_local = threading.local()  # one KmerCounter per worker thread: its buffers are reused across batches
 
 
 @dataclass
@@ -68,9 +69,9 @@ class PartResult:
 
 def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool) -> PartResult:
     """Count the contigs of `batch` and write them to `directory/part-NNNNN.parquet`."""
-    global _counter
-    if _counter is None:
-        _counter = KmerCounter(COUNT_CHUNK)
+    counter = getattr(_local, "counter", None)
+    if counter is None:
+        counter = _local.counter = KmerCounter(COUNT_CHUNK)
     seq = batch.joined()
     starts = np.asarray(batch.starts, dtype=np.int64)
     ends = np.asarray(batch.ends, dtype=np.int64)
@@ -81,7 +82,7 @@ def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool)
     no_window_ids: list[str] = []
     for lo in range(0, len(starts), COUNT_CHUNK):
         hi = min(lo + COUNT_CHUNK, len(starts))
-        counts = _counter.count(seq, starts[lo:hi], ends[lo:hi])
+        counts = counter.count(seq, starts[lo:hi], ends[lo:hi])
         # A contig with no window of 7 unambiguous bases has no 7-mer profile (0/0 frequencies).
         keep = counts.kmer7.any(axis=1)
         if not keep.all():

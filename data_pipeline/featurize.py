@@ -1,40 +1,37 @@
 """FASTA files -> feature parquet dataset: read, validate, fragment, count, write; in parallel.
 
-The main process reads and validates records and cuts them into batches; workers count
-and write one parquet file per batch. Reading (dnaio + decompression, ~200 Mbp/s) is
-cheaper than counting + writing, so one reader keeps several workers busy. At most two
-batches per worker are in flight, which bounds memory whatever the input size.
+One process: the main thread reads the files in blocks of records (a compiled scan that
+validates the bases as it copies them, about 1 GB/s) and cuts them into batches; worker
+threads count and write one parquet file per batch. The counting kernel and parquet's
+compression release the GIL, so threads use every core without the start-up and copies
+of worker processes (bench/RESULTS.md). At most two batches per worker are in flight,
+which bounds memory whatever the input size.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from data_pipeline.contigs import Batch, Batcher, SkipCounts
-from data_pipeline.fasta import FastaReader, check_readable, record_line
+from data_pipeline.fasta import check_readable, record_line
+from data_pipeline.fasta_blocks import read_blocks
 from data_pipeline.feature_writer import PartResult, StagedDataset, write_part
 from data_pipeline.labels import Labels
 from kmervae import __version__
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.feature_contract import SCHEMA_VERSION
 
-AUTO_WORKERS_MIN_BYTES = 16 * 2**20
-"""Inputs smaller than this are featurized in-process: starting workers costs more than it saves."""
 
-
-def default_workers(total_input_bytes: int) -> int:
-    """One worker for small inputs, otherwise one per available core (at most 8)."""
-    if total_input_bytes < AUTO_WORKERS_MIN_BYTES:
-        return 1
+def default_workers() -> int:
+    """One worker thread per available core, at most 8."""
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
@@ -51,7 +48,7 @@ class FeaturizeSettings:
     row_group_size: int = 1024
     """Contigs per row group (about 3 MB for 5 kb contigs)."""
     workers: int | None = None
-    """Worker processes; None picks by input size (`default_workers`)."""
+    """Counting and writing threads; None: one per core (`default_workers`)."""
     strict: bool = False
     """Turn skipped contigs into errors."""
     overwrite: bool = False
@@ -119,18 +116,6 @@ class FeaturizeSummary:
         return out
 
 
-class _InlineExecutor:
-    """Runs submitted work at once in this process (workers=1: no start-up cost, simple tracebacks)."""
-
-    def submit(self, fn: Callable, *args) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        pass
-
-
 def featurize(
     inputs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -149,15 +134,11 @@ def featurize(
         raise ConfigError("the same input file is given twice")
     labels = labels or Labels()
     total_bytes = sum(p.stat().st_size for p in paths)
-    workers = settings.workers or default_workers(total_bytes)
+    workers = settings.workers or default_workers()
     summary = FeaturizeSummary(out_dir=str(Path(out_dir).absolute()), workers=workers)
     stage = StagedDataset(out_dir, settings.overwrite)
     summary.stale_removed = stage.removed_stale
-    executor = (
-        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        if workers > 1
-        else _InlineExecutor()
-    )
+    executor = ThreadPoolExecutor(workers, thread_name_prefix="featurize")
     pending: list[Future] = []
     results: list[PartResult] = []
     bar = tqdm(
@@ -172,32 +153,40 @@ def featurize(
 
     try:
         batcher = Batcher(settings.fragment_length, settings.min_length, settings.rows_per_file)
-        seen: dict[str, tuple[Path, int]] = {}
+        seen: dict[str, int] = {}  # record id -> the input file it came from
         done_bytes = 0
-        for path in paths:
-            reader = FastaReader(path)
-            for record in reader:
-                first = seen.setdefault(record.id, (path, record.index))
-                if first != (path, record.index):
-                    line = record_line(path, record.index)
-                    where = "earlier in this file" if first[0] == path else f"in {first[0]}"
+        for number, path in enumerate(paths):
+
+            def advance(raw_bytes: int, done_bytes: int = done_bytes) -> None:
+                bar.update(done_bytes + raw_bytes - bar.n)
+                bar.set_postfix_str(f"{summary.record_bases / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.0f} Mbp/s")
+
+            for block in read_blocks(path, advance):
+                ids = dict.fromkeys(block.ids, number)
+                duplicate = None
+                if len(ids) != len(block) or not seen.keys().isdisjoint(ids):
+                    duplicate = _first_duplicate(block.ids, seen)
+                summary.records += len(block)
+                summary.record_bases += block.bases
+                batches = batcher.add(block, labels.for_records(path, block.ids))
+                short = batcher.first_too_short_record if settings.strict else None
+                # the error of the record that comes first, as when records were read one by one
+                if duplicate is not None and (short is None or duplicate <= short):
+                    rid = block.ids[duplicate]
+                    line = record_line(path, block.first_index + duplicate)
+                    first = paths[seen.get(rid, number)]
+                    where = "earlier in this file" if first == path else f"in {first}"
                     raise InputError(
-                        f"{path}: line {line}: duplicate record id '{record.id}' (also {where}); ids must be unique"
+                        f"{path}: line {line}: duplicate record id '{rid}' (also {where}); ids must be unique"
                     )
-                label = labels.label(path, record.id)
-                summary.records += 1
-                summary.record_bases += len(record.sequence)
-                skipped_before = batcher.skipped.too_short
-                batches = batcher.add(record, label)
-                if settings.strict and batcher.skipped.too_short > skipped_before:
+                if short is not None:
                     raise InputError(
                         f"{path}: contig '{batcher.too_short_ids[-1]}' is shorter than --min-length "
                         f"({settings.min_length}); lower --min-length or run without --strict to skip it"
                     )
+                seen.update(ids)
                 submit(batches)
-                bar.update(done_bytes + reader.raw_bytes_read - bar.n)
-                bar.set_postfix_str(f"{summary.record_bases / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.0f} Mbp/s")
-            done_bytes += reader.size
+            done_bytes += path.stat().st_size
             summary.files_read += 1
         submit(batcher.finish())
         results.extend(f.result() for f in pending)
@@ -229,6 +218,16 @@ def featurize(
     summary.output_bytes = sum(p.stat().st_size for p in Path(out_dir).iterdir())
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _first_duplicate(ids: list[str], seen: dict[str, int]) -> int:
+    """Position in `ids` of the first id seen before (earlier in `ids` or in `seen`)."""
+    here: set[str] = set()
+    for i, rid in enumerate(ids):
+        if rid in seen or rid in here:
+            return i
+        here.add(rid)
+    raise AssertionError("no duplicate id")
 
 
 def _no_bar(progress: bool | None) -> bool | None:

@@ -21,16 +21,15 @@ class Labels:
     source: str = ""
     _used: set[str] = field(default_factory=set)
 
-    def label(self, path: Path, record_id: str) -> str | None:
-        """The label of a record, or None when it has none."""
+    def for_records(self, path: Path, record_ids: list[str]) -> list[str | None]:
+        """The labels of a file's records, in order."""
         if self.from_filename:
-            return file_stem(path)
+            return [file_stem(path)] * len(record_ids)
         if self.table is not None:
-            label = self.table.get(record_id)
-            if label is not None:
-                self._used.add(record_id)
-            return label
-        return None
+            labels = [self.table.get(rid) for rid in record_ids]
+            self._used.update(rid for rid, label in zip(record_ids, labels, strict=True) if label is not None)
+            return labels
+        return [None] * len(record_ids)
 
     @property
     def unused(self) -> int:

@@ -65,7 +65,7 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="worker processes (default: 1 for inputs under 16 MiB, else one per core)",
+        help="threads that count and write (default: one per core, at most 8)",
     )
     p.add_argument("--rows-per-file", type=int, default=4096, help="contigs per parquet file")
     p.add_argument("--row-group-size", type=int, default=1024, help="contigs per parquet row group")

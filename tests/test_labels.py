@@ -11,14 +11,14 @@ from kmervae.core.errors import InputError, InputNotFoundError
 
 
 def test_label_from_filename():
-    assert Labels(from_filename=True).label(Path("/x/E_coli.fna.gz"), "chr") == "E_coli"
-    assert Labels().label(Path("a.fa"), "chr") is None
+    assert Labels(from_filename=True).for_records(Path("/x/E_coli.fna.gz"), ["chr", "plasmid"]) == ["E_coli"] * 2
+    assert Labels().for_records(Path("a.fa"), ["chr"]) == [None]
 
 
 def test_tsv_with_header_comments_and_extra_columns(tmp_path, shared_genomes):
     labels = Labels.from_tsv(shared_genomes / "labels.tsv")
-    assert labels.label(Path("any.fa"), "Chlamydia_trachomatis|CHLTCG") == "Chlamydia_trachomatis"
-    assert labels.label(Path("any.fa"), "unknown") is None
+    found = labels.for_records(Path("any.fa"), ["Chlamydia_trachomatis|CHLTCG", "unknown"])
+    assert found == ["Chlamydia_trachomatis", None]
     assert labels.unused == 15  # 16 entries, one used
 
 

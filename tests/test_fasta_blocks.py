@@ -1,0 +1,126 @@
+"""Records in blocks: the compiled scanner and FastaReader give the same records and errors.
+
+The scanner reads the plain dialect and hands any other record, with the rest of its file,
+to FastaReader; each case runs with a tiny buffer too, so records cross reads and a record
+longer than the buffer makes it grow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_pipeline import fasta_blocks
+from data_pipeline.fasta import FastaReader
+from data_pipeline.fasta_blocks import read_blocks
+from kmervae.core.errors import InputError
+from tests.conftest import write_bytes, write_fasta
+
+SEQ = "ACGTTGCAAC" * 30
+
+READABLE = [
+    ("plain.fa", b">a desc\n" + SEQ.encode() + b"\n>b\nACGT\nac\n"),
+    ("crlf-blank-lines.fa", b">a x\r\nACGT\r\n\r\nacgn\r\n>b\r\nTT\r\n"),
+    ("blank-lines-first.fa", b"\n\n>a\nACGT\n"),
+    ("cr-inside-a-line.fa", b">a\nAC\rGT\n"),
+    ("empty-record.fa", b">a\n>b\nACGT\n>c"),
+    ("no-final-newline.fa", b">a\nACGT"),
+    ("id-after-spaces.fa", b">  \x1ca b\nACGT\n"),
+    ("iupac-rna.fa", b">a\nNRYKMSWBDHVnrykmswbdhvUu\n"),
+    ("fastq.fq", b"@r1 x\nACGT\n+\nIIII\n@r2\nGG\n+\nII\n"),
+    ("utf8-second.fa", b">a\n" + SEQ.encode() + "\n>ctg_\u00fc1 d\nACGT\n>c\nGG\n".encode()),
+    ("trailing-spaces-later.fa", b">a\n" + SEQ.encode() + b"\n>b\nACGT  \n>c\nGG\n"),
+    ("blank-line-of-tabs.fa", b">a\nACGT\n\t\n>b\nC\n"),
+]
+
+REFUSED = [
+    ("empty.fa", b""),
+    ("only-newlines.fa", b"\n\n"),
+    ("semicolon.fa", b";comment\n>a\nACGT\n"),
+    ("empty-id.fa", b">a\nACGT\n>\nACGT\n"),
+    ("bad-base-later.fa", b">a\n" + SEQ.encode() + b"\n>b\nACGT\nACXT\n"),
+    ("gt-inside.fa", b">a\nAC>GT\n"),
+    ("space-inside.fa", b">a\nAC GT\n"),
+    ("binary-after.fa", b">a\nACGT\n>b\n" + bytes(range(128, 256))),
+]
+
+
+def exact(path: Path) -> list[tuple[str, bytes]]:
+    return [(r.id, r.sequence.tobytes()) for r in FastaReader(path)]
+
+
+def in_blocks(path: Path) -> list[tuple[str, bytes]]:
+    out = []
+    index = 0
+    for block in read_blocks(path):
+        assert block.first_index == index  # records are numbered across readers
+        index += len(block)
+        for i, rid in enumerate(block.ids):
+            out.append((rid, block.seq[block.bounds[i] : block.bounds[i + 1]].tobytes()))
+    return out
+
+
+@pytest.fixture(params=[fasta_blocks.BLOCK_BYTES, 16], ids=["block", "tiny-buffer"])
+def block_bytes(request, monkeypatch):
+    monkeypatch.setattr(fasta_blocks, "BLOCK_BYTES", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("name, data", READABLE, ids=[c[0] for c in READABLE])
+def test_the_same_records_as_fasta_reader(tmp_path, block_bytes, name, data):
+    path = write_bytes(tmp_path / name, data)
+    records = exact(path)
+    assert records and in_blocks(path) == records
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz", ".bz2", ".xz", ".zst"])
+def test_compressed_files_are_scanned(tmp_path, block_bytes, suffix):
+    records = [(f"r{i} d", SEQ[i:] * (i + 1)) for i in range(20)]
+    path = write_fasta(tmp_path / f"in.fa{suffix}", records, width=17)
+    assert in_blocks(path) == [(h.split()[0], s.encode()) for h, s in records]
+
+
+@pytest.mark.parametrize("name, data", REFUSED, ids=[c[0] for c in REFUSED])
+def test_the_same_error_as_fasta_reader(tmp_path, block_bytes, name, data):
+    path = write_bytes(tmp_path / name, data)
+    with pytest.raises(InputError) as expected:
+        exact(path)
+    with pytest.raises(InputError) as got:
+        in_blocks(path)
+    assert str(got.value) == str(expected.value)
+
+
+def test_a_truncated_gzip_gives_the_records_before_and_the_error(tmp_path, block_bytes):
+    data = write_fasta(tmp_path / "whole.fa.gz", [(f"r{i}", SEQ * 50) for i in range(40)]).read_bytes()
+    path = tmp_path / "cut.fa.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as expected:
+        exact(path)
+    with pytest.raises(InputError) as got:
+        in_blocks(path)
+    assert str(got.value) == str(expected.value) and "corrupt or truncated gz data" in str(got.value)
+
+
+def test_a_real_genome_in_small_blocks(shared_genomes, monkeypatch):
+    path = shared_genomes / "Helicobacter_pylori_G27.fna.gz"
+    monkeypatch.setattr(fasta_blocks, "BLOCK_BYTES", 100_000)  # the chromosome (1.65 Mbp) grows the buffer
+    assert in_blocks(path) == exact(path)
+
+
+def test_progress_reaches_the_file_size(tmp_path):
+    path = write_fasta(tmp_path / "in.fa.gz", [(f"r{i}", SEQ) for i in range(5)])
+    seen: list[int] = []
+    list(read_blocks(path, seen.append))
+    assert seen and seen == sorted(seen) and seen[-1] == path.stat().st_size
+
+
+@pytest.mark.parametrize("name", ["plain.fa", "crlf-blank-lines.fa", "empty-record.fa", "iupac-rna.fa"])
+def test_the_plain_dialect_never_reaches_fasta_reader(tmp_path, monkeypatch, name):
+    path = write_bytes(tmp_path / f"{name}.gz", dict(READABLE)[name])
+    handed: list[int] = []
+    monkeypatch.setattr(fasta_blocks, "_exact_blocks", lambda reader, skip, *_: handed.append(skip) or iter(()))
+    records = in_blocks(path)
+    assert handed == [] and records == exact(path)
+    in_blocks(write_bytes(tmp_path / "reads.fq", dict(READABLE)["fastq.fq"]))
+    assert handed == [0]  # FASTQ is FastaReader's from its first record
