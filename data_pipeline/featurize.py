@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from data_pipeline.contigs import Batch, Batcher, SkipCounts
 from data_pipeline.fasta import check_readable, record_line
-from data_pipeline.fasta_blocks import read_blocks
+from data_pipeline.fasta_blocks import load_scanner, read_files
 from data_pipeline.feature_writer import PartResult, StagedDataset, write_part
+from data_pipeline.kmer_counter import count_sequence
 from data_pipeline.labels import Labels
 from kmervae import __version__
 from kmervae.core.errors import ConfigError, InputError
@@ -154,40 +155,38 @@ def featurize(
     try:
         batcher = Batcher(settings.fragment_length, settings.min_length, settings.rows_per_file)
         seen: dict[str, int] = {}  # record id -> the input file it came from
-        done_bytes = 0
-        for number, path in enumerate(paths):
-
-            def advance(raw_bytes: int, done_bytes: int = done_bytes) -> None:
-                bar.update(done_bytes + raw_bytes - bar.n)
-                bar.set_postfix_str(f"{summary.record_bases / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.0f} Mbp/s")
-
-            for block in read_blocks(path, advance):
-                ids = dict.fromkeys(block.ids, number)
-                duplicate = None
-                if len(ids) != len(block) or not seen.keys().isdisjoint(ids):
-                    duplicate = _first_duplicate(block.ids, seen)
-                summary.records += len(block)
-                summary.record_bases += block.bases
-                batches = batcher.add(block, labels.for_records(path, block.ids))
-                short = batcher.first_too_short_record if settings.strict else None
-                # the error of the record that comes first, as when records were read one by one
-                if duplicate is not None and (short is None or duplicate <= short):
-                    rid = block.ids[duplicate]
-                    line = record_line(path, block.first_index + duplicate)
-                    first = paths[seen.get(rid, number)]
-                    where = "earlier in this file" if first == path else f"in {first}"
-                    raise InputError(
-                        f"{path}: line {line}: duplicate record id '{rid}' (also {where}); ids must be unique"
-                    )
-                if short is not None:
-                    raise InputError(
-                        f"{path}: contig '{batcher.too_short_ids[-1]}' is shorter than --min-length "
-                        f"({settings.min_length}); lower --min-length or run without --strict to skip it"
-                    )
-                seen.update(ids)
-                submit(batches)
-            done_bytes += path.stat().st_size
-            summary.files_read += 1
+        done_bytes = 0  # of the files read to the end
+        current = 0
+        for number, block in read_files(paths):
+            if number != current:
+                done_bytes += sum(p.stat().st_size for p in paths[current:number])
+                current = number
+            path = paths[number]
+            ids = dict.fromkeys(block.ids, number)
+            duplicate = None
+            if len(ids) != len(block) or not seen.keys().isdisjoint(ids):
+                duplicate = _first_duplicate(block.ids, seen)
+            summary.records += len(block)
+            summary.record_bases += block.bases
+            batches = batcher.add(block, labels.for_records(path, block.ids))
+            short = batcher.first_too_short_record if settings.strict else None
+            # the error of the record that comes first, as when records were read one by one
+            if duplicate is not None and (short is None or duplicate <= short):
+                rid = block.ids[duplicate]
+                line = record_line(path, block.first_index + duplicate)
+                first = paths[seen.get(rid, number)]
+                where = "earlier in this file" if first == path else f"in {first}"
+                raise InputError(f"{path}: line {line}: duplicate record id '{rid}' (also {where}); ids must be unique")
+            if short is not None:
+                raise InputError(
+                    f"{path}: contig '{batcher.too_short_ids[-1]}' is shorter than --min-length "
+                    f"({settings.min_length}); lower --min-length or run without --strict to skip it"
+                )
+            seen.update(ids)
+            submit(batches)
+            bar.update(done_bytes + block.raw_end - bar.n)
+            bar.set_postfix_str(f"{summary.record_bases / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.0f} Mbp/s")
+        summary.files_read = len(paths)
         submit(batcher.finish())
         results.extend(f.result() for f in pending)
         pending.clear()
@@ -218,6 +217,12 @@ def featurize(
     summary.output_bytes = sum(p.stat().st_size for p in Path(out_dir).iterdir())
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def load_kernels() -> None:
+    """Load the compiled scanner and counter now (numba reads them from its cache: about 0.1 s)."""
+    count_sequence("ACGTACG")
+    load_scanner()
 
 
 def _first_duplicate(ids: list[str], seen: dict[str, int]) -> int:

@@ -10,6 +10,9 @@ so a window containing any other character is skipped for every k.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numba
@@ -140,6 +143,27 @@ class KmerCounter:
             acgt,
         )
         return KmerCounts(out[7], out[4], out[3], gc, acgt)
+
+
+@contextmanager
+def without_blas_and_cffi() -> Iterator[None]:
+    """Load numba's compiled kernels inside this to keep numba from importing scipy.linalg and cffi.
+
+    The first kernel a process loads sets up numba's CPU target, which imports scipy.linalg
+    (to find a BLAS for np.dot) and cffi: 0.14 s of the 0.6 s start-up of `kmervae featurize`,
+    for features these kernels never use (bench/RESULTS.md). For a process that runs the
+    featurizer alone, as the CLI does: numba has no BLAS in it afterwards. Modules already
+    imported are left alone, and both import normally again after the block.
+    """
+    blocked = [name for name in ("scipy.linalg", "cffi") if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # importing it raises ImportError
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def count_sequence(sequence: str | bytes) -> KmerCounts:

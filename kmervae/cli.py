@@ -76,8 +76,13 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_featurize(args: argparse.Namespace) -> int:
-    from data_pipeline.featurize import FeaturizeSettings, featurize
-    from data_pipeline.labels import Labels
+    from data_pipeline.kmer_counter import without_blas_and_cffi
+
+    with without_blas_and_cffi():  # this process runs the featurizer alone
+        from data_pipeline.featurize import FeaturizeSettings, featurize, load_kernels
+        from data_pipeline.labels import Labels
+
+        load_kernels()
 
     settings = FeaturizeSettings(
         fragment_length=args.fragment_length,

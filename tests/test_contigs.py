@@ -14,7 +14,7 @@ from kmervae.core.feature_contract import parse_fragment
 def block(*records: tuple[str, str], first: int = 0) -> RecordBlock:
     bounds = np.cumsum([0, *(len(seq) for _, seq in records)])
     seq = np.frombuffer("".join(seq for _, seq in records).encode(), np.uint8)
-    return RecordBlock(Path("x.fa"), first, seq, bounds, [rid for rid, _ in records])
+    return RecordBlock(Path("x.fa"), first, seq, bounds, [rid for rid, _ in records], len(seq))
 
 
 def test_fragment_bounds_cover_the_record_without_overlap():

@@ -13,7 +13,7 @@ import pytest
 
 from data_pipeline import fasta_blocks
 from data_pipeline.fasta import FastaReader
-from data_pipeline.fasta_blocks import read_blocks
+from data_pipeline.fasta_blocks import read_blocks, read_files
 from kmervae.core.errors import InputError
 from tests.conftest import write_bytes, write_fasta
 
@@ -108,11 +108,29 @@ def test_a_real_genome_in_small_blocks(shared_genomes, monkeypatch):
     assert in_blocks(path) == exact(path)
 
 
-def test_progress_reaches_the_file_size(tmp_path):
-    path = write_fasta(tmp_path / "in.fa.gz", [(f"r{i}", SEQ) for i in range(5)])
-    seen: list[int] = []
-    list(read_blocks(path, seen.append))
+@pytest.mark.parametrize("name", ["in.fa.gz", "in.fq"])
+def test_progress_reaches_the_file_size(tmp_path, block_bytes, name):
+    path = write_bytes(tmp_path / name, b"".join(f"@r{i}\n{SEQ}\n+\n{'I' * len(SEQ)}\n".encode() for i in range(50)))
+    if name.endswith(".gz"):
+        path = write_fasta(path, [(f"r{i}", SEQ) for i in range(50)])
+    seen = [block.raw_end for block in read_blocks(path, block_records=7)]
     assert seen and seen == sorted(seen) and seen[-1] == path.stat().st_size
+
+
+def test_several_files_read_at_once_come_in_input_order(tmp_path, block_bytes):
+    paths = [write_fasta(tmp_path / f"f{n}.fa.gz", [(f"f{n}r{i}", SEQ[n:]) for i in range(30)]) for n in range(5)]
+    got = [(number, rid) for number, block in read_files(paths, ahead=3) for rid in block.ids]
+    assert got == [(n, f"f{n}r{i}") for n in range(5) for i in range(30)]
+
+
+def test_an_error_in_a_later_file_comes_after_the_earlier_files(tmp_path):
+    good = [write_fasta(tmp_path / f"f{n}.fa", [(f"f{n}r{i}", SEQ) for i in range(30)]) for n in range(2)]
+    bad = write_bytes(tmp_path / "bad.fa", b">x\nACXT\n")  # read first by its own thread
+    numbers = []
+    with pytest.raises(InputError, match="bad.fa: line 2: record 'x' has character 'X'"):
+        for number, _ in read_files([*good, bad, good[0]], ahead=4):
+            numbers.append(number)
+    assert numbers[-1] == 1 and sorted(set(numbers)) == [0, 1]
 
 
 @pytest.mark.parametrize("name", ["plain.fa", "crlf-blank-lines.fa", "empty-record.fa", "iupac-rna.fa"])
