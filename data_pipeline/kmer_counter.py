@@ -54,10 +54,15 @@ def first_invalid_byte(seq: np.ndarray, base_class: np.ndarray) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _count_kernel(seq, starts, ends, base_class, index7, index4, index3, out7, out4, out3, gc, acgt):
+    # 4- and 3-mers are counted by their 2-bit code into two small arrays and folded into their
+    # canonical bins once per contig: one table lookup per base fewer for each (+29% speed,
+    # bench/RESULTS.md).
+    raw4 = np.zeros(256, dtype=np.uint32)
+    raw3 = np.zeros(64, dtype=np.uint32)
     for row in range(starts.shape[0]):
         out7[row, :] = 0  # buffers are reused between calls
-        out4[row, :] = 0
-        out3[row, :] = 0
+        raw4[:] = 0
+        raw3[:] = 0
         code = 0  # last 7 bases, 2 bits each
         run = 0  # consecutive A/C/G/T bases ending here
         n_gc = 0
@@ -68,16 +73,21 @@ def _count_kernel(seq, starts, ends, base_class, index7, index4, index3, out7, o
                 code = ((code << 2) | b) & 0x3FFF
                 run += 1
                 n_acgt += 1
-                if b == 1 or b == 2:
-                    n_gc += 1
+                n_gc += (b == 1) | (b == 2)
                 if run >= 3:
-                    out3[row, index3[code & 0x3F]] += 1
+                    raw3[code & 0x3F] += 1
                     if run >= 4:
-                        out4[row, index4[code & 0xFF]] += 1
+                        raw4[code & 0xFF] += 1
                         if run >= 7:
                             out7[row, index7[code]] += 1
             else:
                 run = 0
+        out4[row, :] = 0
+        out3[row, :] = 0
+        for c in range(256):
+            out4[row, index4[c]] += raw4[c]
+        for c in range(64):
+            out3[row, index3[c]] += raw3[c]
         gc[row] = n_gc
         acgt[row] = n_acgt
 
