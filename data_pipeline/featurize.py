@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -152,12 +153,14 @@ def featurize(
             while len(pending) > 2 * workers or (pending and pending[0].done()):
                 results.append(pending.pop(0).result())
 
+    stack = ExitStack()
     try:
         batcher = Batcher(settings.fragment_length, settings.min_length, settings.rows_per_file)
         seen: dict[str, int] = {}  # record id -> the input file it came from
         done_bytes = 0  # of the files read to the end
         current = 0
-        for number, block in read_files(paths):
+        blocks = stack.enter_context(closing(read_files(paths)))  # its reading threads stop with the run
+        for number, block in blocks:
             if number != current:
                 done_bytes += sum(p.stat().st_size for p in paths[current:number])
                 current = number
@@ -205,12 +208,14 @@ def featurize(
             summary.unlabeled_contigs = sum(r.unlabeled for r in results)
         stage.commit(results, _manifest(paths, settings, labels, summary), settings.row_group_size)
     except BaseException:
+        stack.close()
         for future in pending:
             future.cancel()
         executor.shutdown(wait=True, cancel_futures=True)
         stage.abort()
         raise
     finally:
+        stack.close()
         bar.close()
     executor.shutdown()
     summary.files_written = sum(1 for r in results if r.rows)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import threading
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from data_pipeline import fasta_blocks
 from data_pipeline.featurize import FeaturizeSettings, featurize
 from data_pipeline.labels import Labels
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
@@ -189,11 +191,18 @@ def test_a_bad_file_leaves_no_output(tmp_path):
     assert not out.exists() and no_leftovers(tmp_path)
 
 
-def test_duplicate_ids_are_refused_within_and_across_files(tmp_path):
+def test_duplicate_ids_are_refused_within_and_across_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(fasta_blocks, "BLOCK_BYTES", 64)  # a block per record: reading threads wait on their queues
     a = write_fasta(tmp_path / "a.fa", [("x", "ACGT" * 300), ("y", "ACGT" * 300)])
     b = write_fasta(tmp_path / "b.fa", [("x desc", "ACGT" * 300)])
+    more = [write_fasta(tmp_path / f"m{i}.fa", [(f"m{i}_{j}", "ACGT" * 30) for j in range(9)]) for i in range(3)]
     with pytest.raises(InputError, match=rf"b.fa: line 1: duplicate record id 'x' \(also in {a}\)"):
-        featurize([a, b], tmp_path / "out")
+        try:
+            featurize([a, b, *more], tmp_path / "out")  # later files are being read by their own threads
+        except InputError:
+            # the run's reading and writing threads are stopped before the error reaches the caller
+            assert not [t.name for t in threading.enumerate() if t.name.startswith(("read-", "featurize"))]
+            raise
     c = write_fasta(tmp_path / "c.fa", [("x", "ACGT" * 300), ("y", "AC"), ("x", "ACGT")])
     with pytest.raises(InputError, match=r"line 24: duplicate record id 'x' \(also earlier in this file\)"):
         featurize([c], tmp_path / "out")
