@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_pipeline.contigs import Batch, SkipCounts
-from data_pipeline.kmer_counter import KmerCounter
+from data_pipeline.kmer_counter import KmerCounter, copy_rows
 from kmervae.core.errors import InputError, OutputError
 from kmervae.core.feature_contract import (
+    COUNT_DTYPES,
     KMER_COLUMNS,
     KMER_SIZES,
     MANIFEST_NAME,
@@ -75,8 +76,11 @@ def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool)
     seq = batch.joined()
     starts = np.asarray(batch.starts, dtype=np.int64)
     ends = np.asarray(batch.ends, dtype=np.int64)
+    # counts go straight into one matrix per k, as narrow as the counts allow (widened if a
+    # later chunk needs it): no per-chunk select, cast and concatenation
+    matrices = {k: np.empty((len(starts), N_BINS[k]), dtype=COUNT_DTYPES[0]) for k in KMER_SIZES}
+    kept = 0
     keep_rows: list[np.ndarray] = []
-    chunks: dict[int, list[np.ndarray]] = {k: [] for k in KMER_SIZES}
     gc_parts: list[np.ndarray] = []
     skipped = SkipCounts()
     no_window_ids: list[str] = []
@@ -84,7 +88,7 @@ def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool)
         hi = min(lo + COUNT_CHUNK, len(starts))
         counts = counter.count(seq, starts[lo:hi], ends[lo:hi])
         # A contig with no window of 7 unambiguous bases has no 7-mer profile (0/0 frequencies).
-        keep = counts.kmer7.any(axis=1)
+        keep = counts.windows7 > 0
         if not keep.all():
             dropped = np.flatnonzero(~keep) + lo
             skipped.no_acgt_window += len(dropped)
@@ -95,14 +99,16 @@ def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool)
                     f"contig '{batch.contig_ids[dropped[0]]}' has no window of 7 unambiguous bases "
                     "(A/C/G/T); remove it or run without --strict to skip such contigs"
                 )
-        keep_rows.append(np.flatnonzero(keep) + lo)
         for k in KMER_SIZES:
-            matrix = counts.by_k(k)[keep]
-            dtype = narrowest_count_dtype(int(matrix.max()) if matrix.size else 0)
-            chunks[k].append(matrix.astype(dtype))
+            peak = copy_rows(counts.by_k(k), keep, matrices[k], kept)
+            if peak > np.iinfo(matrices[k].dtype).max:
+                matrices[k] = matrices[k].astype(narrowest_count_dtype(peak))
+                copy_rows(counts.by_k(k), keep, matrices[k], kept)
+        kept += int(keep.sum())
+        keep_rows.append(np.flatnonzero(keep) + lo)
         gc_parts.append(counts.gc_fraction[keep])
     rows = np.concatenate(keep_rows)
-    dtypes = {k: max((c.dtype for c in chunks[k]), key=lambda d: d.itemsize) for k in KMER_SIZES}
+    dtypes = {k: matrices[k].dtype for k in KMER_SIZES}
     fmt = DatasetFormat(dtypes)
     columns = {
         "contig_id": string_column([batch.contig_ids[i] for i in rows]),
@@ -110,8 +116,7 @@ def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool)
         "gc": numeric_column(np.concatenate(gc_parts), np.float32),
     }
     for k in KMER_SIZES:
-        matrix = np.concatenate([c.astype(dtypes[k], copy=False) for c in chunks[k]])
-        columns[KMER_COLUMNS[k]] = encode_counts(matrix, dtypes[k])
+        columns[KMER_COLUMNS[k]] = encode_counts(matrices[k][:kept], dtypes[k])
     columns["label"] = string_column([batch.labels[i] for i in rows])
     table = pa.Table.from_pydict(columns, schema=fmt.schema())
     if len(table):

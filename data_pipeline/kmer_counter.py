@@ -53,7 +53,7 @@ def first_invalid_byte(seq: np.ndarray, base_class: np.ndarray) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_kernel(seq, starts, ends, base_class, index7, index4, index3, out7, out4, out3, gc, acgt):
+def _count_kernel(seq, starts, ends, base_class, index7, index4, index3, out7, out4, out3, gc, acgt, windows7):
     # 4- and 3-mers are counted by their 2-bit code into two small arrays and folded into their
     # canonical bins once per contig: one table lookup per base fewer for each (+29% speed,
     # bench/RESULTS.md).
@@ -67,6 +67,7 @@ def _count_kernel(seq, starts, ends, base_class, index7, index4, index3, out7, o
         run = 0  # consecutive A/C/G/T bases ending here
         n_gc = 0
         n_acgt = 0
+        n7 = 0
         for i in range(starts[row], ends[row]):
             b = base_class[seq[i]]
             if b < 4:
@@ -80,6 +81,7 @@ def _count_kernel(seq, starts, ends, base_class, index7, index4, index3, out7, o
                         raw4[code & 0xFF] += 1
                         if run >= 7:
                             out7[row, index7[code]] += 1
+                            n7 += 1
             else:
                 run = 0
         out4[row, :] = 0
@@ -90,6 +92,7 @@ def _count_kernel(seq, starts, ends, base_class, index7, index4, index3, out7, o
             out3[row, index3[c]] += raw3[c]
         gc[row] = n_gc
         acgt[row] = n_acgt
+        windows7[row] = n7
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class KmerCounts:
     kmer3: np.ndarray  # (n, 32) uint32
     gc_bases: np.ndarray  # (n,) int64, G + C
     acgt_bases: np.ndarray  # (n,) int64, A + C + G + T
+    windows7: np.ndarray  # (n,) int64, 7-mers counted (windows of 7 unambiguous bases)
 
     def by_k(self, k: int) -> np.ndarray:
         """The count matrix of k."""
@@ -138,6 +142,7 @@ class KmerCounter:
         out = {k: buf[:n] for k, buf in self._buffers.items()}
         gc = np.zeros(n, dtype=np.int64)
         acgt = np.zeros(n, dtype=np.int64)
+        windows7 = np.zeros(n, dtype=np.int64)
         _count_kernel(
             seq,
             np.asarray(starts, dtype=np.int64),
@@ -151,8 +156,9 @@ class KmerCounter:
             out[3],
             gc,
             acgt,
+            windows7,
         )
-        return KmerCounts(out[7], out[4], out[3], gc, acgt)
+        return KmerCounts(out[7], out[4], out[3], gc, acgt, windows7)
 
 
 @contextmanager
@@ -174,6 +180,24 @@ def without_blas_and_cffi() -> Iterator[None]:
         for name in blocked:
             if sys.modules.get(name, 0) is None:
                 del sys.modules[name]
+
+
+@numba.njit(cache=True, nogil=True)
+def copy_rows(src: np.ndarray, keep: np.ndarray, dst: np.ndarray, at: int) -> int:
+    """Copy the rows of `src` flagged in `keep` to `dst[at:]` in dst's dtype (one pass, instead of
+    numpy's select, max and cast); returns the largest value copied. A value wider than dst is
+    truncated: the caller widens dst and copies again."""
+    peak = 0
+    out = at
+    for row in range(src.shape[0]):
+        if keep[row]:
+            for j in range(src.shape[1]):
+                value = src[row, j]
+                if value > peak:
+                    peak = value
+                dst[out, j] = value
+            out += 1
+    return peak
 
 
 def count_sequence(sequence: str | bytes) -> KmerCounts:

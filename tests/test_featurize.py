@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline import fasta_blocks
+from data_pipeline.feature_writer import COUNT_CHUNK
 from data_pipeline.featurize import FeaturizeSettings, featurize
 from data_pipeline.labels import Labels
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
@@ -161,6 +162,21 @@ def test_wide_counts_widen_the_whole_dataset(tmp_path):
     for row, seq in enumerate([plain, plain[::-1], repeat]):
         for k in KMER_SIZES:
             np.testing.assert_array_equal(table.counts(k)[row], reference_counts(seq, k))
+
+
+def test_a_part_widens_when_a_later_chunk_needs_it(tmp_path):
+    rng = np.random.default_rng(4)
+    seqs = ["".join(rng.choice(list("ACGT"), 120)) for _ in range(COUNT_CHUNK + 10)]
+    seqs.append("A" * 400 + seqs[0])  # in the second chunk of the part: AAAAAAA 394 times needs uint16
+    path = write_fasta(tmp_path / "in.fa", [(f"c{i}", seq) for i, seq in enumerate(seqs)])
+    featurize([path], tmp_path / "out", FeaturizeSettings(min_length=100, rows_per_file=1000, row_group_size=100))
+    files = dataset_files(tmp_path / "out")
+    assert len(files.paths) == 1 and files.format.count_dtypes[7] == np.dtype("uint16")
+    table = FeatureTable.from_parquet(tmp_path / "out")
+    assert table.kmer7[-1, 0] == 394
+    for row in (0, COUNT_CHUNK - 1, COUNT_CHUNK, len(seqs) - 1):  # rows copied before the widening too
+        for k in KMER_SIZES:
+            np.testing.assert_array_equal(table.counts(k)[row], reference_counts(seqs[row], k))
 
 
 def test_skipped_contigs_are_counted_and_strict_refuses_them(tmp_path):
