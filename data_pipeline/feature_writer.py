@@ -39,14 +39,34 @@ from kmervae.core.feature_contract import (
     string_column,
 )
 
-# zstd level 1: k-mer counts compress about 6x at ~1 GB/s; higher levels gain a few
-# percent for several times the write time (bench/RESULTS.md).
-PARQUET_OPTIONS = dict(
-    compression="zstd",
-    compression_level=1,
-    use_dictionary=["label"],
-    write_statistics=["contig_id", "length", "gc", "label"],
-)
+CODECS = {
+    "zstd": {"compression": "zstd", "compression_level": 1},
+    "lz4": {"compression": "lz4"},
+    "none": {"compression": "none"},
+}
+"""Parquet compression of a dataset (`--compression`). zstd level 1, the default, stores 5 kb
+contigs in 2.3 KB each; lz4 writes the featurizer's output about 10% sooner for 1.85x the disk,
+none 3.6x (bench/RESULTS.md). zstd at other levels is no faster (it compresses these mostly-0/1
+bytes at about 450 MB/s) and higher levels gain a few percent for several times the time."""
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """How part files are written: rows per row group and the compression."""
+
+    row_group_size: int
+    compression: str = "zstd"
+
+    def write(self, table: pa.Table, path: Path) -> None:
+        pq.write_table(
+            table,
+            path,
+            row_group_size=self.row_group_size,
+            use_dictionary=["label"],
+            write_statistics=["contig_id", "length", "gc", "label"],
+            **CODECS[self.compression],
+        )
+
 
 COUNT_CHUNK = 256
 """Contigs counted per kernel call: small enough that the reused count buffers (8 MB)
@@ -68,7 +88,7 @@ class PartResult:
     no_window_ids: list[str] = field(default_factory=list)
 
 
-def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool) -> PartResult:
+def write_part(batch: Batch, directory: Path, layout: PartLayout, strict: bool) -> PartResult:
     """Count the contigs of `batch` and write them to `directory/part-NNNNN.parquet`."""
     counter = getattr(_local, "counter", None)
     if counter is None:
@@ -120,7 +140,7 @@ def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool)
     columns["label"] = string_column([batch.labels[i] for i in rows])
     table = pa.Table.from_pydict(columns, schema=fmt.schema())
     if len(table):
-        pq.write_table(table, directory / part_name(batch.index), row_group_size=row_group_size, **PARQUET_OPTIONS)
+        layout.write(table, directory / part_name(batch.index))
     return PartResult(
         index=batch.index,
         rows=len(table),
@@ -132,7 +152,7 @@ def write_part(batch: Batch, directory: Path, row_group_size: int, strict: bool)
     )
 
 
-def widen_part(path: Path, dtypes: dict[int, np.dtype], row_group_size: int) -> None:
+def widen_part(path: Path, dtypes: dict[int, np.dtype], layout: PartLayout) -> None:
     """Rewrite one part file with wider count columns (rare: only when widths differ)."""
     table = pq.read_table(path)
     old = DatasetFormat.from_schema(table.schema, str(path))
@@ -141,12 +161,7 @@ def widen_part(path: Path, dtypes: dict[int, np.dtype], row_group_size: int) -> 
         name = KMER_COLUMNS[k]
         counts = decode_counts(table.column(name), N_BINS[k], old.count_dtypes[k])
         table = table.set_column(table.schema.get_field_index(name), name, encode_counts(counts, dtypes[k]))
-    pq.write_table(
-        table.replace_schema_metadata(new.metadata()).cast(new.schema()),
-        path,
-        row_group_size=row_group_size,
-        **PARQUET_OPTIONS,
-    )
+    layout.write(table.replace_schema_metadata(new.metadata()).cast(new.schema()), path)
 
 
 class StagedDataset:
@@ -192,7 +207,7 @@ class StagedDataset:
         if not self.overwrite:
             raise OutputError(f"{out}: a feature dataset exists already; pass --overwrite to replace it")
 
-    def commit(self, parts: list[PartResult], manifest: dict, row_group_size: int) -> None:
+    def commit(self, parts: list[PartResult], manifest: dict, layout: PartLayout) -> None:
         """Bring all parts to one width, write the manifest, and move the folder into place."""
         written = [p for p in parts if p.rows]
         widest = {
@@ -201,7 +216,7 @@ class StagedDataset:
         }
         for part in written:
             if any(np.dtype(part.count_dtypes[k]) != widest[k] for k in KMER_SIZES):
-                widen_part(self.staging / part_name(part.index), widest, row_group_size)
+                widen_part(self.staging / part_name(part.index), widest, layout)
         manifest = dict(manifest, count_dtypes={KMER_COLUMNS[k]: widest[k].name for k in KMER_SIZES})
         manifest["files"] = [{"name": part_name(p.index), "rows": p.rows} for p in written]
         (self.staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

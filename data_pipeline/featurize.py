@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data_pipeline.contigs import Batch, Batcher, SkipCounts
 from data_pipeline.fasta import check_readable, record_line
 from data_pipeline.fasta_blocks import load_scanner, read_files
-from data_pipeline.feature_writer import PartResult, StagedDataset, write_part
+from data_pipeline.feature_writer import CODECS, PartLayout, PartResult, StagedDataset, write_part
 from data_pipeline.kmer_counter import count_sequence
 from data_pipeline.labels import Labels
 from kmervae import __version__
@@ -49,6 +49,8 @@ class FeaturizeSettings:
     """Contigs per parquet file: files are the unit of parallel reads."""
     row_group_size: int = 1024
     """Contigs per row group (about 3 MB for 5 kb contigs)."""
+    compression: str = "zstd"
+    """Parquet compression: zstd (level 1), lz4 or none (`feature_writer.CODECS`)."""
     workers: int | None = None
     """Counting and writing threads; None: one per core (`default_workers`)."""
     strict: bool = False
@@ -73,6 +75,8 @@ class FeaturizeSettings:
                 f"--row-group-size must be between 1 and --rows-per-file ({self.rows_per_file}), got "
                 f"{self.row_group_size}"
             )
+        if self.compression not in CODECS:
+            raise ConfigError(f"--compression must be one of {', '.join(CODECS)}, got {self.compression!r}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
 
@@ -139,6 +143,7 @@ def featurize(
     workers = settings.workers or default_workers()
     summary = FeaturizeSummary(out_dir=str(Path(out_dir).absolute()), workers=workers)
     stage = StagedDataset(out_dir, settings.overwrite)
+    layout = PartLayout(settings.row_group_size, settings.compression)
     summary.stale_removed = stage.removed_stale
     executor = ThreadPoolExecutor(workers, thread_name_prefix="featurize")
     pending: list[Future] = []
@@ -149,7 +154,7 @@ def featurize(
 
     def submit(batches: list[Batch]) -> None:
         for batch in batches:
-            pending.append(executor.submit(write_part, batch, stage.staging, settings.row_group_size, settings.strict))
+            pending.append(executor.submit(write_part, batch, stage.staging, layout, settings.strict))
             while len(pending) > 2 * workers or (pending and pending[0].done()):
                 results.append(pending.pop(0).result())
 
@@ -206,7 +211,7 @@ def featurize(
         summary.labels_unused = labels.unused
         if labels.table is not None:
             summary.unlabeled_contigs = sum(r.unlabeled for r in results)
-        stage.commit(results, _manifest(paths, settings, labels, summary), settings.row_group_size)
+        stage.commit(results, _manifest(paths, settings, labels, summary), layout)
     except BaseException:
         stack.close()
         for future in pending:
@@ -256,6 +261,7 @@ def _manifest(paths: list[Path], settings: FeaturizeSettings, labels: Labels, su
             "min_length": settings.min_length,
             "rows_per_file": settings.rows_per_file,
             "row_group_size": settings.row_group_size,
+            "compression": settings.compression,
             "labels": "filename" if labels.from_filename else labels.source or None,
         },
         "records": summary.records,

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from data_pipeline.feature_writer import CODECS
 from tests.conftest import REPO, write_bytes, write_fasta
 
 
@@ -28,6 +29,7 @@ def test_help_explains_commands_and_defaults():
         "--label-from-filename",
         "--labels",
         "--workers",
+        "--compression {" + ",".join(CODECS) + "}",
     ):
         assert text in sub.stdout
 

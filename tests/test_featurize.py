@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -148,6 +150,23 @@ def test_output_does_not_depend_on_the_input_compression(tmp_path, examples_dir)
     assert len(tables[0]) == 20 and all(table.equals(tables[0]) for table in tables[1:])
 
 
+@pytest.mark.parametrize("compression", ["lz4", "none"])
+def test_every_compression_stores_the_same_table(tmp_path, examples_dir, compression):
+    inputs = sorted(examples_dir.glob("*.fna.gz"))[:2]
+    tables = {}
+    for codec in ("zstd", compression):
+        out = tmp_path / codec
+        settings = FeaturizeSettings(fragment_length=5000, rows_per_file=300, row_group_size=100, compression=codec)
+        featurize(inputs, out, settings, Labels(from_filename=True))
+        assert json.loads((out / MANIFEST_NAME).read_text())["settings"]["compression"] == codec
+        paths = dataset_files(out).paths
+        group = pq.ParquetFile(paths[0]).metadata.row_group(0)
+        (kmer7,) = [group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == "kmer7"]
+        assert kmer7.compression == {"zstd": "ZSTD", "lz4": "LZ4", "none": "UNCOMPRESSED"}[codec]
+        tables[codec] = pa.concat_tables(pq.read_table(p) for p in paths)
+    assert tables[compression].equals(tables["zstd"])
+
+
 def test_wide_counts_widen_the_whole_dataset(tmp_path):
     rng = np.random.default_rng(3)
     plain = "".join(rng.choice(list("ACGT"), 3000))
@@ -268,6 +287,7 @@ def test_nothing_to_write_is_an_error(tmp_path):
         ({"min_length": -1}, "--min-length must be >= 0"),
         ({"fragment_length": 1000, "min_length": 2000}, r"--min-length \(2000\) is larger than --fragment-length"),
         ({"rows_per_file": 0}, "--rows-per-file must be >= 1"),
+        ({"compression": "gzip"}, "--compression must be one of zstd, lz4, none"),
         ({"rows_per_file": 10, "row_group_size": 20}, "--row-group-size must be between 1 and --rows-per-file"),
         ({"workers": 0}, "--workers must be >= 1"),
     ],
