@@ -115,7 +115,7 @@ def _scan(buf, n, at_eof, base_class, space, seq, bounds, ids):
             if c == _LF:
                 line_start = True
             elif c == _CR:
-                pass  # FastaReader drops CR wherever it is
+                pass  # FastaReader drops CR wherever it is (a line "\r>b" is a header to it too)
             elif line_start and c == _GT:
                 break
             elif base_class[c] == 255:  # not an IUPAC code: FastaReader gives the error

@@ -24,6 +24,8 @@ READABLE = [
     ("crlf-blank-lines.fa", b">a x\r\nACGT\r\n\r\nacgn\r\n>b\r\nTT\r\n"),
     ("blank-lines-first.fa", b"\n\n>a\nACGT\n"),
     ("cr-inside-a-line.fa", b">a\nAC\rGT\n"),
+    ("cr-before-gt.fa", b">a\nACGT\n\r>b\nAC\n"),
+    ("cr-then-gt-inside.fa", b">a\nAC\r>GT\n"),  # dnaio reads CR as a line end before '>'
     ("empty-record.fa", b">a\n>b\nACGT\n>c"),
     ("no-final-newline.fa", b">a\nACGT"),
     ("id-after-spaces.fa", b">  \x1ca b\nACGT\n"),
