@@ -109,8 +109,7 @@ class Batcher:
         self.rows = rows
         self.max_bases = max_bases
         self.skipped = SkipCounts()
-        self.too_short_ids: list[str] = []  # for --strict messages (first few only)
-        self.first_too_short_record: int | None = None  # index in the last block, for --strict
+        self.first_too_short: tuple[int, str] | None = None  # of the last block: (record in it, contig id)
         self._current = Batch(0)
 
     def add(self, block: RecordBlock, labels: list[str | None]) -> list[Batch]:
@@ -118,14 +117,14 @@ class Batcher:
         record, lo, hi = fragments(np.diff(block.bounds), self.fragment_length)
         fragmented = self.fragment_length is not None
         keep = (hi - lo) >= max(self.min_length, 1)
-        self.first_too_short_record = None
+        self.first_too_short = None
         if not keep.all():
             short = np.flatnonzero(~keep)
             self.skipped.too_short += len(short)
             self.skipped.too_short_bases += int((hi - lo)[short].sum())
-            self.first_too_short_record = int(record[short[0]])
-            for i in short[: 3 - len(self.too_short_ids)]:
-                self.too_short_ids.append(contig_id(block.ids[record[i]], int(lo[i]), int(hi[i]), fragmented))
+            first = short[0]
+            rid = contig_id(block.ids[record[first]], int(lo[first]), int(hi[first]), fragmented)
+            self.first_too_short = (int(record[first]), rid)
             record, lo, hi = record[keep], lo[keep], hi[keep]
         starts = block.bounds[record] + lo
         ends = block.bounds[record] + hi

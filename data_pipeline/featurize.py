@@ -177,9 +177,9 @@ def featurize(
             summary.records += len(block)
             summary.record_bases += block.bases
             batches = batcher.add(block, labels.for_records(path, block.ids))
-            short = batcher.first_too_short_record if settings.strict else None
+            short = batcher.first_too_short if settings.strict else None
             # the error of the record that comes first, as when records were read one by one
-            if duplicate is not None and (short is None or duplicate <= short):
+            if duplicate is not None and (short is None or duplicate <= short[0]):
                 rid = block.ids[duplicate]
                 line = record_line(path, block.first_index + duplicate)
                 first = paths[seen.get(rid, number)]
@@ -187,7 +187,7 @@ def featurize(
                 raise InputError(f"{path}: line {line}: duplicate record id '{rid}' (also {where}); ids must be unique")
             if short is not None:
                 raise InputError(
-                    f"{path}: contig '{batcher.too_short_ids[-1]}' is shorter than --min-length "
+                    f"{path}: contig '{short[1]}' is shorter than --min-length "
                     f"({settings.min_length}); lower --min-length or run without --strict to skip it"
                 )
             seen.update(ids)

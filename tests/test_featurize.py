@@ -210,6 +210,14 @@ def test_skipped_contigs_are_counted_and_strict_refuses_them(tmp_path):
     strict = FeaturizeSettings(min_length=1000, strict=True)
     with pytest.raises(InputError, match="contig 'short' is shorter than --min-length"):
         featurize([path], tmp_path / "strict1", strict)
+    # several problems in one block of records: the first record's, as when read one by one
+    shorts = [(f"s{i}", "ACGT" * 10) for i in range(5)]
+    for order, first in [
+        ([records[0], *shorts, ("good", "A")], "contig 's0' is shorter"),
+        ([records[0], records[0], *shorts], "duplicate record id 'good'"),
+    ]:
+        with pytest.raises(InputError, match=first):
+            featurize([write_fasta(tmp_path / "several.fa", order)], tmp_path / "strict3", strict)
     path2 = write_fasta(tmp_path / "in2.fa", [records[0], records[2]])
     with pytest.raises(InputError, match="contig 'allN' has no window of 7 unambiguous bases"):
         featurize([path2], tmp_path / "strict2", strict)
