@@ -216,8 +216,9 @@ def read_files(paths: list[Path], ahead: int = 2) -> Iterator[tuple[int, RecordB
     Decompression runs at one core per file (gzip about 750 MB/s here), so with several files
     `ahead` of them are read at once, each by its own thread into a short queue: the scanner
     and the decompressors release the GIL (two gzip files read at 840 Mbp/s on 2 cores
-    against 440 one after the other, bench/RESULTS.md). Errors reach the caller in file
-    order, as if the files were read one by one.
+    against 440 one after the other, bench/RESULTS.md). The featurizer reads one file at a
+    time per 4 workers. Errors reach the caller in file order, as if the files were read one
+    by one.
     """
     if ahead <= 1 or len(paths) == 1:
         for number, path in enumerate(paths):

@@ -164,7 +164,9 @@ def featurize(
         seen: dict[str, int] = {}  # record id -> the input file it came from
         done_bytes = 0  # of the files read to the end
         current = 0
-        blocks = stack.enter_context(closing(read_files(paths)))  # its reading threads stop with the run
+        # one file read at a time per 4 workers: a reading thread (scan + gzip) keeps about 4 busy
+        ahead = -(-workers // 4)
+        blocks = stack.enter_context(closing(read_files(paths, ahead)))  # its threads stop with the run
         for number, block in blocks:
             if number != current:
                 done_bytes += sum(p.stat().st_size for p in paths[current:number])

@@ -241,7 +241,8 @@ def test_duplicate_ids_are_refused_within_and_across_files(tmp_path, monkeypatch
     more = [write_fasta(tmp_path / f"m{i}.fa", [(f"m{i}_{j}", "ACGT" * 30) for j in range(9)]) for i in range(3)]
     with pytest.raises(InputError, match=rf"b.fa: line 1: duplicate record id 'x' \(also in {a}\)"):
         try:
-            featurize([a, b, *more], tmp_path / "out")  # later files are being read by their own threads
+            # 8 workers: files are read two at a time, later ones by their own threads
+            featurize([a, b, *more], tmp_path / "out", FeaturizeSettings(workers=8))
         except InputError:
             # the run's reading and writing threads are stopped before the error reaches the caller
             assert not [t.name for t in threading.enumerate() if t.name.startswith(("read-", "featurize"))]
