@@ -1,7 +1,9 @@
 """Read FASTA (or FASTQ), plain or compressed, and turn every format problem into one clear line.
 
-Parsing is dnaio's (maintained, used by cutadapt; 28 Mbp of gzipped genomes parse in
-about 0.15 s here, see bench/RESULTS.md). Decompression is xopen's, in-process so the
+The record-by-record reader: `kmervae bin` reads assemblies with it, and the featurizer's
+block scanner (fasta_blocks.py) hands it any file, from the first record, that is not plain
+FASTA or has an error. Parsing is dnaio's (maintained, used by cutadapt; 28 Mbp of gzipped
+genomes parse in about 0.12 s here, see bench/RESULTS.md). Decompression is xopen's, in-process so the
 raw file position can drive a progress bar; the compression is sniffed from the magic
 bytes, so a gzipped file named `.fa` still reads. This module adds what a featurizer
 needs on top: record ids, validation of the bases, and error messages that name the
