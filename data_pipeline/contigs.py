@@ -30,12 +30,6 @@ def fragments(lengths: np.ndarray, fragment_length: int | None) -> tuple[np.ndar
     return record, starts, np.minimum(starts + fragment_length, lengths[record])
 
 
-def fragment_bounds(length: int, fragment_length: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end offsets of the non-overlapping fragments of one record."""
-    _, starts, ends = fragments(np.array([length]), fragment_length)
-    return starts, ends
-
-
 def contig_id(record_id: str, start: int, end: int, fragmented: bool) -> str:
     """`RECORD` or, for a fragment, `RECORD:START-END` with 1-based inclusive coordinates."""
     return fragment_contig_id(record_id, start, end) if fragmented else record_id

@@ -139,7 +139,7 @@ def featurize(
     if len(set(p.resolve() for p in paths)) != len(paths):
         raise ConfigError("the same input file is given twice")
     labels = labels or Labels()
-    total_bytes = sum(p.stat().st_size for p in paths)
+    sizes = [p.stat().st_size for p in paths]
     workers = settings.workers or default_workers()
     summary = FeaturizeSummary(out_dir=str(Path(out_dir).absolute()), workers=workers)
     stage = StagedDataset(out_dir, settings.overwrite)
@@ -149,7 +149,7 @@ def featurize(
     pending: list[Future] = []
     results: list[PartResult] = []
     bar = tqdm(
-        total=total_bytes, unit="B", unit_scale=True, desc="featurize", disable=_no_bar(progress), file=sys.stderr
+        total=sum(sizes), unit="B", unit_scale=True, desc="featurize", disable=_no_bar(progress), file=sys.stderr
     )
 
     def submit(batches: list[Batch]) -> None:
@@ -169,7 +169,7 @@ def featurize(
         blocks = stack.enter_context(closing(read_files(paths, ahead)))  # its threads stop with the run
         for number, block in blocks:
             if number != current:
-                done_bytes += sum(p.stat().st_size for p in paths[current:number])
+                done_bytes += sum(sizes[current:number])
                 current = number
             path = paths[number]
             ids = dict.fromkeys(block.ids, number)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.contigs import Batcher, contig_id, fragment_bounds, fragments
+from data_pipeline.contigs import Batcher, contig_id, fragments
 from data_pipeline.fasta_blocks import RecordBlock
 from kmervae.core.feature_contract import parse_fragment
 
@@ -17,19 +17,24 @@ def block(*records: tuple[str, str], first: int = 0) -> RecordBlock:
     return RecordBlock(Path("x.fa"), first, seq, bounds, [rid for rid, _ in records], len(seq))
 
 
+def one_record(length: int, fragment_length: int | None) -> tuple[np.ndarray, np.ndarray]:
+    _, starts, ends = fragments(np.array([length]), fragment_length)
+    return starts, ends
+
+
 def test_fragment_bounds_cover_the_record_without_overlap():
-    starts, ends = fragment_bounds(12_345, 5000)
+    starts, ends = one_record(12_345, 5000)
     assert starts.tolist() == [0, 5000, 10_000]
     assert ends.tolist() == [5000, 10_000, 12_345]
-    assert fragment_bounds(12_345, None)[1].tolist() == [12_345]
-    assert fragment_bounds(0, 5000)[1].tolist() == [0]
+    assert one_record(12_345, None)[1].tolist() == [12_345]
+    assert one_record(0, 5000)[1].tolist() == [0]
 
 
 def test_fragments_of_many_records_match_one_record_at_a_time():
     lengths = np.array([12_345, 0, 5000, 4999, 5001, 1])
     record, starts, ends = fragments(lengths, 5000)
     for r, length in enumerate(lengths):
-        one_starts, one_ends = fragment_bounds(int(length), 5000)
+        one_starts, one_ends = one_record(int(length), 5000)
         assert starts[record == r].tolist() == one_starts.tolist()
         assert ends[record == r].tolist() == one_ends.tolist()
     assert fragments(lengths, None)[2].tolist() == lengths.tolist()
