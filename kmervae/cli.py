@@ -113,6 +113,72 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_abundance(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "abundance",
+        help="BAM files -> per-sample mean read depth of every contig (MetaBAT's depth table)",
+        description=(
+            "Mean and variance of the read depth of every contig in each BAM file (one file per sample, "
+            "reads mapped to the assembly, sorted by coordinate), by MetaBAT's definitions: primary "
+            "alignments at or above --min-identity, the contig's first and last --edge-bases bases left "
+            "out. Writes MetaBAT's depth table (contigName, contigLen, totalAvgDepth, then each sample's "
+            "mean and variance), which 'kmervae featurize --abundance', MetaBAT2 and VAMB all read."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bams", nargs="+", type=Path, metavar="BAM", help="sorted BAM (or SAM/CRAM) files, one per sample")
+    p.add_argument("-o", "--out", required=True, type=Path, metavar="TSV", help="depth table to write")
+    p.add_argument("--min-identity", type=float, default=0.97, help="ignore reads below this end-to-end identity")
+    p.add_argument("--edge-bases", type=int, default=75, help="bases at each contig end left out of mean and variance")
+    p.add_argument("--min-mapq", type=int, default=0, help="ignore reads below this mapping quality")
+    p.add_argument("--workers", type=int, default=None, help="BAM files read at once (default: one per core)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing table at --out")
+    p.set_defaults(run=_cmd_abundance)
+
+
+def _cmd_abundance(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from data_pipeline.bam_depth import DepthSettings, bam_depths, check_bams
+    from data_pipeline.depth_table import write_metabat
+    from kmervae.core.errors import ConfigError, OutputError
+
+    started = time.perf_counter()
+    settings = DepthSettings(args.min_identity, args.edge_bases, args.min_mapq)
+    if args.out.exists() and not args.overwrite:
+        raise OutputError(f"{args.out}: exists already; pass --overwrite to replace it")
+    paths = check_bams(args.bams)
+    names = [p.name for p in paths]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"two BAM files are named {twice}: sample names come from file names; rename one")
+    workers = args.workers or max(1, len(os.sched_getaffinity(0)))
+    print(f"reading   {len(paths)} BAM file(s), {min(workers, len(paths))} at a time", file=sys.stderr)
+
+    def report(sample) -> None:
+        rate = sample.records / max(sample.seconds, 1e-9)
+        print(
+            f"  {Path(sample.path).name}: {sample.records:,} records, {sample.counted:,} reads counted, "
+            f"{sample.low_identity:,} under --min-identity/--min-mapq, {sample.seconds:.1f} s ({rate:,.0f} records/s)",
+            file=sys.stderr,
+        )
+
+    samples = bam_depths(paths, settings, workers, on_sample=report)
+    first = samples[0]
+    means = np.stack([s.mean for s in samples], axis=1)
+    variances = np.stack([s.variance for s in samples], axis=1)
+    write_metabat(args.out, first.contigs, first.lengths, names, means, variances)
+    seconds = time.perf_counter() - started
+    print(f"samples   {len(samples)}")
+    print(f"contigs   {len(first.contigs):,} ({int((means.sum(axis=1) == 0).sum()):,} with no read counted)")
+    print(f"reads     {sum(s.counted for s in samples):,} counted of {sum(s.records for s in samples):,} records")
+    print(f"took      {seconds:.1f} s")
+    print(f"output    {args.out.absolute()}")
+    return 0
+
+
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
@@ -532,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kmervae {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_abundance(sub)
     _add_featurize(sub)
     _add_train(sub)
     _add_describe(sub)

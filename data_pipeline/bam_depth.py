@@ -1,0 +1,201 @@
+"""Per-sample read depth of every contig from BAM files, by MetaBAT's definitions.
+
+This is what `kmervae abundance` computes and what `jgi_summarize_bam_contig_depths` (MetaBAT2)
+writes: for each contig and each BAM file (one sample), the mean and the variance of the
+per-base depth, counted from the aligned bases (CIGAR M, = and X) of the reads that qualify:
+
+- mapped primary alignments only: unmapped, secondary, supplementary, QC-failed and duplicate
+  records are ignored (`SKIP_FLAGS`);
+- mapping quality at least `min_mapq` (MetaBAT: 0);
+- end-to-end identity at least `min_identity` (MetaBAT: 0.97), MetaBAT's `getPctId`:
+  exact matches / (matches + substitutions + insertions + deletions), where substitutions =
+  NM - insertions - deletions; a read without an NM tag counts as exact;
+- the first and last `edge_bases` bases of a contig (MetaBAT: 75) are left out of the mean
+  and the variance, where reads pile up less; a contig of at most 2 * `edge_bases` uses all
+  its bases;
+- the variance is the sample variance (n - 1) of the per-base depth over those bases.
+
+pysam (htslib's maintained Python binding) reads the files: SAM, BAM and CRAM, with htslib's
+threads decompressing. pycoverm (CoverM's binding, which VAMB uses) was the other candidate;
+it returns means only, and MetaBAT's table also needs each sample's variance
+(bench/RESULTS.md "Abundance from BAM files" has the speeds and the agreement with MetaBAT's tool).
+Files are read in parallel, one process each, as jgi_summarize_bam_contig_depths's threads do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
+
+SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x400 | 0x800
+"""Unmapped, secondary, QC fail, duplicate, supplementary (SAM flags)."""
+
+_MATCH_OPS = (0, 7, 8)  # CIGAR M, =, X: bases aligned to the contig
+_NM = 10  # get_cigar_stats() puts the NM tag's value after the 10 CIGAR operations
+
+
+@dataclass(frozen=True)
+class DepthSettings:
+    """MetaBAT's defaults; each is a flag of `kmervae abundance`."""
+
+    min_identity: float = 0.97
+    edge_bases: int = 75
+    min_mapq: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_identity <= 1.0:
+            raise ConfigError(f"--min-identity must be between 0 and 1, got {self.min_identity}")
+        if self.edge_bases < 0:
+            raise ConfigError(f"--edge-bases must be >= 0, got {self.edge_bases}")
+        if not 0 <= self.min_mapq <= 255:
+            raise ConfigError(f"--min-mapq must be between 0 and 255, got {self.min_mapq}")
+
+
+@dataclass
+class SampleDepth:
+    """One BAM file's depths: mean and variance per contig, in the file's reference order."""
+
+    path: str
+    contigs: list[str]
+    lengths: np.ndarray  # (n,) int64
+    mean: np.ndarray  # (n,) float64
+    variance: np.ndarray  # (n,) float64
+    records: int  # alignment records read
+    counted: int  # reads that qualified and were counted
+    low_identity: int  # primary mapped reads under min_identity or min_mapq
+    seconds: float
+
+
+def contig_stats(lengths: np.ndarray, tid: int, starts: list[int], ends: list[int], edge: int) -> tuple[float, float]:
+    """Mean and sample variance of the per-base depth of contig `tid` over its middle bases,
+    from the aligned blocks [start, end) of its qualifying reads."""
+    length = int(lengths[tid])
+    opened = np.bincount(np.minimum(np.asarray(starts, dtype=np.int64), length), minlength=length + 1)
+    closed = np.bincount(np.minimum(np.asarray(ends, dtype=np.int64), length), minlength=length + 1)
+    depth = np.cumsum(opened[:length] - closed[:length])
+    middle = depth[edge : length - edge] if length > 2 * edge else depth
+    if len(middle) == 0:
+        return 0.0, 0.0
+    mean = float(middle.mean())
+    variance = float(middle.var(ddof=1)) if len(middle) > 1 else 0.0
+    return mean, variance
+
+
+def sample_depth(path: str | os.PathLike[str], settings: DepthSettings = DepthSettings()) -> SampleDepth:
+    """Depths of every contig in one coordinate-sorted BAM (or SAM/CRAM) file."""
+    import pysam
+
+    started = time.perf_counter()
+    path = str(path)
+    try:
+        bam = pysam.AlignmentFile(path, "r", threads=2, check_sq=True)
+    except (ValueError, OSError):
+        raise InputError(
+            f"{path}: not a readable BAM/SAM/CRAM file with contigs in its header; give the BAM files of "
+            "reads mapped to the assembly"
+        ) from None
+    with bam:
+        order = bam.header.to_dict().get("HD", {}).get("SO")
+        if order not in (None, "coordinate"):
+            raise InputError(f"{path}: sorted by {order}, not by coordinate; sort it with 'samtools sort'")
+        contigs = list(bam.references)
+        lengths = np.asarray(bam.lengths, dtype=np.int64)
+        mean = np.zeros(len(contigs))
+        variance = np.zeros(len(contigs))
+        current, starts, ends = -1, [], []
+        finished = np.zeros(len(contigs), dtype=bool)
+        records = counted = low = 0
+        min_identity, min_mapq = settings.min_identity, settings.min_mapq
+        try:
+            for read in bam.fetch(until_eof=True):
+                records += 1
+                if read.flag & SKIP_FLAGS:
+                    continue
+                tid = read.reference_id
+                if tid != current:
+                    if tid < current or finished[tid]:
+                        raise InputError(
+                            f"{path}: record {records} ('{read.query_name}') is out of coordinate order; "
+                            "sort the file with 'samtools sort'"
+                        )
+                    if current >= 0:
+                        mean[current], variance[current] = contig_stats(
+                            lengths, current, starts, ends, settings.edge_bases
+                        )
+                        finished[current] = True
+                    current, starts, ends = tid, [], []
+                if read.mapping_quality < min_mapq:
+                    low += 1
+                    continue
+                ops = read.get_cigar_stats()[0]
+                matches = int(ops[0] + ops[7] + ops[8])
+                gaps = int(ops[1] + ops[2])
+                exact = matches - max(int(ops[_NM]) - gaps, 0)
+                if exact < min_identity * (matches + gaps):
+                    low += 1
+                    continue
+                counted += 1
+                for start, end in read.get_blocks():
+                    starts.append(start)
+                    ends.append(end)
+        except OSError as err:  # truncated or corrupt compression
+            raise InputError(f"{path}: unreadable after record {records} ({err}); is the file complete?") from None
+        if current >= 0:
+            mean[current], variance[current] = contig_stats(lengths, current, starts, ends, settings.edge_bases)
+    return SampleDepth(path, contigs, lengths, mean, variance, records, counted, low, time.perf_counter() - started)
+
+
+def check_bams(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The BAM paths, each checked to exist, once each."""
+    out = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise InputNotFoundError(f"{path}: no such BAM file")
+        out.append(path)
+    if not out:
+        raise ConfigError("no BAM files given")
+    if len({p.resolve() for p in out}) != len(out):
+        raise ConfigError("the same BAM file is given twice")
+    return out
+
+
+def bam_depths(
+    paths: Sequence[str | os.PathLike[str]],
+    settings: DepthSettings = DepthSettings(),
+    workers: int = 1,
+    on_sample: Callable[[SampleDepth], None] | None = None,
+) -> list[SampleDepth]:
+    """Depths of every BAM file, `workers` files at a time; the files must share one reference
+    (the same contigs with the same lengths in the same order), as they do when every
+    sample's reads are mapped to the same assembly. `on_sample` is called as each file ends."""
+    paths = check_bams(paths)
+    results: list[SampleDepth | None] = [None] * len(paths)
+    if workers <= 1 or len(paths) == 1:
+        for i, path in enumerate(paths):
+            results[i] = sample_depth(path, settings)
+            if on_sample:
+                on_sample(results[i])
+    else:
+        with ProcessPoolExecutor(min(workers, len(paths))) as pool:
+            futures = [pool.submit(sample_depth, path, settings) for path in paths]
+            for i, future in enumerate(futures):
+                results[i] = future.result()
+                if on_sample:
+                    on_sample(results[i])
+    first = results[0]
+    for other in results[1:]:
+        if other.contigs != first.contigs or not np.array_equal(other.lengths, first.lengths):
+            raise InputError(
+                f"{other.path}: its reads are mapped to other contigs than {first.path}'s "
+                f"({len(other.contigs)} and {len(first.contigs)} contigs); map every sample to the same assembly"
+            )
+    return results
