@@ -45,15 +45,25 @@ class Batch:
     ends: list[int] = field(default_factory=list)
     contig_ids: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
+    abundance: list[np.ndarray] = field(default_factory=list)  # (contigs, samples) float32 parts, with depths
     bases: int = 0  # bases of its contigs
     _joined: int = 0  # length of the joined pieces
 
     def __len__(self) -> int:
         return len(self.contig_ids)
 
-    def add(self, seq: np.ndarray, starts: np.ndarray, ends: np.ndarray, ids: list[str], labels: list) -> None:
-        """Add contigs lying in `seq` at `starts`/`ends` (in order, not overlapping). Each run of
-        adjacent contigs becomes one piece, so the bases of skipped contigs between them are left out."""
+    def add(
+        self,
+        seq: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        ids: list[str],
+        labels: list,
+        abundance: np.ndarray | None = None,
+    ) -> None:
+        """Add contigs lying in `seq` at `starts`/`ends` (in order, not overlapping), with their
+        labels and depths. Each run of adjacent contigs becomes one piece, so the bases of skipped
+        contigs between them are left out."""
         cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1
         run_lo = starts[np.r_[0, cut]]
         run_hi = ends[np.r_[cut - 1, len(ends) - 1]]
@@ -65,6 +75,8 @@ class Batch:
         self.pieces.extend(seq[lo:hi] for lo, hi in zip(run_lo.tolist(), run_hi.tolist(), strict=True))
         self.contig_ids.extend(ids)
         self.labels.extend(labels)
+        if abundance is not None:
+            self.abundance.append(abundance)
         self.bases += int((ends - starts).sum())
         self._joined += int(run_size.sum())
 
@@ -106,8 +118,9 @@ class Batcher:
         self.first_too_short: tuple[int, str] | None = None  # of the last block: (record in it, contig id)
         self._current = Batch(0)
 
-    def add(self, block: RecordBlock, labels: list[str | None]) -> list[Batch]:
-        """Add the contigs of a block's records (`labels`: one per record); return the batches completed."""
+    def add(self, block: RecordBlock, labels: list[str | None], abundance: np.ndarray | None = None) -> list[Batch]:
+        """Add the contigs of a block's records (`labels`: one per record; `abundance`: the records'
+        depths, (records, samples), which every fragment of a record shares); return the batches completed."""
         record, lo, hi = fragments(np.diff(block.bounds), self.fragment_length)
         fragmented = self.fragment_length is not None
         keep = (hi - lo) >= max(self.min_length, 1)
@@ -129,6 +142,7 @@ class Batcher:
         else:
             ids = [names[r] for r in record.tolist()]
         contig_labels = [labels[r] for r in record.tolist()]
+        contig_depths = None if abundance is None else abundance[record]
         # bases before each contig, to find where the base budget closes a batch
         before = np.zeros(len(starts) + 1, dtype=np.int64)
         np.cumsum(ends - starts, out=before[1:])
@@ -141,7 +155,8 @@ class Batcher:
             full = int(np.searchsorted(before, self.max_bases - batch.bases + before[i], side="left"))
             take = min(take, max(full - i, 1))
             j = i + take
-            batch.add(block.seq, starts[i:j], ends[i:j], ids[i:j], contig_labels[i:j])
+            depths = None if contig_depths is None else contig_depths[i:j]
+            batch.add(block.seq, starts[i:j], ends[i:j], ids[i:j], contig_labels[i:j], depths)
             i = j
             if len(batch) >= self.rows or batch.bases >= self.max_bases:
                 done.append(batch)

@@ -152,3 +152,50 @@ def write_metabat(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class AbundanceLookup:
+    """The depths of an assembly's records, from a depth table that must cover exactly that assembly.
+
+    `for_records` refuses a record the table lacks, or one whose length differs from the table's
+    (a table made for another assembly); `check_complete` refuses table rows that matched no
+    record. Each error names the table and the first offending contig.
+    """
+
+    def __init__(self, table: DepthTable):
+        self.table = table
+        self._row = table.index()
+        self._used = np.zeros(len(table.contigs), dtype=bool)
+
+    @property
+    def samples(self) -> tuple[str, ...]:
+        return self.table.samples
+
+    def for_records(self, path: Path, record_ids: Sequence[str], lengths: np.ndarray) -> np.ndarray:
+        """(records, samples) float32 depths of a file's records, in order."""
+        rows = np.fromiter((self._row.get(rid, -1) for rid in record_ids), dtype=np.int64, count=len(record_ids))
+        if (rows < 0).any():
+            missing = record_ids[int(np.flatnonzero(rows < 0)[0])]
+            raise InputError(
+                f"{self.table.source}: no depth for contig '{missing}' of {path}; make the table from "
+                "reads mapped to this assembly ('kmervae abundance')"
+            )
+        if self.table.lengths is not None:
+            differ = np.flatnonzero(self.table.lengths[rows] != lengths)
+            if len(differ):
+                i = int(differ[0])
+                raise InputError(
+                    f"{self.table.source}: contig '{record_ids[i]}' is {int(self.table.lengths[rows[i]])} bp in "
+                    f"the table and {int(lengths[i])} bp in {path}: the table belongs to another assembly"
+                )
+        self._used[rows] = True
+        return self.table.depths[rows]
+
+    def check_complete(self) -> None:
+        """Refuse table rows that matched no record of the inputs."""
+        if not self._used.all():
+            first = self.table.contigs[int(np.flatnonzero(~self._used)[0])]
+            raise InputError(
+                f"{self.table.source}: contig '{first}' ({int((~self._used).sum())} row(s) in all) is not in "
+                "the assembly; give the FASTA the reads were mapped to, or the depth table made from it"
+            )

@@ -25,12 +25,14 @@ from data_pipeline.contigs import Batch, SkipCounts
 from data_pipeline.kmer_counter import KmerCounter, copy_rows
 from kmervae.core.errors import InputError, OutputError
 from kmervae.core.feature_contract import (
+    ABUNDANCE,
     COUNT_DTYPES,
     KMER_COLUMNS,
     KMER_SIZES,
     MANIFEST_NAME,
     N_BINS,
     DatasetFormat,
+    abundance_column,
     decode_counts,
     encode_counts,
     narrowest_count_dtype,
@@ -88,8 +90,11 @@ class PartResult:
     no_window_ids: list[str] = field(default_factory=list)
 
 
-def write_part(batch: Batch, directory: Path, layout: PartLayout, strict: bool) -> PartResult:
-    """Count the contigs of `batch` and write them to `directory/part-NNNNN.parquet`."""
+def write_part(
+    batch: Batch, directory: Path, layout: PartLayout, strict: bool, samples: tuple[str, ...] = ()
+) -> PartResult:
+    """Count the contigs of `batch` and write them to `directory/part-NNNNN.parquet` (with the
+    `abundance` of `samples` when the batch carries depths)."""
     counter = getattr(_local, "counter", None)
     if counter is None:
         counter = _local.counter = KmerCounter(COUNT_CHUNK)
@@ -129,7 +134,7 @@ def write_part(batch: Batch, directory: Path, layout: PartLayout, strict: bool) 
         gc_parts.append(counts.gc_fraction[keep])
     rows = np.concatenate(keep_rows)
     dtypes = {k: matrices[k].dtype for k in KMER_SIZES}
-    fmt = DatasetFormat(dtypes)
+    fmt = DatasetFormat(dtypes, samples)
     columns = {
         "contig_id": string_column([batch.contig_ids[i] for i in rows]),
         "length": numeric_column((ends - starts)[rows], np.int64),
@@ -137,6 +142,8 @@ def write_part(batch: Batch, directory: Path, layout: PartLayout, strict: bool) 
     }
     for k in KMER_SIZES:
         columns[KMER_COLUMNS[k]] = encode_counts(matrices[k][:kept], dtypes[k])
+    if samples:
+        columns[ABUNDANCE] = abundance_column(np.concatenate(batch.abundance)[rows])
     columns["label"] = string_column([batch.labels[i] for i in rows])
     table = pa.Table.from_pydict(columns, schema=fmt.schema())
     if len(table):
@@ -156,7 +163,7 @@ def widen_part(path: Path, dtypes: dict[int, np.dtype], layout: PartLayout) -> N
     """Rewrite one part file with wider count columns (rare: only when widths differ)."""
     table = pq.read_table(path)
     old = DatasetFormat.from_schema(table.schema, str(path))
-    new = DatasetFormat(dtypes)
+    new = DatasetFormat(dtypes, old.samples)
     for k in KMER_SIZES:
         name = KMER_COLUMNS[k]
         counts = decode_counts(table.column(name), N_BINS[k], old.count_dtypes[k])

@@ -19,9 +19,11 @@ from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from data_pipeline.contigs import Batch, Batcher, SkipCounts
+from data_pipeline.depth_table import AbundanceLookup
 from data_pipeline.fasta import check_readable, record_line
 from data_pipeline.fasta_blocks import load_scanner, read_files
 from data_pipeline.feature_writer import CODECS, PartLayout, PartResult, StagedDataset, write_part
@@ -99,6 +101,7 @@ class FeaturizeSummary:
     seconds: float = 0.0
     workers: int = 1
     stale_removed: int = 0  # staging folders of killed earlier runs, cleaned up
+    samples: int = 0  # samples of the abundance column (0: none)
 
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""
@@ -111,6 +114,8 @@ class FeaturizeSummary:
             f"skipped   {s.too_short:,} contigs shorter than --min-length ({s.too_short_bases:,} bp),"
             f" {s.no_acgt_window:,} with no window of 7 unambiguous bases ({s.no_acgt_window_bases:,} bp)",
         ]
+        if self.samples:
+            out.append(f"abundance {self.samples} sample(s) per contig, from the depth table")
         if self.unlabeled_contigs:
             out.append(f"unlabeled {self.unlabeled_contigs:,} contigs have no label in the labels table")
         if self.labels_unused:
@@ -128,8 +133,10 @@ def featurize(
     settings: FeaturizeSettings = FeaturizeSettings(),
     labels: Labels | None = None,
     progress: bool | None = None,
+    abundance: AbundanceLookup | None = None,
 ) -> FeaturizeSummary:
-    """Featurize FASTA `inputs` into the dataset folder `out_dir`; all or nothing."""
+    """Featurize FASTA `inputs` into the dataset folder `out_dir`; all or nothing. With
+    `abundance`, every contig also gets its record's depths (a depth table of exactly these records)."""
     started = time.perf_counter()
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -142,6 +149,8 @@ def featurize(
     sizes = [p.stat().st_size for p in paths]
     workers = settings.workers or default_workers()
     summary = FeaturizeSummary(out_dir=str(Path(out_dir).absolute()), workers=workers)
+    samples = abundance.samples if abundance is not None else ()
+    summary.samples = len(samples)
     stage = StagedDataset(out_dir, settings.overwrite)
     layout = PartLayout(settings.row_group_size, settings.compression)
     summary.stale_removed = stage.removed_stale
@@ -154,7 +163,7 @@ def featurize(
 
     def submit(batches: list[Batch]) -> None:
         for batch in batches:
-            pending.append(executor.submit(write_part, batch, stage.staging, layout, settings.strict))
+            pending.append(executor.submit(write_part, batch, stage.staging, layout, settings.strict, samples))
             while len(pending) > 2 * workers or (pending and pending[0].done()):
                 results.append(pending.pop(0).result())
 
@@ -178,7 +187,10 @@ def featurize(
                 duplicate = _first_duplicate(block.ids, seen)
             summary.records += len(block)
             summary.record_bases += block.bases
-            batches = batcher.add(block, labels.for_records(path, block.ids))
+            depths = None
+            if abundance is not None:
+                depths = abundance.for_records(path, block.ids, np.diff(block.bounds))
+            batches = batcher.add(block, labels.for_records(path, block.ids), depths)
             short = batcher.first_too_short if settings.strict else None
             # the error of the record that comes first, as when records were read one by one
             if duplicate is not None and (short is None or duplicate <= short[0]):
@@ -197,6 +209,8 @@ def featurize(
             bar.update(done_bytes + block.raw_end - bar.n)
             bar.set_postfix_str(f"{summary.record_bases / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.0f} Mbp/s")
         summary.files_read = len(paths)
+        if abundance is not None:
+            abundance.check_complete()
         submit(batcher.finish())
         results.extend(f.result() for f in pending)
         pending.clear()
@@ -213,7 +227,7 @@ def featurize(
         summary.labels_unused = labels.unused
         if labels.table is not None:
             summary.unlabeled_contigs = sum(r.unlabeled for r in results)
-        stage.commit(results, _manifest(paths, settings, labels, summary), layout)
+        stage.commit(results, _manifest(paths, settings, labels, summary, abundance), layout)
     except BaseException:
         stack.close()
         for future in pending:
@@ -252,7 +266,16 @@ def _no_bar(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
-def _manifest(paths: list[Path], settings: FeaturizeSettings, labels: Labels, summary: FeaturizeSummary) -> dict:
+def _manifest(
+    paths: list[Path],
+    settings: FeaturizeSettings,
+    labels: Labels,
+    summary: FeaturizeSummary,
+    abundance: AbundanceLookup | None,
+) -> dict:
+    depths = None
+    if abundance is not None:
+        depths = {"source": abundance.table.source, "format": abundance.table.format, "samples": abundance.samples}
     return {
         "schema_version": SCHEMA_VERSION,
         "featurizer_version": __version__,
@@ -271,4 +294,5 @@ def _manifest(paths: list[Path], settings: FeaturizeSettings, labels: Labels, su
         "contigs": summary.contigs,
         "contig_bases": summary.contig_bases,
         "skipped": asdict(summary.skipped),
+        "abundance": depths,
     }

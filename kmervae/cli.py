@@ -63,6 +63,14 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
         help="tab-separated 'record_id<TAB>label' table (more columns ignored; a header line is allowed)",
     )
     p.add_argument(
+        "--abundance",
+        type=Path,
+        metavar="TSV",
+        help="per-sample mean depth of every record: MetaBAT's depth table ('kmervae abundance', "
+        "jgi_summarize_bam_contig_depths), VAMB's abundance TSV or CoverM's 'contig -m mean' output; "
+        "stored as the 'abundance' column (fragments share their record's depths)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -108,7 +116,14 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
         labels = Labels.from_tsv(args.labels)
     else:
         labels = None
-    summary = featurize(args.inputs, args.out, settings, labels, progress=False if args.quiet else None)
+    abundance = None
+    if args.abundance is not None:
+        from data_pipeline.depth_table import AbundanceLookup, read_depth_table
+
+        abundance = AbundanceLookup(read_depth_table(args.abundance))
+    summary = featurize(
+        args.inputs, args.out, settings, labels, progress=False if args.quiet else None, abundance=abundance
+    )
     print("\n".join(summary.lines()))
     return 0
 

@@ -118,7 +118,7 @@ def _set_meta(key, value):
 @pytest.mark.parametrize(
     "change_table, change_meta, message",
     [
-        (None, _set_meta("kmervae.schema_version", "2"), "feature schema version 2, this kmervae reads version 1"),
+        (None, _set_meta("kmervae.schema_version", "3"), "feature schema version 3, this kmervae reads versions 1, 2"),
         (
             None,
             _set_meta("kmervae.count_dtypes", '{"kmer3": "int16", "kmer4": "uint8", "kmer7": "uint8"}'),

@@ -20,7 +20,7 @@ from torch import nn
 from kmervae import __version__
 from kmervae.core.config import RunConfig
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_contract import SCHEMA_VERSION
+from kmervae.core.feature_contract import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 from kmervae.core.model import BranchedVAE
 
 FORMAT = "kmervae-checkpoint"
@@ -137,7 +137,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"{path}: checkpoint format {payload.get('format_version')}, this kmervae {__version__} reads "
             f"{FORMAT_VERSION}"
         )
-    if payload.get("feature_schema_version") != SCHEMA_VERSION:
+    if payload.get("feature_schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise InputError(
             f"{path}: trained on feature schema {payload.get('feature_schema_version')}, this kmervae uses "
             f"{SCHEMA_VERSION}"

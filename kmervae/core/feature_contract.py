@@ -32,8 +32,12 @@ import pyarrow as pa
 
 from kmervae.core.errors import InputError
 
-SCHEMA_VERSION = 1
-"""Bumped whenever the columns, their meaning or their storage change incompatibly."""
+SCHEMA_VERSION = 2
+"""Bumped whenever the columns, their meaning or their storage change. Version 2 added the
+optional `abundance` column and its sample names; a dataset without it is what version 1 was."""
+
+READABLE_SCHEMA_VERSIONS = (1, 2)
+"""Versions this reader accepts: version 1 is version 2 without abundance."""
 
 BASES = "ACGT"
 """Base order of the 2-bit code (A=0, C=1, G=2, T=3): lexicographic order of k-mers
@@ -46,7 +50,12 @@ KMER_COLUMNS = {k: f"kmer{k}" for k in KMER_SIZES}
 """Parquet column of each k."""
 
 MODEL_INPUTS = ("length", "gc", *KMER_COLUMNS.values())
-"""The stored columns a model reads, in the order of its arguments (training, export, embed)."""
+"""The stored columns every model reads, in the order of its arguments (training, export, embed)."""
+
+ABUNDANCE = "abundance"
+"""Optional column: each contig's mean read depth in each sample (fixed-size list of float32, one
+value per sample, in the order of the file metadata's sample names). A model with an abundance
+branch reads it after `MODEL_INPUTS`."""
 
 MANIFEST_NAME = "_kmervae_dataset.json"
 """Written last by the featurizer: lists the files and rows of a complete dataset."""
@@ -91,6 +100,7 @@ META_SCHEMA_VERSION = b"kmervae.schema_version"
 META_FEATURIZER_VERSION = b"kmervae.featurizer_version"
 META_KMER_ORDER = b"kmervae.kmer_order"
 META_COUNT_DTYPES = b"kmervae.count_dtypes"
+META_ABUNDANCE_SAMPLES = b"kmervae.abundance_samples"
 
 
 def n_canonical(k: int) -> int:
@@ -188,6 +198,12 @@ def numeric_column(values: np.ndarray, dtype: np.dtype | type) -> pa.Array:
     return pa.Array.from_buffers(pa.from_numpy_dtype(data.dtype), len(data), [None, pa.py_buffer(data)])
 
 
+def abundance_column(depths: np.ndarray) -> pa.FixedSizeListArray:
+    """The `abundance` column of a (rows, samples) array of mean depths."""
+    values = numeric_column(np.asarray(depths, dtype=np.float32).reshape(-1), np.float32)
+    return pa.FixedSizeListArray.from_arrays(values, depths.shape[1])
+
+
 def decode_counts(column: pa.Array | pa.ChunkedArray, bins: int, dtype: np.dtype) -> np.ndarray:
     """Unpack a fixed_size_binary k-mer column into a read-only (rows, bins) array."""
     if isinstance(column, pa.ChunkedArray):
@@ -210,6 +226,13 @@ class DatasetFormat:
     """What a reader needs to decode a feature file: the storage dtype of each k-mer column."""
 
     count_dtypes: Mapping[int, np.dtype]
+    samples: tuple[str, ...] = ()
+    """Sample names of the `abundance` column; empty when the dataset has none."""
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The stored columns a model of this dataset can read: `MODEL_INPUTS`, then `abundance`."""
+        return (*MODEL_INPUTS, ABUNDANCE) if self.samples else MODEL_INPUTS
 
     def schema(self) -> pa.Schema:
         """The parquet schema of a feature file, with its key-value metadata."""
@@ -221,6 +244,8 @@ class DatasetFormat:
         for k in KMER_SIZES:
             width = N_BINS[k] * self.count_dtypes[k].itemsize
             fields.append(pa.field(KMER_COLUMNS[k], pa.binary(width), nullable=False))
+        if self.samples:
+            fields.append(pa.field(ABUNDANCE, pa.list_(pa.float32(), len(self.samples)), nullable=False))
         fields.append(pa.field("label", pa.string(), nullable=True))
         return pa.schema(fields, metadata=self.metadata())
 
@@ -230,12 +255,15 @@ class DatasetFormat:
 
         order = {KMER_COLUMNS[k]: {"k": k, "bins": N_BINS[k], "order": KMER_ORDER} for k in KMER_SIZES}
         dtypes = {KMER_COLUMNS[k]: self.count_dtypes[k].name for k in KMER_SIZES}
-        return {
+        meta = {
             META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(),
             META_FEATURIZER_VERSION: __version__.encode(),
             META_KMER_ORDER: json.dumps(order, sort_keys=True).encode(),
             META_COUNT_DTYPES: json.dumps(dtypes, sort_keys=True).encode(),
         }
+        if self.samples:
+            meta[META_ABUNDANCE_SAMPLES] = json.dumps(list(self.samples)).encode()
+        return meta
 
     @classmethod
     def from_schema(cls, schema: pa.Schema, where: str) -> DatasetFormat:
@@ -247,14 +275,15 @@ class DatasetFormat:
                 "create it with 'kmervae featurize'"
             )
         version = meta[META_SCHEMA_VERSION].decode()
-        if version != str(SCHEMA_VERSION):
+        if version not in {str(v) for v in READABLE_SCHEMA_VERSIONS}:
             raise InputError(
-                f"{where}: feature schema version {version}, this kmervae reads version "
-                f"{SCHEMA_VERSION}; re-run 'kmervae featurize' with this version"
+                f"{where}: feature schema version {version}, this kmervae reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; re-run 'kmervae featurize' with this version"
             )
         try:
             order = json.loads(meta[META_KMER_ORDER])
             dtypes = json.loads(meta[META_COUNT_DTYPES])
+            samples = tuple(json.loads(meta.get(META_ABUNDANCE_SAMPLES, b"[]")))
         except (KeyError, ValueError) as err:
             raise InputError(f"{where}: corrupt kmervae metadata ({err}); re-run 'kmervae featurize'") from None
         count_dtypes = {}
@@ -266,7 +295,7 @@ class DatasetFormat:
             if dtypes.get(name) not in {d.name for d in COUNT_DTYPES}:
                 raise InputError(f"{where}: column {name} has unsupported count dtype {dtypes.get(name)!r}")
             count_dtypes[k] = np.dtype(dtypes[name]).newbyteorder("<")
-        fmt = cls(count_dtypes)
+        fmt = cls(count_dtypes, samples)
         expected_schema = fmt.schema()
         for field in expected_schema:
             if field.name == "label" and field.name not in schema.names:

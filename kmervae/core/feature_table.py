@@ -18,7 +18,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kmervae.core.errors import InputError, InputNotFoundError
-from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, MANIFEST_NAME, N_BINS, DatasetFormat, decode_counts
+from kmervae.core.feature_contract import (
+    ABUNDANCE,
+    KMER_COLUMNS,
+    KMER_SIZES,
+    MANIFEST_NAME,
+    N_BINS,
+    DatasetFormat,
+    decode_counts,
+)
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,16 @@ def dataset_files(path: str | os.PathLike[str]) -> DatasetFiles:
         except (pa.ArrowInvalid, OSError) as err:
             raise InputError(f"{file}: not a readable parquet file ({err})") from None
         file_fmt = DatasetFormat.from_schema(schema, str(file))
+        if fmt is not None and file_fmt.samples != fmt.samples:
+            raise InputError(
+                f"{file}: abundance of samples {list(file_fmt.samples)}, other files {list(fmt.samples)}; "
+                "featurize the whole dataset with one depth table"
+            )
         if fmt is not None and file_fmt != fmt:
             raise InputError(f"{file}: stores counts as {file_fmt.count_dtypes}, other files as {fmt.count_dtypes}")
         fmt = file_fmt
         rows += meta.num_rows
-        check_values(file)
+        check_values(file, bool(file_fmt.samples))
     if manifest is not None:
         expected = sum(entry.get("rows", 0) for entry in manifest["files"])
         if expected != rows:
@@ -81,28 +94,34 @@ def dataset_files(path: str | os.PathLike[str]) -> DatasetFiles:
     return DatasetFiles(tuple(paths), fmt, rows, manifest)
 
 
-def check_values(file: Path) -> None:
-    """Refuse rows no featurizer writes: GC not a finite fraction, length under one base.
+def check_values(file: Path, abundance: bool = False) -> None:
+    """Refuse rows no featurizer writes: GC not a finite fraction, length under one base, a
+    depth (with `abundance`) that is NaN, infinite or negative.
 
-    Counts are unsigned by the schema, so GC and length are the only columns that can
-    hold NaN, infinities or negatives (from a foreign writer); the model would turn them
-    into NaN losses far from their cause, so they are named here by contig id. A file is
-    scanned once per process while it is unchanged (every reader calls dataset_files).
+    Counts are unsigned by the schema, so these are the only columns that can hold NaN,
+    infinities or negatives (from a foreign writer); the model would turn them into NaN
+    losses far from their cause, so they are named here by contig id. A file is scanned
+    once per process while it is unchanged (every reader calls dataset_files).
     """
     stat = Path(file).stat()
-    _check_values(Path(file), stat.st_mtime_ns, stat.st_size)
+    _check_values(Path(file), stat.st_mtime_ns, stat.st_size, abundance)
 
 
 @functools.lru_cache(maxsize=4096)
-def _check_values(file: Path, mtime_ns: int, size: int) -> None:
+def _check_values(file: Path, mtime_ns: int, size: int, abundance: bool) -> None:
     import pyarrow.compute as pc
 
-    table = pq.read_table(file, columns=["length", "gc"])
+    table = pq.read_table(file, columns=["length", "gc", *([ABUNDANCE] if abundance else [])])
     gc, length = table.column("gc"), table.column("length")
     bad = pc.or_(
         pc.invert(pc.and_(pc.greater_equal(gc, 0.0), pc.less_equal(gc, 1.0))),  # NaN compares false
         pc.less(length, 1),
     )
+    if abundance:
+        depths = table.column(ABUNDANCE).combine_chunks()
+        width = depths.type.list_size
+        values = depths.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        bad = pc.or_(bad, pa.array(~(np.isfinite(values) & (values >= 0)).all(axis=1)))
     n_bad = pc.sum(bad).as_py() or 0
     if n_bad:
         rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
@@ -111,22 +130,35 @@ def _check_values(file: Path, mtime_ns: int, size: int) -> None:
             f"{cid} (gc={gc[int(r)].as_py()}, length={length[int(r)].as_py()})"
             for cid, r in zip(ids, rows, strict=False)
         )
+        what = "gc outside [0, 1] (NaN, inf) or length < 1"
+        if abundance:
+            what = "gc outside [0, 1] (NaN, inf), length < 1 or a depth that is NaN, inf or negative"
         raise InputError(
-            f"{file}: {n_bad} row(s) with gc outside [0, 1] (NaN, inf) or length < 1, e.g. {shown}; "
+            f"{file}: {n_bad} row(s) with {what}, e.g. {shown}; "
             "fix or drop them, or re-run 'kmervae featurize'"
         )
 
 
 def decode_inputs(table: pa.Table | pa.RecordBatch, fmt: DatasetFormat) -> dict[str, np.ndarray]:
     """The model's input columns (`MODEL_INPUTS`) of stored rows: length int64, gc float32, and
-    the counts at their stored width. The one decoder every reader uses (local, Ray, embed)."""
+    the counts at their stored width, and the depths (float32, (rows, samples)) where the dataset
+    has abundance. The one decoder every reader uses (local, Ray, embed)."""
     out = {
         "length": table.column("length").to_numpy().astype(np.int64, copy=False),
         "gc": table.column("gc").to_numpy().astype(np.float32, copy=False),
     }
     for k in KMER_SIZES:
         out[KMER_COLUMNS[k]] = decode_counts(table.column(KMER_COLUMNS[k]), N_BINS[k], fmt.count_dtypes[k])
+    if fmt.samples:
+        out[ABUNDANCE] = decode_abundance(table.column(ABUNDANCE), len(fmt.samples))
     return out
+
+
+def decode_abundance(column: pa.Array | pa.ChunkedArray, samples: int) -> np.ndarray:
+    """The `abundance` column as a (rows, samples) float32 array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, samples)
 
 
 @dataclass(frozen=True)
@@ -140,6 +172,8 @@ class FeatureTable:
     kmer4: np.ndarray  # (n, 136) unsigned
     kmer3: np.ndarray  # (n, 32) unsigned
     labels: np.ndarray | None = None  # (n,) str or None per contig
+    abundance: np.ndarray | None = None  # (n, samples) float32 mean depths, where the dataset has them
+    samples: tuple[str, ...] = ()  # the abundance column's sample names
 
     def __post_init__(self) -> None:
         n = len(self.contig_ids)
@@ -155,6 +189,8 @@ class FeatureTable:
                 )
         if self.labels is not None and self.labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {self.labels.shape}")
+        if self.abundance is not None and self.abundance.shape != (n, len(self.samples)):
+            raise ValueError(f"abundance must have shape ({n}, {len(self.samples)}), got {self.abundance.shape}")
 
     def __len__(self) -> int:
         return len(self.contig_ids)
@@ -170,7 +206,7 @@ class FeatureTable:
         if "label" in table.column_names and table.column("label").null_count < len(table):
             labels = np.asarray(table.column("label").to_pylist(), dtype=object)
         contig_ids = np.asarray(table.column("contig_id").to_pylist(), dtype=object)
-        return cls(contig_ids=contig_ids, labels=labels, **decode_inputs(table, fmt))
+        return cls(contig_ids=contig_ids, labels=labels, samples=fmt.samples, **decode_inputs(table, fmt))
 
     @classmethod
     def from_parquet(cls, path: str | os.PathLike[str]) -> FeatureTable:

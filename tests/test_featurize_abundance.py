@@ -1,0 +1,122 @@
+"""`kmervae featurize --abundance`: depths stored per contig, the old schema still read, and
+every bad depth table refused with one line and nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from kmervae.core.feature_contract import MANIFEST_NAME, META_SCHEMA_VERSION
+from kmervae.core.feature_table import FeatureTable, dataset_files
+from tests.conftest import write_fasta
+from tests.test_cli import kmervae
+
+RECORDS = [("r1", "ACGT" * 500), ("r2", "GGCATTAC" * 400), ("r3", "AACCGGTTA" * 300)]  # 2000, 3200, 2700 bp
+
+
+def metabat_table(path, rows, samples=("s1.bam", "s2.bam")):
+    header = ["contigName", "contigLen", "totalAvgDepth"] + [c for s in samples for c in (s, f"{s}-var")]
+    lines = ["\t".join(header)]
+    for contig, length, depths in rows:
+        values = [str(v) for d in depths for v in (d, 0.5)]
+        lines.append("\t".join([contig, str(length), str(sum(depths)), *values]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+GOOD = [("r1", 2000, (1.5, 3.0)), ("r2", 3200, (0.0, 7.25)), ("r3", 2700, (10.0, 2.0))]
+
+
+def test_depths_are_stored_per_contig_and_shared_by_fragments(tmp_path):
+    fasta = write_fasta(tmp_path / "asm.fna", RECORDS)
+    table = metabat_table(tmp_path / "depth.tsv", GOOD)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    result = kmervae("featurize", str(fasta), "--abundance", str(table), "-o", str(whole), "--min-length", "100")
+    assert result.returncode == 0, result.stderr
+    assert "abundance 2 sample(s) per contig" in result.stdout
+    features = FeatureTable.from_parquet(whole)
+    assert features.samples == ("s1.bam", "s2.bam")
+    np.testing.assert_array_equal(features.abundance, [[1.5, 3.0], [0.0, 7.25], [10.0, 2.0]])
+    manifest = json.loads((whole / MANIFEST_NAME).read_text())
+    assert manifest["abundance"]["samples"] == ["s1.bam", "s2.bam"] and manifest["abundance"]["format"] == "metabat"
+    result = kmervae(
+        "featurize", str(fasta), "--abundance", str(table), "-o", str(cut), "--fragment-length", "1000",
+        "--min-length", "500",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    fragments = FeatureTable.from_parquet(cut)
+    records = [cid.split(":")[0] for cid in fragments.contig_ids]
+    expected = {"r1": [1.5, 3.0], "r2": [0.0, 7.25], "r3": [10.0, 2.0]}
+    np.testing.assert_array_equal(fragments.abundance, [expected[r] for r in records])
+
+
+def test_a_dataset_without_abundance_and_the_old_schema_read_as_before(tmp_path):
+    fasta = write_fasta(tmp_path / "asm.fna", RECORDS)
+    out = tmp_path / "plain"
+    assert kmervae("featurize", str(fasta), "-o", str(out), "--min-length", "100").returncode == 0
+    files = dataset_files(out)
+    assert files.format.samples == () and "abundance" not in pq.read_schema(files.paths[0]).names
+    # a version-1 file (written before abundance existed) is the same table under the old version
+    part = files.paths[0]
+    table = pq.read_table(part)
+    meta = {**table.schema.metadata, META_SCHEMA_VERSION: b"1"}
+    pq.write_table(table.replace_schema_metadata(meta), part)
+    old = FeatureTable.from_parquet(out)
+    assert old.abundance is None and len(old) == 3
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (GOOD[:2], "no depth for contig 'r3' of"),
+        ([*GOOD, ("r9", 100, (1.0, 1.0))], "contig 'r9' (1 row(s) in all) is not in the assembly"),
+        ([GOOD[0], ("r2", 3201, (0.0, 7.25)), GOOD[2]], "contig 'r2' is 3201 bp in the table and 3200 bp in"),
+        ([GOOD[0], ("r2", 3200, (float("nan"), 1.0)), GOOD[2]], "contig 'r2' has depth nan in sample 's1.bam'"),
+        ([GOOD[0], GOOD[1], ("r3", 2700, (1.0, -1.0))], "contig 'r3' has depth -1.0 in sample 's2.bam'"),
+    ],
+)
+def test_bad_depth_tables_are_one_line_and_write_nothing(tmp_path, rows, message):
+    fasta = write_fasta(tmp_path / "asm.fna", RECORDS)
+    table = metabat_table(tmp_path / "depth.tsv", rows)
+    out = tmp_path / "features"
+    result = kmervae("featurize", str(fasta), "--abundance", str(table), "-o", str(out), "--min-length", "100")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("kmervae featurize: error: ") and f"{table}: " in line and message in line
+    assert not out.exists() and not list(tmp_path.glob(".features*"))
+
+
+def test_duplicate_sample_names_are_refused(tmp_path):
+    fasta = write_fasta(tmp_path / "asm.fna", RECORDS)
+    table = metabat_table(tmp_path / "depth.tsv", GOOD, samples=("s1.bam", "s1.bam"))
+    result = kmervae("featurize", str(fasta), "--abundance", str(table), "-o", str(tmp_path / "f"))
+    assert result.returncode == 2 and "sample 's1.bam' appears twice" in result.stderr
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_foreign_file_with_a_bad_depth_is_refused_by_contig(tmp_path):
+    import pyarrow as pa
+
+    from kmervae.core.errors import InputError
+    from kmervae.core.feature_contract import abundance_column
+
+    fasta = write_fasta(tmp_path / "asm.fna", RECORDS)
+    table = metabat_table(tmp_path / "depth.tsv", GOOD)
+    out = tmp_path / "features"
+    assert (
+        kmervae("featurize", str(fasta), "--abundance", str(table), "-o", str(out), "--min-length", "100").returncode
+        == 0
+    )
+    part = dataset_files(out).paths[0]
+    stored = pq.read_table(part)
+    depths = np.array([[1.0, 1.0], [1.0, np.inf], [1.0, 1.0]], dtype=np.float32)
+    column = stored.schema.get_field_index("abundance")
+    pq.write_table(
+        stored.set_column(column, stored.schema.field(column), pa.chunked_array([abundance_column(depths)])), part
+    )
+    with pytest.raises(InputError, match=r"1 row\(s\) with .* a depth that is NaN, inf or negative, e.g. r2"):
+        dataset_files(out)
