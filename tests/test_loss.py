@@ -181,7 +181,7 @@ def test_paired_views_stack_both_halves_and_their_targets():
     codes = torch.tensor([0, 1, 2, 0, -1])
     inputs, targets, doubled = training_views(batch, codes, LossConfig(infonce=1.0, cross_view=True))
     assert len(inputs.length) == 10 and torch.equal(doubled, torch.cat([codes, codes]))
-    for view_in, view_target, whole in zip(inputs[2:], targets[2:], counts, strict=True):
+    for view_in, view_target, whole in zip(inputs[2:5], targets[2:5], counts, strict=True):
         a, b = view_in[:5], view_in[5:]
         assert torch.equal(a + b, whole)  # the halves of each contig
         assert torch.equal(view_target[:5], b) and torch.equal(view_target[5:], a)  # each reconstructs the other

@@ -25,18 +25,29 @@ import pyarrow.parquet as pq
 import torch
 
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_contract import KMER_COLUMNS, MODEL_INPUTS
+from kmervae.core.feature_contract import ABUNDANCE, KMER_COLUMNS, MODEL_INPUTS
 from kmervae.core.feature_table import dataset_files, decode_inputs
 
 Embedder = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Takes length (int64), gc (float32), kmer7/kmer4/kmer3 (int32) arrays; returns (n, latent) float32."""
 
 
-def _torch_embedder(module: torch.nn.Module, device: torch.device) -> Embedder:
+def _columns(batch: dict[str, np.ndarray], names) -> list[np.ndarray]:
+    """The model's inputs from a batch of decoded feature columns."""
+    if ABUNDANCE in names and ABUNDANCE not in batch:
+        raise InputError(
+            "this model has an abundance branch and these features have no 'abundance' column; "
+            "featurize them with --abundance depth.tsv"
+        )
+    return [batch[name] for name in names]
+
+
+def _torch_embedder(module: torch.nn.Module, device: torch.device, abundance: bool) -> Embedder:
     module = module.to(device).eval()
+    names = [*MODEL_INPUTS, ABUNDANCE] if abundance else list(MODEL_INPUTS)
 
     def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = [torch.from_numpy(batch[name]).to(device) for name in MODEL_INPUTS]
+        inputs = [torch.from_numpy(column).to(device) for column in _columns(batch, names)]
         with torch.no_grad():
             out = module(*inputs)
         return (out[0] if isinstance(out, tuple) else out).float().cpu().numpy()
@@ -79,17 +90,21 @@ def load_embedder(model: str, device: str = "cpu") -> Embedder:
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         session = onnxruntime.InferenceSession(str(path), providers=providers)
-        return lambda batch: session.run(None, {k: batch[k] for k in MODEL_INPUTS})[0]  # the embedding
+        names = [i.name for i in session.get_inputs()]
+        return lambda batch: session.run(None, dict(zip(names, _columns(batch, names), strict=True)))[0]
     if _is_torchscript(path):
         try:
-            return _torch_embedder(torch.jit.load(str(path), map_location="cpu"), torch.device(device))
+            module = torch.jit.load(str(path), map_location="cpu")
+            inputs = len(list(module.graph.inputs())) - 1  # self, then the columns
+            return _torch_embedder(module, torch.device(device), abundance=inputs > len(MODEL_INPUTS))
         except RuntimeError as err:
             raise InputError(f"{model}: broken TorchScript file ({str(err).splitlines()[0][:200]})") from None
     try:
         checkpoint = load_checkpoint(path)
     except InputError:
         raise InputError(f"{model}: neither a kmervae checkpoint, TorchScript, ONNX nor MLflow model") from None
-    return _torch_embedder(Encoder(checkpoint.build_model()), torch.device(device))
+    model = checkpoint.build_model()
+    return _torch_embedder(Encoder(model), torch.device(device), abundance=model.cfg.uses_abundance)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -174,7 +189,7 @@ def embed(
     )
     try:
         for path in files.paths:
-            columns = ["contig_id", *MODEL_INPUTS] + (["label"] if labeled else [])
+            columns = ["contig_id", *files.format.input_columns] + (["label"] if labeled else [])
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
                 vectors = embedder(decode_batch(batch, files.format))
                 latent = vectors.shape[1]

@@ -1,7 +1,8 @@
 """Export the encoder with its feature transform: TorchScript, ONNX, or an MLflow pyfunc model.
 
 The exported model takes the stored feature columns as tensors (length int64, gc
-float32, kmer7/kmer4/kmer3 counts int32, batch dimension dynamic) and returns the
+float32, kmer7/kmer4/kmer3 counts int32, and for a model with an abundance branch
+`abundance` float32 per sample; batch dimension dynamic) and returns the
 embedding: the latent mean L2-normalised (`kmervae.core.metrics.readout`, what validation
 scores); with --with-log-var also the raw latent mean and log-variance. The transform travels inside, so serving
 reads counts exactly as training did. Sources: a checkpoint file, an MLflow run id (its
@@ -18,14 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from kmervae.core.checkpoint import Checkpoint, load_checkpoint
+from kmervae.core.config import ModelConfig
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
-from kmervae.core.feature_contract import MODEL_INPUTS
+from kmervae.core.feature_contract import ABUNDANCE, MODEL_INPUTS
 from kmervae.core.metrics import readout
 from kmervae.core.model import N3, N4, N7, BranchedVAE
 from kmervae.tracking.checkpoints import CHECKPOINT_IN_MODEL, fetch_checkpoint, is_run_id
 
 FORMATS = ("torchscript", "onnx", "mlflow")
-INPUT_NAMES = list(MODEL_INPUTS)
 COUNT_DTYPE = torch.int32
 """Counts enter exported models as int32 (uint8/uint16/uint32 storage all fit)."""
 
@@ -39,22 +40,32 @@ class Encoder(nn.Module):
         self.model = model.eval()
         self.with_log_var = with_log_var
 
-    def forward(self, length: Tensor, gc: Tensor, kmer7: Tensor, kmer4: Tensor, kmer3: Tensor):
-        mu, log_var = self.model.encode(self.model.transform(length, gc, kmer7, kmer4, kmer3))
+    def forward(self, *inputs: Tensor):
+        """The columns of `input_names(model.cfg)`, in that order."""
+        mu, log_var = self.model.encode(self.model.transform(*inputs))
         embedding = readout(mu)
         return (embedding, mu, log_var) if self.with_log_var else embedding
 
 
-def example_inputs(batch: int = 2) -> tuple[Tensor, ...]:
+def input_names(cfg: ModelConfig) -> list[str]:
+    """The inputs of an exported encoder: the stored columns, `abundance` last for models with
+    an abundance branch (float32, one value per sample)."""
+    return [*MODEL_INPUTS, ABUNDANCE] if cfg.uses_abundance else list(MODEL_INPUTS)
+
+
+def example_inputs(cfg: ModelConfig, batch: int = 2) -> tuple[Tensor, ...]:
     """Small valid inputs in the exported dtypes (for tracing and signatures)."""
     g = torch.Generator().manual_seed(0)
-    return (
+    inputs = (
         torch.full((batch,), 5000, dtype=torch.int64),
         torch.full((batch,), 0.5, dtype=torch.float32),
         torch.randint(0, 4, (batch, N7), generator=g, dtype=COUNT_DTYPE),
         torch.randint(1, 60, (batch, N4), generator=g, dtype=COUNT_DTYPE),
         torch.randint(1, 200, (batch, N3), generator=g, dtype=COUNT_DTYPE),
     )
+    if cfg.uses_abundance:
+        inputs += (10 * torch.rand(batch, cfg.abundance_samples, generator=g),)
+    return inputs
 
 
 def resolve_source(source: str, workdir: Path) -> Checkpoint:
@@ -71,7 +82,8 @@ def export_torchscript(checkpoint: Checkpoint, out: Path, with_log_var: bool = F
     """Trace the encoder to a TorchScript file (dynamic batch: no shape-dependent code)."""
     encoder = Encoder(checkpoint.build_model(), with_log_var)
     with torch.no_grad():
-        traced = torch.jit.trace(encoder, example_inputs(3), check_inputs=[example_inputs(5)])
+        cfg = checkpoint.config.model
+        traced = torch.jit.trace(encoder, example_inputs(cfg, 3), check_inputs=[example_inputs(cfg, 5)])
     out.parent.mkdir(parents=True, exist_ok=True)
     traced.save(str(out))
     return out
@@ -81,15 +93,16 @@ def export_onnx(checkpoint: Checkpoint, out: Path, with_log_var: bool = False) -
     """Export the encoder to ONNX with a dynamic batch axis."""
     encoder = Encoder(checkpoint.build_model(), with_log_var)
     outputs = ["embedding", "mu", "log_var"] if with_log_var else ["embedding"]
+    names = input_names(checkpoint.config.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
             encoder,
-            example_inputs(3),
+            example_inputs(checkpoint.config.model, 3),
             str(out),
-            input_names=INPUT_NAMES,
+            input_names=names,
             output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + outputs},
+            dynamic_axes={name: {0: "batch"} for name in names + outputs},
             opset_version=17,
             dynamo=False,  # the TorchScript-based exporter: mature for plain MLPs, no onnxscript rewrite
         )
@@ -109,7 +122,7 @@ class KmervaeEncoder(mlflow.pyfunc.PythonModel):
         self.encoder = torch.jit.load(context.artifacts["encoder"], map_location="cpu").eval()
 
     def predict(self, context, model_input, params=None):
-        """model_input: dict (or DataFrame) of length, gc, kmer7, kmer4, kmer3 -> embeddings."""
+        """model_input: dict (or DataFrame) of INPUT_NAMES' columns -> embeddings."""
         def column(name, dtype):
             value = model_input[name]
             if hasattr(value, "to_numpy"):
@@ -118,8 +131,8 @@ class KmervaeEncoder(mlflow.pyfunc.PythonModel):
                 value = np.stack(value)
             return torch.as_tensor(np.ascontiguousarray(value, dtype=dtype))
 
-        inputs = [column(name, np.int64 if name == "length" else np.float32 if name == "gc" else np.int32)
-                  for name in INPUT_NAMES]
+        dtypes = {"length": np.int64, "gc": np.float32, "abundance": np.float32}
+        inputs = [column(name, dtypes.get(name, np.int32)) for name in INPUT_NAMES]
         with torch.no_grad():
             out = self.encoder(*inputs)
         return (out[0] if isinstance(out, tuple) else out).numpy()
@@ -142,11 +155,16 @@ def export_mlflow(checkpoint: Checkpoint, source_file: Path | None, out: Path) -
         tmp = Path(tmp)
         encoder = export_torchscript(checkpoint, tmp / "encoder.pt")
         code = tmp / "kmervae_encoder_model.py"
-        code.write_text(MLFLOW_MODEL_CODE.replace("{input_names!r}", repr(INPUT_NAMES)))
+        cfg = checkpoint.config.model
+        names = input_names(cfg)
+        code.write_text(MLFLOW_MODEL_CODE.replace("{input_names!r}", repr(names)))
         artifacts = {"encoder": str(encoder)}
         if source_file is not None:
             artifacts["checkpoint"] = str(source_file)
         latent = checkpoint.config.model.latent_dim
+        depth_spec = (
+            [TensorSpec(np.dtype(np.float32), (-1, cfg.abundance_samples), ABUNDANCE)] if cfg.uses_abundance else []
+        )
         signature = ModelSignature(
             inputs=Schema(
                 [
@@ -156,10 +174,11 @@ def export_mlflow(checkpoint: Checkpoint, source_file: Path | None, out: Path) -
                     TensorSpec(np.dtype(np.int32), (-1, N4), "kmer4"),
                     TensorSpec(np.dtype(np.int32), (-1, N3), "kmer3"),
                 ]
+                + depth_spec
             ),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent), "embedding")]),
         )
-        example = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, example_inputs(2), strict=True)}
+        example = {name: tensor.numpy() for name, tensor in zip(names, example_inputs(cfg, 2), strict=True)}
         mlflow.pyfunc.save_model(
             str(out),
             python_model=str(code),

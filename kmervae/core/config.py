@@ -68,11 +68,25 @@ class ModelConfig:
     statistics are fitted before the first step and kept in the model's buffers, so exports and
     embeddings stay self-contained) or 'clr' (the centred log-ratio: each contig's values minus
     their mean, which removes the total and keeps only composition)."""
+    abundance_widths: tuple[int, ...] = ()
+    """Hidden widths of the abundance encoder branch, beside the k-mer branches: its input is each
+    contig's share of depth per sample and its z-scored log total depth (VAMB's), its decoder
+    mirrors it. Empty (the default): no branch, the seed's architecture; the features' abundance,
+    if any, is not read. Needs features made with 'kmervae featurize --abundance'."""
+    abundance_samples: int = 0
+    """Samples of the abundance column of the features the model trains on: set from the feature
+    dataset by every trainer (0: features without abundance). Not a setting to choose."""
 
     def __post_init__(self) -> None:
-        for name in ("kmer7_widths", "kmer4_widths", "kmer3_widths", "trunk_widths"):
+        for name in ("kmer7_widths", "kmer4_widths", "kmer3_widths", "trunk_widths", "abundance_widths"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-            _check_widths(f"model.{name}", getattr(self, name))
+            _check_widths(f"model.{name}", getattr(self, name), min_layers=0 if name == "abundance_widths" else 1)
+        check_field(
+            isinstance(self.abundance_samples, int) and self.abundance_samples >= 0,
+            "model.abundance_samples",
+            self.abundance_samples,
+            "expected an integer >= 0 (set from the features)",
+        )
         check_field(
             isinstance(self.latent_dim, int) and 1 <= self.latent_dim <= 8192,
             "model.latent_dim",
@@ -102,6 +116,11 @@ class ModelConfig:
         """Transformed value of an absent k-mer, log(log_eps) (-13.8 by default)."""
         return math.log(self.log_eps)
 
+    @property
+    def uses_abundance(self) -> bool:
+        """Whether the model has an abundance branch (and reads the features' `abundance` column)."""
+        return bool(self.abundance_widths)
+
 
 PRESETS: dict[str, ModelConfig] = {
     # docs/contracts.md "The model": 19.4M parameters without the gate, 27.8M with it.
@@ -122,7 +141,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the loss terms: scale * (w7*L7 + w4*MSE4 + w3*MSE3 + wgc*MSEgc) + beta * KL.
+    """Weights of the loss terms: scale * (w7*L7 + w4*MSE4 + w3*MSE3 + wgc*MSEgc [+ wab*Lab]) + beta * KL.
 
     Whether the 7-mer term uses the gate follows `ModelConfig.gate_k7` (one source of
     truth: a gated loss without a gate head cannot exist). The 'absent' floor is
@@ -180,9 +199,14 @@ class LossConfig:
     """Weight of the gate's binary cross-entropy inside L7 (gated models only)."""
     presence_threshold: int = 0
     """A 7-mer is 'present' when its count is greater than this (decided on counts, not log values)."""
+    wab: float = 1.0
+    """Weight of the abundance term (models with model.abundance_widths), VAMB's loss
+    (vamb/encode.py calc_loss): the cross-entropy of the per-sample depth shares weighted by
+    (n - 1) / (n log n) for n samples (0 with one sample: the shares are then constant) plus the
+    squared error of the z-scored log total depth divided by n. Inside `scale` like the k-mer terms."""
 
     def __post_init__(self) -> None:
-        for name in ("w7", "w4", "w3", "wgc", "scale", "beta", "gate_bce_weight"):
+        for name in ("w7", "w4", "w3", "wgc", "scale", "beta", "gate_bce_weight", "wab"):
             value = getattr(self, name)
             check_field(
                 isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
@@ -434,6 +458,24 @@ class RunConfig:
         """MLflow tags every run of this configuration carries: whether training read genome labels
         (a supervised term), so label-free and supervised models are never compared unawares."""
         return {"kmervae.uses_labels": str(self.loss.uses_labels).lower()}
+
+    def for_data(self, samples: tuple[str, ...]) -> RunConfig:
+        """This configuration for features whose abundance column has `samples` (empty: none):
+        `model.abundance_samples` set from them, the one way every trainer sets it. An abundance
+        branch without abundance, or a model trained on another number of samples, is refused."""
+        model = self.model
+        if model.uses_abundance and not samples:
+            raise ConfigError(
+                f"model.abundance_widths={list(model.abundance_widths)} needs features with abundance; "
+                "featurize with --abundance depth.tsv ('kmervae abundance BAM... -o depth.tsv'), or set "
+                "model.abundance_widths=[]"
+            )
+        if model.abundance_samples not in (0, len(samples)):
+            raise ConfigError(
+                f"the model was set up for abundance of {model.abundance_samples} sample(s), these features "
+                f"have {len(samples)}; train a new model on them"
+            )
+        return dataclasses.replace(self, model=dataclasses.replace(model, abundance_samples=len(samples)))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples as lists): what checkpoints, YAML and MLflow store."""

@@ -126,17 +126,28 @@ class CountBatch(NamedTuple):
     kmer7: Tensor  # (B, 8192) uint8/uint16/int64 counts
     kmer4: Tensor  # (B, 136)
     kmer3: Tensor  # (B, 32)
+    abundance: Tensor | None = None  # (B, samples) float32 mean depths, where the features have them
+
+    def map(self, fn) -> CountBatch:
+        """`fn` applied to every column present."""
+        return CountBatch(*(None if t is None else fn(t) for t in self))
+
+    @staticmethod
+    def cat(batches) -> CountBatch:
+        """Batches joined row-wise, column by column."""
+        columns = zip(*batches, strict=True)
+        return CountBatch(*(None if parts[0] is None else torch.cat(parts) for parts in columns))
 
     def to(self, device: torch.device, non_blocking: bool = False) -> CountBatch:
-        return CountBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def head(self, n: int) -> CountBatch:
         """The first `n` contigs."""
-        return CountBatch(*(t[:n] for t in self))
+        return self.map(lambda t: t[:n])
 
     @property
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t in self)
+        return sum(t.element_size() * t.numel() for t in self if t is not None)
 
 
 def torch_counts(counts: np.ndarray) -> np.ndarray:
@@ -210,7 +221,8 @@ class TensorData:
             vocabulary = vocabulary if vocabulary is not None else sorted({v for v in table.labels if v is not None})
             codes = torch.from_numpy(label_codes(table.labels[rows], vocabulary))
         counts = (torch.from_numpy(torch_counts(table.counts(k)[rows])) for k in KMER_SIZES)
-        batch = CountBatch(torch.from_numpy(table.length[rows]), torch.from_numpy(table.gc[rows]), *counts)
+        depth = None if table.abundance is None else torch.from_numpy(table.abundance[rows])
+        batch = CountBatch(torch.from_numpy(table.length[rows]), torch.from_numpy(table.gc[rows]), *counts, depth)
         ids = table.contig_ids[rows]
         return cls(batch, codes, ids, torch.from_numpy(link_keys(ids)) if links else None)
 
@@ -221,7 +233,7 @@ class TensorData:
         """The same data held on `device` (GPU-resident mode: copied once, shuffled there; the
         label codes too, so a shuffled batch's codes are gathered without a host round trip)."""
         codes = None if self.codes is None else self.codes.to(device)
-        batch = CountBatch(*(_indexable(t.to(device)) for t in self.batch))
+        batch = self.batch.map(lambda t: _indexable(t.to(device)))
         return TensorData(batch, codes, self.contig_ids, self.links)
 
     def labeled_batches(
@@ -242,7 +254,7 @@ class TensorData:
             if (drop_singleton and hi - lo < 2) or (drop_last and hi - lo < batch_size):
                 break
             rows = slice(lo, hi) if order is None else order[lo:hi]
-            yield CountBatch(*(t[rows] for t in self.batch)), None if self.codes is None else self.codes[rows]
+            yield self.batch.map(lambda t, rows=rows: t[rows]), None if self.codes is None else self.codes[rows]
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None, **drops) -> Iterator[CountBatch]:
         """`labeled_batches` without the codes."""

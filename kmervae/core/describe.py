@@ -29,14 +29,16 @@ class LayerRow:
 def _blocks(model: BranchedVAE) -> list[tuple[str, nn.Module]]:
     """The named blocks, in data-flow order: each dense block, each linear head."""
     blocks: list[tuple[str, nn.Module]] = []
-    for name in ("enc7", "enc4", "enc3", "enc_trunk"):
+    branches = ("7", "4", "3", "_ab") if model.cfg.uses_abundance else ("7", "4", "3")
+    for name in (*(f"enc{k}" for k in branches), "enc_trunk"):
         blocks += [(f"{name}.{i}", m) for i, m in enumerate(getattr(model, name))]
     blocks += [("z_mean", model.z_mean), ("z_log_var", model.z_log_var)]
     blocks += [(f"dec_trunk.{i}", m) for i, m in enumerate(model.dec_trunk)]
-    for k in ("7", "4", "3"):
+    for k in branches:
         blocks.append((f"proj{k}", getattr(model, f"proj{k}")))
         blocks += [(f"dec{k}.{i}", m) for i, m in enumerate(getattr(model, f"dec{k}"))]
-    for name in ("head7_values", "head7_gate", "head7_gc", "head4", "head3"):
+    heads = ("head7_values", "head7_gate", "head7_gc", "head4", "head3")
+    for name in (*heads, "head_ab") if model.cfg.uses_abundance else heads:
         if getattr(model, name) is not None:
             blocks.append((name, getattr(model, name)))
     return blocks
@@ -61,6 +63,7 @@ def layer_table(model: BranchedVAE) -> list[LayerRow]:
             torch.ones(batch, N7, dtype=torch.uint8, device=device),
             torch.ones(batch, N4, dtype=torch.uint8, device=device),
             torch.ones(batch, N3, dtype=torch.uint8, device=device),
+            torch.ones(batch, model.cfg.abundance_samples, device=device) if model.cfg.uses_abundance else None,
         )
     finally:
         model.train(was_training)
@@ -102,11 +105,16 @@ def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
         "4": f"4-mers {N4}\nGC",
         "3": f"3-mers {N3}\nGC",
     }
+    if cfg.uses_abundance:  # the fourth branch: depth shares per sample + log total depth
+        n = cfg.abundance_samples
+        lanes["ab"], widths["ab"] = -1.0, cfg.abundance_widths
+        inputs["ab"] = f"depth shares {n}\n+ log depth"
+        heads["ab"] = f"shares {n} (softmax)\nlog depth"
     concat = sum(w[-1] for w in widths.values())
     depth = max(len(w) for w in widths.values())
     trunk = cfg.trunk_widths
     fig_w = 2.0 + 1.25 * (2 * depth + 2 * len(trunk) + 6)
-    fig, ax = plt.subplots(figsize=(fig_w, 4.6))
+    fig, ax = plt.subplots(figsize=(fig_w, 5.6 if cfg.uses_abundance else 4.6))
     ax.axis("off")
     colors = {
         "in": "#dbe9f6",
@@ -187,7 +195,7 @@ def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
     title = f"BranchedVAE: {params:,} parameters, latent {cfg.latent_dim}, gate {'on' if cfg.gate_k7 else 'off'}"
     ax.set_title(title + "  (every box: Linear -> BatchNorm -> LeakyReLU)", fontsize=9)
     ax.set_xlim(-0.8, last + 2.4)
-    ax.set_ylim(-0.6, 2.6)
+    ax.set_ylim(min(lanes.values()) - 0.6, 2.6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)

@@ -28,6 +28,7 @@ from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBatch, load_splits, use_resident
 from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, best_index, table
 from kmervae.core.errors import ConfigError, KmervaeError
+from kmervae.core.feature_table import dataset_files
 from kmervae.core.loss import contrastive_loss, split_views, vae_loss
 from kmervae.core.metrics import (
     VIEW_CONTIGS,
@@ -38,7 +39,7 @@ from kmervae.core.metrics import (
     link_agreement,
     view_agreement,
 )
-from kmervae.core.model import BranchedVAE
+from kmervae.core.model import MIN_DEPTH, N3, N4, N7, BranchedVAE
 from kmervae.core.storage import check_writable
 
 AllReduce = Callable[[Tensor], None]
@@ -104,7 +105,7 @@ def training_views(batch: CountBatch, codes: Tensor | None, cfg: LossConfig):
     a, b = split_batch(batch, cfg.view_fraction)
     if not cfg.paired_views:
         return a, b, codes
-    stack = lambda x, y: CountBatch(*(torch.cat(pair) for pair in zip(x, y, strict=True)))  # noqa: E731
+    stack = lambda x, y: CountBatch.cat([x, y])  # noqa: E731
     targets = stack(b, a) if cfg.cross_view else stack(batch, batch)
     return stack(a, b), targets, None if codes is None else torch.cat([codes, codes])
 
@@ -190,7 +191,8 @@ def validate_epoch(
     order; and for the first `view_contigs` contigs the latent means of their two thinned halves."""
     model.eval()
     plain = unwrap(model)
-    metrics = EpochMetrics(plain.cfg.latent_dim, plain.cfg.gate_k7, device)
+    samples = plain.cfg.abundance_samples if plain.cfg.uses_abundance else 0
+    metrics = EpochMetrics(plain.cfg.latent_dim, plain.cfg.gate_k7, device, samples)
     embeddings, codes, links, lengths, views = [], [], [], [], []
     viewed = 0
     generator = torch.Generator(device=device).manual_seed(VIEW_SEED)  # the same halves every epoch
@@ -237,32 +239,54 @@ class Collective:
 def split_batch(
     batch: CountBatch, fraction: float, generator: torch.Generator | None = None
 ) -> tuple[CountBatch, CountBatch]:
-    """Two binomially thinned views of a batch (`split_views` on every k-mer column); GC and
-    length are the contig's own in both."""
+    """Two binomially thinned views of a batch (`split_views` on every k-mer column); GC, length
+    and depths are the contig's own in both."""
     views = [split_views(counts, fraction, generator) for counts in (batch.kmer7, batch.kmer4, batch.kmer3)]
-    a = CountBatch(batch.length, batch.gc, *(view[0] for view in views))
-    b = CountBatch(batch.length, batch.gc, *(view[1] for view in views))
+    a = CountBatch(batch.length, batch.gc, *(view[0] for view in views), batch.abundance)
+    b = CountBatch(batch.length, batch.gc, *(view[1] for view in views), batch.abundance)
     return a, b
 
 
+def needs_input_statistics(model: nn.Module) -> bool:
+    """Whether the model has statistics of its inputs still to fit (a resumed run has its own)."""
+    zscore = model.cfg.input_norm == "zscore" and not bool(model.norm_fitted)
+    return zscore or (model.cfg.uses_abundance and not bool(model.depth_fitted))
+
+
 @torch.no_grad()
-def fit_input_norm(model: nn.Module, batches: Iterable[CountBatch], *, device: torch.device, all_reduce=None) -> None:
-    """Fit model.input_norm=zscore: mean and standard deviation of every transformed k-mer value
-    over all training contigs (every rank's, when `all_reduce` sums across them)."""
+def fit_input_statistics(
+    model: nn.Module, batches: Iterable[CountBatch], *, device: torch.device, all_reduce=None
+) -> None:
+    """Fit what the model normalises its inputs with, in one pass over all training contigs (every
+    rank's, when `all_reduce` sums across them): with model.input_norm=zscore the mean and standard
+    deviation of every transformed k-mer value; with an abundance branch each sample's mean depth
+    and the mean and standard deviation of the log total depth (of the unscaled depths: one pass)."""
+    zscore, abundance = model.cfg.input_norm == "zscore", model.cfg.uses_abundance
     sums = None
     for batch in batches:
         x = model.transform(*batch.to(device, non_blocking=True))
-        values = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).double()  # (B, 8360)
-        if sums is None:
-            sums = torch.zeros(2, values.shape[1] + 1, dtype=torch.float64, device=device)
-        sums[0, :-1] += values.sum(dim=0)
-        sums[1, :-1] += values.pow(2).sum(dim=0)
-        sums[0, -1] += len(values)
+        parts = []
+        if zscore:
+            values = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).double()  # (B, 8360)
+            parts += [values, values.pow(2)]
+        if abundance:
+            depth = x.depth.double()
+            log_total = torch.log(depth.sum(dim=1, keepdim=True).clamp_min(MIN_DEPTH))
+            parts += [depth, log_total, log_total.pow(2)]
+        row = torch.cat([p.sum(dim=0) for p in parts] + [torch.tensor([float(len(batch.length))], device=device)])
+        sums = row.to(torch.float64) if sums is None else sums + row
     if sums is None:
-        raise KmervaeError("model.input_norm=zscore: no training contig to fit the statistics on")
+        raise KmervaeError("no training contig to fit the input statistics on")
     if all_reduce is not None:
         all_reduce(sums)
-    model.set_input_norm(sums[0, :-1], sums[1, :-1], float(sums[0, -1]))
+    n = float(sums[-1])
+    if zscore:
+        width = N7 + N4 + N3
+        model.set_input_norm(sums[:width], sums[width : 2 * width], n)
+        sums = sums[2 * width :]
+    if abundance:
+        samples = model.cfg.abundance_samples
+        model.set_depth_statistics(sums[:samples], sums[samples : samples + 2], n)
 
 
 def keep_first(batches: Iterable[tuple[CountBatch, Tensor | None]], contigs: int, kept: list[CountBatch]):
@@ -332,8 +356,8 @@ def run_epochs(
     history = list(history or [])
     plain = unwrap(model)
     check_labels_for(config, data.labeled)  # the engines check before writing anything; a last guard
-    if config.model.input_norm == "zscore" and not bool(plain.norm_fitted):  # a resumed run has its statistics
-        fit_input_norm(plain, data.all_train_batches(), device=device, all_reduce=collective.all_reduce)
+    if needs_input_statistics(plain):
+        fit_input_statistics(plain, data.all_train_batches(), device=device, all_reduce=collective.all_reduce)
     for epoch in range(start_epoch, tc.epochs):
         beta = config.loss.beta_at(epoch)
         if tc.bn_stats == "epoch":
@@ -407,6 +431,7 @@ def fit_local(
     tc = config.train
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
+    config = config.for_data(dataset_files(data_path).format.samples)
     train, val = load_splits(data_path, config.data)
     check_labels_for(config, val.codes is not None)
     model = BranchedVAE(config.model).to(device)

@@ -16,6 +16,7 @@ COLUMNS = (
     ("val/mse_7", "mse_7"), ("val/mse_7_present", "mse_7_pres"), ("val/mse_7_absent", "mse_7_abs"),
     ("val/frac_present", "present"), ("val/gate_bce", "gate_bce"), ("val/gate_acc", "gate_acc"),
     ("val/value_mse", "value_mse"), ("val/mse_4", "mse_4"), ("val/mse_3", "mse_3"), ("val/mse_gc", "mse_gc"),
+    ("val/ce_abundance", "ce_abund"), ("val/mse_abundance", "mse_depth"),
     ("val/knn_acc", "knn_acc"), ("val/kmeans_ari", "ari"), ("val/nc_bins", "nc_bins"), ("lr", "lr"),
     ("samples_per_s", "samples/s"),
 )  # fmt: skip

@@ -134,8 +134,7 @@ def _check_values(file: Path, mtime_ns: int, size: int, abundance: bool) -> None
         if abundance:
             what = "gc outside [0, 1] (NaN, inf), length < 1 or a depth that is NaN, inf or negative"
         raise InputError(
-            f"{file}: {n_bad} row(s) with {what}, e.g. {shown}; "
-            "fix or drop them, or re-run 'kmervae featurize'"
+            f"{file}: {n_bad} row(s) with {what}, e.g. {shown}; fix or drop them, or re-run 'kmervae featurize'"
         )
 
 
@@ -158,7 +157,8 @@ def decode_abundance(column: pa.Array | pa.ChunkedArray, samples: int) -> np.nda
     """The `abundance` column as a (rows, samples) float32 array."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, samples)
+    # a copy: arrow's buffers are read-only, and torch.from_numpy wants to own what it wraps
+    return np.array(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, samples)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The VAE loss: weighted per-group reconstruction plus beta * KL, every term returned.
 
-    loss = scale * (w7 * L7 + w4 * MSE4 + w3 * MSE3 + wgc * MSEgc) + beta * KL
+    loss = scale * (w7 * L7 + w4 * MSE4 + w3 * MSE3 + wgc * MSEgc [+ wab * L_ab]) + beta * KL
 
 L7 is, with the gate, gate_bce_weight * BCE(gate, present) + MSE of the values on present
 7-mers (a zero-inflated model: the gate says whether a 7-mer occurs, the value says how
@@ -10,7 +10,8 @@ for a diagonal Gaussian posterior against N(0, I) (Kingma & Welling 2014, append
 summed over latent dimensions and averaged over samples, as in pytorch/examples vae; with
 `loss.free_bits` the optimiser pays max(KL of a dimension, free_bits) per dimension instead
 (`kl_penalty`), while the reported KL stays the true one. Under `loss.cross_view` the target
-is the transformed profile of the other view of the same contig (`split_views`).
+is the transformed profile of the other view of the same contig (`split_views`). L_ab, for
+models with an abundance branch, is VAMB's abundance loss (`abundance_term`).
 
 Two optional contrastive terms are added to the training loss (not to `val/loss`, which stays
 the reconstruction + KL every trial shares): `loss.infonce` times `info_nce` between the two
@@ -42,6 +43,8 @@ class LossTerms(NamedTuple):
     mse_gc: Tensor
     gate_bce: Tensor | None
     value_mse: Tensor | None
+    ce_abundance: Tensor | None = None  # abundance branch: cross-entropy of the depth shares
+    mse_abundance: Tensor | None = None  # abundance branch: squared error of the z-scored log depth
 
 
 def split_output(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -146,10 +149,19 @@ def seven_mer_term(cfg: LossConfig, mse7, gate_bce=None, value_mse=None):
     return mse7 if gate_bce is None else cfg.gate_bce_weight * gate_bce + value_mse
 
 
-def reconstruction(cfg: LossConfig, l7, mse4, mse3, mse_gc):
-    """scale * (w7 * L7 + w4 * MSE4 + w3 * MSE3 + wgc * MSEgc): the one formula the loss and the
-    epoch metrics both apply (to batch means and to whole-set means, tensors or floats)."""
-    return cfg.scale * (cfg.w7 * l7 + cfg.w4 * mse4 + cfg.w3 * mse3 + cfg.wgc * mse_gc)
+def abundance_term(ce, mse, samples: int):
+    """L_ab of VAMB's loss (vamb/encode.py `calc_loss`, without its alpha, which is `loss.wab`
+    here): the shares' cross-entropy weighted (n - 1) / (n log n), which is 0 for one sample (the
+    shares are constant: only depth counts), plus the log depth's squared error over n."""
+    ce_weight = (samples - 1) / (samples * math.log(samples)) if samples > 1 else 0.0
+    return ce_weight * ce + mse / samples
+
+
+def reconstruction(cfg: LossConfig, l7, mse4, mse3, mse_gc, l_ab=None):
+    """scale * (w7 * L7 + w4 * MSE4 + w3 * MSE3 + wgc * MSEgc [+ wab * L_ab]): the one formula the
+    loss and the epoch metrics both apply (to batch means and to whole-set means, tensors or floats)."""
+    kmers = cfg.w7 * l7 + cfg.w4 * mse4 + cfg.w3 * mse3 + cfg.wgc * mse_gc
+    return cfg.scale * (kmers if l_ab is None else kmers + cfg.wab * l_ab)
 
 
 def vae_loss(out: VAEOutput, kmer7_counts: Tensor, cfg: LossConfig, beta: float) -> LossTerms:
@@ -169,8 +181,13 @@ def vae_loss(out: VAEOutput, kmer7_counts: Tensor, cfg: LossConfig, beta: float)
         l7 = seven_mer_term(cfg, None, gate_bce, value_mse)
     else:
         l7 = seven_mer_term(cfg, F.mse_loss(r7, x7))
+    ce_ab = mse_ab = l_ab = None
+    if out.shares is not None:
+        ce_ab = -(out.target_shares.float() * torch.log(out.shares.float() + 1e-9)).sum(dim=1).mean()
+        mse_ab = F.mse_loss(out.log_depth.float(), out.target_log_depth.float())
+        l_ab = abundance_term(ce_ab, mse_ab, out.shares.shape[1])
     mu, log_var = out.mu.float(), out.log_var.float()
     kl = kl_per_sample(mu, log_var).mean()
-    weighted = reconstruction(cfg, l7, mse4, mse3, mse_gc)
+    weighted = reconstruction(cfg, l7, mse4, mse3, mse_gc, l_ab)
     loss = weighted + beta * kl_penalty(mu, log_var, cfg)
-    return LossTerms(loss, weighted, kl, l7, mse4, mse3, mse_gc, gate_bce, value_mse)
+    return LossTerms(loss, weighted, kl, l7, mse4, mse3, mse_gc, gate_bce, value_mse, ce_ab, mse_ab)

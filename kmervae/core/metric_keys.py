@@ -2,7 +2,8 @@
 
 A contract (docs/contracts.md): users compare runs by these names in the MLflow UI and
 scripts query them, so they never change meaning. Every epoch reports `EPOCH_KEYS`
-(gate keys only for gated models), `LABELED_KEYS` when the data has labels, `BIN_KEYS` when
+(gate keys only for gated models), `ABUNDANCE_KEYS` for models with an abundance branch,
+`LABELED_KEYS` when the data has labels, `BIN_KEYS` when
 binning is asked for (train.nc_bins; labels needed too).
 """
 
@@ -14,6 +15,9 @@ EPOCH_KEYS = (
     "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
     "val/active_units", "val/view_agreement", "val/link_agreement", "lr", "epoch", "samples_per_s",
 )  # fmt: skip
+ABUNDANCE_KEYS = ("val/ce_abundance", "val/mse_abundance")
+"""Reported by models with an abundance branch (model.abundance_widths): the cross-entropy of the
+per-sample depth shares and the squared error of the z-scored log total depth, per contig."""
 LABELED_KEYS = ("val/knn_acc", "val/kmeans_ari")
 BIN_KEYS = ("val/nc_bins",)
 

@@ -16,7 +16,14 @@ import torch
 from torch import Tensor
 
 from kmervae.core.config import LossConfig
-from kmervae.core.loss import kl_per_sample, presence, reconstruction, seven_mer_term, split_output
+from kmervae.core.loss import (
+    abundance_term,
+    kl_per_sample,
+    presence,
+    reconstruction,
+    seven_mer_term,
+    split_output,
+)
 from kmervae.core.model import N3, N4, N7, VAEOutput
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -36,15 +43,18 @@ _FIELDS = (
     "sse3",
     "sse_gc",
     "kl",  # summed per-sample KL
+    "ce_ab",  # abundance branch: summed cross-entropy of the depth shares
+    "sse_ab",  # abundance branch: summed squared error of the z-scored log depth
 )
 
 
 class EpochMetrics:
     """Accumulates one epoch of model outputs; `compute` turns the sums into metric values."""
 
-    def __init__(self, latent_dim: int, gated: bool, device: torch.device | str = "cpu"):
+    def __init__(self, latent_dim: int, gated: bool, device: torch.device | str = "cpu", samples: int = 0):
         self.latent_dim = latent_dim
         self.gated = gated
+        self.samples_ab = samples  # samples of the abundance branch (0: none)
         # [scalars..., sum of mu (latent), sum of mu^2 (latent)]
         self.state = torch.zeros(len(_FIELDS) + 2 * latent_dim, dtype=torch.float64, device=device)
 
@@ -75,6 +85,9 @@ class EpochMetrics:
             sums["gate_bce"] = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
             sums["gate_correct"] = ((logits > 0) == present).sum().double()
             sums["value_sse"] = ((out.values.double() - x7).pow(2) * present).sum()
+        if out.shares is not None:
+            sums["ce_ab"] = -(out.target_shares.double() * torch.log(out.shares.double() + 1e-9)).sum()
+            sums["sse_ab"] = (out.log_depth.double() - out.target_log_depth.double()).pow(2).sum()
         for name, value in sums.items():
             self.state[self._slot(name)] += value
         mu = out.mu.double()
@@ -87,7 +100,8 @@ class EpochMetrics:
         return int(self.state[0].item())
 
     def compute(self, cfg: LossConfig, beta: float, prefix: str = "val/") -> dict[str, float]:
-        """Metric values of the epoch, keyed as in docs/contracts.md (gate keys only for gated models)."""
+        """Metric values of the epoch, keyed as in docs/contracts.md (gate keys only for gated models,
+        abundance keys only for models with an abundance branch)."""
         s = {name: self.state[i].item() for i, name in enumerate(_FIELDS)}
         n = s["n"]
         if n == 0:
@@ -109,8 +123,12 @@ class EpochMetrics:
             m["gate_bce"] = s["gate_bce"] / bins7
             m["gate_acc"] = s["gate_correct"] / bins7
             m["value_mse"] = s["value_sse"] / s["present7"] if s["present7"] else 0.0
+        l_ab = None
+        if self.samples_ab:
+            m["ce_abundance"], m["mse_abundance"] = s["ce_ab"] / n, s["sse_ab"] / n
+            l_ab = abundance_term(m["ce_abundance"], m["mse_abundance"], self.samples_ab)
         l7 = seven_mer_term(cfg, m["mse_7"], m.get("gate_bce"), m.get("value_mse"))
-        m["recon"] = reconstruction(cfg, l7, mse4, mse3, mse_gc)
+        m["recon"] = reconstruction(cfg, l7, mse4, mse3, mse_gc, l_ab)
         m["loss"] = m["recon"] + beta * m["kl"]
         m["active_units"] = float(self.active_units())
         return {f"{prefix}{key}": value for key, value in m.items()}

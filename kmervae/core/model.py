@@ -24,13 +24,15 @@ N_OUTPUT = N7 + N4 + N3 + 1  # 8,361 = [7-mers, 4-mers, 3-mers, GC]
 
 
 class Features(NamedTuple):
-    """Transformed inputs: log-frequencies per k, GC and log10(length), each (B, n) float32."""
+    """Transformed inputs: log-frequencies per k, GC and log10(length), each (B, n) float32, and
+    the mean depth per sample as stored (the model's abundance branch normalises it)."""
 
     kmer7: Tensor  # (B, 8192)
     kmer4: Tensor  # (B, 136)
     kmer3: Tensor  # (B, 32)
     gc: Tensor  # (B, 1)
     log_length: Tensor  # (B, 1)
+    depth: Tensor | None = None  # (B, samples), where the features have abundance
 
     def target(self) -> Tensor:
         """What the decoder reconstructs: [7-mers, 4-mers, 3-mers, GC], (B, 8361)."""
@@ -56,13 +58,16 @@ class FeatureTransform(nn.Module):
         windows = counts.sum(dim=1, keepdim=True).clamp_min(1.0)  # featurizer guarantees > 0 for k=7
         return torch.log(counts / windows + self.log_eps)
 
-    def forward(self, length: Tensor, gc: Tensor, kmer7: Tensor, kmer4: Tensor, kmer3: Tensor) -> Features:
+    def forward(
+        self, length: Tensor, gc: Tensor, kmer7: Tensor, kmer4: Tensor, kmer3: Tensor, abundance: Tensor | None = None
+    ) -> Features:
         return Features(
             kmer7=self.log_frequency(kmer7),
             kmer4=self.log_frequency(kmer4),
             kmer3=self.log_frequency(kmer3),
             gc=gc.to(self.dtype_probe.dtype).reshape(-1, 1),
             log_length=torch.log10(length.to(self.dtype_probe.dtype).clamp_min(1.0)).reshape(-1, 1),
+            depth=None if abundance is None else abundance.to(self.dtype_probe.dtype),
         )
 
     def extra_repr(self) -> str:
@@ -79,6 +84,14 @@ class VAEOutput(NamedTuple):
     values: Tensor  # (B, 8192) 7-mer value head (before gating)
     gc_branches: Tensor  # (B, 3) GC predicted by the 7-, 4- and 3-mer branches
     target: Tensor  # (B, 8361) the transformed input the recon is compared with
+    shares: Tensor | None = None  # (B, samples) predicted share of depth per sample (abundance branch)
+    log_depth: Tensor | None = None  # (B, 1) predicted z-scored log total depth
+    target_shares: Tensor | None = None  # (B, samples) the shares it is compared with
+    target_log_depth: Tensor | None = None  # (B, 1)
+
+
+MIN_DEPTH = 1e-3
+"""Total depths are floored here before the log (VAMB's clip): a contig no read reached stays finite."""
 
 
 def dense_block(n_in: int, n_out: int, cfg: ModelConfig) -> nn.Sequential:
@@ -112,7 +125,12 @@ class BranchedVAE(nn.Module):
         self.enc7 = mlp(N7 + 2, w7, cfg)  # (B, 8194) -> (B, w7[-1])
         self.enc4 = mlp(N4 + 2, w4, cfg)  # (B, 138) -> (B, w4[-1])
         self.enc3 = mlp(N3 + 2, w3, cfg)  # (B, 34) -> (B, w3[-1])
-        concat = w7[-1] + w4[-1] + w3[-1]  # 352 for `final`
+        wab = cfg.abundance_widths
+        if wab and cfg.abundance_samples < 1:
+            raise ValueError("model.abundance_widths needs model.abundance_samples >= 1 (RunConfig.for_data sets it)")
+        # Abundance: the share of depth per sample plus the z-scored log total depth (VAMB's input).
+        self.enc_ab = mlp(cfg.abundance_samples + 1, wab, cfg) if wab else None
+        concat = w7[-1] + w4[-1] + w3[-1] + (wab[-1] if wab else 0)  # 352 for `final`
         self.enc_trunk = mlp(concat, trunk, cfg)
         self.z_mean = nn.Linear(trunk[-1], cfg.latent_dim)
         self.z_log_var = nn.Linear(trunk[-1], cfg.latent_dim)
@@ -130,7 +148,16 @@ class BranchedVAE(nn.Module):
         self.head7_gc = nn.Linear(w7[0], 1)
         self.head4 = nn.Linear(w4[0], N4 + 1)  # 4-mers + GC
         self.head3 = nn.Linear(w3[0], N3 + 1)  # 3-mers + GC
-        if cfg.input_norm == "zscore":  # fitted on training contigs (fit_input_norm), saved with the weights
+        if wab:
+            self.proj_ab = dense_block(concat, wab[-1], cfg)
+            self.dec_ab = mlp(wab[-1], tuple(reversed(wab[:-1])), cfg)
+            self.head_ab = nn.Linear(wab[0], cfg.abundance_samples + 1)  # share logits + log depth
+            # Fitted on the training contigs (fit_input_statistics), saved with the weights: each
+            # sample's mean depth (samples sequenced deeper count alike) and the log depth's mean and std.
+            self.register_buffer("depth_scale", torch.ones(cfg.abundance_samples))
+            self.register_buffer("log_depth_stats", torch.tensor([0.0, 1.0]))
+            self.register_buffer("depth_fitted", torch.zeros((), dtype=torch.bool))
+        if cfg.input_norm == "zscore":  # fitted on training contigs (fit_input_statistics), saved with the weights
             for name, n in (("7", N7), ("4", N4), ("3", N3)):
                 self.register_buffer(f"norm_mean{name}", torch.zeros(n))
                 self.register_buffer(f"norm_std{name}", torch.ones(n))
@@ -162,6 +189,28 @@ class BranchedVAE(nn.Module):
             getattr(self, f"norm_std{name}").copy_(std[lo:hi])
         self.norm_fitted.fill_(True)
 
+    def abundance_view(self, depth: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Mean depths (B, samples) -> (share of the contig's depth in each sample (B, samples),
+        z-scored log total depth (B, 1)), VAMB's normalisation (vamb/encode.py make_dataloader):
+        each sample scaled by its mean depth; a contig no read reached gets equal shares."""
+        if depth is None:
+            raise ValueError("this model has an abundance branch: its input needs the features' 'abundance' column")
+        scaled = depth / self.depth_scale
+        total = scaled.sum(dim=1, keepdim=True)
+        shares = torch.where(total > 0, scaled / total.clamp_min(1e-12), torch.full_like(scaled, 1 / scaled.shape[1]))
+        mean, std = self.log_depth_stats[0], self.log_depth_stats[1]
+        return shares, (torch.log(total.clamp_min(MIN_DEPTH)) - mean) / std
+
+    @torch.no_grad()
+    def set_depth_statistics(self, depth_sums: Tensor, log_sums: Tensor, n: float) -> None:
+        """Fit the abundance normalisation from sums over n training contigs (float64): each
+        sample's summed depth, and (sum, sum of squares) of the log total of the scaled depths."""
+        self.depth_scale.copy_(torch.where(depth_sums > 0, depth_sums / n, torch.ones_like(depth_sums)))
+        mean = log_sums[0] / n
+        std = (log_sums[1] / n - mean.pow(2)).clamp_min(0).sqrt()
+        self.log_depth_stats.copy_(torch.stack([mean, std if std > 1e-3 else torch.ones_like(std)]))
+        self.depth_fitted.fill_(True)
+
     def encode(self, x: Features) -> tuple[Tensor, Tensor]:
         """Transformed features -> (mu, log_var), each (B, latent)."""
         side = torch.cat([x.gc, x.log_length], dim=1)  # (B, 2)
@@ -169,7 +218,10 @@ class BranchedVAE(nn.Module):
         h7 = self.enc7(torch.cat([self.input_dropout(k7), side], dim=1))
         h4 = self.enc4(torch.cat([self.input_dropout(k4), side], dim=1))
         h3 = self.enc3(torch.cat([self.input_dropout(k3), side], dim=1))
-        h = self.enc_trunk(torch.cat([h7, h4, h3], dim=1))
+        branches = [h7, h4, h3]
+        if self.enc_ab is not None:
+            branches.append(self.enc_ab(torch.cat(self.abundance_view(x.depth), dim=1)))
+        h = self.enc_trunk(torch.cat(branches, dim=1))
         return self.z_mean(h), self.z_log_var(h)
 
     def reparameterize(self, mu: Tensor, log_var: Tensor) -> Tensor:
@@ -178,9 +230,15 @@ class BranchedVAE(nn.Module):
             return mu
         return mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
 
-    def decode(self, z: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-        """z -> (recon (B, 8361), gate logits or None, 7-mer values (B, 8192), branch GC (B, 3))."""
-        h = self.dec_trunk(z)
+    def decode_abundance(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Decoder trunk output -> (predicted shares (B, samples), predicted z-scored log depth
+        (B, 1)); the softmax makes the shares a distribution, as VAMB's decoder does."""
+        out = self.head_ab(self.dec_ab(self.proj_ab(h)))
+        return torch.softmax(out[:, :-1].float(), dim=1), out[:, -1:]
+
+    def decode(self, h: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """Decoder trunk output (`dec_trunk(z)`) -> (recon (B, 8361), gate logits or None, 7-mer
+        values (B, 8192), branch GC (B, 3))."""
         d7 = self.dec7(self.proj7(h))
         d4 = self.dec4(self.proj4(h))
         d3 = self.dec3(self.proj3(h))
@@ -198,16 +256,31 @@ class BranchedVAE(nn.Module):
         return recon, gate, values, gc_branches
 
     def forward(
-        self, length: Tensor, gc: Tensor, kmer7: Tensor, kmer4: Tensor, kmer3: Tensor, target: tuple | None = None
+        self,
+        length: Tensor,
+        gc: Tensor,
+        kmer7: Tensor,
+        kmer4: Tensor,
+        kmer3: Tensor,
+        abundance: Tensor | None = None,
+        target: tuple | None = None,
     ) -> VAEOutput:
-        """Encode the counts and reconstruct them, or with `target` (the five columns of another
-        view of the same contigs, cross-view training) reconstruct that view instead."""
-        x = self.transform(length, gc, kmer7, kmer4, kmer3)
+        """Encode the counts (and depths) and reconstruct them, or with `target` (the columns of
+        another view of the same contigs, cross-view training) reconstruct that view instead."""
+        x = self.transform(length, gc, kmer7, kmer4, kmer3, abundance)
         mu, log_var = self.encode(x)
         z = self.reparameterize(mu, log_var)
-        recon, gate, values, gc_branches = self.decode(z)
+        h = self.dec_trunk(z)
+        recon, gate, values, gc_branches = self.decode(h)
         wanted = x if target is None else self.transform(*target)
-        return VAEOutput(recon, mu, log_var, gate, values, gc_branches, wanted.target())
+        out = VAEOutput(recon, mu, log_var, gate, values, gc_branches, wanted.target())
+        if self.enc_ab is None:
+            return out
+        shares, log_depth = self.decode_abundance(h)
+        target_shares, target_log_depth = self.abundance_view(wanted.depth)
+        return out._replace(
+            shares=shares, log_depth=log_depth, target_shares=target_shares, target_log_depth=target_log_depth
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

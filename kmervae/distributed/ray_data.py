@@ -32,11 +32,9 @@ from kmervae.core.data import (
     torch_counts,
 )
 from kmervae.core.errors import KmervaeError
-from kmervae.core.feature_contract import KMER_COLUMNS, KMER_SIZES, MODEL_INPUTS, N_BINS, DatasetFormat
+from kmervae.core.feature_contract import ABUNDANCE, KMER_COLUMNS, KMER_SIZES, MODEL_INPUTS, N_BINS, DatasetFormat
 from kmervae.core.feature_table import DatasetFiles, decode_inputs
 from kmervae.core.metrics import must_link_pairs
-
-READ_COLUMNS = ["contig_id", *MODEL_INPUTS]
 
 
 def label_vocabulary(files: DatasetFiles) -> list[str]:
@@ -125,7 +123,7 @@ def build_datasets(files: DatasetFiles, cfg: DataConfig, labels: list[str], seed
     context.enable_progress_bars = False  # per-epoch lines from rank 0 instead of a bar per read
     context.print_on_execution_start = False
     threshold = dataset_threshold(files, cfg)
-    columns = READ_COLUMNS + (["label"] if labels else [])
+    columns = ["contig_id", *files.format.input_columns] + (["label"] if labels else [])
     base = ray.data.read_parquet([str(p) for p in files.paths]).select_columns(
         columns
     )  # projection pushed into the read
@@ -146,6 +144,7 @@ def decoded_bytes(files: DatasetFiles, cfg: DataConfig | None = None) -> int:
         8
         + 4
         + 8
+        + 4 * len(files.format.samples)
         + sum(
             N_BINS[k] * np.dtype(torch_counts(np.zeros(1, files.format.count_dtypes[k])).dtype).itemsize
             for k in KMER_SIZES
@@ -167,7 +166,7 @@ def gather_shard(shard, device: torch.device, bucket: tuple[int, int] | None = N
     parts = list(shard_batches(shard, 8192, device, bucket=bucket))
     if not parts:
         raise KmervaeError("this worker's shard is empty; featurize more contigs or use fewer workers")
-    batch = CountBatch(*(torch.cat(columns) for columns in zip(*(part.batch for part in parts), strict=True)))
+    batch = CountBatch.cat([part.batch for part in parts])
     codes = [part.codes for part in parts if part.codes is not None]
     links = [part.links for part in parts if part.links is not None]
     return TensorData(batch, torch.cat(codes) if codes else None, links=torch.cat(links) if links else None).to(device)
@@ -203,7 +202,8 @@ def shard_batches(
                 continue
         codes = batch["label"].cpu() if "label" in batch else None
         links = batch["link"].cpu() if "link" in batch else None
-        yield ValidationBatch(CountBatch(*(batch[name] for name in MODEL_INPUTS)), codes, links)
+        inputs = CountBatch(*(batch[name] for name in MODEL_INPUTS), batch.get(ABUNDANCE))
+        yield ValidationBatch(inputs, codes, links)
 
 
 @dataclass

@@ -274,6 +274,7 @@ def fit_ray(
     The console gets `log`'s lines (default: printed there) and the per-epoch table; what Ray
     and the workers print goes to `train.log` in the outputs (`verbose`: to the console)."""
     files = dataset_files(data_path)  # a foreign or corrupt dataset is refused before Ray starts
+    config = config.for_data(files.format.samples)
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
     out = Path(out_dir).absolute() if out_dir else local_outputs(storage, name, "outputs")

@@ -225,6 +225,7 @@ def run_sweep(
     (`verbose`: to this process's stdout and stderr, as Ray prints it); the console gets the
     header, the live view of `sweep_view` and `log`'s lines (default: to the console)."""
     files = dataset_files(data_path)
+    base = base.for_data(files.format.samples)  # trials read the abundance column when their model has a branch
     check_objective(sweep.metric, check_space(space, base, sweep.seed))
     if sweep.metric in BIN_KEYS:  # computed only when asked for: every trial bins its validation contigs
         base = base.with_overrides(["train.nc_bins=true"])
