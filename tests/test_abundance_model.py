@@ -1,0 +1,139 @@
+"""The abundance branch: its size by hand, VAMB's loss, one sample, training that its checkpoint
+reproduces, and exports that read the abundance column as PyTorch does."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from data_pipeline.depth_table import AbundanceLookup, DepthTable
+from data_pipeline.featurize import FeaturizeSettings, featurize
+from data_pipeline.labels import Labels
+from kmervae.apply.embed import decode_batch, embed
+from kmervae.apply.export import Encoder, example_inputs, export
+from kmervae.core.checkpoint import load_checkpoint
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.data import load_splits
+from kmervae.core.engine import fit_local, validate_epoch
+from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.feature_table import FeatureTable, dataset_files
+from kmervae.core.loss import abundance_term, vae_loss
+from kmervae.core.model import BranchedVAE, count_parameters
+from tests.conftest import EXAMPLES
+
+SAMPLES = 3
+
+
+@pytest.fixture(scope="module")
+def abundance_features(tmp_path_factory):
+    """The bundled examples as 5 kb labelled contigs with depths in 3 samples: each genome has its
+    own depth profile (a log-normal per sample), each record a little noise around it."""
+    rng = np.random.default_rng(7)
+    paths = sorted(EXAMPLES.glob("*.fna.gz"))
+    from data_pipeline.fasta import FastaReader
+
+    contigs, depths = [], []
+    for path in paths:
+        profile = rng.lognormal(1.5, 1.0, SAMPLES)
+        for record in FastaReader(path):
+            contigs.append(record.id)
+            depths.append(profile * rng.lognormal(0, 0.05, SAMPLES))
+    table = DepthTable("synthetic", "vamb", tuple(contigs), ("S1", "S2", "S3"), np.array(depths, np.float32), None)
+    out = tmp_path_factory.mktemp("abundance-features") / "features"
+    featurize(
+        paths,
+        out,
+        FeaturizeSettings(fragment_length=5000),
+        Labels(from_filename=True),
+        abundance=AbundanceLookup(table),
+    )
+    return out
+
+
+def tiny(widths=(8, 4), samples=SAMPLES):
+    return dataclasses.replace(PRESETS["tiny"], abundance_widths=widths, abundance_samples=samples)
+
+
+def test_the_branch_adds_exactly_its_layers():
+    # tiny: branch ends 32 (7-mers) + 16 + 16, trunk 32; abundance (8, 4) on 3 samples + log depth.
+    extra = (
+        (4 * 8 + 8 + 2 * 8) + (8 * 4 + 4 + 2 * 4)  # enc_ab: 4 -> 8 -> 4, each Linear + BatchNorm
+        + 4 * 32  # enc_trunk's first layer reads 4 more inputs
+        + (4 * 32 + 4 + 2 * 4)  # dec_trunk's last layer writes the 4 more (weights, bias, BatchNorm)
+        + 4 * (32 + 16 + 16)  # proj7/4/3 read the wider concat
+        + (68 * 4 + 4 + 2 * 4)  # proj_ab: concat 68 -> 4
+        + (4 * 8 + 8 + 2 * 8)  # dec_ab: 4 -> 8
+        + (8 * 4 + 4)  # head_ab: 8 -> 3 share logits + log depth
+    )  # fmt: skip
+    assert count_parameters(BranchedVAE(tiny())) - count_parameters(BranchedVAE(PRESETS["tiny"])) == extra == 1000
+    assert not hasattr(BranchedVAE(PRESETS["tiny"]), "head_ab")  # empty widths: the seed's architecture
+
+
+def test_vamb_loss_weights_and_one_sample():
+    assert abundance_term(2.0, 0.5, 4) == pytest.approx(3 / (4 * math.log(4)) * 2.0 + 0.5 / 4)
+    assert abundance_term(2.0, 0.5, 1) == 0.5  # one sample: the shares are constant, only depth counts
+    model = BranchedVAE(tiny(samples=1)).train()
+    batch = [t[:4] for t in example_inputs(model.cfg, 4)]
+    out = model(*batch)
+    assert torch.allclose(out.shares, torch.ones(4, 1)) and out.log_depth.shape == (4, 1)
+    terms = vae_loss(out, batch[2], RunConfig().loss, beta=1.0)
+    assert torch.isfinite(terms.loss) and terms.ce_abundance.abs() < 1e-6
+    terms.loss.backward()
+    assert model.enc_ab[0][0].weight.grad.abs().sum() > 0  # depth alone trains the branch
+
+
+def test_a_branch_without_abundance_is_refused(example_features):
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["model.abundance_widths=[8]"])
+    with pytest.raises(ConfigError, match=r"model.abundance_widths=\[8\] needs features with abundance"):
+        fit_local(example_features, config, "unused")
+
+
+def test_training_with_abundance_reproduces_validation_and_exports_agree(
+    abundance_features, example_features, tmp_path
+):
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(
+        ["model.abundance_widths=[16,8]", "model.input_norm=zscore", "loss.cross_view=true", "train.epochs=2"]
+    )
+    result = fit_local(abundance_features, config, tmp_path, log=lambda line: None)
+    last = result.history[-1]
+    assert last["val/ce_abundance"] > 0 and math.isfinite(last["val/mse_abundance"])
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert ckpt.config.model.abundance_samples == SAMPLES
+    model = ckpt.build_model()
+    assert bool(model.depth_fitted) and model.depth_scale.ne(1).all()  # fitted on the training contigs
+    _, val = load_splits(abundance_features, ckpt.config.data)
+    assert val.batch.abundance.shape == (len(val), SAMPLES)
+    beta = ckpt.config.loss.beta_at(ckpt.epoch)
+    again, *_ = validate_epoch(model, val.validation_batches(256), ckpt.config.loss, beta, device=torch.device("cpu"))
+    assert again["val/loss"] == pytest.approx(last["val/loss"], rel=1e-6)
+    assert again["val/ce_abundance"] == pytest.approx(last["val/ce_abundance"], rel=1e-6)
+
+    # exports read the abundance column and agree with PyTorch
+    files = dataset_files(abundance_features)
+    import pyarrow.parquet as pq
+
+    batch = decode_batch(next(pq.ParquetFile(files.paths[0]).iter_batches(batch_size=37)), files.format)
+    with torch.no_grad():
+        reference = Encoder(model)(*(torch.from_numpy(batch[n]) for n in files.format.input_columns)).numpy()
+    script = torch.jit.load(str(export(str(result.last_checkpoint), "torchscript", tmp_path / "e.pt")))
+    with torch.no_grad():
+        traced = script(*(torch.from_numpy(batch[n]) for n in files.format.input_columns)).numpy()
+    session = onnxruntime.InferenceSession(str(export(str(result.last_checkpoint), "onnx", tmp_path / "e.onnx")))
+    assert [i.name for i in session.get_inputs()][-1] == "abundance"
+    onnx_out = session.run(None, {i.name: batch[i.name] for i in session.get_inputs()})[0]
+    np.testing.assert_allclose(traced, reference, atol=1e-5)
+    np.testing.assert_allclose(onnx_out, reference, atol=1e-5)
+
+    # embed writes the same rows as the checkpoint gives; features without abundance are refused
+    out = embed(str(result.last_checkpoint), abundance_features, tmp_path / "emb.parquet").out
+    written = np.stack(pq.read_table(out).column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(written[:37], reference, atol=1e-5)
+    assert len(written) == len(FeatureTable.from_parquet(abundance_features))
+    with pytest.raises(InputError, match="this model has an abundance branch and these features have no 'abundance'"):
+        embed(str(result.last_checkpoint), example_features, tmp_path / "none.parquet")
+    assert not (tmp_path / "none.parquet").exists()
