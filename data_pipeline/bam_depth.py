@@ -4,8 +4,9 @@ This is what `kmervae abundance` computes and what `jgi_summarize_bam_contig_dep
 writes: for each contig and each BAM file (one sample), the mean and the variance of the
 per-base depth, counted from the aligned bases (CIGAR M, = and X) of the reads that qualify:
 
-- mapped primary alignments only: unmapped, secondary, supplementary, QC-failed and duplicate
-  records are ignored (`SKIP_FLAGS`);
+- mapped alignments: unmapped, secondary, QC-failed and duplicate records are ignored
+  (`SKIP_FLAGS`); supplementary alignments (the other part of a split read) count, as in
+  MetaBAT (measured on its binary: bench/RESULTS.md "Abundance from BAM files");
 - mapping quality at least `min_mapq` (MetaBAT: 0);
 - end-to-end identity at least `min_identity` (MetaBAT: 0.97), MetaBAT's `getPctId`:
   exact matches / (matches + substitutions + insertions + deletions), where substitutions =
@@ -15,10 +16,12 @@ per-base depth, counted from the aligned bases (CIGAR M, = and X) of the reads t
   its bases;
 - the variance is the sample variance (n - 1) of the per-base depth over those bases.
 
-pysam (htslib's maintained Python binding) reads the files: SAM, BAM and CRAM, with htslib's
-threads decompressing. pycoverm (CoverM's binding, which VAMB uses) was the other candidate;
-it returns means only, and MetaBAT's table also needs each sample's variance
-(bench/RESULTS.md "Abundance from BAM files" has the speeds and the agreement with MetaBAT's tool).
+BAM files are read by a compiled pass over their records (`bam_scan`); SAM and CRAM by pysam
+(htslib's maintained Python binding). pysam's record loop alone ran at about 0.4 M records/s a
+core, 2.5 times slower than jgi_summarize_bam_contig_depths on the same files; pycoverm
+(CoverM's binding, which VAMB uses) returns means only, and MetaBAT's table also needs each
+sample's variance (bench/RESULTS.md "Abundance from BAM files" has the speeds and the agreement
+with MetaBAT's tool).
 Files are read in parallel, one process each, as jgi_summarize_bam_contig_depths's threads do.
 """
 
@@ -35,8 +38,8 @@ import numpy as np
 
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
 
-SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x400 | 0x800
-"""Unmapped, secondary, QC fail, duplicate, supplementary (SAM flags)."""
+SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x400
+"""Unmapped, secondary, QC fail, duplicate (SAM flags): what jgi_summarize_bam_contig_depths skips."""
 
 _MATCH_OPS = (0, 7, 8)  # CIGAR M, =, X: bases aligned to the contig
 _NM = 10  # get_cigar_stats() puts the NM tag's value after the 10 CIGAR operations
@@ -70,7 +73,7 @@ class SampleDepth:
     variance: np.ndarray  # (n,) float64
     records: int  # alignment records read
     counted: int  # reads that qualified and were counted
-    low_identity: int  # primary mapped reads under min_identity or min_mapq
+    low_identity: int  # mapped reads under min_identity or min_mapq
     seconds: float
 
 
@@ -90,7 +93,19 @@ def contig_stats(lengths: np.ndarray, tid: int, starts: list[int], ends: list[in
 
 
 def sample_depth(path: str | os.PathLike[str], settings: DepthSettings = DepthSettings()) -> SampleDepth:
-    """Depths of every contig in one coordinate-sorted BAM (or SAM/CRAM) file."""
+    """Depths of every contig in one coordinate-sorted BAM (or SAM/CRAM) file: BAM files by the
+    compiled scan (`bam_scan`), the others by pysam."""
+    from data_pipeline.bam_scan import is_bam, scan_bam
+
+    if is_bam(Path(path)):
+        names, lengths, mean, variance, records, counted, low, seconds = scan_bam(Path(path), settings, SKIP_FLAGS)
+        return SampleDepth(str(path), names, lengths, mean, variance, records, counted, low, seconds)
+    return pysam_depth(path, settings)
+
+
+def pysam_depth(path: str | os.PathLike[str], settings: DepthSettings = DepthSettings()) -> SampleDepth:
+    """`sample_depth` read record by record through pysam (htslib): SAM and CRAM, and BAM in the tests
+    that check the compiled scan against it."""
     import pysam
 
     started = time.perf_counter()
@@ -123,8 +138,7 @@ def sample_depth(path: str | os.PathLike[str], settings: DepthSettings = DepthSe
                 if tid != current:
                     if tid < current or finished[tid]:
                         raise InputError(
-                            f"{path}: record {records} ('{read.query_name}') is out of coordinate order; "
-                            "sort the file with 'samtools sort'"
+                            f"{path}: record {records} is out of coordinate order; sort the file with 'samtools sort'"
                         )
                     if current >= 0:
                         mean[current], variance[current] = contig_stats(

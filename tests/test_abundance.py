@@ -7,7 +7,7 @@ import numpy as np
 import pysam
 import pytest
 
-from data_pipeline.bam_depth import DepthSettings, bam_depths, sample_depth
+from data_pipeline.bam_depth import DepthSettings, bam_depths, pysam_depth, sample_depth
 from data_pipeline.depth_table import read_depth_table
 from kmervae.core.errors import InputError
 from tests.test_cli import kmervae
@@ -28,7 +28,7 @@ def write_bam(path, reads, contigs=CONTIGS, sort_order="coordinate"):
             seg.reference_start = start
             seg.mapping_quality = mapq
             seg.cigarstring = cigar
-            seg.query_sequence = "A" * seg.query_length
+            seg.query_sequence = "A" * seg.infer_query_length()
             seg.set_tag("NM", nm)
             bam.write(seg)
     return path
@@ -41,7 +41,9 @@ SAMPLE1 = [
     ("A", 200, "100M", 0, 256, 60),  # secondary: ignored
     ("A", 200, "100M", 5, 0, 60),  # identity 95/100: ignored at 0.97
     ("A", 250, "60M2D40M", 2, 0, 60),  # identity 100/102 = 0.98: 250..309 and 312..351
-    ("A", 300, "20M", 0, 2048, 60),  # supplementary: ignored
+    ("A", 300, "20M", 0, 2048, 60),  # supplementary: counts, as in MetaBAT: 300..319
+    ("A", 320, "20M", 0, 1024, 60),  # duplicate: ignored
+    ("A", 330, "20M", 0, 512, 60),  # QC fail: ignored
     ("B", 10, "50M", 0, 0, 3),  # 10..59
 ]
 
@@ -56,18 +58,18 @@ def profile(length, intervals):
 
 def test_depths_follow_metabat_definitions(tmp_path):
     got = sample_depth(write_bam(tmp_path / "s1.bam", SAMPLE1))
-    a = profile(400, [(0, 100), (100, 150), (250, 310), (312, 352)])[75:325]  # ends left out
+    a = profile(400, [(0, 100), (100, 150), (250, 310), (312, 352), (300, 320)])[75:325]  # ends left out
     b = profile(100, [(10, 60)])  # 100 <= 2 * 75: every base
     assert got.contigs == ["A", "B", "C"]
     np.testing.assert_allclose(got.mean, [a.mean(), b.mean(), 0.0])
     np.testing.assert_allclose(got.variance, [a.var(ddof=1), b.var(ddof=1), 0.0])
-    assert (got.records, got.counted, got.low_identity) == (7, 4, 1)
+    assert (got.records, got.counted, got.low_identity) == (9, 5, 1)
 
 
 def test_flags_change_the_definitions(tmp_path):
     path = write_bam(tmp_path / "s1.bam", SAMPLE1)
     loose = sample_depth(path, DepthSettings(min_identity=0.9, edge_bases=0, min_mapq=10))
-    a = profile(400, [(0, 100), (100, 150), (200, 300), (250, 310), (312, 352)])  # the 95% read counts now
+    a = profile(400, [(0, 100), (100, 150), (200, 300), (250, 310), (312, 352), (300, 320)])  # the 95% read too
     np.testing.assert_allclose(loose.mean[:2], [a.mean(), 0.0])  # B's read has mapq 3 < 10
     assert loose.low_identity == 1
 
@@ -78,8 +80,8 @@ def test_several_samples_and_the_table_round_trip(tmp_path):
     out = tmp_path / "depth.tsv"
     result = kmervae("abundance", str(s1), str(s2), "-o", str(out), "--workers", "2")
     assert result.returncode == 0, result.stderr
-    assert "s1.bam: 7 records, 4 reads counted" in result.stderr
-    assert "samples   2" in result.stdout and "reads     6 counted of 9 records" in result.stdout
+    assert "s1.bam: 9 records, 5 reads counted" in result.stderr
+    assert "samples   2" in result.stdout and "reads     7 counted of 11 records" in result.stdout
     table = read_depth_table(out)
     assert table.format == "metabat" and table.samples == ("s1.bam", "s2.bam")
     assert table.contigs == ("A", "B", "C") and table.lengths.tolist() == [400, 100, 200]
@@ -97,8 +99,15 @@ def test_bad_bams_are_one_line_and_write_nothing(tmp_path):
     fasta = tmp_path / "asm.fna"
     fasta.write_text(">A\nACGT\n")
     good = write_bam(tmp_path / "s1.bam", SAMPLE1)
+    truncated = tmp_path / "t.bam"
+    truncated.write_bytes(good.read_bytes()[:-60])  # the last block and the end marker cut off
+    unsorted_sam = to_sam(unsorted, tmp_path / "u.sam")
+    queryname = write_bam(tmp_path / "q.bam", SAMPLE1, sort_order="queryname")
     cases = [
-        ([unsorted], "record 2 ('r1') is out of coordinate order; sort the file with 'samtools sort'"),
+        ([unsorted], "u.bam: record 2 is out of coordinate order; sort the file with 'samtools sort'"),
+        ([truncated], "is the file complete?"),
+        ([unsorted_sam], "u.sam: record 2 is out of coordinate order"),
+        ([queryname], "q.bam: sorted by queryname, not by coordinate"),
         ([good, other], "o.bam: its reads are mapped to other contigs than"),
         ([fasta], "asm.fna: not a readable BAM/SAM/CRAM file"),
         ([tmp_path / "missing.bam"], "missing.bam: no such BAM file"),
@@ -110,6 +119,40 @@ def test_bad_bams_are_one_line_and_write_nothing(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert message in lines[-1] and "Traceback" not in result.stderr
         assert not out.exists() and not list(tmp_path.glob(".depth.tsv*"))
+
+
+def to_sam(bam, path):
+    """The same records as SAM text (read by pysam, not by the compiled scan)."""
+    with pysam.AlignmentFile(str(bam)) as source, pysam.AlignmentFile(str(path), "w", template=source) as out:
+        for read in source.fetch(until_eof=True):
+            out.write(read)
+    return path
+
+
+def test_the_compiled_scan_agrees_with_pysam(tmp_path):
+    """BAM files go through the compiled scan; SAM (and CRAM) through pysam: the same depths. NM
+    stored as every integer type, other tags before it, and a read with no NM tag (exact)."""
+    bam = write_bam(tmp_path / "s1.bam", SAMPLE1)
+    with (
+        pysam.AlignmentFile(str(bam)) as source,
+        pysam.AlignmentFile(str(tmp_path / "tags.bam"), "wb", template=source) as out,
+    ):
+        for i, read in enumerate(source.fetch(until_eof=True)):
+            nm = read.get_tag("NM")
+            read.set_tags([("XA", "some;text", "Z"), ("XB", [1, 2, 3], None), ("MD", "100", "Z")])
+            if i != 1:
+                read.set_tag("NM", nm, "cCsSiI"[i % 6])
+            out.write(read)
+    for path in (bam, tmp_path / "tags.bam"):
+        compiled = sample_depth(path)
+        reference = pysam_depth(path)
+        from_sam = sample_depth(to_sam(path, tmp_path / "copy.sam"))
+        for other in (reference, from_sam):
+            np.testing.assert_allclose(compiled.mean, other.mean, rtol=1e-12)
+            np.testing.assert_allclose(compiled.variance, other.variance, rtol=1e-9)
+            assert (compiled.records, compiled.counted, compiled.low_identity) == (
+                other.records, other.counted, other.low_identity,
+            )  # fmt: skip
 
 
 def test_depth_table_formats(tmp_path):
