@@ -82,8 +82,30 @@ def score(
     return out
 
 
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Each column minus its mean over the rows, over its standard deviation (a constant column: 0)."""
+    return (x - x.mean(axis=0)) / x.std(axis=0).clip(min=1e-8)
+
+
+ABUNDANCE_FLOOR = 1e-3
+"""Added to depth shares and floors total depths before the log (VAMB clips depths at 0.001)."""
+
+
+def abundance_profile(depth: np.ndarray) -> np.ndarray:
+    """What VAMB reads of a contig's depths (vamb/encode.py make_dataloader): each sample scaled by
+    its mean depth, the contig's share of depth in each sample (equal shares where no read came)
+    and its total depth; here as log shares and log total, each z-scored over the contigs."""
+    depth = np.asarray(depth, dtype=np.float64)
+    scaled = depth / depth.mean(axis=0).clip(min=1e-12)
+    total = scaled.sum(axis=1, keepdims=True)
+    shares = np.where(total > 0, scaled / total.clip(min=1e-12), 1.0 / depth.shape[1])
+    return zscore(np.hstack([np.log(shares + ABUNDANCE_FLOOR), np.log(total.clip(min=ABUNDANCE_FLOOR))]))
+
+
 def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """TNF (z-scored 4-mer log-frequencies) and PCA-`dim` of all k-mer log-frequencies, in `contig_ids` order."""
+    """TNF (z-scored 4-mer log-frequencies) and PCA-`dim` of all k-mer log-frequencies, in
+    `contig_ids` order; for features with abundance also TNF beside the abundance profile
+    (`abundance_profile`), the simple baseline a binner with read depths has."""
     import torch
     from sklearn.decomposition import PCA
 
@@ -101,13 +123,15 @@ def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int 
         torch.from_numpy(table.gc[rows]),
         *(torch.from_numpy(table.counts(k)[rows].astype(np.int64)) for k in (7, 4, 3)),
     )
-    tnf = x.kmer4.numpy()
-    tnf = (tnf - tnf.mean(axis=0)) / tnf.std(axis=0).clip(min=1e-8)
+    tnf = zscore(x.kmer4.numpy())
     everything = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).numpy()
     pca = PCA(n_components=min(dim, *everything.shape), svd_solver="randomized", random_state=seed).fit_transform(
         everything
     )
-    return {"tnf_zscore": tnf, f"pca{dim}_kmers": pca}
+    out = {"tnf_zscore": tnf, f"pca{dim}_kmers": pca}
+    if table.abundance is not None:
+        out["tnf_abundance"] = np.hstack([tnf, abundance_profile(table.abundance[rows])])
+    return out
 
 
 def labels_from(features: str | Path, contig_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
