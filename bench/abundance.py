@@ -2,6 +2,7 @@
 
     python bench/abundance.py build GENOMES... -o DIR [--samples 4] [--seed 1]
     python bench/abundance.py compare DIR
+    python bench/abundance.py quality DIR [--epochs 8] [--seeds 0 1 2] [--config NAME ...]
 
 `build` cuts each genome into contigs of log-normal length (median about 4 kb, 1-100 kb, as CAMI
 cuts a gold-standard assembly; ids say nothing of the genome), draws each genome's coverage in
@@ -14,6 +15,12 @@ DIR/truth.tsv (contig, genome, length) and DIR/sample_N.bam.
 
 `compare` runs both tools on the same BAM files with the same cores and prints the time of each,
 reads per second, and how many contigs differ by more than 1% and 0.01x (mean and variance).
+
+`quality` featurizes DIR's assembly with the depths `compare` wrote (DIR/kmervae.tsv) and its
+truth labels, trains each configuration of `CONFIGS` with the local engine on all contigs (a
+binner trains on the assembly it bins) for every seed, embeds the contigs and scores them with
+`kmervae evaluate` (near-complete bins by `kmervae bin`'s clusterer, 200 kb minimum), beside the
+baselines on the same contigs: z-scored TNF, PCA-32 and TNF with the abundance profile.
 """
 
 from __future__ import annotations
@@ -140,6 +147,59 @@ def compare(args: argparse.Namespace) -> None:
     print(f"largest difference of a mean: {diff[:, 0::2].max():.6f}x")
 
 
+CONFIGS = {
+    "composition": [],
+    "abundance-shared": ["model.abundance_widths=[64,32]", "loss.abundance_views=shared"],
+    "abundance-thinned": ["model.abundance_widths=[64,32]", "loss.abundance_views=thinned"],
+}
+"""Settings on top of the `recommended` preset, by name."""
+
+
+def quality(args: argparse.Namespace) -> None:
+    import json
+
+    from kmervae.apply.embed import embed
+    from kmervae.apply.evaluate import evaluate
+    from kmervae.core.config import preset_config
+    from kmervae.core.engine import fit_local
+
+    folder = Path(args.dir)
+    work = folder / "quality"
+    features = work / "features"
+    kmervae = str(Path(sys.executable).parent / "kmervae")
+    subprocess.run(
+        [kmervae, "featurize", str(folder / "assembly.fna"), "--abundance", str(folder / "kmervae.tsv"),
+         "--labels", str(folder / "truth.tsv"), "--min-length", "1500", "-o", str(features), "--overwrite", "--quiet"],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    rows = {}
+    for name in args.config or list(CONFIGS):
+        for seed in args.seeds:
+            config = preset_config("recommended").with_overrides(
+                [*CONFIGS[name], *args.set, f"train.epochs={args.epochs}", f"train.seed={seed}"]
+            )
+            out = work / f"{name}-{seed}"
+            started = time.perf_counter()
+            fit = fit_local(features, config, out, log=lambda line: None)
+            trained = time.perf_counter() - started
+            embed(str(fit.best_checkpoint), features, out / "embeddings.parquet", overwrite=True, progress=False)
+            result = evaluate(out / "embeddings.parquet", features, seed=seed)
+            (out / "evaluation.json").write_text(json.dumps(result, indent=2))
+            scores = result["scores"]
+            rows[(name, seed)] = scores
+            vae = scores["vae"]
+            print(
+                f"| {name} | {seed} | {vae['nc_bins']:.0f} | {vae['mq_bins']:.0f} | {vae['knn1_acc']:.3f} | "
+                f"{vae['kmeans_ari']:.3f} | {trained:.0f} s |",
+                flush=True,
+            )
+    baseline = next(iter(rows.values()))
+    for name in ("tnf_zscore", "pca32_kmers", "tnf_abundance"):
+        b = baseline[name]
+        cells = f"{b['nc_bins']:.0f} | {b['mq_bins']:.0f} | {b['knn1_acc']:.3f} | {b['kmeans_ari']:.3f}"
+        print(f"| {name} | - | {cells} | - |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True)
@@ -155,6 +215,13 @@ def main() -> None:
     c = sub.add_parser("compare")
     c.add_argument("dir")
     c.set_defaults(run=compare)
+    q = sub.add_parser("quality")
+    q.add_argument("dir")
+    q.add_argument("--epochs", type=int, default=8)
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--config", nargs="+", choices=list(CONFIGS))
+    q.add_argument("--set", nargs="*", default=[], help="more section.key=value settings for every configuration")
+    q.set_defaults(run=quality)
     args = parser.parse_args()
     args.run(args)
 

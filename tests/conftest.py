@@ -75,6 +75,47 @@ def example_features(tmp_path_factory) -> Path:
     return out
 
 
+ABUNDANCE_SAMPLES = 3
+
+
+@pytest.fixture(scope="session")
+def abundance_features(tmp_path_factory):
+    """The bundled examples as 5 kb labelled contigs with depths in 3 samples: each genome has its
+    own depth profile (a log-normal per sample), each record a little noise around it."""
+    import numpy as np
+
+    from data_pipeline.depth_table import AbundanceLookup, DepthTable
+    from data_pipeline.fasta import FastaReader
+    from data_pipeline.featurize import FeaturizeSettings, featurize
+    from data_pipeline.labels import Labels
+
+    rng = np.random.default_rng(7)
+    paths = sorted(EXAMPLES.glob("*.fna.gz"))
+    contigs, depths = [], []
+    for path in paths:
+        profile = rng.lognormal(1.5, 1.0, ABUNDANCE_SAMPLES)
+        for record in FastaReader(path):
+            contigs.append(record.id)
+            depths.append(profile * rng.lognormal(0, 0.05, ABUNDANCE_SAMPLES))
+    table = DepthTable(
+        "synthetic",
+        "vamb",
+        tuple(contigs),
+        tuple(f"S{i + 1}" for i in range(ABUNDANCE_SAMPLES)),
+        np.array(depths, np.float32),
+        None,
+    )
+    out = tmp_path_factory.mktemp("abundance-features") / "features"
+    featurize(
+        paths,
+        out,
+        FeaturizeSettings(fragment_length=5000),
+        Labels(from_filename=True),
+        abundance=AbundanceLookup(table),
+    )
+    return out
+
+
 @pytest.fixture(autouse=True)
 def no_outside_servers(monkeypatch):
     """Tests use their own local stores and clusters, never a server the developer's shell points at."""

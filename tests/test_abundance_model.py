@@ -11,9 +11,6 @@ import onnxruntime
 import pytest
 import torch
 
-from data_pipeline.depth_table import AbundanceLookup, DepthTable
-from data_pipeline.featurize import FeaturizeSettings, featurize
-from data_pipeline.labels import Labels
 from kmervae.apply.embed import decode_batch, embed
 from kmervae.apply.export import Encoder, example_inputs, export
 from kmervae.core.checkpoint import load_checkpoint
@@ -24,35 +21,7 @@ from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.feature_table import FeatureTable, dataset_files
 from kmervae.core.loss import abundance_term, vae_loss
 from kmervae.core.model import BranchedVAE, count_parameters
-from tests.conftest import EXAMPLES
-
-SAMPLES = 3
-
-
-@pytest.fixture(scope="module")
-def abundance_features(tmp_path_factory):
-    """The bundled examples as 5 kb labelled contigs with depths in 3 samples: each genome has its
-    own depth profile (a log-normal per sample), each record a little noise around it."""
-    rng = np.random.default_rng(7)
-    paths = sorted(EXAMPLES.glob("*.fna.gz"))
-    from data_pipeline.fasta import FastaReader
-
-    contigs, depths = [], []
-    for path in paths:
-        profile = rng.lognormal(1.5, 1.0, SAMPLES)
-        for record in FastaReader(path):
-            contigs.append(record.id)
-            depths.append(profile * rng.lognormal(0, 0.05, SAMPLES))
-    table = DepthTable("synthetic", "vamb", tuple(contigs), ("S1", "S2", "S3"), np.array(depths, np.float32), None)
-    out = tmp_path_factory.mktemp("abundance-features") / "features"
-    featurize(
-        paths,
-        out,
-        FeaturizeSettings(fragment_length=5000),
-        Labels(from_filename=True),
-        abundance=AbundanceLookup(table),
-    )
-    return out
+from tests.conftest import ABUNDANCE_SAMPLES as SAMPLES
 
 
 def tiny(widths=(8, 4), samples=SAMPLES):
@@ -137,3 +106,20 @@ def test_training_with_abundance_reproduces_validation_and_exports_agree(
     with pytest.raises(InputError, match="this model has an abundance branch and these features have no 'abundance'"):
         embed(str(result.last_checkpoint), example_features, tmp_path / "none.parquet")
     assert not (tmp_path / "none.parquet").exists()
+
+
+def test_thinned_views_split_the_reads_a_depth_implies():
+    from kmervae.core.loss import READ_LENGTH, split_depths
+
+    depth = torch.tensor([[6.0, 0.0, 30.0], [0.2, 1.0, 2.0]])
+    length = torch.tensor([3000, 150_000])
+    generator = torch.Generator().manual_seed(0)
+    a, b = split_depths(depth, length, 0.3, generator)
+    reads = (depth * length.reshape(-1, 1) / READ_LENGTH).round()  # 120, 0, 600 and 200, 1000, 2000
+    # the two views' reads add up to the contig's, and each view's depth is scaled by its share
+    np.testing.assert_allclose(
+        ((0.3 * a + 0.7 * b) * length.reshape(-1, 1) / READ_LENGTH).numpy(), reads.numpy(), rtol=1e-6
+    )
+    assert a[0, 1] == b[0, 1] == 0 and not torch.equal(a, b)
+    many = torch.stack([split_depths(depth, length, 0.5, generator)[0] for _ in range(400)])
+    np.testing.assert_allclose(many.mean(dim=0).numpy(), depth.numpy(), rtol=0.05)  # unbiased

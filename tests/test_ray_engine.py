@@ -29,6 +29,7 @@ METRIC_KEYS = {
     "train/loss", "val/loss", "val/recon", "val/kl", "val/mse_7", "val/mse_7_present", "val/mse_7_absent",
     "val/frac_present", "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
     "val/active_units", "val/view_agreement", "val/link_agreement", "lr", "epoch", "samples_per_s", "val/knn_acc",
+    "val/ce_abundance", "val/mse_abundance",
 }  # fmt: skip
 
 
@@ -45,12 +46,17 @@ def tiny(epochs: int) -> RunConfig:
     )
 
 
+def with_abundance(epochs: int) -> RunConfig:
+    """`tiny` with an abundance branch: what the shared two-worker run trains (on features with depths)."""
+    return tiny(epochs).with_overrides(["model.abundance_widths=[8]"])
+
+
 @pytest.fixture(scope="module")
-def two_worker_run(local_ray, example_features, tmp_path_factory):
+def two_worker_run(local_ray, abundance_features, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-run")
     result = fit_ray(
-        example_features,
-        tiny(2),
+        abundance_features,
+        with_abundance(2),
         workers=2,
         use_cpu=True,
         name="two",
@@ -79,11 +85,12 @@ def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run):
     }
 
 
-def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, example_features):
+def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, abundance_features):
     _, result = two_worker_run
     ckpt = load_checkpoint(result.best_checkpoint)
     reported = ckpt.metrics["val/loss"]
-    _, val = load_splits(example_features, ckpt.config.data)
+    assert ckpt.config.model.abundance_samples == 3 and bool(ckpt.build_model().depth_fitted)
+    _, val = load_splits(abundance_features, ckpt.config.data)
     validation = validate_epoch(
         ckpt.build_model(),
         val.validation_batches(64),
@@ -94,6 +101,7 @@ def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, exam
     )
     # The workers split the validation set and all-reduced their sums: the whole set, exactly.
     assert validation.metrics["val/loss"] == pytest.approx(reported, rel=1e-5)
+    assert validation.metrics["val/ce_abundance"] == pytest.approx(ckpt.metrics["val/ce_abundance"], rel=1e-5)
     # They gathered every rank's embeddings with their must-link keys: the same pairs and ranks.
     assert 0.5 < ckpt.metrics["val/link_agreement"] <= 1
     local = link_agreement(validation.mu, validation.links)
@@ -101,13 +109,13 @@ def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, exam
     assert [m["epoch"] for m in result.history] == [0, 1]
 
 
-def test_rerunning_the_same_name_resumes_and_continues_the_mlflow_run(two_worker_run, example_features):
+def test_rerunning_the_same_name_resumes_and_continues_the_mlflow_run(two_worker_run, abundance_features):
     from mlflow import MlflowClient
 
     root, first = two_worker_run
     again = fit_ray(
-        example_features,
-        tiny(3),
+        abundance_features,
+        with_abundance(3),
         workers=2,
         use_cpu=True,
         name="two",
@@ -200,13 +208,13 @@ def test_a_foreign_parquet_is_refused_before_any_worker_starts(tmp_path, example
     assert ray.is_initialized() == was_running  # refused before Ray was even started
 
 
-def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, example_features):
+def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, abundance_features):
     """train.resident=on: each worker reads its shard once and shuffles it itself; the
     contigs it trains and validates on are the streamed run's, epoch after epoch."""
     root, streamed = two_worker_run
-    config = tiny(2).with_overrides(["train.resident=on"])
+    config = with_abundance(2).with_overrides(["train.resident=on"])
     resident = fit_ray(
-        example_features,
+        abundance_features,
         config,
         workers=2,
         use_cpu=True,
@@ -222,7 +230,7 @@ def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, 
     # The resident workers validated exactly the validation split: the checkpointed model,
     # validated here on the local engine's split, gives the loss the workers reported.
     ckpt = load_checkpoint(resident.last_checkpoint)
-    _, val = load_splits(example_features, ckpt.config.data)
+    _, val = load_splits(abundance_features, ckpt.config.data)
     beta = ckpt.config.loss.beta_at(ckpt.epoch)
     metrics, *_ = validate_epoch(
         ckpt.build_model(), val.validation_batches(64), ckpt.config.loss, beta, device=torch.device("cpu")
@@ -239,20 +247,25 @@ def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, 
         ("materialize", 400, "genome"),
     ],
 )
-def test_ray_data_and_the_local_engine_pick_the_same_contigs(local_ray, example_features, max_samples, mode, val_split):
+def test_ray_data_and_the_local_engine_pick_the_same_contigs(
+    local_ray, abundance_features, max_samples, mode, val_split
+):
     from kmervae.core.config import DataConfig
     from kmervae.core.data import split_hash
     from kmervae.core.feature_table import dataset_files
     from kmervae.distributed.ray_data import build_datasets, label_vocabulary
 
     cfg = DataConfig(max_samples=max_samples, val_split=val_split, val_fraction=0.3)
-    files = dataset_files(example_features)
+    files = dataset_files(abundance_features)
     train_ds, val_ds = build_datasets(files, cfg, label_vocabulary(files), seed=0, mode=mode)
-    train, val = load_splits(example_features, cfg)
+    train, val = load_splits(abundance_features, cfg)
     for ds, local in ((train_ds, train), (val_ds, val)):
         rows = ds.to_pandas()
         expected = (split_hash(local.contig_ids, cfg.split_salt) * 2**31).astype(np.int64)  # the contig's fingerprint
         assert sorted(rows["bucket"]) == sorted(expected)
+        # each contig's depths travel with it
+        depths = sorted(zip(expected.tolist(), map(tuple, local.batch.abundance.tolist()), strict=True))
+        assert sorted(zip(rows["bucket"], (tuple(v) for v in rows["abundance"]), strict=True)) == depths
         assert sorted(rows["length"]) == sorted(local.batch.length.tolist())
         if "label" in rows:  # validation carries label codes, the same as the local engine's
             assert sorted(rows["label"]) == sorted(local.codes.tolist())

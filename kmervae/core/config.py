@@ -179,6 +179,12 @@ class LossConfig:
     the decoder reconstructs view B, so only what the halves share (the genome's signal) pays."""
     view_fraction: float = 0.5
     """Share of each count that goes to view A (cross_view, infonce)."""
+    abundance_views: str = "thinned"
+    """What each view of a contig carries of its depths (models with an abundance branch):
+    'thinned' (the depth that view's share of the reads would give: the reads a depth implies,
+    depth * length / READ_LENGTH, thinned binomially like the k-mer windows and scaled back, so
+    two views of one contig differ by sampling noise as two fragments' depths do) or 'shared'
+    (both views carry the contig's own depths)."""
     infonce: float = 0.0
     """Weight of an InfoNCE term between the two views of each contig (0 = off): both views are
     encoded in one forward pass (the batch doubles), each view's readout must pick its partner
@@ -251,6 +257,12 @@ class LossConfig:
         check_field(isinstance(self.cross_view, bool), "loss.cross_view", self.cross_view, "expected true or false")
         check_field(
             0.0 < self.view_fraction < 1.0, "loss.view_fraction", self.view_fraction, "expected a number in (0, 1)"
+        )
+        check_field(
+            self.abundance_views in ("thinned", "shared"),
+            "loss.abundance_views",
+            self.abundance_views,
+            "expected thinned or shared",
         )
         for name in ("infonce", "supcon"):
             value = getattr(self, name)

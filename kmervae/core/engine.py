@@ -29,7 +29,7 @@ from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBat
 from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, best_index, table
 from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.core.feature_table import dataset_files
-from kmervae.core.loss import contrastive_loss, split_views, vae_loss
+from kmervae.core.loss import contrastive_loss, split_depths, split_views, vae_loss
 from kmervae.core.metrics import (
     VIEW_CONTIGS,
     VIEW_SEED,
@@ -102,7 +102,7 @@ def training_views(batch: CountBatch, codes: Tensor | None, cfg: LossConfig):
     reconstructing the other view under cross_view, else the whole contig."""
     if not (cfg.cross_view or cfg.paired_views):
         return batch, batch, codes
-    a, b = split_batch(batch, cfg.view_fraction)
+    a, b = split_batch(batch, cfg.view_fraction, thin_depths=cfg.abundance_views == "thinned")
     if not cfg.paired_views:
         return a, b, codes
     stack = lambda x, y: CountBatch.cat([x, y])  # noqa: E731
@@ -201,7 +201,8 @@ def validate_epoch(
         with autocast(device, precision):
             out = model(*batch)
             if viewed < view_contigs:
-                a, b = split_batch(batch.head(view_contigs - viewed), 0.5, generator)
+                thin = loss_cfg.abundance_views == "thinned"
+                a, b = split_batch(batch.head(view_contigs - viewed), 0.5, generator, thin_depths=thin)
                 views.append(torch.stack([model(*a).mu.float(), model(*b).mu.float()], dim=1).cpu())
                 viewed += len(a.length)
         metrics.update(out, batch.kmer7, loss_cfg)
@@ -237,13 +238,17 @@ class Collective:
 
 
 def split_batch(
-    batch: CountBatch, fraction: float, generator: torch.Generator | None = None
+    batch: CountBatch, fraction: float, generator: torch.Generator | None = None, thin_depths: bool = False
 ) -> tuple[CountBatch, CountBatch]:
-    """Two binomially thinned views of a batch (`split_views` on every k-mer column); GC, length
-    and depths are the contig's own in both."""
+    """Two binomially thinned views of a batch (`split_views` on every k-mer column); GC and
+    length are the contig's own in both, and so are its depths unless `thin_depths`
+    (`split_depths`: loss.abundance_views=thinned)."""
     views = [split_views(counts, fraction, generator) for counts in (batch.kmer7, batch.kmer4, batch.kmer3)]
-    a = CountBatch(batch.length, batch.gc, *(view[0] for view in views), batch.abundance)
-    b = CountBatch(batch.length, batch.gc, *(view[1] for view in views), batch.abundance)
+    depth_a = depth_b = batch.abundance
+    if thin_depths and batch.abundance is not None:
+        depth_a, depth_b = split_depths(batch.abundance, batch.length, fraction, generator)
+    a = CountBatch(batch.length, batch.gc, *(view[0] for view in views), depth_a)
+    b = CountBatch(batch.length, batch.gc, *(view[1] for view in views), depth_b)
     return a, b
 
 

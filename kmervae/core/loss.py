@@ -78,6 +78,23 @@ def split_views(counts: Tensor, fraction: float, generator: torch.Generator | No
     return a.to(counts.dtype), (wide - a).to(counts.dtype)
 
 
+READ_LENGTH = 150
+"""Bases per read assumed when a depth is turned back into reads to thin it (Illumina 2x150)."""
+
+
+def split_depths(
+    depth: Tensor, length: Tensor, fraction: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Two views of a contig's mean depths (B, samples): the reads a depth implies on the contig
+    (depth * length / READ_LENGTH, rounded) go to view A with probability `fraction`, the rest to
+    B, and each view's reads are turned back into a depth scaled by its share, so both estimate
+    the contig's depth with the noise of fewer reads."""
+    reads = (depth.float() * length.float().reshape(-1, 1) / READ_LENGTH).round()
+    a = torch.binomial(reads, torch.full_like(reads, fraction), generator=generator)
+    per_read = READ_LENGTH / length.float().reshape(-1, 1)
+    return (a * per_read / fraction).to(depth.dtype), ((reads - a) * per_read / (1 - fraction)).to(depth.dtype)
+
+
 def info_nce(mu_a: Tensor, mu_b: Tensor, temperature: float, prior: float = 0.0) -> Tensor:
     """Symmetric InfoNCE (van den Oord et al. 2018; SimCLR's NT-Xent across views): contig i's
     view A must pick its own view B among the batch's B views by cosine / temperature, and
