@@ -363,6 +363,14 @@ def _add_describe(sub: argparse._SubParsersAction) -> None:
     )
     _add_model_flags(p)
     p.add_argument("-o", "--out", type=Path, metavar="FILE", help="diagram file (.png or .svg)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="samples of the abundance column, for a model with model.abundance_widths (training reads it "
+        "from the features)",
+    )
     p.set_defaults(run=_cmd_describe)
 
 
@@ -374,6 +382,12 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     config = _run_config(args)
     if args.out is not None and args.out.suffix.lower() not in (".png", ".svg"):
         raise ConfigError(f"-o {args.out}: the diagram is written as .png or .svg")
+    if config.model.uses_abundance:
+        if args.samples is None or args.samples < 1:
+            raise ConfigError(
+                "model.abundance_widths: give the number of samples of the abundance column with --samples N"
+            )
+        config = config.for_data(tuple(f"S{i + 1}" for i in range(args.samples)))
     print(format_table(BranchedVAE(config.model)))
     if args.out is not None:
         print(f"diagram   {draw_diagram(config.model, args.out)}")

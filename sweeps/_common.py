@@ -148,12 +148,19 @@ def default_data(storage: str) -> Path:
 
 
 def sweep_main(
-    script: str, description: str, space: Callable[[Any], Any], preset: str = "final", argv: list[str] | None = None
+    script: str,
+    description: str,
+    space: Callable[[Any], Any],
+    preset: str = "final",
+    argv: list[str] | None = None,
+    abundance_space: Callable[[Any], Any] | None = None,
 ) -> int:
-    """Parse flags, run the sweep, print where everything went. Returns the exit status."""
+    """Parse flags, run the sweep, print where everything went. Returns the exit status.
+    `abundance_space`, where given, is the space for features with abundance (it adds the
+    abundance branch's settings to `space`'s)."""
     args = parse_args(description, preset, argv)
     try:
-        return _run(script, args, space)
+        return _run(script, args, space, abundance_space)
     except KmervaeError as err:
         print(f"{script}: error: {redact(str(err))}", file=sys.stderr)
         return 2
@@ -173,7 +180,7 @@ def objective(metric: str, data, base, labels: list[str]) -> str:
     return "val/link_agreement" if validation_must_links(dataset_files(data), base.data, labels) else "val/loss"
 
 
-def _run(script: str, args: argparse.Namespace, space) -> int:
+def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> int:
     from kmervae.core.config import SweepConfig, preset_config
     from kmervae.core.data import held_out_labels
     from kmervae.core.feature_table import dataset_files
@@ -190,7 +197,11 @@ def _run(script: str, args: argparse.Namespace, space) -> int:
     if smoke:
         fixed += [f"data.max_samples={SMOKE['max_samples']}", f"train.batch_size={SMOKE['batch_size']}"]
     data = args.data or default_data(args.storage)
-    labels = label_vocabulary(dataset_files(data))
+    files = dataset_files(data)
+    labels = label_vocabulary(files)
+    if abundance_space is not None and files.format.samples:
+        space = abundance_space
+        print(f"abundance: {len(files.format.samples)} sample(s); the abundance branch is swept too")
     if len(labels) >= GENOME_SPLIT_LABELS and not any(o.startswith("data.val_split=") for o in args.overrides):
         fixed.append("data.val_split=genome")
     base = base.with_overrides(fixed + args.overrides)

@@ -9,7 +9,9 @@ on. The levers (kmervae/core/config.py documents each): the reconstruction scale
 (none, z-scores of the training data, centred log-ratio), cross-view training and its split,
 an InfoNCE term between the views (plain or debiased), a supervised contrastive term on the training genomes'
 labels (such trials are tagged kmervae.uses_labels=true), the 7-mer weight, the latent size,
-and regularisation (input dropout, weight decay).
+and regularisation (input dropout, weight decay). On features with abundance ('kmervae featurize
+--abundance'), also the abundance branch: its widths (or none), its loss weight and what the
+cross-view halves carry of the depths.
 See sweeps/_common.py for the flags; bench/RESULTS.md ("Levers") for what was measured.
 """
 
@@ -44,5 +46,23 @@ def space(trial) -> None:
     trial.suggest_float("train.weight_decay", 1e-6, 1e-3, log=True)
 
 
+ABUNDANCE_WIDTHS = {"none": [], "32": [32], "64-32": [64, 32], "128-64": [128, 64]}
+"""Abundance branches the sweep tries, by name (Optuna's categories are plain values)."""
+
+
+def space_with_abundance(trial) -> dict:
+    """`space`, plus the abundance branch for features with depths."""
+    space(trial)
+    widths = ABUNDANCE_WIDTHS[trial.suggest_categorical("abundance_branch", list(ABUNDANCE_WIDTHS))]
+    if widths:
+        trial.suggest_float("loss.wab", 0.1, 10.0, log=True)
+        trial.suggest_categorical("loss.abundance_views", ["thinned", "shared"])
+    return {"model.abundance_widths": widths}
+
+
 if __name__ == "__main__":
-    sys.exit(sweep_main("quality_sweep", __doc__.splitlines()[0], space, preset="final"))
+    sys.exit(
+        sweep_main(
+            "quality_sweep", __doc__.splitlines()[0], space, preset="final", abundance_space=space_with_abundance
+        )
+    )

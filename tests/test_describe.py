@@ -23,3 +23,16 @@ def test_diagram_is_written_as_png_and_svg(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     svg = draw_diagram(PRESETS["final"], tmp_path / "sub" / "final.svg").read_text()
     assert "<svg" in svg and "27,844,555" in svg
+
+
+def test_the_abundance_branch_is_a_fourth_lane_of_table_and_diagram(tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(PRESETS["tiny"], abundance_widths=(16, 8), abundance_samples=4)
+    model = BranchedVAE(cfg)
+    shapes = {r.name: r.output_shape for r in layer_table(model)}
+    assert shapes["enc_ab.0"] == ("B", 16) and shapes["enc_ab.1"] == ("B", 8)
+    assert shapes["proj_ab"] == ("B", 8) and shapes["head_ab"] == ("B", 5)  # 4 share logits + log depth
+    assert format_table(model).splitlines()[-1].split()[1] == f"{count_parameters(model):,}"
+    svg = draw_diagram(cfg, tmp_path / "abundance.svg").read_text()
+    assert "depth shares 4" in svg and "shares 4 (softmax)" in svg and f"{count_parameters(model):,}" in svg

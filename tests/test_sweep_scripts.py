@@ -204,3 +204,14 @@ def test_half_a_gpu_per_trial_runs_two_trials_on_one_gpu():
     assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (1, 0.5, 1.0)
     with pytest.raises(ConfigError, match=r"cannot fit 3 x 1 worker\(s\) x 0.5 GPU: the cluster has 1 GPU\(s\)"):
         plan_resources(host, 1, 0.5, use_cpu=False, trials=3, trial_cpus=0.1)
+
+
+def test_the_quality_sweep_tries_the_abundance_branch_on_features_with_depths():
+    import dataclasses
+
+    module = load("quality_sweep")
+    with_depths = RunConfig(model=dataclasses.replace(preset("final"), abundance_samples=4))
+    varied = check_space(module.space_with_abundance, with_depths, seed=0, samples=64)
+    assert {"model.abundance_widths", "loss.wab", "loss.abundance_views"} <= varied
+    with pytest.raises(ConfigError, match="needs features with abundance"):
+        check_space(module.space_with_abundance, RunConfig(model=preset("final")), seed=0, samples=64)

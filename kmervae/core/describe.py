@@ -187,7 +187,8 @@ def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
     ax.text(
         last + 1.0,
         1.0,
-        "GC = mean of\nthe 3 branch GCs\n\noutput 8,361 =\n[7-, 4-, 3-mers, GC]",
+        "GC = mean of\nthe 3 branch GCs\n\noutput 8,361 =\n[7-, 4-, 3-mers, GC]"
+        + ("\n+ depth shares\nand log depth" if cfg.uses_abundance else ""),
         fontsize=7.5,
         va="center",
     )

@@ -72,7 +72,8 @@ def check_objective(metric: str, varied: set[str]) -> None:
 
 
 def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -> set[str]:
-    """Sample the space a few times and build each config: a bad space fails before Ray starts.
+    """Sample the space a few times and build each config: a bad space fails before Ray starts
+    (an abundance branch too, when `base` is set up for features without abundance: `RunConfig.for_data`).
     Returns the settings the space sets (`section.key`)."""
     import pickle
 
@@ -96,7 +97,8 @@ def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -
             raise ConfigError(f"the search space cannot be sampled: {type(err).__name__}: {err}") from None
         params = dict(trial.params)
         params.update(returned or {})
-        RunConfig.from_dict(overrides_to_dict(config_overrides(params)), base=base)
+        config = RunConfig.from_dict(overrides_to_dict(config_overrides(params)), base=base)
+        config.for_data(("",) * base.model.abundance_samples)  # an abundance branch needs features with depths
         varied.update(config_overrides(params))
         study.tell(trial, 0.0)
     return varied
