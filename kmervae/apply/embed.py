@@ -47,7 +47,9 @@ def _torch_embedder(module: torch.nn.Module, device: torch.device, abundance: bo
     names = [*MODEL_INPUTS, ABUNDANCE] if abundance else list(MODEL_INPUTS)
 
     def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = [torch.from_numpy(column).to(device) for column in _columns(batch, names)]
+        # arrow hands over read-only arrays (length, gc): copied, as torch.from_numpy wants to own them
+        columns = (c if c.flags.writeable else c.copy() for c in _columns(batch, names))
+        inputs = [torch.from_numpy(column).to(device) for column in columns]
         with torch.no_grad():
             out = module(*inputs)
         return (out[0] if isinstance(out, tuple) else out).float().cpu().numpy()
