@@ -118,3 +118,34 @@ def test_mlflow_sync_errors_are_one_line_and_keep_the_file(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 call(s) could not be sent (is the server up?); they stay in" in err[0], err
     assert json.loads(outbox.read_text()) == op  # kept for the next try
+
+
+def test_secrets_are_collected_while_another_thread_removes_a_variable(monkeypatch):
+    """os.environ listed a name that was gone when its value was read (MLflow's telemetry pops
+    one mid-run): collecting the secrets failed a sweep trial with KeyError."""
+    from collections.abc import MutableMapping
+
+    from kmervae.core import redact
+
+    class Vanishing(MutableMapping):  # what os.environ looks like mid-removal
+        def __init__(self, data):
+            self.data = data
+
+        def __iter__(self):
+            yield from [*self.data, "_GONE_TOKEN"]
+
+        def __getitem__(self, key):
+            return self.data[key]
+
+        def __len__(self):
+            return len(self.data) + 1
+
+        def __setitem__(self, key, value):
+            self.data[key] = value
+
+        def __delitem__(self, key):
+            del self.data[key]
+
+    monkeypatch.setattr(redact.os, "environ", Vanishing({"DB_PASSWORD": "hunter2-pw", "HOME": "/root"}))
+    assert redact.secret_values() == ["hunter2-pw"]
+    assert redact.redact("password hunter2-pw") == "password ***"

@@ -20,8 +20,13 @@ MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would mask innocent text
 
 
 def secret_values() -> list[str]:
-    """Values of environment variables whose names look like credentials, longest first."""
-    values = {v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
+    """Values of environment variables whose names look like credentials, longest first.
+
+    The names are listed once and each value read with `get`: another thread may remove a
+    variable meanwhile (MLflow's telemetry pops `_MLFLOW_TELEMETRY_SESSION_ID`), which made
+    `os.environ.items()` raise KeyError and failed a sweep trial."""
+    names = [k for k in list(os.environ) if SECRET_NAME.search(k)]
+    values = {v for v in map(os.environ.get, names) if v is not None and len(v) >= MIN_SECRET_LENGTH}
     return sorted(values, key=len, reverse=True)
 
 
