@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kmervae.apply.embed import decode_batch, embed
+from kmervae.apply.evaluate import abundance_profile, evaluate
 from kmervae.apply.export import Encoder, example_inputs, export
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
@@ -97,12 +98,20 @@ def test_training_with_abundance_reproduces_validation_and_exports_agree(
     onnx_out = session.run(None, {i.name: batch[i.name] for i in session.get_inputs()})[0]
     np.testing.assert_allclose(traced, reference, atol=1e-5)
     np.testing.assert_allclose(onnx_out, reference, atol=1e-5)
+    import mlflow
+
+    pyfunc = mlflow.pyfunc.load_model(str(export(str(result.last_checkpoint), "mlflow", tmp_path / "mlflow-model")))
+    assert "abundance" in pyfunc.metadata.get_input_schema().input_names()
+    np.testing.assert_allclose(pyfunc.predict(batch), reference, atol=1e-5)
 
     # embed writes the same rows as the checkpoint gives; features without abundance are refused
     out = embed(str(result.last_checkpoint), abundance_features, tmp_path / "emb.parquet").out
     written = np.stack(pq.read_table(out).column("embedding").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(written[:37], reference, atol=1e-5)
     assert len(written) == len(FeatureTable.from_parquet(abundance_features))
+    scores = evaluate(out, abundance_features)["scores"]
+    assert {"vae", "tnf_zscore", "tnf_abundance"} <= scores.keys()
+    assert scores["tnf_abundance"]["knn1_acc"] >= scores["tnf_zscore"]["knn1_acc"]  # genomes differ in depth here
     with pytest.raises(InputError, match="this model has an abundance branch and these features have no 'abundance'"):
         embed(str(result.last_checkpoint), example_features, tmp_path / "none.parquet")
     assert not (tmp_path / "none.parquet").exists()
@@ -123,3 +132,13 @@ def test_thinned_views_split_the_reads_a_depth_implies():
     assert a[0, 1] == b[0, 1] == 0 and not torch.equal(a, b)
     many = torch.stack([split_depths(depth, length, 0.5, generator)[0] for _ in range(400)])
     np.testing.assert_allclose(many.mean(dim=0).numpy(), depth.numpy(), rtol=0.05)  # unbiased
+
+
+def test_the_abundance_profile_of_the_baseline():
+    depth = np.array([[2.0, 0.0], [4.0, 4.0], [0.0, 0.0]])  # sample means 2 and 4/3
+    profile = abundance_profile(depth)
+    scaled = depth / np.array([2.0, 4 / 3])  # [1, 0], [2, 3], [0, 0]
+    shares = np.array([[1.0, 0.0], [0.4, 0.6], [0.5, 0.5]])  # no read: equal shares
+    expected = np.hstack([np.log(shares + 1e-3), np.log(np.maximum(scaled.sum(axis=1, keepdims=True), 1e-3))])
+    expected = (expected - expected.mean(axis=0)) / expected.std(axis=0)
+    np.testing.assert_allclose(profile, expected)
