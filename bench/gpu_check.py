@@ -120,7 +120,7 @@ def load_pool(features: Path | None, n_synthetic: int) -> tuple[CountBatch, str]
 def resample(pool: CountBatch, rows: int, seed: int = 1) -> CountBatch:
     """`rows` contigs drawn from the pool (real sparsity at any size)."""
     idx = torch.from_numpy(np.random.default_rng(seed).integers(0, len(pool.length), rows))
-    return CountBatch(*(t[idx] for t in pool))
+    return pool.map(lambda t: t[idx])
 
 
 def check_correctness(pool: CountBatch, device: torch.device, n: int) -> None:
@@ -180,7 +180,7 @@ def core_throughput(
                 i: int, batch_size=batch_size, precision=precision, runnable=runnable, optimizer=optimizer, model=model
             ) -> torch.Tensor:
                 lo = (i * batch_size) % (rows - batch_size + 1)
-                batch = CountBatch(*(t[lo : lo + batch_size] for t in data))
+                batch = data.map(lambda t, lo=lo: t[lo : lo + batch_size])
                 with autocast(device, precision):
                     out = runnable(*batch)
                 terms = vae_loss(out, batch.kmer7, LossConfig(), 1.0)
@@ -224,7 +224,7 @@ def engine_epoch(
         data = CountBatch(data.length, data.gc, *(t.to(torch.uint16) for t in (data.kmer7, data.kmer4, data.kmer3)))
     host = TensorData(data)
     if not resident and device.type == "cuda":
-        host = TensorData(CountBatch(*(t.pin_memory() for t in data)))  # as a DataLoader would
+        host = TensorData(data.map(lambda t: t.pin_memory()))  # as a DataLoader would
     reset_peak(device)
     chosen = use_resident("on" if resident else "off", device, host.batch.nbytes)
     source = host.to(device) if chosen else host
@@ -235,7 +235,7 @@ def engine_epoch(
     runnable = compile_model(model, cfg, print)
     generator = torch.Generator(device=device if chosen else "cpu").manual_seed(0)
     # A short warm-up epoch slice, then the measured epoch.
-    warm = TensorData(CountBatch(*(t[: 3 * batch_size] for t in source.batch)))
+    warm = TensorData(source.batch.head(3 * batch_size))
     train_epoch(
         runnable,
         warm.labeled_batches(batch_size, generator=generator, drop_last=True),

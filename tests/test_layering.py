@@ -1,7 +1,8 @@
 """The architecture, enforced: what each room of the code may import (nothing imports upward).
 
 Floors, from the bottom: `kmervae.core` (the model core; runs on a bare GPU host with torch,
-numpy and pyarrow) and `data_pipeline` (the featurizer; the feature contract only), then
+numpy and pyarrow) and `data_pipeline` (the featurizer and the BAM depth reader; the feature
+contract only), then
 `kmervae.tracking` (MLflow), `kmervae.apply` (using a model), `kmervae.distributed` (Ray),
 and on top the CLI and `sweeps/`. Every import is checked, those inside functions too.
 """
@@ -25,7 +26,7 @@ ROOMS = {
     ),
     "data_pipeline": (
         {"kmervae", "kmervae.core.feature_contract", "kmervae.core.errors", "data_pipeline"},
-        {"numpy", "pyarrow", "numba", "dnaio", "xopen", "tqdm"},
+        {"numpy", "pyarrow", "numba", "dnaio", "xopen", "tqdm", "pysam"},
     ),
     "kmervae.tracking": ({"kmervae", "kmervae.core", "kmervae.tracking"}, {"torch", "numpy", "pyarrow", "mlflow"}),
     "kmervae.apply": (
