@@ -134,9 +134,9 @@ def _add_abundance(sub: argparse._SubParsersAction) -> None:
         help="BAM files -> per-sample mean read depth of every contig (MetaBAT's depth table)",
         description=(
             "Mean and variance of the read depth of every contig in each BAM file (one file per sample, "
-            "reads mapped to the assembly, sorted by coordinate), by MetaBAT's definitions: primary "
-            "alignments at or above --min-identity, the contig's first and last --edge-bases bases left "
-            "out. Writes MetaBAT's depth table (contigName, contigLen, totalAvgDepth, then each sample's "
+            "reads mapped to the assembly, sorted by coordinate), by MetaBAT's definitions: alignments "
+            "that are not secondary, duplicate or QC-failed, at or above --min-identity, the contig's first "
+            "and last --edge-bases bases left out. Writes MetaBAT's depth table (contigName, contigLen, totalAvgDepth, then each sample's "
             "mean and variance), which 'kmervae featurize --abundance', MetaBAT2 and VAMB all read."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
