@@ -123,16 +123,18 @@ def read_depth_table(path: str | os.PathLike[str]) -> DepthTable:
     return DepthTable(str(path), fmt, tuple(contigs), tuple(samples), depths.astype(np.float32), lengths)
 
 
-def write_metabat(
+def write_table(
     path: str | os.PathLike[str],
     contigs: Sequence[str],
     lengths: np.ndarray,
     samples: Sequence[str],
     means: np.ndarray,
     variances: np.ndarray,
+    fmt: str = "metabat",
 ) -> None:
-    """Write MetaBAT's depth table (`means`, `variances`: (contigs, samples)) atomically: a
-    temporary file beside `path`, renamed into place when complete."""
+    """Write a depth table atomically (a temporary file beside `path`, renamed into place when
+    complete): MetaBAT's (`means`, `variances`: (contigs, samples)) or, with `fmt="vamb"`, VAMB's
+    abundance TSV (`contigname` and each sample's mean: what `vamb bin --abundance_tsv` reads)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,12 +143,17 @@ def write_metabat(
         raise OutputError(f"{path}: cannot write here ({err.strerror})") from None
     try:
         with os.fdopen(fd, "w", newline="") as out:
-            names = [name for sample in samples for name in (sample, f"{sample}-var")]
-            out.write("\t".join([*METABAT_FIXED, *names]) + "\n")
-            totals = means.sum(axis=1)
-            for i, contig in enumerate(contigs):
-                values = [f"{v:.6g}" for pair in zip(means[i], variances[i], strict=True) for v in pair]
-                out.write("\t".join([contig, str(int(lengths[i])), f"{totals[i]:.6g}", *values]) + "\n")
+            if fmt == "vamb":
+                out.write("\t".join(["contigname", *samples]) + "\n")
+                for i, contig in enumerate(contigs):
+                    out.write("\t".join([contig, *(f"{v:.6g}" for v in means[i])]) + "\n")
+            else:
+                names = [name for sample in samples for name in (sample, f"{sample}-var")]
+                out.write("\t".join([*METABAT_FIXED, *names]) + "\n")
+                totals = means.sum(axis=1)
+                for i, contig in enumerate(contigs):
+                    values = [f"{v:.6g}" for pair in zip(means[i], variances[i], strict=True) for v in pair]
+                    out.write("\t".join([contig, str(int(lengths[i])), f"{totals[i]:.6g}", *values]) + "\n")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -136,8 +136,10 @@ def _add_abundance(sub: argparse._SubParsersAction) -> None:
             "Mean and variance of the read depth of every contig in each BAM file (one file per sample, "
             "reads mapped to the assembly, sorted by coordinate), by MetaBAT's definitions: alignments "
             "that are not secondary, duplicate or QC-failed, at or above --min-identity, the contig's first "
-            "and last --edge-bases bases left out. Writes MetaBAT's depth table (contigName, contigLen, totalAvgDepth, then each sample's "
-            "mean and variance), which 'kmervae featurize --abundance', MetaBAT2 and VAMB all read."
+            "and last --edge-bases bases left out. Writes MetaBAT's depth table (contigName, contigLen, "
+            "totalAvgDepth, then each sample's mean and variance), which 'kmervae featurize --abundance' and MetaBAT2 read; --format vamb "
+            "writes VAMB's abundance TSV instead (contigname, then each sample's mean), for "
+            "'vamb bin --abundance_tsv'."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -146,7 +148,8 @@ def _add_abundance(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-identity", type=float, default=0.97, help="ignore reads below this end-to-end identity")
     p.add_argument("--edge-bases", type=int, default=75, help="bases at each contig end left out of mean and variance")
     p.add_argument("--min-mapq", type=int, default=0, help="ignore reads below this mapping quality")
-    p.add_argument("--workers", type=int, default=None, help="BAM files read at once (default: one per core)")
+    p.add_argument("--workers", type=int, default=None, help="BAM files read at once; when not given, one per core")
+    p.add_argument("--format", choices=("metabat", "vamb"), default="metabat", help="depth table format to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing table at --out")
     p.set_defaults(run=_cmd_abundance)
 
@@ -157,7 +160,7 @@ def _cmd_abundance(args: argparse.Namespace) -> int:
     import numpy as np
 
     from data_pipeline.bam_depth import DepthSettings, bam_depths, check_bams
-    from data_pipeline.depth_table import write_metabat
+    from data_pipeline.depth_table import write_table
     from kmervae.core.errors import ConfigError, OutputError
 
     started = time.perf_counter()
@@ -184,7 +187,7 @@ def _cmd_abundance(args: argparse.Namespace) -> int:
     first = samples[0]
     means = np.stack([s.mean for s in samples], axis=1)
     variances = np.stack([s.variance for s in samples], axis=1)
-    write_metabat(args.out, first.contigs, first.lengths, names, means, variances)
+    write_table(args.out, first.contigs, first.lengths, names, means, variances, args.format)
     seconds = time.perf_counter() - started
     print(f"samples   {len(samples)}")
     print(f"contigs   {len(first.contigs):,} ({int((means.sum(axis=1) == 0).sum()):,} with no read counted)")

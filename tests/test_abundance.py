@@ -90,6 +90,14 @@ def test_several_samples_and_the_table_round_trip(tmp_path):
     np.testing.assert_allclose(table.depths[:, 1], [1.0, 0.0, 1.0])  # C (200 bp): its middle 50 bases
     header = out.read_text().splitlines()[0].split("\t")
     assert header == ["contigName", "contigLen", "totalAvgDepth", "s1.bam", "s1.bam-var", "s2.bam", "s2.bam-var"]
+    vamb = tmp_path / "abundance.tsv"
+    assert kmervae("abundance", str(s1), str(s2), "-o", str(vamb), "--format", "vamb").returncode == 0
+    as_vamb = read_depth_table(vamb)
+    assert as_vamb.format == "vamb" and as_vamb.samples == table.samples and as_vamb.contigs == table.contigs
+    np.testing.assert_array_equal(as_vamb.depths, table.depths)
+    described = " ".join(kmervae("abundance", "--help").stdout.split())
+    for text in ("--min-identity MIN_IDENTITY", "(default: 0.97)", "(default: 75)", "--format {metabat,vamb}"):
+        assert text in described
 
 
 def test_bad_bams_are_one_line_and_write_nothing(tmp_path):
