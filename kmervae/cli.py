@@ -135,11 +135,11 @@ def _add_abundance(sub: argparse._SubParsersAction) -> None:
         description=(
             "Mean and variance of the read depth of every contig in each BAM file (one file per sample, "
             "reads mapped to the assembly, sorted by coordinate), by MetaBAT's definitions: alignments "
-            "that are not secondary, duplicate or QC-failed, at or above --min-identity, the contig's first "
-            "and last --edge-bases bases left out. Writes MetaBAT's depth table (contigName, contigLen, "
-            "totalAvgDepth, then each sample's mean and variance), which 'kmervae featurize --abundance' and MetaBAT2 read; --format vamb "
-            "writes VAMB's abundance TSV instead (contigname, then each sample's mean), for "
-            "'vamb bin --abundance_tsv'."
+            "that are not secondary, duplicate or QC-failed, at or above --min-identity, the contig's "
+            "first and last --edge-bases bases left out. Writes MetaBAT's depth table (contigName, "
+            "contigLen, totalAvgDepth, then each sample's mean and variance), which 'kmervae featurize "
+            "--abundance' and MetaBAT2 read; --format vamb writes VAMB's abundance TSV instead "
+            "(contigname, then each sample's mean), for 'vamb bin --abundance_tsv'."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
