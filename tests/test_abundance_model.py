@@ -67,7 +67,7 @@ def test_training_with_abundance_reproduces_validation_and_exports_agree(
     abundance_features, example_features, tmp_path
 ):
     config = RunConfig(model=PRESETS["tiny"]).with_overrides(
-        ["model.abundance_widths=[16,8]", "model.input_norm=zscore", "loss.cross_view=true", "train.epochs=2"]
+        ["model.abundance_widths=[16,8]", "model.input_norm=zscore", "loss.cross_view=true", "train.epochs=1"]
     )
     result = fit_local(abundance_features, config, tmp_path, log=lambda line: None)
     last = result.history[-1]
