@@ -76,8 +76,12 @@ def test_training_with_abundance_reproduces_validation_and_exports_agree(
     assert ckpt.config.model.abundance_samples == SAMPLES
     model = ckpt.build_model()
     assert bool(model.depth_fitted) and model.depth_scale.ne(1).all()  # fitted on the training contigs
-    _, val = load_splits(abundance_features, ckpt.config.data)
+    train, val = load_splits(abundance_features, ckpt.config.data)
     assert val.batch.abundance.shape == (len(val), SAMPLES)
+    shares, log_depth = model.abundance_view(train.batch.abundance)  # fitted on exactly these contigs
+    assert log_depth.mean().abs() < 1e-4 and (log_depth.std(unbiased=False) - 1).abs() < 1e-4
+    np.testing.assert_allclose(shares.sum(dim=1).numpy(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose((train.batch.abundance / model.depth_scale).mean(dim=0).numpy(), 1.0, rtol=1e-5)
     beta = ckpt.config.loss.beta_at(ckpt.epoch)
     again, *_ = validate_epoch(model, val.validation_batches(256), ckpt.config.loss, beta, device=torch.device("cpu"))
     assert again["val/loss"] == pytest.approx(last["val/loss"], rel=1e-6)

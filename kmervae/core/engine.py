@@ -39,7 +39,7 @@ from kmervae.core.metrics import (
     link_agreement,
     view_agreement,
 )
-from kmervae.core.model import MIN_DEPTH, N3, N4, N7, BranchedVAE
+from kmervae.core.model import N3, N4, N7, BranchedVAE, log_total_depth
 from kmervae.core.storage import check_writable
 
 AllReduce = Callable[[Tensor], None]
@@ -265,7 +265,7 @@ def fit_input_statistics(
     """Fit what the model normalises its inputs with, in one pass over all training contigs (every
     rank's, when `all_reduce` sums across them): with model.input_norm=zscore the mean and standard
     deviation of every transformed k-mer value; with an abundance branch each sample's mean depth
-    and the mean and standard deviation of the log total depth (of the unscaled depths: one pass)."""
+    and the mean and standard deviation of the log total depth (`model.log_total_depth`)."""
     zscore, abundance = model.cfg.input_norm == "zscore", model.cfg.uses_abundance
     sums = None
     for batch in batches:
@@ -276,7 +276,7 @@ def fit_input_statistics(
             parts += [values, values.pow(2)]
         if abundance:
             depth = x.depth.double()
-            log_total = torch.log(depth.sum(dim=1, keepdim=True).clamp_min(MIN_DEPTH))
+            log_total = log_total_depth(depth)
             parts += [depth, log_total, log_total.pow(2)]
         row = torch.cat([p.sum(dim=0) for p in parts] + [torch.tensor([float(len(batch.length))], device=device)])
         sums = row.to(torch.float64) if sums is None else sums + row
