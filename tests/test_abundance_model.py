@@ -67,11 +67,18 @@ def test_training_with_abundance_reproduces_validation_and_exports_agree(
     abundance_features, example_features, tmp_path
 ):
     config = RunConfig(model=PRESETS["tiny"]).with_overrides(
-        ["model.abundance_widths=[16,8]", "model.input_norm=zscore", "loss.cross_view=true", "train.epochs=1"]
+        [
+            "model.abundance_widths=[16,8]",
+            "model.input_norm=zscore",
+            "loss.cross_view=true",
+            "train.epochs=1",
+            "train.nc_bins=true",
+        ]
     )
     result = fit_local(abundance_features, config, tmp_path, log=lambda line: None)
     last = result.history[-1]
     assert last["val/ce_abundance"] > 0 and math.isfinite(last["val/mse_abundance"])
+    assert last["val/nc_bins"] in range(0, 6)  # the validation contigs binned like any embedding
     ckpt = load_checkpoint(result.last_checkpoint)
     assert ckpt.config.model.abundance_samples == SAMPLES
     model = ckpt.build_model()
