@@ -47,8 +47,11 @@ def tiny(epochs: int) -> RunConfig:
 
 
 def with_abundance(epochs: int) -> RunConfig:
-    """`tiny` with an abundance branch: what the shared two-worker run trains (on features with depths)."""
-    return tiny(epochs).with_overrides(["model.abundance_widths=[8]"])
+    """`tiny` with an abundance branch, cross-view halves with thinned depths: what the shared
+    two-worker run trains (on features with depths)."""
+    return tiny(epochs).with_overrides(
+        ["model.abundance_widths=[8]", "loss.cross_view=true", "loss.abundance_views=thinned"]
+    )
 
 
 @pytest.fixture(scope="module")

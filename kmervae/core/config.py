@@ -179,12 +179,14 @@ class LossConfig:
     the decoder reconstructs view B, so only what the halves share (the genome's signal) pays."""
     view_fraction: float = 0.5
     """Share of each count that goes to view A (cross_view, infonce)."""
-    abundance_views: str = "thinned"
+    abundance_views: str = "shared"
     """What each view of a contig carries of its depths (models with an abundance branch):
-    'thinned' (the depth that view's share of the reads would give: the reads a depth implies,
-    depth * length / READ_LENGTH, thinned binomially like the k-mer windows and scaled back, so
-    two views of one contig differ by sampling noise as two fragments' depths do) or 'shared'
-    (both views carry the contig's own depths)."""
+    'shared' (both views carry the contig's own depths) or 'thinned' (the depth that view's share
+    of the reads would give: the reads a depth implies, depth * length / READ_LENGTH, thinned
+    binomially like the k-mer windows and scaled back, so two views of one contig differ by
+    sampling noise as two fragments' depths do). Shared made more near-complete bins on the
+    simulated four-sample community (medians 6 and 5 against 5 and 3 over three seeds at two
+    temperatures: bench/RESULTS.md "A first comparison on a simulated metagenome")."""
     infonce: float = 0.0
     """Weight of an InfoNCE term between the two views of each contig (0 = off): both views are
     encoded in one forward pass (the batch doubles), each view's readout must pick its partner
