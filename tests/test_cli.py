@@ -118,6 +118,11 @@ def test_train_and_describe_commands(tmp_path, example_features):
         (["train", "DATA", "--preset", "huge"], "--preset 'huge' is unknown"),
         (["train", "nowhere"], "nowhere: no such feature dataset"),
         (["describe", "-o", "model.pdf"], "the diagram is written as .png or .svg"),
+        (["describe", "--set", "model.abundance_widths=[8]"], "give the number of samples of the abundance column"),
+        (
+            ["train", "DATA", "--engine", "local", "--no-mlflow", "--set", "model.abundance_widths=[8]"],
+            "model.abundance_widths=[8] needs features with abundance",
+        ),
         pytest.param(
             ["train", "DATA", "--workers", "16", "--cpu", "--no-mlflow"],
             "cannot fit 16 worker(s): the cluster has",
