@@ -39,7 +39,7 @@ from kmervae.core.metrics import (
     link_agreement,
     view_agreement,
 )
-from kmervae.core.model import N3, N4, N7, BranchedVAE, log_total_depth
+from kmervae.core.model import N3, N4, N7, BranchedVAE
 from kmervae.core.storage import check_writable
 
 AllReduce = Callable[[Tensor], None]
@@ -258,40 +258,53 @@ def needs_input_statistics(model: nn.Module) -> bool:
     return zscore or (model.cfg.uses_abundance and not bool(model.depth_fitted))
 
 
-@torch.no_grad()
-def fit_input_statistics(
-    model: nn.Module, batches: Iterable[CountBatch], *, device: torch.device, all_reduce=None
-) -> None:
-    """Fit what the model normalises its inputs with, in one pass over all training contigs (every
-    rank's, when `all_reduce` sums across them): with model.input_norm=zscore the mean and standard
-    deviation of every transformed k-mer value; with an abundance branch each sample's mean depth
-    and the mean and standard deviation of the log total depth (`model.log_total_depth`)."""
-    zscore, abundance = model.cfg.input_norm == "zscore", model.cfg.uses_abundance
+def _summed(model: nn.Module, batches: Iterable[CountBatch], parts, *, device: torch.device, all_reduce=None):
+    """One pass: the column sums of `parts(transformed batch)` (a list of (B, k) tensors) over all
+    contigs, and their number last (float64; every rank's, when `all_reduce` sums across them)."""
     sums = None
     for batch in batches:
         x = model.transform(*batch.to(device, non_blocking=True))
-        parts = []
-        if zscore:
-            values = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).double()  # (B, 8360)
-            parts += [values, values.pow(2)]
-        if abundance:
-            depth = x.depth.double()
-            log_total = log_total_depth(depth)
-            parts += [depth, log_total, log_total.pow(2)]
-        row = torch.cat([p.sum(dim=0) for p in parts] + [torch.tensor([float(len(batch.length))], device=device)])
-        sums = row.to(torch.float64) if sums is None else sums + row
+        counted = torch.tensor([float(len(batch.length))], dtype=torch.float64, device=device)
+        row = torch.cat([p.double().sum(dim=0) for p in parts(x)] + [counted])
+        sums = row if sums is None else sums + row
     if sums is None:
         raise KmervaeError("no training contig to fit the input statistics on")
     if all_reduce is not None:
         all_reduce(sums)
+    return sums
+
+
+@torch.no_grad()
+def fit_input_statistics(
+    model: nn.Module, batches: Callable[[], Iterable[CountBatch]], *, device: torch.device, all_reduce=None
+) -> None:
+    """Fit what the model normalises its inputs with, over all training contigs (`batches()` gives
+    a whole pass; every rank's, when `all_reduce` sums across ranks): with model.input_norm=zscore
+    the mean and standard deviation of every transformed k-mer value; with an abundance branch each
+    sample's mean depth, then, in a second pass over the depths scaled by it, the mean and standard
+    deviation of the log total depth (VAMB's normalisation needs the scale first)."""
+    zscore, abundance = model.cfg.input_norm == "zscore", model.cfg.uses_abundance
+
+    def first(x):
+        parts = [x.depth] if abundance else []
+        if zscore:
+            kmers = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).double()  # (B, 8360)
+            parts = [kmers, kmers.pow(2), *parts]
+        return parts
+
+    sums = _summed(model, batches(), first, device=device, all_reduce=all_reduce)
     n = float(sums[-1])
     if zscore:
         width = N7 + N4 + N3
         model.set_input_norm(sums[:width], sums[width : 2 * width], n)
-        sums = sums[2 * width :]
     if abundance:
-        samples = model.cfg.abundance_samples
-        model.set_depth_statistics(sums[:samples], sums[samples : samples + 2], n)
+        model.set_depth_scale(sums[-1 - model.cfg.abundance_samples : -1], n)
+
+        def log_depth(x):
+            values = model.log_scaled_depth(x.depth.double())
+            return [values, values.pow(2)]
+
+        model.set_log_depth_stats(_summed(model, batches(), log_depth, device=device, all_reduce=all_reduce), n)
 
 
 def keep_first(batches: Iterable[tuple[CountBatch, Tensor | None]], contigs: int, kept: list[CountBatch]):
@@ -362,7 +375,7 @@ def run_epochs(
     plain = unwrap(model)
     check_labels_for(config, data.labeled)  # the engines check before writing anything; a last guard
     if needs_input_statistics(plain):
-        fit_input_statistics(plain, data.all_train_batches(), device=device, all_reduce=collective.all_reduce)
+        fit_input_statistics(plain, data.all_train_batches, device=device, all_reduce=collective.all_reduce)
     for epoch in range(start_epoch, tc.epochs):
         beta = config.loss.beta_at(epoch)
         if tc.bn_stats == "epoch":

@@ -94,11 +94,6 @@ MIN_DEPTH = 1e-3
 """Total depths are floored here before the log (VAMB's clip): a contig no read reached stays finite."""
 
 
-def log_total_depth(depth: Tensor) -> Tensor:
-    """(B, samples) mean depths -> (B, 1) log of their sum, floored at MIN_DEPTH."""
-    return torch.log(depth.sum(dim=1, keepdim=True).clamp_min(MIN_DEPTH))
-
-
 def dense_block(n_in: int, n_out: int, cfg: ModelConfig) -> nn.Sequential:
     """Linear -> BatchNorm -> LeakyReLU, as every hidden layer of the seed."""
     return nn.Sequential(
@@ -196,23 +191,30 @@ class BranchedVAE(nn.Module):
 
     def abundance_view(self, depth: Tensor | None) -> tuple[Tensor, Tensor]:
         """Mean depths (B, samples) -> (share of the contig's depth in each sample (B, samples),
-        z-scored log total depth (B, 1)), after VAMB (vamb/encode.py make_dataloader): the shares
-        of the depths with each sample scaled by its mean depth (a contig no read reached gets
-        equal shares), the log of the summed depths (unscaled, so that one pass over the training
-        contigs fits its statistics: `fit_input_statistics`)."""
+        z-scored log total depth (B, 1)), VAMB's normalisation (vamb/encode.py make_dataloader):
+        each sample scaled by its mean depth over the training contigs, then the shares of the
+        scaled depths (a contig no read reached gets equal shares) and the log of their sum."""
         if depth is None:
             raise ValueError("this model has an abundance branch: its input needs the features' 'abundance' column")
         scaled = depth / self.depth_scale
         total = scaled.sum(dim=1, keepdim=True)
         shares = torch.where(total > 0, scaled / total.clamp_min(1e-12), torch.full_like(scaled, 1 / scaled.shape[1]))
         mean, std = self.log_depth_stats[0], self.log_depth_stats[1]
-        return shares, (log_total_depth(depth) - mean) / std
+        return shares, (torch.log(total.clamp_min(MIN_DEPTH)) - mean) / std
+
+    def log_scaled_depth(self, depth: Tensor) -> Tensor:
+        """(B, samples) mean depths -> (B, 1) log of the summed scaled depths, before z-scoring."""
+        return torch.log((depth / self.depth_scale).sum(dim=1, keepdim=True).clamp_min(MIN_DEPTH))
 
     @torch.no_grad()
-    def set_depth_statistics(self, depth_sums: Tensor, log_sums: Tensor, n: float) -> None:
-        """Fit the abundance normalisation from sums over n training contigs (float64): each
-        sample's summed depth, and (sum, sum of squares) of `log_total_depth`."""
+    def set_depth_scale(self, depth_sums: Tensor, n: float) -> None:
+        """Each sample's mean depth over n training contigs, from their summed depths (float64)."""
         self.depth_scale.copy_(torch.where(depth_sums > 0, depth_sums / n, torch.ones_like(depth_sums)))
+
+    @torch.no_grad()
+    def set_log_depth_stats(self, log_sums: Tensor, n: float) -> None:
+        """Mean and standard deviation of `log_scaled_depth` over n training contigs, from its sum
+        and sum of squares (float64); the abundance normalisation is then complete."""
         mean = log_sums[0] / n
         std = (log_sums[1] / n - mean.pow(2)).clamp_min(0).sqrt()
         self.log_depth_stats.copy_(torch.stack([mean, std if std > 1e-3 else torch.ones_like(std)]))
