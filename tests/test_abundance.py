@@ -193,3 +193,25 @@ def test_bad_depth_tables(tmp_path, text, message):
     with pytest.raises(InputError, match="depth.tsv: ") as err:
         read_depth_table(path)
     assert message in str(err.value)
+
+
+def test_depths_travel_from_bam_files_through_featurize(tmp_path):
+    """BAM files -> `kmervae abundance` -> `kmervae featurize --abundance`: each contig's stored
+    depths are the ones computed from its reads (rounded to the table's 6 significant digits)."""
+    from kmervae.core.feature_table import FeatureTable
+    from tests.conftest import write_fasta
+
+    rng = np.random.default_rng(3)
+    contigs = [(name, "".join(rng.choice(list("ACGT"), length))) for name, length in CONTIGS]
+    fasta = write_fasta(tmp_path / "assembly.fna", contigs)
+    s1 = write_bam(tmp_path / "s1.bam", SAMPLE1)
+    s2 = write_bam(tmp_path / "s2.bam", [("A", 75, "250M", 0, 0, 60), ("C", 0, "200M", 1, 0, 60)])
+    depth = tmp_path / "depth.tsv"
+    assert kmervae("abundance", str(s1), str(s2), "-o", str(depth)).returncode == 0
+    out = tmp_path / "features"
+    result = kmervae("featurize", str(fasta), "--abundance", str(depth), "-o", str(out), "--min-length", "100")
+    assert result.returncode == 0, result.stderr
+    stored = FeatureTable.from_parquet(out)
+    expected = np.stack([s.mean for s in bam_depths([s1, s2])], axis=1)
+    assert list(stored.contig_ids) == ["A", "B", "C"] and stored.samples == ("s1.bam", "s2.bam")
+    np.testing.assert_allclose(stored.abundance, expected, rtol=1e-5)
