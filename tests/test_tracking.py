@@ -123,6 +123,7 @@ def test_mlflow_sync_errors_are_one_line_and_keep_the_file(tmp_path, monkeypatch
 def test_secrets_are_collected_while_another_thread_removes_a_variable(monkeypatch):
     """os.environ listed a name that was gone when its value was read (MLflow's telemetry pops
     one mid-run): collecting the secrets failed a sweep trial with KeyError."""
+    import types
     from collections.abc import MutableMapping
 
     from kmervae.core import redact
@@ -146,6 +147,8 @@ def test_secrets_are_collected_while_another_thread_removes_a_variable(monkeypat
         def __delitem__(self, key):
             del self.data[key]
 
-    monkeypatch.setattr(redact.os, "environ", Vanishing({"DB_PASSWORD": "hunter2-pw", "HOME": "/root"}))
+    # only the redact module sees it (os.environ itself stays, for every other thread)
+    environ = Vanishing({"DB_PASSWORD": "hunter2-pw", "HOME": "/root"})
+    monkeypatch.setattr(redact, "os", types.SimpleNamespace(environ=environ))
     assert redact.secret_values() == ["hunter2-pw"]
     assert redact.redact("password hunter2-pw") == "password ***"
