@@ -1,17 +1,11 @@
 """`kmervae abundance` against MetaBAT's jgi_summarize_bam_contig_depths on a simulated metagenome.
 
-    python bench/abundance.py build GENOMES... -o DIR [--samples 4] [--seed 1]
+    python bench/metagenome.py build GENOMES... -o DIR [--samples 4] [--seed 1]
     python bench/abundance.py compare DIR
     python bench/abundance.py quality DIR [--epochs 8] [--seeds 0 1 2] [--config NAME ...]
 
-`build` cuts each genome into contigs of log-normal length (median about 4 kb, 1-100 kb, as CAMI
-cuts a gold-standard assembly; ids say nothing of the genome), draws each genome's coverage in
-each sample from a log-normal (mean about 6x), simulates paired 2x150 Illumina reads with ART
-(Debian's art-nextgen-simulation-tools), maps them with minimap2 and sorts them with samtools
-(Debian packages: `apt-get install art-nextgen-simulation-tools minimap2 samtools metabat`).
-A share of each genome's reads (`--diverged`) comes from a copy with 4% substitutions, so that
-some reads fall under the 97% identity cut and the filter is exercised. It writes DIR/assembly.fna,
-DIR/truth.tsv (contig, genome, length) and DIR/sample_N.bam.
+DIR is a simulated metagenome made by `bench/metagenome.py build` (its docstring says how):
+DIR/assembly.fna, DIR/truth.tsv and DIR/sample_N.bam.
 
 `compare` runs both tools on the same BAM files with the same cores and prints the time of each,
 reads per second, and how many contigs differ by more than 1% and 0.01x (mean and variance).
@@ -27,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import os
 import subprocess
 import sys
@@ -39,84 +32,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_pipeline.depth_table import read_depth_table  # noqa: E402
-
-
-def read_genome(path: Path) -> str:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:
-        return "".join(line.strip() for line in handle if not line.startswith(">")).upper()
-
-
-def mutate(seq: str, rate: float, rng: np.random.Generator) -> str:
-    data = np.frombuffer(seq.encode(), dtype=np.uint8).copy()
-    where = np.flatnonzero(rng.random(len(data)) < rate)
-    bases = np.frombuffer(b"ACGT", dtype=np.uint8)
-    data[where] = bases[(np.searchsorted(bases, data[where]).clip(0, 3) + rng.integers(1, 4, len(where))) % 4]
-    return data.tobytes().decode()
-
-
-def build(args: argparse.Namespace) -> None:
-    rng = np.random.default_rng(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    genomes = {Path(p).name.split(".")[0]: read_genome(Path(p)) for p in args.genomes}
-    contigs, truth = [], []
-    for name, seq in genomes.items():
-        pos = 0
-        while pos < len(seq):
-            length = int(np.clip(rng.lognormal(np.log(args.median_length), 0.9), 1000, 100_000))
-            piece = seq[pos : pos + length]
-            pos += length
-            if len(piece) >= args.min_length:
-                contigs.append((f"contig_{len(contigs) + 1:06d}", piece))
-                truth.append((contigs[-1][0], name, len(piece)))
-    order = rng.permutation(len(contigs))  # ids and order say nothing of the genome
-    with open(out / "assembly.fna", "w") as fasta, open(out / "truth.tsv", "w") as table:
-        table.write("contig\tgenome\tlength\n")
-        for new, i in enumerate(order):
-            cid = f"contig_{new + 1:06d}"
-            fasta.write(f">{cid}\n{contigs[i][1]}\n")
-            table.write(f"{cid}\t{truth[i][1]}\t{truth[i][2]}\n")
-    coverage = rng.lognormal(np.log(6.0) - 0.5, 1.0, size=(len(genomes), args.samples))
-    np.savetxt(out / "coverage.tsv", coverage, delimiter="\t", header="\t".join(genomes), fmt="%.3f")
-    work = out / "work"
-    work.mkdir(exist_ok=True)
-    refs = {}
-    for name, seq in genomes.items():
-        refs[name] = work / f"{name}.fna"
-        refs[name].write_text(f">{name}\n{seq}\n")
-        diverged = work / f"{name}.div.fna"
-        diverged.write_text(f">{name}_div\n{mutate(seq, 0.04, rng)}\n")
-    for s in range(args.samples):
-        reads = [work / f"s{s}_1.fq", work / f"s{s}_2.fq"]
-        for path in reads:
-            path.write_text("")
-        for g, name in enumerate(genomes):
-            depth = float(coverage[g, s])
-            for ref, share in ((refs[name], 1 - args.diverged), (work / f"{name}.div.fna", args.diverged)):
-                prefix = work / f"art_{s}_{g}_{ref.stem}"
-                seed = str(args.seed * 1000 + s * 50 + g)
-                subprocess.run(
-                    ["art_illumina", "-ss", "HS25", "-i", str(ref), "-p", "-l", "150", "-f", f"{depth * share:.4f}",
-                     "-m", "300", "-s", "30", "-o", str(prefix), "-na", "-q", "-rs", seed],
-                    check=True, stdout=subprocess.DEVNULL,
-                )  # fmt: skip
-                for mate, path in zip(("1", "2"), reads, strict=True):
-                    with open(path, "a") as target, open(f"{prefix}{mate}.fq") as part:
-                        target.write(part.read())
-                    os.remove(f"{prefix}{mate}.fq")
-        bam = out / f"sample_{s + 1}.bam"
-        mapper = subprocess.Popen(
-            ["minimap2", "-t", "2", "-ax", "sr", str(out / "assembly.fna"), *map(str, reads)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        subprocess.run(["samtools", "sort", "-@", "2", "-o", str(bam), "-"], stdin=mapper.stdout, check=True)
-        mapper.wait()
-        subprocess.run(["samtools", "index", str(bam)], check=True)
-        for path in reads:
-            path.unlink()
-        print(f"sample {s + 1}: {bam}", file=sys.stderr)
-    print(f"{len(contigs)} contigs of {len(genomes)} genomes, {args.samples} samples in {out}")
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -203,15 +118,6 @@ def quality(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True)
-    b = sub.add_parser("build")
-    b.add_argument("genomes", nargs="+")
-    b.add_argument("-o", "--out", required=True)
-    b.add_argument("--samples", type=int, default=4)
-    b.add_argument("--seed", type=int, default=1)
-    b.add_argument("--median-length", type=float, default=4000)
-    b.add_argument("--min-length", type=int, default=1500)
-    b.add_argument("--diverged", type=float, default=0.05)
-    b.set_defaults(run=build)
     c = sub.add_parser("compare")
     c.add_argument("dir")
     c.set_defaults(run=compare)

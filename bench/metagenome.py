@@ -1,0 +1,320 @@
+"""A metagenome benchmark: a simulated gold-standard assembly with reads of several samples, and
+every binner on it side by side, scored by one scorer (issue 26).
+
+    python bench/metagenome.py build GENOMES... -o DIR [--samples 4] [--seed 1] [--median-length 4000]
+    python bench/metagenome.py run DIR [--binners kmervae baseline metabat vamb semibin] [--epochs 8]
+                                       [--set section.key=value ...] [--vamb BIN] [--semibin BIN]
+
+`build` cuts each genome into consecutive contigs of log-normal length (median `--median-length`,
+1-100 kb, as CAMI cuts a gold-standard assembly; contigs under `--min-length` dropped), gives
+them ids that say nothing of the genome in a shuffled order, and writes DIR/assembly.fna and
+DIR/truth.tsv (contig, genome, length, record, position). Each genome's coverage in each sample
+is drawn from a log-normal (mean about 6x; some genomes near 1x in some samples), paired 2x150
+Illumina reads are simulated with ART (a share `--diverged` of them from a copy with 4%
+substitutions, so the 97% identity cut matters), mapped with minimap2 and sorted and indexed
+with samtools: DIR/sample_N.bam. Deterministic for a seed. Tools: Debian's
+`art-nextgen-simulation-tools minimap2 samtools metabat` (`apt-get install ...`).
+
+`run` bins DIR's assembly with each binner, each in its own environment (none is a dependency of
+kmervae), and scores every result with kmervae's scorer (`kmervae.core.bins.bin_quality`:
+AMBER's definitions by bases, bins of at least 200 kb; contigs a tool leaves out count as
+unbinned): near-complete (recall >= 0.9, purity >= 0.95) and medium (>= 0.5, >= 0.9) bins, the
+binned share of bases, wall time and peak memory. Binners:
+- kmervae: `kmervae abundance` on the BAMs, `featurize --abundance`, `train --engine local` (the
+  `recommended` preset, an abundance branch [64, 32], `--set` on top), `embed`, `bin`;
+- baseline: z-scored TNF beside the abundance profile (`kmervae.apply.evaluate`), clustered by
+  `kmervae bin`'s clusterer;
+- metabat: MetaBAT2 (Debian's `metabat`) on `jgi_summarize_bam_contig_depths`' table, defaults
+  (minimum contig 2,500 bp);
+- vamb: VAMB 5.0.4 `vamb bin default` with the BAM files (its own pycoverm depths), defaults;
+  environment: `python3 -m venv ENV && ENV/bin/pip install vamb==5.0.4` (it pins torch 2.6.0,
+  which PyPI serves as a CUDA build: several GB), then `--vamb ENV/bin/vamb`;
+- semibin: SemiBin2 2.6 `single_easy_bin` with the BAM files and its pretrained `global` model
+  (its documented way to skip training, which takes minutes an epoch on a CPU); environment:
+  `python3 -m venv ENV && ENV/bin/pip install torch==2.13.0 semibin==2.6.0`, then `--semibin ENV/bin/SemiBin2`.
+
+Prints a markdown table; results and commands go to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MIN_BIN_SIZE = 200_000
+KMERVAE = str(Path(sys.executable).parent / "kmervae")
+
+
+def read_genome(path: Path) -> str:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as handle:
+        return "".join(line.strip() for line in handle if not line.startswith(">")).upper()
+
+
+def mutate(seq: str, rate: float, rng: np.random.Generator) -> str:
+    """`seq` with a share `rate` of its bases substituted (each by one of the three others)."""
+    data = np.frombuffer(seq.encode(), dtype=np.uint8).copy()
+    where = np.flatnonzero(rng.random(len(data)) < rate)
+    bases = np.frombuffer(b"ACGT", dtype=np.uint8)
+    data[where] = bases[(np.searchsorted(bases, data[where]).clip(0, 3) + rng.integers(1, 4, len(where))) % 4]
+    return data.tobytes().decode()
+
+
+def simulate_reads(ref: Path, depth: float, prefix: Path, seed: int) -> None:
+    """Paired 2x150 HiSeq 2500 reads of `ref` at `depth`x by ART: prefix1.fq and prefix2.fq."""
+    subprocess.run(
+        ["art_illumina", "-ss", "HS25", "-i", str(ref), "-p", "-l", "150", "-f", f"{depth:.4f}", "-m", "300",
+         "-s", "30", "-o", str(prefix), "-na", "-q", "-rs", str(seed)],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def build(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    genomes = {Path(p).name.split(".")[0]: read_genome(Path(p)) for p in args.genomes}
+    contigs = []  # (sequence, genome, position)
+    for name, seq in genomes.items():
+        pos = 0
+        while pos < len(seq):
+            length = int(np.clip(rng.lognormal(np.log(args.median_length), 0.9), 1000, 100_000))
+            if len(seq[pos : pos + length]) >= args.min_length:
+                contigs.append((seq[pos : pos + length], name, pos))
+            pos += length
+    order = rng.permutation(len(contigs))  # ids and order say nothing of the genome
+    with open(out / "assembly.fna", "w") as fasta, open(out / "truth.tsv", "w") as table:
+        table.write("contig\tgenome\tlength\trecord\tposition\n")
+        for new, i in enumerate(order):
+            seq, genome, pos = contigs[i]
+            cid = f"contig_{new + 1:06d}"
+            fasta.write(f">{cid}\n{seq}\n")
+            table.write(f"{cid}\t{genome}\t{len(seq)}\t{genome}\t{pos + 1}\n")
+    coverage = rng.lognormal(np.log(6.0) - 0.5, 1.0, size=(len(genomes), args.samples))
+    np.savetxt(out / "coverage.tsv", coverage, delimiter="\t", header="\t".join(genomes), fmt="%.3f")
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    refs = {}
+    for name, seq in genomes.items():
+        refs[name] = (work / f"{name}.fna", work / f"{name}.div.fna")
+        refs[name][0].write_text(f">{name}\n{seq}\n")
+        refs[name][1].write_text(f">{name}_div\n{mutate(seq, 0.04, rng)}\n")
+    for s in range(args.samples):
+        reads = [work / f"s{s}_1.fq", work / f"s{s}_2.fq"]
+        for path in reads:
+            path.write_text("")
+        for g, name in enumerate(genomes):
+            for ref, share in zip(refs[name], (1 - args.diverged, args.diverged), strict=True):
+                prefix = work / f"art_{s}_{g}_{ref.stem}"
+                simulate_reads(ref, float(coverage[g, s]) * share, prefix, args.seed * 1000 + s * 50 + g)
+                for mate, path in zip(("1", "2"), reads, strict=True):
+                    with open(path, "a") as target, open(f"{prefix}{mate}.fq") as part:
+                        target.write(part.read())
+                    os.remove(f"{prefix}{mate}.fq")
+        bam = out / f"sample_{s + 1}.bam"
+        mapper = subprocess.Popen(
+            ["minimap2", "-t", "2", "-ax", "sr", str(out / "assembly.fna"), *map(str, reads)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        subprocess.run(["samtools", "sort", "-@", "2", "-o", str(bam), "-"], stdin=mapper.stdout, check=True)
+        mapper.wait()
+        subprocess.run(["samtools", "index", str(bam)], check=True)
+        for path in reads:
+            path.unlink()
+        print(f"sample {s + 1}: {bam}", file=sys.stderr)
+    print(f"{len(contigs)} contigs of {len(genomes)} genomes, {args.samples} samples in {out}")
+
+
+def read_truth(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with open(folder / "truth.tsv") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return (
+        [r["contig"] for r in rows],
+        np.array([r["genome"] for r in rows], dtype=object),
+        np.array([int(r["length"]) for r in rows]),
+    )
+
+
+def score(assignment: dict[str, str], folder: Path) -> dict[str, float]:
+    """One scorer for every binner: bins of at least 200 kb against the truth, by bases; contigs
+    missing from `assignment` (under a tool's minimum length, or left out) are unbinned."""
+    from kmervae.core.bins import MEDIUM, bin_quality, renumber
+
+    contigs, genomes, lengths = read_truth(folder)
+    names = sorted(set(assignment.values()))
+    index = {name: i for i, name in enumerate(names)}
+    raw = np.array([index[assignment[c]] if c in assignment else -1 for c in contigs], dtype=np.int64)
+    codes = renumber(raw, lengths, MIN_BIN_SIZE)
+    quality = bin_quality(codes, genomes, lengths)
+    return {
+        "near_complete": quality.near_complete,
+        "medium": quality.count(*MEDIUM),
+        "binned_share": float(lengths[codes >= 0].sum() / lengths.sum()),
+    }
+
+
+def timed(command: list[str], log: Path, **kwargs) -> tuple[float, float]:
+    """Run `command` (its output to `log`); (wall seconds, peak RSS GiB of it and its children)."""
+    with open(log, "w") as out:
+        result = subprocess.run(
+            ["/usr/bin/time", "-f", "%e %M", "-o", str(log) + ".time", *command], stdout=out, stderr=out, **kwargs
+        )
+    if result.returncode:
+        raise RuntimeError(f"{command[0]} failed (exit {result.returncode}); see {log}")
+    wall, rss = Path(str(log) + ".time").read_text().split()[-2:]
+    return float(wall), int(rss) / 2**20
+
+
+def fasta_bins(folder: Path, suffix: str) -> dict[str, str]:
+    """contig -> bin from a folder of one FASTA per bin (MetaBAT2's and SemiBin2's output)."""
+    out = {}
+    for path in sorted(folder.glob(f"*{suffix}")):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt") as handle:
+            out.update({line[1:].split()[0]: path.name for line in handle if line.startswith(">")})
+    return out
+
+
+def run_kmervae(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
+    bams = sorted(str(p) for p in folder.glob("sample_*.bam"))
+    steps = [
+        [KMERVAE, "abundance", *bams, "-o", str(out / "depth.tsv"), "--overwrite"],
+        [KMERVAE, "featurize", str(folder / "assembly.fna"), "--abundance", str(out / "depth.tsv"),
+         "--min-length", "1000", "-o", str(out / "features"), "--overwrite", "--quiet"],
+        [KMERVAE, "train", str(out / "features"), "--engine", "local", "--preset", "recommended", "--no-mlflow",
+         "--epochs", str(args.epochs), "--name", "bench", "--storage", str(out / "runs"), "--out", str(out / "model"),
+         "--set", "model.abundance_widths=[64,32]", *[x for s in args.set for x in ("--set", s)]],
+        [KMERVAE, "embed", str(out / "model" / "best.pt"), str(out / "features"), "-o", str(out / "emb.parquet"),
+         "--overwrite"],
+        [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "bins"), "--overwrite"],
+    ]  # fmt: skip
+    wall = peak = 0.0
+    for i, step in enumerate(steps):
+        seconds, rss = timed(step, out / f"step{i}.log")
+        wall, peak = wall + seconds, max(peak, rss)
+    with open(out / "bins" / "bins.tsv") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return {r["contig_id"]: r["bin"] for r in rows if r["bin"] != "unbinned"}, wall, peak
+
+
+def run_baseline(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
+    import resource
+
+    from kmervae.apply.evaluate import baselines
+    from kmervae.core.bins import cluster
+    from kmervae.core.feature_table import FeatureTable
+
+    features = out.parent / "kmervae" / "features"
+    if not features.exists():
+        raise RuntimeError("the baseline reads kmervae's features: run the kmervae binner first")
+    started = time.perf_counter()
+    table = FeatureTable.from_parquet(features)
+    x = baselines(features, table.contig_ids, 32)["tnf_abundance"]
+    codes = cluster(x, table.length)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return (
+        {cid: str(c) for cid, c in zip(table.contig_ids, codes, strict=True) if c >= 0},
+        time.perf_counter() - started,
+        peak,
+    )
+
+
+def run_metabat(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
+    bams = sorted(str(p) for p in folder.glob("sample_*.bam"))
+    depth = out / "depth.txt"
+    w1, r1 = timed(["jgi_summarize_bam_contig_depths", "--outputDepth", str(depth), *bams], out / "depth.log")
+    w2, r2 = timed(
+        ["metabat2", "-i", str(folder / "assembly.fna"), "-a", str(depth), "-o", str(out / "bins" / "bin"),
+         "-t", "2", "--seed", "1"],
+        out / "metabat.log",
+    )  # fmt: skip
+    return fasta_bins(out / "bins", ".fa"), w1 + w2, max(r1, r2)
+
+
+def run_vamb(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
+    bams = sorted(str(p) for p in folder.glob("sample_*.bam"))
+    result = out / "vamb"
+    wall, rss = timed(
+        [args.vamb, "bin", "default", "--outdir", str(result), "--fasta", str(folder / "assembly.fna"),
+         "--bamfiles", *bams],
+        out / "vamb.log",
+    )  # fmt: skip
+    with open(result / "vae_clusters_unsplit.tsv") as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle if not line.startswith("clustername")]
+    return {contig: cluster for cluster, contig in rows}, wall, rss
+
+
+def run_semibin(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
+    bams = sorted(str(p) for p in folder.glob("sample_*.bam"))
+    result = out / "semibin"
+    wall, rss = timed(
+        [args.semibin, "single_easy_bin", "--input-fasta", str(folder / "assembly.fna"), "--input-bam", *bams,
+         "--output", str(result), "--environment", "global", "--threads", "2"],
+        out / "semibin.log",
+    )  # fmt: skip
+    return fasta_bins(result / "output_bins", ".fa.gz"), wall, rss
+
+
+BINNERS = {
+    "kmervae": run_kmervae,
+    "baseline": run_baseline,
+    "metabat": run_metabat,
+    "vamb": run_vamb,
+    "semibin": run_semibin,
+}
+
+
+def run(args: argparse.Namespace) -> None:
+    folder = Path(args.dir)
+    print("| binner | near-complete | medium | binned bases | wall | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for name in args.binners:
+        out = folder / "run" / name
+        (out / "bins").mkdir(parents=True, exist_ok=True)
+        try:
+            assignment, wall, rss = BINNERS[name](folder, out, args)
+        except (RuntimeError, FileNotFoundError, TypeError) as err:
+            print(f"| {name} | failed: {err} | | | | |", flush=True)
+            continue
+        s = score(assignment, folder)
+        cells = f"{s['near_complete']} | {s['medium']} | {s['binned_share']:.1%} | {wall:.0f} s | {rss:.2f} GiB"
+        print(f"| {name} | {cells} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True)
+    b = sub.add_parser("build")
+    b.add_argument("genomes", nargs="+")
+    b.add_argument("-o", "--out", required=True)
+    b.add_argument("--samples", type=int, default=4)
+    b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--median-length", type=float, default=4000)
+    b.add_argument("--min-length", type=int, default=1500)
+    b.add_argument("--diverged", type=float, default=0.05)
+    b.set_defaults(run=build)
+    r = sub.add_parser("run")
+    r.add_argument("dir")
+    r.add_argument("--binners", nargs="+", choices=list(BINNERS), default=["kmervae", "baseline", "metabat"])
+    r.add_argument("--epochs", type=int, default=8)
+    r.add_argument("--set", nargs="*", default=[], help="kmervae settings on top of the preset")
+    r.add_argument("--vamb", help="the vamb command of its own environment")
+    r.add_argument("--semibin", help="the SemiBin2 command of its own environment")
+    r.set_defaults(run=run)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
