@@ -197,13 +197,13 @@ def run_kmervae(folder: Path, out: Path, args) -> tuple[dict[str, str], float, f
          "--set", "model.abundance_widths=[64,32]", *[x for s in args.set for x in ("--set", s)]],
         [KMERVAE, "embed", str(out / "model" / "best.pt"), str(out / "features"), "-o", str(out / "emb.parquet"),
          "--overwrite"],
-        [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "bins"), "--overwrite"],
+        [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "binned"), "--overwrite"],
     ]  # fmt: skip
     wall = peak = 0.0
     for i, step in enumerate(steps):
         seconds, rss = timed(step, out / f"step{i}.log")
         wall, peak = wall + seconds, max(peak, rss)
-    with open(out / "bins" / "bins.tsv") as handle:
+    with open(out / "binned" / "bins.tsv") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     return {r["contig_id"]: r["bin"] for r in rows if r["bin"] != "unbinned"}, wall, peak
 
