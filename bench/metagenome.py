@@ -31,7 +31,8 @@ binned share of bases, wall time and peak memory. Binners:
   which PyPI serves as a CUDA build: several GB), then `--vamb ENV/bin/vamb`;
 - semibin: SemiBin2 2.6 `single_easy_bin` with the BAM files and its pretrained `global` model
   (its documented way to skip training, which takes minutes an epoch on a CPU); environment:
-  `python3 -m venv ENV && ENV/bin/pip install torch==2.13.0 semibin==2.6.0`, then `--semibin ENV/bin/SemiBin2`.
+  `python3 -m venv ENV && ENV/bin/pip install torch==2.13.0 semibin==2.6.0` (the CPU build of
+  torch) and Debian's `bedtools hmmer`, which it calls; then `--semibin ENV/bin/SemiBin2`.
 
 Prints a markdown table; results and commands go to bench/RESULTS.md.
 """
