@@ -29,8 +29,10 @@ binned share of bases, wall time and peak memory. Binners:
 - vamb: VAMB 5.0.4 `vamb bin default` with the BAM files (its own pycoverm depths), defaults;
   environment: `python3 -m venv ENV && ENV/bin/pip install vamb==5.0.4` (it pins torch 2.6.0,
   which PyPI serves as a CUDA build: several GB), then `--vamb ENV/bin/vamb`;
-- semibin: SemiBin2 2.6 `single_easy_bin` with the BAM files and its pretrained `global` model
-  (its documented way to skip training, which takes minutes an epoch on a CPU); environment:
+- semibin: SemiBin2 2.6 `single_easy_bin` with the BAM files: with one sample its pretrained
+  `global` model (its documented way to skip training, which takes minutes an epoch on a CPU);
+  with several it trains (`--semibin-epochs`, its default 15; the pretrained models refuse
+  multi-sample coverage); environment:
   `python3 -m venv ENV && ENV/bin/pip install torch==2.13.0 semibin==2.6.0` (the CPU build of
   torch) and Debian's `bedtools hmmer`, which it calls; then `--semibin ENV/bin/SemiBin2`.
 
@@ -259,9 +261,11 @@ def run_vamb(folder: Path, out: Path, args) -> tuple[dict[str, str], float, floa
 def run_semibin(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
     bams = sorted(str(p) for p in folder.glob("sample_*.bam"))
     result = out / "semibin"
+    # its pretrained models serve one sample only: with several it trains (`--semibin-epochs`)
+    model = ["--environment", "global"] if len(bams) == 1 else ["--epochs", str(args.semibin_epochs)]
     wall, rss = timed(
         [args.semibin, "single_easy_bin", "--input-fasta", str(folder / "assembly.fna"), "--input-bam", *bams,
-         "--output", str(result), "--environment", "global", "--threads", "2"],
+         "--output", str(result), "--threads", "2", *model],
         out / "semibin.log",
     )  # fmt: skip
     return fasta_bins(result / "output_bins", ".fa.gz"), wall, rss
@@ -312,6 +316,7 @@ def main() -> None:
     r.add_argument("--set", nargs="*", default=[], help="kmervae settings on top of the preset")
     r.add_argument("--vamb", help="the vamb command of its own environment")
     r.add_argument("--semibin", help="the SemiBin2 command of its own environment")
+    r.add_argument("--semibin-epochs", type=int, default=15, help="SemiBin2's training epochs with several samples")
     r.set_defaults(run=run)
     args = parser.parse_args()
     args.run(args)
