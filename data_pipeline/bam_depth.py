@@ -168,7 +168,8 @@ def pysam_depth(path: str | os.PathLike[str], settings: DepthSettings = DepthSet
 
 
 def check_bams(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The BAM paths, each checked to exist, once each."""
+    """The BAM paths, each checked to exist, once each, and with names that tell the samples apart
+    (the depth table names each sample by its file's name)."""
     out = []
     for p in paths:
         path = Path(p)
@@ -179,6 +180,10 @@ def check_bams(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         raise ConfigError("no BAM files given")
     if len({p.resolve() for p in out}) != len(out):
         raise ConfigError("the same BAM file is given twice")
+    names = [p.name for p in out]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"two BAM files are named {twice}: sample names come from file names; rename one")
     return out
 
 

@@ -161,7 +161,7 @@ def _cmd_abundance(args: argparse.Namespace) -> int:
 
     from data_pipeline.bam_depth import DepthSettings, bam_depths, check_bams
     from data_pipeline.depth_table import write_table
-    from kmervae.core.errors import ConfigError, OutputError
+    from kmervae.core.errors import OutputError
 
     started = time.perf_counter()
     settings = DepthSettings(args.min_identity, args.edge_bases, args.min_mapq)
@@ -169,9 +169,6 @@ def _cmd_abundance(args: argparse.Namespace) -> int:
         raise OutputError(f"{args.out}: exists already; pass --overwrite to replace it")
     paths = check_bams(args.bams)
     names = [p.name for p in paths]
-    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
-    if twice is not None:
-        raise ConfigError(f"two BAM files are named {twice}: sample names come from file names; rename one")
     workers = args.workers or max(1, len(os.sched_getaffinity(0)))
     print(f"reading   {len(paths)} BAM file(s), {min(workers, len(paths))} at a time", file=sys.stderr)
 

@@ -111,6 +111,8 @@ def test_bad_bams_are_one_line_and_write_nothing(tmp_path):
     truncated.write_bytes(good.read_bytes()[:-60])  # the last block and the end marker cut off
     unsorted_sam = to_sam(unsorted, tmp_path / "u.sam")
     queryname = write_bam(tmp_path / "q.bam", SAMPLE1, sort_order="queryname")
+    (tmp_path / "other").mkdir()
+    same_name = write_bam(tmp_path / "other" / "s1.bam", SAMPLE1)
     cases = [
         ([unsorted], "u.bam: record 2 is out of coordinate order; sort the file with 'samtools sort'"),
         ([truncated], "is the file complete?"),
@@ -120,6 +122,7 @@ def test_bad_bams_are_one_line_and_write_nothing(tmp_path):
         ([fasta], "asm.fna: not a readable BAM/SAM/CRAM file"),
         ([tmp_path / "missing.bam"], "missing.bam: no such BAM file"),
         ([good, good], "the same BAM file is given twice"),
+        ([good, same_name], "two BAM files are named s1.bam: sample names come from file names"),
     ]
     for bams, message in cases:
         result = kmervae("abundance", *map(str, bams), "-o", str(out))

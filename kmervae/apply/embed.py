@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_contract import ABUNDANCE, KMER_COLUMNS, MODEL_INPUTS
+from kmervae.core.feature_contract import ABUNDANCE, KMER_COLUMNS, MODEL_INPUTS, input_columns
 from kmervae.core.feature_table import dataset_files, decode_inputs
 
 Embedder = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -44,7 +44,7 @@ def _columns(batch: dict[str, np.ndarray], names) -> list[np.ndarray]:
 
 def _torch_embedder(module: torch.nn.Module, device: torch.device, abundance: bool) -> Embedder:
     module = module.to(device).eval()
-    names = [*MODEL_INPUTS, ABUNDANCE] if abundance else list(MODEL_INPUTS)
+    names = input_columns(abundance)
 
     def run(batch: dict[str, np.ndarray]) -> np.ndarray:
         # arrow hands over read-only arrays (length, gc): copied, as torch.from_numpy wants to own them

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from kmervae.core.checkpoint import Checkpoint, load_checkpoint
 from kmervae.core.config import ModelConfig
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
-from kmervae.core.feature_contract import ABUNDANCE, MODEL_INPUTS
+from kmervae.core.feature_contract import ABUNDANCE, input_columns
 from kmervae.core.metrics import readout
 from kmervae.core.model import N3, N4, N7, BranchedVAE
 from kmervae.tracking.checkpoints import CHECKPOINT_IN_MODEL, fetch_checkpoint, is_run_id
@@ -50,7 +50,7 @@ class Encoder(nn.Module):
 def input_names(cfg: ModelConfig) -> list[str]:
     """The inputs of an exported encoder: the stored columns, `abundance` last for models with
     an abundance branch (float32, one value per sample)."""
-    return [*MODEL_INPUTS, ABUNDANCE] if cfg.uses_abundance else list(MODEL_INPUTS)
+    return list(input_columns(cfg.uses_abundance))
 
 
 def example_inputs(cfg: ModelConfig, batch: int = 2) -> tuple[Tensor, ...]:

@@ -293,6 +293,11 @@ class LossConfig:
         return self.infonce > 0
 
     @property
+    def thins_depths(self) -> bool:
+        """Whether the two views of a contig carry thinned depths (loss.abundance_views=thinned)."""
+        return self.abundance_views == "thinned"
+
+    @property
     def uses_labels(self) -> bool:
         """Whether the loss reads genome labels (a supervised term is on)."""
         return self.supcon > 0

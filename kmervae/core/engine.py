@@ -102,7 +102,7 @@ def training_views(batch: CountBatch, codes: Tensor | None, cfg: LossConfig):
     reconstructing the other view under cross_view, else the whole contig."""
     if not (cfg.cross_view or cfg.paired_views):
         return batch, batch, codes
-    a, b = split_batch(batch, cfg.view_fraction, thin_depths=cfg.abundance_views == "thinned")
+    a, b = split_batch(batch, cfg.view_fraction, thin_depths=cfg.thins_depths)
     if not cfg.paired_views:
         return a, b, codes
     stack = lambda x, y: CountBatch.cat([x, y])  # noqa: E731
@@ -201,8 +201,8 @@ def validate_epoch(
         with autocast(device, precision):
             out = model(*batch)
             if viewed < view_contigs:
-                thin = loss_cfg.abundance_views == "thinned"
-                a, b = split_batch(batch.head(view_contigs - viewed), 0.5, generator, thin_depths=thin)
+                head = batch.head(view_contigs - viewed)
+                a, b = split_batch(head, 0.5, generator, thin_depths=loss_cfg.thins_depths)
                 views.append(torch.stack([model(*a).mu.float(), model(*b).mu.float()], dim=1).cpu())
                 viewed += len(a.length)
         metrics.update(out, batch.kmer7, loss_cfg)

@@ -57,6 +57,13 @@ ABUNDANCE = "abundance"
 value per sample, in the order of the file metadata's sample names). A model with an abundance
 branch reads it after `MODEL_INPUTS`."""
 
+
+def input_columns(abundance: bool) -> tuple[str, ...]:
+    """The stored columns a model reads, in the order of its arguments: `MODEL_INPUTS`, then
+    `abundance` for a model with an abundance branch (or data that has the column)."""
+    return (*MODEL_INPUTS, ABUNDANCE) if abundance else MODEL_INPUTS
+
+
 MANIFEST_NAME = "_kmervae_dataset.json"
 """Written last by the featurizer: lists the files and rows of a complete dataset."""
 
@@ -232,7 +239,7 @@ class DatasetFormat:
     @property
     def input_columns(self) -> tuple[str, ...]:
         """The stored columns a model of this dataset can read: `MODEL_INPUTS`, then `abundance`."""
-        return (*MODEL_INPUTS, ABUNDANCE) if self.samples else MODEL_INPUTS
+        return input_columns(bool(self.samples))
 
     def schema(self) -> pa.Schema:
         """The parquet schema of a feature file, with its key-value metadata."""

@@ -166,6 +166,12 @@ def seven_mer_term(cfg: LossConfig, mse7, gate_bce=None, value_mse=None):
     return mse7 if gate_bce is None else cfg.gate_bce_weight * gate_bce + value_mse
 
 
+def share_cross_entropy(shares: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy of the predicted depth shares against the contig's, per contig (B,); 1e-9
+    keeps a share the softmax rounded to 0 finite (VAMB adds the same)."""
+    return -(target * torch.log(shares + 1e-9)).sum(dim=1)
+
+
 def abundance_term(ce, mse, samples: int):
     """L_ab of VAMB's loss (vamb/encode.py `calc_loss`, without its alpha, which is `loss.wab`
     here): the shares' cross-entropy weighted (n - 1) / (n log n), which is 0 for one sample (the
@@ -200,7 +206,7 @@ def vae_loss(out: VAEOutput, kmer7_counts: Tensor, cfg: LossConfig, beta: float)
         l7 = seven_mer_term(cfg, F.mse_loss(r7, x7))
     ce_ab = mse_ab = l_ab = None
     if out.shares is not None:
-        ce_ab = -(out.target_shares.float() * torch.log(out.shares.float() + 1e-9)).sum(dim=1).mean()
+        ce_ab = share_cross_entropy(out.shares.float(), out.target_shares.float()).mean()
         mse_ab = F.mse_loss(out.log_depth.float(), out.target_log_depth.float())
         l_ab = abundance_term(ce_ab, mse_ab, out.shares.shape[1])
     mu, log_var = out.mu.float(), out.log_var.float()

@@ -22,6 +22,7 @@ from kmervae.core.loss import (
     presence,
     reconstruction,
     seven_mer_term,
+    share_cross_entropy,
     split_output,
 )
 from kmervae.core.model import N3, N4, N7, VAEOutput
@@ -86,7 +87,7 @@ class EpochMetrics:
             sums["gate_correct"] = ((logits > 0) == present).sum().double()
             sums["value_sse"] = ((out.values.double() - x7).pow(2) * present).sum()
         if out.shares is not None:
-            sums["ce_ab"] = -(out.target_shares.double() * torch.log(out.shares.double() + 1e-9)).sum()
+            sums["ce_ab"] = share_cross_entropy(out.shares.double(), out.target_shares.double()).sum()
             sums["sse_ab"] = (out.log_depth.double() - out.target_log_depth.double()).pow(2).sum()
         for name, value in sums.items():
             self.state[self._slot(name)] += value
