@@ -77,19 +77,16 @@ class SampleDepth:
     seconds: float
 
 
-def contig_stats(lengths: np.ndarray, tid: int, starts: list[int], ends: list[int], edge: int) -> tuple[float, float]:
-    """Mean and sample variance of the per-base depth of contig `tid` over its middle bases,
-    from the aligned blocks [start, end) of its qualifying reads."""
+def finish_contig(lengths, tid: int, starts: list[int], ends: list[int], edge: int, mean, variance) -> None:
+    """Mean and sample variance of contig `tid`'s depth over its middle bases, into `mean[tid]`
+    and `variance[tid]`, from the aligned blocks [start, end) of its qualifying reads: the
+    compiled scan's own statistics (`bam_scan.finish`) on the same depth profile."""
+    from data_pipeline.bam_scan import finish
+
     length = int(lengths[tid])
     opened = np.bincount(np.minimum(np.asarray(starts, dtype=np.int64), length), minlength=length + 1)
     closed = np.bincount(np.minimum(np.asarray(ends, dtype=np.int64), length), minlength=length + 1)
-    depth = np.cumsum(opened[:length] - closed[:length])
-    middle = depth[edge : length - edge] if length > 2 * edge else depth
-    if len(middle) == 0:
-        return 0.0, 0.0
-    mean = float(middle.mean())
-    variance = float(middle.var(ddof=1)) if len(middle) > 1 else 0.0
-    return mean, variance
+    finish((opened - closed).astype(np.int32), length, edge, mean, variance, tid)
 
 
 def sample_depth(path: str | os.PathLike[str], settings: DepthSettings = DepthSettings()) -> SampleDepth:
@@ -141,9 +138,7 @@ def pysam_depth(path: str | os.PathLike[str], settings: DepthSettings = DepthSet
                             f"{path}: record {records} is out of coordinate order; sort the file with 'samtools sort'"
                         )
                     if current >= 0:
-                        mean[current], variance[current] = contig_stats(
-                            lengths, current, starts, ends, settings.edge_bases
-                        )
+                        finish_contig(lengths, current, starts, ends, settings.edge_bases, mean, variance)
                         finished[current] = True
                     current, starts, ends = tid, [], []
                 if read.mapping_quality < min_mapq:
@@ -163,7 +158,7 @@ def pysam_depth(path: str | os.PathLike[str], settings: DepthSettings = DepthSet
         except OSError as err:  # truncated or corrupt compression
             raise InputError(f"{path}: unreadable after record {records} ({err}); is the file complete?") from None
         if current >= 0:
-            mean[current], variance[current] = contig_stats(lengths, current, starts, ends, settings.edge_bases)
+            finish_contig(lengths, current, starts, ends, settings.edge_bases, mean, variance)
     return SampleDepth(path, contigs, lengths, mean, variance, records, counted, low, time.perf_counter() - started)
 
 

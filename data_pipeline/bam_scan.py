@@ -88,7 +88,7 @@ def _nm(buf, at, end):
 
 
 @numba.njit(cache=True, nogil=True)
-def _finish(profile, length, edge, mean, variance, tid):
+def finish(profile, length, edge, mean, variance, tid):
     """Mean and sample variance of contig `tid`'s depth over its middle bases, from the
     difference array `profile[:length + 1]`, which is zeroed again for the next contig."""
     lo, hi = (edge, length - edge) if length > 2 * edge else (0, length)
@@ -140,7 +140,7 @@ def _scan(buf, n, lengths, skip_flags, min_mapq, min_identity, edge, state, prof
             if tid < current or finished[tid]:
                 return _UNSORTED, rec - 4
             if current >= 0:
-                _finish(profile, lengths[current], edge, mean, variance, current)
+                finish(profile, lengths[current], edge, mean, variance, current)
                 finished[current] = True
             state[0] = tid
         if mapq < min_mapq:
@@ -267,7 +267,7 @@ def scan_bam(path: Path, settings, skip_flags: int):
         if n:
             raise InputError(f"{path}: the last record is cut off after record {int(counts[_RECORDS])}")
         if state[0] >= 0:
-            _finish(profile, lengths[state[0]], settings.edge_bases, mean, variance, state[0])
+            finish(profile, lengths[state[0]], settings.edge_bases, mean, variance, state[0])
     return (
         names,
         lengths,
