@@ -83,7 +83,7 @@ def dataset_files(path: str | os.PathLike[str]) -> DatasetFiles:
             raise InputError(f"{file}: stores counts as {file_fmt.count_dtypes}, other files as {fmt.count_dtypes}")
         fmt = file_fmt
         rows += meta.num_rows
-        check_values(file, bool(file_fmt.samples))
+        check_values(file, len(file_fmt.samples))
     if manifest is not None:
         expected = sum(entry.get("rows", 0) for entry in manifest["files"])
         if expected != rows:
@@ -94,9 +94,9 @@ def dataset_files(path: str | os.PathLike[str]) -> DatasetFiles:
     return DatasetFiles(tuple(paths), fmt, rows, manifest)
 
 
-def check_values(file: Path, abundance: bool = False) -> None:
+def check_values(file: Path, samples: int = 0) -> None:
     """Refuse rows no featurizer writes: GC not a finite fraction, length under one base, a
-    depth (with `abundance`) that is NaN, infinite or negative.
+    depth (of the `samples` of the abundance column, if any) that is NaN, infinite or negative.
 
     Counts are unsigned by the schema, so these are the only columns that can hold NaN,
     infinities or negatives (from a foreign writer); the model would turn them into NaN
@@ -104,23 +104,21 @@ def check_values(file: Path, abundance: bool = False) -> None:
     once per process while it is unchanged (every reader calls dataset_files).
     """
     stat = Path(file).stat()
-    _check_values(Path(file), stat.st_mtime_ns, stat.st_size, abundance)
+    _check_values(Path(file), stat.st_mtime_ns, stat.st_size, samples)
 
 
 @functools.lru_cache(maxsize=4096)
-def _check_values(file: Path, mtime_ns: int, size: int, abundance: bool) -> None:
+def _check_values(file: Path, mtime_ns: int, size: int, samples: int) -> None:
     import pyarrow.compute as pc
 
-    table = pq.read_table(file, columns=["length", "gc", *([ABUNDANCE] if abundance else [])])
+    table = pq.read_table(file, columns=["length", "gc", *([ABUNDANCE] if samples else [])])
     gc, length = table.column("gc"), table.column("length")
     bad = pc.or_(
         pc.invert(pc.and_(pc.greater_equal(gc, 0.0), pc.less_equal(gc, 1.0))),  # NaN compares false
         pc.less(length, 1),
     )
-    if abundance:
-        depths = table.column(ABUNDANCE).combine_chunks()
-        width = depths.type.list_size
-        values = depths.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    if samples:
+        values = decode_abundance(table.column(ABUNDANCE), samples)
         bad = pc.or_(bad, pa.array(~(np.isfinite(values) & (values >= 0)).all(axis=1)))
     n_bad = pc.sum(bad).as_py() or 0
     if n_bad:
@@ -131,7 +129,7 @@ def _check_values(file: Path, mtime_ns: int, size: int, abundance: bool) -> None
             for cid, r in zip(ids, rows, strict=False)
         )
         what = "gc outside [0, 1] (NaN, inf) or length < 1"
-        if abundance:
+        if samples:
             what = "gc outside [0, 1] (NaN, inf), length < 1 or a depth that is NaN, inf or negative"
         raise InputError(
             f"{file}: {n_bad} row(s) with {what}, e.g. {shown}; fix or drop them, or re-run 'kmervae featurize'"
