@@ -45,6 +45,7 @@ import argparse
 import csv
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -189,16 +190,44 @@ def fasta_bins(folder: Path, suffix: str) -> dict[str, str]:
     return out
 
 
-def run_kmervae(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
+def bam_files(folder: Path, args) -> list[str]:
+    """The first `--samples` BAM files of DIR (all by default): the 2- and 1-sample sets are the
+    4-sample set's first samples, so every set bins the same contigs."""
     bams = sorted(str(p) for p in folder.glob("sample_*.bam"))
+    return bams[: args.samples or len(bams)]
+
+
+def kmervae_features(folder: Path, args) -> Path:
+    """Depths by `kmervae abundance` and features by `kmervae featurize --abundance` (no labels: a
+    binner sees none), made once per set and shared by the kmervae and baseline binners."""
+    out = folder / "run" / f"{len(bam_files(folder, args))}s"
+    features = out / "features"
+    if not (features / "_kmervae_dataset.json").exists():  # written last: the features are complete
+        depth = out / "depth.tsv"
+        bams = bam_files(folder, args)
+        run_step([KMERVAE, "abundance", *bams, "-o", str(depth), "--overwrite"], out / "abundance.log")
+        run_step(
+            [KMERVAE, "featurize", str(folder / "assembly.fna"), "--abundance", str(depth), "--min-length", "1000",
+             "-o", str(features), "--overwrite", "--quiet"],
+            out / "featurize.log",
+        )  # fmt: skip
+    return features
+
+
+def run_step(command: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    timed(command, log)
+
+
+def run_kmervae(folder: Path, out: Path, args, seed: int = 0) -> tuple[dict[str, str], float, float]:
+    """featurize (timed apart, shared with the baseline), train on every contig, embed, bin."""
+    features = kmervae_features(folder, args)
+    settings = [f"train.seed={seed}", *args.set]
     steps = [
-        [KMERVAE, "abundance", *bams, "-o", str(out / "depth.tsv"), "--overwrite"],
-        [KMERVAE, "featurize", str(folder / "assembly.fna"), "--abundance", str(out / "depth.tsv"),
-         "--min-length", "1000", "-o", str(out / "features"), "--overwrite", "--quiet"],
-        [KMERVAE, "train", str(out / "features"), "--engine", "local", "--preset", "recommended", "--no-mlflow",
-         "--epochs", str(args.epochs), "--name", "bench", "--storage", str(out / "runs"), "--out", str(out / "model"),
-         "--set", "model.abundance_widths=[64,32]", *[x for s in args.set for x in ("--set", s)]],
-        [KMERVAE, "embed", str(out / "model" / "best.pt"), str(out / "features"), "-o", str(out / "emb.parquet"),
+        [KMERVAE, "train", str(features), "--engine", "local", "--preset", args.preset, "--no-mlflow",
+         *(["--epochs", str(args.epochs)] if args.epochs else []), "--name", "bench", "--storage", str(out / "runs"),
+         "--out", str(out / "model"), *[x for s in settings for x in ("--set", s)]],
+        [KMERVAE, "embed", str(out / "model" / "best.pt"), str(features), "-o", str(out / "emb.parquet"),
          "--overwrite"],
         [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "binned"), "--overwrite"],
     ]  # fmt: skip
@@ -218,9 +247,7 @@ def run_baseline(folder: Path, out: Path, args) -> tuple[dict[str, str], float, 
     from kmervae.core.bins import cluster
     from kmervae.core.feature_table import FeatureTable
 
-    features = out.parent / "kmervae" / "features"
-    if not features.exists():
-        raise RuntimeError("the baseline reads kmervae's features: run the kmervae binner first")
+    features = kmervae_features(folder, args)
     started = time.perf_counter()
     table = FeatureTable.from_parquet(features)
     x = baselines(features, table.contig_ids, 32)["tnf_abundance"]
@@ -234,7 +261,7 @@ def run_baseline(folder: Path, out: Path, args) -> tuple[dict[str, str], float, 
 
 
 def run_metabat(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
-    bams = sorted(str(p) for p in folder.glob("sample_*.bam"))
+    bams = bam_files(folder, args)
     depth = out / "depth.txt"
     w1, r1 = timed(["jgi_summarize_bam_contig_depths", "--outputDepth", str(depth), *bams], out / "depth.log")
     w2, r2 = timed(
@@ -246,7 +273,7 @@ def run_metabat(folder: Path, out: Path, args) -> tuple[dict[str, str], float, f
 
 
 def run_vamb(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
-    bams = sorted(str(p) for p in folder.glob("sample_*.bam"))
+    bams = bam_files(folder, args)
     result = out / "vamb"
     wall, rss = timed(
         [args.vamb, "bin", "default", "--outdir", str(result), "--fasta", str(folder / "assembly.fna"),
@@ -259,7 +286,7 @@ def run_vamb(folder: Path, out: Path, args) -> tuple[dict[str, str], float, floa
 
 
 def run_semibin(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
-    bams = sorted(str(p) for p in folder.glob("sample_*.bam"))
+    bams = bam_files(folder, args)
     result = out / "semibin"
     # its pretrained models serve one sample only: with several it trains (`--semibin-epochs`)
     model = ["--environment", "global"] if len(bams) == 1 else ["--epochs", str(args.semibin_epochs)]
@@ -282,19 +309,31 @@ BINNERS = {
 
 def run(args: argparse.Namespace) -> None:
     folder = Path(args.dir)
+    samples = len(bam_files(folder, args))
+    print(f"{folder.name}, {samples} sample(s): {len(read_truth(folder)[0]):,} contigs")
     print("| binner | near-complete | medium | binned bases | wall | peak RSS |")
     print("|---|---|---|---|---|---|")
     for name in args.binners:
-        out = folder / "run" / name
-        (out / "bins").mkdir(parents=True, exist_ok=True)
-        try:
-            assignment, wall, rss = BINNERS[name](folder, out, args)
-        except (RuntimeError, FileNotFoundError, TypeError) as err:
-            print(f"| {name} | failed: {err} | | | | |", flush=True)
-            continue
-        s = score(assignment, folder)
-        cells = f"{s['near_complete']} | {s['medium']} | {s['binned_share']:.1%} | {wall:.0f} s | {rss:.2f} GiB"
-        print(f"| {name} | {cells} |", flush=True)
+        runs = [(f"{name} seed {seed}", seed) for seed in args.seeds] if name == "kmervae" else [(name, None)]
+        counts = []
+        for label, seed in runs:
+            out = folder / "run" / f"{samples}s" / (name if seed is None else f"{name}-{seed}")
+            if out.exists() and not args.keep:
+                shutil.rmtree(out)
+            (out / "bins").mkdir(parents=True, exist_ok=True)
+            try:
+                binner = BINNERS[name]
+                assignment, wall, rss = binner(folder, out, args) if seed is None else binner(folder, out, args, seed)
+            except (RuntimeError, FileNotFoundError, TypeError) as err:
+                print(f"| {label} | failed: {err} | | | | |", flush=True)
+                continue
+            s = score(assignment, folder)
+            counts.append(s["near_complete"])
+            cells = f"{s['near_complete']} | {s['medium']} | {s['binned_share']:.1%} | {wall:.0f} s | {rss:.2f} GiB"
+            print(f"| {label} | {cells} |", flush=True)
+        if len(counts) > 1:
+            print(f"| {name}, median (range) of {len(counts)} seeds | {np.median(counts):g} "
+                  f"({min(counts)}-{max(counts)}) | | | | |", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -312,7 +351,11 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("dir")
     r.add_argument("--binners", nargs="+", choices=list(BINNERS), default=["kmervae", "baseline", "metabat"])
-    r.add_argument("--epochs", type=int, default=8)
+    r.add_argument("--samples", type=int, help="bin with the first N samples' BAM files (default: all)")
+    r.add_argument("--preset", default="metagenome", help="kmervae's preset")
+    r.add_argument("--epochs", type=int, help="kmervae's epochs (default: the preset's)")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="kmervae's training seeds")
+    r.add_argument("--keep", action="store_true", help="keep earlier outputs in DIR/run (default: replace)")
     r.add_argument("--set", nargs="*", default=[], help="kmervae settings on top of the preset")
     r.add_argument("--vamb", help="the vamb command of its own environment")
     r.add_argument("--semibin", help="the SemiBin2 command of its own environment")

@@ -199,7 +199,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         "--preset",
         default="final",
         help="preset (architecture and loss settings): final (the seed's), recommended (the best measured on "
-        "genomes never seen, bench/RESULTS.md), outline or tiny",
+        "genomes never seen, bench/RESULTS.md), metagenome (for binning an assembly with read depths: "
+        "featurize with --abundance), outline or tiny",
     )
     p.add_argument("--config", type=Path, metavar="YAML", help="YAML file with model/loss/train/data sections")
     p.add_argument(

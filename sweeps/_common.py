@@ -28,7 +28,9 @@ GENOME_SPLIT_LABELS = 5
 """With at least this many labels, sweeps validate on whole genomes never trained on (data.val_split=genome)."""
 
 
-def parse_args(description: str, preset: str, argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, preset: str, argv: list[str] | None = None, metric: str = "auto"
+) -> argparse.Namespace:
     """The flags every sweep script has."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, help="feature dataset (default: the bundled examples, featurized on first use)")
@@ -59,7 +61,7 @@ def parse_args(description: str, preset: str, argv: list[str] | None = None) -> 
     p.add_argument("--resume", action="store_true", help="continue the sweep --name from --storage")
     p.add_argument(
         "--metric",
-        default="auto",
+        default=metric,
         choices=["auto", *OBJECTIVES],
         help="objective: auto = val/knn_acc when the data has labels, else val/link_agreement when validation "
         "contigs are fragments of longer records (label-free; ranks trials like val/kmeans_ari), else val/loss "
@@ -154,11 +156,12 @@ def sweep_main(
     preset: str = "final",
     argv: list[str] | None = None,
     abundance_space: Callable[[Any], Any] | None = None,
+    metric: str = "auto",
 ) -> int:
     """Parse flags, run the sweep, print where everything went. Returns the exit status.
     `abundance_space`, where given, is the space for features with abundance (it adds the
-    abundance branch's settings to `space`'s)."""
-    args = parse_args(description, preset, argv)
+    abundance branch's settings to `space`'s). `metric`: the script's default objective."""
+    args = parse_args(description, preset, argv, metric)
     try:
         return _run(script, args, space, abundance_space)
     except KmervaeError as err:
@@ -202,7 +205,9 @@ def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> 
     if abundance_space is not None and files.format.samples:
         space = abundance_space
         print(f"abundance: {len(files.format.samples)} sample(s); the abundance branch is swept too")
-    if len(labels) >= GENOME_SPLIT_LABELS and not any(o.startswith("data.val_split=") for o in args.overrides):
+    # Genomes never trained on validate, unless the preset chose its split (metagenome: every contig).
+    chosen = base.data.val_split != "contig" or any(o.startswith("data.val_split=") for o in args.overrides)
+    if len(labels) >= GENOME_SPLIT_LABELS and not chosen:
         fixed.append("data.val_split=genome")
     base = base.with_overrides(fixed + args.overrides)
     metric = objective(args.metric, data, base, labels)

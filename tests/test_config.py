@@ -19,9 +19,10 @@ from kmervae.core.errors import ConfigError
 
 def test_defaults_and_presets_are_valid():
     RunConfig()
-    assert set(PRESETS) == {"final", "outline", "recommended", "tiny"}
+    assert set(PRESETS) == {"final", "metagenome", "outline", "recommended", "tiny"}
     assert preset("outline").kmer7_widths == (4096, 2048)
-    with pytest.raises(ConfigError, match="--preset 'huge' is unknown; allowed: final, outline, recommended, tiny"):
+    allowed = "final, outline, recommended, metagenome, tiny"
+    with pytest.raises(ConfigError, match=f"--preset 'huge' is unknown; allowed: {allowed}"):
         preset("huge")
     for name in PRESETS:  # every preset's settings are valid on its architecture and on tiny
         assert preset_config(name).model == PRESETS[name]
@@ -56,7 +57,7 @@ def test_defaults_and_presets_are_valid():
         (TrainConfig, {"resident": "yes"}, "train.resident='yes' is invalid: expected auto, on or off"),
         (DataConfig, {"val_fraction": 1.0}, r"data.val_fraction=1.0 is invalid: expected a number in \(0, 1\)"),
         (DataConfig, {"max_samples": 2}, "data.max_samples=2"),
-        (DataConfig, {"val_split": "label"}, "data.val_split='label' is invalid: expected contig or genome"),
+        (DataConfig, {"val_split": "label"}, "data.val_split='label' is invalid: expected contig, genome or all"),
         (ModelConfig, {"input_norm": "minmax"}, "model.input_norm='minmax' is invalid: expected none, zscore or clr"),
         (
             LossConfig,

@@ -81,6 +81,14 @@ def test_resident_batches_cover_every_row_once_and_keep_counts_compact():
     assert use_resident("on", torch.device("cpu"), 1) and not use_resident("off", torch.device("cpu"), 1)
 
 
+def test_the_binners_split_trains_and_validates_on_every_contig(example_features):
+    train, val = load_splits(example_features, DataConfig(val_split="all"))
+    ids = list(FeatureTable.from_parquet(example_features).contig_ids)
+    assert list(train.contig_ids) == list(val.contig_ids) == ids
+    sub, sub_val = load_splits(example_features, DataConfig(val_split="all", max_samples=20))
+    assert list(sub.contig_ids) == list(sub_val.contig_ids) and len(sub) == 20  # the subsample still applies
+
+
 def test_genome_split_holds_out_whole_labels(example_features):
     cfg = DataConfig(val_split="genome", val_fraction=0.2)
     train, val = load_splits(example_features, cfg)

@@ -33,14 +33,30 @@ def test_parameter_counts_of_the_seed_presets():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_shapes_and_dtypes_for_every_preset(name):
     cfg = PRESETS[name]
+    depths = ()
+    if cfg.uses_abundance:  # the trainers set the samples from the features (RunConfig.for_data)
+        cfg = dataclasses.replace(cfg, abundance_samples=2)
+        depths = (torch.rand(3, 2) * 10,)
     model = BranchedVAE(cfg)
-    out = model(*random_batch(3))
+    out = model(*random_batch(3), *depths)
     assert out.recon.shape == (3, N_OUTPUT) == (3, 8361) and out.target.shape == (3, 8361)
     assert out.mu.shape == out.log_var.shape == (3, cfg.latent_dim)
     assert out.values.shape == (3, 8192) and out.gc_branches.shape == (3, 3)
     assert (out.gate_logits is not None) == cfg.gate_k7
     for tensor in (out.recon, out.mu, out.log_var, out.values):
         assert tensor.dtype == torch.float32 and torch.isfinite(tensor).all()
+
+
+def test_without_the_length_input_the_embedding_ignores_length():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(PRESETS["tiny"], length_input=False)
+    model = BranchedVAE(cfg).eval()
+    length, gc, k7, k4, k3 = random_batch(4)
+    mu = model(length, gc, k7, k4, k3).mu
+    torch.testing.assert_close(model(length * 7, gc, k7, k4, k3).mu, mu)  # same counts, other lengths
+    with_length = BranchedVAE(PRESETS["tiny"]).eval()
+    assert not torch.allclose(with_length(length * 7, gc, k7, k4, k3).mu, with_length(length, gc, k7, k4, k3).mu)
+    assert model.enc7[0][0].in_features == with_length.enc7[0][0].in_features - 1
 
 
 def test_gating_mixes_values_with_the_floor():

@@ -193,10 +193,18 @@ def bin_quality(codes: np.ndarray, labels, lengths: np.ndarray) -> BinQuality:
     return BinQuality(genomes, main, purity, recall, binned)
 
 
-def near_complete_bins(embeddings: np.ndarray, labels, lengths: np.ndarray, seed: int = 0) -> float:
-    """`val/nc_bins`: near-complete bins of the default clusterer on labelled contigs; NaN where
+def near_complete_bins(
+    embeddings: np.ndarray,
+    labels,
+    lengths: np.ndarray,
+    seed: int = 0,
+    min_bin_size: int = 0,
+    resolution: float = LEIDEN_RESOLUTION,
+) -> float:
+    """`val/nc_bins`: near-complete bins of the Leiden clusterer on labelled contigs; NaN where
     the clustering libraries are absent (bare GPU hosts) or fewer than 2 contigs are labelled.
-    No minimum bin size: a validation split holds only part of each genome."""
+    `min_bin_size` 0 for a validation split, which holds only part of each genome; `kmervae bin`'s
+    DEFAULT_MIN_BIN_SIZE where every contig validates (data.val_split=all)."""
     try:
         import igraph  # noqa: F401
         import leidenalg  # noqa: F401
@@ -207,5 +215,5 @@ def near_complete_bins(embeddings: np.ndarray, labels, lengths: np.ndarray, seed
     if known.sum() < 2:
         return math.nan
     lengths = np.asarray(lengths)[known]
-    codes = cluster(np.asarray(embeddings)[known], lengths, min_bin_size=0, seed=seed)
+    codes = cluster(np.asarray(embeddings)[known], lengths, min_bin_size=min_bin_size, seed=seed, resolution=resolution)
     return float(bin_quality(codes, labels[known], lengths).near_complete)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kmervae.core.bins import LEIDEN_RESOLUTION
 from kmervae.core.errors import ConfigError
 from kmervae.core.metric_keys import OBJECTIVES, metric_mode
 
@@ -68,6 +69,11 @@ class ModelConfig:
     statistics are fitted before the first step and kept in the model's buffers, so exports and
     embeddings stay self-contained) or 'clr' (the centred log-ratio: each contig's values minus
     their mean, which removes the total and keeps only composition)."""
+    length_input: bool = True
+    """Give every encoder branch log10(length) beside GC (the seed's architecture). Off: the
+    embedding cannot place a contig by its length. On the simulated metagenome, models with it
+    split large genomes into a bin of long contigs and one of short ones (bench/RESULTS.md
+    "The metagenome benchmark")."""
     abundance_widths: tuple[int, ...] = ()
     """Hidden widths of the abundance encoder branch, beside the k-mer branches: its input is each
     contig's share of depth per sample and its z-scored log total depth (VAMB's), its decoder
@@ -94,6 +100,9 @@ class ModelConfig:
             "expected an integer in [1, 8192]",
         )
         check_field(isinstance(self.gate_k7, bool), "model.gate_k7", self.gate_k7, "expected true or false")
+        check_field(
+            isinstance(self.length_input, bool), "model.length_input", self.length_input, "expected true or false"
+        )
         check_field(0.0 <= self.leaky_slope < 1.0, "model.leaky_slope", self.leaky_slope, "expected a number in [0, 1)")
         check_field(
             0.0 < self.batchnorm_momentum <= 1.0,
@@ -132,6 +141,18 @@ PRESETS: dict[str, ModelConfig] = {
     # The best measured so far on genomes never seen (PRESET_SETTINGS has its loss and provenance):
     # `final`'s widths, latent 32, z-scored inputs.
     "recommended": ModelConfig(latent_dim=32, input_norm="zscore"),
+    # For binning an assembly with read depths (bench/RESULTS.md "The metagenome benchmark";
+    # PRESET_SETTINGS has its loss and training): an abundance branch; a 7-mer branch a quarter
+    # as wide (at 1e-3 pseudo-frequency 7-mers carry little, and it is the costly branch); no
+    # length input and a pseudo-frequency of 1e-3, so short contigs do not gather on their own.
+    "metagenome": ModelConfig(
+        kmer7_widths=(256, 128),
+        latent_dim=32,
+        input_norm="zscore",
+        length_input=False,
+        log_eps=1e-3,
+        abundance_widths=(64, 32),
+    ),
     # For tests and smoke runs: same shape, tiny widths.
     "tiny": ModelConfig(
         kmer7_widths=(64, 32), kmer4_widths=(16,), kmer3_widths=(16,), trunk_widths=(32,), latent_dim=8
@@ -363,6 +384,9 @@ class TrainConfig:
     """Report val/nc_bins every epoch: near-complete bins when the validation contigs are binned
     as `kmervae bin` does (kmervae.core.bins; needs labels). Off by default: clustering costs
     seconds per epoch; a sweep ranking on val/nc_bins turns it on."""
+    bin_resolution: float = LEIDEN_RESOLUTION
+    """Leiden resolution that val/nc_bins bins with (`kmervae bin --resolution`): a binning sweep
+    can choose the clusterer's setting beside the model's."""
 
     @property
     def effective_lr(self) -> float:
@@ -418,6 +442,12 @@ class TrainConfig:
         check_field(isinstance(self.compile, bool), "train.compile", self.compile, "expected true or false")
         check_field(isinstance(self.nc_bins, bool), "train.nc_bins", self.nc_bins, "expected true or false")
         check_field(
+            isinstance(self.bin_resolution, (int, float)) and 0 < self.bin_resolution <= 10,
+            "train.bin_resolution",
+            self.bin_resolution,
+            "expected a number in (0, 10]",
+        )
+        check_field(
             self.lr_scaling in ("sqrt", "linear", "none"),
             "train.lr_scaling",
             self.lr_scaling,
@@ -446,7 +476,10 @@ class DataConfig:
     """'contig': a val_fraction share of contigs validates (their genomes are also trained on);
     'genome': whole labels are held out (those whose salted hash of the label is below
     val_fraction, at least 2 so that kNN accuracy can tell genomes apart), so embedding metrics
-    measure genomes never trained on. Needs labels (3 or more); unlabelled contigs train."""
+    measure genomes never trained on. Needs labels (3 or more); unlabelled contigs train.
+    'all': every contig trains and validates, the protocol of a binner, which bins the assembly it
+    trained on: val/nc_bins then counts the near-complete bins of the whole assembly (a tenth of
+    an assembly makes few bins of 200 kb), and val/loss measures fit, not generalisation."""
 
     def __post_init__(self) -> None:
         check_field(
@@ -460,7 +493,10 @@ class DataConfig:
             "expected an integer >= 4 or null",
         )
         check_field(
-            self.val_split in ("contig", "genome"), "data.val_split", self.val_split, "expected contig or genome"
+            self.val_split in ("contig", "genome", "all"),
+            "data.val_split",
+            self.val_split,
+            "expected contig, genome or all",
         )
 
 
@@ -723,6 +759,19 @@ PRESET_SETTINGS: dict[str, tuple[str, ...]] = {
         "loss.beta=0",
         "loss.infonce=1",
         "loss.temperature=0.1",
+    ),
+    # Provenance: bench/RESULTS.md "The metagenome benchmark" (issue 26). A plain VAE (no cross
+    # views, no InfoNCE: identical depths in both views let InfoNCE tell contigs apart by their
+    # depth noise), VAMB's balance of abundance over composition (loss.wab=16), a small KL
+    # weight, no 7-mer reconstruction term, more steps per epoch (batch 64), and every contig
+    # trains and validates (a binner bins the assembly it trained on).
+    "metagenome": (
+        "loss.w7=0",
+        "loss.wab=16",
+        "loss.beta=0.001",
+        "train.batch_size=64",
+        "train.epochs=10",
+        "data.val_split=all",
     ),
 }
 """The loss, training and data settings that belong to a preset, beside its architecture."""

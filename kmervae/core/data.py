@@ -84,15 +84,19 @@ def split_mask(
     """True for the contigs of one split, after the subsample rule of `subsample_threshold`.
 
     data.val_split=contig: validation is a `val_fraction` share of contigs chosen by hash;
-    genome: the contigs whose label is in `held_out` (`held_out_labels`; `labels` per contig).
+    genome: the contigs whose label is in `held_out` (`held_out_labels`; `labels` per contig);
+    all: every contig is in both splits (a binner's protocol).
     `hashes`: `split_hash(contig_ids, cfg.split_salt)` when the caller has it already.
     """
-    if cfg.val_split == "genome":
-        is_val = np.array([label in held_out for label in labels], dtype=bool)
+    if cfg.val_split == "all":
+        keep = np.ones(len(contig_ids), dtype=bool)
     else:
-        hashes = split_hash(contig_ids, cfg.split_salt) if hashes is None else hashes
-        is_val = hashes < cfg.val_fraction
-    keep = is_val == validation
+        if cfg.val_split == "genome":
+            is_val = np.array([label in held_out for label in labels], dtype=bool)
+        else:
+            hashes = split_hash(contig_ids, cfg.split_salt) if hashes is None else hashes
+            is_val = hashes < cfg.val_fraction
+        keep = is_val == validation
     if threshold is not None:
         keep &= split_hash(contig_ids, cfg.split_salt + SUBSAMPLE_SALT) <= threshold
     return keep

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from kmervae.core.bins import near_complete_bins
+from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, near_complete_bins
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBatch, load_splits, use_resident
@@ -417,7 +417,15 @@ def run_epochs(
             val_metrics["val/knn_acc"] = knn_accuracy(mu, labels)
             val_metrics["val/kmeans_ari"] = kmeans_ari(mu, labels, seed=tc.seed)
             if tc.nc_bins:
-                val_metrics["val/nc_bins"] = near_complete_bins(mu.numpy(), labels, lengths.numpy(), seed=tc.seed)
+                whole = config.data.val_split == "all"  # the whole assembly: bins of kmervae bin's size
+                val_metrics["val/nc_bins"] = near_complete_bins(
+                    mu.numpy(),
+                    labels,
+                    lengths.numpy(),
+                    seed=tc.seed,
+                    min_bin_size=DEFAULT_MIN_BIN_SIZE if whole else 0,
+                    resolution=tc.bin_resolution,
+                )
         scheduler.step(val_metrics["val/loss"])
         metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
         history.append(metrics)

@@ -121,10 +121,11 @@ class BranchedVAE(nn.Module):
         self.transform = FeatureTransform(cfg.log_eps)
         self.input_dropout = nn.Dropout(cfg.input_dropout)
         w7, w4, w3, trunk = cfg.kmer7_widths, cfg.kmer4_widths, cfg.kmer3_widths, cfg.trunk_widths
-        # Encoder: each branch sees its k-mers plus GC and log10(length).
-        self.enc7 = mlp(N7 + 2, w7, cfg)  # (B, 8194) -> (B, w7[-1])
-        self.enc4 = mlp(N4 + 2, w4, cfg)  # (B, 138) -> (B, w4[-1])
-        self.enc3 = mlp(N3 + 2, w3, cfg)  # (B, 34) -> (B, w3[-1])
+        # Encoder: each branch sees its k-mers plus GC and (model.length_input) log10(length).
+        side = 2 if cfg.length_input else 1
+        self.enc7 = mlp(N7 + side, w7, cfg)  # (B, 8194) -> (B, w7[-1])
+        self.enc4 = mlp(N4 + side, w4, cfg)  # (B, 138) -> (B, w4[-1])
+        self.enc3 = mlp(N3 + side, w3, cfg)  # (B, 34) -> (B, w3[-1])
         wab = cfg.abundance_widths
         if wab and cfg.abundance_samples < 1:
             raise ValueError("model.abundance_widths needs model.abundance_samples >= 1 (RunConfig.for_data sets it)")
@@ -222,7 +223,7 @@ class BranchedVAE(nn.Module):
 
     def encode(self, x: Features) -> tuple[Tensor, Tensor]:
         """Transformed features -> (mu, log_var), each (B, latent)."""
-        side = torch.cat([x.gc, x.log_length], dim=1)  # (B, 2)
+        side = torch.cat([x.gc, x.log_length], dim=1) if self.cfg.length_input else x.gc  # (B, 2) or (B, 1)
         k7, k4, k3 = self.normalize(x)
         h7 = self.enc7(torch.cat([self.input_dropout(k7), side], dim=1))
         h4 = self.enc4(torch.cat([self.input_dropout(k4), side], dim=1))
