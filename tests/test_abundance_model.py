@@ -153,3 +153,21 @@ def test_the_abundance_profile_of_the_baseline():
     expected = np.hstack([np.log(shares + 1e-3), np.log(np.maximum(scaled.sum(axis=1, keepdims=True), 1e-3))])
     expected = (expected - expected.mean(axis=0)) / expected.std(axis=0)
     np.testing.assert_allclose(profile, expected)
+
+
+def test_the_metagenome_preset_bins_the_whole_assembly_it_trained_on(abundance_features, tmp_path):
+    """data.val_split=all: every contig trains and validates, and val/nc_bins is the count that
+    embedding all contigs and binning them as `kmervae bin` does (200 kb bins) gives."""
+    from kmervae.apply.embed import read_embeddings
+    from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, near_complete_bins
+    from kmervae.core.config import preset_config
+
+    config = preset_config("metagenome", architecture="tiny").with_overrides(["train.epochs=2", "train.nc_bins=true"])
+    result = fit_local(abundance_features, config, tmp_path / "run", log=lambda line: None)
+    train, val = load_splits(abundance_features, config.data)
+    assert len(train) == len(val) == len(FeatureTable.from_parquet(abundance_features))
+    embed(str(result.last_checkpoint), abundance_features, tmp_path / "emb.parquet", progress=False)
+    data = read_embeddings(tmp_path / "emb.parquet")
+    whole = near_complete_bins(data.vectors, data.labels, data.lengths, min_bin_size=DEFAULT_MIN_BIN_SIZE)
+    assert result.history[-1]["val/nc_bins"] == whole
+    assert not load_checkpoint(result.last_checkpoint).config.model.length_input

@@ -33,7 +33,7 @@ def load(name: str):
         sys.path.remove(str(REPO / "sweeps"))
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("name", [*SCRIPTS, "binning_sweep"])
 def test_every_script_has_the_same_flags(name):
     result = subprocess.run(
         [sys.executable, str(REPO / "sweeps" / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120
@@ -215,3 +215,20 @@ def test_the_quality_sweep_tries_the_abundance_branch_on_features_with_depths():
     assert {"model.abundance_widths", "loss.wab", "loss.abundance_views"} <= varied
     with pytest.raises(ConfigError, match="needs features with abundance"):
         check_space(module.space_with_abundance, RunConfig(model=preset("final")), seed=0, samples=64)
+
+
+def test_the_binning_sweep_ranks_whole_assemblies_on_near_complete_bins():
+    import dataclasses
+
+    from kmervae.core.config import preset_config
+
+    module = load("binning_sweep")
+    base = preset_config("metagenome")
+    assert base.data.val_split == "all"  # every contig trains and validates, so bins are of the whole assembly
+    with_depths = dataclasses.replace(base, model=dataclasses.replace(base.model, abundance_samples=4))
+    varied = check_space(module.space, with_depths, seed=0, samples=64)
+    assert {"model.abundance_widths", "loss.wab", "model.log_eps", "train.epochs", "train.bin_resolution"} <= varied
+    common = load("_common")
+    assert common.parse_args("binning", "metagenome", [], metric="val/nc_bins").metric == "val/nc_bins"
+    with pytest.raises(ConfigError, match="needs features with abundance"):
+        check_space(module.space, base, seed=0, samples=8)
