@@ -26,7 +26,7 @@ def test_quickstart_has_exactly_two_commands_and_ci_runs_the_second():
     assert all("\n" not in c and c.startswith("python3 -m venv .venv && ") for c in commands)
     ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci_lines, "the CI script must run the README's test command verbatim"
-    assert "kmervae featurize examples/" in commands[0] and "sweeps/latent_sweep.py --smoke-test" in commands[0]
+    assert "kmervae featurize examples/" in commands[0] and "sweeps/binning_sweep.py --smoke-test" in commands[0]
 
 
 def test_constraints_pin_the_tested_stack_within_the_declared_ranges():
