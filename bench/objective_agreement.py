@@ -1,6 +1,6 @@
 """Does the label-free objective rank a sweep's trials as the labelled one does? And every trial's settings.
 
-    python bench/objective_agreement.py --mlflow-dir DIR --sweep NAME [--label val/knn_acc]
+    python bench/objective_agreement.py --mlflow-dir DIR --sweep NAME [--label val/knn_acc|val/nc_bins]
 
 Reads a finished sweep's trials from its MLflow store (the child runs of the sweep NAME)
 and prints a Markdown table of every trial: the settings the space varied, the epochs it
@@ -31,7 +31,6 @@ sys.path.insert(0, str(REPO))
 
 LABELLED = ("val/knn_acc", "val/kmeans_ari")
 LABEL_FREE = ("val/link_agreement", "val/view_agreement")
-SCORES = LABELLED + LABEL_FREE
 
 
 def short(value: str) -> str:
@@ -136,6 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.checkpoints is not None:
         return checkpoint_candidates(args.checkpoints, args.features)
+    labelled = tuple(dict.fromkeys((*LABELLED, args.label)))  # val/nc_bins joins the labelled scores
+    scores_of = labelled + LABEL_FREE
     client = MlflowClient(f"sqlite:///{args.mlflow_dir.resolve()}/mlflow.db")
     experiment = client.get_experiment_by_name(args.experiment)
     runs = client.search_runs(
@@ -147,26 +148,26 @@ def main() -> None:
     )
     trials = []
     for run in runs:
-        history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)} for key in SCORES}
+        history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)} for key in scores_of}
         known = [set(h) for key, h in history.items() if h]  # a sweep older than a key did not log it
         steps = sorted(set.intersection(*known))
         if not steps:
             continue
         best = max(steps, key=lambda s: history[args.label][s])
         trials.append((run, steps, best, history))
-    head = [*(k.split(".", 1)[1] for k in varied), "epochs", "best epoch", *SCORES, "last: " + args.label]
+    head = [*(k.split(".", 1)[1] for k in varied), "epochs", "best epoch", *scores_of, "last: " + args.label]
     print("| trial | " + " | ".join(head) + " |")
     print("|---" * (len(head) + 1) + "|")
     for run, steps, best, history in trials:
         params = [short(run.data.params.get(f"trial.{k}", "")) for k in varied]
-        scores = [f"{history[k][best]:.4f}" if best in history[k] else "" for k in SCORES]
+        scores = [f"{history[k][best]:.4f}" if best in history[k] else "" for k in scores_of]
         row = [run.data.tags["kmervae.trial_id"], *params, str(len(steps)), str(best + 1), *scores]
         print("| " + " | ".join(row + [f"{history[args.label][steps[-1]]:.4f}"]) + " |")
     print()
     for free in LABEL_FREE:
         if not all(history[free] for *_, history in trials):
             continue
-        for label in LABELLED:
+        for label in labelled:
             at = {
                 "trials, last epoch": [(h[free][s[-1]], h[label][s[-1]]) for _, s, _, h in trials],
                 "trials, best epoch": [(h[free][b], h[label][b]) for _, _, b, h in trials],
