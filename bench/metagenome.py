@@ -2,7 +2,8 @@
 every binner on it side by side, scored by one scorer (issue 26).
 
     python bench/metagenome.py build GENOMES... -o DIR [--samples 4] [--seed 1] [--median-length 4000]
-    python bench/metagenome.py run DIR [--binners kmervae baseline metabat vamb semibin] [--epochs 8]
+    python bench/metagenome.py run DIR [--binners kmervae baseline metabat vamb semibin] [--samples N]
+                                       [--preset metagenome] [--epochs E] [--seeds 0 1 2]
                                        [--set section.key=value ...] [--vamb BIN] [--semibin BIN]
 
 `build` cuts each genome into consecutive contigs of log-normal length (median `--median-length`,
@@ -19,9 +20,12 @@ with samtools: DIR/sample_N.bam. Deterministic for a seed. Tools: Debian's
 kmervae), and scores every result with kmervae's scorer (`kmervae.core.bins.bin_quality`:
 AMBER's definitions by bases, bins of at least 200 kb; contigs a tool leaves out count as
 unbinned): near-complete (recall >= 0.9, purity >= 0.95) and medium (>= 0.5, >= 0.9) bins, the
-binned share of bases, wall time and peak memory. Binners:
-- kmervae: `kmervae abundance` on the BAMs, `featurize --abundance`, `train --engine local` (the
-  `recommended` preset, an abundance branch [64, 32], `--set` on top), `embed`, `bin`;
+binned share of bases, wall time and peak memory. `--samples N` bins with the first N samples'
+BAM files only (the 2- and 1-sample sets: the same contigs, fewer samples); outputs go to
+DIR/run/<N>s/<binner>. Binners:
+- kmervae: `kmervae abundance` on the BAMs and `featurize --abundance` (once per set, shared with
+  the baseline, not timed), then for each training seed (`--seeds`, median and range printed)
+  `train --engine local` (`--preset`, default `metagenome`, `--set` on top), `embed`, `bin`;
 - baseline: z-scored TNF beside the abundance profile (`kmervae.apply.evaluate`), clustered by
   `kmervae bin`'s clusterer;
 - metabat: MetaBAT2 (Debian's `metabat`) on `jgi_summarize_bam_contig_depths`' table, defaults
