@@ -73,7 +73,7 @@ class ModelConfig:
     """Give every encoder branch log10(length) beside GC (the seed's architecture). Off: the
     embedding cannot place a contig by its length. On the simulated metagenome, models with it
     split large genomes into a bin of long contigs and one of short ones (bench/RESULTS.md
-    "The metagenome benchmark")."""
+    "The metagenome benchmark: what kept kmervae below the simple baseline")."""
     abundance_widths: tuple[int, ...] = ()
     """Hidden widths of the abundance encoder branch, beside the k-mer branches: its input is each
     contig's share of depth per sample and its z-scored log total depth (VAMB's), its decoder
@@ -141,7 +141,7 @@ PRESETS: dict[str, ModelConfig] = {
     # The best measured so far on genomes never seen (PRESET_SETTINGS has its loss and provenance):
     # `final`'s widths, latent 32, z-scored inputs.
     "recommended": ModelConfig(latent_dim=32, input_norm="zscore"),
-    # For binning an assembly with read depths (bench/RESULTS.md "The metagenome benchmark";
+    # For binning an assembly with read depths (bench/RESULTS.md "Every set, every seed";
     # PRESET_SETTINGS has its loss and training): an abundance branch; a 7-mer branch a quarter
     # as wide (at 1e-3 pseudo-frequency 7-mers carry little, and it is the costly branch); no
     # length input and a pseudo-frequency of 1e-3, so short contigs do not gather on their own.
@@ -760,7 +760,8 @@ PRESET_SETTINGS: dict[str, tuple[str, ...]] = {
         "loss.infonce=1",
         "loss.temperature=0.1",
     ),
-    # Provenance: bench/RESULTS.md "The metagenome benchmark" (issue 26). A plain VAE (no cross
+    # Provenance: bench/RESULTS.md "The metagenome benchmark: what kept kmervae below the simple
+    # baseline" and "Every set, every seed" (issue 26). A plain VAE (no cross
     # views, no InfoNCE: identical depths in both views let InfoNCE tell contigs apart by their
     # depth noise), VAMB's balance of abundance over composition (loss.wab=16), a small KL
     # weight, no 7-mer reconstruction term, more steps per epoch (batch 64), and every contig
