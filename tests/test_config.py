@@ -58,6 +58,8 @@ def test_defaults_and_presets_are_valid():
         (DataConfig, {"val_fraction": 1.0}, r"data.val_fraction=1.0 is invalid: expected a number in \(0, 1\)"),
         (DataConfig, {"max_samples": 2}, "data.max_samples=2"),
         (DataConfig, {"val_split": "label"}, "data.val_split='label' is invalid: expected contig, genome or all"),
+        (ModelConfig, {"length_input": "no"}, "model.length_input='no' is invalid: expected true or false"),
+        (TrainConfig, {"bin_resolution": 0}, r"train.bin_resolution=0 is invalid: expected a number in \(0, 10\]"),
         (ModelConfig, {"input_norm": "minmax"}, "model.input_norm='minmax' is invalid: expected none, zscore or clr"),
         (
             LossConfig,
