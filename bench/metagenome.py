@@ -60,7 +60,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-MIN_BIN_SIZE = 200_000
 KMERVAE = str(Path(sys.executable).parent / "kmervae")
 
 
@@ -157,13 +156,13 @@ def read_truth(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 def score(assignment: dict[str, str], folder: Path) -> dict[str, float]:
     """One scorer for every binner: bins of at least 200 kb against the truth, by bases; contigs
     missing from `assignment` (under a tool's minimum length, or left out) are unbinned."""
-    from kmervae.core.bins import MEDIUM, bin_quality, renumber
+    from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, MEDIUM, bin_quality, renumber
 
     contigs, genomes, lengths = read_truth(folder)
     names = sorted(set(assignment.values()))
     index = {name: i for i, name in enumerate(names)}
     raw = np.array([index[assignment[c]] if c in assignment else -1 for c in contigs], dtype=np.int64)
-    codes = renumber(raw, lengths, MIN_BIN_SIZE)
+    codes = renumber(raw, lengths, DEFAULT_MIN_BIN_SIZE)
     quality = bin_quality(codes, genomes, lengths)
     return {
         "near_complete": quality.near_complete,
@@ -204,11 +203,11 @@ def bam_files(folder: Path, args) -> list[str]:
 def kmervae_features(folder: Path, args) -> Path:
     """Depths by `kmervae abundance` and features by `kmervae featurize --abundance` (no labels: a
     binner sees none), made once per set and shared by the kmervae and baseline binners."""
-    out = folder / "run" / f"{len(bam_files(folder, args))}s"
+    bams = bam_files(folder, args)
+    out = folder / "run" / f"{len(bams)}s"
     features = out / "features"
     if not (features / "_kmervae_dataset.json").exists():  # written last: the features are complete
         depth = out / "depth.tsv"
-        bams = bam_files(folder, args)
         run_step([KMERVAE, "abundance", *bams, "-o", str(depth), "--overwrite"], out / "abundance.log")
         run_step(
             [KMERVAE, "featurize", str(folder / "assembly.fna"), "--abundance", str(depth), "--min-length", "1000",
