@@ -57,6 +57,26 @@ def test_vamb_loss_weights_and_one_sample():
     assert model.enc_ab[0][0].weight.grad.abs().sum() > 0  # depth alone trains the branch
 
 
+def test_the_log_ratio_input_counts_a_ratio_alike_in_every_sample():
+    model = BranchedVAE(dataclasses.replace(tiny(samples=2), abundance_input="log_ratio")).eval()
+    model.set_depth_scale(torch.tensor([1.0, 4.0], dtype=torch.float64), 1.0)  # sample 2 sequenced 4x deeper
+    depth = torch.tensor([[2.0, 8.0], [1.0, 16.0], [0.0, 4.0]])
+    ratios = model.log_ratios(depth)
+    # scaled [2, 2]: alike; [1, 4]: log 4 apart, centred; [0 -> floor 0.01, 1]: log 100 apart.
+    expected = torch.tensor([[0.0, 0.0], [-math.log(4) / 2, math.log(4) / 2], [-math.log(100) / 2, math.log(100) / 2]])
+    torch.testing.assert_close(ratios, expected)
+    torch.testing.assert_close(model.log_ratios(depth[:2] * 3), ratios[:2])  # the total goes to the log depth only
+    shares, _ = model.abundance_view(depth)
+    assert shares[1, 1] - shares[1, 0] == pytest.approx(0.6)  # VAMB's shares of the same ratio
+    # Same parameters, other input: the encoder reads the log ratios instead of the shares.
+    vamb = BranchedVAE(tiny(samples=2)).eval()
+    vamb.load_state_dict(model.state_dict())
+    batch = [t[:3] for t in example_inputs(model.cfg, 3)][:5] + [depth]
+    assert count_parameters(vamb) == count_parameters(model)
+    assert not torch.allclose(vamb(*batch).mu, model(*batch).mu)
+    torch.testing.assert_close(vamb(*batch).target_shares, model(*batch).target_shares)  # the same target
+
+
 def test_a_branch_without_abundance_is_refused(example_features):
     config = RunConfig(model=PRESETS["tiny"]).with_overrides(["model.abundance_widths=[8]"])
     with pytest.raises(ConfigError, match=r"model.abundance_widths=\[8\] needs features with abundance"):

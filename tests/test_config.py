@@ -59,6 +59,11 @@ def test_defaults_and_presets_are_valid():
         (DataConfig, {"max_samples": 2}, "data.max_samples=2"),
         (DataConfig, {"val_split": "label"}, "data.val_split='label' is invalid: expected contig, genome or all"),
         (ModelConfig, {"length_input": "no"}, "model.length_input='no' is invalid: expected true or false"),
+        (
+            ModelConfig,
+            {"abundance_input": "clr"},
+            "model.abundance_input='clr' is invalid: expected shares or log_ratio",
+        ),
         (TrainConfig, {"bin_resolution": 0}, r"train.bin_resolution=0 is invalid: expected a number in \(0, 10\]"),
         (ModelConfig, {"input_norm": "minmax"}, "model.input_norm='minmax' is invalid: expected none, zscore or clr"),
         (

@@ -37,6 +37,10 @@ def _check_widths(key: str, widths: tuple[int, ...], min_layers: int = 1) -> Non
     )
 
 
+ABUNDANCE_INPUTS = ("shares", "log_ratio")
+"""What the abundance encoder may see (model.abundance_input)."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the branched VAE and its feature transform (docs/contracts.md, "The model")."""
@@ -79,6 +83,12 @@ class ModelConfig:
     contig's share of depth per sample and its z-scored log total depth (VAMB's), its decoder
     mirrors it. Empty (the default): no branch, the seed's architecture; the features' abundance,
     if any, is not read. Needs features made with 'kmervae featurize --abundance'."""
+    abundance_input: str = "shares"
+    """What the abundance branch's encoder sees beside the z-scored log total depth: 'shares'
+    (each sample's share of the contig's scaled depth, VAMB's input) or 'log_ratio' (the log of
+    each scaled depth, floored at 1% of the sample's mean, minus the mean of those logs: a
+    depth ratio between two contigs counts alike in a deep and in a shallow sample). The decoder
+    reconstructs the shares either way."""
     abundance_samples: int = 0
     """Samples of the abundance column of the features the model trains on: set from the feature
     dataset by every trainer (0: features without abundance). Not a setting to choose."""
@@ -100,6 +110,12 @@ class ModelConfig:
             "expected an integer in [1, 8192]",
         )
         check_field(isinstance(self.gate_k7, bool), "model.gate_k7", self.gate_k7, "expected true or false")
+        check_field(
+            self.abundance_input in ABUNDANCE_INPUTS,
+            "model.abundance_input",
+            self.abundance_input,
+            "expected " + " or ".join(ABUNDANCE_INPUTS),
+        )
         check_field(
             isinstance(self.length_input, bool), "model.length_input", self.length_input, "expected true or false"
         )
@@ -498,6 +514,11 @@ class DataConfig:
             self.val_split,
             "expected contig, genome or all",
         )
+
+    @property
+    def whole_assembly(self) -> bool:
+        """Whether every contig trains and validates (val_split=all, a binner's protocol)."""
+        return self.val_split == "all"
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def split_mask(
     all: every contig is in both splits (a binner's protocol).
     `hashes`: `split_hash(contig_ids, cfg.split_salt)` when the caller has it already.
     """
-    if cfg.val_split == "all":
+    if cfg.whole_assembly:
         keep = np.ones(len(contig_ids), dtype=bool)
     else:
         if cfg.val_split == "genome":

@@ -417,7 +417,7 @@ def run_epochs(
             val_metrics["val/knn_acc"] = knn_accuracy(mu, labels)
             val_metrics["val/kmeans_ari"] = kmeans_ari(mu, labels, seed=tc.seed)
             if tc.nc_bins:
-                whole = config.data.val_split == "all"  # the whole assembly: bins of kmervae bin's size
+                whole = config.data.whole_assembly  # bins of kmervae bin's size
                 val_metrics["val/nc_bins"] = near_complete_bins(
                     mu.numpy(),
                     labels,

@@ -92,6 +92,8 @@ class VAEOutput(NamedTuple):
 
 MIN_DEPTH = 1e-3
 """Total depths are floored here before the log (VAMB's clip): a contig no read reached stays finite."""
+LOG_RATIO_FLOOR = 1e-2
+"""Scaled depths are floored here before the log of model.abundance_input=log_ratio."""
 
 
 def dense_block(n_in: int, n_out: int, cfg: ModelConfig) -> nn.Sequential:
@@ -203,6 +205,13 @@ class BranchedVAE(nn.Module):
         mean, std = self.log_depth_stats[0], self.log_depth_stats[1]
         return shares, (torch.log(total.clamp_min(MIN_DEPTH)) - mean) / std
 
+    def log_ratios(self, depth: Tensor) -> Tensor:
+        """(B, samples) mean depths -> the centred log of the scaled depths (model.abundance_input
+        'log_ratio'). The floor (a hundredth of a sample's mean depth) keeps a sample no read of
+        the contig reached finite, and its ratios to the other samples bounded."""
+        logs = torch.log((depth / self.depth_scale).clamp_min(LOG_RATIO_FLOOR))
+        return logs - logs.mean(dim=1, keepdim=True)
+
     def log_scaled_depth(self, depth: Tensor) -> Tensor:
         """(B, samples) mean depths -> (B, 1) log of the summed scaled depths, before z-scoring."""
         return torch.log((depth / self.depth_scale).sum(dim=1, keepdim=True).clamp_min(MIN_DEPTH))
@@ -230,7 +239,10 @@ class BranchedVAE(nn.Module):
         h3 = self.enc3(torch.cat([self.input_dropout(k3), side], dim=1))
         branches = [h7, h4, h3]
         if self.enc_ab is not None:
-            branches.append(self.enc_ab(torch.cat(self.abundance_view(x.depth), dim=1)))
+            shares, log_depth = self.abundance_view(x.depth)
+            if self.cfg.abundance_input == "log_ratio":
+                shares = self.log_ratios(x.depth)
+            branches.append(self.enc_ab(torch.cat([shares, log_depth], dim=1)))
         h = self.enc_trunk(torch.cat(branches, dim=1))
         return self.z_mean(h), self.z_log_var(h)
 
