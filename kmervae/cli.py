@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kmervae import __version__
 from kmervae.core.errors import KmervaeError
+from kmervae.core.metric_keys import VAL_LOSS
 from kmervae.core.redact import redact
 
 EXIT_USER_ERROR = 2
@@ -405,7 +406,7 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--experiment", default="kmervae-sweeps", help="MLflow experiment")
     p.add_argument("--sweep", metavar="RUN_ID", help="only the trials of this sweep (its parent run id)")
-    p.add_argument("--metric", default="val/loss", help="ranking metric (val/*_acc are maximised, others minimised)")
+    p.add_argument("--metric", default=VAL_LOSS, help="ranking metric (val/*_acc are maximised, others minimised)")
     p.add_argument("--top", type=int, default=5, help="rows to show")
     p.add_argument("--download", type=Path, metavar="DIR", help="download the best run's checkpoints/best.pt here")
     p.set_defaults(run=_cmd_best)

@@ -18,19 +18,13 @@ from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.data import load_splits
 from kmervae.core.engine import validate_epoch
 from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.metric_keys import epoch_keys
 from kmervae.core.metrics import link_agreement
 from kmervae.distributed.ray_engine import fit_ray, plan_resources
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
 
 ray = pytest.importorskip("ray")
-
-METRIC_KEYS = {
-    "train/loss", "val/loss", "val/recon", "val/kl", "val/mse_7", "val/mse_7_present", "val/mse_7_absent",
-    "val/frac_present", "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
-    "val/active_units", "val/view_agreement", "val/link_agreement", "lr", "epoch", "samples_per_s", "val/knn_acc",
-    "val/ce_abundance", "val/mse_abundance",
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +70,10 @@ def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run):
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["engine"] == "ray"
     assert run.data.params["model.latent_dim"] == "8"
-    for key in METRIC_KEYS:
+    # Every key the contract names for this run (gated tiny model, depths, labels, no binning), and no other.
+    keys = epoch_keys(gated=True, abundance=True, labeled=True, bins=False)
+    assert set(run.data.metrics) == keys
+    for key in keys:
         assert [m.step for m in client.get_metric_history(result.mlflow_run_id, key)] == [0, 1], key
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"curves.png", "model.png", "model.txt", "epochs.txt", "checkpoints"} <= artifacts

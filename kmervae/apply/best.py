@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.metric_keys import metric_mode
+from kmervae.core.metric_keys import VAL_LOSS, metric_mode
 
 MAX_RUNS = 1000
 
 
-def best_runs(
-    experiment: str, sweep: str | None = None, metric: str = "val/loss", top: int = 5
-) -> list[dict[str, Any]]:
+def best_runs(experiment: str, sweep: str | None = None, metric: str = VAL_LOSS, top: int = 5) -> list[dict[str, Any]]:
     """Runs with a checkpoint, best first by the best epoch's `metric` (`metric_mode` says which way is better)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

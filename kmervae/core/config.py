@@ -19,7 +19,7 @@ from typing import Any
 
 from kmervae.core.bins import LEIDEN_RESOLUTION
 from kmervae.core.errors import ConfigError
-from kmervae.core.metric_keys import OBJECTIVES, metric_mode
+from kmervae.core.metric_keys import OBJECTIVES, VAL_LOSS, metric_mode
 
 
 def check_field(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -614,7 +614,7 @@ class SweepConfig:
     """Sweep name: its folder under `storage`, its MLflow parent run, the key for --resume."""
     storage: str = "runs/sweeps"
     """Folder (made absolute) where Tune and Train keep trial state and checkpoints."""
-    metric: str = "val/loss"
+    metric: str = VAL_LOSS
     """Objective: val/knn_acc, val/kmeans_ari or val/nc_bins (maximised; need labels; val/nc_bins
     turns train.nc_bins on), val/link_agreement (label-free), or val/loss (minimised; it ranks only
     trials that share their loss settings and latent size)."""

@@ -30,6 +30,22 @@ from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, best_index, tabl
 from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.core.feature_table import dataset_files
 from kmervae.core.loss import contrastive_loss, split_depths, split_views, vae_loss
+from kmervae.core.metric_keys import (
+    BETA,
+    DATA_WAIT_S,
+    EPOCH,
+    LR,
+    SAMPLES_PER_S,
+    TRAIN_LOSS,
+    TRAIN_S,
+    VAL_KMEANS_ARI,
+    VAL_KNN_ACC,
+    VAL_LINK_AGREEMENT,
+    VAL_LOSS,
+    VAL_NC_BINS,
+    VAL_VIEW_AGREEMENT,
+    VALIDATION,
+)
 from kmervae.core.metrics import (
     VIEW_CONTIGS,
     VIEW_SEED,
@@ -159,7 +175,7 @@ def train_epoch(
         raise TrainingDiverged(
             f"training loss became {loss}; lower train.lr, raise train.grad_clip protection, or check the features"
         )
-    return {"train/loss": loss, "samples_per_s": samples / seconds, "data_wait_s": data_wait, "train_s": seconds}
+    return {TRAIN_LOSS: loss, SAMPLES_PER_S: samples / seconds, DATA_WAIT_S: data_wait, TRAIN_S: seconds}
 
 
 class Validation(NamedTuple):
@@ -215,7 +231,7 @@ def validate_epoch(
                 links.append(batch_links.cpu())
     if all_reduce is not None:
         all_reduce(metrics.state)
-    values = metrics.compute(loss_cfg, beta, prefix="val/")
+    values = metrics.compute(loss_cfg, beta, prefix=VALIDATION)
     cat = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
     return Validation(values, cat(embeddings), cat(codes), cat(links), cat(lengths), cat(views))
 
@@ -410,15 +426,15 @@ def run_epochs(
             val.links if val.links is not None else torch.zeros(0, 2, dtype=torch.int64),
             val.lengths if val.lengths is not None else torch.zeros(0, dtype=torch.int64),
         )
-        val_metrics["val/view_agreement"] = view_agreement(views[:, 0], views[:, 1]) if len(views) else math.nan
-        val_metrics["val/link_agreement"] = link_agreement(mu, links) if len(links) == len(mu) > 0 else math.nan
+        val_metrics[VAL_VIEW_AGREEMENT] = view_agreement(views[:, 0], views[:, 1]) if len(views) else math.nan
+        val_metrics[VAL_LINK_AGREEMENT] = link_agreement(mu, links) if len(links) == len(mu) > 0 else math.nan
         if data.labeled:
             labels = [int(c) if c >= 0 else None for c in codes]
-            val_metrics["val/knn_acc"] = knn_accuracy(mu, labels)
-            val_metrics["val/kmeans_ari"] = kmeans_ari(mu, labels, seed=tc.seed)
+            val_metrics[VAL_KNN_ACC] = knn_accuracy(mu, labels)
+            val_metrics[VAL_KMEANS_ARI] = kmeans_ari(mu, labels, seed=tc.seed)
             if tc.nc_bins:
                 whole = config.data.whole_assembly  # bins of kmervae bin's size
-                val_metrics["val/nc_bins"] = near_complete_bins(
+                val_metrics[VAL_NC_BINS] = near_complete_bins(
                     mu.numpy(),
                     labels,
                     lengths.numpy(),
@@ -426,8 +442,8 @@ def run_epochs(
                     min_bin_size=DEFAULT_MIN_BIN_SIZE if whole else 0,
                     resolution=tc.bin_resolution,
                 )
-        scheduler.step(val_metrics["val/loss"])
-        metrics = {**train_metrics, **val_metrics, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch, "beta": beta}
+        scheduler.step(val_metrics[VAL_LOSS])
+        metrics = {**train_metrics, **val_metrics, LR: optimizer.param_groups[0]["lr"], EPOCH: epoch, BETA: beta}
         history.append(metrics)
         on_epoch(epoch, metrics, history)
     return history
@@ -486,8 +502,8 @@ def fit_local(
             nonlocal best
             state = (model, config, epoch, metrics, optimizer, scheduler, history)
             save_checkpoint(result.last_checkpoint, *state)
-            if metrics["val/loss"] < best:
-                best = metrics["val/loss"]
+            if metrics[VAL_LOSS] < best:
+                best = metrics[VAL_LOSS]
                 save_checkpoint(result.best_checkpoint, *state)
             metrics_log.write(json.dumps(metrics) + "\n")
             metrics_log.flush()
@@ -529,7 +545,7 @@ class _CompiledWithFallback(nn.Module):
 
 def best_epoch(history: list[dict[str, float]]) -> dict[str, float]:
     """The epoch with the lowest (finite) val/loss."""
-    return min(history, key=lambda m: m["val/loss"] if math.isfinite(m["val/loss"]) else math.inf)
+    return min(history, key=lambda m: m[VAL_LOSS] if math.isfinite(m[VAL_LOSS]) else math.inf)
 
 
 def write_model_description(model: BranchedVAE, out: Path, log: Callable[[str], None]) -> list[Path]:

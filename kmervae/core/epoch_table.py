@@ -11,14 +11,38 @@ from __future__ import annotations
 
 import math
 
+from kmervae.core.metric_keys import (
+    EPOCH,
+    LR,
+    SAMPLES_PER_S,
+    TRAIN_LOSS,
+    VAL_CE_ABUNDANCE,
+    VAL_FRAC_PRESENT,
+    VAL_GATE_ACC,
+    VAL_GATE_BCE,
+    VAL_KL,
+    VAL_KMEANS_ARI,
+    VAL_KNN_ACC,
+    VAL_LOSS,
+    VAL_MSE_3,
+    VAL_MSE_4,
+    VAL_MSE_7,
+    VAL_MSE_7_ABSENT,
+    VAL_MSE_7_PRESENT,
+    VAL_MSE_ABUNDANCE,
+    VAL_MSE_GC,
+    VAL_NC_BINS,
+    VAL_VALUE_MSE,
+)
+
 COLUMNS = (
-    ("train/loss", "train_loss"), ("val/loss", "val_loss"), ("val/kl", "kl"),
-    ("val/mse_7", "mse_7"), ("val/mse_7_present", "mse_7_pres"), ("val/mse_7_absent", "mse_7_abs"),
-    ("val/frac_present", "present"), ("val/gate_bce", "gate_bce"), ("val/gate_acc", "gate_acc"),
-    ("val/value_mse", "value_mse"), ("val/mse_4", "mse_4"), ("val/mse_3", "mse_3"), ("val/mse_gc", "mse_gc"),
-    ("val/ce_abundance", "ce_abund"), ("val/mse_abundance", "mse_depth"),
-    ("val/knn_acc", "knn_acc"), ("val/kmeans_ari", "ari"), ("val/nc_bins", "nc_bins"), ("lr", "lr"),
-    ("samples_per_s", "samples/s"),
+    (TRAIN_LOSS, "train_loss"), (VAL_LOSS, "val_loss"), (VAL_KL, "kl"),
+    (VAL_MSE_7, "mse_7"), (VAL_MSE_7_PRESENT, "mse_7_pres"), (VAL_MSE_7_ABSENT, "mse_7_abs"),
+    (VAL_FRAC_PRESENT, "present"), (VAL_GATE_BCE, "gate_bce"), (VAL_GATE_ACC, "gate_acc"),
+    (VAL_VALUE_MSE, "value_mse"), (VAL_MSE_4, "mse_4"), (VAL_MSE_3, "mse_3"), (VAL_MSE_GC, "mse_gc"),
+    (VAL_CE_ABUNDANCE, "ce_abund"), (VAL_MSE_ABUNDANCE, "mse_depth"),
+    (VAL_KNN_ACC, "knn_acc"), (VAL_KMEANS_ARI, "ari"), (VAL_NC_BINS, "nc_bins"), (LR, "lr"),
+    (SAMPLES_PER_S, "samples/s"),
 )  # fmt: skip
 """(metric key, heading) in print order; a key the run does not report (gate keys of an
 ungated model, label scores of unlabelled data) has no column."""
@@ -36,9 +60,9 @@ def columns(metrics: dict[str, float]) -> list[tuple[str, str]]:
 def _value(key: str, value: float) -> str:
     if not math.isfinite(value):
         return str(value)
-    if key == "lr":
+    if key == LR:
         return f"{value:.2e}"
-    if key == "samples_per_s":
+    if key == SAMPLES_PER_S:
         return f"{value:,.0f}"
     return f"{value:.4g}"
 
@@ -60,7 +84,7 @@ def table(history: list[dict[str, float]], epochs: int, best_epoch: int | None) 
     if not history:
         return ""
     lines = [header(history[0])]
-    lines += [row(int(m["epoch"]), epochs, m, best=int(m["epoch"]) == best_epoch) for m in history]
+    lines += [row(int(m[EPOCH]), epochs, m, best=int(m[EPOCH]) == best_epoch) for m in history]
     lines.append(f"* the best epoch (its checkpoint is best.pt); {LEGEND}")
     return "\n".join(lines) + "\n"
 
@@ -71,20 +95,20 @@ LEGEND = (
 )
 
 
-def best_index(history: list[dict[str, float]], metric: str = "val/loss", mode: str = "min") -> int | None:
+def best_index(history: list[dict[str, float]], metric: str = VAL_LOSS, mode: str = "min") -> int | None:
     """The epoch (its `epoch` value) with the best finite `metric`, or None."""
     finite = [m for m in history if math.isfinite(m.get(metric, math.nan))]
     if not finite:
         return None
     best = (max if mode == "max" else min)(finite, key=lambda m: m[metric])
-    return int(best["epoch"])
+    return int(best[EPOCH])
 
 
 class EpochPrinter:
     """Prints a run's table as it trains: the header before the first row, `*` on each new best
     by `metric` (`mode` 'min' or 'max', as the best checkpoint is chosen)."""
 
-    def __init__(self, epochs: int, metric: str = "val/loss", mode: str = "min"):
+    def __init__(self, epochs: int, metric: str = VAL_LOSS, mode: str = "min"):
         self.epochs, self.metric, self.mode = epochs, metric, mode
         self.best = math.nan
         self.started = False

@@ -1,42 +1,82 @@
 """Metric keys: the names MLflow, Tune, checkpoints and logs share, and which way is better.
 
 A contract (docs/contracts.md): users compare runs by these names in the MLflow UI and
-scripts query them, so they never change meaning. Every epoch reports `EPOCH_KEYS`
-(gate keys only for gated models), `ABUNDANCE_KEYS` for models with an abundance branch,
-`LABELED_KEYS` when the data has labels, `BIN_KEYS` when
-binning is asked for (train.nc_bins; labels needed too).
+scripts query them, so they never change meaning. Every key is named here once; code
+elsewhere uses the names, never the strings. Every epoch reports `EPOCH_KEYS` (gate keys
+only for gated models), `ABUNDANCE_KEYS` for models with an abundance branch, `LABELED_KEYS`
+when the data has labels, `BIN_KEYS` when binning is asked for (train.nc_bins; labels needed too).
 """
 
 from __future__ import annotations
 
+VALIDATION = "val/"
+"""Prefix of the metrics of the validation pass (`EpochMetrics.compute` keys its sums with it)."""
+
+TRAIN_LOSS = "train/loss"
+VAL_LOSS = VALIDATION + "loss"
+VAL_RECON = VALIDATION + "recon"
+VAL_KL = VALIDATION + "kl"
+VAL_MSE_7 = VALIDATION + "mse_7"
+VAL_MSE_7_PRESENT = VALIDATION + "mse_7_present"
+VAL_MSE_7_ABSENT = VALIDATION + "mse_7_absent"
+VAL_FRAC_PRESENT = VALIDATION + "frac_present"
+VAL_GATE_BCE = VALIDATION + "gate_bce"
+VAL_GATE_ACC = VALIDATION + "gate_acc"
+VAL_VALUE_MSE = VALIDATION + "value_mse"
+VAL_MSE_4 = VALIDATION + "mse_4"
+VAL_MSE_3 = VALIDATION + "mse_3"
+VAL_MSE_GC = VALIDATION + "mse_gc"
+VAL_ACTIVE_UNITS = VALIDATION + "active_units"
+VAL_VIEW_AGREEMENT = VALIDATION + "view_agreement"
+VAL_LINK_AGREEMENT = VALIDATION + "link_agreement"
+VAL_CE_ABUNDANCE = VALIDATION + "ce_abundance"
+VAL_MSE_ABUNDANCE = VALIDATION + "mse_abundance"
+VAL_KNN_ACC = VALIDATION + "knn_acc"
+VAL_KMEANS_ARI = VALIDATION + "kmeans_ari"
+VAL_NC_BINS = VALIDATION + "nc_bins"
+LR = "lr"
+EPOCH = "epoch"
+"""The epoch's index from 0 (MLflow's step)."""
+BETA = "beta"
+"""The KL weight of the epoch (after the schedule)."""
+SAMPLES_PER_S = "samples_per_s"
+DATA_WAIT_S = "data_wait_s"
+"""Seconds of the epoch's training pass spent waiting for batches."""
+TRAIN_S = "train_s"
+"""Seconds of the epoch's training pass."""
+
 EPOCH_KEYS = (
-    "train/loss", "val/loss", "val/recon", "val/kl",
-    "val/mse_7", "val/mse_7_present", "val/mse_7_absent", "val/frac_present",
-    "val/gate_bce", "val/gate_acc", "val/value_mse", "val/mse_4", "val/mse_3", "val/mse_gc",
-    "val/active_units", "val/view_agreement", "val/link_agreement", "lr", "epoch", "samples_per_s",
+    TRAIN_LOSS, VAL_LOSS, VAL_RECON, VAL_KL,
+    VAL_MSE_7, VAL_MSE_7_PRESENT, VAL_MSE_7_ABSENT, VAL_FRAC_PRESENT,
+    VAL_GATE_BCE, VAL_GATE_ACC, VAL_VALUE_MSE, VAL_MSE_4, VAL_MSE_3, VAL_MSE_GC,
+    VAL_ACTIVE_UNITS, VAL_VIEW_AGREEMENT, VAL_LINK_AGREEMENT, LR, EPOCH, BETA,
+    SAMPLES_PER_S, DATA_WAIT_S, TRAIN_S,
 )  # fmt: skip
-ABUNDANCE_KEYS = ("val/ce_abundance", "val/mse_abundance")
+GATE_KEYS = (VAL_GATE_BCE, VAL_GATE_ACC, VAL_VALUE_MSE)
+"""The keys of `EPOCH_KEYS` that only gated models (model.gate_k7) report."""
+ABUNDANCE_KEYS = (VAL_CE_ABUNDANCE, VAL_MSE_ABUNDANCE)
 """Reported by models with an abundance branch (model.abundance_widths): the cross-entropy of the
 per-sample depth shares and the squared error of the z-scored log total depth, per contig."""
-LABELED_KEYS = ("val/knn_acc", "val/kmeans_ari")
-BIN_KEYS = ("val/nc_bins",)
+LABELED_KEYS = (VAL_KNN_ACC, VAL_KMEANS_ARI)
+BIN_KEYS = (VAL_NC_BINS,)
+
+
+
+def epoch_keys(*, gated: bool, abundance: bool, labeled: bool, bins: bool) -> frozenset[str]:
+    """Exactly the keys each epoch of a run reports (the contract above): of a gated model or
+    not, with an abundance branch or not, on labelled data or not, binning (train.nc_bins) or not."""
+    keys = set(EPOCH_KEYS) - (set() if gated else set(GATE_KEYS))
+    for wanted, extra in ((abundance, ABUNDANCE_KEYS), (labeled, LABELED_KEYS), (labeled and bins, BIN_KEYS)):
+        keys |= set(extra) if wanted else set()
+    return frozenset(keys)
+
 
 MAXIMIZED = frozenset(
-    {
-        "val/knn_acc",
-        "val/kmeans_ari",
-        "val/view_agreement",
-        "val/link_agreement",
-        "val/gate_acc",
-        "val/active_units",
-        "val/nc_bins",
-    }  # fmt: skip
+    {VAL_KNN_ACC, VAL_KMEANS_ARI, VAL_VIEW_AGREEMENT, VAL_LINK_AGREEMENT, VAL_GATE_ACC, VAL_ACTIVE_UNITS, VAL_NC_BINS}
 )
 """Metrics where higher is better; every other key (losses, errors) is minimised."""
 
-OBJECTIVES = (
-    "val/loss", "val/knn_acc", "val/kmeans_ari", "val/nc_bins", "val/link_agreement", "val/view_agreement",
-)  # fmt: skip
+OBJECTIVES = (VAL_LOSS, VAL_KNN_ACC, VAL_KMEANS_ARI, VAL_NC_BINS, VAL_LINK_AGREEMENT, VAL_VIEW_AGREEMENT)
 """Keys a sweep may rank trials on (val/link_agreement and val/view_agreement: label-free,
 computed the same way for every trial whatever it varies; val/nc_bins: labels needed, and a
 sweep ranking on it turns train.nc_bins on)."""

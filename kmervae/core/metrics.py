@@ -25,6 +25,7 @@ from kmervae.core.loss import (
     share_cross_entropy,
     split_output,
 )
+from kmervae.core.metric_keys import VALIDATION
 from kmervae.core.model import N3, N4, N7, VAEOutput
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -100,7 +101,7 @@ class EpochMetrics:
     def samples(self) -> int:
         return int(self.state[0].item())
 
-    def compute(self, cfg: LossConfig, beta: float, prefix: str = "val/") -> dict[str, float]:
+    def compute(self, cfg: LossConfig, beta: float, prefix: str = VALIDATION) -> dict[str, float]:
         """Metric values of the epoch, keyed as in docs/contracts.md (gate keys only for gated models,
         abundance keys only for models with an abundance branch)."""
         s = {name: self.state[i].item() for i, name in enumerate(_FIELDS)}

@@ -4,6 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kmervae.core.metric_keys import (
+    EPOCH,
+    TRAIN_LOSS,
+    VAL_ACTIVE_UNITS,
+    VAL_KL,
+    VAL_KNN_ACC,
+    VAL_LOSS,
+    VAL_MSE_3,
+    VAL_MSE_4,
+    VAL_MSE_7,
+    VAL_MSE_7_ABSENT,
+    VAL_MSE_7_PRESENT,
+    VAL_MSE_GC,
+    VAL_RECON,
+    VAL_VALUE_MSE,
+)
+
 LOG_SPAN = 20.0
 """Values whose largest is more than this many times their smallest (all positive) get a log axis."""
 
@@ -21,41 +38,41 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [int(m["epoch"]) + 1 for m in history]
+    epochs = [int(m[EPOCH]) + 1 for m in history]
 
     def series(key: str) -> list[float] | None:
         values = [m.get(key) for m in history]
         return None if all(v is None for v in values) else [float("nan") if v is None else v for v in values]
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for key in ("train/loss", "val/loss", "val/recon"):
+    for key in (TRAIN_LOSS, VAL_LOSS, VAL_RECON):
         if (values := series(key)) is not None:
             axes[0].plot(epochs, values, label=key, marker=".")
     axes[0].set_title("loss")
     for key in (
-        "val/mse_7",
-        "val/mse_7_present",
-        "val/mse_7_absent",
-        "val/mse_4",
-        "val/mse_3",
-        "val/mse_gc",
-        "val/value_mse",
+        VAL_MSE_7,
+        VAL_MSE_7_PRESENT,
+        VAL_MSE_7_ABSENT,
+        VAL_MSE_4,
+        VAL_MSE_3,
+        VAL_MSE_GC,
+        VAL_VALUE_MSE,
     ):
         if (values := series(key)) is not None:
             axes[1].plot(epochs, values, label=key, marker=".")
     axes[1].set_title("validation MSE per feature group")
     for ax in axes[:2]:
         ax.set_yscale("log")
-    kl = series("val/kl")
+    kl = series(VAL_KL)
     if kl is not None:
-        axes[2].plot(epochs, kl, label="val/kl", color="tab:red", marker=".")
+        axes[2].plot(epochs, kl, label=VAL_KL, color="tab:red", marker=".")
         if spans_orders(kl):  # early epochs' KL can be 100x the last
             axes[2].set_yscale("log")
     axes[2].set_title("KL, active units, kNN accuracy")
     twin = axes[2].twinx()
-    for key, color in (("val/active_units", "tab:gray"), ("val/knn_acc", "tab:green")):
+    for key, color in ((VAL_ACTIVE_UNITS, "tab:gray"), (VAL_KNN_ACC, "tab:green")):
         if (values := series(key)) is not None:
-            scale = 1.0 if key == "val/knn_acc" else 1.0 / max(max(values), 1.0)
+            scale = 1.0 if key == VAL_KNN_ACC else 1.0 / max(max(values), 1.0)
             twin.plot(
                 epochs,
                 [v * scale for v in values],

@@ -38,7 +38,7 @@ from kmervae.core.engine import (
 from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, best_index, table
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import dataset_files
-from kmervae.core.metric_keys import metric_mode
+from kmervae.core.metric_keys import EPOCH, VAL_LOSS, metric_mode
 from kmervae.core.model import BranchedVAE
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, is_uri, local_outputs
@@ -133,7 +133,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(resumed.optimizer_state)
         scheduler.load_state_dict(resumed.scheduler_state)
     data = worker_data(loop_config, tc, device, rank, world)
-    best_by = loop_config.get("best_by", "val/loss")
+    best_by = loop_config.get("best_by", VAL_LOSS)
     printer = EpochPrinter(tc.epochs, best_by, metric_mode(best_by))  # marks the epochs best.pt may come from
     if resumed is not None:
         printer.prime(resumed.history)
@@ -228,13 +228,13 @@ def mlflow_epoch_logger(uri: str, run_id: str):
             self.outbox = None  # made in the controller process, where the callback runs
 
         def after_report(self, run_context, metrics, checkpoint):
-            if not metrics or "epoch" not in metrics[0]:
+            if not metrics or EPOCH not in metrics[0]:
                 return
             if self.outbox is None:
                 from mlflow import MlflowClient
 
                 self.outbox = Outbox(MlflowClient(tracking_uri=uri), uri)
-            self.outbox.send(metrics_op(run_id, metrics[0], step=int(metrics[0]["epoch"])))
+            self.outbox.send(metrics_op(run_id, metrics[0], step=int(metrics[0][EPOCH])))
 
     return MlflowEpochLogger()
 
@@ -343,7 +343,7 @@ def build_trainer(
     tracker,
     callbacks=(),
     data_bytes: int = 0,
-    best_by: str = "val/loss",
+    best_by: str = VAL_LOSS,
 ):
     """The Ray Train TorchTrainer of one training run (also one Tune trial of a sweep).
 
@@ -387,7 +387,7 @@ def build_trainer(
 
 
 def export_results(
-    result, config: RunConfig, out: Path, tracker, log: Callable[[str], None], best_by: str = "val/loss"
+    result, config: RunConfig, out: Path, tracker, log: Callable[[str], None], best_by: str = VAL_LOSS
 ) -> tuple[Path, Path, list[dict[str, float]]]:
     """Copy the best (by `best_by`) and last checkpoints to `out`, draw the curves, log everything to MLflow."""
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from kmervae.core.checkpoint import checkpoint_bytes
 from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import DatasetFiles, dataset_files
-from kmervae.core.metric_keys import BIN_KEYS, LABELED_KEYS
+from kmervae.core.metric_keys import BIN_KEYS, LABELED_KEYS, VAL_LINK_AGREEMENT, VAL_LOSS
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
 from kmervae.distributed.sweep_report import (
@@ -61,7 +61,7 @@ LOSS_DEFINING = ("loss.", "model.latent_dim", "model.gate_k7")
 
 def check_objective(metric: str, varied: set[str]) -> None:
     """Refuse to rank on val/loss a sweep whose trials each compute it differently."""
-    if metric != "val/loss":
+    if metric != VAL_LOSS:
         return
     defining = sorted(key for key in varied if key.startswith(LOSS_DEFINING))
     if defining:
@@ -249,7 +249,7 @@ def run_sweep(
         raise ConfigError(
             f"--metric {sweep.metric} needs labels, and {data_path} has none; featurize with labels or use val/loss"
         )
-    if sweep.metric == "val/link_agreement" and not validation_must_links(files, base.data, labels):
+    if sweep.metric == VAL_LINK_AGREEMENT and not validation_must_links(files, base.data, labels):
         raise ConfigError(
             f"--metric val/link_agreement needs validation contigs cut from one record (ids RECORD:START-END), "
             f"and {data_path} has none; featurize with --fragment-length or rank on another metric"

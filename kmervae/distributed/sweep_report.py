@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kmervae.core.checkpoint import load_checkpoint
+from kmervae.core.metric_keys import EPOCH
 from kmervae.core.plots import spans_orders
 from kmervae.tracking.tracker import OUTBOX_FILE
 
@@ -263,7 +264,7 @@ def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Pat
             history = histories.get(row.trial_id, [])
             if history:
                 ax.plot(
-                    [m["epoch"] + 1 for m in history],
+                    [m[EPOCH] + 1 for m in history],
                     [m[sweep.metric] for m in history],
                     marker=".",
                     label=row.trial_id,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.metric_keys import EPOCH, VAL_LOSS
 from kmervae.core.redact import redact, redact_params
 
 # MLflow announces at INFO that it creates or migrates a SQLite store's tables: nothing for a user to act on.
@@ -187,9 +188,9 @@ def execute(client, op: Mapping[str, Any]) -> int:
         # Idempotent: logs only the epochs the run does not have yet (the worker's own
         # logging may have missed some while the server was down, or been killed).
         logged = {m.step for m in client.get_metric_history(run_id, op["key"])}
-        missing = [m for m in op["history"] if int(m["epoch"]) not in logged]
+        missing = [m for m in op["history"] if int(m[EPOCH]) not in logged]
         for m in missing:
-            execute(client, metrics_op(run_id, m, int(m["epoch"])))
+            execute(client, metrics_op(run_id, m, int(m[EPOCH])))
         return len(missing)
     else:
         raise ValueError(f"unknown outbox call {kind!r}")
@@ -407,7 +408,7 @@ class Tracker:
         """Log one epoch's metrics in one call."""
         self.outbox.send({**metrics_op(self.run_id, metrics, step), **self._ref()})
 
-    def sync_history(self, history: list[Mapping[str, float]], key: str = "val/loss") -> None:
+    def sync_history(self, history: list[Mapping[str, float]], key: str = VAL_LOSS) -> None:
         """Make sure every epoch of `history` is logged once (backfills what a worker missed)."""
         self.outbox.send({"op": "sync_history", **self._ref(), "key": key, "history": [dict(m) for m in history]})
 
