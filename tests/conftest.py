@@ -18,21 +18,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-SHARED_GENOMES = REPO.parent / "shared" / "genomes"
 
 
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     """The genomes bundled with the repository (always present)."""
     return EXAMPLES
-
-
-@pytest.fixture(scope="session")
-def shared_genomes() -> Path:
-    """The ten shared genomes; tests needing them skip where the folder is absent."""
-    if not any(SHARED_GENOMES.glob("*.fna.gz")):
-        pytest.skip(f"needs the shared genomes in {SHARED_GENOMES} (present on developer machines and CI)")
-    return SHARED_GENOMES
 
 
 def write_fasta(path: Path, records: list[tuple[str, str]], width: int = 60, newline: str = "\n") -> Path:

@@ -104,8 +104,8 @@ def test_a_truncated_gzip_gives_the_records_before_and_the_error(tmp_path, block
     assert str(got.value) == str(expected.value) and "corrupt or truncated gz data" in str(got.value)
 
 
-def test_a_real_genome_in_small_blocks(shared_genomes, monkeypatch):
-    path = shared_genomes / "Helicobacter_pylori_G27.fna.gz"
+def test_a_real_genome_in_small_blocks(examples_dir, monkeypatch):
+    path = examples_dir / "Helicobacter_pylori_G27.fna.gz"
     monkeypatch.setattr(fasta_blocks, "BLOCK_BYTES", 100_000)  # the chromosome (1.65 Mbp) grows the buffer
     assert in_blocks(path) == exact(path)
 

@@ -106,8 +106,8 @@ def test_dataset_metadata_and_manifest(examples_dataset):
     assert summary.output_bytes / summary.contigs < 4096
 
 
-def test_real_genomes_sample_is_exact(tmp_path, shared_genomes):
-    inputs = sorted(shared_genomes.glob("*.fna.gz"))
+def test_real_genomes_sample_is_exact(tmp_path, examples_dir):
+    inputs = sorted(examples_dir.glob("*.fna.gz"))
     out = tmp_path / "all"
     featurize(
         inputs, out, FeaturizeSettings(fragment_length=5000, min_length=1000, workers=2), Labels(from_filename=True)

@@ -66,8 +66,8 @@ def test_window_totals_and_reverse_complement_symmetry():
         np.testing.assert_array_equal(forward.by_k(k), backward.by_k(k))
 
 
-def test_counts_match_reference_on_a_real_genome(shared_genomes):
-    with gzip.open(shared_genomes / "Phage_Agate_metagenomic.fna.gz", "rt") as handle:
+def test_counts_match_reference_on_a_real_genome(examples_dir):
+    with gzip.open(examples_dir / "Phage_Agate_metagenomic.fna.gz", "rt") as handle:
         sequence = "".join(line.strip() for line in handle if not line.startswith(">"))
     assert len(sequence) == 179_382
     assert_matches_reference(sequence, count_sequence(sequence))

@@ -15,8 +15,17 @@ def test_label_from_filename():
     assert Labels().for_records(Path("a.fa"), ["chr"]) == [None]
 
 
-def test_tsv_with_header_comments_and_extra_columns(tmp_path, shared_genomes):
-    labels = Labels.from_tsv(shared_genomes / "labels.tsv")
+def test_tsv_with_header_comments_and_extra_columns(tmp_path):
+    # The layout of shared/genomes/labels.tsv: a header, then id, label, length and source.
+    path = tmp_path / "labels.tsv"
+    rows = [("Chlamydia_trachomatis|CHLTCG", "Chlamydia_trachomatis", "1042519", "Debian (GPL-3+)")]
+    rows += [
+        (f"Klebsiella_pneumoniae_HS11286|CP0032{i:02d}.1", "Klebsiella_pneumoniae_HS11286", "1000", "x")
+        for i in range(15)
+    ]
+    lines = ["seq_id\torganism\tlength\tsource", "# plasmids follow the chromosome", *("\t".join(r) for r in rows)]
+    path.write_text("\n".join(lines) + "\n")
+    labels = Labels.from_tsv(path)
     found = labels.for_records(Path("any.fa"), ["Chlamydia_trachomatis|CHLTCG", "unknown"])
     assert found == ["Chlamydia_trachomatis", None]
     assert labels.unused == 15  # 16 entries, one used
