@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled examples, the shared genomes, and small FASTA writers."""
+"""Shared fixtures and helpers: the bundled examples, small FASTA writers, a random model batch,
+the CLI as a subprocess, and local clusters a test starts and stops itself."""
 
 from __future__ import annotations
 
@@ -18,6 +19,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+
+
+def random_batch(batch: int = 4, seed: int = 0):
+    """Model inputs (length, gc, 7-, 4-, 3-mer counts) of `batch` random contigs."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randint(1000, 10_000, (batch,), generator=g),
+        torch.rand(batch, generator=g),
+        torch.randint(0, 4, (batch, 8192), generator=g).to(torch.uint8),
+        torch.randint(0, 60, (batch, 136), generator=g).to(torch.int32),
+        torch.randint(1, 200, (batch, 32), generator=g),
+    )
+
+
+def kmervae(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The command line, run as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "kmervae.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 from data_pipeline.bam_depth import DepthSettings, bam_depths, pysam_depth, sample_depth
 from data_pipeline.depth_table import read_depth_table
 from kmervae.core.errors import InputError
-from tests.test_cli import kmervae
+from tests.conftest import kmervae
 
 CONTIGS = [("A", 400), ("B", 100), ("C", 200)]
 

@@ -12,7 +12,7 @@ from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import make_optimizer, make_scheduler
 from kmervae.core.errors import InputError, InputNotFoundError
 from kmervae.core.model import BranchedVAE
-from tests.test_model import random_batch
+from tests.conftest import random_batch
 
 
 @pytest.fixture

@@ -8,13 +8,7 @@ import sys
 import pytest
 
 from data_pipeline.feature_writer import CODECS
-from tests.conftest import REPO, write_bytes, write_fasta
-
-
-def kmervae(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kmervae.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
+from tests.conftest import REPO, kmervae, write_bytes, write_fasta
 
 
 def test_help_explains_commands_and_defaults():

@@ -25,7 +25,7 @@ from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import FeatureTable
 from kmervae.core.metric_keys import epoch_keys
 from kmervae.core.model import BranchedVAE
-from tests.test_model import random_batch
+from tests.conftest import random_batch
 
 TIMING = {"samples_per_s", "data_wait_s", "train_s"}
 

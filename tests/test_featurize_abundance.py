@@ -11,8 +11,7 @@ import pytest
 
 from kmervae.core.feature_contract import MANIFEST_NAME, META_SCHEMA_VERSION
 from kmervae.core.feature_table import FeatureTable, dataset_files
-from tests.conftest import write_fasta
-from tests.test_cli import kmervae
+from tests.conftest import kmervae, write_fasta
 
 RECORDS = [("r1", "ACGT" * 500), ("r2", "GGCATTAC" * 400), ("r3", "AACCGGTTA" * 300)]  # 2000, 3200, 2700 bp
 

@@ -16,7 +16,7 @@ from kmervae.core.loss import vae_loss
 from kmervae.core.metric_keys import VAL_LINK_AGREEMENT, VAL_VIEW_AGREEMENT, VALIDATION, epoch_keys
 from kmervae.core.metrics import EpochMetrics, knn_accuracy, link_agreement, view_agreement
 from kmervae.core.model import BranchedVAE
-from tests.test_model import random_batch
+from tests.conftest import random_batch
 
 
 @pytest.mark.parametrize("gated", [True, False])

@@ -11,17 +11,7 @@ import torch
 
 from kmervae.core.config import PRESETS
 from kmervae.core.model import N_OUTPUT, BranchedVAE, FeatureTransform, count_parameters
-
-
-def random_batch(batch: int = 4, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return (
-        torch.randint(1000, 10_000, (batch,), generator=g),
-        torch.rand(batch, generator=g),
-        torch.randint(0, 4, (batch, 8192), generator=g).to(torch.uint8),
-        torch.randint(0, 60, (batch, 136), generator=g).to(torch.int32),
-        torch.randint(1, 200, (batch, 32), generator=g),
-    )
+from tests.conftest import random_batch
 
 
 def test_parameter_counts_of_the_seed_presets():

@@ -20,7 +20,7 @@ from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import make_optimizer
 from kmervae.core.errors import OutputError
 from kmervae.core.model import BranchedVAE
-from tests.test_model import random_batch
+from tests.conftest import random_batch
 
 
 def run_in_namespace(script: str) -> subprocess.CompletedProcess:
