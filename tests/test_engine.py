@@ -11,7 +11,6 @@ from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, LossConfig, RunConfig
 from kmervae.core.data import CountBatch, InMemoryData, TensorData, held_out_labels, load_splits
 from kmervae.core.engine import (
-    TrainingDiverged,
     autocast,
     fit_local,
     make_optimizer,
@@ -21,7 +20,7 @@ from kmervae.core.engine import (
     train_epoch,
     validate_epoch,
 )
-from kmervae.core.errors import ConfigError
+from kmervae.core.errors import ConfigError, TrainingDiverged
 from kmervae.core.feature_table import FeatureTable
 from kmervae.core.metric_keys import epoch_keys
 from kmervae.core.model import BranchedVAE

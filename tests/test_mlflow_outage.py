@@ -111,16 +111,15 @@ def test_an_unreachable_server_fails_before_ray_starts(server, tmp_path, example
     from kmervae.distributed.ray_engine import fit_ray
     from kmervae.distributed.sweep import run_sweep
 
-    started = time.time()
     with pytest.raises(
         ConfigError, match=f"MLflow tracking store {server.uri} is unreachable .*; start it, fix MLFLOW_TRACKING_URI"
     ):
         fit_ray(example_features, RunConfig(model=PRESETS["tiny"]), storage=tmp_path / "ray")
+    assert not ray.is_initialized() and not list((tmp_path / "ray").glob("*"))  # no cluster, no run folder
     with pytest.raises(ConfigError, match=f"MLflow tracking store {server.uri} is unreachable"):
         run_sweep(
             example_features, RunConfig(model=PRESETS["tiny"]), space, SweepConfig(storage=str(tmp_path / "sweeps"))
         )
-    assert time.time() - started < 60  # MLflow's own retries would take minutes
     assert not ray.is_initialized() and not (tmp_path / "sweeps").exists()
 
 

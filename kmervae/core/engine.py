@@ -27,7 +27,7 @@ from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_ch
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBatch, load_splits, use_resident
 from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, best_index, table
-from kmervae.core.errors import ConfigError, KmervaeError
+from kmervae.core.errors import ConfigError, KmervaeError, TrainingDiverged
 from kmervae.core.feature_table import dataset_files
 from kmervae.core.loss import contrastive_loss, split_depths, split_views, vae_loss
 from kmervae.core.metric_keys import (
@@ -60,10 +60,6 @@ from kmervae.core.storage import check_writable
 
 AllReduce = Callable[[Tensor], None]
 """Sums a tensor in place across ranks (torch.distributed.all_reduce); None in one process."""
-
-
-class TrainingDiverged(KmervaeError, ArithmeticError):
-    """The loss became NaN or infinite: the run stops with the reason instead of training on garbage."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -26,3 +26,7 @@ class ConfigError(KmervaeError, ValueError):
 
 class OutputError(KmervaeError, OSError):
     """The output location cannot be written (exists already, not writable, ...)."""
+
+
+class TrainingDiverged(KmervaeError, ArithmeticError):
+    """The loss became NaN or infinite: the run stops with the reason instead of training on garbage."""

@@ -61,7 +61,6 @@ LABELED_KEYS = (VAL_KNN_ACC, VAL_KMEANS_ARI)
 BIN_KEYS = (VAL_NC_BINS,)
 
 
-
 def epoch_keys(*, gated: bool, abundance: bool, labeled: bool, bins: bool) -> frozenset[str]:
     """Exactly the keys each epoch of a run reports (the contract above): of a gated model or
     not, with an abundance branch or not, on labelled data or not, binning (train.nc_bins) or not."""

@@ -26,6 +26,7 @@ from kmervae.core.feature_table import DatasetFiles, dataset_files
 from kmervae.core.metric_keys import BIN_KEYS, LABELED_KEYS, VAL_LINK_AGREEMENT, VAL_LOSS
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
+from kmervae.distributed.failures import root_cause
 from kmervae.distributed.sweep_report import (
     SpaceFn,
     SweepResult,
@@ -196,15 +197,6 @@ def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, 
     if not tracker.resumed:
         tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **sampled}})
     return tracker
-
-
-def root_cause(err: BaseException) -> str:
-    """The innermost error message of a failed trial (e.g. 'training loss became nan; ...')."""
-    text = str(err)
-    for marker in ("TrainingDiverged: ", "KmervaeError: "):
-        if marker in text:
-            return text.split(marker, 1)[1].splitlines()[0]
-    return text.strip().splitlines()[-1] if text.strip() else type(err).__name__
 
 
 def run_sweep(

@@ -18,6 +18,7 @@ from typing import Any
 from ray.tune import Callback
 
 from kmervae.distributed import console
+from kmervae.distributed.failures import root_cause_of_text
 from kmervae.distributed.sweep_report import short_value
 
 LOG_NAME = "sweep.log"
@@ -39,13 +40,6 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def error_line(text: str) -> str:
-    """The one line of a trial's error text that says what went wrong (its root cause)."""
-    from kmervae.distributed.sweep import root_cause
-
-    return root_cause(RuntimeError(text))
 
 
 class SweepView(Callback):
@@ -131,7 +125,7 @@ class SweepView(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         where = trial.error_file
         text = Path(where).read_text(errors="replace") if where and Path(where).exists() else ""
-        reason = error_line(text) if text.strip() else "no error text"
+        reason = root_cause_of_text(text) if text.strip() else "no error text"
         logs = f" (trace: {where}" + (f"; everything printed: {self.log_path})" if self.log_path else ")")
         self._ended(trial, "failed", f"error: {reason}{logs if where else ''}")
 
