@@ -152,3 +152,48 @@ def test_secrets_are_collected_while_another_thread_removes_a_variable(monkeypat
     monkeypatch.setattr(redact, "os", types.SimpleNamespace(environ=environ))
     assert redact.secret_values() == ["hunter2-pw"]
     assert redact.redact("password hunter2-pw") == "password ***"
+
+
+def test_an_unreachable_store_is_told_apart_by_type(tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from kmervae.tracking.tracker import is_unreachable
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # seconds, not MLflow's minutes of retries
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+
+    def error_of(client: MlflowClient) -> MlflowException:
+        with pytest.raises(MlflowException) as raised:
+            client.search_experiments()
+        return raised.value
+
+    refused = error_of(MlflowClient(f"http://127.0.0.1:{free_port()}"))  # nothing listens there
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # a proxy in front of a server that is down
+            self.send_response(503)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        unavailable = error_of(MlflowClient(f"http://127.0.0.1:{server.server_address[1]}"))
+    finally:
+        server.shutdown()
+    assert is_unreachable(refused) and is_unreachable(unavailable)
+    # A store that answers: a model registered twice is "exists already", not an outage.
+    client = MlflowClient(tracking_uri(tmp_path))
+    client.create_registered_model("twice")
+    with pytest.raises(MlflowException) as exists:
+        client.create_registered_model("twice")
+    assert exists.value.error_code == "RESOURCE_ALREADY_EXISTS" and not is_unreachable(exists.value)

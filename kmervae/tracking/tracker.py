@@ -107,26 +107,39 @@ def impatient_http():
                 os.environ[key] = value
 
 
-def is_unreachable(err: BaseException) -> bool:
-    """Whether an MLflow call failed because the store could not be reached (worth retrying)."""
-    text = str(err)
-    transient = (
-        "failed with exception",
-        "Max retries exceeded",
-        "Connection refused",
-        "timed out",
-        "503",
-        "502",
-        "504",
-        "database is locked",
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable store raises beneath MLflow's own exception: requests' connection,
+    timeout and retries-exhausted errors (a 502/503/504 answered until the retries ran out),
+    the OS's, and SQLAlchemy's OperationalError (a locked or unreachable database)."""
+    import requests
+
+    types: tuple[type[BaseException], ...] = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.RetryError,
+        ConnectionError,
+        TimeoutError,
     )
-    return type(err).__name__ in {
-        "ConnectionError",
-        "Timeout",
-        "ReadTimeout",
-        "ConnectTimeout",
-        "OperationalError",
-    } or any(t in text for t in transient)
+    try:
+        from sqlalchemy.exc import OperationalError
+    except ImportError:  # an HTTP-only MLflow client
+        return types
+    return (*types, OperationalError)
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """Whether an MLflow call failed because the store could not be reached (worth retrying).
+
+    Decided by type: MLflow wraps the client's error in an MlflowException, raised while
+    handling it (so it is the exception's __context__ or __cause__)."""
+    transient, seen = _transient_errors(), set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, transient):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def resolve_run(client, spec: Mapping[str, Any]) -> str:
@@ -443,6 +456,7 @@ class Tracker:
         Returns the model URI, or None when the store is unreachable (the artifacts are not
         uploaded yet; register later from the run)."""
         from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
         if not self.outbox.flush() or self.run_id is None:
             return None
@@ -453,9 +467,9 @@ class Tracker:
                         name, description="kmervae encoders (MLflow pyfunc; checkpoint inside)"
                     )
                 except MlflowException as err:
-                    if is_unreachable(err):
+                    if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                         raise
-                    # exists already: add a version
+                    # the model exists already: add a version
                 source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
                 version = self.client.create_model_version(name, source, run_id=self.run_id, tags=dict(tags or {}))
                 if alias:
