@@ -197,3 +197,19 @@ def test_an_unreachable_store_is_told_apart_by_type(tmp_path, monkeypatch):
     with pytest.raises(MlflowException) as exists:
         client.create_registered_model("twice")
     assert exists.value.error_code == "RESOURCE_ALREADY_EXISTS" and not is_unreachable(exists.value)
+
+
+def test_runs_are_found_by_tags_whatever_quotes_their_values_hold(tmp_path):
+    from mlflow import MlflowClient
+
+    from kmervae.tracking.tracker import find_run, tag_filter
+
+    client = MlflowClient(tracking_uri(tmp_path))
+    experiment = client.create_experiment("quotes")
+    ids = {}
+    for name in ("bob's sweep", 'the "big" one', "plain"):
+        ids[name] = client.create_run(experiment, tags={"kmervae.sweep": name}).info.run_id
+    for name, run_id in ids.items():
+        assert find_run(client, experiment, {"kmervae.sweep": name}) == run_id
+    with pytest.raises(ConfigError, match="holds both quote characters"):
+        tag_filter({"kmervae.sweep": 'it\'s "both"'})

@@ -17,7 +17,7 @@ def best_runs(experiment: str, sweep: str | None = None, metric: str = VAL_LOSS,
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from kmervae.tracking.tracker import tracking_uri
+    from kmervae.tracking.tracker import tag_filter, tracking_uri
 
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")
@@ -32,7 +32,7 @@ def best_runs(experiment: str, sweep: str | None = None, metric: str = VAL_LOSS,
             client.get_run(sweep)
         except MlflowException:
             raise InputError(f"--sweep {sweep}: no such MLflow run in {tracking_uri()}") from None
-        query += f" and tags.mlflow.parentRunId = '{sweep}'"
+        query += " and " + tag_filter({"mlflow.parentRunId": sweep})
     maximize = metric_mode(metric) == "max"
     rows = []
     for run in client.search_runs([found.experiment_id], filter_string=query, max_results=MAX_RUNS):

@@ -35,7 +35,7 @@ from kmervae.distributed.sweep_report import (
     space_distributions,
     trial_outputs,
 )
-from kmervae.tracking.tracker import OUTBOX_FILE, check_reachable, closes_on_error, tracking_uri
+from kmervae.tracking.tracker import OUTBOX_FILE, check_reachable, closes_on_error, tag_filter, tracking_uri
 
 TRIAL_CPUS = 0.1
 """CPU reserved for each trial's own actor (it only waits on its Ray Train run)."""
@@ -386,7 +386,7 @@ def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
     --resume (Optuna proposes a new one instead); its half-written MLflow child would
     otherwise stay as a duplicate, RUNNING forever.
     """
-    query = f"tags.mlflow.parentRunId = '{parent.run_id}' and tags.`kmervae.sweep` = '{sweep.name}'"
+    query = tag_filter({"mlflow.parentRunId": parent.run_id, "kmervae.sweep": sweep.name})
     lost = [
         run
         for run in parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=10_000)

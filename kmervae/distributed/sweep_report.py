@@ -20,7 +20,7 @@ from typing import Any
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.metric_keys import EPOCH
 from kmervae.core.plots import spans_orders
-from kmervae.tracking.tracker import OUTBOX_FILE
+from kmervae.tracking.tracker import OUTBOX_FILE, tag_filter
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
 """Define-by-run search space: takes an optuna.Trial, calls trial.suggest_*; returns None."""
@@ -181,7 +181,7 @@ def _child_runs(tracker, sweep) -> dict[str, str]:
 
     if tracker.run_id is None:
         return {}
-    query = f"tags.mlflow.parentRunId = '{tracker.run_id}' and tags.`kmervae.sweep` = '{sweep.name}'"
+    query = tag_filter({"mlflow.parentRunId": tracker.run_id, "kmervae.sweep": sweep.name})
     try:
         with impatient_http():
             runs = tracker.client.search_runs([tracker.experiment_id], filter_string=query, max_results=10_000)

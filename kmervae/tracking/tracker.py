@@ -171,9 +171,23 @@ def experiment_id_of(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=root, tags=EXPERIMENT_KIND)
 
 
+def tag_filter(tags: Mapping[str, str]) -> str:
+    """An MLflow search filter for runs whose tags equal `tags`: keys in backticks, values
+    quoted with a quote character they do not contain (MLflow's grammar has no escapes)."""
+    return " and ".join(f"tags.`{key}` = {quoted(value)}" for key, value in tags.items())
+
+
+def quoted(value: str) -> str:
+    """`value` as a string literal of an MLflow search filter."""
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise ConfigError(f"{value!r} holds both quote characters, which MLflow cannot search for; rename it")
+
+
 def find_run(client, experiment_id: str, tags: Mapping[str, str]) -> str | None:
     """The id of a run of the experiment whose tags equal `tags`, or None."""
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    query = tag_filter(tags)
     runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
     return runs[0].info.run_id if runs else None
 
