@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, LossConfig, RunConfig
 from kmervae.core.data import CountBatch, InMemoryData, TensorData, held_out_labels, load_splits
 from kmervae.core.engine import (
+    _CompiledWithFallback,
     autocast,
     fit_local,
     make_optimizer,
@@ -196,3 +200,38 @@ def test_fit_local_refuses_a_supervised_loss_on_unlabelled_features_before_writi
     with pytest.raises(ConfigError, match="loss.supcon > 0 trains on genome labels, but these features have none"):
         fit_local(unlabeled, config, tmp_path / "out", log=lambda line: None)
     assert not (tmp_path / "out").exists()  # nothing partial left behind
+
+
+def test_compile_falls_back_to_eager_only_when_compiling_fails(tmp_path):
+    """A host without a working C++ compiler trains eagerly with a warning; an error of the
+    model's own code, or running out of memory, is raised as itself."""
+    script = """
+import sys, torch
+import torch._inductor.config as inductor
+inductor.cpp.cxx = ("/nonexistent/c++",)  # a bare host: no C++ compiler for inductor's CPU kernels
+from kmervae.core.engine import _CompiledWithFallback
+model = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.LeakyReLU(0.1))
+compiled = _CompiledWithFallback(model, log=print)
+x = torch.ones(3, 4)
+assert torch.equal(compiled(x), model(x))
+print("eager", compiled._compiled is None)
+"""
+    env = dict(os.environ, TORCHINDUCTOR_FORCE_DISABLE_CACHES="1", TORCHINDUCTOR_CACHE_DIR=str(tmp_path))
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "warning: torch.compile failed (" in ran.stdout and "No working C++ compiler" in ran.stdout
+    assert "eager True" in ran.stdout
+
+    class Broken(torch.nn.Module):
+        def __init__(self, error: Exception):
+            super().__init__()
+            self.error = error
+
+        def forward(self, x):
+            raise self.error
+
+    for error in (ValueError("the model's own bug"), torch.OutOfMemoryError("out of memory")):
+        compiled = _CompiledWithFallback(Broken(error), log=print)
+        with pytest.raises(type(error), match=str(error)):
+            compiled(torch.ones(2, 4))
+        assert compiled._compiled is not None  # still compiled: nothing fell back

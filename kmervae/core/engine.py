@@ -533,10 +533,35 @@ class _CompiledWithFallback(nn.Module):
         if self._compiled is not None:
             try:
                 return self._compiled(*args, **kwargs)
-            except Exception as err:  # any backend failure: the eager model is always correct
-                self._log(f"warning: torch.compile failed ({type(err).__name__}: {str(err)[:200]}); running eagerly")
+            except Exception as err:
+                if not is_compile_failure(err):
+                    raise  # the model's own error, or out of memory: eager would fail the same way
+                first = str(getattr(err, "inner_exception", None) or err).splitlines()[0][:200]
+                self._log(f"warning: torch.compile failed ({type(err).__name__}: {first}); running eagerly")
                 self._compiled = None
         return self.module(*args, **kwargs)
+
+
+def is_compile_failure(err: BaseException) -> bool:
+    """Whether `err` is torch.compile failing to compile (no C++ compiler or Triton, an
+    unsupported construct, a compiler bug), after which the eager model is correct; not an
+    error of the model's own code, which compiled code raises as itself, nor running out of
+    memory while compiling."""
+    from torch._dynamo import exc as dynamo
+    from torch._inductor import exc as inductor
+
+    failures = (
+        dynamo.BackendCompilerFailed,  # InductorError: the backend failed (InvalidCxxCompiler, ...)
+        dynamo.InternalTorchDynamoError,
+        dynamo.Unsupported,
+        dynamo.InvalidBackend,
+        inductor.InductorError,
+        inductor.InvalidCxxCompiler,
+        inductor.TritonMissing,
+        inductor.GPUTooOldForTriton,
+    )
+    inner = getattr(err, "inner_exception", None) or err.__cause__
+    return isinstance(err, failures) and not isinstance(inner, torch.OutOfMemoryError)
 
 
 def best_epoch(history: list[dict[str, float]]) -> dict[str, float]:
