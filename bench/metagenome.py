@@ -226,13 +226,16 @@ def run_kmervae(folder: Path, out: Path, args, seed: int = 0) -> tuple[dict[str,
     """featurize (timed apart, shared with the baseline), train on every contig, embed, bin."""
     features = kmervae_features(folder, args)
     settings = [f"train.seed={seed}", *args.set]
+    # A resolution chosen by a sweep (train.bin_resolution, what val/nc_bins used) bins here too.
+    chosen = [s.split("=", 1)[1] for s in args.set if s.startswith("train.bin_resolution=")]
     steps = [
         [KMERVAE, "train", str(features), "--engine", "local", "--preset", args.preset, "--no-mlflow",
          *(["--epochs", str(args.epochs)] if args.epochs else []), "--name", "bench", "--storage", str(out / "runs"),
          "--out", str(out / "model"), *[x for s in settings for x in ("--set", s)]],
         [KMERVAE, "embed", str(out / "model" / "best.pt"), str(features), "-o", str(out / "emb.parquet"),
          "--overwrite"],
-        [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "binned"), "--overwrite"],
+        [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "binned"), "--overwrite",
+         *(["--resolution", chosen[-1]] if chosen else [])],
     ]  # fmt: skip
     wall = peak = 0.0
     for i, step in enumerate(steps):

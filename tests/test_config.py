@@ -101,10 +101,13 @@ def test_overrides_parse_types():
             "train.lr=3e-4",
             "loss.beta=1",
             "data.max_samples=null",
+            "model.input_norm=none",  # a value, not null
+            "train.lr_scaling=none",
         ]
     )
     assert cfg.model.latent_dim == 64 and cfg.model.kmer7_widths == (256, 128) and cfg.model.kmer4_widths == (32, 16)
     assert cfg.model.gate_k7 is False and cfg.train.lr == 3e-4 and cfg.loss.beta == 1.0 and cfg.data.max_samples is None
+    assert cfg.model.input_norm == "none" and cfg.train.lr_scaling == "none"
 
 
 @pytest.mark.parametrize(

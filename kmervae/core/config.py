@@ -672,12 +672,13 @@ class SweepConfig:
 
 
 def parse_value(raw: str) -> Any:
-    """A --set value: JSON (64, 1e-3, [128, 64], "x"), true/false/null in any case, else the string."""
+    """A --set value: JSON (64, 1e-3, [128, 64], "x"), true/false/null in any case, else the string.
+    'none' stays a string: it is a value of model.input_norm and train.lr_scaling."""
     text = raw.strip()
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if lowered in ("null", "none", "~", ""):
+    if lowered in ("null", "~", ""):
         return None
     try:
         return json.loads(text)
