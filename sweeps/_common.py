@@ -16,12 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python sweeps/x.py` from a checkout or a Ray job's working dir
+# kmervae is importable from the project's environment (`pip install -e .`) and, in a Ray job,
+# from its uploaded working directory (Ray puts it first on the job's PYTHONPATH).
+from kmervae.core.errors import KmervaeError
+from kmervae.core.metric_keys import OBJECTIVES
+from kmervae.core.redact import redact
 
-from kmervae.core.errors import KmervaeError  # noqa: E402
-from kmervae.core.metric_keys import OBJECTIVES  # noqa: E402
-from kmervae.core.redact import redact  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 SMOKE = {"samples": 3, "epochs": 2, "max_samples": 600, "batch_size": 64}
 GENOME_SPLIT_LABELS = 5

@@ -14,14 +14,13 @@ MAX_RUNS = 1000
 
 def best_runs(experiment: str, sweep: str | None = None, metric: str = VAL_LOSS, top: int = 5) -> list[dict[str, Any]]:
     """Runs with a checkpoint, best first by the best epoch's `metric` (`metric_mode` says which way is better)."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from kmervae.tracking.tracker import tag_filter, tracking_uri
+    from kmervae.tracking.tracker import mlflow_client, tag_filter, tracking_uri
 
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")
-    client = MlflowClient(tracking_uri())
+    client = mlflow_client(tracking_uri())
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = ", ".join(e.name for e in client.search_experiments()) or "none"

@@ -211,12 +211,18 @@ def log_to_mlflow(result: dict[str, Any], run_id: str, json_path: Path) -> None:
 def log_to_run(run_id: str, metrics: dict[str, float], files: list[Path], artifact_path: str) -> None:
     """Metrics (step 0) and files of a command's result added to an existing MLflow run; one line
     for an unknown run or an unreachable server (the files stay where they are)."""
-    from mlflow import MlflowClient
 
-    from kmervae.tracking.tracker import execute, impatient_http, is_unreachable, metrics_op, tracking_uri
+    from kmervae.tracking.tracker import (
+        execute,
+        impatient_http,
+        is_unreachable,
+        metrics_op,
+        mlflow_client,
+        tracking_uri,
+    )
 
     uri = tracking_uri()
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     try:
         with impatient_http():
             client.get_run(run_id)

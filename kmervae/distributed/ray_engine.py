@@ -40,12 +40,21 @@ from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import dataset_files
 from kmervae.core.metric_keys import EPOCH, VAL_LOSS, metric_mode
 from kmervae.core.model import BranchedVAE
+from kmervae.core.quiet import logger_level
 from kmervae.core.redact import redact
 from kmervae.core.storage import check_writable, is_uri, local_outputs
 from kmervae.core.storage import normalize as normalize_storage
 from kmervae.distributed.console import RELAY_MARK, quiet_console
 from kmervae.distributed.ray_data import StreamedShards, gather_shard
-from kmervae.tracking.tracker import OUTBOX_FILE, Outbox, check_reachable, closes_on_error, metrics_op, tracking_uri
+from kmervae.tracking.tracker import (
+    OUTBOX_FILE,
+    Outbox,
+    check_reachable,
+    closes_on_error,
+    metrics_op,
+    mlflow_client,
+    tracking_uri,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATA_CPUS = 1.0
@@ -231,9 +240,7 @@ def mlflow_epoch_logger(uri: str, run_id: str):
             if not metrics or EPOCH not in metrics[0]:
                 return
             if self.outbox is None:
-                from mlflow import MlflowClient
-
-                self.outbox = Outbox(MlflowClient(tracking_uri=uri), uri)
+                self.outbox = Outbox(mlflow_client(uri), uri)
             self.outbox.send(metrics_op(run_id, metrics[0], step=int(metrics[0][EPOCH])))
 
     return MlflowEpochLogger()
@@ -428,14 +435,15 @@ def init_ray(address: str | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     # A local cluster enables token authentication (good) and says so on every start (noise).
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    quiet = logger_level("ray._private.authentication.authentication_token_setup", logging.ERROR)
     try:
-        if address:
-            ray.init(address=address, logging_level="WARNING")
-        else:
-            # "local": a new cluster in this process, even where `ray start` left another one
-            # (plain ray.init() would join the cluster named in /tmp/ray/ray_current_cluster).
-            ray.init(address="local", logging_level="WARNING", include_dashboard=True, dashboard_host="127.0.0.1")
+        with quiet:
+            if address:
+                ray.init(address=address, logging_level="WARNING")
+            else:
+                # "local": a new cluster in this process, even where `ray start` left another one
+                # (plain ray.init() would join the cluster named in /tmp/ray/ray_current_cluster).
+                ray.init(address="local", logging_level="WARNING", include_dashboard=True, dashboard_host="127.0.0.1")
     except ConnectionError as err:
         raise ConfigError(f"cannot connect to the Ray cluster at {address}: {err}; start it or fix --address") from None
 

@@ -27,10 +27,8 @@ from typing import Any
 
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.metric_keys import EPOCH, VAL_LOSS
+from kmervae.core.quiet import logger_level
 from kmervae.core.redact import redact, redact_params
-
-# MLflow announces at INFO that it creates or migrates a SQLite store's tables: nothing for a user to act on.
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 DEFAULT_EXPERIMENT = "kmervae"
 DB_NAME = "mlflow.db"
@@ -61,6 +59,19 @@ def ui_command(uri: str) -> str:
         root = Path(uri.removeprefix("sqlite:///")).parent
         return f"mlflow ui --backend-store-uri {uri} --default-artifact-root {root / ARTIFACTS_NAME}"
     return f"open {redact(uri)} in a browser"
+
+
+def mlflow_client(uri: str):
+    """An MlflowClient of `uri`. A SQLite store is opened here, once per process (MLflow caches
+    it), with MLflow's INFO lines about creating or migrating its tables held back: nothing
+    for a user to act on."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if uri.startswith("sqlite:"):
+        with logger_level("mlflow.store.db.utils", logging.WARNING):
+            client.search_experiments(max_results=1)
+    return client
 
 
 @contextlib.contextmanager
@@ -311,7 +322,6 @@ class Outbox:
 def sync_file(path: str | Path, uri: str | None = None) -> tuple[int, int]:
     """Send the calls saved in an outbox fallback file; returns (sent, left). Calls that still
     cannot be sent stay in the file."""
-    from mlflow import MlflowClient
 
     path = Path(path)
     if not path.is_file():
@@ -321,7 +331,7 @@ def sync_file(path: str | Path, uri: str | None = None) -> tuple[int, int]:
     except ValueError as err:
         raise InputError(f"{path}: not an MLflow outbox file ({err})") from None
     uri = uri or tracking_uri()
-    outbox = Outbox(MlflowClient(tracking_uri=uri), uri)
+    outbox = Outbox(mlflow_client(uri), uri)
     outbox.pending = list(ops)
     outbox.flush()
     left = outbox.pending
@@ -343,13 +353,12 @@ def store_error(uri: str, err: BaseException) -> ConfigError:
 
 def check_reachable(uri: str) -> None:
     """Fail in seconds, naming the store, when it cannot be used (before any training starts)."""
-    from mlflow import MlflowClient
 
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         with impatient_http():
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            mlflow_client(uri).search_experiments(max_results=1)
     except Exception as err:
         raise store_error(uri, err) from None
 
@@ -387,12 +396,11 @@ class Tracker:
         fallback: str | Path | None = None,
         defer: bool = False,
     ):
-        from mlflow import MlflowClient
 
         self.uri = uri or tracking_uri()
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = mlflow_client(self.uri)
         all_tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
