@@ -28,7 +28,11 @@ ROOMS = {
         {"kmervae", "kmervae.core.feature_contract", "kmervae.core.errors", "data_pipeline"},
         {"numpy", "pyarrow", "numba", "dnaio", "xopen", "tqdm", "pysam"},
     ),
-    "kmervae.tracking": ({"kmervae", "kmervae.core", "kmervae.tracking"}, {"torch", "numpy", "pyarrow", "mlflow"}),
+    # requests and sqlalchemy: MLflow's own clients, whose error types say a store is unreachable.
+    "kmervae.tracking": (
+        {"kmervae", "kmervae.core", "kmervae.tracking"},
+        {"torch", "numpy", "pyarrow", "mlflow", "requests", "sqlalchemy"},
+    ),
     "kmervae.apply": (
         {"kmervae", "kmervae.core", "kmervae.tracking", "kmervae.apply", "data_pipeline"},
         {"torch", "numpy", "pyarrow", "mlflow", "sklearn", "onnx", "onnxruntime", "onnxscript", "tqdm"},

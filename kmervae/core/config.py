@@ -664,6 +664,11 @@ class SweepConfig:
         check_field(
             self.reduction_factor >= 2, "sweep.reduction_factor", self.reduction_factor, "expected an integer >= 2"
         )
+        check_field(isinstance(self.storage, str) and bool(self.storage), "--storage", self.storage, "expected a path")
+        check_field(isinstance(self.seed, int) and self.seed >= 0, "--seed", self.seed, "expected an integer >= 0")
+        check_field(bool(self.experiment), "--experiment", self.experiment, "expected a non-empty name")
+        check_field(isinstance(self.register_as, str), "--register-as", self.register_as, "expected a name or ''")
+        check_field(bool(self.alias), "sweep.alias", self.alias, "expected a non-empty alias")
 
     @property
     def mode(self) -> str:

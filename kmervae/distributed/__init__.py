@@ -1,4 +1,5 @@
-"""Ray: Ray Data over the feature files, Ray Train DDP runs, Ray Tune sweeps and their reports.
+"""Ray: Ray Data over the feature files, Ray Train DDP runs, Ray Tune sweeps, their console,
+live view and reports, and why a run failed.
 
 May import every other subpackage (`core`, `tracking`, `apply`); only the CLI and
 `sweeps/` import it. Ray is imported lazily, inside the functions that need it.
