@@ -318,6 +318,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             out_dir=args.out,
             data_mode=args.data_mode,
             verbose=args.verbose,
+            preset=args.preset,
         )
         history, best_path, last_path, run_id, uri = (
             result.history,
@@ -330,7 +331,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"log       {Path(best_path).parent / TRAIN_LOG} (what Ray and the workers printed)", file=sys.stderr)
     else:
         from kmervae.core.engine import fit_local
-        from kmervae.tracking.local_run import fit_local_tracked
+        from kmervae.tracking.run import fit_local_tracked, run_tags
         from kmervae.tracking.tracker import Tracker
 
         out = args.out or Path("runs") / name
@@ -339,15 +340,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
             local = fit_local(args.data, config, out)
         else:
             uri = tracking_uri(args.mlflow_dir)
-            tags = {"engine": "local", "preset": args.preset, **config.run_tags()}
-            tracker = Tracker(args.experiment, name, uri=uri, tags=tags)
+            tracker = Tracker(args.experiment, name, uri=uri, tags=run_tags("local", name, config, args.preset))
             local = fit_local_tracked(args.data, config, out, tracker)
         history, best_path, last_path = local.history, local.best_checkpoint, local.last_checkpoint
         run_id, uri = (tracker.run_id, tracker.uri) if tracker else (None, None)
-    from kmervae.core.engine import best_epoch
+    from kmervae.core.metric_keys import EPOCH, LOWEST_VAL_LOSS
 
-    best = best_epoch(history)
-    print(f"trained   {len(history)} epochs; best val/loss {best['val/loss']:.4f} at epoch {int(best['epoch']) + 1}")
+    metric, best = LOWEST_VAL_LOSS.metric, LOWEST_VAL_LOSS.best_epoch(history)
+    if best is None:
+        print(f"trained   {len(history)} epochs; no epoch has a finite {metric}")
+    else:
+        print(f"trained   {len(history)} epochs; best {metric} {best[metric]:.4f} at epoch {int(best[EPOCH]) + 1}")
     print(f"best      {best_path}")
     print(f"last      {last_path}")
     if run_id is not None:

@@ -31,8 +31,9 @@ def test_training_needs_only_torch_numpy_pyarrow(tmp_path, example_features):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "ok 1" in result.stdout and "model.png not drawn" in result.stdout
-    assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "model.txt").exists()
+    assert "ok 1" in result.stdout and "model.png and curves.png not drawn" in result.stdout
+    written = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"best.pt", "last.pt", "model.txt", "epochs.txt", "metrics.jsonl"} <= written
 
 
 def test_gpu_check_runs_on_the_cpu_and_reports_every_measure(example_features):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from kmervae.core.epoch_table import EpochPrinter, best_index, header, row, table
+from kmervae.core.epoch_table import EpochPrinter, header, row, table
+from kmervae.core.metric_keys import LOWEST_VAL_LOSS, Objective
 
 
 def epoch(i: int, loss: float, gated: bool = True) -> dict[str, float]:
@@ -28,18 +29,30 @@ def test_rows_align_with_the_header_and_only_reported_keys_get_columns():
 
 
 def test_the_best_epoch_so_far_is_marked_and_the_table_marks_the_final_best():
-    printer = EpochPrinter(3)
+    printer = EpochPrinter(3, LOWEST_VAL_LOSS)
     history = [epoch(0, 5.0), epoch(1, 6.0), epoch(2, 4.0)]
     lines = [line for i, m in enumerate(history) for line in printer.lines(i, m)]
     assert lines[0] == header(history[0]) and len(lines) == 4  # the header once
     assert [line.split()[1] == "*" for line in lines[1:]] == [True, False, True]
-    assert best_index(history) == 2 and best_index(history, "val/loss", "max") == 1
-    text = table(history, 3, best_epoch=2).splitlines()
+    text = table(history, 3, LOWEST_VAL_LOSS).splitlines()
     assert [line.startswith(f"{i}/3 *") for i, line in enumerate(text[1:4], start=1)] == [False, False, True]
-    resumed = EpochPrinter(4)
+    resumed = EpochPrinter(4, LOWEST_VAL_LOSS)
     resumed.prime(history)  # a resumed run: epoch 4 is no better than epoch 3 was
     assert not resumed.lines(3, epoch(3, 4.5))[1].startswith("4/4 *")
-    assert best_index([{"epoch": 0, "val/loss": math.nan}]) is None
+
+
+def test_one_objective_picks_the_best_epoch_either_way_and_skips_non_finite_values():
+    history = [epoch(0, 5.0), epoch(1, 6.0), epoch(2, math.nan), epoch(3, 6.0)]
+    assert LOWEST_VAL_LOSS.best_epoch(history) is history[0]
+    history[1]["val/knn_acc"], history[3]["val/knn_acc"] = 0.7, 0.9
+    assert Objective("val/knn_acc").best_epoch(history) is history[3]  # higher is better; missing values skipped
+    assert Objective("val/knn_acc").mode == "max" and LOWEST_VAL_LOSS.mode == "min"
+    assert LOWEST_VAL_LOSS.best_epoch([epoch(0, math.nan), epoch(1, math.inf)]) is None
+    assert LOWEST_VAL_LOSS.best_epoch([epoch(0, 5.0), epoch(1, 5.0)]) is not None
+    assert LOWEST_VAL_LOSS.best_of([("a", 2.0), ("b", 1.0), ("c", 1.0)], lambda kv: kv[1]) == (
+        "b",
+        1.0,
+    )  # first of equals
 
 
 def test_values_spanning_orders_of_magnitude_get_a_log_axis():

@@ -20,7 +20,9 @@ from kmervae.core.engine import validate_epoch
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.metric_keys import epoch_keys
 from kmervae.core.metrics import link_agreement
+from kmervae.core.run_outputs import ARTIFACT_FILES, CHECKPOINT_FILES
 from kmervae.distributed.ray_engine import fit_ray, plan_resources
+from kmervae.tracking.run import run_tags
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
 
@@ -62,7 +64,7 @@ def two_worker_run(local_ray, abundance_features, tmp_path_factory):
     return root, result
 
 
-def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run):
+def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run, abundance_features):
     from mlflow import MlflowClient
 
     root, result = two_worker_run
@@ -75,12 +77,12 @@ def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run):
     assert set(run.data.metrics) == keys
     for key in keys:
         assert [m.step for m in client.get_metric_history(result.mlflow_run_id, key)] == [0, 1], key
-    artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
-    assert {"curves.png", "model.png", "model.txt", "epochs.txt", "checkpoints"} <= artifacts
-    assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoints")} == {
-        "checkpoints/best.pt",
-        "checkpoints/last.pt",
-    }
+    # The same outputs and tags as every engine's (test_tracking and test_sweep check them too).
+    assert {a.path for a in client.list_artifacts(result.mlflow_run_id)} == {*ARTIFACT_FILES, "checkpoints"}
+    checkpoints = {a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoints")}
+    assert checkpoints == {f"checkpoints/{name}" for name in CHECKPOINT_FILES}
+    assert run.data.tags.items() >= run_tags("ray", "two", with_abundance(2)).items()
+    assert run.data.params["data.path"] == str(abundance_features.absolute())
 
 
 def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, abundance_features):

@@ -13,6 +13,7 @@ import pytest
 
 from kmervae.core.config import PRESETS, RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
+from kmervae.core.run_outputs import ARTIFACT_FILES, CHECKPOINT_FILES
 from kmervae.distributed.sweep import check_space
 from tests.conftest import REPO, stop_process_group
 
@@ -89,6 +90,11 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, example_features
         bins = [m.value for m in client.get_metric_history(child.info.run_id, "val/nc_bins")]
         assert len(bins) == len(steps) and all(v in (0, 1, 2) for v in bins), bins  # two genomes held out
         assert child.info.status == "FINISHED"
+        # A trial's outputs and tags are every training run's (test_tracking, test_ray_engine).
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} == {*ARTIFACT_FILES, "checkpoints"}
+        checkpoints = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
+        assert checkpoints == {f"checkpoints/{name}" for name in CHECKPOINT_FILES}
+        assert child.data.tags["engine"] == "ray" and child.data.tags["kmervae.run_name"] == child.info.run_name
         supervised = float(child.data.params["loss.supcon"]) > 0  # a trial that trained on labels says so
         assert child.data.tags["kmervae.uses_labels"] == str(supervised).lower()
     # Optuna's history survived the kill: its study holds every trial, told once, with the

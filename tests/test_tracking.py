@@ -6,7 +6,8 @@ import pytest
 
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError, KmervaeError
-from kmervae.tracking.local_run import fit_local_tracked
+from kmervae.core.run_outputs import ARTIFACT_FILES, CHECKPOINT_FILES
+from kmervae.tracking.run import fit_local_tracked
 from kmervae.tracking.tracker import Tracker, flatten, tracking_uri
 
 
@@ -36,9 +37,11 @@ def test_a_local_run_is_logged_completely(tmp_path, example_features):
     assert run.data.params["model.latent_dim"] == "8" and run.data.params["train.epochs"] == "2"
     history = tracker.client.get_metric_history(tracker.run_id, "val/loss")
     assert [(m.step, m.value) for m in history] == [(i, m["val/loss"]) for i, m in enumerate(result.history)]
+    # Every engine's outputs (test_ray_engine and test_sweep check the same sets).
     artifacts = {a.path for a in tracker.client.list_artifacts(tracker.run_id)}
-    assert {"model.txt", "model.png", "metrics.jsonl", "epochs.txt", "checkpoints"} <= artifacts
-    assert [a.path for a in tracker.client.list_artifacts(tracker.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    assert artifacts == {*ARTIFACT_FILES, "checkpoints"}
+    checkpoints = {a.path for a in tracker.client.list_artifacts(tracker.run_id, "checkpoints")}
+    assert checkpoints == {f"checkpoints/{name}" for name in CHECKPOINT_FILES}
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database, not in the cwd
     # Marked as model training, so MLflow's UI opens the experiment on its runs table.
     experiment = tracker.client.get_experiment(run.info.experiment_id)

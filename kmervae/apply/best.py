@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.metric_keys import VAL_LOSS, metric_mode
+from kmervae.core.metric_keys import VAL_LOSS, Objective
+from kmervae.core.run_outputs import BEST_FILE
 
 MAX_RUNS = 1000
 
 
 def best_runs(experiment: str, sweep: str | None = None, metric: str = VAL_LOSS, top: int = 5) -> list[dict[str, Any]]:
-    """Runs with a checkpoint, best first by the best epoch's `metric` (`metric_mode` says which way is better)."""
+    """Runs with a checkpoint, best first by the best epoch's `metric` (`Objective` says which way is better)."""
     from mlflow.exceptions import MlflowException
 
     from kmervae.tracking.tracker import mlflow_client, tag_filter, tracking_uri
@@ -32,15 +32,14 @@ def best_runs(experiment: str, sweep: str | None = None, metric: str = VAL_LOSS,
         except MlflowException:
             raise InputError(f"--sweep {sweep}: no such MLflow run in {tracking_uri()}") from None
         query += " and " + tag_filter({"mlflow.parentRunId": sweep})
-    maximize = metric_mode(metric) == "max"
+    objective = Objective(metric)
     rows = []
     for run in client.search_runs([found.experiment_id], filter_string=query, max_results=MAX_RUNS):
         if metric not in run.data.metrics or "kmervae.role" in run.data.tags:  # sweep parents summarise children
             continue
-        history = [m for m in client.get_metric_history(run.info.run_id, metric) if math.isfinite(m.value)]
-        if not history:
+        best = objective.best_of(client.get_metric_history(run.info.run_id, metric), lambda m: m.value)
+        if best is None:
             continue
-        best = (max if maximize else min)(history, key=lambda m: m.value)
         rows.append(
             {
                 "run_id": run.info.run_id,
@@ -48,10 +47,10 @@ def best_runs(experiment: str, sweep: str | None = None, metric: str = VAL_LOSS,
                 metric: best.value,
                 "epoch": best.step,
                 "params": run.data.params,
-                "checkpoint": f"{run.info.artifact_uri}/checkpoints/best.pt",
+                "checkpoint": f"{run.info.artifact_uri}/checkpoints/{BEST_FILE}",
             }
         )
-    rows.sort(key=lambda r: r[metric], reverse=maximize)
+    rows.sort(key=lambda r: r[metric], reverse=objective.mode == "max")
     if not rows:
         raise InputError(f"no finished run in experiment '{experiment}' logged {metric}")
     return rows[:top]

@@ -19,7 +19,7 @@ from typing import Any
 
 from kmervae.core.bins import LEIDEN_RESOLUTION
 from kmervae.core.errors import ConfigError
-from kmervae.core.metric_keys import OBJECTIVES, VAL_LOSS, metric_mode
+from kmervae.core.metric_keys import OBJECTIVES, VAL_LOSS, Objective
 
 
 def check_field(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -671,9 +671,14 @@ class SweepConfig:
         check_field(bool(self.alias), "sweep.alias", self.alias, "expected a non-empty alias")
 
     @property
+    def objective(self) -> Objective:
+        """The sweep's objective: which epoch of a trial is its best, and which way is better."""
+        return Objective(self.metric)
+
+    @property
     def mode(self) -> str:
         """'min' or 'max': which way the objective is better."""
-        return metric_mode(self.metric)
+        return self.objective.mode
 
 
 def parse_value(raw: str) -> Any:

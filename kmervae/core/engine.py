@@ -10,7 +10,6 @@ Needs only torch, numpy and pyarrow.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -26,7 +25,7 @@ from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, near_complete_bins
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBatch, load_splits, use_resident
-from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, best_index, table
+from kmervae.core.epoch_table import EpochPrinter
 from kmervae.core.errors import ConfigError, KmervaeError, TrainingDiverged
 from kmervae.core.feature_table import dataset_files
 from kmervae.core.loss import contrastive_loss, split_depths, split_views, vae_loss
@@ -34,6 +33,7 @@ from kmervae.core.metric_keys import (
     BETA,
     DATA_WAIT_S,
     EPOCH,
+    LOWEST_VAL_LOSS,
     LR,
     SAMPLES_PER_S,
     TRAIN_LOSS,
@@ -45,6 +45,7 @@ from kmervae.core.metric_keys import (
     VAL_NC_BINS,
     VAL_VIEW_AGREEMENT,
     VALIDATION,
+    Objective,
 )
 from kmervae.core.metrics import (
     VIEW_CONTIGS,
@@ -56,6 +57,7 @@ from kmervae.core.metrics import (
     view_agreement,
 )
 from kmervae.core.model import N3, N4, N7, BranchedVAE
+from kmervae.core.run_outputs import RunOutputs
 from kmervae.core.storage import check_writable
 
 AllReduce = Callable[[Tensor], None]
@@ -462,10 +464,11 @@ def fit_local(
     out_dir: str | Path,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     on_epoch: EpochHook | None = None,
+    objective: Objective = LOWEST_VAL_LOSS,
 ) -> FitResult:
-    """Train in this process from a feature dataset; checkpoints, metrics.jsonl and the model's
-    description go to `out_dir`. `on_epoch` is called after each epoch is saved (MLflow logging
-    lives in the layer above: `kmervae.tracking.local_run`)."""
+    """Train in this process from a feature dataset; the run's outputs (`RunOutputs`: best.pt
+    by `objective`, last.pt, metrics, tables) go to `out_dir`. `on_epoch` is called after each
+    epoch is saved (MLflow logging lives in the layer above: `kmervae.tracking.run`)."""
     tc = config.train
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
@@ -475,11 +478,10 @@ def fit_local(
     model = BranchedVAE(config.model).to(device)
     optimizer = make_optimizer(model, tc, device)
     scheduler = make_scheduler(optimizer, tc)
-    out = Path(out_dir)
-    check_writable(out, CHECKPOINT_COPIES * checkpoint_bytes(config))
-    out.mkdir(parents=True, exist_ok=True)
-    result = FitResult(out, out / "best.pt", out / "last.pt")
-    result.artifacts = write_model_description(model, out, log) + [out / "metrics.jsonl"]
+    outputs = RunOutputs(Path(out_dir), objective)
+    check_writable(outputs.folder, CHECKPOINT_COPIES * checkpoint_bytes(config))
+    outputs.folder.mkdir(parents=True, exist_ok=True)
+    result = FitResult(outputs.folder, outputs.best_checkpoint, outputs.last_checkpoint)
     generator = torch.Generator().manual_seed(tc.seed)
     where = "streamed from host memory"
     if use_resident(tc.resident, device, train.batch.nbytes + val.batch.nbytes):
@@ -489,30 +491,25 @@ def fit_local(
         where = f"resident on {device} ({(train.batch.nbytes + val.batch.nbytes) / 2**20:,.0f} MiB)"
     lr = f"lr {tc.effective_lr:.2e}"
     log(f"training on {len(train):,} contigs, validating on {len(val):,}, device {device}, data {where}, {lr}")
-    best = math.inf
-    printer = EpochPrinter(tc.epochs)  # best by val/loss, as best.pt is chosen here
+    best = math.nan
+    printer = EpochPrinter(tc.epochs, objective)  # marks the epochs best.pt comes from
 
-    with open(out / "metrics.jsonl", "w") as metrics_log:
+    def save_and_log(epoch: int, metrics: dict[str, float], history: list[dict[str, float]]) -> None:
+        nonlocal best
+        state = (model, config, epoch, metrics, optimizer, scheduler, history)
+        save_checkpoint(result.last_checkpoint, *state)
+        if objective.improves(metrics.get(objective.metric, math.nan), best):
+            best = metrics[objective.metric]
+            save_checkpoint(result.best_checkpoint, *state)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics, history)
+        for line in printer.lines(epoch, metrics):
+            log(line)
 
-        def save_and_log(epoch: int, metrics: dict[str, float], history: list[dict[str, float]]) -> None:
-            nonlocal best
-            state = (model, config, epoch, metrics, optimizer, scheduler, history)
-            save_checkpoint(result.last_checkpoint, *state)
-            if metrics[VAL_LOSS] < best:
-                best = metrics[VAL_LOSS]
-                save_checkpoint(result.best_checkpoint, *state)
-            metrics_log.write(json.dumps(metrics) + "\n")
-            metrics_log.flush()
-            if on_epoch is not None:
-                on_epoch(epoch, metrics, history)
-            for line in printer.lines(epoch, metrics):
-                log(line)
-
-        data = InMemoryData(train, val, tc.batch_size, generator)
-        runnable = compile_model(model, tc, log)
-        result.history = run_epochs(runnable, data, config, optimizer, scheduler, device=device, on_epoch=save_and_log)
-    (out / EPOCHS_FILE).write_text(table(result.history, tc.epochs, best_index(result.history)))
-    result.artifacts.append(out / EPOCHS_FILE)
+    data = InMemoryData(train, val, tc.batch_size, generator)
+    runnable = compile_model(model, tc, log)
+    result.history = run_epochs(runnable, data, config, optimizer, scheduler, device=device, on_epoch=save_and_log)
+    result.artifacts = outputs.write(config, result.history, log)
     return result
 
 
@@ -562,24 +559,6 @@ def is_compile_failure(err: BaseException) -> bool:
     )
     inner = getattr(err, "inner_exception", None) or err.__cause__
     return isinstance(err, failures) and not isinstance(inner, torch.OutOfMemoryError)
-
-
-def best_epoch(history: list[dict[str, float]]) -> dict[str, float]:
-    """The epoch with the lowest (finite) val/loss."""
-    return min(history, key=lambda m: m[VAL_LOSS] if math.isfinite(m[VAL_LOSS]) else math.inf)
-
-
-def write_model_description(model: BranchedVAE, out: Path, log: Callable[[str], None]) -> list[Path]:
-    """The layer table (model.txt) and, where matplotlib exists, the diagram (model.png) of a run."""
-    from kmervae.core.describe import draw_diagram, format_table
-
-    table = out / "model.txt"
-    table.write_text(format_table(model) + "\n")
-    try:
-        return [table, draw_diagram(model.cfg, out / "model.png")]
-    except ImportError:  # bare GPU hosts have torch, numpy and pyarrow only
-        log("note: matplotlib is not installed; model.png not drawn (model.txt has the layer table)")
-        return [table]
 
 
 def compile_model(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) -> nn.Module:

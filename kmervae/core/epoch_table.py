@@ -33,6 +33,7 @@ from kmervae.core.metric_keys import (
     VAL_MSE_GC,
     VAL_NC_BINS,
     VAL_VALUE_MSE,
+    Objective,
 )
 
 COLUMNS = (
@@ -79,13 +80,14 @@ def row(epoch: int, epochs: int, metrics: dict[str, float], best: bool = False) 
     return label.ljust(EPOCH_WIDTH) + "".join(cells)
 
 
-def table(history: list[dict[str, float]], epochs: int, best_epoch: int | None) -> str:
-    """A whole run: header, a row per epoch, `*` on `best_epoch` (0-based), and a legend."""
+def table(history: list[dict[str, float]], epochs: int, objective: Objective) -> str:
+    """A whole run: header, a row per epoch, `*` on the best epoch by `objective`, and a legend."""
     if not history:
         return ""
+    best = objective.best_epoch(history)
     lines = [header(history[0])]
-    lines += [row(int(m[EPOCH]), epochs, m, best=int(m[EPOCH]) == best_epoch) for m in history]
-    lines.append(f"* the best epoch (its checkpoint is best.pt); {LEGEND}")
+    lines += [row(int(m[EPOCH]), epochs, m, best=m is best) for m in history]
+    lines.append(f"* the best epoch by {objective.metric} (its checkpoint is best.pt); {LEGEND}")
     return "\n".join(lines) + "\n"
 
 
@@ -95,21 +97,12 @@ LEGEND = (
 )
 
 
-def best_index(history: list[dict[str, float]], metric: str = VAL_LOSS, mode: str = "min") -> int | None:
-    """The epoch (its `epoch` value) with the best finite `metric`, or None."""
-    finite = [m for m in history if math.isfinite(m.get(metric, math.nan))]
-    if not finite:
-        return None
-    best = (max if mode == "max" else min)(finite, key=lambda m: m[metric])
-    return int(best[EPOCH])
-
-
 class EpochPrinter:
     """Prints a run's table as it trains: the header before the first row, `*` on each new best
-    by `metric` (`mode` 'min' or 'max', as the best checkpoint is chosen)."""
+    by the run's objective (as its best checkpoint is chosen)."""
 
-    def __init__(self, epochs: int, metric: str = VAL_LOSS, mode: str = "min"):
-        self.epochs, self.metric, self.mode = epochs, metric, mode
+    def __init__(self, epochs: int, objective: Objective):
+        self.epochs, self.objective = epochs, objective
         self.best = math.nan
         self.started = False
 
@@ -119,10 +112,8 @@ class EpochPrinter:
             self._improves(metrics)
 
     def _improves(self, metrics: dict[str, float]) -> bool:
-        value = metrics.get(self.metric, math.nan)
-        better = math.isfinite(value) and (
-            not math.isfinite(self.best) or (value > self.best if self.mode == "max" else value < self.best)
-        )
+        value = metrics.get(self.objective.metric, math.nan)
+        better = self.objective.improves(value, self.best)
         if better:
             self.best = value
         return better

@@ -9,6 +9,13 @@ when the data has labels, `BIN_KEYS` when binning is asked for (train.nc_bins; l
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
 VALIDATION = "val/"
 """Prefix of the metrics of the validation pass (`EpochMetrics.compute` keys its sums with it)."""
 
@@ -84,3 +91,38 @@ sweep ranking on it turns train.nc_bins on)."""
 def metric_mode(key: str) -> str:
     """'max' when higher is better for `key`, else 'min' (the one rule sweeps and `kmervae best` use)."""
     return "max" if key in MAXIMIZED else "min"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Which epoch of a run is its best: the one rule for best.pt, the `*` of the epoch table,
+    the checkpoint Ray keeps, a trial's score and the sweep's best trial. An epoch whose
+    value is missing or not finite is never best."""
+
+    metric: str = VAL_LOSS
+
+    @property
+    def mode(self) -> str:
+        return metric_mode(self.metric)
+
+    def improves(self, value: float, best: float) -> bool:
+        """Whether `value` beats `best` (NaN: nothing yet)."""
+        if not math.isfinite(value):
+            return False
+        return not math.isfinite(best) or (value > best if self.mode == "max" else value < best)
+
+    def best_of(self, items: Iterable[T], value: Callable[[T], float]) -> T | None:
+        """The item with the best `value` (the first of equals), or None when none is finite."""
+        best, found = math.nan, None
+        for item in items:
+            if self.improves(value(item), best):
+                best, found = value(item), item
+        return found
+
+    def best_epoch(self, history: Sequence[Mapping[str, float]]) -> Mapping[str, float] | None:
+        """The best epoch's metrics, or None when no epoch has a finite value."""
+        return self.best_of(history, lambda metrics: metrics.get(self.metric, math.nan))
+
+
+LOWEST_VAL_LOSS = Objective(VAL_LOSS)
+"""A training run's objective unless a sweep ranks on another metric (its best.pt)."""

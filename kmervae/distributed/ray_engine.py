@@ -27,27 +27,21 @@ import torch
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint, save_checkpoint
 from kmervae.core.config import RunConfig
 from kmervae.core.data import EpochData, InMemoryData, use_resident
-from kmervae.core.engine import (
-    Collective,
-    check_labels_for,
-    make_optimizer,
-    make_scheduler,
-    run_epochs,
-    write_model_description,
-)
-from kmervae.core.epoch_table import EPOCHS_FILE, EpochPrinter, best_index, table
+from kmervae.core.engine import Collective, check_labels_for, make_optimizer, make_scheduler, run_epochs
+from kmervae.core.epoch_table import EpochPrinter
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import dataset_files
-from kmervae.core.metric_keys import EPOCH, VAL_LOSS, metric_mode
+from kmervae.core.metric_keys import EPOCH, LOWEST_VAL_LOSS, Objective
 from kmervae.core.model import BranchedVAE
 from kmervae.core.quiet import logger_level
 from kmervae.core.redact import redact
+from kmervae.core.run_outputs import RunOutputs
 from kmervae.core.storage import check_writable, is_uri, local_outputs
 from kmervae.core.storage import normalize as normalize_storage
 from kmervae.distributed.console import RELAY_MARK, quiet_console
 from kmervae.distributed.ray_data import StreamedShards, gather_shard
+from kmervae.tracking.run import record_outputs, run_params, run_tags
 from kmervae.tracking.tracker import (
-    OUTBOX_FILE,
     Outbox,
     check_reachable,
     closes_on_error,
@@ -74,6 +68,24 @@ class ResourcePlan:
     def describe(self) -> str:
         gpu = f", {self.gpus_per_worker:g} GPU" if self.gpus_per_worker else ""
         return f"{self.workers} worker(s) x ({self.cpus_per_worker:g} CPU{gpu})"
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What every Ray Train worker of one run needs, sent to it as this object (picklable):
+    the run's config, whether the data has labels, the CPUs each worker was given, the
+    decoded size of the data (for the GPU-resident decision) and the objective that marks
+    the best epochs (the epoch table's `*`, the checkpoint Ray keeps)."""
+
+    config: RunConfig
+    labeled: bool
+    cpus_per_worker: float
+    data_bytes: int
+    objective: Objective = LOWEST_VAL_LOSS
+
+
+PLAN_KEY = "plan"
+"""The one key of `train_loop_config`: the run's `WorkerPlan`."""
 
 
 def plan_resources(
@@ -121,13 +133,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    config = RunConfig.from_dict(loop_config["run"])
-    tc = config.train
+    plan: WorkerPlan = loop_config[PLAN_KEY]
+    config, tc = plan.config, plan.config.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))  # the CPUs this worker was given
+        torch.set_num_threads(max(1, int(plan.cpus_per_worker)))  # the CPUs this worker was given
     torch.manual_seed(tc.seed)
     model = BranchedVAE(config.model)
     resumed = None
@@ -141,9 +153,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if resumed is not None:
         optimizer.load_state_dict(resumed.optimizer_state)
         scheduler.load_state_dict(resumed.scheduler_state)
-    data = worker_data(loop_config, tc, device, rank, world)
-    best_by = loop_config.get("best_by", VAL_LOSS)
-    printer = EpochPrinter(tc.epochs, best_by, metric_mode(best_by))  # marks the epochs best.pt may come from
+    data = worker_data(plan, device, rank, world)
+    printer = EpochPrinter(tc.epochs, plan.objective)  # marks the epochs best.pt may come from
     if resumed is not None:
         printer.prime(resumed.history)
 
@@ -174,18 +185,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
 
 
-def worker_data(loop_config: dict[str, Any], tc, device: torch.device, rank: int, world: int) -> EpochData:
+def worker_data(plan: WorkerPlan, device: torch.device, rank: int, world: int) -> EpochData:
     """This worker's data: read once onto the device (GPU-resident mode, when it fits) or streamed."""
     import ray.train
 
+    tc = plan.config.train
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    if use_resident(tc.resident, device, loop_config["data_bytes"] // world):
+    if use_resident(tc.resident, device, plan.data_bytes // world):
         train, val = gather_shard(train_shard, device), gather_shard(val_shard, device, bucket=(rank, world))
         if rank == 0:
             sys.stdout.write(f"data resident on {device}: {len(train):,} training contigs per worker\n")
         generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
         return InMemoryData(train, val, tc.batch_size, generator, drop_last=True)  # equal steps on every rank
-    return StreamedShards(train_shard, val_shard, tc.batch_size, device, rank, world, tc.seed, loop_config["labeled"])
+    return StreamedShards(train_shard, val_shard, tc.batch_size, device, rank, world, tc.seed, plan.labeled)
 
 
 class DDPCollective(Collective):
@@ -275,6 +287,7 @@ def fit_ray(
     data_mode: str = "auto",
     log: Callable[[str], None] | None = None,
     verbose: bool = False,
+    preset: str | None = None,
 ) -> RayFitResult:
     """Train with Ray Train; resumes when `name` already has checkpoints in `storage`.
 
@@ -308,26 +321,17 @@ def fit_ray(
         check_labels_for(config, bool(labels))
         tracker = None
         if experiment:
-            tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config)
+            tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config, data_path, preset)
         log(
             f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, "
             f"storage {redact(storage)}"
         )
         train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
-        trainer = build_trainer(
-            config,
-            plan,
-            train_ds,
-            val_ds,
-            bool(labels),
-            name,
-            storage,
-            tracker,
-            data_bytes=decoded_bytes(files, config.data),
-        )
+        worker_plan = WorkerPlan(config, bool(labels), plan.cpus_per_worker, decoded_bytes(files, config.data))
+        trainer = build_trainer(worker_plan, plan, train_ds, val_ds, name, storage, tracker)
         with closes_on_error(tracker):
             result = trainer.fit()
-        best, last, history = export_results(result, config, out, tracker, log)
+        best, last, history = export_results(result, config, RunOutputs(out), tracker, log)
     return RayFitResult(
         name,
         str(result.path),
@@ -340,34 +344,24 @@ def fit_ray(
 
 
 def build_trainer(
-    config: RunConfig,
+    worker_plan: WorkerPlan,
     plan: ResourcePlan,
     train_ds,
     val_ds,
-    labeled: bool,
     name: str,
     storage: str,
     tracker,
     callbacks=(),
-    data_bytes: int = 0,
-    best_by: str = VAL_LOSS,
 ):
-    """The Ray Train TorchTrainer of one training run (also one Tune trial of a sweep).
-
-    `data_bytes`: the decoded size of the data it trains on (for the GPU-resident decision);
-    `best_by`: the metric whose best checkpoint Ray keeps (a sweep's objective)."""
+    """The Ray Train TorchTrainer of one training run (also one Tune trial of a sweep): every
+    worker gets `worker_plan`; Ray keeps the latest checkpoint and the best by its objective."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    objective = worker_plan.objective
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "run": config.to_dict(),
-            "labeled": labeled,
-            "cpus_per_worker": plan.cpus_per_worker,
-            "data_bytes": int(data_bytes),
-            "best_by": best_by,
-        },
+        train_loop_config={PLAN_KEY: worker_plan},
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers,
             use_gpu=plan.gpus_per_worker > 0,
@@ -380,8 +374,8 @@ def build_trainer(
             name=name,
             storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=best_by, checkpoint_score_order=metric_mode(best_by)
-            ),  # keeps the best by `best_by`; Ray always keeps the latest too
+                num_to_keep=1, checkpoint_score_attribute=objective.metric, checkpoint_score_order=objective.mode
+            ),
             failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
             callbacks=[
                 *callbacks,
@@ -394,32 +388,19 @@ def build_trainer(
 
 
 def export_results(
-    result, config: RunConfig, out: Path, tracker, log: Callable[[str], None], best_by: str = VAL_LOSS
+    result, config: RunConfig, outputs: RunOutputs, tracker, log: Callable[[str], None]
 ) -> tuple[Path, Path, list[dict[str, float]]]:
-    """Copy the best (by `best_by`) and last checkpoints to `out`, draw the curves, log everything to MLflow."""
-    out.mkdir(parents=True, exist_ok=True)
-    best_ckpt = result.get_best_checkpoint(best_by, metric_mode(best_by)) or result.checkpoint
-    best = _copy_checkpoint(best_ckpt, out / "best.pt")
-    last = _copy_checkpoint(result.checkpoint, out / "last.pt")
+    """Copy the best (by the outputs' objective) and last checkpoints of a Ray Train result
+    into `outputs`, write its other outputs, and close its MLflow run with them."""
+    objective = outputs.objective
+    outputs.folder.mkdir(parents=True, exist_ok=True)
+    best_ckpt = result.get_best_checkpoint(objective.metric, objective.mode) or result.checkpoint
+    best = _copy_checkpoint(best_ckpt, outputs.best_checkpoint)
+    last = _copy_checkpoint(result.checkpoint, outputs.last_checkpoint)
     history = load_checkpoint(last).history
-    artifacts = write_model_description(BranchedVAE(config.model), out, log)
-    (out / EPOCHS_FILE).write_text(
-        table(history, config.train.epochs, best_index(history, best_by, metric_mode(best_by)))
-    )
-    artifacts.append(out / EPOCHS_FILE)
-    try:
-        from kmervae.core.plots import plot_training_curves
-
-        artifacts.append(plot_training_curves(history, out / "curves.png"))
-    except ImportError:
-        log("note: matplotlib is not installed; curves.png not drawn")
+    artifacts = outputs.write(config, history, log)
     if tracker is not None:
-        tracker.sync_history(history)  # epochs the worker could not log (tracking outage, killed worker)
-        for path in artifacts:
-            tracker.log_artifact(path)
-        tracker.log_artifact(best, "checkpoints")
-        tracker.log_artifact(last, "checkpoints")
-        tracker.finish(fallback=out / OUTBOX_FILE, log=log)
+        record_outputs(tracker, outputs, artifacts, history, log)
     return best, last, history
 
 
@@ -448,15 +429,14 @@ def init_ray(address: str | None) -> None:
         raise ConfigError(f"cannot connect to the Ray cluster at {address}: {err}; start it or fix --address") from None
 
 
-def _mlflow_run(experiment: str, name: str, storage: str, mlflow_dir, config: RunConfig):
+def _mlflow_run(experiment: str, name: str, storage: str, mlflow_dir, config: RunConfig, data_path, preset: str | None):
     """The MLflow run of this training run: the same run again when resuming by name."""
     from kmervae.tracking.tracker import Tracker, tracking_uri
 
-    uri = tracking_uri(mlflow_dir)
-    tags = {"kmervae.run_name": name, "kmervae.storage": str(storage), "engine": "ray", **config.run_tags()}
-    tracker = Tracker(experiment, name, uri=uri, tags=tags, resume=True)
+    tags = run_tags("ray", name, config, preset, **{"kmervae.storage": str(storage)})
+    tracker = Tracker(experiment, name, uri=tracking_uri(mlflow_dir), tags=tags, resume=True)
     if not tracker.resumed:
-        tracker.log_params(config.to_dict())
+        tracker.log_params(run_params(config, data_path))
     return tracker
 
 

@@ -25,6 +25,7 @@ from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import DatasetFiles, dataset_files
 from kmervae.core.metric_keys import BIN_KEYS, LABELED_KEYS, VAL_LINK_AGREEMENT, VAL_LOSS
 from kmervae.core.redact import redact
+from kmervae.core.run_outputs import RunOutputs
 from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
 from kmervae.distributed.failures import root_cause
 from kmervae.distributed.sweep_report import (
@@ -129,8 +130,8 @@ def git_commit() -> str:
 def run_trial(
     tune_config: dict[str, Any],
     *,
-    base: dict,
-    sweep: dict,
+    base: RunConfig,
+    sweep: SweepConfig,
     labeled: bool,
     plan,
     train_ds,
@@ -144,30 +145,18 @@ def run_trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from kmervae.distributed.ray_engine import build_trainer
+    from kmervae.distributed.ray_engine import WorkerPlan, build_trainer
 
-    config = RunConfig.from_dict(
-        overrides_to_dict(config_overrides({**extra, **tune_config})), base=RunConfig.from_dict(base)
-    )
-    context = ray.tune.get_context()
-    trial_id = context.get_trial_id()
-    sweep_cfg = SweepConfig(**sweep)
-    storage = join(sweep_cfg.storage, sweep_cfg.name, "trials")
+    config = RunConfig.from_dict(overrides_to_dict(config_overrides({**extra, **tune_config})), base=base)
+    trial_id = ray.tune.get_context().get_trial_id()
+    storage = join(sweep.storage, sweep.name, "trials")
     tracker = None
     if mlflow_uri:  # with the tracking server down, the run is made later (the driver backfills it)
-        tracker = _trial_run(sweep_cfg, trial_id, mlflow_uri, parent_run_id, config, tune_config)
+        tracker = _trial_run(sweep, trial_id, mlflow_uri, parent_run_id, config, tune_config)
+    # A trial's best checkpoint is its best epoch by the sweep's objective.
+    worker_plan = WorkerPlan(config, labeled, plan.cpus_per_worker, data_bytes, sweep.objective)
     trainer = build_trainer(
-        config,
-        plan,
-        train_ds,
-        val_ds,
-        labeled,
-        f"trial-{trial_id}",
-        storage,
-        tracker,
-        callbacks=[TuneReportCallback()],
-        data_bytes=data_bytes,
-        best_by=sweep_cfg.metric,  # a trial's best checkpoint is its best epoch by the sweep's objective
+        worker_plan, plan, train_ds, val_ds, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()]
     )
     try:
         trainer.fit()
@@ -182,9 +171,11 @@ def run_trial(
 
 def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, config: RunConfig, sampled: dict):
     """A trial's MLflow child run: found again by its tags (resume, driver export) or created."""
+    from kmervae.tracking.run import run_tags
     from kmervae.tracking.tracker import Tracker
 
-    tags = {"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id), "engine": "ray", **config.run_tags()}
+    name = f"{sweep.name}-{trial_id}"
+    tags = run_tags("ray", name, config, **{"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id)})
     tracker = Tracker(
         sweep.experiment,
         f"{sweep.name}-{trial_id}",
@@ -292,8 +283,8 @@ def run_sweep(
         trainable = tune.with_resources(
             tune.with_parameters(
                 run_trial,
-                base=base.to_dict(),
-                sweep=asdict(sweep),
+                base=base,
+                sweep=sweep,
                 labeled=bool(labels),
                 plan=plan,
                 train_ds=train_ds,
@@ -306,8 +297,7 @@ def run_sweep(
             {"cpu": TRIAL_CPUS},
         )
         view = SweepView(
-            metric=sweep.metric,
-            mode=sweep.mode,
+            objective=sweep.objective,
             total=sweep.num_samples,
             max_epochs=base.train.epochs,
             log_path=None if verbose else log_path,
@@ -465,20 +455,20 @@ def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, outputs: Pa
         return
     config = checkpoint.config
     row.epochs = len(checkpoint.history)
-    values = [m[sweep.metric] for m in checkpoint.history if math.isfinite(m.get(sweep.metric, math.nan))]
-    if values:  # a trial is as good as its best epoch (its best checkpoint), not its last report
-        row.best = min(values) if sweep.mode == "min" else max(values)
+    best = sweep.objective.best_epoch(checkpoint.history)
+    if best is not None:  # a trial is as good as its best epoch (its best checkpoint), not its last report
+        row.best = best[sweep.metric]
     if tracker is not None:
         stopped = len(checkpoint.history) < config.train.epochs  # ASHA ended it before its last epoch
         tracker.set_tag("kmervae.stopped_early", str(stopped).lower())
     quiet = lambda line: log(line) if line.startswith("warning") else None  # noqa: E731
-    export_results(result, config, out, tracker, log=quiet, best_by=sweep.metric)
+    export_results(result, config, RunOutputs(out, sweep.objective), tracker, log=quiet)
 
 
 def _pick_best(result: SweepResult, sweep: SweepConfig, outputs: Path) -> None:
     """The trial whose best epoch is best, and that epoch's checkpoint."""
     ok = [r for r in result.trials if r.status == "OK" and r.best is not None]
     if ok:
-        result.best_trial = (min if sweep.mode == "min" else max)(ok, key=lambda r: r.best)
-        candidate = trial_outputs(outputs, result.best_trial.trial_id) / "best.pt"
+        result.best_trial = sweep.objective.best_of(ok, lambda row: row.best)
+        candidate = RunOutputs(trial_outputs(outputs, result.best_trial.trial_id)).best_checkpoint
         result.best_checkpoint = candidate if candidate.exists() else None

@@ -17,6 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from kmervae.core.metric_keys import Objective
 from kmervae.distributed import console
 from kmervae.distributed.failures import root_cause_of_text
 from kmervae.distributed.sweep_report import short_value
@@ -47,10 +48,9 @@ class SweepView(Callback):
     module's docstring). Defined at module level: Tune pickles it with the sweep's state,
     by reference, so a resumed sweep's copy writes to the new console."""
 
-    def __init__(self, *, metric: str, mode: str, total: int, max_epochs: int, log_path: Path | None):
-        self.metric, self.mode, self.total, self.max_epochs, self.log_path = (
-            metric, mode, total, max_epochs, log_path
-        )  # fmt: skip
+    def __init__(self, *, objective: Objective, total: int, max_epochs: int, log_path: Path | None):
+        self.objective, self.metric = objective, objective.metric
+        self.total, self.max_epochs, self.log_path = total, max_epochs, log_path
 
     def setup(self, **info):  # at the start of a sweep, and again when it is resumed
         self.live = console.current().isatty()
@@ -61,14 +61,8 @@ class SweepView(Callback):
         self.ended = {"finished": 0, "stopped": 0, "failed": 0}
         self.running: set[str] = set()
 
-    def _better(self, a: float, b: float) -> bool:
-        return a > b if self.mode == "max" else a < b
-
     def _leader(self) -> tuple[str, float] | None:
-        scored = [(t, v) for t, v in self.best.items() if math.isfinite(v)]
-        if not scored:
-            return None
-        return max(scored, key=lambda tv: tv[1] if self.mode == "max" else -tv[1])
+        return self.objective.best_of(self.best.items(), lambda trial_and_value: trial_and_value[1])
 
     def _status(self) -> str:
         done = sum(self.ended.values())
@@ -99,7 +93,7 @@ class SweepView(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric, math.nan)
         old = self.best.get(trial.trial_id, math.nan)
-        if math.isfinite(value) and (not math.isfinite(old) or self._better(value, old)):
+        if self.objective.improves(value, old):
             self.best[trial.trial_id] = value
         self.epochs[trial.trial_id] = int(result.get("training_iteration", 0))
         self._redraw()
