@@ -365,6 +365,39 @@ EpochHook = Callable[[int, dict[str, float], list[dict[str, float]]], None]
 (save checkpoints and log locally; report to Ray Train on a worker)."""
 
 
+def embedding_scores(val: Validation, config: RunConfig, labeled: bool, collective: Collective) -> dict[str, float]:
+    """The epoch's scores of the validation embeddings, gathered from every rank: agreement of
+    two views and of must-linked contigs, and with labels kNN accuracy, k-means ARI and (with
+    train.nc_bins) the near-complete bins of kmervae bin's clusterer."""
+    tc = config.train
+    views, mu, codes, links, lengths = collective.gather(
+        val.views if val.views is not None else torch.zeros(0, 2, 0),
+        val.mu if val.mu is not None else torch.zeros(0, 0),
+        val.codes if val.codes is not None else torch.zeros(0, dtype=torch.int32),
+        val.links if val.links is not None else torch.zeros(0, 2, dtype=torch.int64),
+        val.lengths if val.lengths is not None else torch.zeros(0, dtype=torch.int64),
+    )
+    scores = {
+        VAL_VIEW_AGREEMENT: view_agreement(views[:, 0], views[:, 1]) if len(views) else math.nan,
+        VAL_LINK_AGREEMENT: link_agreement(mu, links) if len(links) == len(mu) > 0 else math.nan,
+    }
+    if labeled:
+        labels = [int(c) if c >= 0 else None for c in codes]
+        scores[VAL_KNN_ACC] = knn_accuracy(mu, labels)
+        scores[VAL_KMEANS_ARI] = kmeans_ari(mu, labels, seed=tc.seed)
+        if tc.nc_bins:
+            whole = config.data.whole_assembly  # bins of kmervae bin's size
+            scores[VAL_NC_BINS] = near_complete_bins(
+                mu.numpy(),
+                labels,
+                lengths.numpy(),
+                seed=tc.seed,
+                min_bin_size=DEFAULT_MIN_BIN_SIZE if whole else 0,
+                resolution=tc.bin_resolution,
+            )
+    return scores
+
+
 def run_epochs(
     model: nn.Module,
     data: EpochData,
@@ -416,30 +449,7 @@ def run_epochs(
             keep_embeddings=True,
             view_contigs=VIEW_CONTIGS,
         )
-        val_metrics = val.metrics
-        views, mu, codes, links, lengths = collective.gather(
-            val.views if val.views is not None else torch.zeros(0, 2, 0),
-            val.mu if val.mu is not None else torch.zeros(0, 0),
-            val.codes if val.codes is not None else torch.zeros(0, dtype=torch.int32),
-            val.links if val.links is not None else torch.zeros(0, 2, dtype=torch.int64),
-            val.lengths if val.lengths is not None else torch.zeros(0, dtype=torch.int64),
-        )
-        val_metrics[VAL_VIEW_AGREEMENT] = view_agreement(views[:, 0], views[:, 1]) if len(views) else math.nan
-        val_metrics[VAL_LINK_AGREEMENT] = link_agreement(mu, links) if len(links) == len(mu) > 0 else math.nan
-        if data.labeled:
-            labels = [int(c) if c >= 0 else None for c in codes]
-            val_metrics[VAL_KNN_ACC] = knn_accuracy(mu, labels)
-            val_metrics[VAL_KMEANS_ARI] = kmeans_ari(mu, labels, seed=tc.seed)
-            if tc.nc_bins:
-                whole = config.data.whole_assembly  # bins of kmervae bin's size
-                val_metrics[VAL_NC_BINS] = near_complete_bins(
-                    mu.numpy(),
-                    labels,
-                    lengths.numpy(),
-                    seed=tc.seed,
-                    min_bin_size=DEFAULT_MIN_BIN_SIZE if whole else 0,
-                    resolution=tc.bin_resolution,
-                )
+        val_metrics = {**val.metrics, **embedding_scores(val, config, data.labeled, collective)}
         scheduler.step(val_metrics[VAL_LOSS])
         metrics = {**train_metrics, **val_metrics, LR: optimizer.param_groups[0]["lr"], EPOCH: epoch, BETA: beta}
         history.append(metrics)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import subprocess
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import DatasetFiles, dataset_files
 from kmervae.core.metric_keys import BIN_KEYS, LABELED_KEYS, VAL_LINK_AGREEMENT, VAL_LOSS
+from kmervae.core.quiet import logger_level
 from kmervae.core.redact import redact
 from kmervae.core.run_outputs import RunOutputs
 from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
@@ -88,21 +90,21 @@ def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -
             f"the search space {getattr(space, '__qualname__', space)!r} cannot be pickled: define it at module level "
             "(Tune saves it with the sweep's state)"
         ) from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    varied: set[str] = set()
-    for _ in range(samples):
-        trial = study.ask()
-        try:
-            returned = space(trial)
-        except Exception as err:  # the space is user code: say which and why
-            raise ConfigError(f"the search space cannot be sampled: {type(err).__name__}: {err}") from None
-        params = dict(trial.params)
-        params.update(returned or {})
-        config = RunConfig.from_dict(overrides_to_dict(config_overrides(params)), base=base)
-        config.for_data(("",) * base.model.abundance_samples)  # an abundance branch needs features with depths
-        varied.update(config_overrides(params))
-        study.tell(trial, 0.0)
+    with logger_level("optuna", logging.WARNING):  # a study per call: its INFO lines say nothing here
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        varied: set[str] = set()
+        for _ in range(samples):
+            trial = study.ask()
+            try:
+                returned = space(trial)
+            except Exception as err:  # the space is user code: say which and why
+                raise ConfigError(f"the search space cannot be sampled: {type(err).__name__}: {err}") from None
+            params = dict(trial.params)
+            params.update(returned or {})
+            config = RunConfig.from_dict(overrides_to_dict(config_overrides(params)), base=base)
+            config.for_data(("",) * base.model.abundance_samples)  # an abundance branch needs features with depths
+            varied.update(config_overrides(params))
+            study.tell(trial, 0.0)
     return varied
 
 
@@ -209,68 +211,30 @@ def run_sweep(
     What Ray, Tune and the trials print goes to `sweep.log` in the sweep's local outputs
     (`verbose`: to this process's stdout and stderr, as Ray prints it); the console gets the
     header, the live view of `sweep_view` and `log`'s lines (default: to the console)."""
+    from ray import tune
+
+    from kmervae.distributed.console import quiet_console
+    from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary
+    from kmervae.distributed.ray_engine import init_ray
+    from kmervae.distributed.sweep_view import LOG_NAME, SweepView
+
     files = dataset_files(data_path)
     base = base.for_data(files.format.samples)  # trials read the abundance column when their model has a branch
     check_objective(sweep.metric, check_space(space, base, sweep.seed))
     if sweep.metric in BIN_KEYS:  # computed only when asked for: every trial bins its validation contigs
         base = base.with_overrides(["train.nc_bins=true"])
-    storage = normalize(sweep.storage)  # a local folder or s3://... shared by every node
-    sweep = SweepConfig(**{**asdict(sweep), "storage": storage})
-    import optuna
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    from kmervae.distributed.console import quiet_console
-    from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary, validation_must_links
-    from kmervae.distributed.ray_engine import init_ray, plan_resources
-    from kmervae.distributed.sweep_view import LOG_NAME, SweepView
-
+    sweep = SweepConfig(**{**asdict(sweep), "storage": normalize(sweep.storage)})  # a folder or s3://...
     labels = label_vocabulary(files)
-    if sweep.metric in LABELED_KEYS + BIN_KEYS and not labels:
-        raise ConfigError(
-            f"--metric {sweep.metric} needs labels, and {data_path} has none; featurize with labels or use val/loss"
-        )
-    if sweep.metric == VAL_LINK_AGREEMENT and not validation_must_links(files, base.data, labels):
-        raise ConfigError(
-            f"--metric val/link_agreement needs validation contigs cut from one record (ids RECORD:START-END), "
-            f"and {data_path} has none; featurize with --fragment-length or rank on another metric"
-        )
-    sweep_dir = join(storage, sweep.name)
-    outputs = local_outputs(storage, sweep.name)
-    if resume and not exists(sweep_dir):
-        raise ConfigError(f"--resume: no sweep '{sweep.name}' in {storage}; run it without --resume first")
-    if not resume and exists(sweep_dir):
-        raise ConfigError(
-            f"a sweep '{sweep.name}' exists in {storage}; pass --resume to continue it or choose another --name"
-        )
-    # Every trial keeps its best and latest checkpoints in storage (plus one being written)
-    # and exports best.pt and last.pt to the outputs: the whole sweep's worth must fit.
-    size = checkpoint_bytes(base)
-    in_storage, in_outputs = size * (2 * sweep.num_samples + 1), size * 2 * sweep.num_samples
-    if is_uri(storage):
-        check_writable(storage)
-        check_writable(outputs, in_outputs)
-    else:
-        check_writable(storage, in_storage + in_outputs)  # the outputs live inside local storage
+    sweep_dir, outputs = join(sweep.storage, sweep.name), local_outputs(sweep.storage, sweep.name)
+    _check_before_ray(files, data_path, base, sweep, labels, resume, outputs)
     if use_mlflow:
         check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
     log_path = outputs / LOG_NAME
     with quiet_console(log_path, verbose) as console:
         log = log or (lambda line: print(line, file=console, flush=True))
         init_ray(address)
-        available = ray.available_resources()
-        workers = sweep.workers_per_trial
-        gpus_per_worker = None if sweep.gpus_per_trial is None else sweep.gpus_per_trial / workers
-        use_cpu = sweep.gpus_per_trial == 0
-        concurrent = sweep.max_concurrent or _max_concurrent(
-            available, workers, gpus_per_worker, use_cpu, sweep.num_samples
-        )
-        plan = plan_resources(available, workers, gpus_per_worker, use_cpu, trials=concurrent, trial_cpus=TRIAL_CPUS)
-        tracker = None
-        if use_mlflow:
-            tracker = _parent_run(sweep, files, data_path, base, mlflow_dir, space)
+        plan, concurrent = _trial_resources(sweep)
+        tracker = _parent_run(sweep, files, data_path, base, mlflow_dir, space) if use_mlflow else None
         log(
             f"sweep {sweep.name}: {sweep.num_samples} trial(s) of at most {base.train.epochs} epoch(s), ranked on "
             f"{sweep.metric}; {concurrent} at a time, each {plan.describe()}"
@@ -302,51 +266,120 @@ def run_sweep(
             max_epochs=base.train.epochs,
             log_path=None if verbose else log_path,
         )
-        tune_dir = join(sweep_dir, "tune")
-        if resume and tune.Tuner.can_restore(tune_dir):
-            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
-        else:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            searcher = OptunaSearch(
-                space=space, metric=sweep.metric, mode=sweep.mode, sampler=optuna.samplers.TPESampler(seed=sweep.seed)
-            )
-            scheduler = ASHAScheduler(
-                time_attr="training_iteration",
-                max_t=base.train.epochs,
-                grace_period=min(sweep.grace_period, base.train.epochs),
-                reduction_factor=sweep.reduction_factor,
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    metric=sweep.metric,
-                    mode=sweep.mode,
-                    search_alg=searcher,
-                    scheduler=scheduler,
-                    num_samples=sweep.num_samples,
-                    max_concurrent_trials=concurrent,
-                ),
-                run_config=tune.RunConfig(
-                    name="tune",
-                    storage_path=sweep_dir,
-                    failure_config=tune.FailureConfig(max_failures=0),
-                    verbose=0,
-                    callbacks=[view],
-                ),
-            )
-        with closes_on_error(tracker):
+        tuner = _tuner(trainable, view, space, sweep, base, concurrent, resume)
+        with closes_on_error(tracker), logger_level("optuna", logging.WARNING):
             grid = tuner.fit()
-        result = _summarize(grid, sweep, sweep_dir, outputs)
-        result.space = space
-        if tracker is not None:
-            _drop_lost_trials_if_reachable(tracker, sweep, {row.trial_id for row in result.trials}, log)
-        for row in result.trials:
-            _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
-        _pick_best(result, sweep, outputs)
-        if tracker is not None:
-            result.parent_run_id, result.mlflow_uri = tracker.run_id, tracker.uri
-            result.registered = report_to_parent(tracker, result, sweep, grid, log)
-        return result
+        return _collect(grid, space, sweep, outputs, tracker, log)
+
+
+def _check_before_ray(
+    files: DatasetFiles, data_path, base: RunConfig, sweep: SweepConfig, labels: list[str], resume: bool, outputs: Path
+) -> None:
+    """Refuse, before Ray starts, a sweep that cannot run: an objective the data cannot score,
+    a --resume of nothing or a new sweep over an old one, storage without room for every
+    trial's checkpoints."""
+    from kmervae.distributed.ray_data import validation_must_links
+
+    if sweep.metric in LABELED_KEYS + BIN_KEYS and not labels:
+        raise ConfigError(
+            f"--metric {sweep.metric} needs labels, and {data_path} has none; featurize with labels or use val/loss"
+        )
+    if sweep.metric == VAL_LINK_AGREEMENT and not validation_must_links(files, base.data, labels):
+        raise ConfigError(
+            f"--metric val/link_agreement needs validation contigs cut from one record (ids RECORD:START-END), "
+            f"and {data_path} has none; featurize with --fragment-length or rank on another metric"
+        )
+    storage, sweep_dir = sweep.storage, join(sweep.storage, sweep.name)
+    if resume and not exists(sweep_dir):
+        raise ConfigError(f"--resume: no sweep '{sweep.name}' in {storage}; run it without --resume first")
+    if not resume and exists(sweep_dir):
+        raise ConfigError(
+            f"a sweep '{sweep.name}' exists in {storage}; pass --resume to continue it or choose another --name"
+        )
+    # Every trial keeps its best and latest checkpoints in storage (plus one being written)
+    # and exports best.pt and last.pt to the outputs: the whole sweep's worth must fit.
+    size = checkpoint_bytes(base)
+    in_storage, in_outputs = size * (2 * sweep.num_samples + 1), size * 2 * sweep.num_samples
+    if is_uri(storage):
+        check_writable(storage)
+        check_writable(outputs, in_outputs)
+    else:
+        check_writable(storage, in_storage + in_outputs)  # the outputs live inside local storage
+
+
+def _trial_resources(sweep: SweepConfig):
+    """(each trial's ResourcePlan, trials at once) on the connected cluster."""
+    import ray
+
+    from kmervae.distributed.ray_engine import plan_resources
+
+    available = ray.available_resources()
+    workers = sweep.workers_per_trial
+    gpus_per_worker = None if sweep.gpus_per_trial is None else sweep.gpus_per_trial / workers
+    use_cpu = sweep.gpus_per_trial == 0
+    concurrent = sweep.max_concurrent or _max_concurrent(
+        available, workers, gpus_per_worker, use_cpu, sweep.num_samples
+    )
+    plan = plan_resources(available, workers, gpus_per_worker, use_cpu, trials=concurrent, trial_cpus=TRIAL_CPUS)
+    return plan, concurrent
+
+
+def _tuner(trainable, view, space: SpaceFn, sweep: SweepConfig, base: RunConfig, concurrent: int, resume: bool):
+    """The Tune run of the sweep: restored from its storage with `resume`, else new: Optuna's
+    TPE proposes, ASHA stops weak trials early, `view` reports to the console."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    tune_dir = join(sweep.storage, sweep.name, "tune")
+    if resume and tune.Tuner.can_restore(tune_dir):
+        return tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    objective = sweep.objective
+    searcher = OptunaSearch(
+        space=space, metric=objective.metric, mode=objective.mode, sampler=optuna.samplers.TPESampler(seed=sweep.seed)
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=base.train.epochs,
+        grace_period=min(sweep.grace_period, base.train.epochs),
+        reduction_factor=sweep.reduction_factor,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=objective.metric,
+            mode=objective.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=join(sweep.storage, sweep.name),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+            callbacks=[view],
+        ),
+    )
+
+
+def _collect(grid, space: SpaceFn, sweep: SweepConfig, outputs: Path, tracker, log) -> SweepResult:
+    """The sweep's result: every trial summarised and exported (outputs, MLflow child run),
+    the best picked, the parent run's report and the registered model."""
+    sweep_dir = join(sweep.storage, sweep.name)
+    result = _summarize(grid, sweep, sweep_dir, outputs)
+    result.space = space
+    if tracker is not None:
+        _drop_lost_trials_if_reachable(tracker, sweep, {row.trial_id for row in result.trials}, log)
+    for row in result.trials:
+        _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
+    _pick_best(result, sweep, outputs)
+    if tracker is not None:
+        result.parent_run_id, result.mlflow_uri = tracker.run_id, tracker.uri
+        result.registered = report_to_parent(tracker, result, sweep, grid, log)
+    return result
 
 
 def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunConfig, mlflow_dir, space: SpaceFn):
