@@ -16,6 +16,7 @@ from kmervae import __version__
 from kmervae.core.errors import KmervaeError
 from kmervae.core.metric_keys import VAL_LOSS
 from kmervae.core.redact import redact
+from kmervae.distributed.flags import add_cluster_flags, add_settings_flags, add_tracking_flags
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -196,22 +197,10 @@ def _cmd_abundance(args: argparse.Namespace) -> int:
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--preset",
-        default="final",
-        help="preset (architecture and loss settings): final (the seed's), recommended (the best measured on "
-        "genomes never seen, bench/RESULTS.md), metagenome (for binning an assembly with read depths: "
-        "featurize with --abundance), outline or tiny",
+    add_settings_flags(
+        p, "final", "override one setting, e.g. --set model.latent_dim=64 --set train.lr=3e-4 (repeatable)"
     )
     p.add_argument("--config", type=Path, metavar="YAML", help="YAML file with model/loss/train/data sections")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set model.latent_dim=64 --set train.lr=3e-4 (repeatable)",
-    )
 
 
 def _run_config(args: argparse.Namespace):
@@ -257,11 +246,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(auto: materialize when it fits)",
     )
     p.add_argument(
-        "--address",
-        default=None,
-        help="ray: cluster address (default: $RAY_ADDRESS, else a local cluster in this process)",
-    )
-    p.add_argument(
         "--name",
         default=None,
         help="run name: ray resumes a run of this name in --storage; also the MLflow run name (default: train-<time>)",
@@ -274,18 +258,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="folder for best.pt, last.pt, curves and tables "
         "(default: local runs/<name>, ray <storage>/<name>/outputs)",
     )
-    p.add_argument("--experiment", default="kmervae", help="MLflow experiment")
-    p.add_argument(
-        "--mlflow-dir",
-        type=Path,
-        default=None,
-        help="folder of the local MLflow store (default: the current folder; ignored when $MLFLOW_TRACKING_URI is set)",
-    )
+    add_tracking_flags(p, "kmervae")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="engine ray: show what Ray and the workers print (default: in train.log beside the checkpoints)",
+    add_cluster_flags(
+        p, "engine ray: show what Ray and the workers print (default: in train.log beside the checkpoints)"
     )
     p.set_defaults(run=_cmd_train)
 

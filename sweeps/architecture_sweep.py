@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from _common import sweep_main
+from kmervae.distributed.sweep_cli import sweep_main
 
 WIDTHS = {
     "kmer7": [128, 256, 512, 1024, 2048],

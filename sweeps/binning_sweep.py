@@ -16,15 +16,16 @@ The space: the abundance branch (widths, loss weight), the composition levers (t
 pseudo-frequency `model.log_eps`, which decides how far a k-mer a short contig lacks sits from
 the rest; the 7-mer weight; the input normalisation), the KL weight, the latent size, the
 epochs, and the clusterer's resolution (`train.bin_resolution`, passed on to `kmervae bin
---resolution`). See sweeps/_common.py for the flags.
+--resolution`). See kmervae/distributed/sweep_cli.py for the flags.
 """
 
 from __future__ import annotations
 
 import sys
 
-from _common import sweep_main
 from quality_sweep import ABUNDANCE_WIDTHS
+
+from kmervae.distributed.sweep_cli import sweep_main
 
 
 def space(trial) -> dict:

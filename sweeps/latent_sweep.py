@@ -3,14 +3,14 @@
 The user's main job:
     python sweeps/latent_sweep.py --data features/ --samples 24 --epochs 100
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python sweeps/latent_sweep.py --data /abs/features
-Everything else stays as configured (--preset, --set). See sweeps/_common.py for the flags.
+Everything else stays as configured (--preset, --set). See kmervae/distributed/sweep_cli.py for the flags.
 """
 
 from __future__ import annotations
 
 import sys
 
-from _common import sweep_main
+from kmervae.distributed.sweep_cli import sweep_main
 
 LATENT_SIZES = [32, 64, 128, 256, 512, 1024]
 

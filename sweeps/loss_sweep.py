@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from _common import sweep_main
+from kmervae.distributed.sweep_cli import sweep_main
 
 
 def space(trial) -> None:

@@ -12,14 +12,14 @@ labels (such trials are tagged kmervae.uses_labels=true), the 7-mer weight, the 
 and regularisation (input dropout, weight decay). On features with abundance ('kmervae featurize
 --abundance'), also the abundance branch: its widths (or none), its loss weight and what the
 cross-view halves carry of the depths.
-See sweeps/_common.py for the flags; bench/RESULTS.md ("Levers") for what was measured.
+See kmervae/distributed/sweep_cli.py for the flags; bench/RESULTS.md ("Levers") for what was measured.
 """
 
 from __future__ import annotations
 
 import sys
 
-from _common import sweep_main
+from kmervae.distributed.sweep_cli import sweep_main
 
 
 def space(trial) -> None:

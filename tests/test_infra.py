@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -39,17 +37,6 @@ def walk(node):
             yield from walk(value)
 
 
-def sweep_parser():
-    sys.path.insert(0, str(REPO / "sweeps"))
-    try:
-        spec = importlib.util.spec_from_file_location("_common", REPO / "sweeps" / "_common.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(REPO / "sweeps"))
-
-
 def test_every_yaml_parses():
     assert len(YAML_FILES) >= 6
     for path in YAML_FILES:
@@ -73,10 +60,11 @@ def test_ray_versions_and_image_tags_equal_the_pinned_ray():
 
 
 def test_entry_points_and_env_vars_exist_in_the_code():
-    common = sweep_parser()
-    actions = _actions(common)
+    from kmervae.distributed.sweep_cli import env_name, sweep_parser
+
+    _, actions = sweep_parser("x", "final")  # the flags environment variables may set
     flags = {s for a in actions for s in a.option_strings}
-    flags_by_env = {common.env_name(a) for a in actions}
+    flags_by_env = {env_name(a) for a in actions}
     code = "".join(p.read_text() for p in (REPO / "kmervae").glob("*.py"))
     for path in YAML_FILES:
         text = path.read_text()
@@ -88,24 +76,6 @@ def test_entry_points_and_env_vars_exist_in_the_code():
             assert name in flags_by_env, f"{path}: {name} is read by no sweep flag"
         for name in set(re.findall(r"\b(MLFLOW_TRACKING_URI|RAY_ADDRESS)\b", text)):
             assert name in code, f"{path}: {name} is not read by kmervae"
-
-
-def _actions(common):
-    import argparse
-
-    captured = []
-    original = argparse.ArgumentParser.parse_args
-
-    def capture(self, argv=None, namespace=None):
-        captured.extend(a for a in self._actions if a.option_strings and a.dest != "help")
-        return original(self, [], namespace)
-
-    argparse.ArgumentParser.parse_args = capture
-    try:
-        common.parse_args("x", "final", [])
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    return captured
 
 
 def test_kuberay_manifests_have_the_fields_kuberay_requires():

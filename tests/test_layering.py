@@ -38,7 +38,7 @@ ROOMS = {
         {"torch", "numpy", "pyarrow", "mlflow", "sklearn", "onnx", "onnxruntime", "onnxscript", "tqdm"},
     ),
     "kmervae.distributed": (
-        {"kmervae", "kmervae.core", "kmervae.tracking", "kmervae.apply", "kmervae.distributed"},
+        {"kmervae", "kmervae.core", "kmervae.tracking", "kmervae.apply", "kmervae.distributed", "data_pipeline"},
         {"torch", "numpy", "pyarrow", "mlflow", "ray", "optuna", "matplotlib"},
     ),
 }

@@ -52,7 +52,7 @@ def test_only_the_code_is_uploaded(tmp_path, include_gitignore):
     assert {
         "kmervae/cli.py",
         "sweeps/latent_sweep.py",
-        "sweeps/_common.py",
+        "kmervae/distributed/sweep_cli.py",
         "pyproject.toml",
         "constraints.txt",
     } <= files

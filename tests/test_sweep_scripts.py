@@ -10,6 +10,7 @@ import pytest
 
 from kmervae.core.config import RunConfig, preset
 from kmervae.core.errors import ConfigError
+from kmervae.distributed import sweep_cli
 from kmervae.distributed.sweep import check_objective, check_space
 from kmervae.distributed.sweep_report import space_distributions
 from tests.conftest import REPO
@@ -95,7 +96,7 @@ def test_a_bad_flag_is_one_line(tmp_path):
 
 
 def test_every_flag_can_come_from_the_environment(monkeypatch):
-    common = load("_common")
+    common = sweep_cli
     monkeypatch.setenv("KMERVAE_SAMPLES", "7")
     monkeypatch.setenv("KMERVAE_SMOKE_TEST", "true")
     monkeypatch.setenv("KMERVAE_SET", "train.lr=1e-3 loss.beta=0.5")
@@ -177,7 +178,7 @@ def test_auto_objective_is_the_best_the_data_allows(example_features, examples_d
     from kmervae.core.feature_table import dataset_files
     from kmervae.distributed.ray_data import label_vocabulary
 
-    objective = load("_common").objective
+    objective = sweep_cli.objective
     base = RunConfig(model=preset("tiny"))
     labels = label_vocabulary(dataset_files(example_features))
     assert objective("auto", example_features, base, labels) == "val/knn_acc"
@@ -228,7 +229,7 @@ def test_the_binning_sweep_ranks_whole_assemblies_on_near_complete_bins():
     with_depths = dataclasses.replace(base, model=dataclasses.replace(base.model, abundance_samples=4))
     varied = check_space(module.space, with_depths, seed=0, samples=64)
     assert {"model.abundance_widths", "loss.wab", "model.log_eps", "train.epochs", "train.bin_resolution"} <= varied
-    common = load("_common")
+    common = sweep_cli
     assert common.parse_args("binning", "metagenome", [], metric="val/nc_bins").metric == "val/nc_bins"
     with pytest.raises(ConfigError, match="needs features with abundance"):
         check_space(module.space, base, seed=0, samples=8)

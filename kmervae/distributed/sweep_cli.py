@@ -1,4 +1,5 @@
-"""The shape every sweep script shares: flags, --smoke-test, data defaults, and the summary.
+"""The sweep scripts' command line and policy: flags, --smoke-test sizes, the data default,
+whole-genome validation, the automatic objective, and the summary a person reads.
 
 Each script in sweeps/ defines its search space (a define-by-run function that calls
 `trial.suggest_*`) and calls `sweep_main`. Parameters named `section.key` are settings
@@ -16,92 +17,83 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# kmervae is importable from the project's environment (`pip install -e .`) and, in a Ray job,
-# from its uploaded working directory (Ray puts it first on the job's PYTHONPATH).
 from kmervae.core.errors import KmervaeError
-from kmervae.core.metric_keys import OBJECTIVES
+from kmervae.core.metric_keys import OBJECTIVES, VAL_KNN_ACC, VAL_LINK_AGREEMENT, VAL_LOSS
 from kmervae.core.redact import redact
+from kmervae.distributed.flags import add_cluster_flags, add_settings_flags, add_tracking_flags
 
-REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
+"""The genomes bundled with the repository (a sweep's data when none is given)."""
 
 SMOKE = {"samples": 3, "epochs": 2, "max_samples": 600, "batch_size": 64}
 GENOME_SPLIT_LABELS = 5
 """With at least this many labels, sweeps validate on whole genomes never trained on (data.val_split=genome)."""
 
 
+def sweep_parser(description: str, preset: str, metric: str = "auto") -> tuple[argparse.ArgumentParser, list]:
+    """The flags every sweep script has, and the actions environment variables may set."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
+    actions = [
+        add("--data", type=Path, help="feature dataset (default: the bundled examples, featurized on first use)"),
+        add("--samples", type=int, default=None, help="trials (default 16; 3 with --smoke-test)"),
+        add(
+            "--epochs",
+            type=int,
+            default=None,
+            help="maximum epochs per trial (ASHA stops weak trials earlier; default 50, 2 with --smoke-test)",
+        ),
+        add("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial"),
+        add(
+            "--gpus-per-trial",
+            type=float,
+            default=None,
+            help="GPUs per trial (default: one per worker when the cluster has GPUs; 0 = CPU)",
+        ),
+        add("--max-concurrent", type=int, default=None, help="trials at once (default: as many as the cluster fits)"),
+        add("--name", default=None, help="sweep name (default: <script>-<time>); --resume needs it"),
+        add(
+            "--storage",
+            default="runs/sweeps",
+            help="trial state and checkpoints: a folder (made absolute) or an s3:// URI shared by all nodes",
+        ),
+        add("--resume", action="store_true", help="continue the sweep --name from --storage"),
+        add(
+            "--metric",
+            default=metric,
+            choices=["auto", *OBJECTIVES],
+            help="objective: auto = val/knn_acc when the data has labels, else val/link_agreement when validation "
+            "contigs are fragments of longer records (label-free; ranks trials like val/kmeans_ari), else val/loss "
+            "(which ranks only trials that share their loss settings and latent size); val/nc_bins = near-complete "
+            "bins of the validation contigs as 'kmervae bin' makes them (needs labels; bins every epoch)",
+        ),
+        add("--seed", type=int, default=0, help="seed of the sampler and of training"),
+        *add_settings_flags(p, preset, "fixed setting for every trial"),
+        *add_tracking_flags(p, "kmervae-sweeps"),
+        add(
+            "--register-as",
+            default="kmervae-encoder",
+            help="registered model name for the best checkpoint ('' to skip)",
+        ),
+        *add_cluster_flags(
+            p, "show what Ray, Tune and the trials print (default: in sweep.log in the sweep's outputs)"
+        ),
+        add(
+            "--smoke-test",
+            action="store_true",
+            help="the tiny architecture (with --preset's loss settings), 600 contigs, 3 trials x 2 epochs on CPU: "
+            "about 2 minutes on 2 cores",
+        ),
+    ]
+    apply_env_defaults(p, actions)
+    return p, actions
+
+
 def parse_args(
     description: str, preset: str, argv: list[str] | None = None, metric: str = "auto"
 ) -> argparse.Namespace:
-    """The flags every sweep script has."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, help="feature dataset (default: the bundled examples, featurized on first use)")
-    p.add_argument("--samples", type=int, default=None, help="trials (default 16; 3 with --smoke-test)")
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="maximum epochs per trial (ASHA stops weak trials earlier; default 50, 2 with --smoke-test)",
-    )
-    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial")
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=None,
-        help="GPUs per trial (default: one per worker when the cluster has GPUs; 0 = CPU)",
-    )
-    p.add_argument(
-        "--max-concurrent", type=int, default=None, help="trials at once (default: as many as the cluster fits)"
-    )
-    p.add_argument("--experiment", default="kmervae-sweeps", help="MLflow experiment")
-    p.add_argument("--name", default=None, help="sweep name (default: <script>-<time>); --resume needs it")
-    p.add_argument(
-        "--storage",
-        default="runs/sweeps",
-        help="trial state and checkpoints: a folder (made absolute) or an s3:// URI shared by all nodes",
-    )
-    p.add_argument("--resume", action="store_true", help="continue the sweep --name from --storage")
-    p.add_argument(
-        "--metric",
-        default=metric,
-        choices=["auto", *OBJECTIVES],
-        help="objective: auto = val/knn_acc when the data has labels, else val/link_agreement when validation "
-        "contigs are fragments of longer records (label-free; ranks trials like val/kmeans_ari), else val/loss "
-        "(which ranks only trials that share their loss settings and latent size); val/nc_bins = near-complete "
-        "bins of the validation contigs as 'kmervae bin' makes them (needs labels; bins every epoch)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="show what Ray, Tune and the trials print (default: in sweep.log in the sweep's outputs)",
-    )
-    p.add_argument("--preset", default=preset, help="preset the space starts from (architecture and loss settings)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="fixed setting for every trial",
-    )
-    p.add_argument(
-        "--mlflow-dir",
-        type=Path,
-        default=None,
-        help="folder of the local MLflow store (default: current folder; $MLFLOW_TRACKING_URI wins)",
-    )
-    p.add_argument(
-        "--register-as", default="kmervae-encoder", help="registered model name for the best checkpoint ('' to skip)"
-    )
-    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
-    p.add_argument(
-        "--smoke-test",
-        action="store_true",
-        help="the tiny architecture (with --preset's loss settings), 600 contigs, 3 trials x 2 epochs on CPU: "
-        "about 2 minutes on 2 cores",
-    )
-    apply_env_defaults(p)
-    return p.parse_args(argv)
+    """The sweep scripts' flags, parsed (`argv`: default sys.argv)."""
+    return sweep_parser(description, preset, metric)[0].parse_args(argv)
 
 
 ENV_PREFIX = "KMERVAE_"
@@ -112,11 +104,10 @@ def env_name(action: argparse.Action) -> str:
     return ENV_PREFIX + action.option_strings[-1].lstrip("-").replace("-", "_").upper()
 
 
-def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
-    """Let KMERVAE_<FLAG> environment variables set defaults (how a KubeRay RayJob passes knobs)."""
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
+def apply_env_defaults(parser: argparse.ArgumentParser, actions: list[argparse.Action]) -> None:
+    """Let KMERVAE_<FLAG> environment variables set the defaults of `actions` (how a KubeRay
+    RayJob passes knobs)."""
+    for action in actions:
         raw = os.environ.get(env_name(action))
         if raw is None:
             continue
@@ -142,7 +133,7 @@ def default_data(storage: str) -> Path:
     out = local_outputs(normalize(storage), "examples-features")
     if not (out / "_kmervae_dataset.json").exists():
         featurize(
-            sorted((REPO / "examples").glob("*.fna.gz")),
+            sorted(EXAMPLES.glob("*.fna.gz")),
             out,
             FeaturizeSettings(fragment_length=5000, overwrite=True),
             Labels(from_filename=True),
@@ -180,8 +171,8 @@ def objective(metric: str, data, base, labels: list[str]) -> str:
     if metric != "auto":
         return metric
     if labels:
-        return "val/knn_acc"
-    return "val/link_agreement" if validation_must_links(dataset_files(data), base.data, labels) else "val/loss"
+        return VAL_KNN_ACC
+    return VAL_LINK_AGREEMENT if validation_must_links(dataset_files(data), base.data, labels) else VAL_LOSS
 
 
 def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> int:
