@@ -155,7 +155,7 @@ def main() -> None:
             continue
         best = max(steps, key=lambda s: history[args.label][s])
         trials.append((run, steps, best, history))
-    head = [*(k.split(".", 1)[1] for k in varied), "epochs", "best epoch", *scores_of, "last: " + args.label]
+    head = [*(k.split(".", 1)[-1] for k in varied), "epochs run", "best epoch", *scores_of, "last: " + args.label]
     print("| trial | " + " | ".join(head) + " |")
     print("|---" * (len(head) + 1) + "|")
     for run, steps, best, history in trials:

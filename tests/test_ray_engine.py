@@ -130,9 +130,17 @@ def test_rerunning_the_same_name_resumes_and_continues_the_mlflow_run(two_worker
     assert [m.step for m in client.get_metric_history(again.mlflow_run_id, "val/loss")] == [0, 1, 2]
 
 
+def train_workers(alive: bool = False) -> list:
+    """The Ray Train workers this process's cluster has run (`alive`: those running now); by
+    its own address, so that other clusters on the machine (a user's) are not asked."""
+    from ray.util.state import list_actors
+
+    filters = [("class_name", "=", "RayTrainWorker")] + ([("state", "=", "ALIVE")] if alive else [])
+    return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters, limit=10_000)
+
+
 def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path, capfd):
     from mlflow import MlflowClient
-    from ray.util.state import list_actors
 
     storage = tmp_path / "storage"
     killed = []
@@ -141,7 +149,7 @@ def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path, capf
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
             if list((storage / "killed").glob("checkpoint_*")):
-                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                workers = train_workers(alive=True)
                 if workers:
                     os.kill(workers[-1].pid, signal.SIGKILL)
                     killed.append(workers[-1].pid)
@@ -192,15 +200,10 @@ def test_impossible_resource_requests_fail_at_once():
 
 
 def test_impossible_request_on_the_live_cluster_fails_before_training(local_ray, example_features, tmp_path):
-    from ray.util.state import list_actors
-
-    def train_workers() -> int:
-        return len(list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000))
-
-    before = train_workers()
+    before = len(train_workers())
     with pytest.raises(ConfigError, match="cannot fit 16 worker"):
         fit_ray(example_features, tiny(1), workers=16, use_cpu=True, name="big", storage=tmp_path, experiment=None)
-    assert train_workers() == before and not (tmp_path / "big").exists()  # refused before any worker started
+    assert len(train_workers()) == before and not (tmp_path / "big").exists()  # refused before any worker started
 
 
 def test_a_foreign_parquet_is_refused_before_any_worker_starts(tmp_path, example_features):
