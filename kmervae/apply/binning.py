@@ -307,17 +307,8 @@ def bin_contigs(
     def done(what: str) -> None:
         log(f"{what} ({time.perf_counter() - started:.1f} s)")
 
-    if method not in bins.METHODS:
-        raise ConfigError(f"--method {method!r}: expected one of {', '.join(bins.METHODS)}")
-    if not resolution > 0:
-        raise ConfigError(f"--resolution must be > 0, got {resolution}")
-    if min_bin_size < 0:
-        raise ConfigError(f"--min-bin-size must be >= 0 bases, got {min_bin_size}")
-    out = Path(out)
-    if out.exists() and not (overwrite and (out / "bins.tsv").is_file()):
-        hint = "pass --overwrite" if out.is_dir() and (out / "bins.tsv").is_file() else "choose another -o"
-        raise OutputError(f"{out}: exists; {hint}")
-    fasta = [Path(p) for p in fasta]
+    out, fasta = Path(out), [Path(p) for p in fasta]
+    _check_settings(out, method, min_bin_size, resolution, overwrite)
     ids, vectors, labels, lengths, gc = read_embeddings(embeddings)
     if len(ids) == 0:
         raise InputError(f"{embeddings}: holds no contigs")
@@ -345,8 +336,6 @@ def bin_contigs(
         q = bins.bin_quality(codes, labels, lengths)
         quality = quality_report(q, names, int(sum(label is not None for label in labels)))
 
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     result = BinResult(
         out=out,
         contigs=len(ids),
@@ -358,6 +347,31 @@ def bin_contigs(
         quality=quality,
         fasta_records_unused=unused,
     )
+    _write_folder(out, ids, codes, names, lengths, gc, quality, result, fasta, placements, progress, done)
+    result.files = sorted(out.rglob("*.tsv")) + sorted(out.glob("*.json"))
+    return result
+
+
+def _check_settings(out: Path, method: str, min_bin_size: int, resolution: float, overwrite: bool) -> None:
+    """Refuse bad flags and an existing output before anything is read."""
+    if method not in bins.METHODS:
+        raise ConfigError(f"--method {method!r}: expected one of {', '.join(bins.METHODS)}")
+    if not resolution > 0:
+        raise ConfigError(f"--resolution must be > 0, got {resolution}")
+    if min_bin_size < 0:
+        raise ConfigError(f"--min-bin-size must be >= 0 bases, got {min_bin_size}")
+    if out.exists() and not (overwrite and (out / "bins.tsv").is_file()):
+        hint = "pass --overwrite" if out.is_dir() and (out / "bins.tsv").is_file() else "choose another -o"
+        raise OutputError(f"{out}: exists; {hint}")
+
+
+def _write_folder(
+    out: Path, ids, codes, names, lengths, gc, quality, result: BinResult, fasta, placements, progress, done
+) -> None:
+    """Write the tables (and with `fasta` one FASTA file per bin) into a temporary folder beside
+    `out` and rename it into place: the output is whole or absent."""
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         _write_tables(tmp, ids, codes, names, lengths, gc, quality, result)
@@ -377,8 +391,6 @@ def bin_contigs(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    result.files = sorted(out.rglob("*.tsv")) + sorted(out.glob("*.json"))
-    return result
 
 
 def _write_tables(folder: Path, ids, codes, names, lengths, gc, quality, result: BinResult) -> None:
