@@ -298,14 +298,7 @@ def fit_ray(
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
     out = Path(out_dir).absolute() if out_dir else local_outputs(storage, name, "outputs")
-    # A read-only or full disk fails now, not at the first checkpoint: Ray keeps the best and
-    # latest (and writes the next), and best.pt and last.pt are copied out at the end.
-    size = checkpoint_bytes(config)
-    if is_uri(storage) or not out.is_relative_to(storage):
-        check_writable(storage, 0 if is_uri(storage) else CHECKPOINT_COPIES * size)
-        check_writable(out, 2 * size)
-    else:
-        check_writable(storage, (CHECKPOINT_COPIES + 2) * size)
+    check_room(storage, out, checkpoint_bytes(config))
     if experiment:
         check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
     import ray
@@ -341,6 +334,17 @@ def fit_ray(
         tracker.run_id if tracker else None,
         tracker.uri if tracker else None,
     )
+
+
+def check_room(storage: str, out: Path, size: int) -> None:
+    """A read-only or full disk fails now, not at the first checkpoint: Ray keeps the best and
+    latest checkpoints of `size` bytes (and writes the next) in `storage`, and best.pt and
+    last.pt are copied to `out` at the end."""
+    if is_uri(storage) or not out.is_relative_to(storage):
+        check_writable(storage, 0 if is_uri(storage) else CHECKPOINT_COPIES * size)
+        check_writable(out, 2 * size)
+    else:
+        check_writable(storage, (CHECKPOINT_COPIES + 2) * size)
 
 
 def build_trainer(
