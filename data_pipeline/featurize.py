@@ -138,13 +138,7 @@ def featurize(
     """Featurize FASTA `inputs` into the dataset folder `out_dir`; all or nothing. With
     `abundance`, every contig also gets its record's depths (a depth table of exactly these records)."""
     started = time.perf_counter()
-    paths = [Path(p) for p in inputs]
-    if not paths:
-        raise ConfigError("no input files given")
-    for path in paths:
-        check_readable(path)
-    if len(set(p.resolve() for p in paths)) != len(paths):
-        raise ConfigError("the same input file is given twice")
+    paths = _readable_inputs(inputs)
     labels = labels or Labels()
     sizes = [p.stat().st_size for p in paths]
     workers = settings.workers or default_workers()
@@ -192,18 +186,7 @@ def featurize(
                 depths = abundance.for_records(path, block.ids, np.diff(block.bounds))
             batches = batcher.add(block, labels.for_records(path, block.ids), depths)
             short = batcher.first_too_short if settings.strict else None
-            # the error of the record that comes first, as when records were read one by one
-            if duplicate is not None and (short is None or duplicate <= short[0]):
-                rid = block.ids[duplicate]
-                line = record_line(path, block.first_index + duplicate)
-                first = paths[seen.get(rid, number)]
-                where = "earlier in this file" if first == path else f"in {first}"
-                raise InputError(f"{path}: line {line}: duplicate record id '{rid}' (also {where}); ids must be unique")
-            if short is not None:
-                raise InputError(
-                    f"{path}: contig '{short[1]}' is shorter than --min-length "
-                    f"({settings.min_length}); lower --min-length or run without --strict to skip it"
-                )
+            _refuse_first_problem(paths, number, block, seen, duplicate, short, settings.min_length)
             seen.update(ids)
             submit(batches)
             bar.update(done_bytes + block.raw_end - bar.n)
@@ -214,19 +197,7 @@ def featurize(
         submit(batcher.finish())
         results.extend(f.result() for f in pending)
         pending.clear()
-        for result in results:
-            summary.contigs += result.rows
-            summary.contig_bases += result.bases
-            summary.skipped.merge(result.skipped)
-        summary.skipped.merge(batcher.skipped)
-        if summary.contigs == 0:
-            raise InputError(
-                f"no contig left to write: {summary.skipped.too_short} shorter than --min-length "
-                f"({settings.min_length}), {summary.skipped.no_acgt_window} without a window of 7 unambiguous bases"
-            )
-        summary.labels_unused = labels.unused
-        if labels.table is not None:
-            summary.unlabeled_contigs = sum(r.unlabeled for r in results)
+        _tally(summary, results, batcher, labels, settings.min_length)
         stage.commit(results, _manifest(paths, settings, labels, summary, abundance), layout)
     except BaseException:
         stack.close()
@@ -243,6 +214,54 @@ def featurize(
     summary.output_bytes = sum(p.stat().st_size for p in Path(out_dir).iterdir())
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _readable_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The input files as paths: at least one, each readable, none given twice."""
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ConfigError("no input files given")
+    for path in paths:
+        check_readable(path)
+    if len(set(p.resolve() for p in paths)) != len(paths):
+        raise ConfigError("the same input file is given twice")
+    return paths
+
+
+def _refuse_first_problem(
+    paths: list[Path], number: int, block, seen: dict[str, int], duplicate: int | None, short, min_length: int
+) -> None:
+    """Raise the error of the block's first bad record (a duplicate id, or under --strict a
+    contig shorter than --min-length), as when records were read one by one."""
+    path = paths[number]
+    if duplicate is not None and (short is None or duplicate <= short[0]):
+        rid = block.ids[duplicate]
+        line = record_line(path, block.first_index + duplicate)
+        first = paths[seen.get(rid, number)]
+        where = "earlier in this file" if first == path else f"in {first}"
+        raise InputError(f"{path}: line {line}: duplicate record id '{rid}' (also {where}); ids must be unique")
+    if short is not None:
+        raise InputError(
+            f"{path}: contig '{short[1]}' is shorter than --min-length "
+            f"({min_length}); lower --min-length or run without --strict to skip it"
+        )
+
+
+def _tally(summary: FeaturizeSummary, results: list[PartResult], batcher: Batcher, labels: Labels, min_length: int):
+    """Count what the parts hold and what was skipped; refuse a run that kept no contig."""
+    for result in results:
+        summary.contigs += result.rows
+        summary.contig_bases += result.bases
+        summary.skipped.merge(result.skipped)
+    summary.skipped.merge(batcher.skipped)
+    if summary.contigs == 0:
+        raise InputError(
+            f"no contig left to write: {summary.skipped.too_short} shorter than --min-length "
+            f"({min_length}), {summary.skipped.no_acgt_window} without a window of 7 unambiguous bases"
+        )
+    summary.labels_unused = labels.unused
+    if labels.table is not None:
+        summary.unlabeled_contigs = sum(r.unlabeled for r in results)
 
 
 def load_kernels() -> None:
