@@ -36,3 +36,7 @@ def test_the_abundance_branch_is_a_fourth_lane_of_table_and_diagram(tmp_path):
     assert format_table(model).splitlines()[-1].split()[1] == f"{count_parameters(model):,}"
     svg = draw_diagram(cfg, tmp_path / "abundance.svg").read_text()
     assert "depth shares 4" in svg and "shares 4 (softmax)" in svg and f"{count_parameters(model):,}" in svg
+    # What the branches read is drawn as configured: no length input, log depth ratios.
+    other = dataclasses.replace(cfg, length_input=False, abundance_input="log_ratio")
+    svg = draw_diagram(other, tmp_path / "log_ratio.svg").read_text()
+    assert "log depth ratios 4" in svg and "+ GC + length" not in svg and "+ GC" in svg

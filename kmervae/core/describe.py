@@ -85,6 +85,56 @@ def format_table(model: BranchedVAE) -> str:
     return "\n".join(lines)
 
 
+COLORS = {"in": "#dbe9f6", "enc": "#9ecae1", "trunk": "#fdd0a2", "z": "#fc9272", "dec": "#a1d99b", "head": "#e5e5e5"}
+"""Box colours of the diagram by kind: input, encoder, trunk, latent, decoder, head."""
+
+
+def _branches(cfg: ModelConfig) -> tuple[dict, dict, dict, dict]:
+    """Per branch ('7', '4', '3' and 'ab' with an abundance branch): its lane (y), hidden
+    widths, input label and head label."""
+    side = "+ GC + length" if cfg.length_input else "+ GC"
+    lanes = {"7": 2.0, "4": 1.0, "3": 0.0}
+    widths = {"7": cfg.kmer7_widths, "4": cfg.kmer4_widths, "3": cfg.kmer3_widths}
+    inputs = {"7": f"7-mers {N7:,}\n{side}", "4": f"4-mers {N4}\n{side}", "3": f"3-mers {N3}\n{side}"}
+    heads = {
+        "7": f"values {N7:,}" + (f"\ngate {N7:,}" if cfg.gate_k7 else "") + "\nGC",
+        "4": f"4-mers {N4}\nGC",
+        "3": f"3-mers {N3}\nGC",
+    }
+    if cfg.uses_abundance:  # the fourth branch: depth shares (or log ratios) per sample + log total depth
+        n = cfg.abundance_samples
+        lanes["ab"], widths["ab"] = -1.0, cfg.abundance_widths
+        reads = "depth shares" if cfg.abundance_input == "shares" else "log depth ratios"
+        inputs["ab"] = f"{reads} {n}\n+ log depth"
+        heads["ab"] = f"shares {n} (softmax)\nlog depth"
+    return lanes, widths, inputs, heads
+
+
+class _Canvas:
+    """Boxes and arrows on one matplotlib axis."""
+
+    def __init__(self, ax):
+        self.ax = ax
+
+    def box(self, x: float, y: float, text: str, kind: str) -> tuple[float, float]:
+        bbox = dict(boxstyle="round,pad=0.35", fc=COLORS[kind], ec="#555555")
+        self.ax.text(x, y, text, ha="center", va="center", fontsize=7.5, bbox=bbox)
+        return x, y
+
+    def arrow(self, a: tuple[float, float], b: tuple[float, float]) -> None:
+        style = dict(arrowstyle="->", color="#555555", lw=0.8)
+        self.ax.annotate("", xy=(b[0] - 0.42, b[1]), xytext=(a[0] + 0.42, a[1]), arrowprops=style)
+
+    def chain(self, start: tuple[float, float], labels, kind: str, step: float = 1.2) -> tuple[float, float]:
+        """Boxes `labels` left to right after `start`, each joined to the one before; the last."""
+        prev = start
+        for label in labels:
+            cur = self.box(prev[0] + step, prev[1], f"{label}", kind)
+            self.arrow(prev, cur)
+            prev = cur
+        return prev
+
+
 def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
     """Draw the branched architecture (PNG or SVG by suffix) and return the path."""
     import matplotlib
@@ -93,102 +143,32 @@ def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    lanes = {"7": 2.0, "4": 1.0, "3": 0.0}
-    widths = {"7": cfg.kmer7_widths, "4": cfg.kmer4_widths, "3": cfg.kmer3_widths}
-    inputs = {
-        "7": f"7-mers {N7:,}\n+ GC + length",
-        "4": f"4-mers {N4}\n+ GC + length",
-        "3": f"3-mers {N3}\n+ GC + length",
-    }
-    heads = {
-        "7": f"values {N7:,}" + (f"\ngate {N7:,}" if cfg.gate_k7 else "") + "\nGC",
-        "4": f"4-mers {N4}\nGC",
-        "3": f"3-mers {N3}\nGC",
-    }
-    if cfg.uses_abundance:  # the fourth branch: depth shares per sample + log total depth
-        n = cfg.abundance_samples
-        lanes["ab"], widths["ab"] = -1.0, cfg.abundance_widths
-        inputs["ab"] = f"depth shares {n}\n+ log depth"
-        heads["ab"] = f"shares {n} (softmax)\nlog depth"
+    lanes, widths, inputs, heads = _branches(cfg)
     concat = sum(w[-1] for w in widths.values())
     depth = max(len(w) for w in widths.values())
     trunk = cfg.trunk_widths
     fig_w = 2.0 + 1.25 * (2 * depth + 2 * len(trunk) + 6)
     fig, ax = plt.subplots(figsize=(fig_w, 5.6 if cfg.uses_abundance else 4.6))
     ax.axis("off")
-    colors = {
-        "in": "#dbe9f6",
-        "enc": "#9ecae1",
-        "trunk": "#fdd0a2",
-        "z": "#fc9272",
-        "dec": "#a1d99b",
-        "head": "#e5e5e5",
-    }
-
-    def box(x: float, y: float, text: str, kind: str) -> tuple[float, float]:
-        ax.text(
-            x,
-            y,
-            text,
-            ha="center",
-            va="center",
-            fontsize=7.5,
-            bbox=dict(boxstyle="round,pad=0.35", fc=colors[kind], ec="#555555"),
-        )
-        return x, y
-
-    def arrow(a: tuple[float, float], b: tuple[float, float]) -> None:
-        ax.annotate(
-            "",
-            xy=(b[0] - 0.42, b[1]),
-            xytext=(a[0] + 0.42, a[1]),
-            arrowprops=dict(arrowstyle="->", color="#555555", lw=0.8),
-        )
-
-    x0 = 0.0
-    ends = {}
-    for k, y in lanes.items():  # encoder branches
-        prev = box(x0, y, inputs[k], "in")
-        for i, w in enumerate(widths[k]):
-            cur = box(x0 + 1.2 * (i + 1), y, f"{w}", "enc")
-            arrow(prev, cur)
-            prev = cur
-        ends[k] = prev
-    x = x0 + 1.2 * (depth + 1)
-    prev = box(x, 1.0, f"concat\n{concat}", "trunk")
+    canvas = _Canvas(ax)
+    ends = {k: canvas.chain(canvas.box(0.0, y, inputs[k], "in"), widths[k], "enc") for k, y in lanes.items()}
+    x = 1.2 * (depth + 1)
+    start = canvas.box(x, 1.0, f"concat\n{concat}", "trunk")
     for k in lanes:
-        arrow(ends[k], prev)
-    for w in trunk:
-        x += 1.2
-        cur = box(x, 1.0, f"{w}", "trunk")
-        arrow(prev, cur)
-        prev = cur
-    x += 1.3
-    z = box(x, 1.0, f"z_mean, z_log_var\nz  {cfg.latent_dim}", "z")
-    arrow(prev, z)
-    prev = z
-    for w in tuple(reversed(trunk)) + (concat,):
-        x += 1.2
-        cur = box(x, 1.0, f"{w}", "trunk")
-        arrow(prev, cur)
-        prev = cur
-    split = prev
+        canvas.arrow(ends[k], start)
+    encoded = canvas.chain(start, trunk, "trunk")
+    z = canvas.chain(encoded, [f"z_mean, z_log_var\nz  {cfg.latent_dim}"], "z", step=1.3)
+    split = canvas.chain(z, (*reversed(trunk), concat), "trunk")
+    last = split[0] + 1.3 + 1.2 * (depth - 1) + 1.3
     for k, y in lanes.items():  # decoder branches: projection, mirrored widths, heads
-        xx = x + 1.3
-        cur = box(xx, y, f"proj {widths[k][-1]}", "dec")
-        arrow(split, cur)
-        for w in reversed(widths[k][:-1]):
-            xx += 1.2
-            nxt = box(xx, y, f"{w}", "dec")
-            arrow(cur, nxt)
-            cur = nxt
-        last = x + 1.3 + 1.2 * (depth - 1) + 1.3
-        arrow(cur, box(last, y, heads[k], "head"))
+        proj = canvas.box(split[0] + 1.3, y, f"proj {widths[k][-1]}", "dec")
+        canvas.arrow(split, proj)
+        canvas.arrow(canvas.chain(proj, reversed(widths[k][:-1]), "dec"), canvas.box(last, y, heads[k], "head"))
+    note = "GC = mean of\nthe 3 branch GCs\n\noutput 8,361 =\n[7-, 4-, 3-mers, GC]"
     ax.text(
         last + 1.0,
         1.0,
-        "GC = mean of\nthe 3 branch GCs\n\noutput 8,361 =\n[7-, 4-, 3-mers, GC]"
-        + ("\n+ depth shares\nand log depth" if cfg.uses_abundance else ""),
+        note + ("\n+ depth shares\nand log depth" if cfg.uses_abundance else ""),
         fontsize=7.5,
         va="center",
     )
