@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -139,25 +138,26 @@ def train_workers(alive: bool = False) -> list:
     return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters, limit=10_000)
 
 
+def kill_a_worker_at_the_first_report(marker: Path):
+    """A Ray Train callback that SIGKILLs one training worker when the first epoch's report
+    is registered (an event of the run, not a clock) and writes its pid to `marker`."""
+    from ray.train import UserCallback
+
+    class KillAWorker(UserCallback):  # runs in the controller, another process: the marker tells the test
+        def after_report(self, run_context, metrics, checkpoint):
+            if marker.exists():
+                return
+            victim = train_workers(alive=True)[-1]
+            os.kill(victim.pid, signal.SIGKILL)
+            marker.write_text(str(victim.pid))
+
+    return KillAWorker()
+
+
 def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path, capfd):
     from mlflow import MlflowClient
 
-    storage = tmp_path / "storage"
-    killed = []
-
-    def kill_one_worker_after_first_checkpoint():
-        deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            if list((storage / "killed").glob("checkpoint_*")):
-                workers = train_workers(alive=True)
-                if workers:
-                    os.kill(workers[-1].pid, signal.SIGKILL)
-                    killed.append(workers[-1].pid)
-                    return
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_one_worker_after_first_checkpoint, daemon=True)
-    killer.start()
+    storage, marker = tmp_path / "storage", tmp_path / "killed.pid"
     result = fit_ray(
         example_features,
         tiny(4),
@@ -167,9 +167,9 @@ def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path, capf
         storage=storage,
         mlflow_dir=tmp_path,
         log=lambda line: None,
+        callbacks=[kill_a_worker_at_the_first_report(marker)],
     )
-    killer.join(timeout=5)
-    assert killed, "no worker was killed: the test did not exercise recovery"
+    assert marker.exists(), "no worker was killed: the test did not exercise recovery"
     # The console shows the epoch table (rank 0's marked lines), not Ray's account of the dead
     # worker, which is in train.log beside the checkpoints.
     shown = capfd.readouterr().err.splitlines()

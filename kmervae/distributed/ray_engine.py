@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,8 +288,11 @@ def fit_ray(
     log: Callable[[str], None] | None = None,
     verbose: bool = False,
     preset: str | None = None,
+    callbacks: Sequence = (),
 ) -> RayFitResult:
     """Train with Ray Train; resumes when `name` already has checkpoints in `storage`.
+    `callbacks`: Ray Train callbacks (`ray.train.UserCallback`), run on the controller beside
+    the one that logs each epoch to MLflow.
 
     The console gets `log`'s lines (default: printed there) and the per-epoch table; what Ray
     and the workers print goes to `train.log` in the outputs (`verbose`: to the console)."""
@@ -321,7 +324,7 @@ def fit_ray(
         )
         train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
         worker_plan = WorkerPlan(config, bool(labels), plan.cpus_per_worker, decoded_bytes(files, config.data))
-        trainer = build_trainer(worker_plan, plan, train_ds, val_ds, name, storage, tracker)
+        trainer = build_trainer(worker_plan, plan, train_ds, val_ds, name, storage, tracker, callbacks)
         with closes_on_error(tracker):
             result = trainer.fit()
         best, last, history = export_results(result, config, RunOutputs(out), tracker, log)
