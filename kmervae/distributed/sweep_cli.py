@@ -176,51 +176,18 @@ def objective(metric: str, data, base, labels: list[str]) -> str:
 
 
 def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> int:
-    from kmervae.core.config import SweepConfig, preset_config
-    from kmervae.core.data import held_out_labels
     from kmervae.core.feature_table import dataset_files
     from kmervae.distributed.ray_data import label_vocabulary
     from kmervae.distributed.sweep import run_sweep
-    from kmervae.distributed.sweep_view import LOG_NAME
-    from kmervae.tracking.tracker import tracking_uri, ui_command
 
-    smoke = args.smoke_test
-    samples = args.samples or (SMOKE["samples"] if smoke else 16)
-    epochs = args.epochs or (SMOKE["epochs"] if smoke else 50)
-    base = preset_config(args.preset, architecture="tiny" if smoke else None)
-    fixed = [f"train.epochs={epochs}", f"train.seed={args.seed}"]
-    if smoke:
-        fixed += [f"data.max_samples={SMOKE['max_samples']}", f"train.batch_size={SMOKE['batch_size']}"]
     data = args.data or default_data(args.storage)
     files = dataset_files(data)
     labels = label_vocabulary(files)
     if abundance_space is not None and files.format.samples:
         space = abundance_space
         print(f"abundance: {len(files.format.samples)} sample(s); the abundance branch is swept too")
-    # Genomes never trained on validate, unless the preset chose its split (metagenome: every contig).
-    chosen = base.data.val_split != "contig" or any(o.startswith("data.val_split=") for o in args.overrides)
-    if len(labels) >= GENOME_SPLIT_LABELS and not chosen:
-        fixed.append("data.val_split=genome")
-    base = base.with_overrides(fixed + args.overrides)
-    metric = objective(args.metric, data, base, labels)
-    if base.data.val_split == "genome":
-        held = held_out_labels(labels, base.data)
-        print(
-            f"validation: {len(held)} of {len(labels)} genomes held out, never trained on ({', '.join(sorted(held))})"
-        )
-    sweep = SweepConfig(
-        name=args.name or time.strftime(f"{script}-%Y%m%d-%H%M%S"),
-        storage=args.storage,
-        metric=metric,
-        num_samples=samples,
-        max_concurrent=args.max_concurrent,
-        workers_per_trial=args.workers_per_trial,
-        gpus_per_trial=0.0 if smoke else args.gpus_per_trial,
-        seed=args.seed,
-        grace_period=1 if smoke else 2,
-        experiment=args.experiment,
-        register_as=args.register_as,
-    )
+    base = base_config(args, labels)
+    sweep = sweep_config(script, args, objective(args.metric, data, base, labels))
     result = run_sweep(
         data,
         base,
@@ -231,6 +198,60 @@ def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> 
         address=args.address,
         verbose=args.verbose,
     )
+    _print_summary(result, sweep, args)
+    return 0 if result.best_trial is not None else 1
+
+
+def base_config(args: argparse.Namespace, labels: list[str]):
+    """Every trial's settings before the space's: the preset (on `tiny` for a smoke test), the
+    epochs, the seed, the smoke sizes, whole-genome validation where the data has labels
+    enough and the preset did not choose its split (metagenome: every contig), then --set."""
+    from kmervae.core.config import preset_config
+    from kmervae.core.data import held_out_labels
+
+    smoke = args.smoke_test
+    epochs = args.epochs or (SMOKE["epochs"] if smoke else 50)
+    base = preset_config(args.preset, architecture="tiny" if smoke else None)
+    fixed = [f"train.epochs={epochs}", f"train.seed={args.seed}"]
+    if smoke:
+        fixed += [f"data.max_samples={SMOKE['max_samples']}", f"train.batch_size={SMOKE['batch_size']}"]
+    chosen = base.data.val_split != "contig" or any(o.startswith("data.val_split=") for o in args.overrides)
+    if len(labels) >= GENOME_SPLIT_LABELS and not chosen:
+        fixed.append("data.val_split=genome")
+    base = base.with_overrides(fixed + args.overrides)
+    if base.data.val_split == "genome":
+        held = held_out_labels(labels, base.data)
+        print(
+            f"validation: {len(held)} of {len(labels)} genomes held out, never trained on ({', '.join(sorted(held))})"
+        )
+    return base
+
+
+def sweep_config(script: str, args: argparse.Namespace, metric: str):
+    """How the sweep searches (smoke sizes with --smoke-test), from the flags."""
+    from kmervae.core.config import SweepConfig
+
+    smoke = args.smoke_test
+    return SweepConfig(
+        name=args.name or time.strftime(f"{script}-%Y%m%d-%H%M%S"),
+        storage=args.storage,
+        metric=metric,
+        num_samples=args.samples or (SMOKE["samples"] if smoke else 16),
+        max_concurrent=args.max_concurrent,
+        workers_per_trial=args.workers_per_trial,
+        gpus_per_trial=0.0 if smoke else args.gpus_per_trial,
+        seed=args.seed,
+        grace_period=1 if smoke else 2,
+        experiment=args.experiment,
+        register_as=args.register_as,
+    )
+
+
+def _print_summary(result, sweep, args: argparse.Namespace) -> None:
+    """Where everything went: the trials, the log, the best trial and checkpoint, the registry, MLflow."""
+    from kmervae.distributed.sweep_view import LOG_NAME
+    from kmervae.tracking.tracker import tracking_uri, ui_command
+
     failed = sum(1 for t in result.trials if t.status != "OK")
     print(f"sweep     {result.name}: {len(result.trials)} trial(s), {failed} failed; state in {result.path}")
     if not args.verbose:
@@ -246,4 +267,3 @@ def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> 
             f"mlflow    parent run {result.parent_run_id} in experiment '{sweep.experiment}'; browse: "
             f"{ui_command(result.mlflow_uri or tracking_uri(args.mlflow_dir))}"
         )
-    return 0 if result.best_trial is not None else 1
