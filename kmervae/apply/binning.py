@@ -219,26 +219,10 @@ def write_fasta(
             reader = FastaReader(path)
             seen = 0
             for record in reader:
-                members = by_record.get(record.id, [])
-                targets = {int(codes[i]) for i in members}
-                if len(targets) > 1:  # fragments in several bins, or partly unbinned
-                    per_bin: dict[str, int] = defaultdict(int)
-                    for i in members:
-                        p = placements[i]
-                        per_bin[names[codes[i]] if codes[i] >= 0 else UNBINNED_NAME] += p.end - p.start
-                    split.append((record.id, sorted(per_bin.items())))
-                for code in targets - {bins.UNBINNED}:
-                    if len(targets) == 1:  # the whole record in one bin, under its own id
-                        parts = [(record.id, record.sequence)]
-                    else:
-                        parts = [
-                            (
-                                fragment_contig_id(record.id, placements[i].start, placements[i].end),
-                                record.sequence[placements[i].start : placements[i].end],
-                            )
-                            for i in members
-                            if codes[i] == code
-                        ]
+                entries, bases_per_bin = _record_entries(record, by_record.get(record.id, []), placements, codes, names)
+                if bases_per_bin is not None:
+                    split.append((record.id, bases_per_bin))
+                for code, parts in entries.items():
                     for name, sequence in parts:
                         text = b">" + name.encode() + b"\n" + wrap(sequence.tobytes())
                         buffered[code].append(text)
@@ -250,6 +234,33 @@ def write_fasta(
                 seen = reader.raw_bytes_read
     flush()
     return len(written), split
+
+
+def _record_entries(record, members: list[int], placements: list[Placement], codes: np.ndarray, names: list[str]):
+    """What one FASTA record puts in each bin code: the whole record under its own id when all
+    its embedded contigs went to one bin, else each fragment under its contig id; and, for a
+    record split across bins (or partly unbinned), its bases per bin name (else None)."""
+    targets = {int(codes[i]) for i in members}
+    bases_per_bin = None
+    if len(targets) > 1:  # fragments in several bins, or partly unbinned
+        per_bin: dict[str, int] = defaultdict(int)
+        for i in members:
+            per_bin[names[codes[i]] if codes[i] >= 0 else UNBINNED_NAME] += placements[i].end - placements[i].start
+        bases_per_bin = sorted(per_bin.items())
+    entries = {}
+    for code in targets - {bins.UNBINNED}:
+        if len(targets) == 1:
+            entries[code] = [(record.id, record.sequence)]
+        else:
+            entries[code] = [
+                (
+                    fragment_contig_id(record.id, placements[i].start, placements[i].end),
+                    record.sequence[placements[i].start : placements[i].end],
+                )
+                for i in members
+                if codes[i] == code
+            ]
+    return entries, bases_per_bin
 
 
 def wrap(sequence: bytes, width: int = 80) -> bytes:
