@@ -270,58 +270,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from kmervae.core.feature_table import dataset_files
-    from kmervae.tracking.tracker import tracking_uri, ui_command
+    from kmervae.core.metric_keys import EPOCH, LOWEST_VAL_LOSS
+    from kmervae.tracking.tracker import ui_command
 
     config = _run_config(args)
     if args.epochs is not None:
         config = config.with_overrides([f"train.epochs={args.epochs}"])
     dataset_files(args.data)  # a bad dataset fails before anything starts
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
-    if args.engine == "ray":
-        from kmervae.distributed.ray_engine import TRAIN_LOG, fit_ray
-
-        result = fit_ray(
-            args.data,
-            config,
-            workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker,
-            use_cpu=args.cpu,
-            name=name,
-            storage=args.storage,
-            experiment=None if args.no_mlflow else args.experiment,
-            mlflow_dir=args.mlflow_dir,
-            address=args.address,
-            out_dir=args.out,
-            data_mode=args.data_mode,
-            verbose=args.verbose,
-            preset=args.preset,
-        )
-        history, best_path, last_path, run_id, uri = (
-            result.history,
-            result.best_checkpoint,
-            result.last_checkpoint,
-            result.mlflow_run_id,
-            result.mlflow_uri,
-        )
-        if not args.verbose:
-            print(f"log       {Path(best_path).parent / TRAIN_LOG} (what Ray and the workers printed)", file=sys.stderr)
-    else:
-        from kmervae.core.engine import fit_local
-        from kmervae.tracking.run import fit_local_tracked, run_tags
-        from kmervae.tracking.tracker import Tracker
-
-        out = args.out or Path("runs") / name
-        tracker = None
-        if args.no_mlflow:
-            local = fit_local(args.data, config, out)
-        else:
-            uri = tracking_uri(args.mlflow_dir)
-            tracker = Tracker(args.experiment, name, uri=uri, tags=run_tags("local", name, config, args.preset))
-            local = fit_local_tracked(args.data, config, out, tracker)
-        history, best_path, last_path = local.history, local.best_checkpoint, local.last_checkpoint
-        run_id, uri = (tracker.run_id, tracker.uri) if tracker else (None, None)
-    from kmervae.core.metric_keys import EPOCH, LOWEST_VAL_LOSS
-
+    train = _train_on_ray if args.engine == "ray" else _train_here
+    history, best_path, last_path, run_id, uri = train(args, config, name)
     metric, best = LOWEST_VAL_LOSS.metric, LOWEST_VAL_LOSS.best_epoch(history)
     if best is None:
         print(f"trained   {len(history)} epochs; no epoch has a finite {metric}")
@@ -332,6 +290,50 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if run_id is not None:
         print(f"mlflow    run {run_id} in experiment '{args.experiment}'; browse: {ui_command(uri)}")
     return 0
+
+
+def _train_on_ray(args: argparse.Namespace, config, name: str):
+    """`kmervae train --engine ray`: (history, best.pt, last.pt, MLflow run id, store URI)."""
+    from kmervae.distributed.ray_engine import TRAIN_LOG, fit_ray
+
+    result = fit_ray(
+        args.data,
+        config,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        use_cpu=args.cpu,
+        name=name,
+        storage=args.storage,
+        experiment=None if args.no_mlflow else args.experiment,
+        mlflow_dir=args.mlflow_dir,
+        address=args.address,
+        out_dir=args.out,
+        data_mode=args.data_mode,
+        verbose=args.verbose,
+        preset=args.preset,
+    )
+    if not args.verbose:
+        print(
+            f"log       {Path(result.best_checkpoint).parent / TRAIN_LOG} (what Ray and the workers printed)",
+            file=sys.stderr,
+        )
+    return result.history, result.best_checkpoint, result.last_checkpoint, result.mlflow_run_id, result.mlflow_uri
+
+
+def _train_here(args: argparse.Namespace, config, name: str):
+    """`kmervae train --engine local`: (history, best.pt, last.pt, MLflow run id, store URI)."""
+    from kmervae.core.engine import fit_local
+    from kmervae.tracking.run import fit_local_tracked, run_tags
+    from kmervae.tracking.tracker import Tracker, tracking_uri
+
+    out = args.out or Path("runs") / name
+    if args.no_mlflow:
+        local = fit_local(args.data, config, out)
+        return local.history, local.best_checkpoint, local.last_checkpoint, None, None
+    uri = tracking_uri(args.mlflow_dir)
+    tracker = Tracker(args.experiment, name, uri=uri, tags=run_tags("local", name, config, args.preset))
+    local = fit_local_tracked(args.data, config, out, tracker)
+    return local.history, local.best_checkpoint, local.last_checkpoint, tracker.run_id, tracker.uri
 
 
 def _add_describe(sub: argparse._SubParsersAction) -> None:
