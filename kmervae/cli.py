@@ -293,47 +293,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_on_ray(args: argparse.Namespace, config, name: str):
-    """`kmervae train --engine ray`: (history, best.pt, last.pt, MLflow run id, store URI)."""
-    from kmervae.distributed.ray_engine import TRAIN_LOG, fit_ray
+    """`kmervae train --engine ray`: (history, best.pt, last.pt, MLflow run id, store URI).
+    What Ray and the workers print goes to train.log in the outputs (--verbose: the console)."""
+    from kmervae.distributed.console import quiet_console
+    from kmervae.distributed.ray_engine import TRAIN_LOG, fit_ray, ray_outputs
 
-    result = fit_ray(
-        args.data,
-        config,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        use_cpu=args.cpu,
-        name=name,
-        storage=args.storage,
-        experiment=None if args.no_mlflow else args.experiment,
-        mlflow_dir=args.mlflow_dir,
-        address=args.address,
-        out_dir=args.out,
-        data_mode=args.data_mode,
-        verbose=args.verbose,
-        preset=args.preset,
-    )
-    if not args.verbose:
-        print(
-            f"log       {Path(result.best_checkpoint).parent / TRAIN_LOG} (what Ray and the workers printed)",
-            file=sys.stderr,
+    log_path = ray_outputs(args.storage, name, args.out) / TRAIN_LOG
+    with quiet_console(log_path, args.verbose, relay=True):
+        result = fit_ray(
+            args.data,
+            config,
+            workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker,
+            use_cpu=args.cpu,
+            name=name,
+            storage=args.storage,
+            experiment=None if args.no_mlflow else args.experiment,
+            mlflow_dir=args.mlflow_dir,
+            address=args.address,
+            out_dir=args.out,
+            data_mode=args.data_mode,
+            preset=args.preset,
         )
+    if not args.verbose:
+        print(f"log       {log_path} (what Ray and the workers printed)", file=sys.stderr)
     return result.history, result.best_checkpoint, result.last_checkpoint, result.mlflow_run_id, result.mlflow_uri
 
 
 def _train_here(args: argparse.Namespace, config, name: str):
     """`kmervae train --engine local`: (history, best.pt, last.pt, MLflow run id, store URI)."""
-    from kmervae.core.engine import fit_local
-    from kmervae.tracking.run import fit_local_tracked, run_tags
-    from kmervae.tracking.tracker import Tracker, tracking_uri
+    from kmervae.tracking.run import train_local, training_run
+    from kmervae.tracking.tracker import tracking_uri
 
-    out = args.out or Path("runs") / name
-    if args.no_mlflow:
-        local = fit_local(args.data, config, out)
-        return local.history, local.best_checkpoint, local.last_checkpoint, None, None
-    uri = tracking_uri(args.mlflow_dir)
-    tracker = Tracker(args.experiment, name, uri=uri, tags=run_tags("local", name, config, args.preset))
-    local = fit_local_tracked(args.data, config, out, tracker)
-    return local.history, local.best_checkpoint, local.last_checkpoint, tracker.run_id, tracker.uri
+    spec = training_run(
+        "local",
+        name,
+        config,
+        args.out or Path("runs") / name,
+        experiment=None if args.no_mlflow else args.experiment,
+        uri=tracking_uri(args.mlflow_dir),
+        data_path=args.data,
+        preset=args.preset,
+    )
+    local, tracker = train_local(args.data, config, spec)
+    run_id, uri = (tracker.run_id, tracker.uri) if tracker else (None, None)
+    return local.history, local.best_checkpoint, local.last_checkpoint, run_id, uri
 
 
 def _add_describe(sub: argparse._SubParsersAction) -> None:
@@ -632,9 +636,12 @@ featurizing 167 Mbp (bench/RESULTS.md)."""
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status."""
+    from kmervae.tracking.tracker import use_impatient_http
+
     parser = build_parser()
     args = parser.parse_args(argv)
     command = args.run.__name__.removeprefix("_cmd_")
+    use_impatient_http()
     try:
         return args.run(args)
     except KmervaeError as err:

@@ -136,6 +136,18 @@ def no_outside_servers(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def impatient_mlflow_http():
+    """The tests call the library as kmervae's entry points do, with MLflow's quick HTTP
+    give-up (`use_impatient_http`); the Ray clusters they start inherit it."""
+    from kmervae.tracking.tracker import IMPATIENT_HTTP
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in IMPATIENT_HTTP.items():
+            patch.setenv(key, value)
+        yield
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_ray_cluster_per_module():
     """A module whose code started Ray in this process (fit_ray, run_sweep) stops it at its end:

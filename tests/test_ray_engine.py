@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ def with_abundance(epochs: int) -> RunConfig:
 @pytest.fixture(scope="module")
 def two_worker_run(local_ray, abundance_features, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-run")
+    before = sys.stdout, sys.stderr, dict(os.environ)
     result = fit_ray(
         abundance_features,
         with_abundance(2),
@@ -60,6 +62,12 @@ def two_worker_run(local_ray, abundance_features, tmp_path_factory):
         mlflow_dir=root,
         log=lambda line: None,
     )
+    # A library call leaves the process as it found it: no redirection, no environment edits
+    # (kmervae's command-line entry points choose those).
+    assert (sys.stdout, sys.stderr) == before[:2]
+    assert {k: v for k, v in os.environ.items() if k.startswith("MLFLOW")} == {
+        k: v for k, v in before[2].items() if k.startswith("MLFLOW")
+    }
     return root, result
 
 

@@ -110,14 +110,17 @@ def test_a_sweep_keeps_its_state_on_s3_and_a_diverging_trial_fails_alone(
     from mlflow import MlflowClient
 
     from kmervae.core.config import SweepConfig
-    from kmervae.distributed.sweep import run_sweep
+    from kmervae.distributed.console import quiet_console
+    from kmervae.distributed.sweep import check_sweep
 
     monkeypatch.chdir(tmp_path)
     sweep = SweepConfig(
         name="s3sweep", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=1, register_as="",
         metric="val/knn_acc",  # the space varies loss.scale: val/loss would not compare the trials
     )  # fmt: skip
-    result = run_sweep(example_features, tiny(2), diverging_space, sweep, mlflow_dir=tmp_path)
+    checked = check_sweep(example_features, tiny(2), diverging_space, sweep, mlflow_dir=tmp_path)
+    with quiet_console(checked.log_path):  # as the sweep scripts run it
+        result = checked.run()
     assert sorted(t.status for t in result.trials) == ["ERROR", "OK"]
     failed = next(t for t in result.trials if t.status == "ERROR")
     assert "training loss became inf" in failed.error

@@ -139,3 +139,23 @@ def test_ray_training_and_sweeps_check_storage_before_ray_starts(tmp_path, examp
             use_mlflow=False,
         )
     assert not ray.is_initialized()
+
+
+def test_kmervae_train_on_ray_refuses_storage_it_cannot_log_to_in_one_line(tmp_path, example_features, capsys):
+    """The command line opens train.log in the run's outputs first: a folder that cannot be
+    made is one line (exit 2), before Ray starts and with nothing written."""
+    import ray
+
+    from kmervae.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["train", str(example_features), "--engine", "ray", "--preset", "tiny", "--no-mlflow",
+                 "--storage", str(blocker / "ray"), "--name", "r"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not ray.is_initialized()
+    assert err == (
+        f"kmervae train: error: {blocker}/ray/r/outputs: cannot create this folder: {blocker} is a file; "
+        "choose another --storage/--out"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.core.run_outputs import ARTIFACT_FILES, CHECKPOINT_FILES
-from kmervae.tracking.run import fit_local_tracked
+from kmervae.tracking.run import run_tags, train_local, training_run
 from kmervae.tracking.tracker import Tracker, flatten, tracking_uri
 
 
@@ -27,13 +29,24 @@ def test_flatten():
 
 def test_a_local_run_is_logged_completely(tmp_path, example_features):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = Tracker("tests", "tiny-run", uri=uri, tags={"engine": "local"})
     config = RunConfig(model=PRESETS["tiny"]).with_overrides(
         ["train.epochs=2", "train.batch_size=64", "data.max_samples=400"]
     )
-    result = fit_local_tracked(example_features, config, tmp_path / "run", tracker, log=lambda line: None)
+    spec = training_run(
+        "local",
+        "tiny-run",
+        config,
+        tmp_path / "run",
+        experiment="tests",
+        uri=uri,
+        data_path=example_features,
+        preset="tiny",
+    )
+    result, tracker = train_local(example_features, config, spec, log=lambda line: None)
     run = tracker.client.get_run(tracker.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["engine"] == "local"
+    assert run.info.status == "FINISHED"
+    assert run.data.tags.items() >= run_tags("local", "tiny-run", config, "tiny").items()
+    assert run.data.params["data.path"] == str(example_features.absolute())
     assert run.data.params["model.latent_dim"] == "8" and run.data.params["train.epochs"] == "2"
     history = tracker.client.get_metric_history(tracker.run_id, "val/loss")
     assert [(m.step, m.value) for m in history] == [(i, m["val/loss"]) for i, m in enumerate(result.history)]
@@ -62,10 +75,22 @@ def test_an_experiment_made_elsewhere_is_marked_once_and_a_chosen_kind_kept(tmp_
 
 
 def test_a_failed_run_is_marked_failed(tmp_path):
-    tracker = Tracker("tests", "broken", uri=f"sqlite:///{tmp_path}/mlflow.db")
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = RunConfig(model=PRESETS["tiny"])
+    spec = training_run("local", "broken", config, tmp_path / "run", experiment="tests", uri=uri)
     with pytest.raises(KmervaeError, match="no such feature dataset"):
-        fit_local_tracked(tmp_path / "missing", RunConfig(model=PRESETS["tiny"]), tmp_path / "run", tracker)
-    assert tracker.client.get_run(tracker.run_id).info.status == "FAILED"
+        train_local(tmp_path / "missing", config, spec)
+    [run] = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("tests").experiment_id])
+    assert run.info.run_name == "broken" and run.info.status == "FAILED"
+
+
+def test_a_run_without_an_experiment_trains_and_logs_nothing(tmp_path, example_features):
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["train.epochs=1", "data.max_samples=200"])
+    result, tracker = train_local(example_features, config, training_run("local", "plain", config, tmp_path / "run"))
+    assert tracker is None and result.best_checkpoint.is_file() and len(result.history) == 1
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "mlruns").exists()
 
 
 def test_credentials_never_reach_mlflow_or_the_terminal(tmp_path, monkeypatch, capsys):
@@ -216,3 +241,13 @@ def test_runs_are_found_by_tags_whatever_quotes_their_values_hold(tmp_path):
         assert find_run(client, experiment, {"kmervae.sweep": name}) == run_id
     with pytest.raises(ConfigError, match="holds both quote characters"):
         tag_filter({"kmervae.sweep": 'it\'s "both"'})
+
+
+def test_the_quick_http_give_up_is_a_default_a_person_can_override(monkeypatch):
+    from kmervae.tracking.tracker import IMPATIENT_HTTP, use_impatient_http
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    use_impatient_http()
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "120"  # the person's value wins
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == IMPATIENT_HTTP["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]

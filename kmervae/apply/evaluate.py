@@ -214,7 +214,6 @@ def log_to_run(run_id: str, metrics: dict[str, float], files: list[Path], artifa
 
     from kmervae.tracking.tracker import (
         execute,
-        impatient_http,
         is_unreachable,
         metrics_op,
         mlflow_client,
@@ -224,11 +223,10 @@ def log_to_run(run_id: str, metrics: dict[str, float], files: list[Path], artifa
     uri = tracking_uri()
     client = mlflow_client(uri)
     try:
-        with impatient_http():
-            client.get_run(run_id)
-            execute(client, metrics_op(run_id, metrics, step=0))
-            for path in files:
-                client.log_artifact(run_id, str(path), artifact_path)
+        client.get_run(run_id)
+        execute(client, metrics_op(run_id, metrics, step=0))
+        for path in files:
+            client.log_artifact(run_id, str(path), artifact_path)
     except Exception as err:  # MlflowException for an unknown id, requests errors for a dead server
         if is_unreachable(err):
             where = ", ".join(str(p) for p in files)

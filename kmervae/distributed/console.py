@@ -24,12 +24,18 @@ RELAY_MARK = "kmervae> "
 """Prefix of a worker's line meant for the person at the driver's console."""
 
 _console: IO[str] = sys.stderr
+_log_path: Path | None = None
 
 
 def current() -> IO[str]:
     """The console of the innermost `quiet_console` (stderr outside one). Looked up at each
     write, not held: Tune pickles its callbacks with a sweep's state."""
     return _console
+
+
+def log_file() -> Path | None:
+    """Where the innermost `quiet_console` sends what this process prints (None: the console)."""
+    return _log_path
 
 
 class _Relay(io.TextIOBase):
@@ -59,12 +65,17 @@ class _Relay(io.TextIOBase):
 def quiet_console(log_path: Path, verbose: bool = False, relay: bool = False) -> Iterator[IO[str]]:
     """Send this process's stdout and stderr to `log_path`, appending; yield a stream to the
     original stderr for the lines meant for a person. `relay`: worker lines marked with
-    `RELAY_MARK` reach that stream too. With `verbose`, nothing is redirected: the stream is stderr."""
-    global _console
+    `RELAY_MARK` reach that stream too. With `verbose`, nothing is redirected: the stream is stderr.
+
+    Only command-line entry points call this: it redirects the whole process's output."""
+    global _console, _log_path
     if verbose:
         _console = sys.stderr
         yield sys.stderr
         return
+    from kmervae.core.storage import check_writable
+
+    check_writable(log_path.parent)  # a folder that cannot hold the log is one line, not a traceback
     made = next((p for p in reversed(log_path.parents) if not p.exists()), None)  # the top folder made here
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
@@ -77,7 +88,7 @@ def quiet_console(log_path: Path, verbose: bool = False, relay: bool = False) ->
             os.dup2(log.fileno(), 1)  # child processes and C++ code write to the descriptors
             os.dup2(log.fileno(), 2)
             sys.stdout = sys.stderr = _Relay(log, console) if relay else log  # Python code, Ray's relay
-            _console = console
+            _console, _log_path = console, log_path
             try:
                 yield console
             except BaseException:
@@ -87,7 +98,7 @@ def quiet_console(log_path: Path, verbose: bool = False, relay: bool = False) ->
                 raise
             finally:
                 _flush_ray_relay()
-                _console = streams[1]
+                _console, _log_path = streams[1], None
                 sys.stdout, sys.stderr = streams
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)

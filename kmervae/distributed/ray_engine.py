@@ -38,9 +38,10 @@ from kmervae.core.redact import redact
 from kmervae.core.run_outputs import RunOutputs
 from kmervae.core.storage import check_writable, is_uri, local_outputs
 from kmervae.core.storage import normalize as normalize_storage
-from kmervae.distributed.console import RELAY_MARK, quiet_console
+from kmervae.distributed import console
+from kmervae.distributed.console import RELAY_MARK
 from kmervae.distributed.ray_data import StreamedShards, gather_shard
-from kmervae.tracking.run import record_outputs, run_params, run_tags
+from kmervae.tracking.run import record_outputs, training_run
 from kmervae.tracking.tracker import (
     Outbox,
     check_reachable,
@@ -48,6 +49,7 @@ from kmervae.tracking.tracker import (
     metrics_op,
     mlflow_client,
     tracking_uri,
+    use_impatient_http,
 )
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -252,6 +254,7 @@ def mlflow_epoch_logger(uri: str, run_id: str):
             if not metrics or EPOCH not in metrics[0]:
                 return
             if self.outbox is None:
+                use_impatient_http()  # the controller is a process of its own
                 self.outbox = Outbox(mlflow_client(uri), uri)
             self.outbox.send(metrics_op(run_id, metrics[0], step=int(metrics[0][EPOCH])))
 
@@ -286,7 +289,6 @@ def fit_ray(
     out_dir: str | Path | None = None,
     data_mode: str = "auto",
     log: Callable[[str], None] | None = None,
-    verbose: bool = False,
     preset: str | None = None,
     callbacks: Sequence = (),
 ) -> RayFitResult:
@@ -294,40 +296,46 @@ def fit_ray(
     `callbacks`: Ray Train callbacks (`ray.train.UserCallback`), run on the controller beside
     the one that logs each epoch to MLflow.
 
-    The console gets `log`'s lines (default: printed there) and the per-epoch table; what Ray
-    and the workers print goes to `train.log` in the outputs (`verbose`: to the console)."""
+    The console (`console.current()`) gets `log`'s lines (by default) and, through Ray, the
+    per-epoch table; `kmervae train` sends everything else to `train.log` in the outputs."""
     files = dataset_files(data_path)  # a foreign or corrupt dataset is refused before Ray starts
     config = config.for_data(files.format.samples)
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
-    out = Path(out_dir).absolute() if out_dir else local_outputs(storage, name, "outputs")
-    check_room(storage, out, checkpoint_bytes(config))
-    if experiment:
-        check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
+    spec = training_run(
+        "ray",
+        name,
+        config,
+        ray_outputs(storage, name, out_dir),
+        experiment=experiment,
+        uri=tracking_uri(mlflow_dir),
+        data_path=data_path,
+        preset=preset,
+        **{"kmervae.storage": str(storage)},
+    )
+    check_room(storage, spec.outputs.folder, checkpoint_bytes(config))
+    if spec.experiment:
+        check_reachable(spec.uri)  # a dead tracking server fails before Ray starts
     import ray
 
     from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary
 
-    log_path = out / TRAIN_LOG
-    with quiet_console(log_path, verbose, relay=True) as console:
-        log = log or (lambda line: print(line, file=console, flush=True))
-        init_ray(address)
-        plan = plan_resources(ray.available_resources(), workers, gpus_per_worker, use_cpu)
-        labels = label_vocabulary(files)
-        check_labels_for(config, bool(labels))
-        tracker = None
-        if experiment:
-            tracker = _mlflow_run(experiment, name, storage, mlflow_dir, config, data_path, preset)
-        log(
-            f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, "
-            f"storage {redact(storage)}"
-        )
-        train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
-        worker_plan = WorkerPlan(config, bool(labels), plan.cpus_per_worker, decoded_bytes(files, config.data))
-        trainer = build_trainer(worker_plan, plan, train_ds, val_ds, name, storage, tracker, callbacks)
-        with closes_on_error(tracker):
-            result = trainer.fit()
-        best, last, history = export_results(result, config, RunOutputs(out), tracker, log)
+    log = log or (lambda line: print(line, file=console.current(), flush=True))
+    init_ray(address)
+    plan = plan_resources(ray.available_resources(), workers, gpus_per_worker, use_cpu)
+    labels = label_vocabulary(files)
+    check_labels_for(config, bool(labels))
+    tracker = spec.open_tracker(resume=True)  # the same run again when resuming by name
+    log(
+        f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, "
+        f"storage {redact(storage)}"
+    )
+    train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
+    worker_plan = WorkerPlan(config, bool(labels), plan.cpus_per_worker, decoded_bytes(files, config.data))
+    trainer = build_trainer(worker_plan, plan, train_ds, val_ds, name, storage, tracker, callbacks)
+    with closes_on_error(tracker):
+        result = trainer.fit()
+    best, last, history = export_results(result, config, spec.outputs, tracker, log)
     return RayFitResult(
         name,
         str(result.path),
@@ -337,6 +345,12 @@ def fit_ray(
         tracker.run_id if tracker else None,
         tracker.uri if tracker else None,
     )
+
+
+def ray_outputs(storage: str | Path, name: str, out_dir: str | Path | None = None) -> Path:
+    """The local folder of a Ray training run's outputs: `out_dir`, else `outputs` in the run's
+    folder of local storage (under ./runs/outputs for remote storage)."""
+    return Path(out_dir).absolute() if out_dir else local_outputs(normalize_storage(storage), name, "outputs")
 
 
 def check_room(storage: str, out: Path, size: int) -> None:
@@ -434,17 +448,6 @@ def init_ray(address: str | None) -> None:
                 ray.init(address="local", logging_level="WARNING", include_dashboard=True, dashboard_host="127.0.0.1")
     except ConnectionError as err:
         raise ConfigError(f"cannot connect to the Ray cluster at {address}: {err}; start it or fix --address") from None
-
-
-def _mlflow_run(experiment: str, name: str, storage: str, mlflow_dir, config: RunConfig, data_path, preset: str | None):
-    """The MLflow run of this training run: the same run again when resuming by name."""
-    from kmervae.tracking.tracker import Tracker, tracking_uri
-
-    tags = run_tags("ray", name, config, preset, **{"kmervae.storage": str(storage)})
-    tracker = Tracker(experiment, name, uri=tracking_uri(mlflow_dir), tags=tags, resume=True)
-    if not tracker.resumed:
-        tracker.log_params(run_params(config, data_path))
-    return tracker
 
 
 def _copy_checkpoint(checkpoint, target: Path) -> Path:

@@ -16,7 +16,7 @@ import logging
 import math
 import subprocess
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,11 @@ from kmervae.distributed.sweep_report import (
     space_distributions,
     trial_outputs,
 )
+from kmervae.tracking.run import RunSpec, training_run
 from kmervae.tracking.tracker import OUTBOX_FILE, check_reachable, closes_on_error, tag_filter, tracking_uri
 
+LOG_NAME = "sweep.log"
+"""What Ray, Tune and the trials printed, in the sweep's local outputs (`CheckedSweep.log_path`)."""
 TRIAL_CPUS = 0.1
 """CPU reserved for each trial's own actor (it only waits on its Ray Train run)."""
 
@@ -148,15 +151,17 @@ def run_trial(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from kmervae.distributed.ray_engine import WorkerPlan, build_trainer
+    from kmervae.tracking.tracker import use_impatient_http
 
+    use_impatient_http()  # a trial's actor is a process of its own
     config = RunConfig.from_dict(overrides_to_dict(config_overrides({**extra, **tune_config})), base=base)
     trial_id = ray.tune.get_context().get_trial_id()
     storage = join(sweep.storage, sweep.name, "trials")
-    tracker = None
-    if mlflow_uri:  # with the tracking server down, the run is made later (the driver backfills it)
-        tracker = _trial_run(sweep, trial_id, mlflow_uri, parent_run_id, config, tune_config)
+    spec = trial_run(sweep, trial_id, mlflow_uri, parent_run_id, config, tune_config)
+    # With the tracking server down, the run is made later (the driver backfills it).
+    tracker = spec.open_tracker(resume=True, defer=True)
     # A trial's best checkpoint is its best epoch by the sweep's objective.
-    worker_plan = WorkerPlan(config, labeled, plan.cpus_per_worker, data_bytes, sweep.objective)
+    worker_plan = WorkerPlan(config, labeled, plan.cpus_per_worker, data_bytes, spec.outputs.objective)
     trainer = build_trainer(
         worker_plan, plan, train_ds, val_ds, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()]
     )
@@ -171,25 +176,24 @@ def run_trial(
     # soon as its last report arrives. The driver exports every trial's results instead.
 
 
-def _trial_run(sweep: SweepConfig, trial_id: str, uri: str, parent_run_id: str, config: RunConfig, sampled: dict):
-    """A trial's MLflow child run: found again by its tags (resume, driver export) or created."""
-    from kmervae.tracking.run import run_tags
-    from kmervae.tracking.tracker import Tracker
-
+def trial_run(
+    sweep: SweepConfig, trial_id: str, uri: str | None, parent_run_id: str | None, config: RunConfig, sampled: dict
+) -> RunSpec:
+    """A trial's run: its outputs in the sweep's, ranked by the sweep's objective, and its MLflow
+    child run under the sweep's (found again by its tags: resume, the driver's export)."""
     name = f"{sweep.name}-{trial_id}"
-    tags = run_tags("ray", name, config, **{"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id)})
-    tracker = Tracker(
-        sweep.experiment,
-        f"{sweep.name}-{trial_id}",
+    return training_run(
+        "ray",
+        name,
+        config,
+        trial_outputs(local_outputs(sweep.storage, sweep.name), trial_id),
+        experiment=sweep.experiment if uri else None,
         uri=uri,
-        tags=tags,
+        objective=sweep.objective,
         parent_run_id=parent_run_id,
-        resume=True,
-        defer=True,
+        extra_params={"trial": {"id": trial_id, **sampled}},
+        **{"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id)},
     )
-    if not tracker.resumed:
-        tracker.log_params({**config.to_dict(), "trial": {"id": trial_id, **sampled}})
-    return tracker
 
 
 def run_sweep(
@@ -204,52 +208,68 @@ def run_sweep(
     address: str | None = None,
     data_mode: str = "auto",
     log: Callable[[str], None] | None = None,
-    verbose: bool = False,
 ) -> SweepResult:
-    """Run (or with `resume`, continue) a sweep; returns the trials and the best one.
+    """Run (or with `resume`, continue) a sweep; returns the trials and the best one:
+    `check_sweep`, then `CheckedSweep.run`."""
+    checked = check_sweep(data_path, base, space, sweep, resume=resume, mlflow_dir=mlflow_dir, use_mlflow=use_mlflow)
+    return checked.run(address=address, data_mode=data_mode, log=log)
 
-    What Ray, Tune and the trials print goes to `sweep.log` in the sweep's local outputs
-    (`verbose`: to this process's stdout and stderr, as Ray prints it); the console gets the
-    header, the live view of `sweep_view` and `log`'s lines (default: to the console)."""
-    from ray import tune
 
-    from kmervae.distributed.console import quiet_console
-    from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary
-    from kmervae.distributed.ray_engine import init_ray
-    from kmervae.distributed.sweep_view import LOG_NAME, SweepView
+@dataclass(frozen=True)
+class CheckedSweep:
+    """A sweep that `check_sweep` found able to run: its data, every trial's base config, its
+    space and settings (storage normalised), and where its local outputs go. A command-line
+    entry point sends the console to `log_path` (`console.quiet_console`) around `run`."""
 
-    files = dataset_files(data_path)
-    base = base.for_data(files.format.samples)  # trials read the abundance column when their model has a branch
-    check_objective(sweep.metric, check_space(space, base, sweep.seed))
-    if sweep.metric in BIN_KEYS:  # computed only when asked for: every trial bins its validation contigs
-        base = base.with_overrides(["train.nc_bins=true"])
-    sweep = SweepConfig(**{**asdict(sweep), "storage": normalize(sweep.storage)})  # a folder or s3://...
-    labels = label_vocabulary(files)
-    sweep_dir, outputs = join(sweep.storage, sweep.name), local_outputs(sweep.storage, sweep.name)
-    _check_before_ray(files, data_path, base, sweep, labels, resume, outputs)
-    if use_mlflow:
-        check_reachable(tracking_uri(mlflow_dir))  # a dead tracking server fails before Ray starts
-    log_path = outputs / LOG_NAME
-    with quiet_console(log_path, verbose) as console:
-        log = log or (lambda line: print(line, file=console, flush=True))
+    data_path: str | Path
+    files: DatasetFiles
+    base: RunConfig
+    space: SpaceFn
+    sweep: SweepConfig
+    labels: list[str]
+    resume: bool
+    mlflow_uri: str | None
+    outputs: Path
+
+    @property
+    def log_path(self) -> Path:
+        """Where a quiet console sends what Ray, Tune and the trials print."""
+        return self.outputs / LOG_NAME
+
+    def run(self, *, address: str | None = None, data_mode: str = "auto", log=None) -> SweepResult:
+        """Start (or join) Ray, open the parent MLflow run, run every trial with Tune, collect.
+        The console gets the header, the live view of `sweep_view` and `log`'s lines (default:
+        the console of `console.current()`)."""
+        from ray import tune
+
+        from kmervae.distributed import console
+        from kmervae.distributed.ray_data import build_datasets, decoded_bytes
+        from kmervae.distributed.ray_engine import init_ray
+        from kmervae.distributed.sweep_view import SweepView
+
+        base, sweep, files = self.base, self.sweep, self.files
+        log = log or (lambda line: print(line, file=console.current(), flush=True))
         init_ray(address)
         plan, concurrent = _trial_resources(sweep)
-        tracker = _parent_run(sweep, files, data_path, base, mlflow_dir, space) if use_mlflow else None
+        tracker = (
+            _parent_run(sweep, files, self.data_path, base, self.mlflow_uri, self.space) if self.mlflow_uri else None
+        )
         log(
             f"sweep {sweep.name}: {sweep.num_samples} trial(s) of at most {base.train.epochs} epoch(s), ranked on "
             f"{sweep.metric}; {concurrent} at a time, each {plan.describe()}"
         )
-        log(f"data      {data_path} ({files.rows:,} contigs); storage {redact(sweep_dir)}")
+        log(f"data      {self.data_path} ({files.rows:,} contigs); storage {redact(join(sweep.storage, sweep.name))}")
         if tracker is not None:
             log(f"mlflow    {redact(tracker.uri)}, experiment '{sweep.experiment}'")
-        log(f"log       {log_path} (what Ray and the trials print)" if not verbose else "log       this console")
-        train_ds, val_ds = build_datasets(files, base.data, labels, base.train.seed, data_mode)  # once, for every trial
+        printed = console.log_file()
+        log(f"log       {printed} (what Ray and the trials print)" if printed else "log       this console")
+        train_ds, val_ds = build_datasets(files, base.data, self.labels, base.train.seed, data_mode)  # once, for all
         trainable = tune.with_resources(
             tune.with_parameters(
                 run_trial,
                 base=base,
                 sweep=sweep,
-                labeled=bool(labels),
+                labeled=bool(self.labels),
                 plan=plan,
                 train_ds=train_ds,
                 val_ds=val_ds,
@@ -260,16 +280,42 @@ def run_sweep(
             ),
             {"cpu": TRIAL_CPUS},
         )
-        view = SweepView(
-            objective=sweep.objective,
-            total=sweep.num_samples,
-            max_epochs=base.train.epochs,
-            log_path=None if verbose else log_path,
-        )
-        tuner = _tuner(trainable, view, space, sweep, base, concurrent, resume)
+        view = SweepView(objective=sweep.objective, total=sweep.num_samples, max_epochs=base.train.epochs)
+        tuner = _tuner(trainable, view, self.space, sweep, base, concurrent, self.resume)
         with closes_on_error(tracker), logger_level("optuna", logging.WARNING):
             grid = tuner.fit()
-        return _collect(grid, space, sweep, outputs, tracker, log)
+        return _collect(grid, self.space, sweep, self.outputs, tracker, log)
+
+
+def check_sweep(
+    data_path: str | Path,
+    base: RunConfig,
+    space: SpaceFn,
+    sweep: SweepConfig,
+    *,
+    resume: bool = False,
+    mlflow_dir: str | Path | None = None,
+    use_mlflow: bool = True,
+) -> CheckedSweep:
+    """Everything that can refuse a sweep before Ray starts (one line each): the data, the
+    objective against the data and the space, --resume against what storage holds, room for
+    every trial's checkpoints, the tracking store."""
+    files = dataset_files(data_path)
+    base = base.for_data(files.format.samples)  # trials read the abundance column when their model has a branch
+    check_objective(sweep.metric, check_space(space, base, sweep.seed))
+    if sweep.metric in BIN_KEYS:  # computed only when asked for: every trial bins its validation contigs
+        base = base.with_overrides(["train.nc_bins=true"])
+    sweep = SweepConfig(**{**asdict(sweep), "storage": normalize(sweep.storage)})  # a folder or s3://...
+    from kmervae.distributed.ray_data import label_vocabulary
+
+    labels = label_vocabulary(files)
+    outputs = local_outputs(sweep.storage, sweep.name)
+    _check_before_ray(files, data_path, base, sweep, labels, resume, outputs)
+    uri = None
+    if use_mlflow:
+        uri = tracking_uri(mlflow_dir)
+        check_reachable(uri)  # a dead tracking server fails before Ray starts
+    return CheckedSweep(data_path, files, base, space, sweep, labels, resume, uri, outputs)
 
 
 def _check_before_ray(
@@ -374,7 +420,7 @@ def _collect(grid, space: SpaceFn, sweep: SweepConfig, outputs: Path, tracker, l
     if tracker is not None:
         _drop_lost_trials_if_reachable(tracker, sweep, {row.trial_id for row in result.trials}, log)
     for row in result.trials:
-        _export_trial(row, sweep, sweep_dir, outputs, tracker, log)
+        _export_trial(row, sweep, sweep_dir, tracker, log)
     _pick_best(result, sweep, outputs)
     if tracker is not None:
         result.parent_run_id, result.mlflow_uri = tracker.run_id, tracker.uri
@@ -382,12 +428,12 @@ def _collect(grid, space: SpaceFn, sweep: SweepConfig, outputs: Path, tracker, l
     return result
 
 
-def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunConfig, mlflow_dir, space: SpaceFn):
+def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunConfig, uri: str, space: SpaceFn):
     """The sweep's MLflow parent run (the same one again on --resume)."""
-    from kmervae.tracking.tracker import Tracker, tracking_uri
+    from kmervae.tracking.tracker import Tracker
 
     tags = {"kmervae.sweep": sweep.name, "kmervae.role": "sweep", "kmervae.storage": sweep.storage}
-    tracker = Tracker(sweep.experiment, sweep.name, uri=tracking_uri(mlflow_dir), tags=tags, resume=True)
+    tracker = Tracker(sweep.experiment, sweep.name, uri=uri, tags=tags, resume=True)
     if not tracker.resumed:
         data = {
             "path": str(Path(data_path).absolute()),
@@ -422,11 +468,10 @@ def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
 
 
 def _drop_lost_trials_if_reachable(parent, sweep: SweepConfig, known: set[str], log) -> None:
-    from kmervae.tracking.tracker import impatient_http, is_unreachable
+    from kmervae.tracking.tracker import is_unreachable
 
     try:
-        with impatient_http():
-            _drop_lost_trials(parent, sweep, known, log)
+        _drop_lost_trials(parent, sweep, known, log)
     except Exception as err:
         if not is_unreachable(err):
             raise
@@ -463,7 +508,7 @@ def _summarize(grid, sweep: SweepConfig, sweep_dir: str, outputs: Path) -> Sweep
     return SweepResult(sweep.name, sweep_dir, str(outputs), rows)
 
 
-def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, outputs: Path, parent, log) -> None:
+def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, parent, log) -> None:
     """Export a trial's checkpoints from its Ray Train run folder; close its MLflow child run."""
     import ray.train
 
@@ -471,22 +516,22 @@ def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, outputs: Pa
     from kmervae.distributed.ray_engine import export_results
 
     run_dir = join(sweep_dir, "trials", f"trial-{row.trial_id}")
-    out = trial_outputs(outputs, row.trial_id)
     checkpoint = None
     if row.status == "OK" and any(name.startswith("checkpoint_") for name in list_names(run_dir)):
         result = ray.train.Result.from_path(run_dir)
         with result.checkpoint.as_directory() as folder:
             checkpoint = load_checkpoint(Path(folder) / "checkpoint.pt")
-    tracker = None
-    if parent is not None:  # the trial's run; made now (or at mlflow-sync) if the server was down when it started
-        config = checkpoint.config if checkpoint else RunConfig()
-        tracker = _trial_run(sweep, row.trial_id, parent.uri, parent.run_id, config, row.params)
+    config = checkpoint.config if checkpoint else RunConfig()
+    parent_run = (parent.uri, parent.run_id) if parent is not None else (None, None)
+    spec = trial_run(sweep, row.trial_id, *parent_run, config, row.params)
+    out = spec.outputs.folder
+    # The trial's run: made now (or at mlflow-sync) if the server was down when it started.
+    tracker = spec.open_tracker(resume=True, defer=True)
     if checkpoint is None:
         if tracker is not None:
             tracker.set_tag("kmervae.failure", row.error or "no checkpoint")
             tracker.finish("FAILED", fallback=out / OUTBOX_FILE, log=log)
         return
-    config = checkpoint.config
     row.epochs = len(checkpoint.history)
     best = sweep.objective.best_epoch(checkpoint.history)
     if best is not None:  # a trial is as good as its best epoch (its best checkpoint), not its last report
@@ -495,7 +540,7 @@ def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, outputs: Pa
         stopped = len(checkpoint.history) < config.train.epochs  # ASHA ended it before its last epoch
         tracker.set_tag("kmervae.stopped_early", str(stopped).lower())
     quiet = lambda line: log(line) if line.startswith("warning") else None  # noqa: E731
-    export_results(result, config, RunOutputs(out, sweep.objective), tracker, log=quiet)
+    export_results(result, config, spec.outputs, tracker, log=quiet)
 
 
 def _pick_best(result: SweepResult, sweep: SweepConfig, outputs: Path) -> None:

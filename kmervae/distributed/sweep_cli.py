@@ -153,7 +153,10 @@ def sweep_main(
     """Parse flags, run the sweep, print where everything went. Returns the exit status.
     `abundance_space`, where given, is the space for features with abundance (it adds the
     abundance branch's settings to `space`'s). `metric`: the script's default objective."""
+    from kmervae.tracking.tracker import use_impatient_http
+
     args = parse_args(description, preset, argv, metric)
+    use_impatient_http()
     try:
         return _run(script, args, space, abundance_space)
     except KmervaeError as err:
@@ -177,8 +180,9 @@ def objective(metric: str, data, base, labels: list[str]) -> str:
 
 def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> int:
     from kmervae.core.feature_table import dataset_files
+    from kmervae.distributed.console import quiet_console
     from kmervae.distributed.ray_data import label_vocabulary
-    from kmervae.distributed.sweep import run_sweep
+    from kmervae.distributed.sweep import check_sweep
 
     data = args.data or default_data(args.storage)
     files = dataset_files(data)
@@ -188,16 +192,9 @@ def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> 
         print(f"abundance: {len(files.format.samples)} sample(s); the abundance branch is swept too")
     base = base_config(args, labels)
     sweep = sweep_config(script, args, objective(args.metric, data, base, labels))
-    result = run_sweep(
-        data,
-        base,
-        space,
-        sweep,
-        resume=args.resume,
-        mlflow_dir=args.mlflow_dir,
-        address=args.address,
-        verbose=args.verbose,
-    )
+    checked = check_sweep(data, base, space, sweep, resume=args.resume, mlflow_dir=args.mlflow_dir)
+    with quiet_console(checked.log_path, args.verbose):  # what Ray, Tune and the trials print goes to the log
+        result = checked.run(address=args.address)
     _print_summary(result, sweep, args)
     return 0 if result.best_trial is not None else 1
 
@@ -249,7 +246,7 @@ def sweep_config(script: str, args: argparse.Namespace, metric: str):
 
 def _print_summary(result, sweep, args: argparse.Namespace) -> None:
     """Where everything went: the trials, the log, the best trial and checkpoint, the registry, MLflow."""
-    from kmervae.distributed.sweep_view import LOG_NAME
+    from kmervae.distributed.sweep import LOG_NAME
     from kmervae.tracking.tracker import tracking_uri, ui_command
 
     failed = sum(1 for t in result.trials if t.status != "OK")

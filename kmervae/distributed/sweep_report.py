@@ -177,14 +177,13 @@ def short_value(value) -> str:
 
 def _child_runs(tracker, sweep) -> dict[str, str]:
     """Trial id -> MLflow run id of the sweep's child runs; {} when MLflow cannot be asked."""
-    from kmervae.tracking.tracker import impatient_http, is_unreachable
+    from kmervae.tracking.tracker import is_unreachable
 
     if tracker.run_id is None:
         return {}
     query = tag_filter({"mlflow.parentRunId": tracker.run_id, "kmervae.sweep": sweep.name})
     try:
-        with impatient_http():
-            runs = tracker.client.search_runs([tracker.experiment_id], filter_string=query, max_results=10_000)
+        runs = tracker.client.search_runs([tracker.experiment_id], filter_string=query, max_results=10_000)
     except Exception as err:
         if not is_unreachable(err):
             raise

@@ -22,8 +22,6 @@ from kmervae.distributed import console
 from kmervae.distributed.failures import root_cause_of_text
 from kmervae.distributed.sweep_report import short_value
 
-LOG_NAME = "sweep.log"
-"""Everything Ray and the workers printed during a sweep, in the sweep's local outputs folder."""
 REDRAW_S = 1.0
 """The live status line is redrawn at most this often."""
 
@@ -48,9 +46,9 @@ class SweepView(Callback):
     module's docstring). Defined at module level: Tune pickles it with the sweep's state,
     by reference, so a resumed sweep's copy writes to the new console."""
 
-    def __init__(self, *, objective: Objective, total: int, max_epochs: int, log_path: Path | None):
+    def __init__(self, *, objective: Objective, total: int, max_epochs: int):
         self.objective, self.metric = objective, objective.metric
-        self.total, self.max_epochs, self.log_path = total, max_epochs, log_path
+        self.total, self.max_epochs = total, max_epochs
 
     def setup(self, **info):  # at the start of a sweep, and again when it is resumed
         self.live = console.current().isatty()
@@ -120,7 +118,8 @@ class SweepView(Callback):
         where = trial.error_file
         text = Path(where).read_text(errors="replace") if where and Path(where).exists() else ""
         reason = root_cause_of_text(text) if text.strip() else "no error text"
-        logs = f" (trace: {where}" + (f"; everything printed: {self.log_path})" if self.log_path else ")")
+        printed = console.log_file()
+        logs = f" (trace: {where}" + (f"; everything printed: {printed})" if printed else ")")
         self._ended(trial, "failed", f"error: {reason}{logs if where else ''}")
 
     def on_experiment_end(self, trials, **info):

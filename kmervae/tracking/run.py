@@ -1,9 +1,11 @@
-"""A training run in MLflow, the same for every engine: its tags, its parameters, every
-epoch's metrics, and at the end its outputs (`RunOutputs`) and both checkpoints.
+"""One training run, the same for every engine: `RunSpec` says where its outputs go, which
+epoch is its best, and which MLflow run it logs to (tags, parameters, parent); the run's
+lifecycle is `open_tracker`, every epoch's metrics, then `record_outputs` (the outputs of
+`RunOutputs` and both checkpoints).
 
-The local engine (`fit_local_tracked`), a Ray Train run (`distributed.ray_engine`) and each
-trial of a sweep (`distributed.sweep`) open and close their runs here, so a tag or an
-artifact is added once for all three. `kmervae.core.engine.fit_local` knows nothing of
+The local engine (`train_local`), a Ray Train run (`distributed.ray_engine.fit_ray`) and each
+trial of a sweep (`distributed.sweep`) describe their runs with `training_run`, so a tag or
+an artifact is added once for all three. `kmervae.core.engine.fit_local` knows nothing of
 tracking, so the core stays importable with torch, numpy and pyarrow alone.
 """
 
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kmervae.core.config import RunConfig
 from kmervae.core.engine import FitResult, fit_local
@@ -43,6 +47,69 @@ def run_params(config: RunConfig, data_path: str | Path | None = None) -> dict:
     return params
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: its name, its outputs (folder and the objective that picks best.pt)
+    and its MLflow run: experiment (None: no MLflow), store URI, tags, parameters and, for a
+    sweep's trial, the parent run. Picklable: a Tune trial and the sweep's driver build the
+    same one for a trial and find its run by the tags."""
+
+    name: str
+    outputs: RunOutputs
+    experiment: str | None = None
+    uri: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    parent_run_id: str | None = None
+
+    def open_tracker(self, resume: bool = False, defer: bool = False) -> Tracker | None:
+        """The run's MLflow run, parameters logged once (None without an experiment).
+        `resume`: the run with these tags again if there is one (a run resumed by name);
+        `defer`: a store that is down now gets the run when it answers (see `Tracker`)."""
+        if not self.experiment:
+            return None
+        tracker = Tracker(
+            self.experiment,
+            self.name,
+            uri=self.uri,
+            tags=self.tags,
+            parent_run_id=self.parent_run_id,
+            resume=resume,
+            defer=defer,
+        )
+        if not tracker.resumed:
+            tracker.log_params(self.params)
+        return tracker
+
+
+def training_run(
+    engine: str,
+    name: str,
+    config: RunConfig,
+    folder: str | Path,
+    *,
+    experiment: str | None = None,
+    uri: str | None = None,
+    data_path: str | Path | None = None,
+    objective: Objective = LOWEST_VAL_LOSS,
+    preset: str | None = None,
+    parent_run_id: str | None = None,
+    extra_params: Mapping[str, Any] | None = None,
+    **extra_tags: str,
+) -> RunSpec:
+    """The `RunSpec` of a run of `config` trained by `engine` ('local' or 'ray'): its outputs in
+    `folder`, `run_tags` and `run_params` (plus `extra_params`) for its MLflow run."""
+    return RunSpec(
+        name,
+        RunOutputs(Path(folder).absolute(), objective),
+        experiment,
+        uri,
+        run_tags(engine, name, config, preset, **extra_tags),
+        {**run_params(config, data_path), **(extra_params or {})},
+        parent_run_id,
+    )
+
+
 def record_outputs(
     tracker: Tracker,
     outputs: RunOutputs,
@@ -61,25 +128,25 @@ def record_outputs(
     tracker.finish(fallback=outputs.folder / OUTBOX_FILE, log=log)
 
 
-def fit_local_tracked(
+def train_local(
     data_path: str | Path,
     config: RunConfig,
-    out_dir: str | Path,
-    tracker: Tracker,
+    spec: RunSpec,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
-    objective: Objective = LOWEST_VAL_LOSS,
-) -> FitResult:
-    """`fit_local` logged to `tracker`'s run: params first, metrics every epoch, then
-    `record_outputs`; the run is FAILED if training fails."""
+) -> tuple[FitResult, Tracker | None]:
+    """`fit_local` as the run `spec` describes: into its outputs, logged to its MLflow run
+    (when it has an experiment): params first, metrics every epoch, then `record_outputs`.
+    The run is FAILED if training fails. Returns the result and the run's tracker."""
+    tracker = spec.open_tracker()
     with closes_on_error(tracker):
-        tracker.log_params(run_params(config, data_path))
         result = fit_local(
             data_path,
             config,
-            out_dir,
+            spec.outputs.folder,
             log,
-            on_epoch=lambda epoch, metrics, _: tracker.log_metrics(metrics, step=epoch),
-            objective=objective,
+            on_epoch=(lambda epoch, metrics, _: tracker.log_metrics(metrics, step=epoch)) if tracker else None,
+            objective=spec.outputs.objective,
         )
-    record_outputs(tracker, RunOutputs(result.out_dir, objective), result.artifacts, result.history, log)
-    return result
+    if tracker is not None:
+        record_outputs(tracker, spec.outputs, result.artifacts, result.history, log)
+    return result, tracker

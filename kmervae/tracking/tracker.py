@@ -103,19 +103,16 @@ IMPATIENT_HTTP = {
 }
 
 
-@contextlib.contextmanager
-def impatient_http():
-    """MLflow HTTP calls inside the block give up after one quick retry."""
-    saved = {key: os.environ.get(key) for key in IMPATIENT_HTTP}
-    os.environ.update(IMPATIENT_HTTP)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def use_impatient_http() -> None:
+    """Make this process's MLflow HTTP calls give up after one quick retry (`IMPATIENT_HTTP`),
+    where the person or the job has not set these variables (their value wins).
+
+    MLflow 3.17 reads its retry policy only from the environment (its client and store take
+    none), so this is process set-up, done once by each of kmervae's entry points: the
+    command line, a sweep script, a Tune trial and the Ray Train controller's epoch logger.
+    A library caller gets MLflow's own policy unless it calls this too."""
+    for key, value in IMPATIENT_HTTP.items():
+        os.environ.setdefault(key, value)
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -265,20 +262,19 @@ class Outbox:
         return self.flush()
 
     def flush(self) -> bool:
-        with impatient_http():
-            while self.pending:
-                op = self.pending[0]
-                try:
-                    self.backfilled += execute(self.client, op)
-                except Exception as err:  # mlflow, requests and sqlalchemy errors alike
-                    if is_unreachable(err):
-                        self.last_failure = time.monotonic()
-                        self.outage_started = self.outage_started or time.time()
-                        return False
-                    self.dropped.append(f"{op['op']}: {str(err).splitlines()[0][:200]}")
-                late = self.outage_started is not None
-                self.pending.pop(0)
-                self.sent_late += late
+        while self.pending:
+            op = self.pending[0]
+            try:
+                self.backfilled += execute(self.client, op)
+            except Exception as err:  # mlflow, requests and sqlalchemy errors alike
+                if is_unreachable(err):
+                    self.last_failure = time.monotonic()
+                    self.outage_started = self.outage_started or time.time()
+                    return False
+                self.dropped.append(f"{op['op']}: {str(err).splitlines()[0][:200]}")
+            late = self.outage_started is not None
+            self.pending.pop(0)
+            self.sent_late += late
         if self.outage_started is not None:
             self.outage_seconds += time.time() - self.outage_started
             self.outage_started = None
@@ -357,8 +353,9 @@ def check_reachable(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with impatient_http():
-            mlflow_client(uri).search_experiments(max_results=1)
+        client = mlflow_client(uri)  # a SQLite store is opened (and so checked) there
+        if not uri.startswith("sqlite:"):
+            client.search_experiments(max_results=1)
     except Exception as err:
         raise store_error(uri, err) from None
 
@@ -409,16 +406,13 @@ class Tracker:
         self.resumed = False
         previous = None
         try:
-            with impatient_http():
-                self.experiment_id = experiment_id_of(self.client, experiment)
-                previous = find_run(self.client, self.experiment_id, all_tags) if resume and all_tags else None
-                if previous is not None:
-                    self.run_id = previous
-                    self.client.update_run(previous, status="RUNNING")
-                else:
-                    self.run_id = self.client.create_run(
-                        self.experiment_id, run_name=run_name, tags=all_tags
-                    ).info.run_id
+            self.experiment_id = experiment_id_of(self.client, experiment)
+            previous = find_run(self.client, self.experiment_id, all_tags) if resume and all_tags else None
+            if previous is not None:
+                self.run_id = previous
+                self.client.update_run(previous, status="RUNNING")
+            else:
+                self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
         except Exception as err:  # mlflow raises MlflowException, requests and sqlalchemy errors alike
             if not (defer and is_unreachable(err)):
                 raise store_error(self.uri, err) from None
@@ -483,21 +477,20 @@ class Tracker:
         if not self.outbox.flush() or self.run_id is None:
             return None
         try:
-            with impatient_http():
-                try:
-                    self.client.create_registered_model(
-                        name, description="kmervae encoders (MLflow pyfunc; checkpoint inside)"
-                    )
-                except MlflowException as err:
-                    if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                        raise
-                    # the model exists already: add a version
-                source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
-                version = self.client.create_model_version(name, source, run_id=self.run_id, tags=dict(tags or {}))
-                if alias:
-                    self.client.set_registered_model_alias(name, alias, version.version)
-                    return f"models:/{name}@{alias}"
-                return f"models:/{name}/{version.version}"
+            try:
+                self.client.create_registered_model(
+                    name, description="kmervae encoders (MLflow pyfunc; checkpoint inside)"
+                )
+            except MlflowException as err:
+                if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                # the model exists already: add a version
+            source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+            version = self.client.create_model_version(name, source, run_id=self.run_id, tags=dict(tags or {}))
+            if alias:
+                self.client.set_registered_model_alias(name, alias, version.version)
+                return f"models:/{name}@{alias}"
+            return f"models:/{name}/{version.version}"
         except Exception as err:
             if is_unreachable(err):
                 return None
