@@ -165,18 +165,22 @@ def kill_a_worker_at_the_first_report(marker: Path):
 def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path, capfd):
     from mlflow import MlflowClient
 
+    from kmervae.distributed.console import quiet_console
+    from kmervae.distributed.ray_engine import TRAIN_LOG, ray_outputs
+
     storage, marker = tmp_path / "storage", tmp_path / "killed.pid"
-    result = fit_ray(
-        example_features,
-        tiny(4),
-        workers=2,
-        use_cpu=True,
-        name="killed",
-        storage=storage,
-        mlflow_dir=tmp_path,
-        log=lambda line: None,
-        callbacks=[kill_a_worker_at_the_first_report(marker)],
-    )
+    with quiet_console(ray_outputs(storage, "killed") / TRAIN_LOG, relay=True):  # as `kmervae train` runs it
+        result = fit_ray(
+            example_features,
+            tiny(4),
+            workers=2,
+            use_cpu=True,
+            name="killed",
+            storage=storage,
+            mlflow_dir=tmp_path,
+            log=lambda line: None,
+            callbacks=[kill_a_worker_at_the_first_report(marker)],
+        )
     assert marker.exists(), "no worker was killed: the test did not exercise recovery"
     # The console shows the epoch table (rank 0's marked lines), not Ray's account of the dead
     # worker, which is in train.log beside the checkpoints.

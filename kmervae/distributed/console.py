@@ -23,14 +23,14 @@ from typing import IO
 RELAY_MARK = "kmervae> "
 """Prefix of a worker's line meant for the person at the driver's console."""
 
-_console: IO[str] = sys.stderr
+_console: IO[str] | None = None
 _log_path: Path | None = None
 
 
 def current() -> IO[str]:
-    """The console of the innermost `quiet_console` (stderr outside one). Looked up at each
-    write, not held: Tune pickles its callbacks with a sweep's state."""
-    return _console
+    """The console of the innermost `quiet_console` (this moment's stderr outside one). Looked
+    up at each write, not held: Tune pickles its callbacks with a sweep's state."""
+    return _console if _console is not None else sys.stderr
 
 
 def log_file() -> Path | None:
@@ -70,7 +70,6 @@ def quiet_console(log_path: Path, verbose: bool = False, relay: bool = False) ->
     Only command-line entry points call this: it redirects the whole process's output."""
     global _console, _log_path
     if verbose:
-        _console = sys.stderr
         yield sys.stderr
         return
     from kmervae.core.storage import check_writable
@@ -80,7 +79,7 @@ def quiet_console(log_path: Path, verbose: bool = False, relay: bool = False) ->
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
+    saved, outer = (os.dup(1), os.dup(2)), (_console, _log_path)
     console = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
     streams = sys.stdout, sys.stderr
     try:
@@ -98,7 +97,7 @@ def quiet_console(log_path: Path, verbose: bool = False, relay: bool = False) ->
                 raise
             finally:
                 _flush_ray_relay()
-                _console, _log_path = streams[1], None
+                _console, _log_path = outer
                 sys.stdout, sys.stderr = streams
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
