@@ -41,6 +41,22 @@ def test_max_samples_subsamples_both_splits(example_features):
     assert len(train) + len(val) == 400 and 10 <= len(val) <= 80
 
 
+def test_a_subsample_decodes_its_own_rows_and_codes_labels_against_the_whole_dataset(example_features):
+    """Only the kept rows are decoded (a million contigs' counts would not fit in memory): they
+    are the rows of the whole table with those ids, and a label the subsample lacks still has
+    its code, as the Ray engine codes labels against the dataset's vocabulary."""
+    whole = FeatureTable.from_parquet(example_features)
+    vocabulary = sorted(set(whole.labels))
+    train, val = load_splits(example_features, DataConfig(max_samples=8, val_fraction=0.5))
+    position = {cid: i for i, cid in enumerate(whole.contig_ids)}
+    for part in (train, val):
+        rows = np.array([position[cid] for cid in part.contig_ids])
+        assert np.array_equal(part.batch.kmer7.numpy(), whole.kmer7[rows])
+        assert np.array_equal(part.batch.length.numpy(), whole.length[rows])
+        assert [vocabulary[c] for c in part.codes.tolist()] == list(whole.labels[rows])
+    assert len({*train.codes.tolist(), *val.codes.tolist()}) < len(vocabulary)  # some genome is absent
+
+
 def test_batches_cover_everything_once_and_shuffle_by_seed(example_features):
     train, _ = load_splits(example_features, DataConfig(max_samples=300))
     seen = torch.cat([b.length for b in train.batches(64)])

@@ -19,7 +19,7 @@ from torch import Tensor
 from kmervae.core.config import DataConfig
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.feature_contract import KMER_SIZES, parse_fragment
-from kmervae.core.feature_table import FeatureTable
+from kmervae.core.feature_table import FeatureTable, dataset_files, read_keys
 
 _HASH_SCALE = float(2**64)
 SUBSAMPLE_SALT = ":subsample"
@@ -319,17 +319,26 @@ class InMemoryData:
 def load_splits(path, cfg: DataConfig) -> tuple[TensorData, TensorData]:
     """Read a feature dataset and split it into training and validation data (label codes
     against the dataset's sorted labels, as the Ray engine codes them)."""
-    table = FeatureTable.from_parquet(path)
-    labels = table.labels if table.labels is not None else np.full(len(table), None, dtype=object)
-    held_out = held_out_labels(sorted({v for v in labels if v is not None}), cfg)
-    threshold = subsample_threshold(table.contig_ids, cfg)
-    hashes = split_hash(table.contig_ids, cfg.split_salt)  # once for both splits
+    ids, labels = read_keys(dataset_files(path))  # the split is decided on ids and labels alone
+    labels = labels if labels is not None else np.full(len(ids), None, dtype=object)
+    vocabulary = sorted({v for v in labels if v is not None})
+    held_out = held_out_labels(vocabulary, cfg)
+    threshold = subsample_threshold(ids, cfg)
+    hashes = split_hash(ids, cfg.split_salt)  # once for both splits
     split = dict(threshold=threshold, labels=labels, held_out=held_out, hashes=hashes)
-    train_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=False, **split))
-    val_rows = np.flatnonzero(split_mask(table.contig_ids, cfg, validation=True, **split))
+    train_rows = np.flatnonzero(split_mask(ids, cfg, validation=False, **split))
+    val_rows = np.flatnonzero(split_mask(ids, cfg, validation=True, **split))
     if len(train_rows) < 2 or len(val_rows) < 1:
         raise InputError(
             f"{path}: {len(train_rows) + len(val_rows)} contigs give {len(train_rows)} for training and "
             f"{len(val_rows)} for validation; featurize more contigs or change data.val_fraction"
         )
-    return TensorData.from_table(table, train_rows), TensorData.from_table(table, val_rows, links=True)
+    # Only the rows either split uses are decoded (data.max_samples of a large dataset).
+    kept = np.union1d(train_rows, val_rows)
+    table = FeatureTable.from_parquet(path, rows=None if len(kept) == len(ids) else kept)
+    if len(kept) < len(ids):
+        train_rows, val_rows = np.searchsorted(kept, train_rows), np.searchsorted(kept, val_rows)
+    return (
+        TensorData.from_table(table, train_rows, vocabulary),
+        TensorData.from_table(table, val_rows, vocabulary, links=True),
+    )

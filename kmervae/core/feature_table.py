@@ -207,9 +207,32 @@ class FeatureTable:
         return cls(contig_ids=contig_ids, labels=labels, samples=fmt.samples, **decode_inputs(table, fmt))
 
     @classmethod
-    def from_parquet(cls, path: str | os.PathLike[str]) -> FeatureTable:
-        """Read and validate a whole feature dataset (folder or file) into memory."""
+    def from_parquet(cls, path: str | os.PathLike[str], rows: np.ndarray | None = None) -> FeatureTable:
+        """Read and validate a feature dataset (folder or file) into memory: every row, or only
+        `rows` (positions in the dataset's order), picked before the counts are decoded (a
+        million contigs' decoded counts would not fit in memory; a subsample's do)."""
         files = dataset_files(path)
-        tables = [pq.read_table(p) for p in files.paths]
+        tables, start = [], 0
+        for file in files.paths:  # one file's columns at a time: decompressed, a whole dataset is large too
+            size = pq.ParquetFile(file).metadata.num_rows
+            local = None if rows is None else rows[(rows >= start) & (rows < start + size)] - start
+            if local is None or len(local):
+                table = pq.read_table(file)
+                tables.append(table if local is None else table.take(pa.array(local, type=pa.int64())))
+            start += size
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         return cls.from_arrow(table, files.format)
+
+
+def read_keys(files: DatasetFiles) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every contig's id and label (None where the dataset has no label column), in the
+    dataset's order, reading only those two columns."""
+    table = pa.concat_tables(
+        pq.read_table(p, columns=[c for c in ("contig_id", "label") if c in pq.read_schema(p).names])
+        for p in files.paths
+    )
+    ids = np.asarray(table.column("contig_id").to_pylist(), dtype=object)
+    labels = None
+    if "label" in table.column_names and table.column("label").null_count < len(table):
+        labels = np.asarray(table.column("label").to_pylist(), dtype=object)
+    return ids, labels

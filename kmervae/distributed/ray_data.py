@@ -33,7 +33,7 @@ from kmervae.core.data import (
 )
 from kmervae.core.errors import KmervaeError
 from kmervae.core.feature_contract import ABUNDANCE, KMER_COLUMNS, KMER_SIZES, MODEL_INPUTS, N_BINS, DatasetFormat
-from kmervae.core.feature_table import DatasetFiles, decode_inputs
+from kmervae.core.feature_table import DatasetFiles, decode_inputs, read_keys
 from kmervae.core.metrics import must_link_pairs
 
 
@@ -59,12 +59,8 @@ def dataset_threshold(files: DatasetFiles, cfg: DataConfig) -> float | None:
 def validation_must_links(files: DatasetFiles, cfg: DataConfig, labels: list[str]) -> int:
     """How many must-link pairs (`metrics.link_agreement`) the validation split holds, read on
     the driver from the ids and labels alone: a sweep ranking on val/link_agreement needs some."""
-    table = pa.concat_tables(
-        pq.read_table(p, columns=[c for c in ("contig_id", "label") if c in pq.read_schema(p).names])
-        for p in files.paths
-    )
-    ids = table.column("contig_id").to_pylist()
-    row_labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(ids)
+    ids, row_labels = read_keys(files)
+    row_labels = row_labels if row_labels is not None else [None] * len(ids)
     threshold = subsample_threshold(ids, cfg)
     keep = split_mask(ids, cfg, True, threshold, labels=row_labels, held_out=held_out_labels(labels, cfg))
     return len(must_link_pairs(link_keys([cid for cid, kept in zip(ids, keep, strict=True) if kept])))
