@@ -233,3 +233,41 @@ def test_bins_are_logged_to_an_mlflow_run(two_genomes, tmp_path, monkeypatch, ca
     assert {"bins.tsv", "bin_summary.tsv", "summary.json"} <= logged
     assert main(["bin", str(two_genomes["embeddings"]), "-o", "b2", "--quiet", "--mlflow-run", "0" * 32]) == 2
     assert "no such run" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def example_tnf(example_features):
+    """The readout of z-scored TNF of the bundled examples' 1,558 contigs of 5 kb (real contigs)."""
+    ids = np.asarray(FeatureTable.from_parquet(example_features).contig_ids, dtype=object)
+    return bins.readout(baselines(example_features, ids, 8)["tnf_zscore"])
+
+
+def test_the_approximate_graph_finds_the_exact_neighbours(example_tnf):
+    x = example_tnf
+    exact, _ = bins.exact_neighbours(x, bins.KNN_NEIGHBOURS)
+    found, sims = bins.approximate_neighbours(x, bins.KNN_NEIGHBOURS)
+    assert found.shape == exact.shape == (len(x), bins.KNN_NEIGHBOURS)
+    hits = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), exact.tolist(), strict=True))
+    assert hits / exact.size >= 0.95
+    assert not (found == np.arange(len(x))[:, None]).any()  # no contig is its own neighbour
+    # The similarities are the cosines of the pairs found (the Leiden graph's edge weights).
+    assert np.allclose(sims, np.einsum("ij,ikj->ik", x, x[found]), atol=1e-5)
+    again, _ = bins.approximate_neighbours(x, bins.KNN_NEIGHBOURS)
+    assert np.array_equal(found, again)  # the same graph each time: bins are reproducible
+
+
+def test_the_graph_is_exact_up_to_the_threshold_and_approximate_above(example_tnf):
+    x = example_tnf
+    exact = bins.exact_neighbours(x, bins.KNN_NEIGHBOURS)[0]
+    approximate = bins.approximate_neighbours(x, bins.KNN_NEIGHBOURS)[0]
+    assert not np.array_equal(exact, approximate)  # the two methods are told apart on this set
+    assert np.array_equal(bins.nearest_neighbours(x, bins.KNN_NEIGHBOURS, exact_max=len(x))[0], exact)
+    assert np.array_equal(bins.nearest_neighbours(x, bins.KNN_NEIGHBOURS, exact_max=len(x) - 1)[0], approximate)
+
+
+def test_bins_from_the_approximate_graph_are_the_exact_graphs_bins(two_genomes):
+    ids, vectors, labels, lengths, _ = read_embeddings(two_genomes["embeddings"])
+    exact = bins.cluster(vectors, lengths)
+    approximate = bins.cluster(vectors, lengths, exact_max=0)
+    assert bins.bin_quality(approximate, labels, lengths).near_complete == 2
+    assert np.array_equal(approximate, exact)
