@@ -205,6 +205,68 @@ def measure(name: str, x: np.ndarray, queries: np.ndarray, exact: np.ndarray, th
     return f"| {name} | {build_s:.1f} | {query_s:.1f} | {recall(found[queries], exact):.4f} | {same:.4f} | {rss} |"
 
 
+def near_complete(path: Path, ids, raw: np.ndarray, labels, lengths: np.ndarray) -> int:
+    """Near-complete bins of one clustering: by bench/metagenome.py's scorer for its sets."""
+    from kmervae.core import bins
+
+    truth = path.parents[3]
+    if (truth / "truth.tsv").exists():
+        sys.path.insert(0, str(Path(__file__).parent))
+        from metagenome import score
+
+        return score({cid: str(code) for cid, code in zip(ids, raw.tolist(), strict=True)}, truth)["near_complete"]
+    return bins.bin_quality(bins.renumber(raw, lengths, bins.DEFAULT_MIN_BIN_SIZE), labels, lengths).near_complete
+
+
+def graphs(args: argparse.Namespace) -> None:
+    """Near-complete bins of benchmark embeddings from each graph (exact, HNSW) and each Leiden
+    implementation (leidenalg, igraph's own): does the faster path bin as well? Embeddings of a
+    bench/metagenome.py set (SET/run/*/kmervae-*/emb.parquet) are scored by its scorer against
+    SET/truth.tsv (every contig of the assembly), others against their label column."""
+    import random
+
+    import igraph
+    import leidenalg
+
+    from kmervae.apply.embed import read_embeddings
+    from kmervae.core import bins
+
+    def partition(graph: igraph.Graph, how: str, seed: int) -> np.ndarray:
+        if how == "leidenalg":
+            found = leidenalg.find_partition(
+                graph,
+                leidenalg.RBConfigurationVertexPartition,
+                weights="weight",
+                resolution_parameter=bins.LEIDEN_RESOLUTION,
+                n_iterations=bins.N_ITERATIONS,
+                seed=seed,
+            )
+        else:
+            random.seed(seed)
+            found = graph.community_leiden(
+                "modularity", weights="weight", resolution=bins.LEIDEN_RESOLUTION, n_iterations=bins.N_ITERATIONS
+            )
+        return np.asarray(found.membership)
+
+    print("| embeddings | contigs | exact + leidenalg | HNSW + leidenalg | exact + igraph | HNSW + igraph |")
+    print("|---|---|---|---|---|---|")
+    for path in args.embeddings:
+        ids, vectors, labels, lengths, _ = read_embeddings(path)
+        x = bins.readout(vectors)
+        counts = []
+        for graph_kind, how in (("exact", "leidenalg"), ("hnsw", "leidenalg"), ("exact", "igraph"), ("hnsw", "igraph")):
+            search = bins.exact_neighbours if graph_kind == "exact" else bins.approximate_neighbours
+            index, sims = search(x, bins.KNN_NEIGHBOURS)
+            rows = np.repeat(np.arange(len(x)), index.shape[1])
+            graph = igraph.Graph(n=len(x), edges=np.stack([rows, index.reshape(-1)], axis=1), directed=False)
+            graph.es["weight"] = np.clip(sims.reshape(-1), 0.0, None).astype(float)
+            graph.simplify(combine_edges="max")
+            seeds = [near_complete(path, ids, partition(graph, how, seed), labels, lengths) for seed in range(3)]
+            counts.append(f"{np.median(seeds):g} ({min(seeds)}-{max(seeds)})")
+        print(f"| {path} | {len(x):,} | " + " | ".join(counts) + " |")
+        sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,7 +282,11 @@ def main() -> None:
     p.add_argument("--libraries", nargs="+", default=["hnswlib", "faiss-hnsw", "usearch", "pynndescent"])
     for key, value in HNSW.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=value, help="HNSW setting")
+    p = sub.add_parser("graphs", help="bins from the exact and the HNSW graph, leidenalg and igraph's Leiden")
+    p.add_argument("embeddings", type=Path, nargs="+")
     args = parser.parse_args()
+    if args.command == "graphs":
+        return graphs(args)
     if args.command == "knn":
         HNSW.update({key: getattr(args, key) for key in HNSW})
     if args.command == "contigs":

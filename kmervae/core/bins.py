@@ -8,7 +8,8 @@ Clustering works on the readout (L2-normalised embeddings: cosine geometry) and 
 bins under `min_bin_size` bases unbinned (code -1). Two methods, both maintained
 libraries built for an unknown number of clusters of uneven size:
 - `leiden` (default): Leiden communities (leidenalg, on igraph) of the k-nearest-neighbour
-  graph, edges weighted by cosine similarity;
+  graph, edges weighted by cosine similarity (neighbours exact up to 50,000 contigs, from an
+  HNSW index above: `nearest_neighbours`);
 - `hdbscan`: scikit-learn's HDBSCAN on the readout; contigs it calls noise stay unbinned.
 bench/RESULTS.md "Binning" measures both (bins at each quality level, seconds for 10k-100k
 contigs) and says why leiden is the default.
@@ -261,6 +262,7 @@ def near_complete_bins(
     `min_bin_size` 0 for a validation split, which holds only part of each genome; `kmervae bin`'s
     DEFAULT_MIN_BIN_SIZE where every contig validates (data.val_split=all)."""
     try:
+        import faiss  # noqa: F401
         import igraph  # noqa: F401
         import leidenalg  # noqa: F401
     except ImportError:
