@@ -72,9 +72,7 @@ def readout(x: np.ndarray) -> np.ndarray:
     return normalise(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
-def nearest_neighbours(
-    x: np.ndarray, k: int, exact_max: int = EXACT_NEIGHBOURS_MAX
-) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(x: np.ndarray, k: int, exact_max: int = EXACT_NEIGHBOURS_MAX) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine similarities (n, k) of each row's k nearest other rows of a readout:
     exact up to `exact_max` rows (O(n^2): 20 s at 100,000 contigs, most of an hour at a
     million), approximate above (`approximate_neighbours`)."""
