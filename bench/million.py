@@ -219,50 +219,48 @@ def near_complete(path: Path, ids, raw: np.ndarray, labels, lengths: np.ndarray)
 
 
 def graphs(args: argparse.Namespace) -> None:
-    """Near-complete bins of benchmark embeddings from each graph (exact, HNSW) and each Leiden
-    implementation (leidenalg, igraph's own): does the faster path bin as well? Embeddings of a
-    bench/metagenome.py set (SET/run/*/kmervae-*/emb.parquet) are scored by its scorer against
-    SET/truth.tsv (every contig of the assembly), others against their label column."""
-    import random
-
+    """Near-complete bins of benchmark embeddings from each graph (exact, HNSW), each Leiden
+    implementation (leidenalg, igraph's own) and each resolution: does the faster path bin as
+    well, and at which resolution? Embeddings of a bench/metagenome.py set
+    (SET/run/*/kmervae-*/emb.parquet) are scored by its scorer against SET/truth.tsv (every contig
+    of the assembly), others against their label column. Three clustering seeds: median (range)."""
     import igraph
-    import leidenalg
 
     from kmervae.apply.embed import read_embeddings
     from kmervae.core import bins
 
-    def partition(graph: igraph.Graph, how: str, seed: int) -> np.ndarray:
-        if how == "leidenalg":
-            found = leidenalg.find_partition(
-                graph,
-                leidenalg.RBConfigurationVertexPartition,
-                weights="weight",
-                resolution_parameter=bins.LEIDEN_RESOLUTION,
-                n_iterations=bins.N_ITERATIONS,
-                seed=seed,
-            )
-        else:
-            random.seed(seed)
-            found = graph.community_leiden(
-                "modularity", weights="weight", resolution=bins.LEIDEN_RESOLUTION, n_iterations=bins.N_ITERATIONS
-            )
+    def partition(graph: igraph.Graph, how: str, resolution: float, seed: int) -> np.ndarray:
+        if how == "igraph":
+            return bins.leiden(graph, resolution, seed)
+        import leidenalg  # the clusterer before igraph's own (not a dependency: pip install leidenalg)
+
+        found = leidenalg.find_partition(
+            graph,
+            leidenalg.RBConfigurationVertexPartition,
+            weights="weight",
+            resolution_parameter=resolution,
+            n_iterations=bins.N_ITERATIONS,
+            seed=seed,
+        )
         return np.asarray(found.membership)
 
-    print("| embeddings | contigs | exact + leidenalg | HNSW + leidenalg | exact + igraph | HNSW + igraph |")
-    print("|---|---|---|---|---|---|")
+    columns = [(g, how, r) for g in args.graphs for how in args.leiden for r in args.resolutions]
+    print("| embeddings | contigs | " + " | ".join(f"{g} + {how} {r:g}" for g, how, r in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
     for path in args.embeddings:
         ids, vectors, labels, lengths, _ = read_embeddings(path)
         x = bins.readout(vectors)
         counts = []
-        for graph_kind, how in (("exact", "leidenalg"), ("hnsw", "leidenalg"), ("exact", "igraph"), ("hnsw", "igraph")):
+        for graph_kind in args.graphs:
             search = bins.exact_neighbours if graph_kind == "exact" else bins.approximate_neighbours
-            index, sims = search(x, bins.KNN_NEIGHBOURS)
-            rows = np.repeat(np.arange(len(x)), index.shape[1])
-            graph = igraph.Graph(n=len(x), edges=np.stack([rows, index.reshape(-1)], axis=1), directed=False)
-            graph.es["weight"] = np.clip(sims.reshape(-1), 0.0, None).astype(float)
-            graph.simplify(combine_edges="max")
-            seeds = [near_complete(path, ids, partition(graph, how, seed), labels, lengths) for seed in range(3)]
-            counts.append(f"{np.median(seeds):g} ({min(seeds)}-{max(seeds)})")
+            graph = bins.knn_graph(*search(x, bins.KNN_NEIGHBOURS))
+            for how in args.leiden:
+                for resolution in args.resolutions:
+                    seeds = [
+                        near_complete(path, ids, partition(graph, how, resolution, seed), labels, lengths)
+                        for seed in range(3)
+                    ]
+                    counts.append(f"{np.median(seeds):g} ({min(seeds)}-{max(seeds)})")
         print(f"| {path} | {len(x):,} | " + " | ".join(counts) + " |")
         sys.stdout.flush()
 
@@ -284,6 +282,9 @@ def main() -> None:
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=value, help="HNSW setting")
     p = sub.add_parser("graphs", help="bins from the exact and the HNSW graph, leidenalg and igraph's Leiden")
     p.add_argument("embeddings", type=Path, nargs="+")
+    p.add_argument("--graphs", nargs="+", choices=["exact", "hnsw"], default=["exact", "hnsw"])
+    p.add_argument("--leiden", nargs="+", choices=["leidenalg", "igraph"], default=["igraph"])
+    p.add_argument("--resolutions", type=float, nargs="+", default=[0.5])
     args = parser.parse_args()
     if args.command == "graphs":
         return graphs(args)

@@ -22,7 +22,7 @@ ROOMS = {
     # room: (kmervae rooms it may import, third-party packages it may import)
     "kmervae.core": (
         {"kmervae", "kmervae.core"},
-        {"torch", "numpy", "pyarrow", "matplotlib", "yaml", "sklearn", "igraph", "leidenalg", "faiss"},
+        {"torch", "numpy", "pyarrow", "matplotlib", "yaml", "sklearn", "igraph", "faiss"},
     ),
     "data_pipeline": (
         {"kmervae", "kmervae.core.feature_contract", "kmervae.core.errors", "data_pipeline"},
@@ -42,7 +42,7 @@ ROOMS = {
         {"torch", "numpy", "pyarrow", "mlflow", "ray", "optuna", "matplotlib"},
     ),
 }
-OPTIONAL_LAZY = {"matplotlib", "yaml", "sklearn", "igraph", "leidenalg", "faiss"}
+OPTIONAL_LAZY = {"matplotlib", "yaml", "sklearn", "igraph", "faiss"}
 """Allowed in the core only inside functions (drawing, YAML files, k-means ARI, binning): bare hosts lack them."""
 
 

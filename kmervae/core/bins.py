@@ -7,7 +7,7 @@ thing everywhere.
 Clustering works on the readout (L2-normalised embeddings: cosine geometry) and leaves
 bins under `min_bin_size` bases unbinned (code -1). Two methods, both maintained
 libraries built for an unknown number of clusters of uneven size:
-- `leiden` (default): Leiden communities (leidenalg, on igraph) of the k-nearest-neighbour
+- `leiden` (default): Leiden communities (igraph's C implementation) of the k-nearest-neighbour
   graph, edges weighted by cosine similarity (neighbours exact up to 50,000 contigs, from an
   HNSW index above: `nearest_neighbours`);
 - `hdbscan`: scikit-learn's HDBSCAN on the readout; contigs it calls noise stay unbinned.
@@ -41,13 +41,15 @@ and 0.992 on 1,000,000 real contigs' embeddings, in 2.7 s and 52 s on 2 cores (1
 DEFAULT_METHOD = "leiden"
 KNN_NEIGHBOURS = 15
 """Neighbours per contig in the Leiden graph."""
-LEIDEN_RESOLUTION = 0.5
-"""Leiden (RBConfiguration) resolution: 1.0 splits a large genome of a small assembly (two genomes
-far apart in GC came out as 3-5 bins), 0.5 keeps them whole and bins as many genomes on the
-benchmark sets (bench/RESULTS.md "Binning", the grid)."""
+LEIDEN_RESOLUTION = 0.4
+"""Modularity resolution (leidenalg's RBConfiguration objective): higher splits a large genome of a
+small assembly (two genomes far apart in GC: 3-5 bins at 1.0; igraph's Leiden splits S. aureus at
+0.5 for 6 of 8 seeds, never at 0.4), lower merges genomes of the one- and two-sample metagenome
+sets. 0.4 bins as many genomes as leidenalg did at 0.5 (182 against 181 near-complete bins over 24
+embeddings; bench/RESULTS.md "A million contigs", the resolution grid)."""
 N_ITERATIONS = 2
-"""Leiden passes (leidenalg's default). Iterating until stable costs 7x the time at 30,000 contigs
-(16.5 s against 2.4 s) for a partition 0.1% better in quality, with the same bins."""
+"""Leiden passes (igraph's and leidenalg's default). With leidenalg, iterating until stable cost 7x
+the time at 30,000 contigs (16.5 s against 2.4 s) for a partition 0.1% better, with the same bins."""
 HDBSCAN_MIN_CLUSTER = 10
 """Smallest HDBSCAN cluster, in contigs (bins are then also held to min_bin_size bases)."""
 DEFAULT_MIN_BIN_SIZE = 200_000
@@ -131,24 +133,32 @@ def exact_neighbours(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarr
     return index, sims
 
 
-def _leiden(x: np.ndarray, seed: int, neighbours: int, resolution: float, exact_max: int) -> np.ndarray:
+def knn_graph(index: np.ndarray, sims: np.ndarray):
+    """The undirected igraph graph of a neighbour search, edges weighted by cosine similarity
+    (negative similarities count as none)."""
     import igraph
-    import leidenalg
 
-    index, sims = nearest_neighbours(x, neighbours, exact_max)
-    rows = np.repeat(np.arange(len(x)), index.shape[1])
-    graph = igraph.Graph(n=len(x), edges=np.stack([rows, index.reshape(-1)], axis=1), directed=False)
+    rows = np.repeat(np.arange(len(index)), index.shape[1])
+    graph = igraph.Graph(n=len(index), edges=np.stack([rows, index.reshape(-1)], axis=1), directed=False)
     graph.es["weight"] = np.clip(sims.reshape(-1), 0.0, None).astype(float)
     graph.simplify(combine_edges="max")  # i->j and j->i are one edge
-    partition = leidenalg.find_partition(
-        graph,
-        leidenalg.RBConfigurationVertexPartition,
-        weights="weight",
-        resolution_parameter=resolution,
-        n_iterations=N_ITERATIONS,
-        seed=seed,
-    )
-    return np.asarray(partition.membership, dtype=np.int64)
+    return graph
+
+
+def leiden(graph, resolution: float, seed: int) -> np.ndarray:
+    """Leiden communities of `graph` (modularity at `resolution`), reproducible for a seed."""
+    import random
+
+    import igraph
+
+    # igraph draws from the random number generator it is given: a private, seeded one keeps the
+    # bins reproducible and leaves the caller's `random` module untouched.
+    igraph.set_random_number_generator(random.Random(seed))
+    try:
+        found = graph.community_leiden("modularity", weights="weight", resolution=resolution, n_iterations=N_ITERATIONS)
+    finally:
+        igraph.set_random_number_generator(random)
+    return np.asarray(found.membership, dtype=np.int64)
 
 
 def _hdbscan(x: np.ndarray, min_cluster: int) -> np.ndarray:
@@ -177,7 +187,7 @@ def cluster(
     if len(x) < 2:
         raw = np.zeros(len(x), dtype=np.int64)
     elif method == "leiden":
-        raw = _leiden(x, seed, neighbours, resolution, exact_max)
+        raw = leiden(knn_graph(*nearest_neighbours(x, neighbours, exact_max)), resolution, seed)
     else:
         raw = _hdbscan(x, HDBSCAN_MIN_CLUSTER)
     return renumber(raw, lengths, min_bin_size)
@@ -262,7 +272,6 @@ def near_complete_bins(
     try:
         import faiss  # noqa: F401
         import igraph  # noqa: F401
-        import leidenalg  # noqa: F401
     except ImportError:
         return math.nan
     labels = np.asarray(labels, dtype=object)
