@@ -454,13 +454,39 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: Ray Data batch inference over a pool of model actors (same rows, same order)",
+    )
+    p.add_argument("--actors", type=int, default=2, help="with --engine ray: model actors (one GPU each with cuda)")
+    add_cluster_flags(p, "with --engine ray: show what Ray prints")
     p.set_defaults(run=_cmd_embed)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from kmervae.apply.embed import embed
 
-    summary = embed(args.model, args.features, args.out, args.batch_size, args.device, overwrite=args.overwrite)
+    if args.engine == "ray":
+        from kmervae.distributed.console import quiet_console
+        from kmervae.distributed.ray_embed import embed_on_ray
+
+        log_path = args.out.absolute().with_name(f"{args.out.name}.ray.log")
+        with quiet_console(log_path, args.verbose) as console:
+            summary = embed_on_ray(
+                args.model,
+                args.features,
+                args.out,
+                batch_size=args.batch_size,
+                actors=args.actors,
+                device=args.device,
+                address=args.address,
+                overwrite=args.overwrite,
+                progress=console.isatty(),
+            )
+    else:
+        summary = embed(args.model, args.features, args.out, args.batch_size, args.device, overwrite=args.overwrite)
     print(f"embedded  {summary.contigs:,} contigs into {summary.latent_dim} dimensions: {summary.out}")
     return 0
 

@@ -94,7 +94,8 @@ ABUNDANCE_SAMPLES = 3
 @pytest.fixture(scope="session")
 def abundance_features(tmp_path_factory):
     """The bundled examples as 5 kb labelled contigs with depths in 3 samples: each genome has its
-    own depth profile (a log-normal per sample), each record a little noise around it."""
+    own depth profile (a log-normal per sample), each record a little noise around it. Written in
+    files of 400 rows (4 files), as a large dataset is in many: readers must keep their order."""
     import numpy as np
 
     from data_pipeline.depth_table import AbundanceLookup, DepthTable
@@ -122,7 +123,7 @@ def abundance_features(tmp_path_factory):
     featurize(
         paths,
         out,
-        FeaturizeSettings(fragment_length=5000),
+        FeaturizeSettings(fragment_length=5000, rows_per_file=400, row_group_size=200),
         Labels(from_filename=True),
         abundance=AbundanceLookup(table),
     )

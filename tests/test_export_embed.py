@@ -19,7 +19,7 @@ from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import fit_local
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_table import dataset_files
+from kmervae.core.feature_table import FeatureTable, dataset_files
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +194,33 @@ def test_evaluate_compares_with_the_baselines(exported, example_features, tmp_pa
     assert "tnf_zscore" in format_table(result)
     unlabeled = evaluate(out)  # the embedding carries labels from the features
     assert unlabeled["labels"] == 5
+
+
+def test_a_large_set_is_evaluated_on_a_documented_sample_with_bounded_memory(
+    exported, example_features, abundance_features, tmp_path, monkeypatch
+):
+    """The limits a million contigs meet, scaled down: kNN on a sample, the baselines' counts
+    decoded a chunk at a time (the same TNF and depth profile as all at once), PCA fitted on a
+    sample and applied to every contig."""
+    from kmervae.apply import evaluate as evaluation
+
+    ids = np.asarray(FeatureTable.from_parquet(abundance_features).contig_ids, dtype=object)[::-1]  # any order
+    whole = evaluation.baselines(abundance_features, ids, 8)
+    monkeypatch.setattr(evaluation, "CHUNK_ROWS", 300)
+    monkeypatch.setattr(evaluation, "PCA_FIT_MAX", 500)
+    chunked = evaluation.baselines(abundance_features, ids, 8)
+    np.testing.assert_allclose(chunked["tnf_zscore"], whole["tnf_zscore"], atol=1e-5)
+    np.testing.assert_allclose(chunked["tnf_abundance"], whole["tnf_abundance"], atol=1e-5)
+    assert chunked["pca8_kmers"].shape == whole["pca8_kmers"].shape == (len(ids), 8)
+    labels = np.asarray(FeatureTable.from_parquet(abundance_features).labels, dtype=object)[::-1]
+    full, sampled = score(whole["pca8_kmers"], labels), score(chunked["pca8_kmers"], labels)
+    assert abs(full["knn5_acc"] - sampled["knn5_acc"]) < 0.05  # 500 contigs find the same main axes
+    monkeypatch.setattr(evaluation, "KNN_MAX", 400)
+    result = evaluation.evaluate(
+        embed(str(exported["onnx"]), example_features, tmp_path / "emb.parquet", progress=False).out
+    )
+    assert result["sampled"] == {"knn": 400, "silhouette": 1558} and result["contigs"] == 1558
+    assert "kNN accuracy on a sample of 400 contigs, silhouette on 1,558" in format_table(result)
 
 
 def test_cli_export_embed_evaluate(exported, example_features, tmp_path):

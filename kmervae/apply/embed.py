@@ -166,50 +166,72 @@ def embed(
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> EmbedSummary:
-    """Embed every contig of a feature dataset; the output appears only when complete."""
-    from tqdm import tqdm
+    """Embed every contig of a feature dataset in this process; the output appears only when complete."""
+    files = check_embed_job(features, out, batch_size, overwrite)
+    embedder = load_embedder(model, device)
+    labeled = has_labels(files)
+    columns = embed_columns(files, labeled)
 
+    def tables():
+        for path in files.paths:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+                yield embedded_table(batch, embedder(decode_batch(batch, files.format)), labeled)
+
+    return write_embedding_tables(tables(), out, model, features, files.rows, progress)
+
+
+def check_embed_job(features: str | Path, out: str | Path, batch_size: int, overwrite: bool):
+    """The dataset's files, once the batch size and the output path are known to be usable."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     files = dataset_files(features)
-    embedder = load_embedder(model, device)
     out = Path(out)
     if out.exists() and not (overwrite and out.is_file()):
         raise OutputError(f"{out}: exists; choose another -o or pass --overwrite")
+    return files
+
+
+def has_labels(files) -> bool:
+    return all("label" in pq.read_schema(p).names for p in files.paths)
+
+
+def embed_columns(files, labeled: bool) -> list[str]:
+    """The feature columns embedding reads: ids, the model's inputs, labels where every file has them."""
+    return ["contig_id", *files.format.input_columns] + (["label"] if labeled else [])
+
+
+def embedded_table(batch, vectors: np.ndarray, labeled: bool) -> pa.Table:
+    """The embedding parquet's rows for one batch of feature columns and its vectors."""
+    label = batch.column("label") if labeled else None
+    return embedding_table(batch.column("contig_id"), label, batch.column("length"), batch.column("gc"), vectors)
+
+
+def write_embedding_tables(
+    tables, out: str | Path, model: str, features: str | Path, total: int, progress: bool | None
+) -> EmbedSummary:
+    """Write embedded tables, in order, to `out` (through a temporary name: the file appears
+    only when complete), with the model and latent size in its metadata; progress per contig."""
+    from tqdm import tqdm
+
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    labeled = all("label" in pq.read_schema(p).names for p in files.paths)
     writer = None
-    rows = 0
-    latent = 0
+    rows = latent = 0
     bar = tqdm(
-        total=files.rows,
-        unit="contig",
-        desc="embed",
-        disable=None if progress is None else not progress,
-        file=sys.stderr,
+        total=total, unit="contig", desc="embed", disable=None if progress is None else not progress, file=sys.stderr
     )
     try:
-        for path in files.paths:
-            columns = ["contig_id", *files.format.input_columns] + (["label"] if labeled else [])
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
-                vectors = embedder(decode_batch(batch, files.format))
-                latent = vectors.shape[1]
-                table = embedding_table(
-                    batch.column("contig_id"),
-                    batch.column("label") if labeled else None,
-                    batch.column("length"),
-                    batch.column("gc"),
-                    vectors,
+        for table in tables:
+            if writer is None:
+                latent = table.schema.field("embedding").type.list_size
+                schema = table.schema.with_metadata(
+                    {b"kmervae.model": str(model).encode(), b"kmervae.latent_dim": str(latent).encode()}
                 )
-                if writer is None:
-                    schema = table.schema.with_metadata(
-                        {b"kmervae.model": str(model).encode(), b"kmervae.latent_dim": str(latent).encode()}
-                    )
-                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-                writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
-                rows += len(table)
-                bar.update(len(table))
+                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+            writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
+            rows += len(table)
+            bar.update(len(table))
         if writer is None:
             raise InputError(f"{features}: no contigs to embed")
         writer.close()

@@ -12,6 +12,12 @@ the same contigs for two baselines a binner would otherwise use: z-scored canoni
 log-frequencies with the latent space's dimension. The log-frequencies come from the
 model's own `FeatureTransform` (one transform everywhere). Without labels: silhouette of
 k-means clusters and the number of active latent units.
+
+At scale (a million contigs) memory stays bounded and the O(n^2) scores use a documented
+sample: kNN accuracy a seeded uniform sample of at most `KNN_MAX` contigs, silhouette one of
+at most `SILHOUETTE_MAX` (the JSON's `sampled` says how many each used); k-means, the bins and
+the baselines use every contig, the baselines computed from the feature files a chunk of
+`CHUNK_ROWS` contigs at a time, PCA fitted on at most `PCA_FIT_MAX` of them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,15 @@ COUNTS = ("nc_bins", "mq_bins", "active_units")
 """Scores that are counts: printed without decimals."""
 SILHOUETTE_MAX = 5000
 """Silhouette is O(n^2): it uses at most this many contigs (a seeded subsample)."""
+KNN_MAX = 50_000
+"""kNN accuracy (5-fold, brute-force cosine: O(n^2)) uses at most this many contigs (a seeded
+subsample): about 20 s on 2 cores at this size."""
+PCA_FIT_MAX = 20_000
+"""The PCA baseline is fitted on at most this many contigs (a seeded subsample; all below), then
+applies to every contig."""
+CHUNK_ROWS = 10_000
+"""Contigs whose k-mer counts are decoded at once for the baselines (10,000 x 8,360
+log-frequencies: 0.3 GB)."""
 
 
 def score(
@@ -52,6 +67,7 @@ def score(
 
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(x), min(len(x), SILHOUETTE_MAX), replace=False)
+    knn_rows = np.sort(rng.choice(len(x), min(len(x), KNN_MAX), replace=False))
     if labels is None:
         k = max(2, min(20, int(math.sqrt(len(x) / 2))))
         clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
@@ -60,14 +76,14 @@ def score(
             "active_units": float((x.var(axis=0) > ACTIVE_UNIT_THRESHOLD).sum()),
         }
     names, codes = np.unique(labels.astype(str), return_inverse=True)
-    folds = min(5, int(np.bincount(codes).min()))
+    folds = min(5, int(np.bincount(codes[knn_rows]).min()))
     if folds < 2 or len(names) < 2:
         raise InputError("evaluation needs at least 2 labels with 2 contigs each")
     out = {}
     for k in (1, 5):
         knn = KNeighborsClassifier(n_neighbors=k, metric="cosine")
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        out[f"knn{k}_acc"] = float(cross_val_score(knn, x, codes, cv=cv).mean())
+        out[f"knn{k}_acc"] = float(cross_val_score(knn, x[knn_rows], codes[knn_rows], cv=cv).mean())
     clusters = KMeans(n_clusters=len(names), n_init=10, random_state=seed).fit_predict(x)
     out["kmeans_ari"] = float(adjusted_rand_score(codes, clusters))
     out["silhouette"] = float(silhouette_score(x[sample], codes[sample], metric="cosine"))
@@ -105,33 +121,66 @@ def abundance_profile(depth: np.ndarray) -> np.ndarray:
 def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
     """TNF (z-scored 4-mer log-frequencies) and PCA-`dim` of all k-mer log-frequencies, in
     `contig_ids` order; for features with abundance also TNF beside the abundance profile
-    (`abundance_profile`), the simple baseline a binner with read depths has."""
-    import torch
+    (`abundance_profile`), the simple baseline a binner with read depths has. Counts are decoded
+    `CHUNK_ROWS` contigs at a time, so memory stays bounded at a million contigs."""
     from sklearn.decomposition import PCA
+
+    from kmervae.core.feature_table import dataset_files, read_keys
+
+    files = dataset_files(features)
+    index = {cid: i for i, cid in enumerate(read_keys(files)[0])}
+    missing = [cid for cid in contig_ids if cid not in index]
+    if missing:
+        raise InputError(f"{features}: has no features for {len(missing)} embedded contig(s), e.g. '{missing[0]}'")
+    rows = np.array([index[cid] for cid in contig_ids], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    fit_rows = rows if len(rows) <= PCA_FIT_MAX else rng.choice(rows, PCA_FIT_MAX, replace=False)
+    fitted = np.vstack([all_kmers(x) for _, x in _log_frequencies(features, np.sort(fit_rows), CHUNK_ROWS)])
+    pca = PCA(n_components=min(dim, *fitted.shape), svd_solver="randomized", random_state=seed).fit(fitted)
+    del fitted
+    tnf = np.empty((len(rows), 136), np.float32)
+    projected = np.empty((len(rows), pca.n_components_), np.float32)
+    depths = None
+    order = np.argsort(rows, kind="stable")  # read the files once, in the dataset's order
+    done = 0
+    for table, x in _log_frequencies(features, rows[order], CHUNK_ROWS):
+        where = order[done : done + len(table)]
+        tnf[where] = x.kmer4.numpy()
+        projected[where] = pca.transform(all_kmers(x))
+        if table.abundance is not None:
+            depths = np.empty((len(rows), table.abundance.shape[1]), np.float32) if depths is None else depths
+            depths[where] = table.abundance
+        done += len(table)
+    tnf = zscore(tnf)
+    out = {"tnf_zscore": tnf, f"pca{dim}_kmers": projected}
+    if depths is not None:
+        out["tnf_abundance"] = np.hstack([tnf, abundance_profile(depths)])
+    return out
+
+
+def _log_frequencies(features: str | Path, rows: np.ndarray, chunk: int):
+    """(FeatureTable, the model's log-frequencies) of `rows` (sorted dataset positions), `chunk`
+    rows at a time: the transform every embedding sees (one transform everywhere)."""
+    import torch
 
     from kmervae.core.feature_table import FeatureTable
     from kmervae.core.model import FeatureTransform
 
-    table = FeatureTable.from_parquet(features)
-    index = {cid: i for i, cid in enumerate(table.contig_ids)}
-    missing = [cid for cid in contig_ids if cid not in index]
-    if missing:
-        raise InputError(f"{features}: has no features for {len(missing)} embedded contig(s), e.g. '{missing[0]}'")
-    rows = np.array([index[cid] for cid in contig_ids])
-    x = FeatureTransform()(
-        torch.from_numpy(table.length[rows]),
-        torch.from_numpy(table.gc[rows]),
-        *(torch.from_numpy(table.counts(k)[rows].astype(np.int64)) for k in (7, 4, 3)),
-    )
-    tnf = zscore(x.kmer4.numpy())
-    everything = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).numpy()
-    pca = PCA(n_components=min(dim, *everything.shape), svd_solver="randomized", random_state=seed).fit_transform(
-        everything
-    )
-    out = {"tnf_zscore": tnf, f"pca{dim}_kmers": pca}
-    if table.abundance is not None:
-        out["tnf_abundance"] = np.hstack([tnf, abundance_profile(table.abundance[rows])])
-    return out
+    transform = FeatureTransform()
+    for start in range(0, len(rows), chunk):
+        table = FeatureTable.from_parquet(features, rows=rows[start : start + chunk])
+        with torch.no_grad():
+            x = transform(
+                torch.from_numpy(table.length.copy()),  # arrow's buffers are read-only
+                torch.from_numpy(table.gc.copy()),
+                *(torch.from_numpy(table.counts(k).astype(np.int32)) for k in (7, 4, 3)),
+            )
+        yield table, x
+
+
+def all_kmers(x) -> np.ndarray:
+    """The 7-, 4- and 3-mer log-frequencies side by side (what the PCA baseline reduces)."""
+    return np.hstack([x.kmer7.numpy(), x.kmer4.numpy(), x.kmer3.numpy()])
 
 
 def labels_from(features: str | Path, contig_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,6 +222,8 @@ def evaluate(
         lengths = lengths[known] if lengths is not None else None
     done(f"read {len(ids):,} embedded contig(s)" + (f" with {len(set(labels))} label(s)" if labels is not None else ""))
     result: dict[str, Any] = {"contigs": int(len(ids)), "latent_dim": int(x.shape[1]), "labels": None, "scores": {}}
+    # The O(n^2) scores' contigs: a seeded uniform sample where the set is larger.
+    result["sampled"] = {"knn": min(len(ids), KNN_MAX), "silhouette": min(len(ids), SILHOUETTE_MAX)}
     if labels is not None:
         result["labels"] = int(len(set(labels)))
     if lengths is not None and labels is not None:
@@ -194,6 +245,13 @@ def format_table(result: dict[str, Any]) -> str:
     rows = result["scores"]
     keys = list(next(iter(rows.values())))
     lines = [f"{result['contigs']:,} contigs, {result['labels'] or 'no'} labels, latent dim {result['latent_dim']}"]
+    sampled = result.get("sampled", {})
+    if any(n < result["contigs"] for n in sampled.values()):
+        lines.append(
+            "kNN accuracy on a sample of {knn:,} contigs, silhouette on {silhouette:,}; the rest on all".format(
+                **sampled
+            )
+        )
     lines.append(f"{'embedding':<16}" + "".join(f"{k:>14}" for k in keys))
     for name, values in rows.items():
         cells = [values.get(k, float("nan")) for k in keys]

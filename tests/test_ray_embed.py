@@ -1,0 +1,96 @@
+"""`kmervae embed --engine ray` on a real local Ray cluster: the local engine's rows, in its order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from kmervae.apply.embed import embed, read_embeddings
+from kmervae.core.config import PRESETS, RunConfig
+from kmervae.core.engine import fit_local
+from kmervae.core.errors import ConfigError, InputError
+
+ray = pytest.importorskip("ray")
+cluster = pytest.mark.cluster  # starts a Ray cluster or a server
+
+
+def test_rows_that_come_back_out_of_order_are_written_in_the_dataset_order():
+    import pyarrow as pa
+
+    from kmervae.distributed.ray_embed import in_dataset_order
+
+    ids = np.array([f"c{i}" for i in range(10)], dtype=object)
+
+    def table(rows):
+        return pa.table({"contig_id": [f"c{i}" for i in rows], "x": rows})
+
+    # What Ray 2.60 did: a short last batch first; and one batch with its rows out of order.
+    arrived = [table([0, 1]), table([8, 9]), table([4, 2, 3]), table([7, 5, 6])]
+    runs = list(in_dataset_order(arrived, ids))
+    assert pa.concat_tables(runs).column("x").to_pylist() == list(range(10))
+    assert [len(r) for r in runs] == [2, 3, 3, 2]  # each run passed on as soon as it could be
+    with pytest.raises(RuntimeError, match="rows up to 2 of 10 in order"):
+        list(in_dataset_order([table([0, 1]), table([3])], ids))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, abundance_features):
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(
+        ["train.epochs=1", "train.batch_size=64", "model.abundance_widths=[8]"]
+    )
+    return fit_local(
+        abundance_features, config, tmp_path_factory.mktemp("model"), log=lambda line: None
+    ).best_checkpoint
+
+
+@cluster
+def test_ray_embeds_the_same_rows_in_the_same_order_as_the_local_engine(
+    local_ray, checkpoint, abundance_features, tmp_path
+):
+    from kmervae.distributed.ray_embed import embed_on_ray
+
+    assert len(list(abundance_features.glob("*.parquet"))) > 1  # Ray Data reads several files
+    local = embed(str(checkpoint), abundance_features, tmp_path / "local.parquet", batch_size=100)
+    on_ray = embed_on_ray(str(checkpoint), abundance_features, tmp_path / "ray.parquet", batch_size=100, actors=2)
+    assert (on_ray.contigs, on_ray.latent_dim) == (local.contigs, local.latent_dim)
+    a, b = read_embeddings(local.out), read_embeddings(on_ray.out)
+    assert list(a.ids) == list(b.ids) and list(a.labels) == list(b.labels)
+    assert np.array_equal(a.lengths, b.lengths) and np.array_equal(a.gc, b.gc)
+    assert np.allclose(a.vectors, b.vectors, atol=1e-6, rtol=0)
+    assert pq.read_schema(local.out).equals(pq.read_schema(on_ray.out), check_metadata=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local.parquet", "ray.parquet"]  # nothing partial left
+
+
+@cluster
+def test_a_cluster_that_cannot_host_an_actor_is_refused_before_any_batch(
+    local_ray, checkpoint, abundance_features, tmp_path
+):
+    from kmervae.distributed.ray_embed import embed_on_ray
+
+    with pytest.raises(
+        ConfigError, match=r"cannot host 8 embedding actor\(s\): the cluster has [0-9.]+ CPU\(s\), 1 of which"
+    ):
+        embed_on_ray(str(checkpoint), abundance_features, tmp_path / "e.parquet", actors=8)
+    with pytest.raises(InputError, match="neither a kmervae checkpoint"):
+        (tmp_path / "junk.pt").write_bytes(b"not a model")
+        embed_on_ray(str(tmp_path / "junk.pt"), abundance_features, tmp_path / "e.parquet")
+    assert not (tmp_path / "e.parquet").exists()
+    assert not list(tmp_path.glob(".e.parquet.partial-*"))
+
+
+@cluster
+def test_the_command_line_embeds_on_ray_and_says_where(local_ray, checkpoint, abundance_features, tmp_path, capsys):
+    from kmervae.cli import main
+
+    out = tmp_path / "emb.parquet"
+    code = main(["embed", str(checkpoint), str(abundance_features), "-o", str(out), "--engine", "ray", "--actors", "1"])
+    assert code == 0 and read_embeddings(out).vectors.shape[0] == pq.ParquetFile(out).metadata.num_rows
+    assert f"into 8 dimensions: {out}" in capsys.readouterr().out
