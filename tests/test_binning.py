@@ -145,6 +145,34 @@ def test_small_clusters_stay_unbinned_and_bins_are_numbered_by_size():
     np.testing.assert_array_equal(bins.renumber(raw, lengths, 0), [1, 1, 2, 2, 2, 0, -1])
 
 
+def test_bad_input_at_scale_is_one_line(tmp_path, capsys):
+    """Above the exact-neighbour limit (the approximate graph's size): an assembly FASTA that
+    lacks some embedded contigs and a truncated embedding file are still one line, exit 2,
+    nothing written, before any clustering."""
+    from kmervae.cli import main
+
+    n = bins.EXACT_NEIGHBOURS_MAX + 10_000
+    ids = np.array([f"c{i}" for i in range(n)], dtype=object)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(n, 8)).astype(np.float32)
+    embeddings = write_embeddings(tmp_path / "emb.parquet", ids, None, np.full(n, 40), np.full(n, 0.5), vectors)
+    with open(tmp_path / "assembly.fna", "w") as handle:  # every contig but the last 7
+        handle.writelines(f">{cid}\n{'ACGT' * 10}\n" for cid in ids[:-7])
+
+    def refused(*args: str) -> str:
+        assert main(["bin", *args, "-o", str(tmp_path / "bins")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and not (tmp_path / "bins").exists()
+        return err
+
+    err = refused(str(embeddings), "--fasta", str(tmp_path / "assembly.fna"))
+    assert f"--fasta: 7 of the {n:,} embedded contigs are not in {tmp_path / 'assembly.fna'}" in err
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(embeddings.read_bytes()[: embeddings.stat().st_size // 2])
+    assert "not a readable parquet file" in refused(str(truncated))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["assembly.fna", "emb.parquet", "truncated.parquet"]
+
+
 def test_bad_inputs_are_one_clear_error_and_leave_nothing(two_genomes, tmp_path):
     embeddings = two_genomes["embeddings"]
     out = tmp_path / "bins"
