@@ -59,6 +59,8 @@ class MlflowServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            # as infra/local/start.sh runs it: without the job runner's eight worker processes
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         deadline = time.time() + 120
         while time.time() < deadline:

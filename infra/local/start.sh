@@ -31,7 +31,10 @@ setsid ray start --head --port "$ray_port" --dashboard-host "$bind_host" --dashb
 ray_pgid=$!
 wait "$ray_pgid" || { cat "$state/ray-start.log" >&2; kill -KILL -- "-$ray_pgid" 2>/dev/null; exit 1; }
 echo "$ray_pgid" >"$state/ray.pgid"
-setsid nohup mlflow server --host "$bind_host" --port "$mlflow_port" \
+# MLflow's job runner (GenAI evaluation jobs, which kmervae does not use) would start eight more
+# Python processes beside the server; off unless the caller turns it on.
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
+    setsid nohup mlflow server --host "$bind_host" --port "$mlflow_port" \
     --backend-store-uri "sqlite:///$state/mlflow.db" --artifacts-destination "$state/mlartifacts" \
     >"$state/mlflow.log" 2>&1 &
 echo $! >"$state/mlflow.pid"

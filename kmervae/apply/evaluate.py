@@ -184,17 +184,24 @@ def all_kmers(x) -> np.ndarray:
 
 
 def labels_from(features: str | Path, contig_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (None where absent) and lengths (0 where absent) of `contig_ids`, read once from a
-    feature dataset."""
-    from kmervae.core.feature_table import FeatureTable
+    """Labels (None where absent) and lengths (0 where absent) of `contig_ids`, read from a
+    feature dataset's id, label and length columns alone (its counts would not fit at scale)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    table = FeatureTable.from_parquet(features)
-    if table.labels is None:
+    from kmervae.core.feature_table import dataset_files
+
+    files = dataset_files(features)
+    if not all("label" in pq.read_schema(p).names for p in files.paths):
         raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
-    row = {cid: i for i, cid in enumerate(table.contig_ids)}
+    table = pa.concat_tables(pq.read_table(p, columns=["contig_id", "label", "length"]) for p in files.paths)
+    if table.column("label").null_count == len(table):
+        raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
+    row = {cid: i for i, cid in enumerate(table.column("contig_id").to_pylist())}
     rows = [row.get(cid) for cid in contig_ids]
-    labels = np.array([None if i is None else table.labels[i] for i in rows], dtype=object)
-    lengths = np.array([0 if i is None else table.length[i] for i in rows], dtype=np.int64)
+    known_labels, known_lengths = table.column("label").to_pylist(), table.column("length").to_numpy()
+    labels = np.array([None if i is None else known_labels[i] for i in rows], dtype=object)
+    lengths = np.array([0 if i is None else known_lengths[i] for i in rows], dtype=np.int64)
     return labels, lengths
 
 
