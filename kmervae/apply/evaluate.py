@@ -135,7 +135,7 @@ def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int 
     rows = np.array([index[cid] for cid in contig_ids], dtype=np.int64)
     rng = np.random.default_rng(seed)
     fit_rows = rows if len(rows) <= PCA_FIT_MAX else rng.choice(rows, PCA_FIT_MAX, replace=False)
-    fitted = np.vstack([all_kmers(x) for _, x in _log_frequencies(features, np.sort(fit_rows), CHUNK_ROWS)])
+    fitted = np.vstack([all_kmers(x) for _, x in _log_frequencies(files, np.sort(fit_rows), CHUNK_ROWS)])
     pca = PCA(n_components=min(dim, *fitted.shape), svd_solver="randomized", random_state=seed).fit(fitted)
     del fitted
     tnf = np.empty((len(rows), 136), np.float32)
@@ -143,7 +143,7 @@ def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int 
     depths = None
     order = np.argsort(rows, kind="stable")  # read the files once, in the dataset's order
     done = 0
-    for table, x in _log_frequencies(features, rows[order], CHUNK_ROWS):
+    for table, x in _log_frequencies(files, rows[order], CHUNK_ROWS):
         where = order[done : done + len(table)]
         tnf[where] = x.kmer4.numpy()
         projected[where] = pca.transform(all_kmers(x))
@@ -158,17 +158,16 @@ def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int 
     return out
 
 
-def _log_frequencies(features: str | Path, rows: np.ndarray, chunk: int):
-    """(FeatureTable, the model's log-frequencies) of `rows` (sorted dataset positions), `chunk`
-    rows at a time: the transform every embedding sees (one transform everywhere)."""
+def _log_frequencies(files, rows: np.ndarray, chunk: int):
+    """(FeatureTable, the model's log-frequencies) of `rows` (sorted dataset positions), about
+    `chunk` rows at a time: the transform every embedding sees (one transform everywhere)."""
     import torch
 
-    from kmervae.core.feature_table import FeatureTable
+    from kmervae.core.feature_table import read_rows
     from kmervae.core.model import FeatureTransform
 
     transform = FeatureTransform()
-    for start in range(0, len(rows), chunk):
-        table = FeatureTable.from_parquet(features, rows=rows[start : start + chunk])
+    for table in read_rows(files, rows, chunk):
         with torch.no_grad():
             x = transform(
                 torch.from_numpy(table.length.copy()),  # arrow's buffers are read-only

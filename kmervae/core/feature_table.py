@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,19 +210,38 @@ class FeatureTable:
     @classmethod
     def from_parquet(cls, path: str | os.PathLike[str], rows: np.ndarray | None = None) -> FeatureTable:
         """Read and validate a feature dataset (folder or file) into memory: every row, or only
-        `rows` (positions in the dataset's order), picked before the counts are decoded (a
+        `rows` (sorted positions in the dataset's order), picked before the counts are decoded (a
         million contigs' decoded counts would not fit in memory; a subsample's do)."""
         files = dataset_files(path)
-        tables, start = [], 0
-        for file in files.paths:  # one file's columns at a time: decompressed, a whole dataset is large too
-            size = pq.ParquetFile(file).metadata.num_rows
-            local = None if rows is None else rows[(rows >= start) & (rows < start + size)] - start
-            if local is None or len(local):
-                table = pq.read_table(file)
-                tables.append(table if local is None else table.take(pa.array(local, type=pa.int64())))
-            start += size
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        return cls.from_arrow(table, files.format)
+        tables = list(_file_tables(files, rows))
+        return cls.from_arrow(pa.concat_tables(tables) if len(tables) > 1 else tables[0], files.format)
+
+
+def read_rows(files: DatasetFiles, rows: np.ndarray, chunk: int) -> Iterator[FeatureTable]:
+    """The `rows` (sorted dataset positions) of a dataset as FeatureTables of about `chunk` rows
+    each, every file read once: for passes over a million contigs' counts."""
+    pending, count = [], 0
+    for table in _file_tables(files, rows):
+        pending.append(table)
+        count += len(table)
+        if count >= chunk:
+            yield FeatureTable.from_arrow(pa.concat_tables(pending), files.format)
+            pending, count = [], 0
+    if pending:
+        yield FeatureTable.from_arrow(pa.concat_tables(pending), files.format)
+
+
+def _file_tables(files: DatasetFiles, rows: np.ndarray | None) -> Iterator[pa.Table]:
+    """Each file's rows (all, or those of `rows`), one file's columns at a time: decompressed, a
+    whole dataset is large too."""
+    start = 0
+    for file in files.paths:
+        size = pq.ParquetFile(file).metadata.num_rows
+        local = None if rows is None else rows[(rows >= start) & (rows < start + size)] - start
+        if local is None or len(local):
+            table = pq.read_table(file)
+            yield table if local is None else table.take(pa.array(local, type=pa.int64()))
+        start += size
 
 
 def read_keys(files: DatasetFiles) -> tuple[np.ndarray, np.ndarray | None]:
