@@ -149,6 +149,25 @@ def impatient_mlflow_http():
         yield
 
 
+def pytest_collection_modifyitems(items):
+    """Two test processes (pytest-xdist, `-n 2` in pyproject.toml): the tests that start a
+    Ray cluster or a server run one after another in one of them (each takes both cores and
+    some share the session's bystander cluster), the fast tier in the other beside them."""
+    for item in items:
+        if item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ray_train_polls_often():
+    """Ray Train's controller looks at its workers every 2 s by default, so each report and
+    the end of every run wait up to 2 s; the suite runs about thirty short runs and trials.
+    The clusters the tests start inherit this (a value set outside wins)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"))
+        yield
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_ray_cluster_per_module():
     """A module whose code started Ray in this process (fit_ray, run_sweep) stops it at its end:
