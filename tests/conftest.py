@@ -149,15 +149,6 @@ def impatient_mlflow_http():
         yield
 
 
-def pytest_collection_modifyitems(items):
-    """Two test processes (pytest-xdist, `-n 2` in pyproject.toml): the tests that start a
-    Ray cluster or a server run one after another in one of them (each takes both cores and
-    some share the session's bystander cluster), the fast tier in the other beside them."""
-    for item in items:
-        if item.get_closest_marker("cluster"):
-            item.add_marker(pytest.mark.xdist_group("cluster"))
-
-
 @pytest.fixture(autouse=True, scope="session")
 def ray_train_polls_often():
     """Ray Train's controller looks at its workers every 2 s by default, so each report and
@@ -216,10 +207,20 @@ def processes_mentioning(marker: str) -> list[str]:
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nothing listens on now, from 20000-32767: above Ray's worker ports
+    (10002-19999) and below the kernel's ephemeral range, where every outgoing connection and
+    every bind to port 0 (Ray's own services included) takes its port, so none of those can
+    take it before the server it is meant for starts."""
+    import random
+
+    rng = random.Random()
+    while True:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", rng.randint(20_000, 32_767)))
+            except OSError:  # in use: draw again
+                continue
+            return s.getsockname()[1]
 
 
 def start_local_cluster(state: Path, num_cpus: int = 2) -> dict[str, str]:

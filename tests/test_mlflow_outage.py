@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,14 +20,9 @@ import pytest
 
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:
