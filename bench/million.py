@@ -244,6 +244,7 @@ def graphs(args: argparse.Namespace) -> None:
         )
         return np.asarray(found.membership)
 
+    args.resolutions = args.resolutions or [bins.LEIDEN_RESOLUTION]
     columns = [(g, how, r) for g in args.graphs for how in args.leiden for r in args.resolutions]
     print("| embeddings | contigs | " + " | ".join(f"{g} + {how} {r:g}" for g, how, r in columns) + " |")
     print("|---|---|" + "---|" * len(columns))
@@ -333,7 +334,7 @@ def main() -> None:
     p.add_argument("embeddings", type=Path, nargs="+")
     p.add_argument("--graphs", nargs="+", choices=["exact", "hnsw"], default=["exact", "hnsw"])
     p.add_argument("--leiden", nargs="+", choices=["leidenalg", "igraph"], default=["igraph"])
-    p.add_argument("--resolutions", type=float, nargs="+", default=[0.5])
+    p.add_argument("--resolutions", type=float, nargs="+", help="default: kmervae bin's")
     p = sub.add_parser("bams", help="one sorted BAM per sample of the depth table, reads placed without an aligner")
     p.add_argument("--fasta", type=Path, required=True)
     p.add_argument("--depths", type=Path, required=True, help="the depth table `contigs` wrote (VAMB format)")

@@ -192,6 +192,7 @@ def check_embed_job(features: str | Path, out: str | Path, batch_size: int, over
 
 
 def has_labels(files) -> bool:
+    """Whether every file of a dataset has a label column."""
     return all("label" in pq.read_schema(p).names for p in files.paths)
 
 

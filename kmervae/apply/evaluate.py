@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from kmervae.apply.embed import read_embeddings
+from kmervae.apply.embed import has_labels, read_embeddings
 from kmervae.core import bins
 from kmervae.core.errors import ConfigError, InputError
 from kmervae.core.metrics import ACTIVE_UNIT_THRESHOLD
@@ -191,7 +191,7 @@ def labels_from(features: str | Path, contig_ids: np.ndarray) -> tuple[np.ndarra
     from kmervae.core.feature_table import dataset_files
 
     files = dataset_files(features)
-    if not all("label" in pq.read_schema(p).names for p in files.paths):
+    if not has_labels(files):
         raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
     table = pa.concat_tables(pq.read_table(p, columns=["contig_id", "label", "length"]) for p in files.paths)
     if table.column("label").null_count == len(table):
