@@ -73,8 +73,6 @@ def in_dataset_order(tables: Iterable[pa.Table], ids: np.ndarray) -> Iterator[pa
 
 def actor_resources(available: dict[str, float], actors: int, gpus_per_actor: float) -> float:
     """CPUs per actor when `actors` of them fit beside Ray Data's readers, or why not."""
-    if actors < 1:
-        raise ConfigError(f"--actors must be >= 1, got {actors}")
     cpus, gpus = float(available.get("CPU", 0)), float(available.get("GPU", 0))
     if actors * gpus_per_actor > gpus:
         raise ConfigError(
@@ -108,6 +106,8 @@ def embed_on_ray(
     import ray
     from ray.data import DataContext
 
+    if actors < 1:
+        raise ConfigError(f"--actors must be >= 1, got {actors}")
     files = check_embed_job(features, out, batch_size, overwrite)
     load_embedder(model, device)  # a model that cannot be opened is refused before Ray starts
     labeled = has_labels(files)
