@@ -1,13 +1,18 @@
-"""`ray job submit` of the main sweep against a local cluster started by infra/local/start.sh."""
+"""`ray job submit` of the main job (the binning sweep) against a local cluster started by infra/local/start.sh:
+stopped mid-sweep and resumed, the registry, `kmervae best`; the cluster's token and loopback servers."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from kmervae.core.run_outputs import ARTIFACT_FILES, CHECKPOINT_FILES
 from tests.conftest import REPO, group_alive, processes_mentioning, start_local_cluster, stop_local_cluster
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
@@ -35,79 +40,91 @@ def local_cluster(tmp_path_factory, bystander):
     bystander()
 
 
-def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_path, monkeypatch):
+def ray_cli(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The `ray` command of the project's .venv against our cluster's job API, with its token."""
+    submit_env = dict(env, RAY_AUTH_MODE="token", PATH=f"{REPO / '.venv' / 'bin'}:{env['PATH']}")
+    return subprocess.run(
+        [str(REPO / ".venv/bin/ray"), *args], env=submit_env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def test_a_stopped_sweep_job_resumes_without_duplicates(local_cluster, abundance_features, tmp_path, monkeypatch):
+    """The main job, as users run it: `ray job submit` of the binning sweep (the metagenome preset,
+    ranked on val/nc_bins); `ray job stop` kills its driver mid-sweep (SIGTERM: Tune saves nothing
+    on the way out) and the same command with --resume finishes it. The suite's one script sweep,
+    checked end to end: console, MLflow parent and children, Optuna's history, plots, registry,
+    `kmervae best` and export of the registered model."""
     env, banner = local_cluster
     dashboard = f"http://127.0.0.1:{env['DASHBOARD_PORT']}"
     mlflow_uri = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
     assert dashboard in banner and "ray job submit" in banner
     storage = tmp_path / "sweeps"
-    submit_env = dict(env, RAY_AUTH_MODE="token", PATH=f"{REPO / '.venv' / 'bin'}:{env['PATH']}")
-    job = subprocess.run(
-        [
-            str(REPO / ".venv/bin/ray"),
-            "job",
-            "submit",
-            "--address",
-            dashboard,
-            "--working-dir",
-            str(REPO),
-            "--runtime-env-json",
-            f'{{"env_vars": {{"MLFLOW_TRACKING_URI": "{mlflow_uri}"}}}}',
-            "--",
-            "python",
-            "sweeps/latent_sweep.py",
-            "--smoke-test",
-            "--preset",
-            "recommended",  # as the Quickstart runs it: cross-view, InfoNCE, z-scored inputs under Ray
-            "--samples",
-            "2",
-            "--data",
-            str(example_features),
-            "--name",
-            "job",
-            "--storage",
-            str(storage),
-        ],
-        env=submit_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-    )
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    sweep = ["python", "sweeps/binning_sweep.py", "--smoke-test", "--samples", "3", "--data", str(abundance_features)]
+    sweep += ["--name", "job", "--storage", str(storage)]
+
+    def submit(submission_id: str, *args: str, wait: bool = True) -> subprocess.CompletedProcess:
+        runtime = f'{{"env_vars": {{"MLFLOW_TRACKING_URI": "{mlflow_uri}"}}}}'
+        flags = ["--address", dashboard, "--submission-id", submission_id, "--working-dir", str(REPO)]
+        flags += ["--runtime-env-json", runtime, *([] if wait else ["--no-wait"])]
+        job = ray_cli(env, "job", "submit", *flags, "--", *sweep, *args)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        return job
+
+    submit("sweep-cut", wait=False)
+    trials = storage / "job" / "trials"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        done = [d for d in trials.glob("trial-*") if len(list(d.glob("checkpoint_*"))) >= 2]
+        if len(list(trials.glob("trial-*"))) >= 2 and done:
+            break
+        time.sleep(0.5)
+    stopped = ray_cli(env, "job", "stop", "--address", dashboard, "sweep-cut")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout + stopped.stderr, stopped.stdout + stopped.stderr
+    status = ray_cli(env, "job", "status", "--address", dashboard, "sweep-cut")
+    assert "was stopped" in status.stdout, status.stdout  # cut, not finished before the stop
+    job = submit("sweep-resumed", "--resume")
     assert "succeeded" in job.stdout and "registry  models:/kmervae-encoder@champion" in job.stdout
+    assert "sweep     job: 3 trial(s), 0 failed" in job.stdout
     # What a person reads: the header, one line per trial and the summary, not Ray's machinery,
     # which is in the sweep's log file, named in the summary.
     shown = job.stdout.splitlines()
     assert len(shown) <= 40, "\n".join(shown)
     ended = [line for line in shown if line.startswith("[") and "trial " in line]
-    assert len(ended) == 2 and all(("finished" in line or "stopped early" in line) for line in ended), ended
+    assert ended and all(("finished" in line or "stopped early" in line) for line in ended), ended
     assert not any("TrainingReport" in line or "Deprecat" in line for line in shown)
     log = storage / "job" / "sweep.log"
-    assert f"log       {log}" in job.stdout and "kmervae> 2/2" in log.read_text()
+    assert f"log       {log}" in job.stdout and re.search(r"kmervae> 2/\d+ ", log.read_text())  # the epoch tables
     from mlflow import MlflowClient
 
-    # The suite's one smoke sweep, checked end to end: MLflow parent and children, plots,
-    # registry, `kmervae best`, and export of the registered model.
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("kmervae-sweeps")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("kmervae.role") == "sweep"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3, [c.info.run_name for c in children]  # resumed trials kept their runs
     parent = parents[0]
-    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+        # Each epoch once (ASHA may have stopped a trial after its first): no duplicate steps.
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val/loss"))
+        assert steps == list(range(len(steps))) and 1 <= len(steps) <= 2, steps
+        bins = [m.value for m in client.get_metric_history(child.info.run_id, "val/nc_bins")]
+        assert len(bins) == len(steps) and all(v in range(6) for v in bins), bins  # five genomes, every contig
+        # A trial's outputs and tags are every training run's (test_tracking, test_ray_engine).
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} == {*ARTIFACT_FILES, "checkpoints"}
+        checkpoints = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
+        assert checkpoints == {f"checkpoints/{name}" for name in CHECKPOINT_FILES}
+        assert child.data.tags["engine"] == "ray" and child.data.tags["kmervae.run_name"] == child.info.run_name
+        assert child.data.tags["kmervae.uses_labels"] == "false"  # labels only score the trials
+        assert child.data.params["data.val_split"] == "all" and "loss.wab" in child.data.params
     # The parent's description (MLflow's run overview): the best trial, linked to its child run.
     note = parent.data.tags["mlflow.note.content"]
-    best_child = next(c for c in children if c.data.tags["kmervae.trial_id"] == parent.data.tags["best_trial_id"])
+    best_trial = parent.data.tags["best_trial_id"]
+    best_child = next(c for c in children if c.data.tags["kmervae.trial_id"] == best_trial)
     assert f"/runs/{best_child.info.run_id})" in note.split("**Best trial**")[1].splitlines()[0]
-    assert "Top 2 trial(s)" in note and "ranked on `val/knn_acc`" in note
+    assert "Top 3 trial(s)" in note and "ranked on `val/nc_bins`" in note
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    for child in children:
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/loss")]
-        assert steps and steps == list(range(len(steps)))
-        assert "model.latent_dim" in child.data.params and child.info.status == "FINISHED"
-        assert child.data.params["loss.infonce"] == "1.0" and child.data.params["model.input_norm"] == "zscore"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_model", "plots", "trials.csv"} <= artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
@@ -115,23 +132,46 @@ def test_job_submit_runs_the_latent_sweep(local_cluster, example_features, tmp_p
     assert parent.data.params["dataset.contigs"] == "1558" and parent.data.tags["git_commit"]
     version = client.get_model_version_by_alias("kmervae-encoder", "champion")
     assert version.run_id == parent.info.run_id and version.version == "1"
-    best_trial = parent.data.tags["best_trial_id"]
     assert (storage / "job" / "trials" / f"trial-{best_trial}" / "outputs" / "best.pt").exists()
-    # `kmervae best` ranks the sweep's trials by their best epoch and picks the same trial.
+    # Optuna's history survived the stop: its study holds every trial, told once, with the
+    # same parameters the trials trained with (as MLflow recorded them).
+    assert_optuna_told(storage / "job" / "tune", children, monkeypatch)
+    # `kmervae best` ranks the trials by their best epoch; the sweep's best trial has the top score.
     from kmervae.apply.best import best_runs, download_checkpoint
     from kmervae.apply.export import export
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    # The sweep ranked on val/knn_acc (its labels allow it): `kmervae best` ranks on it too.
-    rows = best_runs("kmervae-sweeps", sweep=parent.info.run_id, metric="val/knn_acc", top=10)
-    highest = {
-        c.info.run_id: max(m.value for m in client.get_metric_history(c.info.run_id, "val/knn_acc")) for c in children
+    rows = best_runs("kmervae-sweeps", sweep=parent.info.run_id, metric="val/nc_bins", top=10)
+    best = {
+        c.info.run_id: max(m.value for m in client.get_metric_history(c.info.run_id, "val/nc_bins")) for c in children
     }
-    assert [r["run_id"] for r in rows] == sorted(highest, key=highest.get, reverse=True)
-    assert rows[0]["name"].endswith(best_trial)
+    assert [r["val/nc_bins"] for r in rows] == sorted(best.values(), reverse=True)
+    assert best[best_child.info.run_id] == rows[0]["val/nc_bins"]  # ties rank in any order
     assert download_checkpoint(rows[0]["run_id"], tmp_path / "picked").name == "best.pt"
     # The registered model is an MLflow pyfunc: loadable as it is, and exportable again.
     assert export("models:/kmervae-encoder@champion", "onnx", tmp_path / "champion.onnx").exists()
+
+
+def assert_optuna_told(tune_dir: Path, children, monkeypatch) -> None:
+    """The saved Optuna study holds one finished trial per MLflow child, with its parameters."""
+    import importlib.util
+
+    from ray.tune.search.optuna import OptunaSearch
+
+    # The saved searcher refers to the script's space function as __main__.space.
+    spec = importlib.util.spec_from_file_location("binning_sweep_script", REPO / "sweeps" / "binning_sweep.py")
+    monkeypatch.syspath_prepend(str(REPO / "sweeps"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys.modules["__main__"], "space", script.space, raising=False)
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(tune_dir))
+    told = [t for t in searcher._ot_study.trials if t.state.is_finished()]
+    assert len(told) == len(children), [t.state for t in searcher._ot_study.trials]
+    for key in ("loss.beta", "model.latent_dim", "loss.wab"):
+        assert sorted(float(t.params[key]) for t in told) == pytest.approx(
+            sorted(float(c.data.params[key]) for c in children)
+        )
 
 
 def test_a_client_without_the_token_is_refused(local_cluster):
