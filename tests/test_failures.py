@@ -1,5 +1,5 @@
 """Why a trial failed, found by exception type through Ray's wrappers (the end-to-end path, a
-diverging trial in a real sweep, is in test_s3_storage.py)."""
+diverging trial in a real sweep, is in test_services.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A sweep's space and settings are checked before Ray starts. The sweeps themselves run on real
-clusters in test_ray_job (the main job: stopped and resumed), test_s3_storage and test_mlflow_outage."""
+clusters in test_ray_job (the main job: stopped and resumed) and test_services (S3, an MLflow outage)."""
 
 from __future__ import annotations
 
