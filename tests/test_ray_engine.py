@@ -116,27 +116,6 @@ def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, abun
     assert [m["epoch"] for m in result.history] == [0, 1]
 
 
-def test_rerunning_the_same_name_resumes_and_continues_the_mlflow_run(two_worker_run, abundance_features):
-    from mlflow import MlflowClient
-
-    root, first = two_worker_run
-    again = fit_ray(
-        abundance_features,
-        with_abundance(3),
-        workers=2,
-        use_cpu=True,
-        name="two",
-        storage=root / "storage",
-        mlflow_dir=root,
-        log=lambda line: None,
-    )
-    assert again.mlflow_run_id == first.mlflow_run_id
-    assert [m["epoch"] for m in again.history] == [0, 1, 2]
-    assert again.history[:2] == first.history  # epochs 0-1 came from the checkpoint, not retrained
-    client = MlflowClient(again.mlflow_uri)
-    assert [m.step for m in client.get_metric_history(again.mlflow_run_id, "val/loss")] == [0, 1, 2]
-
-
 def train_workers(alive: bool = False) -> list:
     """The Ray Train workers this process's cluster has run (`alive`: those running now); by
     its own address, so that other clusters on the machine (a user's) are not asked."""
@@ -162,42 +141,48 @@ def kill_a_worker_at_the_first_report(marker: Path):
     return KillAWorker()
 
 
-def test_a_killed_worker_is_survived(local_ray, example_features, tmp_path, capfd):
+def test_rerunning_the_same_name_resumes_and_survives_a_killed_worker(two_worker_run, abundance_features, capfd):
+    """The shared run again by name, two epochs more: it resumes from its checkpoint and
+    continues its MLflow run; a worker SIGKILLed at the first report is replaced and training
+    goes on from the last checkpoint, each epoch counted and logged once."""
     from mlflow import MlflowClient
 
     from kmervae.distributed.console import quiet_console
     from kmervae.distributed.ray_engine import TRAIN_LOG, ray_outputs
 
-    storage, marker = tmp_path / "storage", tmp_path / "killed.pid"
-    with quiet_console(ray_outputs(storage, "killed") / TRAIN_LOG, relay=True):  # as `kmervae train` runs it
-        result = fit_ray(
-            example_features,
-            tiny(4),
+    root, first = two_worker_run
+    storage, marker = root / "storage", root / "killed.pid"
+    with quiet_console(ray_outputs(storage, "two") / TRAIN_LOG, relay=True):  # as `kmervae train` runs it
+        again = fit_ray(
+            abundance_features,
+            with_abundance(4),
             workers=2,
             use_cpu=True,
-            name="killed",
+            name="two",
             storage=storage,
-            mlflow_dir=tmp_path,
+            mlflow_dir=root,
             log=lambda line: None,
             callbacks=[kill_a_worker_at_the_first_report(marker)],
         )
     assert marker.exists(), "no worker was killed: the test did not exercise recovery"
+    assert again.mlflow_run_id == first.mlflow_run_id
+    assert [m["epoch"] for m in again.history] == [0, 1, 2, 3]  # no epoch counted twice
+    assert again.history[:2] == first.history  # epochs 0-1 came from the checkpoint, not retrained
     # The console shows the epoch table (rank 0's marked lines), not Ray's account of the dead
     # worker, which is in train.log beside the checkpoints.
     shown = capfd.readouterr().err.splitlines()
     assert any(line.startswith("epoch ") and "mse_7_pres" in line for line in shown), shown
     assert any(line.startswith("4/4") for line in shown) and not any("RayTrainWorker" in line for line in shown)
-    assert "RayTrainWorker" in (result.best_checkpoint.parent / "train.log").read_text()
-    assert [m["epoch"] for m in result.history] == [0, 1, 2, 3]  # no epoch counted twice
+    assert "RayTrainWorker" in (again.best_checkpoint.parent / "train.log").read_text()
     # One MLflow run, finished, with every epoch's metrics logged exactly once.
-    client = MlflowClient(result.mlflow_uri)
-    run = client.get_run(result.mlflow_run_id)
+    client = MlflowClient(again.mlflow_uri)
+    run = client.get_run(again.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert len(client.search_runs([run.info.experiment_id])) == 1
     for key in ("val/loss", "train/loss", "val/knn_acc"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2, 3], key
     last = client.get_metric_history(run.info.run_id, "val/loss")
-    assert {m.step: m.value for m in last}[3] == pytest.approx(result.history[3]["val/loss"])
+    assert {m.step: m.value for m in last}[3] == pytest.approx(again.history[3]["val/loss"])
 
 
 def test_impossible_resource_requests_fail_at_once():
