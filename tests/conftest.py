@@ -4,6 +4,7 @@ the CLI as a subprocess, and local clusters a test starts and stops itself."""
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
 import os
@@ -159,14 +160,84 @@ def ray_train_polls_often():
         yield
 
 
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> dict[str, str]:
+    """A moto S3 server on loopback for the session; returns the environment that points pyarrow's
+    and boto3's S3 clients at it (`AWS_ENDPOINT_URL` and test credentials)."""
+    pytest.importorskip("moto")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", **S3_CREDENTIALS}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+SHARED_RAY: dict[str, str] = {}
+"""The GCS address of the session's shared cluster (`local_ray`), once it runs."""
+
+
+@pytest.fixture(scope="session")
+def local_ray(s3_server):
+    """The suite's one in-process Ray cluster (2 CPUs), shared by every module that trains,
+    sweeps or embeds on Ray in this process: a start and a stop cost about 6 s. Its workers can
+    reach the session's S3 server (a cluster's processes take their environment when it starts)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():  # a module's own cluster (fit_ray starts one when none runs)
+        ray.shutdown()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        logging_level="WARNING",
+        runtime_env={"env_vars": s3_server},
+    )
+    SHARED_RAY["address"] = ray.get_runtime_context().gcs_address
+    yield
+    SHARED_RAY.clear()
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True, scope="module")
-def one_ray_cluster_per_module():
-    """A module whose code started Ray in this process (fit_ray, run_sweep) stops it at its end:
-    the next module may start its own cluster (ray.init twice fails), or a separate one."""
+def own_ray_clusters_end_with_their_module():
+    """A cluster that a module's code started in this process (fit_ray, run_sweep without
+    `local_ray`) stops at the module's end: the next module may need its own (ray.init twice fails)."""
     yield
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        ray.shutdown()
+        if ray.get_runtime_context().gcs_address != SHARED_RAY.get("address"):
+            ray.shutdown()
+
+
+def cluster_actors() -> list:
+    """The actors of this process's Ray cluster (by its own address: never another cluster's)."""
+    import ray
+    from ray.util.state import list_actors
+
+    return list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)
+
+
+@contextlib.contextmanager
+def ray_untouched():
+    """Asserts that the code inside neither started Ray nor, where a cluster runs (the shared
+    one), made an actor on it: what "refused before Ray starts" means on either."""
+    import ray
+
+    running = ray.is_initialized()
+    before = len(cluster_actors()) if running else 0
+    yield
+    assert ray.is_initialized() == running, "Ray was started"
+    if running:
+        assert len(cluster_actors()) == before, "an actor was made on the running cluster"
 
 
 def group_alive(pgid: int) -> bool:

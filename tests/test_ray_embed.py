@@ -10,6 +10,7 @@ from kmervae.apply.embed import embed, read_embeddings
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import fit_local
 from kmervae.core.errors import ConfigError, InputError
+from tests.conftest import ray_untouched
 
 ray = pytest.importorskip("ray")
 cluster = pytest.mark.cluster  # starts a Ray cluster or a server
@@ -37,20 +38,13 @@ def test_rows_that_come_back_out_of_order_are_written_in_the_dataset_order():
 def test_actor_counts_the_cluster_cannot_host_are_one_line_before_ray_starts(tmp_path, abundance_features):
     from kmervae.distributed.ray_embed import actor_resources, embed_on_ray
 
-    with pytest.raises(ConfigError, match="--actors must be >= 1, got 0"):
+    with ray_untouched(), pytest.raises(ConfigError, match="--actors must be >= 1, got 0"):
         embed_on_ray(str(tmp_path / "model.pt"), abundance_features, tmp_path / "e.parquet", actors=0)
-    assert not ray.is_initialized() and not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())
     with pytest.raises(ConfigError, match=r"cannot host 2 embedding actor\(s\) x 1 GPU: the cluster has 1 GPU\(s\)"):
         actor_resources({"CPU": 16, "GPU": 1}, 2, 1.0)
     assert actor_resources({"CPU": 16}, 2, 0.0) == 1.0  # at most one CPU each
     assert actor_resources({"CPU": 2}, 4, 0.0) == 0.25  # the CPUs beside Ray Data's reader, shared
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

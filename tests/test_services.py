@@ -1,5 +1,5 @@
 """The services a cluster run depends on, for real: Ray storage on S3-compatible object storage
-(a local moto server) and an MLflow tracking server that is down at start or dies mid-run.
+(the session's moto server) and an MLflow tracking server that is down at start or dies mid-run.
 
 At start: the run fails in seconds with a message naming the server, before Ray starts.
 Mid-run: training and sweeps on S3 finish; calls that could not be sent are saved to
@@ -24,7 +24,7 @@ import pytest
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.storage import exists, join, list_names
-from tests.conftest import free_port
+from tests.conftest import free_port, ray_untouched
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
 
@@ -35,42 +35,24 @@ BUCKET = "kmervae-test"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server on loopback, with the environment Ray's and pyarrow's S3 clients read, and
-    the module's Ray cluster, started with that environment (its workers inherit it)."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # read by pyarrow's and boto3's S3 clients
-            env.setenv("AWS_ACCESS_KEY_ID", "test")
-            env.setenv("AWS_SECRET_ACCESS_KEY", "test")
-            env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            import boto3
+def s3(s3_server, local_ray):
+    """A bucket on the session's S3 server, with this process's S3 clients pointed at it (the
+    shared cluster's workers already are)."""
+    import boto3
 
-            deadline = time.time() + 30
-            while True:
-                try:
-                    boto3.client("s3").create_bucket(Bucket=BUCKET)
-                    break
-                except Exception:  # the server is still starting
-                    if time.time() > deadline:
-                        raise
-                    time.sleep(0.3)
-            ray.init(
-                address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING"
-            )
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in s3_server.items():
+            env.setenv(key, value)
+        deadline = time.time() + 30
+        while True:
             try:
-                yield f"s3://{BUCKET}"
-            finally:
-                ray.shutdown()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+                boto3.client("s3").create_bucket(Bucket=BUCKET)
+                break
+            except Exception:  # the server is still starting
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield f"s3://{BUCKET}"
 
 
 class MlflowServer:
@@ -164,22 +146,20 @@ def tiny(epochs: int) -> RunConfig:
     )
 
 
-# First in the module: no test of it has started the module's cluster yet.
 def test_an_unreachable_server_fails_before_ray_starts(server, tmp_path, example_features):
     from kmervae.core.config import SweepConfig
     from kmervae.distributed.ray_engine import fit_ray
     from kmervae.distributed.sweep import run_sweep
 
-    with pytest.raises(
-        ConfigError, match=f"MLflow tracking store {server.uri} is unreachable .*; start it, fix MLFLOW_TRACKING_URI"
-    ):
+    unreachable = f"MLflow tracking store {server.uri} is unreachable .*; start it, fix MLFLOW_TRACKING_URI"
+    with ray_untouched(), pytest.raises(ConfigError, match=unreachable):
         fit_ray(example_features, RunConfig(model=PRESETS["tiny"]), storage=tmp_path / "ray")
-    assert not ray.is_initialized() and not list((tmp_path / "ray").glob("*"))  # no cluster, no run folder
-    with pytest.raises(ConfigError, match=f"MLflow tracking store {server.uri} is unreachable"):
+    assert not list((tmp_path / "ray").glob("*"))  # no run folder
+    with ray_untouched(), pytest.raises(ConfigError, match=unreachable):
         run_sweep(
             example_features, RunConfig(model=PRESETS["tiny"]), space, SweepConfig(storage=str(tmp_path / "sweeps"))
         )
-    assert not ray.is_initialized() and not (tmp_path / "sweeps").exists()
+    assert not (tmp_path / "sweeps").exists()
 
 
 def test_training_on_s3_outlives_a_dead_server_and_resumes_from_s3(s3, server, tmp_path, example_features, monkeypatch):

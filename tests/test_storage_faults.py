@@ -20,7 +20,7 @@ from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import make_optimizer
 from kmervae.core.errors import OutputError
 from kmervae.core.model import BranchedVAE
-from tests.conftest import random_batch
+from tests.conftest import random_batch, ray_untouched
 
 
 def run_in_namespace(script: str) -> subprocess.CompletedProcess:
@@ -120,17 +120,18 @@ def space(trial):
 
 
 def test_ray_training_and_sweeps_check_storage_before_ray_starts(tmp_path, example_features):
-    import ray
-
     from kmervae.core.config import SweepConfig
     from kmervae.distributed.ray_engine import fit_ray
     from kmervae.distributed.sweep import run_sweep
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(OutputError, match=f"{blocker}/ray: cannot create this folder: {blocker} is a file"):
+    with (
+        ray_untouched(),
+        pytest.raises(OutputError, match=f"{blocker}/ray: cannot create this folder: {blocker} is a file"),
+    ):
         fit_ray(example_features, RunConfig(model=PRESETS["tiny"]), storage=blocker / "ray", experiment=None)
-    with pytest.raises(OutputError, match=f"{blocker}/sweeps: cannot create this folder"):
+    with ray_untouched(), pytest.raises(OutputError, match=f"{blocker}/sweeps: cannot create this folder"):
         run_sweep(
             example_features,
             RunConfig(model=PRESETS["tiny"]),
@@ -138,22 +139,21 @@ def test_ray_training_and_sweeps_check_storage_before_ray_starts(tmp_path, examp
             SweepConfig(storage=str(blocker / "sweeps")),
             use_mlflow=False,
         )
-    assert not ray.is_initialized()
 
 
 def test_kmervae_train_on_ray_refuses_storage_it_cannot_log_to_in_one_line(tmp_path, example_features, capsys):
     """The command line opens train.log in the run's outputs first: a folder that cannot be
     made is one line (exit 2), before Ray starts and with nothing written."""
-    import ray
 
     from kmervae.cli import main
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    code = main(["train", str(example_features), "--engine", "ray", "--preset", "tiny", "--no-mlflow",
-                 "--storage", str(blocker / "ray"), "--name", "r"])  # fmt: skip
+    with ray_untouched():
+        code = main(["train", str(example_features), "--engine", "ray", "--preset", "tiny", "--no-mlflow",
+                     "--storage", str(blocker / "ray"), "--name", "r"])  # fmt: skip
     err = capsys.readouterr().err.strip()
-    assert code == 2 and not ray.is_initialized()
+    assert code == 2
     assert err == (
         f"kmervae train: error: {blocker}/ray/r/outputs: cannot create this folder: {blocker} is a file; "
         "choose another --storage/--out"
