@@ -190,6 +190,26 @@ def test_impossible_resource_requests_fail_at_once():
     assert gpu.gpus_per_worker == 1.0 and gpu.cpus_per_worker == 1.0
 
 
+def test_workers_are_planned_on_the_cluster_s_capacity_not_on_what_is_free_now(local_ray):
+    """A job that just ended (a sweep stopped with `ray job stop`) holds its CPUs a few seconds
+    more: the plan counts the whole cluster, and Ray queues the workers until they are free."""
+    from kmervae.distributed.ray_engine import cluster_capacity
+
+    @ray.remote(num_cpus=1.5)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    try:
+        ray.get(holder.ready.remote())
+        assert ray.available_resources().get("CPU", 0) <= 0.5  # what a plan on free CPUs would refuse
+        plan = plan_resources(cluster_capacity(), 2, None, use_cpu=True)
+        assert (plan.workers, plan.cpus_per_worker) == (2, 0.5)
+    finally:
+        ray.kill(holder)
+
+
 def test_impossible_request_on_the_live_cluster_fails_before_training(local_ray, example_features, tmp_path):
     with ray_untouched(), pytest.raises(ConfigError, match="cannot fit 16 worker"):  # before any actor started
         fit_ray(example_features, tiny(1), workers=16, use_cpu=True, name="big", storage=tmp_path, experiment=None)

@@ -33,7 +33,7 @@ from kmervae.apply.embed import (
 )
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import read_keys
-from kmervae.distributed.ray_engine import DATA_CPUS, init_ray
+from kmervae.distributed.ray_engine import DATA_CPUS, cluster_capacity, init_ray
 
 
 class EmbedActor:
@@ -71,9 +71,10 @@ def in_dataset_order(tables: Iterable[pa.Table], ids: np.ndarray) -> Iterator[pa
         raise RuntimeError(f"Ray Data returned rows up to {next_row:,} of {len(ids):,} in order; the rest are missing")
 
 
-def actor_resources(available: dict[str, float], actors: int, gpus_per_actor: float) -> float:
-    """CPUs per actor when `actors` of them fit beside Ray Data's readers, or why not."""
-    cpus, gpus = float(available.get("CPU", 0)), float(available.get("GPU", 0))
+def actor_resources(capacity: dict[str, float], actors: int, gpus_per_actor: float) -> float:
+    """CPUs per actor when `actors` of them fit beside Ray Data's readers on a cluster of
+    `capacity` (`cluster_capacity`), or why not."""
+    cpus, gpus = float(capacity.get("CPU", 0)), float(capacity.get("GPU", 0))
     if actors * gpus_per_actor > gpus:
         raise ConfigError(
             f"cannot host {actors} embedding actor(s) x {gpus_per_actor:g} GPU: the cluster has {gpus:g} GPU(s); "
@@ -113,7 +114,7 @@ def embed_on_ray(
     labeled = has_labels(files)
     init_ray(address)
     gpus_per_actor = 1.0 if device == "cuda" else 0.0
-    cpus_per_actor = actor_resources(ray.available_resources(), actors, gpus_per_actor)
+    cpus_per_actor = actor_resources(cluster_capacity(), actors, gpus_per_actor)
     context = DataContext.get_current()
     kept = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # the local engine's row order

@@ -90,22 +90,32 @@ PLAN_KEY = "plan"
 """The one key of `train_loop_config`: the run's `WorkerPlan`."""
 
 
+def cluster_capacity() -> dict[str, float]:
+    """The connected cluster's resources, all of them, not what is free at this moment: what
+    a job that just ended (a sweep stopped with `ray job stop`) still holds comes back within
+    seconds, and Ray queues work until it does, so a refusal means the request can never fit."""
+    import ray
+
+    return ray.cluster_resources()
+
+
 def plan_resources(
-    available: dict[str, float],
+    capacity: dict[str, float],
     workers: int,
     gpus_per_worker: float | None,
     use_cpu: bool,
     trials: int = 1,
     trial_cpus: float = 0.0,
 ) -> ResourcePlan:
-    """Fit `trials` concurrent runs of `workers` workers on the cluster, or say why they cannot fit.
+    """Fit `trials` concurrent runs of `workers` workers on a cluster of `capacity`
+    (`cluster_capacity`), or say why they cannot fit.
 
     `trial_cpus` is what each run's own driver needs besides its workers (a Tune trial
     actor); one CPU always stays free for Ray Data's read tasks.
     """
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    cpus, gpus = float(available.get("CPU", 0)), float(available.get("GPU", 0))
+    cpus, gpus = float(capacity.get("CPU", 0)), float(capacity.get("GPU", 0))
     if use_cpu:
         gpus_per_worker = 0.0
     elif gpus_per_worker is None:
@@ -316,13 +326,12 @@ def fit_ray(
     check_room(storage, spec.outputs.folder, checkpoint_bytes(config))
     if spec.experiment:
         check_reachable(spec.uri)  # a dead tracking server fails before Ray starts
-    import ray
 
     from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary
 
     log = log or (lambda line: print(line, file=console.current(), flush=True))
     init_ray(address)
-    plan = plan_resources(ray.available_resources(), workers, gpus_per_worker, use_cpu)
+    plan = plan_resources(cluster_capacity(), workers, gpus_per_worker, use_cpu)
     labels = label_vocabulary(files)
     check_labels_for(config, bool(labels))
     tracker = spec.open_tracker(resume=True)  # the same run again when resuming by name

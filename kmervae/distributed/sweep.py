@@ -355,18 +355,14 @@ def _check_before_ray(
 
 def _trial_resources(sweep: SweepConfig):
     """(each trial's ResourcePlan, trials at once) on the connected cluster."""
-    import ray
+    from kmervae.distributed.ray_engine import cluster_capacity, plan_resources
 
-    from kmervae.distributed.ray_engine import plan_resources
-
-    available = ray.available_resources()
+    capacity = cluster_capacity()
     workers = sweep.workers_per_trial
     gpus_per_worker = None if sweep.gpus_per_trial is None else sweep.gpus_per_trial / workers
     use_cpu = sweep.gpus_per_trial == 0
-    concurrent = sweep.max_concurrent or _max_concurrent(
-        available, workers, gpus_per_worker, use_cpu, sweep.num_samples
-    )
-    plan = plan_resources(available, workers, gpus_per_worker, use_cpu, trials=concurrent, trial_cpus=TRIAL_CPUS)
+    concurrent = sweep.max_concurrent or _max_concurrent(capacity, workers, gpus_per_worker, use_cpu, sweep.num_samples)
+    plan = plan_resources(capacity, workers, gpus_per_worker, use_cpu, trials=concurrent, trial_cpus=TRIAL_CPUS)
     return plan, concurrent
 
 
@@ -479,15 +475,15 @@ def _drop_lost_trials_if_reachable(parent, sweep: SweepConfig, known: set[str], 
         return
 
 
-def _max_concurrent(available: dict[str, float], workers: int, gpus_per_worker, use_cpu: bool, samples: int) -> int:
+def _max_concurrent(capacity: dict[str, float], workers: int, gpus_per_worker, use_cpu: bool, samples: int) -> int:
     """As many trials as fit: by GPUs when trials use them, else one CPU per worker."""
     from kmervae.distributed.ray_engine import DATA_CPUS
 
-    gpus = float(available.get("GPU", 0))
+    gpus = float(capacity.get("GPU", 0))
     if not use_cpu and gpus and (gpus_per_worker or 1.0) > 0:
         fit = int(gpus // (workers * (gpus_per_worker or 1.0)))
     else:
-        fit = int((float(available.get("CPU", 0)) - DATA_CPUS) // (workers + TRIAL_CPUS))
+        fit = int((float(capacity.get("CPU", 0)) - DATA_CPUS) // (workers + TRIAL_CPUS))
     return max(1, min(samples, fit))
 
 
