@@ -328,18 +328,70 @@ def stop_local_cluster(env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def bystander(tmp_path_factory):
-    """Someone else's Ray head and MLflow server on this machine: tests that start and stop
-    their own must leave these running. `check()` asserts they are."""
-    env = start_local_cluster(tmp_path_factory.mktemp("bystander") / "cluster", num_cpus=1)
-    state = Path(env["KMERVAE_LOCAL_DIR"])
-    ray_pgid, mlflow_pid = int((state / "ray.pgid").read_text()), int((state / "mlflow.pid").read_text())
+def bystander(local_ray, tmp_path_factory):
+    """Someone else's Ray cluster and MLflow server on this machine: tests that start and stop
+    their own must leave these running. The Ray cluster is the session's in-process one (its own
+    session folder and ports: what `ray stop --force` or a search for Ray's processes would
+    kill); the MLflow server is started here. `check()` asserts both still serve."""
+    import ray
+
+    server = MlflowServer(tmp_path_factory.mktemp("bystander")).start()
+
+    @ray.remote(num_cpus=0)
+    def alive() -> bool:
+        return True
 
     def check() -> None:
-        assert group_alive(ray_pgid), "a test stopped someone else's Ray cluster"
-        assert group_alive(mlflow_pid), "a test stopped someone else's MLflow server"
-        with urllib.request.urlopen(f"http://127.0.0.1:{env['MLFLOW_PORT']}/health", timeout=10) as response:
+        assert ray.get(alive.remote(), timeout=120), "a test stopped someone else's Ray cluster"
+        assert server.proc.poll() is None, "a test stopped someone else's MLflow server"
+        with urllib.request.urlopen(f"{server.uri}/health", timeout=10) as response:
             assert response.status == 200
 
     yield check
-    stop_local_cluster(env)
+    server.kill()
+
+
+class MlflowServer:
+    """`mlflow server` on a SQLite file and a local artifact folder, started and killed for real."""
+
+    def __init__(self, root):
+        self.root, self.port, self.proc = root, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root}/mlflow.db",
+                "--artifacts-destination",
+                (self.root / "artifacts").as_uri(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            # as infra/local/start.sh runs it: without the job runner's eight worker processes
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("mlflow server did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

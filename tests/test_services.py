@@ -10,13 +10,8 @@ scenario checks both services at once (a Ray run costs about 25 s of start-up on
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -24,7 +19,7 @@ import pytest
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.storage import exists, join, list_names
-from tests.conftest import free_port, ray_untouched
+from tests.conftest import MlflowServer, ray_untouched
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
 
@@ -53,52 +48,6 @@ def s3(s3_server, local_ray):
                     raise
                 time.sleep(0.3)
         yield f"s3://{BUCKET}"
-
-
-class MlflowServer:
-    """`mlflow server` on a SQLite file and a local artifact folder, started and killed for real."""
-
-    def __init__(self, root):
-        self.root, self.port, self.proc = root, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> MlflowServer:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{self.root}/mlflow.db",
-                "--artifacts-destination",
-                (self.root / "artifacts").as_uri(),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            # as infra/local/start.sh runs it: without the job runner's eight worker processes
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("mlflow server did not start")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture
