@@ -122,10 +122,10 @@ def test_training_on_s3_outlives_a_dead_server_and_resumes_from_s3(s3, server, t
     storage, killed, lines = join(s3, "ray"), [], []
     watcher = kill_when(lambda: has_checkpoint(join(storage, "outage")), server.kill, killed)
     train = dict(workers=1, use_cpu=True, name="outage", storage=storage)
-    first = fit_ray(example_features, tiny(3), log=lines.append, **train)
+    first = fit_ray(example_features, tiny(4), log=lines.append, **train)
     watcher.join(timeout=5)
     assert killed, "the server was not killed during training"
-    assert [m["epoch"] for m in first.history] == [0, 1, 2]  # training went on
+    assert [m["epoch"] for m in first.history] == [0, 1, 2, 3]  # training went on
     assert has_checkpoint(join(storage, "outage"))  # Ray's checkpoints are on S3; the outputs are local
     outputs = tmp_path / "runs" / "outputs" / "outage" / "outputs"
     assert first.best_checkpoint == outputs / "best.pt" and first.best_checkpoint.exists()
@@ -139,14 +139,14 @@ def test_training_on_s3_outlives_a_dead_server_and_resumes_from_s3(s3, server, t
     run = client.get_run(first.mlflow_run_id)
     assert run.info.status == "FINISHED"
     for key in ("val/loss", "train/loss", "val/kl"):
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2], key
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2, 3], key
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
         "checkpoints/best.pt",
         "checkpoints/last.pt",
     }
     # The same name again, one epoch more: it resumes from its last checkpoint on S3.
-    again = fit_ray(example_features, tiny(4), log=lambda line: None, **train)
-    assert [m["epoch"] for m in again.history] == [0, 1, 2, 3] and again.history[:3] == first.history
+    again = fit_ray(example_features, tiny(5), log=lambda line: None, **train)
+    assert [m["epoch"] for m in again.history] == [0, 1, 2, 3, 4] and again.history[:4] == first.history
     assert again.mlflow_run_id == first.mlflow_run_id
     assert len(client.search_runs([run.info.experiment_id])) == 1  # no duplicate run
 
