@@ -117,11 +117,7 @@ def test_train_and_describe_commands(tmp_path, example_features):
             ["train", "DATA", "--engine", "local", "--no-mlflow", "--set", "model.abundance_widths=[8]"],
             "model.abundance_widths=[8] needs features with abundance",
         ),
-        pytest.param(
-            ["train", "DATA", "--workers", "16", "--cpu", "--no-mlflow"],
-            "cannot fit 16 worker(s): the cluster has",
-            marks=pytest.mark.cluster,  # the layout is checked against a started cluster
-        ),
+        # A request the running cluster cannot fit: test_ray_engine (on the session's cluster).
     ],
 )
 def test_train_and_describe_errors_are_one_line(tmp_path, example_features, args, message):

@@ -210,10 +210,20 @@ def test_workers_are_planned_on_the_cluster_s_capacity_not_on_what_is_free_now(l
         ray.kill(holder)
 
 
-def test_impossible_request_on_the_live_cluster_fails_before_training(local_ray, example_features, tmp_path):
-    with ray_untouched(), pytest.raises(ConfigError, match="cannot fit 16 worker"):  # before any actor started
-        fit_ray(example_features, tiny(1), workers=16, use_cpu=True, name="big", storage=tmp_path, experiment=None)
-    assert not (tmp_path / "big").exists()
+def test_impossible_request_on_the_live_cluster_is_one_line_before_training(
+    local_ray, example_features, tmp_path, capsys, monkeypatch
+):
+    """`kmervae train --workers 16` on the running 2-CPU cluster: one line, exit 2, before any
+    actor starts, nothing written."""
+    from kmervae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with ray_untouched():
+        code = main(["train", str(example_features), "--workers", "16", "--cpu", "--no-mlflow", "--name", "big"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("kmervae train: error: cannot fit 16 worker(s): the cluster has 2 CPU(s)"), err
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_foreign_parquet_is_refused_before_any_worker_starts(tmp_path, example_features):
