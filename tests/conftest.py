@@ -218,12 +218,13 @@ def own_ray_clusters_end_with_their_module():
             ray.shutdown()
 
 
-def cluster_actors() -> list:
-    """The actors of this process's Ray cluster (by its own address: never another cluster's)."""
+def cluster_actors(filters: list | None = None) -> list:
+    """The actors of this process's Ray cluster that pass Ray's state-API `filters`, by the
+    cluster's own address: never another cluster's on the machine (a user's)."""
     import ray
     from ray.util.state import list_actors
 
-    return list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)
+    return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters, limit=10_000)
 
 
 @contextlib.contextmanager

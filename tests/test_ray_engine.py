@@ -23,7 +23,7 @@ from kmervae.core.metrics import link_agreement
 from kmervae.core.run_outputs import ARTIFACT_FILES, CHECKPOINT_FILES
 from kmervae.distributed.ray_engine import fit_ray, plan_resources
 from kmervae.tracking.run import run_tags
-from tests.conftest import ray_untouched
+from tests.conftest import cluster_actors, ray_untouched
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
 
@@ -110,13 +110,9 @@ def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, abun
     assert [m["epoch"] for m in result.history] == [0, 1]
 
 
-def train_workers(alive: bool = False) -> list:
-    """The Ray Train workers this process's cluster has run (`alive`: those running now); by
-    its own address, so that other clusters on the machine (a user's) are not asked."""
-    from ray.util.state import list_actors
-
-    filters = [("class_name", "=", "RayTrainWorker")] + ([("state", "=", "ALIVE")] if alive else [])
-    return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters, limit=10_000)
+def alive_train_workers() -> list:
+    """The Ray Train workers running now on this process's cluster."""
+    return cluster_actors([("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
 
 
 def kill_a_worker_at_the_first_report(marker: Path):
@@ -128,7 +124,7 @@ def kill_a_worker_at_the_first_report(marker: Path):
         def after_report(self, run_context, metrics, checkpoint):
             if marker.exists():
                 return
-            victim = train_workers(alive=True)[-1]
+            victim = alive_train_workers()[-1]
             os.kill(victim.pid, signal.SIGKILL)
             marker.write_text(str(victim.pid))
 
