@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -174,8 +175,19 @@ def s3_server() -> dict[str, str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", **S3_CREDENTIALS}
+        deadline = time.time() + 30
+        while True:  # serving: moto answers any request, even an unsigned one
+            try:
+                urllib.request.urlopen(endpoint, timeout=2).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "the moto S3 server did not start"
+                time.sleep(0.3)
+        yield {"AWS_ENDPOINT_URL": endpoint, **S3_CREDENTIALS}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -295,7 +307,7 @@ def free_port() -> int:
             return s.getsockname()[1]
 
 
-def start_local_cluster(state: Path, num_cpus: int = 2) -> dict[str, str]:
+def start_local_cluster(state: Path) -> dict[str, str]:
     """infra/local/start.sh with its own folder and free ports; returns its environment (stop with stop.sh)."""
     if not (REPO / ".venv" / "bin" / "ray").exists():
         pytest.skip("needs the project's .venv (the README's setup) for the cluster's Python")
@@ -307,7 +319,7 @@ def start_local_cluster(state: Path, num_cpus: int = 2) -> dict[str, str]:
         MLFLOW_PORT=str(free_port()),
         AGENT_PORT=str(free_port()),
         CLIENT_PORT=str(free_port()),
-        NUM_CPUS=str(num_cpus),
+        NUM_CPUS="2",
         STOP_GRACE_S="3",
     )
     started = subprocess.run(

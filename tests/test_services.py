@@ -38,15 +38,7 @@ def s3(s3_server, local_ray):
     with pytest.MonkeyPatch.context() as env:
         for key, value in s3_server.items():
             env.setenv(key, value)
-        deadline = time.time() + 30
-        while True:
-            try:
-                boto3.client("s3").create_bucket(Bucket=BUCKET)
-                break
-            except Exception:  # the server is still starting
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.3)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
         yield f"s3://{BUCKET}"
 
 
