@@ -7,7 +7,7 @@ import pytest
 
 from kmervae.core.config import PRESETS, RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
-from kmervae.distributed.sweep import check_space
+from kmervae.distributed.sweep import check_space, trial_config
 
 
 def broken_space(trial):
@@ -32,3 +32,12 @@ def test_sweep_settings_are_validated():
         SweepConfig(metric="val/mse")
     with pytest.raises(ConfigError, match="--samples=0 is invalid"):
         SweepConfig(num_samples=0)
+
+
+def test_a_trial_trains_the_epochs_it_draws_up_to_the_sweep_s_maximum():
+    """--epochs is every trial's budget (ASHA's max_t): a space may draw fewer, never more."""
+    base = RunConfig().with_overrides(["train.epochs=20"])
+    assert trial_config(base, {"train.epochs": 10, "loss.beta": 0.01}).train.epochs == 10
+    capped = trial_config(base, {"train.epochs": 40, "loss.beta": 0.01})
+    assert capped.train.epochs == 20 and capped.loss.beta == 0.01
+    assert base.train.epochs == 20

@@ -51,6 +51,10 @@ DATA_WAIT_S = "data_wait_s"
 """Seconds of the epoch's training pass spent waiting for batches."""
 TRAIN_S = "train_s"
 """Seconds of the epoch's training pass."""
+EPOCHS_TRAINED = "epochs_trained"
+"""A sweep trial's epochs so far, those before a resume included: ASHA's clock. Reported to Tune
+only (not an epoch key): Tune's own `training_iteration` starts again at 1 when a resumed sweep
+continues a trial from its Ray Train checkpoint, which would give that trial max_t more epochs."""
 
 EPOCH_KEYS = (
     TRAIN_LOSS, VAL_LOSS, VAL_RECON, VAL_KL,

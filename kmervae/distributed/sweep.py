@@ -2,7 +2,8 @@
 
 The supported Train V2 pattern (docs/ray_patterns.md): a Tune trial is a plain function that
 builds a `TorchTrainer` (the same one `kmervae train` uses) with `TuneReportCallback`, so
-every epoch's metrics reach Tune and ASHA. The data is read and decoded once per sweep
+every epoch's metrics reach Tune and ASHA, whose clock is the epochs a trial has trained
+(`EPOCHS_TRAINED`, which a resume does not reset). The data is read and decoded once per sweep
 and shared by all trials. MLflow gets one parent run per sweep and one nested child run
 per trial; `--resume` continues the same runs. Search spaces are define-by-run functions
 that live in `sweeps/`: the engine only sees the overrides they return.
@@ -20,11 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kmervae.core.checkpoint import checkpoint_bytes
+from kmervae.core.checkpoint import Checkpoint, checkpoint_bytes, load_checkpoint
 from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import DatasetFiles, dataset_files
-from kmervae.core.metric_keys import BIN_KEYS, LABELED_KEYS, VAL_LINK_AGREEMENT, VAL_LOSS
+from kmervae.core.metric_keys import BIN_KEYS, EPOCH, EPOCHS_TRAINED, LABELED_KEYS, VAL_LINK_AGREEMENT, VAL_LOSS
 from kmervae.core.quiet import logger_level
 from kmervae.core.redact import redact
 from kmervae.core.run_outputs import RunOutputs
@@ -148,22 +149,28 @@ def run_trial(
 ) -> None:
     """One Tune trial: build its config from the sampled overrides and run Ray Train on it."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from kmervae.distributed.ray_engine import WorkerPlan, build_trainer
     from kmervae.tracking.tracker import use_impatient_http
 
     use_impatient_http()  # a trial's actor is a process of its own
-    config = RunConfig.from_dict(overrides_to_dict(config_overrides({**extra, **tune_config})), base=base)
+    config = trial_config(base, {**extra, **tune_config})
     trial_id = ray.tune.get_context().get_trial_id()
     storage = join(sweep.storage, sweep.name, "trials")
     spec = trial_run(sweep, trial_id, mlflow_uri, parent_run_id, config, tune_config)
     # With the tracking server down, the run is made later (the driver backfills it).
     tracker = spec.open_tracker(resume=True, defer=True)
+    trained = trained_run(join(storage, f"trial-{trial_id}"))
+    if trained is not None and len(trained[1].history) >= config.train.epochs:
+        # A resumed sweep restarts a trial that had trained all its epochs when the sweep was
+        # stopped but that Tune had not yet saved as ended: Tune hears its last epoch again.
+        history = trained[1].history
+        ray.tune.report({**history[-1], EPOCHS_TRAINED: len(history)})
+        return
     # A trial's best checkpoint is its best epoch by the sweep's objective.
     worker_plan = WorkerPlan(config, labeled, plan.cpus_per_worker, data_bytes, spec.outputs.objective)
     trainer = build_trainer(
-        worker_plan, plan, train_ds, val_ds, f"trial-{trial_id}", storage, tracker, callbacks=[TuneReportCallback()]
+        worker_plan, plan, train_ds, val_ds, f"trial-{trial_id}", storage, tracker, callbacks=[epoch_clock()]
     )
     try:
         trainer.fit()
@@ -174,6 +181,42 @@ def run_trial(
         raise
     # Nothing after fit() is guaranteed to run: ASHA stops a trial (killing this actor) as
     # soon as its last report arrives. The driver exports every trial's results instead.
+
+
+def trial_config(base: RunConfig, sampled: dict[str, Any]) -> RunConfig:
+    """A trial's settings: the sweep's base with the sampled overrides, its epochs at most the
+    sweep's (ASHA's max_t: a space may draw `train.epochs` up to it, not past it)."""
+    config = RunConfig.from_dict(overrides_to_dict(config_overrides(sampled)), base=base)
+    if config.train.epochs > base.train.epochs:
+        config = config.with_overrides([f"train.epochs={base.train.epochs}"])
+    return config
+
+
+def epoch_clock():
+    """The Ray Train callback that passes a trial's reports on to Tune with ASHA's clock,
+    `EPOCHS_TRAINED`, which counts the epochs before a resume too."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochClockReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            first = {**metrics[0], EPOCHS_TRAINED: int(metrics[0][EPOCH]) + 1}
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return EpochClockReport()
+
+
+def trained_run(run_dir: str) -> tuple[Any, Checkpoint] | None:
+    """A trial's Ray Train result and its latest checkpoint (the history up to that epoch), or
+    None if the trial has not finished an epoch."""
+    import ray.train
+
+    from kmervae.distributed.ray_engine import CHECKPOINT_FILE
+
+    if not exists(run_dir) or not any(name.startswith("checkpoint_") for name in list_names(run_dir)):
+        return None
+    result = ray.train.Result.from_path(run_dir)
+    with result.checkpoint.as_directory() as folder:
+        return result, load_checkpoint(Path(folder) / CHECKPOINT_FILE)
 
 
 def trial_run(
@@ -382,7 +425,7 @@ def _tuner(trainable, view, space: SpaceFn, sweep: SweepConfig, base: RunConfig,
         space=space, metric=objective.metric, mode=objective.mode, sampler=optuna.samplers.TPESampler(seed=sweep.seed)
     )
     scheduler = ASHAScheduler(
-        time_attr="training_iteration",
+        time_attr=EPOCHS_TRAINED,
         max_t=base.train.epochs,
         grace_period=min(sweep.grace_period, base.train.epochs),
         reduction_factor=sweep.reduction_factor,
@@ -496,7 +539,7 @@ def _summarize(grid, sweep: SweepConfig, sweep_dir: str, outputs: Path) -> Sweep
                 trial_id=str(metrics.get("trial_id") or (trial.path and Path(trial.path).name)),
                 status="ERROR" if trial.error else "OK",
                 error=root_cause(trial.error) if trial.error else "",
-                epochs=int(metrics.get("training_iteration", 0)),
+                epochs=int(metrics.get(EPOCHS_TRAINED, 0)),
                 last=metrics.get(sweep.metric, math.nan),
                 params=dict(trial.config or {}),
             )
@@ -506,17 +549,10 @@ def _summarize(grid, sweep: SweepConfig, sweep_dir: str, outputs: Path) -> Sweep
 
 def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, parent, log) -> None:
     """Export a trial's checkpoints from its Ray Train run folder; close its MLflow child run."""
-    import ray.train
-
-    from kmervae.core.checkpoint import load_checkpoint
     from kmervae.distributed.ray_engine import export_results
 
-    run_dir = join(sweep_dir, "trials", f"trial-{row.trial_id}")
-    checkpoint = None
-    if row.status == "OK" and any(name.startswith("checkpoint_") for name in list_names(run_dir)):
-        result = ray.train.Result.from_path(run_dir)
-        with result.checkpoint.as_directory() as folder:
-            checkpoint = load_checkpoint(Path(folder) / "checkpoint.pt")
+    trained = trained_run(join(sweep_dir, "trials", f"trial-{row.trial_id}")) if row.status == "OK" else None
+    result, checkpoint = trained or (None, None)
     config = checkpoint.config if checkpoint else RunConfig()
     parent_run = (parent.uri, parent.run_id) if parent is not None else (None, None)
     spec = trial_run(sweep, row.trial_id, *parent_run, config, row.params)

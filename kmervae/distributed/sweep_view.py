@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from kmervae.core.metric_keys import Objective
+from kmervae.core.metric_keys import EPOCHS_TRAINED, Objective
 from kmervae.distributed import console
 from kmervae.distributed.failures import root_cause_of_text
 from kmervae.distributed.sweep_report import short_value
@@ -93,7 +93,7 @@ class SweepView(Callback):
         old = self.best.get(trial.trial_id, math.nan)
         if self.objective.improves(value, old):
             self.best[trial.trial_id] = value
-        self.epochs[trial.trial_id] = int(result.get("training_iteration", 0))
+        self.epochs[trial.trial_id] = int(result.get(EPOCHS_TRAINED, 0))
         self._redraw()
 
     def on_step_end(self, iteration, trials, **info):
@@ -112,7 +112,8 @@ class SweepView(Callback):
         self._say(line + (f"\n    {note}" if note else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ended(trial, "stopped" if self.epochs.get(trial.trial_id, 0) < self.max_epochs else "finished")
+        budget = min(int((trial.config or {}).get("train.epochs", self.max_epochs)), self.max_epochs)
+        self._ended(trial, "stopped" if self.epochs.get(trial.trial_id, 0) < budget else "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         where = trial.error_file
