@@ -131,10 +131,14 @@ def kill_a_worker_at_the_first_report(marker: Path):
     return KillAWorker()
 
 
-def test_rerunning_the_same_name_resumes_and_survives_a_killed_worker(two_worker_run, abundance_features, capfd):
-    """The shared run again by name, two epochs more: it resumes from its checkpoint and
-    continues its MLflow run; a worker SIGKILLed at the first report is replaced and training
-    goes on from the last checkpoint, each epoch counted and logged once."""
+def test_rerunning_the_same_name_resumes_resident_and_survives_a_killed_worker(
+    two_worker_run, abundance_features, capfd
+):
+    """The shared run again by name, two epochs more, with resident shards (train.resident=on:
+    each worker reads its shard once and shuffles it itself): it resumes from its checkpoint
+    and continues its MLflow run; a worker SIGKILLed at the first report is replaced and
+    training goes on from the last checkpoint, each epoch counted and logged once; the
+    resident epochs train and validate on the streamed epochs' contigs."""
     from mlflow import MlflowClient
 
     from kmervae.distributed.console import quiet_console
@@ -145,7 +149,7 @@ def test_rerunning_the_same_name_resumes_and_survives_a_killed_worker(two_worker
     with quiet_console(ray_outputs(storage, "two") / TRAIN_LOG, relay=True):  # as `kmervae train` runs it
         again = fit_ray(
             abundance_features,
-            with_abundance(4),
+            with_abundance(4).with_overrides(["train.resident=on"]),
             workers=2,
             use_cpu=True,
             name="two",
@@ -158,6 +162,19 @@ def test_rerunning_the_same_name_resumes_and_survives_a_killed_worker(two_worker
     assert again.mlflow_run_id == first.mlflow_run_id
     assert [m["epoch"] for m in again.history] == [0, 1, 2, 3]  # no epoch counted twice
     assert again.history[:2] == first.history  # epochs 0-1 came from the checkpoint, not retrained
+    for resident, streamed in zip(again.history[2:], first.history, strict=True):
+        assert resident["val/frac_present"] == pytest.approx(streamed["val/frac_present"], rel=1e-12)  # the data's
+        trained = [round(m["samples_per_s"] * m["train_s"]) for m in (resident, streamed)]
+        assert trained[0] == trained[1]  # samples trained in the epoch
+    # The resident workers validated exactly the validation split: the checkpointed model,
+    # validated here on the local engine's split, gives the loss the workers reported.
+    ckpt = load_checkpoint(again.last_checkpoint)
+    _, val = load_splits(abundance_features, ckpt.config.data)
+    beta = ckpt.config.loss.beta_at(ckpt.epoch)
+    metrics, *_ = validate_epoch(
+        ckpt.build_model(), val.validation_batches(64), ckpt.config.loss, beta, device=torch.device("cpu")
+    )
+    assert metrics["val/loss"] == pytest.approx(ckpt.metrics["val/loss"], rel=1e-5)
     # The console shows the epoch table (rank 0's marked lines), not Ray's account of the dead
     # worker, which is in train.log beside the checkpoints.
     shown = capfd.readouterr().err.splitlines()
@@ -228,36 +245,6 @@ def test_a_foreign_parquet_is_refused_before_any_worker_starts(tmp_path, example
     pq.write_table(pa.table({"contig_id": ["a"], "kmer7": [np.zeros(3).tobytes()]}), bad / "part-0.parquet")
     with ray_untouched(), pytest.raises(InputError, match="not a kmervae feature file"):
         fit_ray(bad, tiny(1), workers=1, use_cpu=True, storage=tmp_path, experiment=None)
-
-
-def test_resident_shards_train_and_validate_on_the_same_contigs(two_worker_run, abundance_features):
-    """train.resident=on: each worker reads its shard once and shuffles it itself; the
-    contigs it trains and validates on are the streamed run's, epoch after epoch."""
-    root, streamed = two_worker_run
-    config = with_abundance(2).with_overrides(["train.resident=on"])
-    resident = fit_ray(
-        abundance_features,
-        config,
-        workers=2,
-        use_cpu=True,
-        name="resident",
-        storage=root / "storage",
-        experiment=None,
-        log=lambda line: None,
-    )
-    assert [m["epoch"] for m in resident.history] == [0, 1]
-    for a, b in zip(resident.history, streamed.history, strict=True):
-        assert a["val/frac_present"] == pytest.approx(b["val/frac_present"], rel=1e-12)  # a property of the data alone
-        assert round(a["samples_per_s"] * a["train_s"]) == round(b["samples_per_s"] * b["train_s"])  # samples trained
-    # The resident workers validated exactly the validation split: the checkpointed model,
-    # validated here on the local engine's split, gives the loss the workers reported.
-    ckpt = load_checkpoint(resident.last_checkpoint)
-    _, val = load_splits(abundance_features, ckpt.config.data)
-    beta = ckpt.config.loss.beta_at(ckpt.epoch)
-    metrics, *_ = validate_epoch(
-        ckpt.build_model(), val.validation_batches(64), ckpt.config.loss, beta, device=torch.device("cpu")
-    )
-    assert metrics["val/loss"] == pytest.approx(ckpt.metrics["val/loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize(
