@@ -249,12 +249,7 @@ def test_a_foreign_parquet_is_refused_before_any_worker_starts(tmp_path, example
 
 @pytest.mark.parametrize(
     "mode, max_samples, val_split",
-    [
-        ("stream", None, "contig"),
-        ("stream", 400, "contig"),
-        ("materialize", None, "genome"),
-        ("materialize", 400, "genome"),
-    ],
+    [("stream", None, "contig"), ("materialize", 400, "genome")],  # each mode, subsampling and split once
 )
 def test_ray_data_and_the_local_engine_pick_the_same_contigs(
     local_ray, abundance_features, max_samples, mode, val_split

@@ -147,8 +147,9 @@ def test_a_sweep_on_s3_outlives_a_dead_server_and_a_diverging_trial_fails_alone(
     s3, server, tmp_path, example_features, monkeypatch, capfd
 ):
     """One sweep shows it all (a sweep costs a minute on 2 cores): state on S3, a trial whose loss
-    becomes infinite fails with that reason while the other finishes and is picked, and the
-    tracking server dies at the first checkpoint: every trial is in MLflow once after the sync."""
+    becomes infinite fails with that reason while the other, running beside it, finishes and is
+    picked, and the tracking server dies at the first checkpoint: every trial is in MLflow once
+    after the sync."""
     from mlflow import MlflowClient
 
     from kmervae.core.config import SweepConfig
@@ -161,7 +162,7 @@ def test_a_sweep_on_s3_outlives_a_dead_server_and_a_diverging_trial_fails_alone(
     trials, killed = join(s3, "sweeps", "down", "trials"), []
     watcher = kill_when(lambda: any(has_checkpoint(join(trials, t)) for t in list_names(trials)), server.kill, killed)
     sweep = SweepConfig(
-        name="down", storage=join(s3, "sweeps"), num_samples=2, gpus_per_trial=0, grace_period=2,
+        name="down", storage=join(s3, "sweeps"), num_samples=2, max_concurrent=2, gpus_per_trial=0, grace_period=2,
         register_as="kmervae-down",
         metric="val/knn_acc",  # the space varies loss.scale: val/loss would not compare the trials
     )  # fmt: skip
