@@ -151,13 +151,25 @@ def impatient_mlflow_http():
         yield
 
 
+RAY_QUICK_RUNS = {
+    # Ray Train's controller looks at its workers every 2 s by default, so each report and
+    # the end of every run wait up to 2 s.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # Ray keeps one idle worker process per CPU and kills the others after 1 s, so each run's
+    # read tasks and actors start new processes that import torch again: keep six for a
+    # minute (a 2-worker run took 21-22 s instead of 25-28 s; bench/RESULTS.md).
+    "RAY_num_workers_soft_limit": "6",
+    "RAY_idle_worker_killing_time_threshold_ms": "60000",
+}
+
+
 @pytest.fixture(autouse=True, scope="session")
-def ray_train_polls_often():
-    """Ray Train's controller looks at its workers every 2 s by default, so each report and
-    the end of every run wait up to 2 s; the suite runs about thirty short runs and trials.
-    The clusters the tests start inherit this (a value set outside wins)."""
+def ray_runs_start_quickly():
+    """Settings for the Ray clusters the tests start, which inherit this environment (a value
+    set outside wins): the suite's twenty-odd short runs and trials each pay Ray's start-up."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"))
+        for key, value in RAY_QUICK_RUNS.items():
+            patch.setenv(key, os.environ.get(key, value))
         yield
 
 
