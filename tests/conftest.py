@@ -306,14 +306,17 @@ def free_port() -> int:
     """A TCP port nothing listens on now, from 20000-32767: above Ray's worker ports
     (10002-19999) and below the kernel's ephemeral range, where every outgoing connection and
     every bind to port 0 (Ray's own services included) takes its port, so none of those can
-    take it before the server it is meant for starts."""
+    take it before the server it is meant for starts. Each pytest-xdist worker draws from its
+    own half, so two cannot pick one port at once."""
     import random
 
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) % 2
+    low = 20_000 + worker * 6_384
     rng = random.Random()
     while True:
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", rng.randint(20_000, 32_767)))
+                s.bind(("127.0.0.1", rng.randint(low, low + 6_383)))
             except OSError:  # in use: draw again
                 continue
             return s.getsockname()[1]
@@ -420,3 +423,14 @@ class MlflowServer:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The cluster tests share the session's Ray cluster and S3 server, so under pytest-xdist
+    (`-n 2` in pyproject.toml) they run in one worker, one after another (one xdist group), and
+    first: the other worker takes the fast tests meanwhile, on the CPU that a Ray run leaves
+    idle while its processes start (about a quarter of both cores)."""
+    cluster = [item for item in items if item.get_closest_marker("cluster")]
+    for item in cluster:
+        item.add_marker(pytest.mark.xdist_group("cluster"))
+    items[:] = cluster + [item for item in items if not item.get_closest_marker("cluster")]
