@@ -425,6 +425,7 @@ class MlflowServer:
             self.proc.wait()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the items
 def pytest_collection_modifyitems(config, items):
     """The cluster tests share the session's Ray cluster and S3 server, so under pytest-xdist
     (`-n 2` in pyproject.toml) they run in one worker, one after another (one xdist group), and
