@@ -425,13 +425,31 @@ class MlflowServer:
             self.proc.wait()
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the items
+CLUSTER_MODULES = frozenset({"test_ray_embed.py", "test_ray_engine.py", "test_ray_job.py", "test_services.py"})
+"""The modules that hold the tests marked `cluster` (checked at collection)."""
+
+
 def pytest_collection_modifyitems(config, items):
-    """The cluster tests share the session's Ray cluster and S3 server, so under pytest-xdist
-    (`-n 2` in pyproject.toml) they run in one worker, one after another (one xdist group), and
-    first: the other worker takes the fast tests meanwhile, on the CPU that a Ray run leaves
-    idle while its processes start (about a quarter of both cores)."""
-    cluster = [item for item in items if item.get_closest_marker("cluster")]
-    for item in cluster:
-        item.add_marker(pytest.mark.xdist_group("cluster"))
-    items[:] = cluster + [item for item in items if not item.get_closest_marker("cluster")]
+    """Every test marked `cluster` is in one of `CLUSTER_MODULES`, which run first."""
+    stray = [
+        item.nodeid for item in items if item.get_closest_marker("cluster") and item.path.name not in CLUSTER_MODULES
+    ]
+    if stray:
+        raise pytest.UsageError(f"tests marked cluster outside conftest.CLUSTER_MODULES: {stray}")
+    items.sort(key=lambda item: item.path.name not in CLUSTER_MODULES)  # stable: module order kept
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`-n 2` in pyproject.toml) the cluster modules go to one worker as one
+    unit, in order: they share the session's Ray cluster and S3 server, and each module's
+    fixtures are made once. Every other test is a unit of its own, so the other worker takes
+    the fast tests meanwhile, on the CPU a Ray run leaves idle while its processes start (about
+    a quarter of both cores). (xdist's `--dist loadgroup` renames node ids, which pytest 9's
+    nodes no longer allow.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ClusterModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "cluster" if nodeid.split("::")[0].rsplit("/", 1)[-1] in CLUSTER_MODULES else nodeid
+
+    return ClusterModulesTogether(config, log)
