@@ -18,6 +18,7 @@ import math
 import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +161,11 @@ def run_trial(
     spec = trial_run(sweep, trial_id, mlflow_uri, parent_run_id, config, tune_config)
     # With the tracking server down, the run is made later (the driver backfills it).
     tracker = spec.open_tracker(resume=True, defer=True)
-    trained = trained_run(join(storage, f"trial-{trial_id}"))
-    if trained is not None and len(trained[1].history) >= config.train.epochs:
+    _, trained = trained_run(join(storage, f"trial-{trial_id}")) or (None, None)
+    if trained is not None and len(trained.history) >= config.train.epochs:
         # A resumed sweep restarts a trial that had trained all its epochs when the sweep was
         # stopped but that Tune had not yet saved as ended: Tune hears its last epoch again.
-        history = trained[1].history
-        ray.tune.report({**history[-1], EPOCHS_TRAINED: len(history)})
+        ray.tune.report({**trained.history[-1], EPOCHS_TRAINED: len(trained.history)})
         return
     # A trial's best checkpoint is its best epoch by the sweep's objective.
     worker_plan = WorkerPlan(config, labeled, plan.cpus_per_worker, data_bytes, spec.outputs.objective)
@@ -190,6 +190,11 @@ def trial_config(base: RunConfig, sampled: dict[str, Any]) -> RunConfig:
     if config.train.epochs > base.train.epochs:
         config = config.with_overrides([f"train.epochs={base.train.epochs}"])
     return config
+
+
+def trial_epochs(base: RunConfig, sampled: dict[str, Any]) -> int:
+    """The epochs a trial with these sampled settings trains unless ASHA stops it."""
+    return trial_config(base, sampled).train.epochs
 
 
 def epoch_clock():
@@ -323,7 +328,7 @@ class CheckedSweep:
             ),
             {"cpu": TRIAL_CPUS},
         )
-        view = SweepView(objective=sweep.objective, total=sweep.num_samples, max_epochs=base.train.epochs)
+        view = SweepView(objective=sweep.objective, total=sweep.num_samples, epochs_of=partial(trial_epochs, base))
         tuner = _tuner(trainable, view, self.space, sweep, base, concurrent, self.resume)
         with closes_on_error(tracker), logger_level("optuna", logging.WARNING):
             grid = tuner.fit()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,11 @@ class SweepView(Callback):
     module's docstring). Defined at module level: Tune pickles it with the sweep's state,
     by reference, so a resumed sweep's copy writes to the new console."""
 
-    def __init__(self, *, objective: Objective, total: int, max_epochs: int):
+    def __init__(self, *, objective: Objective, total: int, epochs_of: Callable[[dict[str, Any]], int]):
+        """`epochs_of`: a trial's epoch budget from its sampled settings (`sweep.trial_epochs`),
+        which tells a trial that ended early (ASHA) from one that trained them all."""
         self.objective, self.metric = objective, objective.metric
-        self.total, self.max_epochs = total, max_epochs
+        self.total, self.epochs_of = total, epochs_of
 
     def setup(self, **info):  # at the start of a sweep, and again when it is resumed
         self.live = console.current().isatty()
@@ -112,7 +115,7 @@ class SweepView(Callback):
         self._say(line + (f"\n    {note}" if note else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        budget = min(int((trial.config or {}).get("train.epochs", self.max_epochs)), self.max_epochs)
+        budget = self.epochs_of(trial.config or {})
         self._ended(trial, "stopped" if self.epochs.get(trial.trial_id, 0) < budget else "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
