@@ -306,8 +306,8 @@ def free_port() -> int:
     """A TCP port nothing listens on now, from 20000-32767: above Ray's worker ports
     (10002-19999) and below the kernel's ephemeral range, where every outgoing connection and
     every bind to port 0 (Ray's own services included) takes its port, so none of those can
-    take it before the server it is meant for starts. Each pytest-xdist worker draws from its
-    own half, so two cannot pick one port at once."""
+    take it before the server it is meant for starts. The two pytest-xdist workers (`-n 2`)
+    draw from halves of their own, so they cannot pick one port at once."""
     import random
 
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) % 2

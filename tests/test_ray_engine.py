@@ -86,20 +86,22 @@ def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run, abun
     assert run.data.params["data.path"] == str(abundance_features.absolute())
 
 
+def validated_locally(ckpt, features):
+    """The checkpoint's model validated by the local engine on its own validation split."""
+    _, val = load_splits(features, ckpt.config.data)
+    beta = ckpt.config.loss.beta_at(ckpt.epoch)
+    batches = val.validation_batches(64)
+    return validate_epoch(
+        ckpt.build_model(), batches, ckpt.config.loss, beta, device=torch.device("cpu"), keep_embeddings=True
+    )
+
+
 def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, abundance_features):
     _, result = two_worker_run
     ckpt = load_checkpoint(result.best_checkpoint)
     reported = ckpt.metrics["val/loss"]
     assert ckpt.config.model.abundance_samples == 3 and bool(ckpt.build_model().depth_fitted)
-    _, val = load_splits(abundance_features, ckpt.config.data)
-    validation = validate_epoch(
-        ckpt.build_model(),
-        val.validation_batches(64),
-        ckpt.config.loss,
-        ckpt.config.loss.beta_at(ckpt.epoch),
-        device=torch.device("cpu"),
-        keep_embeddings=True,
-    )
+    validation = validated_locally(ckpt, abundance_features)
     # The workers split the validation set and all-reduced their sums: the whole set, exactly.
     assert validation.metrics["val/loss"] == pytest.approx(reported, rel=1e-5)
     assert validation.metrics["val/ce_abundance"] == pytest.approx(ckpt.metrics["val/ce_abundance"], rel=1e-5)
@@ -169,12 +171,9 @@ def test_rerunning_the_same_name_resumes_resident_and_survives_a_killed_worker(
     # The resident workers validated exactly the validation split: the checkpointed model,
     # validated here on the local engine's split, gives the loss the workers reported.
     ckpt = load_checkpoint(again.last_checkpoint)
-    _, val = load_splits(abundance_features, ckpt.config.data)
-    beta = ckpt.config.loss.beta_at(ckpt.epoch)
-    metrics, *_ = validate_epoch(
-        ckpt.build_model(), val.validation_batches(64), ckpt.config.loss, beta, device=torch.device("cpu")
+    assert validated_locally(ckpt, abundance_features).metrics["val/loss"] == pytest.approx(
+        ckpt.metrics["val/loss"], rel=1e-5
     )
-    assert metrics["val/loss"] == pytest.approx(ckpt.metrics["val/loss"], rel=1e-5)
     # The console shows the epoch table (rank 0's marked lines), not Ray's account of the dead
     # worker, which is in train.log beside the checkpoints.
     shown = capfd.readouterr().err.splitlines()
