@@ -160,6 +160,9 @@ RAY_QUICK_RUNS = {
     # minute (a 2-worker run took 21-22 s instead of 25-28 s; bench/RESULTS.md).
     "RAY_num_workers_soft_limit": "6",
     "RAY_idle_worker_killing_time_threshold_ms": "60000",
+    # Ray Train watches for node preemption (spot instances) with an actor per run: a process
+    # of its own, started for each of the suite's runs, on a one-node cluster that nothing preempts.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
 

@@ -19,7 +19,7 @@ import pytest
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.storage import exists, join, list_names
-from tests.conftest import MlflowServer, ray_untouched
+from tests.conftest import MlflowServer, cluster_actors, ray_untouched
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
 
@@ -48,6 +48,11 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
     yield srv
     srv.kill()
+
+
+def train_workers() -> list:
+    """Every Ray Train worker this cluster has started, alive or dead."""
+    return cluster_actors([("class_name", "=", "RayTrainWorker")])
 
 
 def has_checkpoint(folder: str) -> bool:
@@ -147,9 +152,9 @@ def test_a_sweep_on_s3_outlives_a_dead_server_and_a_diverging_trial_fails_alone(
     s3, server, tmp_path, example_features, monkeypatch, capfd
 ):
     """One sweep shows it all (a sweep costs a minute on 2 cores): state on S3, a trial whose loss
-    becomes infinite fails with that reason while the other, running beside it, finishes and is
-    picked, and the tracking server dies at the first checkpoint: every trial is in MLflow once
-    after the sync."""
+    becomes infinite fails with that reason at once (no restart: it would diverge again) while
+    the other, running beside it, finishes and is picked, and the tracking server dies at the
+    first checkpoint: every trial is in MLflow once after the sync."""
     from mlflow import MlflowClient
 
     from kmervae.core.config import SweepConfig
@@ -167,9 +172,11 @@ def test_a_sweep_on_s3_outlives_a_dead_server_and_a_diverging_trial_fails_alone(
         metric="val/knn_acc",  # the space varies loss.scale: val/loss would not compare the trials
     )  # fmt: skip
     checked = check_sweep(example_features, tiny(2), diverging_space, sweep)
+    workers_before = len(train_workers())
     with quiet_console(checked.log_path):  # as the sweep scripts run it
         result = checked.run()
     watcher.join(timeout=5)
+    assert len(train_workers()) - workers_before == 2  # one worker per trial: none was restarted
     assert killed, "the server was not killed during the sweep"
     assert sorted(t.status for t in result.trials) == ["ERROR", "OK"]
     failed = next(t for t in result.trials if t.status == "ERROR")

@@ -69,7 +69,8 @@ def _error_names() -> set[str]:
 def root_cause_of_text(text: str) -> str:
     """The same line from a trial's error file (Tune keeps the traceback as text): the message
     of the last 'module.Class: message' line whose class is a kmervae error, else the last line."""
-    names = "|".join(sorted(_error_names()))
+    # Escaped: Ray makes subclasses such as "RayTaskError(TrainingDiverged)" as it wraps an error.
+    names = "|".join(map(re.escape, sorted(_error_names())))
     pattern = re.compile(rf"^(?:[\w.]+\.)?({names}): (.+)$")
     found = [m.group(2) for m in map(pattern.match, text.splitlines()) if m]
     return found[-1] if found else last_line(text)

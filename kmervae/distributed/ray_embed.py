@@ -119,13 +119,13 @@ def embed_on_ray(
     kept = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # the local engine's row order
     try:
-        data = ray.data.read_parquet([str(p) for p in files.paths], columns=embed_columns(files, labeled))
+        data = ray.data.read_parquet([str(p) for p in files.paths]).select_columns(embed_columns(files, labeled))
         embedded = data.map_batches(
             EmbedActor,
             fn_constructor_args=(model, device, files.format, labeled, max(1, int(cpus_per_actor))),
             batch_size=batch_size,
             batch_format="pyarrow",
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus_per_actor,
             num_gpus=gpus_per_actor,
         )

@@ -29,7 +29,7 @@ from kmervae.core.config import RunConfig
 from kmervae.core.data import EpochData, InMemoryData, use_resident
 from kmervae.core.engine import Collective, check_labels_for, make_optimizer, make_scheduler, run_epochs
 from kmervae.core.epoch_table import EpochPrinter
-from kmervae.core.errors import ConfigError
+from kmervae.core.errors import ConfigError, TrainingDiverged
 from kmervae.core.feature_table import dataset_files
 from kmervae.core.metric_keys import EPOCH, LOWEST_VAL_LOSS, Objective
 from kmervae.core.model import BranchedVAE
@@ -56,7 +56,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 DATA_CPUS = 1.0
 """CPUs left free for Ray Data's read tasks (each asks for one; without it the read never starts)."""
 MAX_FAILURES = 3
-"""Worker failures survived per run: each restarts the worker group from the latest checkpoint."""
+"""Worker failures survived per run: each restarts the worker group from the latest checkpoint
+(a worker that died; not a diverged loss, which a restart repeats: `train_loop_per_worker`)."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,9 @@ def plan_resources(
     return ResourcePlan(workers, round(cpus_per_worker, 3), gpus_per_worker)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker: the shared epoch loop on this worker's shard, reporting every epoch."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> TrainingDiverged | None:
+    """Ray Train worker: the shared epoch loop on this worker's shard, reporting every epoch.
+    Returns the `TrainingDiverged` that ended it, if one did (`fit`, on the driver, raises it)."""
     import ray.train
     import ray.train.torch
 
@@ -183,18 +185,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
-    run_epochs(
-        model,
-        data,
-        config,
-        optimizer,
-        scheduler,
-        device=device,
-        on_epoch=report,
-        collective=DDPCollective.of(world),
-        start_epoch=resumed.epoch + 1 if resumed else 0,
-        history=resumed.history if resumed else None,
-    )
+    try:
+        run_epochs(
+            model,
+            data,
+            config,
+            optimizer,
+            scheduler,
+            device=device,
+            on_epoch=report,
+            collective=DDPCollective.of(world),
+            start_epoch=resumed.epoch + 1 if resumed else 0,
+            history=resumed.history if resumed else None,
+        )
+    except TrainingDiverged as diverged:
+        # Returned, not raised: Ray Train restarts a worker group that raised (MAX_FAILURES
+        # times) from the last checkpoint, where the same data and settings diverge again.
+        # Every rank gets here together, from the all-reduced loss, so none waits on another.
+        return diverged
+    return None
+
+
+def fit(trainer) -> Any:
+    """`trainer.fit()` for a run of `train_loop_per_worker`: its Result, or the
+    `TrainingDiverged` that ended it, raised."""
+    result = trainer.fit()
+    if isinstance(result.return_value, TrainingDiverged):
+        raise result.return_value
+    return result
 
 
 def worker_data(plan: WorkerPlan, device: torch.device, rank: int, world: int) -> EpochData:
@@ -343,7 +361,7 @@ def fit_ray(
     worker_plan = WorkerPlan(config, bool(labels), plan.cpus_per_worker, decoded_bytes(files, config.data))
     trainer = build_trainer(worker_plan, plan, train_ds, val_ds, name, storage, tracker, callbacks)
     with closes_on_error(tracker):
-        result = trainer.fit()
+        result = fit(trainer)
     best, last, history = export_results(result, config, spec.outputs, tracker, log)
     return RayFitResult(
         name,

@@ -151,7 +151,7 @@ def run_trial(
     """One Tune trial: build its config from the sampled overrides and run Ray Train on it."""
     import ray.tune
 
-    from kmervae.distributed.ray_engine import WorkerPlan, build_trainer
+    from kmervae.distributed.ray_engine import WorkerPlan, build_trainer, fit
     from kmervae.tracking.tracker import use_impatient_http
 
     use_impatient_http()  # a trial's actor is a process of its own
@@ -173,7 +173,7 @@ def run_trial(
         worker_plan, plan, train_ds, val_ds, f"trial-{trial_id}", storage, tracker, callbacks=[epoch_clock()]
     )
     try:
-        trainer.fit()
+        fit(trainer)
     except BaseException as err:
         if tracker is not None:
             tracker.set_tag("kmervae.failure", root_cause(err))
