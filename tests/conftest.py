@@ -22,6 +22,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
+# One OpenMP thread per process, set before any test imports torch; the subprocesses and Ray
+# clusters the tests start inherit it. The suite runs as two pytest processes on two cores
+# (`-n 2`), beside Ray workers and command-line subprocesses. By default torch starts one
+# thread per core in each process, and the threads spin while they wait for each other. The
+# fast tier took 308 s and 605 busy core-seconds with torch's default, and 137 s and 264 with
+# one thread (bench/RESULTS.md). A value set outside wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def random_batch(batch: int = 4, seed: int = 0):
     """Model inputs (length, gc, 7-, 4-, 3-mer counts) of `batch` random contigs."""
@@ -163,6 +171,9 @@ RAY_QUICK_RUNS = {
     # Ray Train watches for node preemption (spot instances) with an actor per run: a process
     # of its own, started for each of the suite's runs, on a one-node cluster that nothing preempts.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Data's parquet reader asks for 32 actors to read footers, ten files per actor: the
+    # tests' datasets have one to four files, and each actor that starts is a process.
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
 }
 
 
@@ -338,6 +349,7 @@ def start_local_cluster(state: Path) -> dict[str, str]:
         AGENT_PORT=str(free_port()),
         CLIENT_PORT=str(free_port()),
         NUM_CPUS="2",
+        MLFLOW_WORKERS="1",  # one client (the test), and each worker imports MLflow: ~3 s of CPU
         STOP_GRACE_S="3",
     )
     started = subprocess.run(
@@ -430,6 +442,9 @@ class MlflowServer:
 
 CLUSTER_MODULES = frozenset({"test_ray_embed.py", "test_ray_engine.py", "test_ray_job.py", "test_services.py"})
 """The modules that hold the tests marked `cluster` (checked at collection)."""
+OWN_CLUSTER_MODULES = frozenset({"test_ray_job.py"})
+"""Cluster modules whose runs are on a cluster of their own (infra/local/start.sh), not the
+session's: under xdist they run beside the others, on the other worker."""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -443,16 +458,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Under pytest-xdist (`-n 2` in pyproject.toml) the cluster modules go to one worker as one
-    unit, in order: they share the session's Ray cluster and S3 server, and each module's
-    fixtures are made once. Every other test is a unit of its own, so the other worker takes
-    the fast tests meanwhile, on the CPU a Ray run leaves idle while its processes start (about
-    a quarter of both cores). (xdist's `--dist loadgroup` renames node ids, which pytest 9's
-    nodes no longer allow.)"""
+    """Under pytest-xdist (`-n 2` in pyproject.toml) the cluster modules that share the
+    session's Ray cluster and S3 server go to one worker as one unit, in order, so those and
+    each module's fixtures are made once; the modules with a cluster of their own
+    (`OWN_CLUSTER_MODULES`) start at once on the other worker. Every other test is a unit of
+    its own, taken by whichever worker is free: the fast tests fill the CPU that a Ray run
+    leaves idle while its processes start (about a quarter of both cores). (xdist's
+    `--dist loadgroup` renames node ids, which pytest 9's nodes no longer allow.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class ClusterModulesTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "cluster" if nodeid.split("::")[0].rsplit("/", 1)[-1] in CLUSTER_MODULES else nodeid
+            module = nodeid.split("::")[0].rsplit("/", 1)[-1]
+            if module in OWN_CLUSTER_MODULES:
+                return module
+            return "cluster" if module in CLUSTER_MODULES else nodeid
 
     return ClusterModulesTogether(config, log)

@@ -9,7 +9,8 @@
 # Client): Ray's fixed defaults, so a second cluster on one machine needs other values for all,
 # or its job API answers "No available agent to submit job" (the first cluster's agent holds the port);
 # BIND_HOST (127.0.0.1: the dashboard/job API and MLflow are reachable from this machine only;
-# set 0.0.0.0 to serve other machines, and keep the token and a firewall in front of them).
+# set 0.0.0.0 to serve other machines, and keep the token and a firewall in front of them);
+# MLFLOW_WORKERS (MLflow's 4: server processes, each of which imports MLflow).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
@@ -34,7 +35,7 @@ echo "$ray_pgid" >"$state/ray.pgid"
 # MLflow's job runner (GenAI evaluation jobs, which kmervae does not use) would start eight more
 # Python processes beside the server; off unless the caller turns it on.
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
-    setsid nohup mlflow server --host "$bind_host" --port "$mlflow_port" \
+    setsid nohup mlflow server --host "$bind_host" --port "$mlflow_port" --workers "${MLFLOW_WORKERS:-4}" \
     --backend-store-uri "sqlite:///$state/mlflow.db" --artifacts-destination "$state/mlartifacts" \
     >"$state/mlflow.log" 2>&1 &
 echo $! >"$state/mlflow.pid"
