@@ -265,6 +265,11 @@ def cluster_actors(filters: list | None = None) -> list:
     return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters, limit=10_000)
 
 
+def train_workers(alive_only: bool = False) -> list:
+    """The Ray Train workers of this process's cluster: running now, or every one it started."""
+    return cluster_actors([("class_name", "=", "RayTrainWorker"), *([("state", "=", "ALIVE")] if alive_only else [])])
+
+
 @contextlib.contextmanager
 def ray_untouched():
     """Asserts that the code inside neither started Ray nor, where a cluster runs (the shared

@@ -56,7 +56,7 @@ def test_the_reason_from_a_trial_s_error_file():
     # "RayTaskError(TrainingDiverged)": the reason is found all the same, in the text and the object.
     trial_error = ray_exceptions.RayTaskError("ImplicitFunc.train", "...", TrainingDiverged(REASON))
     assert root_cause(trial_error.as_instanceof_cause()) == REASON
-    assert root_cause_of_text(text) == REASON
+    assert root_cause_of_text(text) == REASON  # again, now that Ray has made that class
     assert root_cause_of_text("Traceback ...\nOSError: [Errno 28] No space left on device\n") == (
         "OSError: [Errno 28] No space left on device"
     )

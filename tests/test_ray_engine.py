@@ -23,7 +23,7 @@ from kmervae.core.metrics import link_agreement
 from kmervae.core.run_outputs import ARTIFACT_FILES, CHECKPOINT_FILES
 from kmervae.distributed.ray_engine import fit_ray, plan_resources
 from kmervae.tracking.run import run_tags
-from tests.conftest import cluster_actors, ray_untouched
+from tests.conftest import ray_untouched, train_workers
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
 
@@ -112,11 +112,6 @@ def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, abun
     assert [m["epoch"] for m in result.history] == [0, 1]
 
 
-def alive_train_workers() -> list:
-    """The Ray Train workers running now on this process's cluster."""
-    return cluster_actors([("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-
-
 def kill_a_worker_at_the_first_report(marker: Path):
     """A Ray Train callback that SIGKILLs one training worker when the first epoch's report
     is registered (an event of the run, not a clock) and writes its pid to `marker`."""
@@ -126,7 +121,7 @@ def kill_a_worker_at_the_first_report(marker: Path):
         def after_report(self, run_context, metrics, checkpoint):
             if marker.exists():
                 return
-            victim = alive_train_workers()[-1]
+            victim = train_workers(alive_only=True)[-1]
             os.kill(victim.pid, signal.SIGKILL)
             marker.write_text(str(victim.pid))
 

@@ -19,7 +19,7 @@ import pytest
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.storage import exists, join, list_names
-from tests.conftest import MlflowServer, cluster_actors, ray_untouched
+from tests.conftest import MlflowServer, ray_untouched, train_workers
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server
 
@@ -48,11 +48,6 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
     yield srv
     srv.kill()
-
-
-def train_workers() -> list:
-    """Every Ray Train worker this cluster has started, alive or dead."""
-    return cluster_actors([("class_name", "=", "RayTrainWorker")])
 
 
 def has_checkpoint(folder: str) -> bool:
