@@ -196,6 +196,74 @@ def _cmd_abundance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_markers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "markers",
+        help="assembly -> single-copy marker genes per contig (to estimate bin completeness and contamination)",
+        description=(
+            "Calls genes on every contig (pyrodigal, metagenomic mode) and searches them with pyhmmer at their "
+            "trusted cutoffs against the bundled single-copy marker sets: 107 bacterial genes (SemiBin's and "
+            "VAMB's) and 131 archaeal Pfam domains. Writes a TSV of (contig, set, marker, copies) that "
+            "'kmervae bin --markers' uses to estimate each bin's completeness and contamination. Give the "
+            "--fragment-length and --min-length that featurize used, so the contigs are the same. Needs the "
+            "markers extra (pip install 'kmervae[markers]')."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="ASSEMBLY", help="FASTA files of the assembly")
+    p.add_argument("-o", "--out", required=True, type=Path, metavar="TSV", help="markers table to write")
+    p.add_argument(
+        "--fragment-length", type=int, default=None, metavar="N", help="as featurize: cut records into N-base contigs"
+    )
+    p.add_argument("--min-length", type=int, default=1000, metavar="N", help="as featurize: skip contigs under N bases")
+    p.add_argument(
+        "--hmm",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="HMMER3 profiles (with TC cutoffs) to use instead of the bundled bacterial set",
+    )
+    p.add_argument("--workers", type=int, default=None, help="threads; when not given, one per core")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing table at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(run=_cmd_markers)
+
+
+def _cmd_markers(args: argparse.Namespace) -> int:
+    import time
+
+    from data_pipeline.markers import MARKER_SETS, MarkerSummary, contigs_of_fasta, find_markers, load_profiles
+    from kmervae.core.errors import ConfigError, OutputError
+    from kmervae.core.markers import write_markers
+
+    started = time.perf_counter()
+    if args.out.exists() and not args.overwrite:
+        raise OutputError(f"{args.out}: exists already; pass --overwrite to replace it")
+    if args.fragment_length is not None and args.fragment_length < 1:
+        raise ConfigError(f"--fragment-length must be >= 1, got {args.fragment_length}")
+    if args.min_length < 0:
+        raise ConfigError(f"--min-length must be >= 0, got {args.min_length}")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    sets = dict(MARKER_SETS) | ({"bacteria": args.hmm} if args.hmm else {})
+    profiles = load_profiles(sets)
+    workers = args.workers or max(1, len(os.sched_getaffinity(0)))
+    summary = MarkerSummary()
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    log(f"markers   calling genes and searching {', '.join(sets)} markers in {workers} thread(s)")
+
+    def progress(bases: int) -> None:
+        log(f"  {summary.bases:,} bases, {summary.genes:,} genes ({time.perf_counter() - started:.0f} s)")
+
+    contigs = contigs_of_fasta(args.inputs, args.fragment_length, args.min_length, summary)
+    table = find_markers(contigs, profiles, workers=workers, summary=summary, progress=progress)
+    write_markers(table, args.out)
+    print("\n".join(summary.lines()))
+    print(f"took      {time.perf_counter() - started:.1f} s")
+    print(f"output    {args.out.absolute()}")
+    return 0
+
+
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     add_settings_flags(
         p, "final", "override one setting, e.g. --set model.latent_dim=64 --set train.lr=3e-4 (repeatable)"
@@ -570,6 +638,17 @@ def _add_bin(sub: argparse._SubParsersAction) -> None:
     )
     group.add_argument("--labels", type=Path, metavar="TSV", help="score bins against a 'record_id<TAB>genome' table")
     p.add_argument("--seed", type=int, default=0, help="seed of the clustering")
+    marker_group = p.add_mutually_exclusive_group()
+    marker_group.add_argument(
+        "--markers",
+        type=Path,
+        metavar="TSV",
+        help="marker genes of these contigs ('kmervae markers'; or markers.tsv of an earlier bin run): estimate "
+        "each bin's completeness and contamination; with --fasta and without this, they are found here",
+    )
+    marker_group.add_argument(
+        "--no-markers", action="store_true", help="do not look for marker genes (no completeness estimates)"
+    )
     p.add_argument("--mlflow-run", metavar="RUN_ID", help="log the bin counts and tables to this MLflow run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bins folder")
     p.add_argument("--quiet", action="store_true", help="no progress")
@@ -590,6 +669,8 @@ def _cmd_bin(args: argparse.Namespace) -> int:
         min_bin_size=args.min_bin_size,
         resolution=args.resolution,
         seed=args.seed,
+        markers_tsv=args.markers,
+        find_markers=not args.no_markers,
         overwrite=args.overwrite,
         progress=False if args.quiet else None,
         log=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr)),
@@ -601,6 +682,9 @@ def _cmd_bin(args: argparse.Namespace) -> int:
         metrics = {"bins/count": result.bins, "bins/binned_bases": result.binned_bases}
         if result.quality is not None:
             metrics |= {"bins/near_complete": result.quality["near_complete"], "bins/medium": result.quality["medium"]}
+        if result.estimated is not None:
+            e = result.estimated
+            metrics |= {"bins/est_near_complete": e["near_complete"], "bins/est_medium": e["medium"]}
         log_to_run(args.mlflow_run, metrics, [*result.files], "bins")
         print(f"mlflow    logged to run {args.mlflow_run}")
     return 0
@@ -642,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_abundance(sub)
     _add_featurize(sub)
+    _add_markers(sub)
     _add_train(sub)
     _add_describe(sub)
     _add_best(sub)

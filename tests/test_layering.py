@@ -25,8 +25,8 @@ ROOMS = {
         {"torch", "numpy", "pyarrow", "matplotlib", "yaml", "sklearn", "igraph", "faiss"},
     ),
     "data_pipeline": (
-        {"kmervae", "kmervae.core.feature_contract", "kmervae.core.errors", "data_pipeline"},
-        {"numpy", "pyarrow", "numba", "dnaio", "xopen", "tqdm", "pysam"},
+        {"kmervae", "kmervae.core.feature_contract", "kmervae.core.errors", "kmervae.core.markers", "data_pipeline"},
+        {"numpy", "pyarrow", "numba", "dnaio", "xopen", "tqdm", "pysam", "pyrodigal", "pyhmmer"},
     ),
     # requests and sqlalchemy: MLflow's own clients, whose error types say a store is unreachable.
     "kmervae.tracking": (

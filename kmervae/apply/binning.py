@@ -34,12 +34,13 @@ from typing import Any
 import numpy as np
 
 from kmervae.apply.embed import read_embeddings
-from kmervae.core import bins
+from kmervae.core import bins, markers
 from kmervae.core.errors import ConfigError, InputError, OutputError
 from kmervae.core.feature_contract import fragment_contig_id, fragment_span
 
 UNBINNED_NAME = "unbinned"
 SUMMARY_JSON = "summary.json"
+MARKERS_TSV = "markers.tsv"
 FLUSH_BYTES = 64 << 20
 """Sequences buffered per write pass before they are appended to the bin files."""
 
@@ -71,6 +72,8 @@ class BinResult:
     method: str
     min_bin_size: int
     quality: dict[str, Any] | None = None
+    estimated: dict[str, Any] | None = None
+    markers_written: Path | None = None
     fasta_files: int = 0
     split_records: int = 0
     fasta_records_unused: int = 0
@@ -89,6 +92,15 @@ class BinResult:
                 f"quality   {q['near_complete']} near-complete bin(s) (recall >= 0.9, purity >= 0.95), "
                 f"{q['medium']} at recall >= 0.5, purity >= 0.9, of {q['genomes']} genome(s)"
             )
+        if self.estimated is not None:
+            e = self.estimated
+            out.append(
+                f"estimated {e['near_complete']} near-complete bin(s) (completeness >= 90%, contamination <= 5%), "
+                f"{e['medium']} at >= 50% / <= 10%, by {e['sets'].get('bacteria', 0)} bacterial marker genes; "
+                f"{e['not_judged']} bin(s) not judged (archaea, phages, plasmids, fragments: see bin_summary.tsv)"
+            )
+        if self.markers_written is not None:
+            out.append(f"markers   {self.markers_written} (pass it as --markers to bin this assembly again sooner)")
         if self.fasta_files:
             out.append(f"fasta     {self.fasta_files} bin file(s) in {self.out / 'fasta'}")
         if self.split_records:
@@ -287,6 +299,27 @@ def quality_report(q: bins.BinQuality, names: list[str], labelled: int) -> dict[
     }
 
 
+def estimated_report(est: markers.BinEstimates, names: list[str], sets: dict[str, int]) -> dict[str, Any]:
+    """The JSON form of the marker estimates: counts and per-bin numbers."""
+    return {
+        "sets": sets,
+        "near_complete": est.near_complete,
+        "medium": est.medium,
+        "not_judged": est.not_judged,
+        "score": round(est.score(), 6),
+        "bins": {
+            name: {
+                "completeness": round(float(est.completeness[i]), 6),
+                "contamination": round(float(est.contamination[i]), 6),
+                "marker_set": str(est.domain[i]),
+                "judged": bool(est.judged[i]),
+                "note": est.note(i),
+            }
+            for i, name in enumerate(names)
+        },
+    }
+
+
 def format_quality(quality: dict[str, Any]) -> str:
     """Bins at each recall (columns) and purity (rows) level, as AMBER's tables."""
     head = f"{'bins at':<14}" + "".join(f"{'recall>=' + str(r):>13}" for r in bins.RECALLS)
@@ -295,6 +328,26 @@ def format_quality(quality: dict[str, Any]) -> str:
         row = "".join(f"{quality['grid'][f'recall>={r},purity>={p}']:>13}" for r in bins.RECALLS)
         lines.append(f"{'purity>=' + str(p):<14}" + row)
     return "\n".join(lines)
+
+
+def contig_markers(fasta: Sequence[Path], ids: np.ndarray, placements: list[Placement], log) -> markers.MarkerTable:
+    """Marker genes of the embedded contigs, cut from the FASTA where `place_contigs` found them."""
+    from data_pipeline.fasta import FastaReader
+    from data_pipeline.markers import find_markers
+
+    by_record: dict[str, list[int]] = defaultdict(list)
+    for i, placement in enumerate(placements):
+        by_record[placement.record].append(i)
+
+    def contigs():
+        for path in fasta:
+            for record in FastaReader(path):
+                for i in by_record.get(record.id, ()):
+                    p = placements[i]
+                    yield str(ids[i]), record.sequence[p.start : p.end].tobytes()
+
+    log("finding marker genes (pyrodigal, pyhmmer) to estimate completeness and contamination")
+    return find_markers(contigs())
 
 
 def bin_contigs(
@@ -308,11 +361,15 @@ def bin_contigs(
     min_bin_size: int = bins.DEFAULT_MIN_BIN_SIZE,
     resolution: float = bins.LEIDEN_RESOLUTION,
     seed: int = 0,
+    markers_tsv: Path | None = None,
+    find_markers: bool = True,
     overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> BinResult:
-    """Bin the embedded contigs into `out` (written whole, or not at all)."""
+    """Bin the embedded contigs into `out` (written whole, or not at all). Each bin's completeness
+    and contamination are estimated from single-copy marker genes: those of `markers_tsv`, else,
+    with `fasta` and `find_markers`, found here (and written to the folder as markers.tsv)."""
     started = time.perf_counter()
 
     def done(what: str) -> None:
@@ -337,10 +394,30 @@ def bin_contigs(
         labels = read_labels_tsv(labels_tsv, ids)
     elif labels_from_features is not None:
         labels = feature_labels(labels_from_features, ids)
+    table = None
+    if markers_tsv is not None:
+        table = markers.read_markers(markers_tsv)
+        table.check_contigs(ids, str(markers_tsv))
     done(f"read {len(ids):,} embedded contigs ({int(lengths.sum()):,} bases); clustering ({method})")
     codes = bins.cluster(vectors, lengths, method, min_bin_size, seed, resolution=resolution)
     names = bin_names(int(codes.max()) + 1 if (codes >= 0).any() else 0)
     done(f"clustered into {len(names)} bin(s) of >= {min_bin_size:,} bases")
+
+    found = None
+    if table is None and fasta and find_markers:
+        from data_pipeline.markers import INSTALL_HINT, markers_available
+
+        if markers_available():
+            table = found = contig_markers(fasta, ids, placements, log)
+        else:
+            log(f"no completeness/contamination estimates: {INSTALL_HINT}")
+        done(f"found {len(found.contig):,} marker hits on {found.contigs:,} contigs")
+    estimated = None
+    if found is not None:
+        done(f"found {len(found.contig):,} marker hits on {found.contigs:,} contigs")
+    if table is not None:
+        est = markers.estimate_bins(codes, table.presence(ids))
+        estimated = estimated_report(est, names, table.sets)
 
     quality = None
     if labels is not None and any(label is not None for label in labels):
@@ -356,9 +433,11 @@ def bin_contigs(
         method=method,
         min_bin_size=min_bin_size,
         quality=quality,
+        estimated=estimated,
+        markers_written=out / MARKERS_TSV if found is not None else None,
         fasta_records_unused=unused,
     )
-    _write_folder(out, ids, codes, names, lengths, gc, quality, result, fasta, placements, progress, done)
+    _write_folder(out, ids, codes, names, lengths, gc, result, fasta, placements, progress, done, found)
     result.files = sorted(out.rglob("*.tsv")) + sorted(out.glob("*.json"))
     return result
 
@@ -377,7 +456,7 @@ def _check_settings(out: Path, method: str, min_bin_size: int, resolution: float
 
 
 def _write_folder(
-    out: Path, ids, codes, names, lengths, gc, quality, result: BinResult, fasta, placements, progress, done
+    out: Path, ids, codes, names, lengths, gc, result: BinResult, fasta, placements, progress, done, found
 ) -> None:
     """Write the tables (and with `fasta` one FASTA file per bin) into a temporary folder beside
     `out` and rename it into place: the output is whole or absent."""
@@ -385,7 +464,9 @@ def _write_folder(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        _write_tables(tmp, ids, codes, names, lengths, gc, quality, result)
+        _write_tables(tmp, ids, codes, names, lengths, gc, result)
+        if found is not None:
+            markers.write_markers(found, tmp / MARKERS_TSV)
         if fasta:
             result.fasta_files, split = write_fasta(fasta, placements, codes, names, tmp / "fasta", progress)
             result.split_records = len(split)
@@ -404,7 +485,8 @@ def _write_folder(
         raise
 
 
-def _write_tables(folder: Path, ids, codes, names, lengths, gc, quality, result: BinResult) -> None:
+def _write_tables(folder: Path, ids, codes, names, lengths, gc, result: BinResult) -> None:
+    quality, estimated = result.quality, result.estimated
     with open(folder / "bins.tsv", "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["contig_id", "bin"])
@@ -412,6 +494,7 @@ def _write_tables(folder: Path, ids, codes, names, lengths, gc, quality, result:
     with open(folder / "bin_summary.tsv", "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         header = ["bin", "contigs", "bases", "gc"] + (["genome", "purity", "recall"] if quality else [])
+        header += ["completeness", "contamination", "marker_set", "note"] if estimated else []
         writer.writerow(header)
         for i, name in enumerate(names):
             member = codes == i
@@ -421,6 +504,9 @@ def _write_tables(folder: Path, ids, codes, names, lengths, gc, quality, result:
             if quality:
                 b = quality["bins"][name]
                 row += [b["genome"] or "NA", f"{b['purity']:.4f}", f"{b['recall']:.4f}"]
+            if estimated:
+                e = estimated["bins"][name]
+                row += [f"{e['completeness']:.4f}", f"{e['contamination']:.4f}", e["marker_set"], e["note"] or "judged"]
             writer.writerow(row)
     summary = {
         "contigs": result.contigs,
@@ -430,5 +516,6 @@ def _write_tables(folder: Path, ids, codes, names, lengths, gc, quality, result:
         "method": result.method,
         "min_bin_size": result.min_bin_size,
         "quality": quality,
+        "estimated": estimated,
     }
     (folder / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")

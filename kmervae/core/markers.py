@@ -1,0 +1,266 @@
+"""Single-copy marker genes of contigs, and each bin's completeness and contamination estimated
+from them: how users judge bins of a real assembly, which has no truth table.
+
+    table = read_markers("markers.tsv")            # written by `kmervae markers` (data_pipeline.markers)
+    table.check_contigs(ids, "markers.tsv")        # refuses a table made from another assembly
+    est = estimate_bins(codes, table.presence(ids))
+    est.near_complete, est.completeness[0], est.judged[0]
+
+A marker set is genes found once in nearly every genome of a domain (CheckM's idea): the share of
+the set a bin holds estimates its completeness, and extra copies its contamination
+(completeness = unique markers / set size; contamination = extra copies / set size, as CheckM,
+VAMB's `parsemarkers` and SemiBin count them). A contig counts each marker once: several copies
+on one contig are one genome's paralogs or a gene split by the assembler, not a second genome
+(VAMB's reasoning), so `copies` is kept in the table but does not count as contamination.
+
+Two sets ship (data_pipeline/marker_sets/README.md): 107 bacterial genes (SemiBin's and VAMB's)
+and 131 archaeal Pfam domains (miComplete's). A bin is judged with the bacterial set. A bin that
+holds clearly more of the archaeal set than of the bacterial one is an archaeon, and a bin with
+under MIN_JUDGED of either set holds too few markers to say anything (a phage, a plasmid, a
+genome fragment): both are reported as not judged, never counted as near-complete or
+contaminated (bench/RESULTS.md "Marker genes" measures why: the archaeal domains are too often
+multi-copy to estimate contamination).
+
+The table on disk (`write_markers`, `read_markers`): TSV rows `contig`, `set`, `marker`,
+`copies` for every contig with a marker, under comment lines that name the format, each set
+with its size, and the contigs scanned (count and a SHA-256 of their sorted ids, which bins and
+features are checked against).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kmervae.core.errors import InputError, InputNotFoundError
+
+FORMAT_LINE = "# kmervae markers 1"
+COLUMNS = ("contig", "set", "marker", "copies")
+BACTERIA, ARCHAEA = "bacteria", "archaea"
+NOT_JUDGED = "none"
+
+NEAR_COMPLETE = (0.9, 0.05)
+"""(completeness >=, contamination <=) of an estimated near-complete bin (CheckM/MIMAG high quality)."""
+MEDIUM = (0.5, 0.10)
+"""(completeness >=, contamination <=) of an estimated medium-quality bin (MIMAG)."""
+MIN_JUDGED = 0.2
+"""Least share of a set a bin must hold to be judged: below it a bin is a phage, a plasmid or a
+genome fragment whose few markers say little (a 391 kb fragment held 0.17 of the bacterial set)."""
+ARCHAEA_RATIO = 1.5
+"""A bin is an archaeon when it holds this many times the share of the archaeal set as of the
+bacterial one: complete bacteria hold 0.39-0.50 of the archaeal set against 0.90-0.95 of theirs,
+an archaeon 0.97 of the archaeal set against 0.32 (the ten shared genomes, bench/RESULTS.md)."""
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """SHA-256 of the sorted contig ids: the same set of contigs in any order gives the same digest."""
+    h = hashlib.sha256()
+    for cid in sorted(map(str, ids)):
+        h.update(cid.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class MarkerTable:
+    """Marker hits of an assembly's contigs: which contig holds which marker of which set, how often."""
+
+    sets: dict[str, int]  # set name -> distinct markers in it (the completeness denominator)
+    contigs: int  # contigs scanned (with or without a marker)
+    digest: str  # ids_digest of the contigs scanned
+    contig: np.ndarray  # (hits,) str: the contig of each hit
+    set_name: np.ndarray  # (hits,) str
+    marker: np.ndarray  # (hits,) str: marker name, paired profiles merged
+    copies: np.ndarray  # (hits,) int64 >= 1: genes on the contig that carry the marker
+
+    def __post_init__(self) -> None:
+        n = len(self.contig)
+        assert len(self.set_name) == len(self.marker) == len(self.copies) == n
+        unknown = sorted(set(self.set_name.tolist()) - set(self.sets))
+        if unknown:
+            raise InputError(f"marker set(s) {', '.join(unknown)} are used by hits but not declared in the header")
+
+    @property
+    def marker_index(self) -> dict[tuple[str, str], int]:
+        """(set, marker) -> column of `presence`."""
+        pairs = sorted(set(zip(self.set_name.tolist(), self.marker.tolist(), strict=True)))
+        return {pair: i for i, pair in enumerate(pairs)}
+
+    def check_contigs(self, ids: Sequence[str], where: str) -> None:
+        """Refuse contigs other than those the table was made from (another assembly, or other
+        --fragment-length / --min-length settings)."""
+        if len(ids) != self.contigs or ids_digest(ids) != self.digest:
+            named = set(map(str, ids))
+            stray = next((c for c in self.contig.tolist() if c not in named), None)
+            example = f" (e.g. '{stray}' is not among them)" if stray else ""
+            raise InputError(
+                f"{where}: made from {self.contigs:,} contigs, but here are {len(ids):,} other contigs{example}: "
+                "it describes another assembly or other --fragment-length/--min-length settings; run "
+                "'kmervae markers' on the FASTA these contigs come from, with the settings featurize used"
+            )
+
+    def presence(self, ids: Sequence[str]) -> ContigMarkers:
+        """The markers of each of `ids` (rows in that order), each counted once per contig."""
+        row_of = {cid: i for i, cid in enumerate(map(str, ids))}
+        index = self.marker_index
+        keep = np.array([c in row_of for c in self.contig.tolist()], dtype=bool)
+        rows = np.array([row_of[c] for c in self.contig[keep].tolist()], dtype=np.int64)
+        cols = np.array(
+            [index[p] for p in zip(self.set_name[keep].tolist(), self.marker[keep].tolist(), strict=True)],
+            dtype=np.int64,
+        )
+        names = sorted(index, key=index.get)
+        return ContigMarkers(len(row_of), rows, cols, [s for s, _ in names], dict(self.sets))
+
+
+@dataclass(frozen=True)
+class ContigMarkers:
+    """Marker presence of n contigs, as (row, column) pairs: contig `rows[i]` holds marker `cols[i]`."""
+
+    n: int
+    rows: np.ndarray  # (hits,) int64 contig row
+    cols: np.ndarray  # (hits,) int64 marker column
+    column_set: list[str]  # set of each column
+    sets: dict[str, int]
+
+    def subset(self, mask: np.ndarray) -> ContigMarkers:
+        """The markers of the contigs where `mask` is true, rows renumbered in order."""
+        new_row = np.cumsum(mask) - 1
+        keep = mask[self.rows]
+        return ContigMarkers(int(mask.sum()), new_row[self.rows[keep]], self.cols[keep], self.column_set, self.sets)
+
+    def counts(self, codes: np.ndarray) -> np.ndarray:
+        """(bins, markers) contigs of each bin holding each marker (codes < 0: in no bin)."""
+        codes = np.asarray(codes, dtype=np.int64)
+        bins = int(codes.max()) + 1 if len(codes) and codes.max() >= 0 else 0
+        table = np.zeros((bins, len(self.column_set)), dtype=np.int64)
+        binned = codes[self.rows] >= 0
+        np.add.at(table, (codes[self.rows[binned]], self.cols[binned]), 1)
+        return table
+
+
+@dataclass(frozen=True)
+class BinEstimates:
+    """Per bin (index = bin code): estimated completeness and contamination, the set that judged
+    it, and whether it can be judged at all."""
+
+    completeness: np.ndarray  # (bins,) of the bin's own set (`domain`)
+    contamination: np.ndarray  # (bins,)
+    domain: np.ndarray  # (bins,) str: bacteria, archaea, or none (too few markers)
+    judged: np.ndarray  # (bins,) bool: bacterial bins with at least MIN_JUDGED of the set
+
+    def count(self, completeness: float, contamination: float) -> int:
+        """Judged bins at or above `completeness` and at or below `contamination`."""
+        ok = self.judged & (self.completeness >= completeness) & (self.contamination <= contamination + 1e-9)
+        return int(ok.sum())
+
+    @property
+    def near_complete(self) -> int:
+        return self.count(*NEAR_COMPLETE)
+
+    @property
+    def medium(self) -> int:
+        return self.count(*MEDIUM)
+
+    @property
+    def not_judged(self) -> int:
+        return int((~self.judged).sum())
+
+    def score(self) -> float:
+        """`val/est_nc_bins`: the estimated near-complete bins plus a tie-breaker in [0, 1): the
+        mean of (completeness - 5 x contamination), clipped to [0, 1], over the judged bins of at
+        least medium quality, shrunk by one more bin so it never reaches 1. The whole part is the
+        count; between two equal counts the one whose good bins are more complete and cleaner wins."""
+        good = self.judged & (self.completeness >= MEDIUM[0]) & (self.contamination <= MEDIUM[1] + 1e-9)
+        quality = np.clip(self.completeness[good] - 5.0 * self.contamination[good], 0.0, 1.0)
+        return float(self.near_complete + quality.sum() / (good.sum() + 1))
+
+    def note(self, i: int) -> str:
+        """Why bin i is not judged (empty when it is)."""
+        if self.judged[i]:
+            return ""
+        if self.domain[i] == ARCHAEA:
+            return "archaeon: the archaeal domains are too often multi-copy to estimate contamination"
+        return "too few markers: a phage, plasmid or genome fragment"
+
+
+def estimate_bins(codes: np.ndarray, markers: ContigMarkers) -> BinEstimates:
+    """Completeness and contamination of every bin of `codes` (UNBINNED < 0) from its contigs' markers."""
+    table = markers.counts(codes)
+    column_set = np.asarray(markers.column_set, dtype=object)
+    shares = {}
+    for name, size in markers.sets.items():
+        part = table[:, column_set == name] if len(column_set) else table[:, :0]
+        unique = (part > 0).sum(axis=1)
+        shares[name] = (unique / size, (part.sum(axis=1) - unique) / size)
+    zeros = np.zeros(len(table))
+    bact_comp, bact_cont = shares.get(BACTERIA, (zeros, zeros))
+    arch_comp, arch_cont = shares.get(ARCHAEA, (zeros, zeros))
+    archaeal = (arch_comp >= MIN_JUDGED) & (arch_comp >= ARCHAEA_RATIO * bact_comp)
+    bacterial = ~archaeal & (bact_comp >= MIN_JUDGED)
+    domain = np.where(archaeal, ARCHAEA, np.where(bacterial, BACTERIA, NOT_JUDGED)).astype(object)
+    completeness = np.where(archaeal, arch_comp, bact_comp)
+    contamination = np.where(archaeal, arch_cont, bact_cont)
+    return BinEstimates(completeness, contamination, domain, bacterial)
+
+
+def write_markers(table: MarkerTable, path: str | Path) -> None:
+    """Write `table` as TSV (a temporary file renamed into place: whole or absent)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(tmp, "w") as out:
+            out.write(FORMAT_LINE + "\n")
+            out.write("# sets " + " ".join(f"{name}={size}" for name, size in table.sets.items()) + "\n")
+            out.write(f"# contigs {table.contigs} sha256 {table.digest}\n")
+            out.write("\t".join(COLUMNS) + "\n")
+            for row in zip(table.contig, table.set_name, table.marker, table.copies, strict=True):
+                out.write("\t".join(map(str, row)) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_markers(path: str | Path) -> MarkerTable:
+    """Read a table `write_markers` wrote, refusing anything else with the line at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: no such markers table; make one with 'kmervae markers ASSEMBLY -o {path}'")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot be read as a markers table ({err})") from None
+    if len(lines) < 4 or lines[0] != FORMAT_LINE or not lines[1].startswith("# sets "):
+        raise InputError(
+            f"{path}: not a kmervae markers table (it must start with '{FORMAT_LINE}'); make one with 'kmervae markers'"
+        )
+    try:
+        sets = {name: int(size) for name, size in (part.split("=") for part in lines[1][len("# sets ") :].split())}
+        _, _, contigs, _, digest = lines[2].split()
+        contigs = int(contigs)
+    except ValueError:
+        raise InputError(f"{path}: line 2-3: malformed header; make the table again with 'kmervae markers'") from None
+    if lines[3].split("\t") != list(COLUMNS):
+        raise InputError(f"{path}: line 4: expected the columns {', '.join(COLUMNS)}")
+    rows = []
+    for number, line in enumerate(lines[4:], start=5):
+        fields = line.split("\t")
+        if len(fields) != 4 or not fields[3].isdigit() or int(fields[3]) < 1:
+            raise InputError(f"{path}: line {number}: expected contig, set, marker and copies >= 1, got {line!r}")
+        rows.append(fields)
+    columns = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
+    return MarkerTable(
+        sets=sets,
+        contigs=contigs,
+        digest=digest,
+        contig=np.asarray(columns[0], dtype=object),
+        set_name=np.asarray(columns[1], dtype=object),
+        marker=np.asarray(columns[2], dtype=object),
+        copies=np.asarray([int(c) for c in columns[3]], dtype=np.int64),
+    )

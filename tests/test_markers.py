@@ -1,0 +1,237 @@
+"""Marker genes: `kmervae markers` on real genomes, estimated completeness and contamination of
+bins (by hand and against the genomes' truth), and bad input refused in one line."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline.markers import MARKER_SETS
+from kmervae.apply.binning import bin_contigs
+from kmervae.apply.embed import read_embeddings, write_embeddings
+from kmervae.apply.evaluate import baselines
+from kmervae.core import bins
+from kmervae.core.errors import InputError
+from kmervae.core.feature_table import FeatureTable
+from kmervae.core.markers import (
+    ARCHAEA,
+    BACTERIA,
+    NOT_JUDGED,
+    ContigMarkers,
+    estimate_bins,
+    ids_digest,
+    read_markers,
+    write_markers,
+)
+from tests.conftest import write_fasta
+
+GENOMES = ("Staphylococcus_aureus_N315", "Helicobacter_pylori_G27", "Phage_Agate_metagenomic")
+FRAGMENT = 20_000
+
+
+def read_genome(path: Path) -> tuple[str, str]:
+    with gzip.open(path, "rt") as handle:
+        header, *lines = handle.read().split("\n")
+    return header[1:].split()[0], "".join(lines)
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kmervae.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def assembly(tmp_path_factory, examples_dir):
+    """Two bacteria and a phage as one assembly of 20 kb contigs, labelled, featurized, embedded as
+    z-scored TNF, and its markers table made by the command."""
+    from data_pipeline.featurize import FeaturizeSettings, featurize
+    from data_pipeline.labels import Labels
+
+    root = tmp_path_factory.mktemp("markers")
+    records = [read_genome(examples_dir / f"{name}.fna.gz") for name in GENOMES]
+    fasta = write_fasta(root / "assembly.fna", records)
+    labels = root / "labels.tsv"
+    labels.write_text("".join(f"{rid}\t{name}\n" for (rid, _), name in zip(records, GENOMES, strict=True)))
+    features = root / "features"
+    featurize([fasta], features, FeaturizeSettings(fragment_length=FRAGMENT), Labels.from_tsv(labels))
+    table = FeatureTable.from_parquet(features)
+    ids = np.asarray(table.contig_ids, dtype=object)
+    tnf = baselines(features, ids, 8)["tnf_zscore"]
+    embeddings = write_embeddings(root / "tnf.parquet", ids, table.labels, table.length, table.gc, tnf)
+    done = run_cli("markers", fasta, "-o", root / "markers.tsv", "--fragment-length", FRAGMENT)
+    assert done.returncode == 0, done.stderr
+    return {
+        "root": root,
+        "fasta": fasta,
+        "labels": labels,
+        "ids": ids,
+        "genome": np.asarray(table.labels, dtype=object),
+        "embeddings": embeddings,
+        "markers": root / "markers.tsv",
+        "stdout": done.stdout,
+        "stderr": done.stderr,
+    }
+
+
+def test_the_command_scans_every_contig_and_reports_what_it_found(assembly):
+    table = read_markers(assembly["markers"])
+    ids = assembly["ids"]
+    assert table.contigs == len(ids) and table.digest == ids_digest(ids)
+    assert table.sets == {BACTERIA: 107, ARCHAEA: 131}
+    assert set(table.contig) <= set(ids) and (table.copies >= 1).all()
+    assert f"scanned   {len(ids):,} contigs" in assembly["stdout"] and "output    " in assembly["stdout"]
+    assert "bases" in assembly["stderr"]  # progress
+    # Paired TIGRFAM profiles are one marker: TIGR00389 stands for TIGR00388 too.
+    assert "TIGR00388" not in set(table.marker)
+
+
+def test_each_bacterium_alone_is_near_complete_and_the_phage_is_not_judged(assembly):
+    table = read_markers(assembly["markers"])
+    genome = assembly["genome"]
+    codes = np.array([GENOMES.index(g) for g in genome])  # each genome one bin: the truth's bins
+    est = estimate_bins(codes, table.presence(assembly["ids"]))
+    for i in (0, 1):
+        assert est.domain[i] == BACTERIA and est.judged[i]
+        assert est.completeness[i] >= 0.9 and est.contamination[i] <= 0.05, (i, est.completeness, est.contamination)
+    assert est.domain[2] == NOT_JUDGED and not est.judged[2] and est.completeness[2] < 0.2
+    assert "phage" in est.note(2) and est.note(0) == ""
+    assert est.near_complete == 2 and est.not_judged == 1
+
+
+def test_two_genomes_in_one_bin_show_as_contamination(assembly):
+    table = read_markers(assembly["markers"])
+    merged = np.where(assembly["genome"] == GENOMES[2], 1, 0)  # both bacteria in bin 0
+    est = estimate_bins(merged, table.presence(assembly["ids"]))
+    assert est.completeness[0] >= 0.95 and est.contamination[0] >= 0.6  # most markers twice
+    assert est.near_complete == 0 and est.medium == 0
+
+
+def test_estimates_count_markers_once_per_contig_by_hand():
+    # contigs 0-3; markers: column 0, 1 bacterial (set of 4), column 2 archaeal (set of 2)
+    markers = ContigMarkers(
+        n=4,
+        rows=np.array([0, 0, 1, 2, 3, 3]),
+        cols=np.array([0, 1, 0, 1, 2, 0]),
+        column_set=[BACTERIA, BACTERIA, ARCHAEA],
+        sets={BACTERIA: 4, ARCHAEA: 2},
+    )
+    est = estimate_bins(np.array([0, 0, 1, -1]), markers)  # contig 3 unbinned
+    # bin 0: marker 0 twice (contigs 0, 1), marker 1 once -> 2 unique of 4, 1 extra copy
+    assert est.completeness[0] == 0.5 and est.contamination[0] == 0.25
+    # bin 1: marker 1 once -> 1/4 bacterial, 0/2 archaeal
+    assert est.completeness[1] == 0.25 and est.contamination[1] == 0.0 and est.domain[1] == BACTERIA
+    archaeal = estimate_bins(np.array([-1, -1, -1, 0]), markers)  # 1/2 archaeal against 1/4 bacterial
+    assert archaeal.domain[0] == ARCHAEA and not archaeal.judged[0] and archaeal.completeness[0] == 0.5
+    assert "archaeon" in archaeal.note(0)
+    none = estimate_bins(np.array([-1, -1, -1, -1]), markers)
+    assert len(none.completeness) == 0 and none.near_complete == 0 and none.score() == 0.0
+
+
+def test_the_score_is_the_count_plus_a_tie_breaker_below_one():
+    markers = ContigMarkers(
+        n=2,
+        rows=np.array([0] * 10 + [1] * 10),
+        cols=np.r_[np.arange(10), np.arange(10)],
+        column_set=[BACTERIA] * 10,
+        sets={BACTERIA: 10},
+    )
+    clean = estimate_bins(np.array([0, 1]), markers)  # two complete, clean bins
+    assert clean.near_complete == 2 and 2.0 < clean.score() < 3.0
+    merged = estimate_bins(np.array([0, 0]), markers)  # one complete bin with every marker twice
+    assert merged.near_complete == 0 and merged.score() == 0.0
+    half = ContigMarkers(2, np.arange(2), np.arange(2), [BACTERIA] * 10, {BACTERIA: 10})
+    assert estimate_bins(np.array([0, 0]), half).score() == 0.0  # 20% complete: below medium, no tie-breaker
+
+
+def test_the_table_round_trips(assembly, tmp_path):
+    write_markers(read_markers(assembly["markers"]), tmp_path / "again.tsv")
+    assert (tmp_path / "again.tsv").read_text() == assembly["markers"].read_text()
+
+
+def test_bin_estimates_quality_beside_the_truth(assembly, tmp_path):
+    out = tmp_path / "bins"
+    result = bin_contigs(assembly["embeddings"], out, labels_tsv=assembly["labels"], markers_tsv=assembly["markers"])
+    est, truth = result.estimated, result.quality
+    # Both bacteria are estimated near-complete. The truth may count one fewer: TNF puts the 179 kb
+    # phage into a bacterium's bin, and a phage carries no marker gene, so markers cannot see it
+    # (nor can CheckM's): an estimate judges contamination by other prokaryotes only.
+    assert est["near_complete"] == 2 and truth["near_complete"] >= 1
+    rows = {r["bin"]: r for r in csv.DictReader(open(out / "bin_summary.tsv"), delimiter="\t")}
+    for row in rows.values():
+        if row["genome"] in GENOMES[:2]:
+            assert float(row["completeness"]) >= 0.9 and float(row["recall"]) >= 0.9 and row["note"] == "judged"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["estimated"]["near_complete"] == 2 and summary["estimated"]["sets"]["bacteria"] == 107
+    assert any("estimated 2 near-complete" in line for line in result.lines())
+
+
+def test_bin_finds_markers_itself_from_the_fasta_and_keeps_them(assembly, tmp_path):
+    out = tmp_path / "bins"
+    done = run_cli("bin", assembly["embeddings"], "-o", out, "--fasta", assembly["fasta"], "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "estimated 2 near-complete bin(s)" in done.stdout and "markers   " in done.stdout
+    # The contigs cut from the FASTA where bin placed them: the same table as the command's.
+    assert (out / "markers.tsv").read_text() == assembly["markers"].read_text()
+    again = bin_contigs(assembly["embeddings"], tmp_path / "again", markers_tsv=out / "markers.tsv")
+    assert again.estimated["near_complete"] == 2
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(assembly, tmp_path, examples_dir):
+    from kmervae.cli import main
+
+    fasta = assembly["fasta"]
+
+    def refused(*args) -> str:
+        done = run_cli(*args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+        return lines[0]
+
+    out = tmp_path / "m.tsv"
+    assert "no such HMM file" in refused("markers", fasta, "-o", out, "--hmm", tmp_path / "missing.hmm", "--quiet")
+    garbage = tmp_path / "garbage.hmm"
+    garbage.write_text("this is not an HMM\n")
+    assert "not a readable HMMER3 profile file" in refused("markers", fasta, "-o", out, "--hmm", garbage, "--quiet")
+    no_tc = tmp_path / "no_tc.hmm"
+    with gzip.open(MARKER_SETS[BACTERIA], "rt") as handle:
+        first = handle.read().split("//\n")[0] + "//\n"
+    no_tc.write_text("".join(line + "\n" for line in first.splitlines() if not line.startswith("TC ")))
+    assert "has no trusted cutoff (TC line)" in refused("markers", fasta, "-o", out, "--hmm", no_tc, "--quiet")
+    repeats = [("repeat1", "CTAG" * 1250), ("repeat2", "TTAG" * 1000)]  # a stop codon in every frame
+    no_genes = write_fasta(tmp_path / "no_genes.fna", repeats)
+    assert "no gene was found on any of the 2 contigs" in refused("markers", no_genes, "-o", out, "--quiet")
+    assert not out.exists() and not list(tmp_path.glob(".m.tsv*"))
+
+    # A table of another assembly (or of other fragment settings) is refused before anything is written.
+    other = tmp_path / "other.tsv"
+    done = run_cli("markers", examples_dir / f"{GENOMES[2]}.fna.gz", "-o", other, "--quiet")  # the phage alone
+    assert done.returncode == 0, done.stderr
+    bins_out = tmp_path / "bins"
+    assert main(["bin", str(assembly["embeddings"]), "-o", str(bins_out), "--markers", str(other), "--quiet"]) == 2
+    with pytest.raises(InputError, match=r"other.tsv: made from 1 contigs, but here are \d+ other contigs"):
+        bin_contigs(assembly["embeddings"], bins_out, markers_tsv=other)
+    not_a_table = tmp_path / "labels.tsv"
+    not_a_table.write_text("contig\tgenome\n")
+    with pytest.raises(InputError, match="not a kmervae markers table"):
+        bin_contigs(assembly["embeddings"], bins_out, markers_tsv=not_a_table)
+    assert not bins_out.exists() and not list(tmp_path.glob(".bins*"))
+    assert "exists already; pass --overwrite" in refused("markers", fasta, "-o", other)
+
+
+def test_estimates_agree_with_bins_of_the_clusterer(assembly):
+    data = read_embeddings(assembly["embeddings"])
+    codes = bins.cluster(data.vectors, data.lengths)
+    est = estimate_bins(codes, read_markers(assembly["markers"]).presence(data.ids))
+    truth = bins.bin_quality(codes, data.labels, data.lengths)
+    judged = est.judged
+    # Where the truth says complete and pure, the markers say so too (within 10 points).
+    assert np.all(np.abs(est.completeness[judged] - truth.recall[judged]) <= 0.1)
