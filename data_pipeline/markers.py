@@ -134,6 +134,32 @@ def contigs_of_fasta(
                 yield contig_id(record.id, start, end, fragment_length is not None), bases[start:end].tobytes()
 
 
+def markers_of_fasta(
+    paths: Sequence[str | os.PathLike[str]],
+    fragment_length: int | None,
+    min_length: int,
+    *,
+    hmm: Path | None = None,
+    workers: int | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> tuple[MarkerTable, MarkerSummary]:
+    """The markers of every contig `kmervae featurize` would make of `paths` with these settings
+    (`hmm`: profiles to search instead of the bundled bacterial set), with progress lines to `log`."""
+    import time
+
+    started = time.perf_counter()
+    profiles = load_profiles(dict(MARKER_SETS) | ({"bacteria": Path(hmm)} if hmm else {}))
+    workers = workers or len(os.sched_getaffinity(0)) or 1
+    summary = MarkerSummary()
+    log(f"markers   calling genes and searching {', '.join(profiles)} markers in {workers} thread(s)")
+
+    def progress(bases: int) -> None:
+        log(f"  {summary.bases:,} bases, {summary.genes:,} genes ({time.perf_counter() - started:.0f} s)")
+
+    contigs = contigs_of_fasta(paths, fragment_length, min_length, summary)
+    return find_markers(contigs, profiles, workers=workers, summary=summary, progress=progress), summary
+
+
 def find_markers(
     contigs: Iterable[tuple[str, bytes]],
     profiles: dict[str, list] | None = None,

@@ -88,6 +88,12 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows-per-file", type=int, default=4096, help="contigs per parquet file")
     p.add_argument("--row-group-size", type=int, default=1024, help="contigs per parquet row group")
     p.add_argument("--strict", action="store_true", help="fail instead of skipping unusable contigs")
+    p.add_argument(
+        "--markers",
+        action="store_true",
+        help="also find single-copy marker genes of the contigs (OUT_DIR/markers.tsv, as 'kmervae markers'), "
+        "which sweeps rank bins by without labels (val/est_nc_bins); needs the markers extra",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing feature dataset at OUT_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_featurize)
@@ -123,10 +129,25 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
         from data_pipeline.depth_table import AbundanceLookup, read_depth_table
 
         abundance = AbundanceLookup(read_depth_table(args.abundance))
+    markers = None
+    if args.markers:  # first: a FASTA without genes is refused before any output
+        from data_pipeline.markers import markers_of_fasta
+
+        log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+        markers, found = markers_of_fasta(args.inputs, args.fragment_length, args.min_length, log=log)
     summary = featurize(
         args.inputs, args.out, settings, labels, progress=False if args.quiet else None, abundance=abundance
     )
     print("\n".join(summary.lines()))
+    if markers is not None:
+        from kmervae.core.feature_table import dataset_files, read_keys
+        from kmervae.core.markers import DATASET_MARKERS, write_markers
+
+        # Featurize also skips contigs without a 7-mer of unambiguous bases: the table keeps the dataset's.
+        write_markers(markers.restricted_to(read_keys(dataset_files(args.out))[0]), args.out / DATASET_MARKERS)
+        print(
+            f"markers   {len(markers.contig):,} marker hits on {found.contigs:,} contigs: {args.out / DATASET_MARKERS}"
+        )
     return 0
 
 
@@ -232,7 +253,7 @@ def _add_markers(sub: argparse._SubParsersAction) -> None:
 def _cmd_markers(args: argparse.Namespace) -> int:
     import time
 
-    from data_pipeline.markers import MARKER_SETS, MarkerSummary, contigs_of_fasta, find_markers, load_profiles
+    from data_pipeline.markers import markers_of_fasta
     from kmervae.core.errors import ConfigError, OutputError
     from kmervae.core.markers import write_markers
 
@@ -245,18 +266,10 @@ def _cmd_markers(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min-length must be >= 0, got {args.min_length}")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    sets = dict(MARKER_SETS) | ({"bacteria": args.hmm} if args.hmm else {})
-    profiles = load_profiles(sets)
-    workers = args.workers or max(1, len(os.sched_getaffinity(0)))
-    summary = MarkerSummary()
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
-    log(f"markers   calling genes and searching {', '.join(sets)} markers in {workers} thread(s)")
-
-    def progress(bases: int) -> None:
-        log(f"  {summary.bases:,} bases, {summary.genes:,} genes ({time.perf_counter() - started:.0f} s)")
-
-    contigs = contigs_of_fasta(args.inputs, args.fragment_length, args.min_length, summary)
-    table = find_markers(contigs, profiles, workers=workers, summary=summary, progress=progress)
+    table, summary = markers_of_fasta(
+        args.inputs, args.fragment_length, args.min_length, hmm=args.hmm, workers=args.workers, log=log
+    )
     write_markers(table, args.out)
     print("\n".join(summary.lines()))
     print(f"took      {time.perf_counter() - started:.1f} s")

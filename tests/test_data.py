@@ -11,6 +11,7 @@ import torch
 from kmervae.core.config import DataConfig
 from kmervae.core.data import held_out_labels, link_keys, load_splits, split_hash, split_mask
 from kmervae.core.errors import ConfigError, InputError
+from kmervae.core.feature_contract import id_hash
 from kmervae.core.feature_table import FeatureTable
 
 
@@ -138,5 +139,8 @@ def test_link_keys_code_a_record_by_hash_and_a_fragment_by_start():
     keys = link_keys(["a:1-5000", "b:1-5000", "a:5001-10000", "unfragmented"])
     assert keys[0, 0] == keys[2, 0] != keys[1, 0]  # one record, one code; another record, another
     assert keys[:3, 0].min() >= 0 and keys[:3, 1].tolist() == [1, 1, 5001]
-    assert keys[3].tolist() == [-1, -1]  # no coordinates: no must-link
+    assert keys[3, :2].tolist() == [-1, -1]  # no coordinates: no must-link
     assert (link_keys(["a:1-5000"]) == keys[:1]).all()  # a hash, the same in every process
+    # The last column is the contig's own id hash, whatever its form (markers are matched by it).
+    assert len(set(keys[:, 2].tolist())) == 4 and keys[:, 2].min() >= 0
+    assert keys[3, 2] == id_hash("unfragmented") and keys[0, 0] == id_hash("a")

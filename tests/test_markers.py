@@ -235,3 +235,54 @@ def test_estimates_agree_with_bins_of_the_clusterer(assembly):
     judged = est.judged
     # Where the truth says complete and pure, the markers say so too (within 10 points).
     assert np.all(np.abs(est.completeness[judged] - truth.recall[judged]) <= 0.1)
+
+
+def test_validation_rows_find_their_markers_by_the_hash_of_their_id(assembly):
+    from kmervae.core.data import link_keys
+
+    table = read_markers(assembly["markers"])
+    ids = assembly["ids"][::-1]  # any order
+    by_id = table.presence(ids)
+    by_key = table.keyed().presence(link_keys(ids)[:, 2])
+    assert sorted(zip(by_id.rows.tolist(), by_id.cols.tolist(), strict=True)) == sorted(
+        zip(by_key.rows.tolist(), by_key.cols.tolist(), strict=True)
+    )
+    assert len(by_key.rows) == len(table.contig)  # every hit found its row
+
+
+def test_val_est_nc_bins_scores_the_clusterer_s_bins_by_their_markers(assembly):
+    from kmervae.core.data import link_keys
+
+    data = read_embeddings(assembly["embeddings"])
+    keyed = read_markers(assembly["markers"]).keyed()
+    keys = link_keys(data.ids)[:, 2]
+    score = bins.estimated_near_complete_bins(data.vectors, data.lengths, keys, keyed)
+    codes = bins.cluster(data.vectors, data.lengths)
+    assert score == estimate_bins(codes, keyed.presence(keys)).score() and int(score) == 2
+    scrambled = np.random.default_rng(0).normal(size=data.vectors.shape)  # no composition signal
+    assert bins.estimated_near_complete_bins(scrambled, data.lengths, keys, keyed) < 1
+
+
+def test_a_run_that_asks_for_val_est_nc_bins_needs_the_dataset_s_markers(example_features, tmp_path):
+    from kmervae.core.config import preset_config
+    from kmervae.core.engine import fit_local
+    from kmervae.core.errors import ConfigError
+
+    config = preset_config("metagenome", architecture="tiny").with_overrides(["train.est_nc_bins=true"])
+    with pytest.raises(ConfigError, match=r"has none \(.*markers.tsv\); find them with 'kmervae markers ASSEMBLY"):
+        fit_local(example_features, config.with_overrides(["model.abundance_widths=[]"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_featurize_keeps_the_markers_of_its_own_contigs(tmp_path, examples_dir):
+    from kmervae.cli import main
+    from kmervae.core.feature_table import dataset_files, read_keys
+    from kmervae.core.markers import dataset_markers
+
+    genome = examples_dir / f"{GENOMES[1]}.fna.gz"
+    out = tmp_path / "features"
+    assert main(["featurize", str(genome), "--fragment-length", "50000", "-o", str(out), "--markers", "--quiet"]) == 0
+    table = dataset_markers(out)  # checked against the dataset's own contigs
+    assert table.contigs == len(read_keys(dataset_files(out))[0])
+    est = estimate_bins(np.zeros(table.contigs, dtype=np.int64), table.presence(read_keys(dataset_files(out))[0]))
+    assert est.near_complete == 1  # the whole genome in one bin

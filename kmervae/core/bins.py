@@ -281,3 +281,31 @@ def near_complete_bins(
     lengths = np.asarray(lengths)[known]
     codes = cluster(np.asarray(embeddings)[known], lengths, min_bin_size=min_bin_size, seed=seed, resolution=resolution)
     return float(bin_quality(codes, labels[known], lengths).near_complete)
+
+
+def estimated_near_complete_bins(
+    embeddings: np.ndarray,
+    lengths: np.ndarray,
+    keys: np.ndarray,
+    markers,
+    seed: int = 0,
+    min_bin_size: int = DEFAULT_MIN_BIN_SIZE,
+    resolution: float = LEIDEN_RESOLUTION,
+) -> float:
+    """`val/est_nc_bins`: the Leiden clusterer's bins judged by single-copy marker genes
+    (`markers.estimate_bins(...).score()`: estimated near-complete bins plus a tie-breaker below
+    one), for contigs with id hashes `keys` and the dataset's `markers` (`KeyedMarkers`); NaN where
+    the clustering libraries are absent or fewer than 2 contigs are given. No labels needed."""
+    from kmervae.core.markers import estimate_bins
+
+    try:
+        import faiss  # noqa: F401
+        import igraph  # noqa: F401
+    except ImportError:
+        return math.nan
+    if len(embeddings) < 2:
+        return math.nan
+    codes = cluster(
+        np.asarray(embeddings), np.asarray(lengths), min_bin_size=min_bin_size, seed=seed, resolution=resolution
+    )
+    return estimate_bins(codes, markers.presence(np.asarray(keys))).score()

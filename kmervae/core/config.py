@@ -400,8 +400,14 @@ class TrainConfig:
     """Report val/nc_bins every epoch: near-complete bins when the validation contigs are binned
     as `kmervae bin` does (kmervae.core.bins; needs labels). Off by default: clustering costs
     seconds per epoch; a sweep ranking on val/nc_bins turns it on."""
+    est_nc_bins: bool = False
+    """Report val/est_nc_bins every epoch: the near-complete bins estimated from single-copy marker
+    genes (no labels needed) when every contig is binned as `kmervae bin` does; needs the dataset's
+    markers (markers.tsv in the feature folder: `featurize --markers`, or `kmervae markers ASSEMBLY
+    -o FEATURES/markers.tsv`). Off by default: clustering costs seconds per epoch; a sweep ranking
+    on val/est_nc_bins turns it on."""
     bin_resolution: float = LEIDEN_RESOLUTION
-    """Leiden resolution that val/nc_bins bins with (`kmervae bin --resolution`): a binning sweep
+    """Leiden resolution that val/nc_bins and val/est_nc_bins bin with (`kmervae bin --resolution`): a binning sweep
     can choose the clusterer's setting beside the model's."""
 
     @property
@@ -457,6 +463,7 @@ class TrainConfig:
         )
         check_field(isinstance(self.compile, bool), "train.compile", self.compile, "expected true or false")
         check_field(isinstance(self.nc_bins, bool), "train.nc_bins", self.nc_bins, "expected true or false")
+        check_field(isinstance(self.est_nc_bins, bool), "train.est_nc_bins", self.est_nc_bins, "expected true or false")
         check_field(
             isinstance(self.bin_resolution, (int, float)) and 0 < self.bin_resolution <= 10,
             "train.bin_resolution",

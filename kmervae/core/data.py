@@ -18,7 +18,7 @@ from torch import Tensor
 
 from kmervae.core.config import DataConfig
 from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.feature_contract import KMER_SIZES, parse_fragment
+from kmervae.core.feature_contract import KMER_SIZES, id_hash, parse_fragment
 from kmervae.core.feature_table import FeatureTable, dataset_files, read_keys
 
 _HASH_SCALE = float(2**64)
@@ -109,17 +109,24 @@ def label_codes(labels, vocabulary: list[str]) -> np.ndarray:
 
 
 def link_keys(contig_ids) -> np.ndarray:
-    """(n, 2) int64 per contig: a 63-bit hash of the record it was cut from and its start
-    coordinate (`feature_contract.parse_fragment`); (-1, -1) for an id without coordinates.
-    Consecutive fragments of one record are the must-links of `metrics.link_agreement`; a hash,
-    not a vocabulary, so that every reader and rank codes a record the same way on its own."""
-    keys = np.full((len(contig_ids), 2), -1, dtype=np.int64)
+    """(n, 3) int64 per contig: a 63-bit hash of the record it was cut from and its start
+    coordinate (`feature_contract.parse_fragment`; (-1, -1) for an id without coordinates), and a
+    hash of its own id (`feature_contract.id_hash`). Consecutive fragments of one record are the
+    must-links of `metrics.link_agreement`; the contig's hash finds its row in per-contig tables
+    (its marker genes: `markers.KeyedMarkers`). Hashes, not a vocabulary, so that every reader and
+    rank codes a contig the same way on its own."""
+    keys = np.full((len(contig_ids), LINK_COLUMNS), -1, dtype=np.int64)
     for i, cid in enumerate(contig_ids):
-        fragment = parse_fragment(str(cid))
+        cid = str(cid)
+        keys[i, 2] = id_hash(cid)
+        fragment = parse_fragment(cid)
         if fragment is not None:
-            digest = hashlib.blake2b(fragment[0].encode(), digest_size=8).digest()
-            keys[i] = int.from_bytes(digest, "little") >> 1, fragment[1]
+            keys[i, :2] = id_hash(fragment[0]), fragment[1]
     return keys
+
+
+LINK_COLUMNS = 3
+"""Columns of `link_keys`: record hash, start, contig hash."""
 
 
 class CountBatch(NamedTuple):
@@ -190,7 +197,7 @@ class ValidationBatch(NamedTuple):
 
     batch: CountBatch
     codes: Tensor | None  # (B,) int32 label codes (-1: none); None when the data is unlabeled
-    links: Tensor | None  # (B, 2) int64 must-link keys (`link_keys`); None where unknown
+    links: Tensor | None  # (B, 3) int64 must-link and contig keys (`link_keys`); None where unknown
 
 
 def _indexable(t: Tensor) -> Tensor:
@@ -212,7 +219,7 @@ class TensorData:
     batch: CountBatch
     codes: Tensor | None = None  # (n,) int32 label code per contig (-1: none); None when unlabeled
     contig_ids: np.ndarray | None = None  # (n,) str, where known (the local engine)
-    links: Tensor | None = None  # (n, 2) int64 must-link keys (`link_keys`), host-side; validation data only
+    links: Tensor | None = None  # (n, 3) int64 must-link and contig keys (`link_keys`), host-side; validation only
 
     @classmethod
     def from_table(

@@ -18,17 +18,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, near_complete_bins
+from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, estimated_near_complete_bins, near_complete_bins
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
-from kmervae.core.data import CountBatch, EpochData, InMemoryData, ValidationBatch, load_splits, use_resident
+from kmervae.core.data import (
+    LINK_COLUMNS,
+    CountBatch,
+    EpochData,
+    InMemoryData,
+    ValidationBatch,
+    load_splits,
+    use_resident,
+)
 from kmervae.core.epoch_table import EpochPrinter
 from kmervae.core.errors import ConfigError, KmervaeError, TrainingDiverged
 from kmervae.core.feature_table import dataset_files
 from kmervae.core.loss import contrastive_loss, split_depths, split_views, vae_loss
+from kmervae.core.markers import KeyedMarkers, run_markers
 from kmervae.core.metric_keys import (
     BETA,
     DATA_WAIT_S,
@@ -38,6 +48,7 @@ from kmervae.core.metric_keys import (
     SAMPLES_PER_S,
     TRAIN_LOSS,
     TRAIN_S,
+    VAL_EST_NC_BINS,
     VAL_KMEANS_ARI,
     VAL_KNN_ACC,
     VAL_LINK_AGREEMENT,
@@ -365,28 +376,41 @@ EpochHook = Callable[[int, dict[str, float], list[dict[str, float]]], None]
 (save checkpoints and log locally; report to Ray Train on a worker)."""
 
 
-def embedding_scores(val: Validation, config: RunConfig, labeled: bool, collective: Collective) -> dict[str, float]:
+def embedding_scores(
+    val: Validation, config: RunConfig, labeled: bool, collective: Collective, markers: KeyedMarkers | None = None
+) -> dict[str, float]:
     """The epoch's scores of the validation embeddings, gathered from every rank: agreement of
-    two views and of must-linked contigs, and with labels kNN accuracy, k-means ARI and (with
-    train.nc_bins) the near-complete bins of kmervae bin's clusterer."""
+    two views and of must-linked contigs, with labels kNN accuracy, k-means ARI and (with
+    train.nc_bins) the near-complete bins of kmervae bin's clusterer, and with the dataset's
+    `markers` (train.est_nc_bins) those bins judged by marker genes."""
     tc = config.train
     views, mu, codes, links, lengths = collective.gather(
         val.views if val.views is not None else torch.zeros(0, 2, 0),
         val.mu if val.mu is not None else torch.zeros(0, 0),
         val.codes if val.codes is not None else torch.zeros(0, dtype=torch.int32),
-        val.links if val.links is not None else torch.zeros(0, 2, dtype=torch.int64),
+        val.links if val.links is not None else torch.zeros(0, LINK_COLUMNS, dtype=torch.int64),
         val.lengths if val.lengths is not None else torch.zeros(0, dtype=torch.int64),
     )
     scores = {
         VAL_VIEW_AGREEMENT: view_agreement(views[:, 0], views[:, 1]) if len(views) else math.nan,
         VAL_LINK_AGREEMENT: link_agreement(mu, links) if len(links) == len(mu) > 0 else math.nan,
     }
+    whole = config.data.whole_assembly  # bins of kmervae bin's size
+    if tc.est_nc_bins and markers is not None:
+        scores[VAL_EST_NC_BINS] = estimated_near_complete_bins(
+            mu.numpy(),
+            lengths.numpy(),
+            links[:, 2].numpy() if len(links) == len(mu) else np.zeros(0, dtype=np.int64),
+            markers,
+            seed=tc.seed,
+            min_bin_size=DEFAULT_MIN_BIN_SIZE if whole else 0,
+            resolution=tc.bin_resolution,
+        )
     if labeled:
         labels = [int(c) if c >= 0 else None for c in codes]
         scores[VAL_KNN_ACC] = knn_accuracy(mu, labels)
         scores[VAL_KMEANS_ARI] = kmeans_ari(mu, labels, seed=tc.seed)
         if tc.nc_bins:
-            whole = config.data.whole_assembly  # bins of kmervae bin's size
             scores[VAL_NC_BINS] = near_complete_bins(
                 mu.numpy(),
                 labels,
@@ -410,6 +434,7 @@ def run_epochs(
     start_epoch: int = 0,
     history: list[dict[str, float]] | None = None,
     collective: Collective | None = None,
+    markers: KeyedMarkers | None = None,
 ) -> list[dict[str, float]]:
     """The epoch loop of every engine: beta schedule, train, validate, kNN, scheduler, metrics, hook.
 
@@ -449,7 +474,7 @@ def run_epochs(
             keep_embeddings=True,
             view_contigs=VIEW_CONTIGS,
         )
-        val_metrics = {**val.metrics, **embedding_scores(val, config, data.labeled, collective)}
+        val_metrics = {**val.metrics, **embedding_scores(val, config, data.labeled, collective, markers)}
         scheduler.step(val_metrics[VAL_LOSS])
         metrics = {**train_metrics, **val_metrics, LR: optimizer.param_groups[0]["lr"], EPOCH: epoch, BETA: beta}
         history.append(metrics)
@@ -485,6 +510,7 @@ def fit_local(
     config = config.for_data(dataset_files(data_path).format.samples)
     train, val = load_splits(data_path, config.data)
     check_labels_for(config, val.codes is not None)
+    markers = run_markers(data_path, config)
     model = BranchedVAE(config.model).to(device)
     optimizer = make_optimizer(model, tc, device)
     scheduler = make_scheduler(optimizer, tc)
@@ -518,7 +544,9 @@ def fit_local(
 
     data = InMemoryData(train, val, tc.batch_size, generator)
     runnable = compile_model(model, tc, log)
-    result.history = run_epochs(runnable, data, config, optimizer, scheduler, device=device, on_epoch=save_and_log)
+    result.history = run_epochs(
+        runnable, data, config, optimizer, scheduler, device=device, on_epoch=save_and_log, markers=markers
+    )
     result.artifacts = outputs.write(config, result.history, log)
     return result
 

@@ -17,6 +17,7 @@ from kmervae.core.metric_keys import (
     SAMPLES_PER_S,
     TRAIN_LOSS,
     VAL_CE_ABUNDANCE,
+    VAL_EST_NC_BINS,
     VAL_FRAC_PRESENT,
     VAL_GATE_ACC,
     VAL_GATE_BCE,
@@ -42,7 +43,8 @@ COLUMNS = (
     (VAL_FRAC_PRESENT, "present"), (VAL_GATE_BCE, "gate_bce"), (VAL_GATE_ACC, "gate_acc"),
     (VAL_VALUE_MSE, "value_mse"), (VAL_MSE_4, "mse_4"), (VAL_MSE_3, "mse_3"), (VAL_MSE_GC, "mse_gc"),
     (VAL_CE_ABUNDANCE, "ce_abund"), (VAL_MSE_ABUNDANCE, "mse_depth"),
-    (VAL_KNN_ACC, "knn_acc"), (VAL_KMEANS_ARI, "ari"), (VAL_NC_BINS, "nc_bins"), (LR, "lr"),
+    (VAL_KNN_ACC, "knn_acc"), (VAL_KMEANS_ARI, "ari"), (VAL_NC_BINS, "nc_bins"),
+    (VAL_EST_NC_BINS, "est_nc"), (LR, "lr"),
     (SAMPLES_PER_S, "samples/s"),
 )  # fmt: skip
 """(metric key, heading) in print order; a key the run does not report (gate keys of an

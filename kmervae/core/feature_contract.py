@@ -21,6 +21,7 @@ do not fit a width are widened, never wrapped (see `narrowest_count_dtype`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import re
@@ -89,6 +90,13 @@ def parse_fragment(contig_id: str) -> tuple[str, int] | None:
     (an unfragmented record). Fragments of one record are must-links: same genome, other bases."""
     span = fragment_span(contig_id)
     return None if span is None else (span[0], span[1] + 1)
+
+
+def id_hash(name: str) -> int:
+    """A 63-bit hash of a record or contig id (blake2b, not Python's salted `hash`): every
+    process, rank and reader codes one id alike, so validation rows can be matched to per-contig
+    tables (must-links, marker genes) without a shared vocabulary."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 1
 
 
 def part_name(index: int) -> str:

@@ -37,9 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kmervae.core.errors import InputError, InputNotFoundError
+from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
+from kmervae.core.feature_contract import id_hash
 
 FORMAT_LINE = "# kmervae markers 1"
+DATASET_MARKERS = "markers.tsv"
+"""A feature dataset's marker table, in its folder (`featurize --markers`, or `kmervae markers -o`)."""
 COLUMNS = ("contig", "set", "marker", "copies")
 BACTERIA, ARCHAEA = "bacteria", "archaea"
 NOT_JUDGED = "none"
@@ -85,12 +88,6 @@ class MarkerTable:
         if unknown:
             raise InputError(f"marker set(s) {', '.join(unknown)} are used by hits but not declared in the header")
 
-    @property
-    def marker_index(self) -> dict[tuple[str, str], int]:
-        """(set, marker) -> column of `presence`."""
-        pairs = sorted(set(zip(self.set_name.tolist(), self.marker.tolist(), strict=True)))
-        return {pair: i for i, pair in enumerate(pairs)}
-
     def check_contigs(self, ids: Sequence[str], where: str) -> None:
         """Refuse contigs other than those the table was made from (another assembly, or other
         --fragment-length / --min-length settings)."""
@@ -104,18 +101,50 @@ class MarkerTable:
                 "'kmervae markers' on the FASTA these contigs come from, with the settings featurize used"
             )
 
+    def restricted_to(self, ids: Sequence[str]) -> MarkerTable:
+        """The table of `ids` alone (contigs it scanned; the hits of the others dropped)."""
+        named = set(map(str, ids))
+        keep = np.array([c in named for c in self.contig.tolist()], dtype=bool)
+        return MarkerTable(
+            dict(self.sets), len(named), ids_digest(named), self.contig[keep], self.set_name[keep],
+            self.marker[keep], self.copies[keep],
+        )  # fmt: skip
+
+    def keyed(self) -> KeyedMarkers:
+        """The hits keyed by contig-id hash (`feature_contract.id_hash`), one column per (set, marker)."""
+        pairs = list(zip(self.set_name.tolist(), self.marker.tolist(), strict=True))
+        columns = sorted(set(pairs))
+        index = {pair: i for i, pair in enumerate(columns)}
+        return KeyedMarkers(
+            keys=np.array([id_hash(c) for c in self.contig.tolist()], dtype=np.int64),
+            cols=np.array([index[p] for p in pairs], dtype=np.int64),
+            column_set=[name for name, _ in columns],
+            sets=dict(self.sets),
+        )
+
     def presence(self, ids: Sequence[str]) -> ContigMarkers:
         """The markers of each of `ids` (rows in that order), each counted once per contig."""
-        row_of = {cid: i for i, cid in enumerate(map(str, ids))}
-        index = self.marker_index
-        keep = np.array([c in row_of for c in self.contig.tolist()], dtype=bool)
-        rows = np.array([row_of[c] for c in self.contig[keep].tolist()], dtype=np.int64)
-        cols = np.array(
-            [index[p] for p in zip(self.set_name[keep].tolist(), self.marker[keep].tolist(), strict=True)],
-            dtype=np.int64,
-        )
-        names = sorted(index, key=index.get)
-        return ContigMarkers(len(row_of), rows, cols, [s for s, _ in names], dict(self.sets))
+        return self.keyed().presence(np.array([id_hash(str(c)) for c in ids], dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class KeyedMarkers:
+    """Marker hits keyed by the hash of their contig's id: what validation rows carry
+    (`data.link_keys`), so a training run scores its embeddings without the ids themselves."""
+
+    keys: np.ndarray  # (hits,) int64 id_hash of the hit's contig
+    cols: np.ndarray  # (hits,) int64 column: one per (set, marker)
+    column_set: list[str]  # set of each column
+    sets: dict[str, int]
+
+    def presence(self, keys: np.ndarray) -> ContigMarkers:
+        """The markers of contigs with these id hashes (rows in that order; unknown keys hold none)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        ranked = keys[order]
+        pos = np.searchsorted(ranked, self.keys).clip(max=max(len(ranked) - 1, 0))
+        found = (ranked[pos] == self.keys) if len(ranked) else np.zeros(len(self.keys), dtype=bool)
+        return ContigMarkers(len(keys), order[pos[found]], self.cols[found], self.column_set, self.sets)
 
 
 @dataclass(frozen=True)
@@ -264,3 +293,28 @@ def read_markers(path: str | Path) -> MarkerTable:
         marker=np.asarray(columns[2], dtype=object),
         copies=np.asarray([int(c) for c in columns[3]], dtype=np.int64),
     )
+
+
+def dataset_markers(data_path: str | os.PathLike[str]) -> MarkerTable:
+    """The marker table kept in a feature dataset's folder, checked against the dataset's contigs."""
+    from kmervae.core.feature_table import dataset_files, read_keys
+
+    files = dataset_files(data_path)
+    folder = Path(data_path) if Path(data_path).is_dir() else Path(data_path).parent
+    path = folder / DATASET_MARKERS
+    if not path.is_file():
+        raise ConfigError(
+            f"val/est_nc_bins (train.est_nc_bins) judges bins by marker genes, and {data_path} has none ({path}); "
+            f"find them with 'kmervae markers ASSEMBLY -o {path}' (featurize's --fragment-length and "
+            "--min-length), or featurize with --markers"
+        )
+    table = read_markers(path)
+    ids, _ = read_keys(files)
+    table.check_contigs(ids, str(path))
+    return table
+
+
+def run_markers(data_path: str | os.PathLike[str], config) -> KeyedMarkers | None:
+    """What a training run scores val/est_nc_bins with: the dataset's markers when the run asks for
+    them (train.est_nc_bins), refused before training when the dataset has none; else None."""
+    return dataset_markers(data_path).keyed() if config.train.est_nc_bins else None

@@ -4,7 +4,8 @@ A contract (docs/contracts.md): users compare runs by these names in the MLflow 
 scripts query them, so they never change meaning. Every key is named here once; code
 elsewhere uses the names, never the strings. Every epoch reports `EPOCH_KEYS` (gate keys
 only for gated models), `ABUNDANCE_KEYS` for models with an abundance branch, `LABELED_KEYS`
-when the data has labels, `BIN_KEYS` when binning is asked for (train.nc_bins; labels needed too).
+when the data has labels, `BIN_KEYS` when binning is asked for (train.nc_bins; labels needed too),
+`EST_BIN_KEYS` when binning is judged by marker genes (train.est_nc_bins; no labels needed).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ VAL_MSE_ABUNDANCE = VALIDATION + "mse_abundance"
 VAL_KNN_ACC = VALIDATION + "knn_acc"
 VAL_KMEANS_ARI = VALIDATION + "kmeans_ari"
 VAL_NC_BINS = VALIDATION + "nc_bins"
+VAL_EST_NC_BINS = VALIDATION + "est_nc_bins"
+"""Near-complete bins estimated from single-copy marker genes (completeness >= 90%, contamination
+<= 5%), plus a tie-breaker in [0, 1) (`markers.BinEstimates.score`): the whole part is the count."""
 LR = "lr"
 EPOCH = "epoch"
 """The epoch's index from 0 (MLflow's step)."""
@@ -70,26 +74,37 @@ ABUNDANCE_KEYS = (VAL_CE_ABUNDANCE, VAL_MSE_ABUNDANCE)
 per-sample depth shares and the squared error of the z-scored log total depth, per contig."""
 LABELED_KEYS = (VAL_KNN_ACC, VAL_KMEANS_ARI)
 BIN_KEYS = (VAL_NC_BINS,)
+EST_BIN_KEYS = (VAL_EST_NC_BINS,)
 
 
-def epoch_keys(*, gated: bool, abundance: bool, labeled: bool, bins: bool) -> frozenset[str]:
+def epoch_keys(*, gated: bool, abundance: bool, labeled: bool, bins: bool, est_bins: bool = False) -> frozenset[str]:
     """Exactly the keys each epoch of a run reports (the contract above): of a gated model or
-    not, with an abundance branch or not, on labelled data or not, binning (train.nc_bins) or not."""
+    not, with an abundance branch or not, on labelled data or not, binning (train.nc_bins) or not,
+    judging bins by marker genes (train.est_nc_bins) or not."""
     keys = set(EPOCH_KEYS) - (set() if gated else set(GATE_KEYS))
-    for wanted, extra in ((abundance, ABUNDANCE_KEYS), (labeled, LABELED_KEYS), (labeled and bins, BIN_KEYS)):
+    wanted_extra = (
+        (abundance, ABUNDANCE_KEYS), (labeled, LABELED_KEYS), (labeled and bins, BIN_KEYS), (est_bins, EST_BIN_KEYS)
+    )  # fmt: skip
+    for wanted, extra in wanted_extra:
         keys |= set(extra) if wanted else set()
     return frozenset(keys)
 
 
 MAXIMIZED = frozenset(
-    {VAL_KNN_ACC, VAL_KMEANS_ARI, VAL_VIEW_AGREEMENT, VAL_LINK_AGREEMENT, VAL_GATE_ACC, VAL_ACTIVE_UNITS, VAL_NC_BINS}
-)
+    {
+        VAL_KNN_ACC, VAL_KMEANS_ARI, VAL_VIEW_AGREEMENT, VAL_LINK_AGREEMENT, VAL_GATE_ACC, VAL_ACTIVE_UNITS,
+        VAL_NC_BINS, VAL_EST_NC_BINS,
+    }
+)  # fmt: skip
 """Metrics where higher is better; every other key (losses, errors) is minimised."""
 
-OBJECTIVES = (VAL_LOSS, VAL_KNN_ACC, VAL_KMEANS_ARI, VAL_NC_BINS, VAL_LINK_AGREEMENT, VAL_VIEW_AGREEMENT)
-"""Keys a sweep may rank trials on (val/link_agreement and val/view_agreement: label-free,
-computed the same way for every trial whatever it varies; val/nc_bins: labels needed, and a
-sweep ranking on it turns train.nc_bins on)."""
+OBJECTIVES = (
+    VAL_LOSS, VAL_KNN_ACC, VAL_KMEANS_ARI, VAL_NC_BINS, VAL_EST_NC_BINS, VAL_LINK_AGREEMENT, VAL_VIEW_AGREEMENT
+)  # fmt: skip
+"""Keys a sweep may rank trials on (val/link_agreement, val/view_agreement and val/est_nc_bins:
+label-free, computed the same way for every trial whatever it varies; val/nc_bins: labels needed,
+and a sweep ranking on it turns train.nc_bins on; val/est_nc_bins needs the dataset's marker genes
+and turns train.est_nc_bins on)."""
 
 
 def metric_mode(key: str) -> str:

@@ -31,6 +31,7 @@ from kmervae.core.engine import Collective, check_labels_for, make_optimizer, ma
 from kmervae.core.epoch_table import EpochPrinter
 from kmervae.core.errors import ConfigError, TrainingDiverged
 from kmervae.core.feature_table import dataset_files
+from kmervae.core.markers import KeyedMarkers, run_markers
 from kmervae.core.metric_keys import EPOCH, LOWEST_VAL_LOSS, Objective
 from kmervae.core.model import BranchedVAE
 from kmervae.core.quiet import logger_level
@@ -85,6 +86,7 @@ class WorkerPlan:
     cpus_per_worker: float
     data_bytes: int
     objective: Objective = LOWEST_VAL_LOSS
+    markers: KeyedMarkers | None = None  # the dataset's marker genes (train.est_nc_bins)
 
 
 PLAN_KEY = "plan"
@@ -197,6 +199,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> TrainingDiverged | Non
             collective=DDPCollective.of(world),
             start_epoch=resumed.epoch + 1 if resumed else 0,
             history=resumed.history if resumed else None,
+            markers=plan.markers,
         )
     except TrainingDiverged as diverged:
         # Returned, not raised: Ray Train restarts a worker group that raised (MAX_FAILURES
@@ -328,6 +331,7 @@ def fit_ray(
     per-epoch table; `kmervae train` sends everything else to `train.log` in the outputs."""
     files = dataset_files(data_path)  # a foreign or corrupt dataset is refused before Ray starts
     config = config.for_data(files.format.samples)
+    markers = run_markers(data_path, config)  # val/est_nc_bins' marker genes, refused before Ray starts if absent
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
     spec = training_run(
@@ -358,7 +362,9 @@ def fit_ray(
         f"storage {redact(storage)}"
     )
     train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
-    worker_plan = WorkerPlan(config, bool(labels), plan.cpus_per_worker, decoded_bytes(files, config.data))
+    worker_plan = WorkerPlan(
+        config, bool(labels), plan.cpus_per_worker, decoded_bytes(files, config.data), markers=markers
+    )
     trainer = build_trainer(worker_plan, plan, train_ds, val_ds, name, storage, tracker, callbacks)
     with closes_on_error(tracker):
         result = fit(trainer)

@@ -26,7 +26,16 @@ from kmervae.core.checkpoint import Checkpoint, checkpoint_bytes, load_checkpoin
 from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
 from kmervae.core.feature_table import DatasetFiles, dataset_files
-from kmervae.core.metric_keys import BIN_KEYS, EPOCH, EPOCHS_TRAINED, LABELED_KEYS, VAL_LINK_AGREEMENT, VAL_LOSS
+from kmervae.core.markers import KeyedMarkers, run_markers
+from kmervae.core.metric_keys import (
+    BIN_KEYS,
+    EPOCH,
+    EPOCHS_TRAINED,
+    EST_BIN_KEYS,
+    LABELED_KEYS,
+    VAL_LINK_AGREEMENT,
+    VAL_LOSS,
+)
 from kmervae.core.quiet import logger_level
 from kmervae.core.redact import redact
 from kmervae.core.run_outputs import RunOutputs
@@ -147,6 +156,7 @@ def run_trial(
     mlflow_uri,
     extra,
     data_bytes: int = 0,
+    markers: KeyedMarkers | None = None,
 ) -> None:
     """One Tune trial: build its config from the sampled overrides and run Ray Train on it."""
     import ray.tune
@@ -168,7 +178,7 @@ def run_trial(
         ray.tune.report({**trained.history[-1], EPOCHS_TRAINED: len(trained.history)})
         return
     # A trial's best checkpoint is its best epoch by the sweep's objective.
-    worker_plan = WorkerPlan(config, labeled, plan.cpus_per_worker, data_bytes, spec.outputs.objective)
+    worker_plan = WorkerPlan(config, labeled, plan.cpus_per_worker, data_bytes, spec.outputs.objective, markers)
     trainer = build_trainer(
         worker_plan, plan, train_ds, val_ds, f"trial-{trial_id}", storage, tracker, callbacks=[epoch_clock()]
     )
@@ -278,6 +288,7 @@ class CheckedSweep:
     resume: bool
     mlflow_uri: str | None
     outputs: Path
+    markers: KeyedMarkers | None = None  # the dataset's marker genes, for val/est_nc_bins
 
     @property
     def log_path(self) -> Path:
@@ -325,6 +336,7 @@ class CheckedSweep:
                 mlflow_uri=tracker.uri if tracker else None,
                 extra={},
                 data_bytes=decoded_bytes(files, base.data),
+                markers=self.markers,
             ),
             {"cpu": TRIAL_CPUS},
         )
@@ -353,6 +365,9 @@ def check_sweep(
     check_objective(sweep.metric, check_space(space, base, sweep.seed))
     if sweep.metric in BIN_KEYS:  # computed only when asked for: every trial bins its validation contigs
         base = base.with_overrides(["train.nc_bins=true"])
+    if sweep.metric in EST_BIN_KEYS:  # the same, judged by the dataset's marker genes (read once, here)
+        base = base.with_overrides(["train.est_nc_bins=true"])
+    markers = run_markers(data_path, base)
     sweep = SweepConfig(**{**asdict(sweep), "storage": normalize(sweep.storage)})  # a folder or s3://...
     from kmervae.distributed.ray_data import label_vocabulary
 
@@ -363,7 +378,7 @@ def check_sweep(
     if use_mlflow:
         uri = tracking_uri(mlflow_dir)
         check_reachable(uri)  # a dead tracking server fails before Ray starts
-    return CheckedSweep(data_path, files, base, space, sweep, labels, resume, uri, outputs)
+    return CheckedSweep(data_path, files, base, space, sweep, labels, resume, uri, outputs, markers)
 
 
 def _check_before_ray(

@@ -18,13 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from kmervae.core.errors import KmervaeError
-from kmervae.core.metric_keys import OBJECTIVES, VAL_KNN_ACC, VAL_LINK_AGREEMENT, VAL_LOSS
+from kmervae.core.metric_keys import (
+    OBJECTIVES,
+    VAL_EST_NC_BINS,
+    VAL_KNN_ACC,
+    VAL_LINK_AGREEMENT,
+    VAL_LOSS,
+    VAL_NC_BINS,
+)
 from kmervae.core.redact import redact
 from kmervae.distributed.flags import add_cluster_flags, add_settings_flags, add_tracking_flags
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 """The genomes bundled with the repository (a sweep's data when none is given)."""
 
+BINS = "bins"
+"""The binning sweep's objective: val/nc_bins where the data has labels, else val/est_nc_bins."""
 SMOKE = {"samples": 3, "epochs": 2, "max_samples": 600, "batch_size": 64}
 GENOME_SPLIT_LABELS = 5
 """With at least this many labels, sweeps validate on whole genomes never trained on (data.val_split=genome)."""
@@ -61,11 +70,13 @@ def sweep_parser(description: str, preset: str, metric: str = "auto") -> tuple[a
         add(
             "--metric",
             default=metric,
-            choices=["auto", *OBJECTIVES],
+            choices=["auto", BINS, *OBJECTIVES],
             help="objective: auto = val/knn_acc when the data has labels, else val/link_agreement when validation "
             "contigs are fragments of longer records (label-free; ranks trials like val/kmeans_ari), else val/loss "
             "(which ranks only trials that share their loss settings and latent size); val/nc_bins = near-complete "
-            "bins of the validation contigs as 'kmervae bin' makes them (needs labels; bins every epoch)",
+            "bins of the validation contigs as 'kmervae bin' makes them (needs labels; bins every epoch); "
+            "val/est_nc_bins = the same bins judged by single-copy marker genes (label-free; needs markers.tsv in "
+            "the features: 'kmervae markers'); bins = val/nc_bins with labels, else val/est_nc_bins",
         ),
         add("--seed", type=int, default=0, help="seed of the sampler and of training"),
         *add_settings_flags(p, preset, "fixed setting for every trial"),
@@ -165,12 +176,15 @@ def sweep_main(
 
 
 def objective(metric: str, data, base, labels: list[str]) -> str:
-    """The metric a sweep ranks on: `metric`, or for `auto` the best the data allows: kNN accuracy
-    with labels; without, link agreement where validation contigs are fragments of one record
-    (bench/RESULTS.md: it ranks trials like val/kmeans_ari); else the loss."""
+    """The metric a sweep ranks on: `metric`; for `bins` (binning sweeps) the true near-complete
+    bins with labels, else those estimated from marker genes; for `auto` the best the data allows:
+    kNN accuracy with labels; without, link agreement where validation contigs are fragments of
+    one record (bench/RESULTS.md: it ranks trials like val/kmeans_ari); else the loss."""
     from kmervae.core.feature_table import dataset_files
     from kmervae.distributed.ray_data import validation_must_links
 
+    if metric == BINS:
+        return VAL_NC_BINS if labels else VAL_EST_NC_BINS
     if metric != "auto":
         return metric
     if labels:
