@@ -153,22 +153,46 @@ def read_truth(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     )
 
 
-def score(assignment: dict[str, str], folder: Path) -> dict[str, float]:
-    """One scorer for every binner: bins of at least 200 kb against the truth, by bases; contigs
-    missing from `assignment` (under a tool's minimum length, or left out) are unbinned."""
-    from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, MEDIUM, bin_quality, renumber
+def bin_codes(assignment: dict[str, str], folder: Path) -> np.ndarray:
+    """The truth's contigs' bin codes (`kmervae.core.bins.renumber`: bins of at least 200 kb, the
+    largest first; -1 unbinned): contigs missing from `assignment` (under a tool's minimum length,
+    or left out) are unbinned."""
+    from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, renumber
 
-    contigs, genomes, lengths = read_truth(folder)
+    contigs, _, lengths = read_truth(folder)
     names = sorted(set(assignment.values()))
     index = {name: i for i, name in enumerate(names)}
     raw = np.array([index[assignment[c]] if c in assignment else -1 for c in contigs], dtype=np.int64)
-    codes = renumber(raw, lengths, DEFAULT_MIN_BIN_SIZE)
+    return renumber(raw, lengths, DEFAULT_MIN_BIN_SIZE)
+
+
+def score(assignment: dict[str, str], folder: Path) -> dict[str, float]:
+    """One scorer for every binner: `bin_codes` against the truth, by bases."""
+    from kmervae.core.bins import MEDIUM, bin_quality
+
+    _, genomes, lengths = read_truth(folder)
+    codes = bin_codes(assignment, folder)
     quality = bin_quality(codes, genomes, lengths)
     return {
         "near_complete": quality.near_complete,
         "medium": quality.count(*MEDIUM),
         "binned_share": float(lengths[codes >= 0].sum() / lengths.sum()),
     }
+
+
+ASSIGNMENT = "assignment.tsv"
+"""Each binner's contig -> bin table in its run folder (contigs it left out are absent)."""
+
+
+def write_assignment(assignment: dict[str, str], path: Path) -> None:
+    with open(path, "w") as handle:
+        handle.write("contig\tbin\n")
+        handle.writelines(f"{contig}\t{name}\n" for contig, name in sorted(assignment.items()))
+
+
+def read_assignment(path: Path) -> dict[str, str]:
+    with open(path) as handle:
+        return {row["contig"]: row["bin"] for row in csv.DictReader(handle, delimiter="\t")}
 
 
 def timed(command: list[str], log: Path, **kwargs) -> tuple[float, float]:
@@ -333,6 +357,7 @@ def run(args: argparse.Namespace) -> None:
             except (RuntimeError, FileNotFoundError, TypeError) as err:
                 print(f"| {label} | failed: {err} | | | | |", flush=True)
                 continue
+            write_assignment(assignment, out / ASSIGNMENT)  # bench/markers.py judges it by marker genes
             s = score(assignment, folder)
             counts.append(s["near_complete"])
             cells = f"{s['near_complete']} | {s['medium']} | {s['binned_share']:.1%} | {wall:.0f} s | {rss:.2f} GiB"

@@ -608,6 +608,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_bin(sub: argparse._SubParsersAction) -> None:
     from kmervae.core import bins
+    from kmervae.core.recluster import METHODS as RECLUSTER_METHODS
 
     p = sub.add_parser(
         "bin",
@@ -662,6 +663,14 @@ def _add_bin(sub: argparse._SubParsersAction) -> None:
     marker_group.add_argument(
         "--no-markers", action="store_true", help="do not look for marker genes (no completeness estimates)"
     )
+    p.add_argument(
+        "--recluster",
+        choices=RECLUSTER_METHODS,
+        default="none",
+        help="improve the bins by their marker genes: kmeans splits a bin whose markers show a second genome "
+        "(SemiBin2's way), leiden re-partitions it at a higher resolution, grid picks the resolution whose bins "
+        "score best (COMEBin's way); needs --markers or --fasta",
+    )
     p.add_argument("--mlflow-run", metavar="RUN_ID", help="log the bin counts and tables to this MLflow run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bins folder")
     p.add_argument("--quiet", action="store_true", help="no progress")
@@ -684,6 +693,7 @@ def _cmd_bin(args: argparse.Namespace) -> int:
         seed=args.seed,
         markers_tsv=args.markers,
         find_markers=not args.no_markers,
+        recluster=args.recluster,
         overwrite=args.overwrite,
         progress=False if args.quiet else None,
         log=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr)),

@@ -105,7 +105,9 @@ ABUNDANCE_SAMPLES = 3
 def abundance_features(tmp_path_factory):
     """The bundled examples as 5 kb labelled contigs with depths in 3 samples: each genome has its
     own depth profile (a log-normal per sample), each record a little noise around it. Written in
-    files of 400 rows (4 files), as a large dataset is in many: readers must keep their order."""
+    files of 400 rows (4 files), as a large dataset is in many: readers must keep their order.
+    With the contigs' marker genes (markers.tsv, as `featurize --markers` keeps them), so that runs
+    can report val/est_nc_bins."""
     import numpy as np
 
     from data_pipeline.depth_table import AbundanceLookup, DepthTable
@@ -137,6 +139,10 @@ def abundance_features(tmp_path_factory):
         Labels(from_filename=True),
         abundance=AbundanceLookup(table),
     )
+    from data_pipeline.markers import markers_of_fasta
+    from kmervae.core.markers import DATASET_MARKERS, write_markers
+
+    write_markers(markers_of_fasta(paths, 5000, 1000)[0], out / DATASET_MARKERS)
     return out
 
 

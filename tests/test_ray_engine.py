@@ -38,8 +38,11 @@ def tiny(epochs: int) -> RunConfig:
 
 def with_abundance(epochs: int) -> RunConfig:
     """`tiny` with an abundance branch, on features with depths: what the shared two-worker run
-    trains (thinned depths in the halves that score val/view_agreement)."""
-    return tiny(epochs).with_overrides(["model.abundance_widths=[8]", "loss.abundance_views=thinned"])
+    trains (thinned depths in the halves that score val/view_agreement), its bins judged by the
+    dataset's marker genes every epoch (val/est_nc_bins, gathered from both workers)."""
+    return tiny(epochs).with_overrides(
+        ["model.abundance_widths=[8]", "loss.abundance_views=thinned", "train.est_nc_bins=true"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +76,9 @@ def test_two_workers_log_every_key_of_both_epochs_to_mlflow(two_worker_run, abun
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["engine"] == "ray"
     assert run.data.params["model.latent_dim"] == "8"
-    # Every key the contract names for this run (gated tiny model, depths, labels, no binning), and no other.
-    keys = epoch_keys(gated=True, abundance=True, labeled=True, bins=False)
+    # Every key the contract names for this run (gated tiny model, depths, labels, bins judged by
+    # marker genes only), and no other.
+    keys = epoch_keys(gated=True, abundance=True, labeled=True, bins=False, est_bins=True)
     assert set(run.data.metrics) == keys
     for key in keys:
         assert [m.step for m in client.get_metric_history(result.mlflow_run_id, key)] == [0, 1], key

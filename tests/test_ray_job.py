@@ -66,7 +66,8 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(local_cluster, abundance
     assert dashboard in banner and "ray job submit" in banner
     storage = tmp_path / "sweeps"
     sweep = ["python", "sweeps/binning_sweep.py", "--smoke-test", "--samples", "2", "--data", str(abundance_features)]
-    sweep += ["--name", "job", "--storage", str(storage)]
+    # Ranked on the labels' val/nc_bins; each trial also judges its bins by marker genes (val/est_nc_bins).
+    sweep += ["--name", "job", "--storage", str(storage), "--set", "train.est_nc_bins=true"]
 
     def submit(submission_id: str, *args: str, wait: bool = True) -> subprocess.CompletedProcess:
         runtime = f'{{"env_vars": {{"MLFLOW_TRACKING_URI": "{mlflow_uri}"}}}}'
@@ -126,6 +127,8 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(local_cluster, abundance
         assert child.data.tags["kmervae.stopped_early"] == str(len(steps) < 2).lower()
         bins = [m.value for m in client.get_metric_history(child.info.run_id, "val/nc_bins")]
         assert len(bins) == len(steps) and all(v in range(6) for v in bins), bins  # five genomes, every contig
+        estimated = [m.value for m in client.get_metric_history(child.info.run_id, "val/est_nc_bins")]
+        assert len(estimated) == len(steps) and all(0 <= v < 6 for v in estimated), estimated
         # A trial's outputs and tags are every training run's (test_tracking, test_ray_engine).
         assert {a.path for a in client.list_artifacts(child.info.run_id)} == {*ARTIFACT_FILES, "checkpoints"}
         checkpoints = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}

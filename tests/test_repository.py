@@ -38,7 +38,7 @@ def test_constraints_pin_the_tested_stack_within_the_declared_ranges():
     assert pins["ray"] == Version("2.60.0") and pins["optuna"] == Version("5.0.0")
     assert pins["torch"] == Version("2.13.0") and pins["mlflow"].release[:2] == (3, 17)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    for spec in project["dependencies"]:
+    for spec in project["dependencies"] + project["optional-dependencies"]["markers"]:
         requirement = Requirement(spec)
         assert requirement.name.lower() in pins, f"{requirement.name} is not pinned in constraints.txt"
         assert pins[requirement.name.lower()] in requirement.specifier, f"{requirement} excludes the pinned version"

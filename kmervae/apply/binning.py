@@ -35,6 +35,7 @@ import numpy as np
 
 from kmervae.apply.embed import read_embeddings
 from kmervae.core import bins, markers
+from kmervae.core import recluster as reclustering
 from kmervae.core.errors import ConfigError, InputError, OutputError
 from kmervae.core.feature_contract import fragment_contig_id, fragment_span
 
@@ -363,6 +364,7 @@ def bin_contigs(
     seed: int = 0,
     markers_tsv: Path | None = None,
     find_markers: bool = True,
+    recluster: str = "none",
     overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = lambda line: None,
@@ -377,6 +379,8 @@ def bin_contigs(
 
     out, fasta = Path(out), [Path(p) for p in fasta]
     _check_settings(out, method, min_bin_size, resolution, overwrite)
+    if recluster not in reclustering.METHODS:
+        raise ConfigError(f"--recluster {recluster!r}: expected one of {', '.join(reclustering.METHODS)}")
     ids, vectors, labels, lengths, gc = read_embeddings(embeddings)
     if len(ids) == 0:
         raise InputError(f"{embeddings}: holds no contigs")
@@ -394,30 +398,37 @@ def bin_contigs(
         labels = read_labels_tsv(labels_tsv, ids)
     elif labels_from_features is not None:
         labels = feature_labels(labels_from_features, ids)
-    table = None
+    table = found = None
     if markers_tsv is not None:
         table = markers.read_markers(markers_tsv)
         table.check_contigs(ids, str(markers_tsv))
-    done(f"read {len(ids):,} embedded contigs ({int(lengths.sum()):,} bases); clustering ({method})")
-    codes = bins.cluster(vectors, lengths, method, min_bin_size, seed, resolution=resolution)
-    names = bin_names(int(codes.max()) + 1 if (codes >= 0).any() else 0)
-    done(f"clustered into {len(names)} bin(s) of >= {min_bin_size:,} bases")
-
-    found = None
-    if table is None and fasta and find_markers:
+    elif fasta and find_markers:
         from data_pipeline.markers import INSTALL_HINT, markers_available
 
         if markers_available():
             table = found = contig_markers(fasta, ids, placements, log)
+            done(f"found {len(found.contig):,} marker hits on {found.contigs:,} contigs")
         else:
             log(f"no completeness/contamination estimates: {INSTALL_HINT}")
-        done(f"found {len(found.contig):,} marker hits on {found.contigs:,} contigs")
+    if recluster != "none" and table is None:
+        raise ConfigError(
+            f"--recluster {recluster} splits bins by their marker genes: give --markers TSV ('kmervae markers'), "
+            "or --fasta to find them"
+        )
+    done(f"read {len(ids):,} embedded contigs ({int(lengths.sum()):,} bases); clustering ({method})")
+    codes = bins.cluster(vectors, lengths, method, min_bin_size, seed, resolution=resolution)
+    present = table.presence(ids) if table is not None else None
+    if recluster != "none":
+        codes = reclustering.recluster(
+            vectors, lengths, codes, present, recluster, min_bin_size=min_bin_size, resolution=resolution, seed=seed
+        )
+    names = bin_names(int(codes.max()) + 1 if (codes >= 0).any() else 0)
+    done(f"clustered into {len(names)} bin(s) of >= {min_bin_size:,} bases" + (
+        f" (reclustered: {recluster})" if recluster != "none" else ""
+    ))  # fmt: skip
     estimated = None
-    if found is not None:
-        done(f"found {len(found.contig):,} marker hits on {found.contigs:,} contigs")
-    if table is not None:
-        est = markers.estimate_bins(codes, table.presence(ids))
-        estimated = estimated_report(est, names, table.sets)
+    if present is not None:
+        estimated = estimated_report(markers.estimate_bins(codes, present), names, table.sets)
 
     quality = None
     if labels is not None and any(label is not None for label in labels):
