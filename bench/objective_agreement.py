@@ -5,7 +5,8 @@
 Reads a finished sweep's trials from its MLflow store (the child runs of the sweep NAME)
 and prints a Markdown table of every trial: the settings the space varied, the epochs it
 ran (ASHA stops weak trials), its best epoch by `--label` with that epoch's `val/knn_acc`,
-`val/kmeans_ari`, `val/link_agreement` and `val/view_agreement`, and the last epoch's. Then
+`val/kmeans_ari`, `val/link_agreement`, `val/view_agreement` and `val/est_nc_bins` (where
+logged), and the last epoch's. Then
 the Spearman rank correlation of each label-free key with each labelled one over the trials
 (at their last epoch, and at their best epoch by `--label`), and over every epoch of every trial.
 
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 LABELLED = ("val/knn_acc", "val/kmeans_ari")
-LABEL_FREE = ("val/link_agreement", "val/view_agreement")
+LABEL_FREE = ("val/link_agreement", "val/view_agreement", "val/est_nc_bins")
 
 
 def short(value: str) -> str:

@@ -40,6 +40,11 @@ PAIRED_PROFILES = {
 }
 """TIGRFAM profiles of one gene split in two (the glycyl-tRNA synthetase's two subunits and the like):
 counted as one marker, as SemiBin and VAMB do, so the bacterial set has 107 markers from 111 profiles."""
+MIN_HMM_COVERAGE = 0.4
+"""Least share of a profile a hit's best domain must align to for a full-length copy (SemiBin2's
+rule, which drops shorter hits): a gene that an assembly or a 5 kb cut split in two is one copy.
+Shorter hits are kept as partial (copies 0): they show the marker, not a second copy
+(`kmervae.core.markers`; bench/RESULTS.md "Marker genes")."""
 BLOCK_BASES = 20_000_000
 """Bases of contigs called and searched together: large enough to keep every core busy in both
 stages, small enough that the proteins of one block take tens of MB."""
@@ -145,19 +150,12 @@ def markers_of_fasta(
 ) -> tuple[MarkerTable, MarkerSummary]:
     """The markers of every contig `kmervae featurize` would make of `paths` with these settings
     (`hmm`: profiles to search instead of the bundled bacterial set), with progress lines to `log`."""
-    import time
-
-    started = time.perf_counter()
     profiles = load_profiles(dict(MARKER_SETS) | ({"bacteria": Path(hmm)} if hmm else {}))
     workers = workers or len(os.sched_getaffinity(0)) or 1
     summary = MarkerSummary()
     log(f"markers   calling genes and searching {', '.join(profiles)} markers in {workers} thread(s)")
-
-    def progress(bases: int) -> None:
-        log(f"  {summary.bases:,} bases, {summary.genes:,} genes ({time.perf_counter() - started:.0f} s)")
-
     contigs = contigs_of_fasta(paths, fragment_length, min_length, summary)
-    return find_markers(contigs, profiles, workers=workers, summary=summary, progress=progress), summary
+    return find_markers(contigs, profiles, workers=workers, summary=summary, log=log), summary
 
 
 def find_markers(
@@ -166,9 +164,12 @@ def find_markers(
     *,
     workers: int | None = None,
     summary: MarkerSummary | None = None,
-    progress: Callable[[int], None] = lambda bases: None,
+    log: Callable[[str], None] = lambda line: None,
 ) -> MarkerTable:
-    """Call genes on every contig and search them against each marker set; the contigs' table."""
+    """Call genes on every contig and search them against each marker set; the contigs' table.
+    `log` gets a line per stage of every block (genes called, each set searched) with its time."""
+    import time
+
     pyrodigal, pyhmmer = _libraries()
     profiles = profiles if profiles is not None else load_profiles(MARKER_SETS)
     workers = workers or os.cpu_count() or 1
@@ -177,24 +178,33 @@ def find_markers(
     finder = pyrodigal.GeneFinder(meta=True)
     alphabet = pyhmmer.easel.Alphabet.amino()
     ids: list[str] = []
-    hits: dict[tuple[int, str, str], set[int]] = {}  # (contig, set, marker) -> genes
+    hits: dict[tuple[int, str, str], set[int]] = {}  # (contig, set, marker) -> full-length genes
     with ThreadPoolExecutor(workers) as pool:
-        for block in _blocks(contigs, BLOCK_BASES):
+        for number, block in enumerate(_blocks(contigs, BLOCK_BASES), start=1):
+            started = time.perf_counter()
             first = len(ids)
             ids.extend(cid for cid, _ in block)
             proteins = _call_genes(pool, finder, block, first, workers)
             summary.genes += len(proteins)
+            summary.bases += sum(len(seq) for _, seq in block)
+            log(
+                f"  block {number}: {len(block):,} contigs, {summary.bases:,} bases so far: "
+                f"{len(proteins):,} genes called ({time.perf_counter() - started:.1f} s)"
+            )
             if proteins:
                 digital = pyhmmer.easel.TextSequenceBlock(proteins).digitize(alphabet)
                 for name, hmms in profiles.items():
+                    started = time.perf_counter()
                     for top in pyhmmer.hmmsearch(hmms, digital, cpus=workers, bit_cutoffs="trusted"):
-                        marker = _marker_name(top.query)
+                        marker, size = _marker_name(top.query), top.query.M
                         for hit in top.included:
+                            aligned = hit.best_domain.alignment
                             contig, gene = map(int, _text(hit.name).split("_"))
-                            hits.setdefault((contig, name, marker), set()).add(gene)
-            block_bases = sum(len(seq) for _, seq in block)
-            summary.bases += block_bases
-            progress(block_bases)
+                            genes = hits.setdefault((contig, name, marker), set())
+                            if (aligned.hmm_to - aligned.hmm_from + 1) / size >= MIN_HMM_COVERAGE:
+                                genes.add(gene)
+                    seconds = time.perf_counter() - started
+                    log(f"  block {number}: searched {len(hmms)} {name} profiles ({seconds:.1f} s)")
     summary.contigs = len(ids)
     if len(set(ids)) != len(ids):
         seen: set[str] = set()

@@ -86,9 +86,9 @@ def test_the_command_scans_every_contig_and_reports_what_it_found(assembly):
     ids = assembly["ids"]
     assert table.contigs == len(ids) and table.digest == ids_digest(ids)
     assert table.sets == {BACTERIA: 107, ARCHAEA: 131}
-    assert set(table.contig) <= set(ids) and (table.copies >= 1).all()
+    assert set(table.contig) <= set(ids) and (table.copies >= 0).all() and (table.copies >= 1).mean() > 0.8
     assert f"scanned   {len(ids):,} contigs" in assembly["stdout"] and "output    " in assembly["stdout"]
-    assert "bases" in assembly["stderr"]  # progress
+    assert "genes called" in assembly["stderr"] and "searched 111 bacteria profiles" in assembly["stderr"]  # stages
     # Paired TIGRFAM profiles are one marker: TIGR00389 stands for TIGR00388 too.
     assert "TIGR00388" not in set(table.marker)
 
@@ -115,23 +115,25 @@ def test_two_genomes_in_one_bin_show_as_contamination(assembly):
 
 
 def test_estimates_count_markers_once_per_contig_by_hand():
-    # contigs 0-3; markers: column 0, 1 bacterial (set of 4), column 2 archaeal (set of 2)
+    # contigs 0-4; markers: column 0, 1 bacterial (set of 4), column 2 archaeal (set of 2)
     markers = ContigMarkers(
-        n=4,
-        rows=np.array([0, 0, 1, 2, 3, 3]),
-        cols=np.array([0, 1, 0, 1, 2, 0]),
+        n=5,
+        rows=np.array([0, 0, 1, 2, 3, 3, 4]),
+        cols=np.array([0, 1, 0, 1, 2, 0, 1]),
+        full=np.array([True, True, True, True, True, True, False]),  # contig 4: a partial gene only
         column_set=[BACTERIA, BACTERIA, ARCHAEA],
         sets={BACTERIA: 4, ARCHAEA: 2},
     )
-    est = estimate_bins(np.array([0, 0, 1, -1]), markers)  # contig 3 unbinned
-    # bin 0: marker 0 twice (contigs 0, 1), marker 1 once -> 2 unique of 4, 1 extra copy
+    est = estimate_bins(np.array([0, 0, 1, -1, 0]), markers)  # contig 3 unbinned
+    # bin 0: marker 0 twice (contigs 0, 1), marker 1 on contig 0 and partly on contig 4
+    # -> 2 present of 4, 1 extra copy (the partial gene shows marker 1, not a second copy)
     assert est.completeness[0] == 0.5 and est.contamination[0] == 0.25
     # bin 1: marker 1 once -> 1/4 bacterial, 0/2 archaeal
     assert est.completeness[1] == 0.25 and est.contamination[1] == 0.0 and est.domain[1] == BACTERIA
-    archaeal = estimate_bins(np.array([-1, -1, -1, 0]), markers)  # 1/2 archaeal against 1/4 bacterial
+    archaeal = estimate_bins(np.array([-1, -1, -1, 0, -1]), markers)  # 1/2 archaeal against 1/4 bacterial
     assert archaeal.domain[0] == ARCHAEA and not archaeal.judged[0] and archaeal.completeness[0] == 0.5
     assert "archaeon" in archaeal.note(0)
-    none = estimate_bins(np.array([-1, -1, -1, -1]), markers)
+    none = estimate_bins(np.array([-1, -1, -1, -1, -1]), markers)
     assert len(none.completeness) == 0 and none.near_complete == 0 and none.score() == 0.0
 
 
@@ -140,6 +142,7 @@ def test_the_score_is_the_count_plus_a_tie_breaker_below_one():
         n=2,
         rows=np.array([0] * 10 + [1] * 10),
         cols=np.r_[np.arange(10), np.arange(10)],
+        full=np.ones(20, dtype=bool),
         column_set=[BACTERIA] * 10,
         sets={BACTERIA: 10},
     )
@@ -147,7 +150,7 @@ def test_the_score_is_the_count_plus_a_tie_breaker_below_one():
     assert clean.near_complete == 2 and 2.0 < clean.score() < 3.0
     merged = estimate_bins(np.array([0, 0]), markers)  # one complete bin with every marker twice
     assert merged.near_complete == 0 and merged.score() == 0.0
-    half = ContigMarkers(2, np.arange(2), np.arange(2), [BACTERIA] * 10, {BACTERIA: 10})
+    half = ContigMarkers(2, np.arange(2), np.arange(2), np.ones(2, dtype=bool), [BACTERIA] * 10, {BACTERIA: 10})
     assert estimate_bins(np.array([0, 0]), half).score() == 0.0  # 20% complete: below medium, no tie-breaker
 
 

@@ -348,7 +348,7 @@ def contig_markers(fasta: Sequence[Path], ids: np.ndarray, placements: list[Plac
                     yield str(ids[i]), record.sequence[p.start : p.end].tobytes()
 
     log("finding marker genes (pyrodigal, pyhmmer) to estimate completeness and contamination")
-    return find_markers(contigs())
+    return find_markers(contigs(), log=log)
 
 
 def bin_contigs(

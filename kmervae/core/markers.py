@@ -11,7 +11,12 @@ the set a bin holds estimates its completeness, and extra copies its contaminati
 (completeness = unique markers / set size; contamination = extra copies / set size, as CheckM,
 VAMB's `parsemarkers` and SemiBin count them). A contig counts each marker once: several copies
 on one contig are one genome's paralogs or a gene split by the assembler, not a second genome
-(VAMB's reasoning), so `copies` is kept in the table but does not count as contamination.
+(VAMB's reasoning), so `copies` is kept in the table but does not count as contamination. A hit
+that aligns to under 40% of its profile (a gene cut by a contig's end) shows the marker is there
+but not that a second copy is: it counts for completeness, and only full-length hits count as
+extra copies (`copies` = 0 for a contig with partial hits only; bench/RESULTS.md "Marker genes":
+SemiBin2 drops partial hits, which cost 0.01 of completeness on 4 kb contigs; keeping none of
+them as copies took pure genomes' contamination from up to 0.05 to up to 0.02-0.05).
 
 Two sets ship (data_pipeline/marker_sets/README.md): 107 bacterial genes (SemiBin's and VAMB's)
 and 131 archaeal Pfam domains (miComplete's). A bin is judged with the bacterial set. A bin that
@@ -79,7 +84,7 @@ class MarkerTable:
     contig: np.ndarray  # (hits,) str: the contig of each hit
     set_name: np.ndarray  # (hits,) str
     marker: np.ndarray  # (hits,) str: marker name, paired profiles merged
-    copies: np.ndarray  # (hits,) int64 >= 1: genes on the contig that carry the marker
+    copies: np.ndarray  # (hits,) int64 >= 0: full-length genes on the contig that carry the marker
 
     def __post_init__(self) -> None:
         n = len(self.contig)
@@ -118,6 +123,7 @@ class MarkerTable:
         return KeyedMarkers(
             keys=np.array([id_hash(c) for c in self.contig.tolist()], dtype=np.int64),
             cols=np.array([index[p] for p in pairs], dtype=np.int64),
+            full=self.copies >= 1,
             column_set=[name for name, _ in columns],
             sets=dict(self.sets),
         )
@@ -134,6 +140,7 @@ class KeyedMarkers:
 
     keys: np.ndarray  # (hits,) int64 id_hash of the hit's contig
     cols: np.ndarray  # (hits,) int64 column: one per (set, marker)
+    full: np.ndarray  # (hits,) bool: a full-length gene (copies >= 1), not only a partial one
     column_set: list[str]  # set of each column
     sets: dict[str, int]
 
@@ -144,7 +151,9 @@ class KeyedMarkers:
         ranked = keys[order]
         pos = np.searchsorted(ranked, self.keys).clip(max=max(len(ranked) - 1, 0))
         found = (ranked[pos] == self.keys) if len(ranked) else np.zeros(len(self.keys), dtype=bool)
-        return ContigMarkers(len(keys), order[pos[found]], self.cols[found], self.column_set, self.sets)
+        return ContigMarkers(
+            len(keys), order[pos[found]], self.cols[found], self.full[found], self.column_set, self.sets
+        )
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,7 @@ class ContigMarkers:
     n: int
     rows: np.ndarray  # (hits,) int64 contig row
     cols: np.ndarray  # (hits,) int64 marker column
+    full: np.ndarray  # (hits,) bool: a full-length gene, which may count as an extra copy
     column_set: list[str]  # set of each column
     sets: dict[str, int]
 
@@ -161,15 +171,18 @@ class ContigMarkers:
         """The markers of the contigs where `mask` is true, rows renumbered in order."""
         new_row = np.cumsum(mask) - 1
         keep = mask[self.rows]
-        return ContigMarkers(int(mask.sum()), new_row[self.rows[keep]], self.cols[keep], self.column_set, self.sets)
+        return ContigMarkers(
+            int(mask.sum()), new_row[self.rows[keep]], self.cols[keep], self.full[keep], self.column_set, self.sets
+        )
 
-    def counts(self, codes: np.ndarray) -> np.ndarray:
-        """(bins, markers) contigs of each bin holding each marker (codes < 0: in no bin)."""
+    def counts(self, codes: np.ndarray, full_only: bool = False) -> np.ndarray:
+        """(bins, markers) contigs of each bin holding each marker (with `full_only`, as a
+        full-length gene); codes < 0: in no bin."""
         codes = np.asarray(codes, dtype=np.int64)
         bins = int(codes.max()) + 1 if len(codes) and codes.max() >= 0 else 0
         table = np.zeros((bins, len(self.column_set)), dtype=np.int64)
-        binned = codes[self.rows] >= 0
-        np.add.at(table, (codes[self.rows[binned]], self.cols[binned]), 1)
+        use = (codes[self.rows] >= 0) & (self.full if full_only else True)
+        np.add.at(table, (codes[self.rows[use]], self.cols[use]), 1)
         return table
 
 
@@ -220,14 +233,15 @@ class BinEstimates:
 
 def estimate_bins(codes: np.ndarray, markers: ContigMarkers) -> BinEstimates:
     """Completeness and contamination of every bin of `codes` (UNBINNED < 0) from its contigs' markers."""
-    table = markers.counts(codes)
+    held, full = markers.counts(codes), markers.counts(codes, full_only=True)
     column_set = np.asarray(markers.column_set, dtype=object)
     shares = {}
     for name, size in markers.sets.items():
-        part = table[:, column_set == name] if len(column_set) else table[:, :0]
-        unique = (part > 0).sum(axis=1)
-        shares[name] = (unique / size, (part.sum(axis=1) - unique) / size)
-    zeros = np.zeros(len(table))
+        columns = column_set == name if len(column_set) else np.zeros(0, dtype=bool)
+        present = (held[:, columns] > 0).sum(axis=1)
+        extra = np.clip(full[:, columns] - 1, 0, None).sum(axis=1)
+        shares[name] = (present / size, extra / size)
+    zeros = np.zeros(len(held))
     bact_comp, bact_cont = shares.get(BACTERIA, (zeros, zeros))
     arch_comp, arch_cont = shares.get(ARCHAEA, (zeros, zeros))
     archaeal = (arch_comp >= MIN_JUDGED) & (arch_comp >= ARCHAEA_RATIO * bact_comp)
@@ -280,8 +294,8 @@ def read_markers(path: str | Path) -> MarkerTable:
     rows = []
     for number, line in enumerate(lines[4:], start=5):
         fields = line.split("\t")
-        if len(fields) != 4 or not fields[3].isdigit() or int(fields[3]) < 1:
-            raise InputError(f"{path}: line {number}: expected contig, set, marker and copies >= 1, got {line!r}")
+        if len(fields) != 4 or not fields[3].isdigit():
+            raise InputError(f"{path}: line {number}: expected contig, set, marker and copies >= 0, got {line!r}")
         rows.append(fields)
     columns = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
     return MarkerTable(
