@@ -3,6 +3,7 @@ on the metagenome benchmark's sets (issue 37), and how long finding the markers 
 
     python bench/markers.py validate DIR [DIR...] [--samples 4 2 1]
     python bench/markers.py recluster DIR [DIR...] [--samples 4 2 1]
+    python bench/markers.py agreement FEATURES [--trials 12] [--epochs 10]
     python bench/markers.py time FASTA... [--fragment-length N]
 
 `validate` finds the markers of DIR/assembly.fna once (`kmervae markers`, cached as
@@ -16,6 +17,13 @@ and contamination (`kmervae.core.markers.estimate_bins`) beside the truth's reca
 - estimated near-complete bins (judged bins at >= 90% / <= 5%) against the true near-complete
   bins among the judged bins, and against all true near-complete bins;
 - the bins not judged, with their main genome (archaea, phages, fragments should be the ones).
+`agreement` runs trials of the binning sweep's space (`sweeps/binning_sweep.py`, drawn by
+Optuna's seeded random sampler) with the local engine, each reporting val/nc_bins, val/est_nc_bins
+and val/link_agreement every epoch (no ASHA: every trial runs its epochs), and prints the Spearman
+correlation of each label-free objective with val/nc_bins over the trials. The same trials through
+Ray Tune ran at tens of contigs per second on this 2-core machine (a trial's Ray Train worker
+gets 0.9 CPU beside Ray Data's), so they do not fit a session here.
+
 `recluster` bins every embedding `run` left (each kmervae seed's, and the TNF + abundance
 baseline of the set's features) with `kmervae bin`'s clusterer, then applies each method of
 `kmervae.core.recluster` and prints the true and estimated near-complete bins and its seconds.
@@ -35,6 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "sweeps"))
 
 from metagenome import ASSIGNMENT, KMERVAE, bin_codes, read_assignment, read_truth  # noqa: E402
 
@@ -158,6 +167,58 @@ def recluster_bench(args: argparse.Namespace) -> None:
                 print(f"| {folder.name} | {samples} | {name} | " + " | ".join(cells) + " |", flush=True)
 
 
+def agreement(args: argparse.Namespace) -> None:
+    """Trials of the binning sweep's space, each trained by the local engine on FEATURES (labels and
+    markers.tsv), reporting val/nc_bins, val/est_nc_bins and val/link_agreement every epoch; the
+    Spearman correlation of each label-free objective with val/nc_bins over the trials."""
+    import optuna
+    from binning_sweep import space
+    from scipy.stats import spearmanr
+
+    from kmervae.core.config import preset_config
+    from kmervae.core.engine import fit_local
+    from kmervae.distributed.sweep import trial_config
+
+    base = preset_config(args.preset).with_overrides(
+        ["train.nc_bins=true", "train.est_nc_bins=true", f"train.epochs={args.epochs}"]
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
+    keys = ("val/nc_bins", "val/est_nc_bins", "val/link_agreement")
+    trials = []
+    print("| trial | settings | epochs | " + " | ".join(f"last {k}" for k in keys) + " | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for number in range(args.trials):
+        trial = study.ask()
+        extra = space(trial)
+        config = trial_config(base, {**extra, **trial.params})
+        started = time.perf_counter()
+        out = Path(args.out) / f"trial-{number}"
+        result = fit_local(args.features, config, out, log=lambda line: None)
+        history = [{k: h[k] for k in keys} for h in result.history]
+        trials.append(history)
+        settings = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                             for k, v in trial.params.items())  # fmt: skip
+        last = " | ".join(f"{history[-1][k]:.3f}" for k in keys)
+        print(f"| {number} | {settings} | {len(history)} | {last} | {time.perf_counter() - started:.0f} |", flush=True)
+        if len(trials) >= 3:  # so far: a sweep cut short still says how its trials ranked
+            print_agreement(trials, keys, spearmanr)
+
+
+def print_agreement(trials: list[list[dict[str, float]]], keys: tuple[str, ...], spearmanr) -> None:
+    """Spearman of each label-free key with val/nc_bins over the trials (last epoch; each trial's
+    best epoch by the key, as a sweep picks it; every epoch)."""
+    for free in keys[1:]:
+        best = [max(range(len(h)), key=lambda i, h=h: h[i][free]) for h in trials]
+        at = {
+            "trials, last epoch": [(h[-1][free], h[-1]["val/nc_bins"]) for h in trials],
+            "trials, best epoch by it": [(h[b][free], h[b]["val/nc_bins"]) for h, b in zip(trials, best, strict=True)],
+            "every epoch": [(e[free], e["val/nc_bins"]) for h in trials for e in h],
+        }
+        for name, pairs in at.items():
+            rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+            print(f"Spearman({free}, val/nc_bins) over {name} (n = {len(pairs)}): {rho:.3f}  ", flush=True)
+
+
 def time_markers(args: argparse.Namespace) -> None:
     out = Path("/tmp/kmervae-markers-time.tsv")
     command = [KMERVAE, "markers", *args.fasta, "-o", str(out), "--overwrite"]
@@ -181,6 +242,14 @@ def main() -> None:
     r.add_argument("dirs", nargs="+")
     r.add_argument("--samples", type=int, nargs="+", default=[4, 2, 1])
     r.set_defaults(run=recluster_bench)
+    a = sub.add_parser("agreement")
+    a.add_argument("features", help="features with labels, abundance and markers.tsv (featurize --markers)")
+    a.add_argument("--trials", type=int, default=12)
+    a.add_argument("--epochs", type=int, default=10, help="every trial's maximum (the space draws 10, 20 or 40)")
+    a.add_argument("--preset", default="metagenome")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default="/tmp/kmervae-agreement")
+    a.set_defaults(run=agreement)
     t = sub.add_parser("time")
     t.add_argument("fasta", nargs="+")
     t.add_argument("--fragment-length", type=int)

@@ -22,21 +22,8 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _add_featurize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "featurize",
-        help="FASTA -> canonical 7/4/3-mer + GC + length feature parquet",
-        description=(
-            "Count canonical 7-, 4- and 3-mers (a k-mer and its reverse complement are one bin), GC and "
-            "length of every contig in FASTA/FASTQ files (plain, .gz, .bz2, .xz or .zst) and write them "
-            "as a parquet dataset folder, one row per contig. Windows containing N or another IUPAC code "
-            "are skipped; lower case counts as upper case, U as T. Output appears only when the whole run "
-            "succeeded."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="FASTA/FASTQ files")
-    p.add_argument("-o", "--out", required=True, type=Path, metavar="OUT_DIR", help="output dataset folder")
+def _add_contig_flags(p: argparse.ArgumentParser) -> None:
+    """How records become contigs: one definition for featurize and markers, whose contigs must match."""
     p.add_argument(
         "--fragment-length",
         type=int,
@@ -52,6 +39,24 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="skip (and count) contigs shorter than N bases, the last fragment of a record included",
     )
+
+
+def _add_featurize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "featurize",
+        help="FASTA -> canonical 7/4/3-mer + GC + length feature parquet",
+        description=(
+            "Count canonical 7-, 4- and 3-mers (a k-mer and its reverse complement are one bin), GC and "
+            "length of every contig in FASTA/FASTQ files (plain, .gz, .bz2, .xz or .zst) and write them "
+            "as a parquet dataset folder, one row per contig. Windows containing N or another IUPAC code "
+            "are skipped; lower case counts as upper case, U as T. Output appears only when the whole run "
+            "succeeded."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="FASTA/FASTQ files")
+    p.add_argument("-o", "--out", required=True, type=Path, metavar="OUT_DIR", help="output dataset folder")
+    _add_contig_flags(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--label-from-filename",
@@ -233,10 +238,7 @@ def _add_markers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="ASSEMBLY", help="FASTA files of the assembly")
     p.add_argument("-o", "--out", required=True, type=Path, metavar="TSV", help="markers table to write")
-    p.add_argument(
-        "--fragment-length", type=int, default=None, metavar="N", help="as featurize: cut records into N-base contigs"
-    )
-    p.add_argument("--min-length", type=int, default=1000, metavar="N", help="as featurize: skip contigs under N bases")
+    _add_contig_flags(p)
     p.add_argument(
         "--hmm",
         type=Path,

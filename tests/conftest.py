@@ -58,6 +58,15 @@ def examples_dir() -> Path:
     return EXAMPLES
 
 
+def read_genome_record(path: Path) -> tuple[str, str]:
+    """(id, bases) of a one-record gzipped FASTA file (the bundled genomes)."""
+    import gzip
+
+    with gzip.open(path, "rt") as handle:
+        header, *lines = handle.read().split("\n")
+    return header[1:].split()[0], "".join(lines)
+
+
 def write_fasta(path: Path, records: list[tuple[str, str]], width: int = 60, newline: str = "\n") -> Path:
     """Write records as multi-line FASTA, compressed by the file's suffix (.gz, .bz2, .xz, .zst)."""
     lines = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from kmervae.apply.evaluate import baselines
 from kmervae.core import bins
 from kmervae.core.errors import ConfigError, InputError, OutputError
 from kmervae.core.feature_table import FeatureTable
-from tests.conftest import write_fasta
+from tests.conftest import read_genome_record, write_fasta
 
 FAR_APART = ("Staphylococcus_aureus_N315", "Helicobacter_pylori_G27")
 """Two bundled genomes of different phyla (GC 33% and 39%): z-scored TNF of their 20 kb
@@ -27,12 +26,6 @@ fragments makes two pure, complete bins with the default clusterer."""
 FRAGMENT = 20_000
 CHIMERA = 100_000
 """Bases each genome gives the chimera record (five fragments from each)."""
-
-
-def read_record(path: Path) -> tuple[str, str]:
-    with gzip.open(path, "rt") as handle:
-        header, *lines = handle.read().split("\n")
-    return header[1:].split()[0], "".join(lines)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +36,7 @@ def two_genomes(tmp_path_factory, examples_dir):
     from data_pipeline.labels import Labels
 
     root = tmp_path_factory.mktemp("binning")
-    records = [read_record(examples_dir / f"{name}.fna.gz") for name in FAR_APART]
+    records = [read_genome_record(examples_dir / f"{name}.fna.gz") for name in FAR_APART]
     chimera = ("chimera", records[0][1][:CHIMERA] + records[1][1][:CHIMERA])
     fasta = write_fasta(root / "assembly.fna", [*records, chimera])
     labels = root / "labels.tsv"

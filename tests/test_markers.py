@@ -8,7 +8,6 @@ import gzip
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,16 +29,10 @@ from kmervae.core.markers import (
     read_markers,
     write_markers,
 )
-from tests.conftest import write_fasta
+from tests.conftest import read_genome_record, write_fasta
 
 GENOMES = ("Staphylococcus_aureus_N315", "Helicobacter_pylori_G27", "Phage_Agate_metagenomic")
 FRAGMENT = 20_000
-
-
-def read_genome(path: Path) -> tuple[str, str]:
-    with gzip.open(path, "rt") as handle:
-        header, *lines = handle.read().split("\n")
-    return header[1:].split()[0], "".join(lines)
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -56,7 +49,7 @@ def assembly(tmp_path_factory, examples_dir):
     from data_pipeline.labels import Labels
 
     root = tmp_path_factory.mktemp("markers")
-    records = [read_genome(examples_dir / f"{name}.fna.gz") for name in GENOMES]
+    records = [read_genome_record(examples_dir / f"{name}.fna.gz") for name in GENOMES]
     fasta = write_fasta(root / "assembly.fna", records)
     labels = root / "labels.tsv"
     labels.write_text("".join(f"{rid}\t{name}\n" for (rid, _), name in zip(records, GENOMES, strict=True)))
