@@ -40,6 +40,17 @@ DIR/run/<N>s/<binner>. Binners:
   `python3 -m venv ENV && ENV/bin/pip install torch==2.13.0 semibin==2.6.0` (the CPU build of
   torch) and Debian's `bedtools hmmer`, which it calls; then `--semibin ENV/bin/SemiBin2`.
 
+Each binner's contig -> bin table is kept as DIR/run/<N>s/<binner>/assignment.tsv, which
+`bench/markers.py validate` judges by marker genes against the truth.
+
+The strain-rich set (issue 37): the ten shared genomes plus nine strains of their species and of
+one more, from Debian's example data (`apt-get install ragout-examples kleborate-examples`):
+S. aureus COL and USA300_FPR3757, E. coli DH1, H. pylori SJM180 and Puno120, V. cholerae H1 and
+O395 (ragout-examples), K. pneumoniae MGH78578 and NTUH-K2044 (kleborate-examples, .xz: decompress
+and gzip them first, `build` reads plain or gzipped FASTA):
+
+    python bench/metagenome.py build ../shared/genomes/*.fna.gz STRAINS/*.gz -o /tmp/mg/strain4s1 --samples 4 --seed 1
+
 Prints a markdown table; results and commands go to bench/RESULTS.md.
 """
 
