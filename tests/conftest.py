@@ -115,8 +115,8 @@ def abundance_features(tmp_path_factory):
     """The bundled examples as 5 kb labelled contigs with depths in 3 samples: each genome has its
     own depth profile (a log-normal per sample), each record a little noise around it. Written in
     files of 400 rows (4 files), as a large dataset is in many: readers must keep their order.
-    With the contigs' marker genes (markers.tsv, as `featurize --markers` keeps them), so that runs
-    can report val/est_nc_bins."""
+    The tests that judge bins by marker genes ask for `marked_abundance_features` (the same dataset
+    with its markers.tsv)."""
     import numpy as np
 
     from data_pipeline.depth_table import AbundanceLookup, DepthTable
@@ -148,11 +148,21 @@ def abundance_features(tmp_path_factory):
         Labels(from_filename=True),
         abundance=AbundanceLookup(table),
     )
+    return out
+
+
+@pytest.fixture(scope="session")
+def marked_abundance_features(abundance_features):
+    """`abundance_features` with its contigs' marker genes (markers.tsv, as `featurize --markers`
+    keeps them), so that runs can report val/est_nc_bins. Apart, because finding them takes
+    seconds that the tests without markers need not wait for."""
     from data_pipeline.markers import markers_of_fasta
     from kmervae.core.markers import DATASET_MARKERS, write_markers
 
-    write_markers(markers_of_fasta(paths, 5000, 1000)[0], out / DATASET_MARKERS)
-    return out
+    write_markers(
+        markers_of_fasta(sorted(EXAMPLES.glob("*.fna.gz")), 5000, 1000)[0], abundance_features / DATASET_MARKERS
+    )
+    return abundance_features
 
 
 @pytest.fixture(autouse=True)

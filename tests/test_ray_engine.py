@@ -46,11 +46,11 @@ def with_abundance(epochs: int) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def two_worker_run(local_ray, abundance_features, tmp_path_factory):
+def two_worker_run(local_ray, marked_abundance_features, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-run")
     before = sys.stdout, sys.stderr, dict(os.environ)
     result = fit_ray(
-        abundance_features,
+        marked_abundance_features,
         with_abundance(2),
         workers=2,
         use_cpu=True,

@@ -54,7 +54,9 @@ working-dir package as Ray deletes it (ray-project/ray#46625: Ray checks that th
 exists, skips the upload, and the package is gone when the new job unpacks it)."""
 
 
-def test_a_stopped_sweep_job_resumes_without_duplicates(local_cluster, abundance_features, tmp_path, monkeypatch):
+def test_a_stopped_sweep_job_resumes_without_duplicates(
+    local_cluster, marked_abundance_features, tmp_path, monkeypatch
+):
     """The main job, as users run it: `ray job submit` of the binning sweep (the metagenome preset,
     ranked on val/nc_bins); `ray job stop` kills its driver mid-sweep (SIGTERM: Tune saves nothing
     on the way out) and the same command with --resume finishes it. The suite's one script sweep,
@@ -65,7 +67,15 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(local_cluster, abundance
     mlflow_uri = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
     assert dashboard in banner and "ray job submit" in banner
     storage = tmp_path / "sweeps"
-    sweep = ["python", "sweeps/binning_sweep.py", "--smoke-test", "--samples", "2", "--data", str(abundance_features)]
+    sweep = [
+        "python",
+        "sweeps/binning_sweep.py",
+        "--smoke-test",
+        "--samples",
+        "2",
+        "--data",
+        str(marked_abundance_features),
+    ]
     # Ranked on the labels' val/nc_bins; each trial also judges its bins by marker genes (val/est_nc_bins).
     sweep += ["--name", "job", "--storage", str(storage), "--set", "train.est_nc_bins=true"]
 
