@@ -40,6 +40,10 @@ DIR/run/<N>s/<binner>. Binners:
   `python3 -m venv ENV && ENV/bin/pip install torch==2.13.0 semibin==2.6.0` (the CPU build of
   torch) and Debian's `bedtools hmmer`, which it calls; then `--semibin ENV/bin/SemiBin2`.
 
+With kmervae and the baseline both run, the last line is the gate (issue 38): kmervae's
+near-complete bins minus the baseline's, median and range over the training seeds. A trained
+model that does not beat the untrained baseline on its own clusterer has not earned its training.
+
 Each binner's contig -> bin table is kept as DIR/run/<N>s/<binner>/assignment.tsv, which
 `bench/markers.py validate` judges by marker genes against the truth.
 
@@ -354,6 +358,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"{folder.name}, {samples} sample(s): {len(read_truth(folder)[0]):,} contigs")
     print("| binner | near-complete | medium | binned bases | wall | peak RSS |")
     print("|---|---|---|---|---|---|")
+    counts_of = {}
     for name in args.binners:
         runs = [(f"{name} seed {seed}", seed) for seed in args.seeds] if name == "kmervae" else [(name, None)]
         counts = []
@@ -373,9 +378,22 @@ def run(args: argparse.Namespace) -> None:
             counts.append(s["near_complete"])
             cells = f"{s['near_complete']} | {s['medium']} | {s['binned_share']:.1%} | {wall:.0f} s | {rss:.2f} GiB"
             print(f"| {label} | {cells} |", flush=True)
+        counts_of[name] = counts
         if len(counts) > 1:
             print(f"| {name}, median (range) of {len(counts)} seeds | {np.median(counts):g} "
                   f"({min(counts)}-{max(counts)}) | | | | |", flush=True)  # fmt: skip
+    if counts_of.get("kmervae") and counts_of.get("baseline"):
+        print(gate(counts_of["kmervae"], counts_of["baseline"][0]), flush=True)
+
+
+def gate(kmervae: list[int], baseline: int) -> str:
+    """The model's worth (issue 38): its near-complete bins minus the untrained baseline's on the
+    same clusterer, median and range over training seeds."""
+    gains = [count - baseline for count in kmervae]
+    return (
+        f"gate: kmervae - baseline = {np.median(gains):+g} near-complete bin(s), median of {len(gains)} seed(s) "
+        f"(range {min(gains):+d} to {max(gains):+d})"
+    )
 
 
 def main() -> None:
