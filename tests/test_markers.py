@@ -324,6 +324,9 @@ def test_bin_reclusters_only_with_markers(assembly, tmp_path):
         bin_contigs(assembly["embeddings"], tmp_path / "bins", recluster="kmeans")
     result = bin_contigs(assembly["embeddings"], tmp_path / "bins", markers_tsv=assembly["markers"], recluster="kmeans")
     assert result.estimated["near_complete"] == 2 and not (tmp_path / "bins" / "markers.tsv").exists()
+    # The grid partitions at each of its resolutions itself (no first clustering to redo).
+    grid = bin_contigs(assembly["embeddings"], tmp_path / "grid", markers_tsv=assembly["markers"], recluster="grid")
+    assert grid.estimated["near_complete"] == 2
 
 
 def test_the_shipped_marker_sets_are_the_files_their_readme_names():

@@ -416,9 +416,14 @@ def bin_contigs(
             "or --fasta to find them"
         )
     done(f"read {len(ids):,} embedded contigs ({int(lengths.sum()):,} bases); clustering ({method})")
-    codes = bins.cluster(vectors, lengths, method, min_bin_size, seed, resolution=resolution)
     present = table.presence(ids) if table is not None else None
-    if recluster != "none":
+    if recluster == "grid":  # it partitions at every resolution of its grid, the default among them
+        codes = reclustering.best_resolution(
+            bins.readout(vectors), lengths, present, min_bin_size=min_bin_size, seed=seed
+        )
+    else:
+        codes = bins.cluster(vectors, lengths, method, min_bin_size, seed, resolution=resolution)
+    if recluster in ("kmeans", "leiden"):
         codes = reclustering.recluster(
             vectors, lengths, codes, present, recluster, min_bin_size=min_bin_size, resolution=resolution, seed=seed
         )
