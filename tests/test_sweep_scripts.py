@@ -183,6 +183,9 @@ def test_auto_objective_is_the_best_the_data_allows(example_features, examples_d
     labels = label_vocabulary(dataset_files(example_features))
     assert objective("auto", example_features, base, labels) == "val/knn_acc"
     assert objective("val/loss", example_features, base, labels) == "val/loss"  # asked for: kept
+    # The binning sweep's: the true near-complete bins with labels, else those its marker genes estimate.
+    assert objective("bins", example_features, base, labels) == "val/nc_bins"
+    assert objective("bins", example_features, base, []) == "val/est_nc_bins"
     genomes = sorted(examples_dir.glob("*.fna.gz"))[:2]
     featurize(genomes, tmp_path / "fragments", FeaturizeSettings(fragment_length=5000))  # no labels
     assert objective("auto", tmp_path / "fragments", base, []) == "val/link_agreement"
