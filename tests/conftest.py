@@ -77,6 +77,40 @@ def write_fasta(path: Path, records: list[tuple[str, str]], width: int = 60, new
     return write_bytes(path, data)
 
 
+def tnf_embedded_assembly(
+    root: Path, records: list[tuple[str, str]], labels: dict[str, str], fragment_length: int
+) -> dict:
+    """An assembly of `records` (labelled by `labels`, record id -> genome) cut into contigs of
+    `fragment_length`, featurized and embedded as z-scored TNF: a real composition embedding in
+    embed's schema, for the binning and marker tests. Returns its paths, ids and genomes."""
+    import numpy as np
+
+    from data_pipeline.featurize import FeaturizeSettings, featurize
+    from data_pipeline.labels import Labels
+    from kmervae.apply.embed import write_embeddings
+    from kmervae.apply.evaluate import baselines
+    from kmervae.core.feature_table import FeatureTable
+
+    fasta = write_fasta(root / "assembly.fna", records)
+    labels_tsv = root / "labels.tsv"
+    labels_tsv.write_text("".join(f"{rid}\t{genome}\n" for rid, genome in labels.items()))
+    features = root / "features"
+    featurize([fasta], features, FeaturizeSettings(fragment_length=fragment_length), Labels.from_tsv(labels_tsv))
+    table = FeatureTable.from_parquet(features)
+    ids = np.asarray(table.contig_ids, dtype=object)
+    tnf = baselines(features, ids, 8)["tnf_zscore"]
+    embeddings = write_embeddings(root / "tnf.parquet", ids, table.labels, table.length, table.gc, tnf)
+    return {
+        "root": root,
+        "fasta": fasta,
+        "labels": labels_tsv,
+        "features": features,
+        "embeddings": embeddings,
+        "ids": ids,
+        "genome": np.asarray(table.labels, dtype=object),
+    }
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write raw bytes, compressed according to the file's suffix."""
     suffix = path.suffix

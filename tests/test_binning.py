@@ -18,7 +18,7 @@ from kmervae.apply.evaluate import baselines
 from kmervae.core import bins
 from kmervae.core.errors import ConfigError, InputError, OutputError
 from kmervae.core.feature_table import FeatureTable
-from tests.conftest import read_genome_record, write_fasta
+from tests.conftest import read_genome_record, tnf_embedded_assembly, write_fasta
 
 FAR_APART = ("Staphylococcus_aureus_N315", "Helicobacter_pylori_G27")
 """Two bundled genomes of different phyla (GC 33% and 39%): z-scored TNF of their 20 kb
@@ -32,22 +32,10 @@ CHIMERA = 100_000
 def two_genomes(tmp_path_factory, examples_dir):
     """The two genomes and a chimera of both (unlabelled) as one assembly, cut into 20 kb contigs,
     featurized, and embedded as z-scored TNF (a real composition embedding, in embed's schema)."""
-    from data_pipeline.featurize import FeaturizeSettings, featurize
-    from data_pipeline.labels import Labels
-
-    root = tmp_path_factory.mktemp("binning")
     records = [read_genome_record(examples_dir / f"{name}.fna.gz") for name in FAR_APART]
     chimera = ("chimera", records[0][1][:CHIMERA] + records[1][1][:CHIMERA])
-    fasta = write_fasta(root / "assembly.fna", [*records, chimera])
-    labels = root / "labels.tsv"
-    labels.write_text("".join(f"{rid}\t{name}\n" for (rid, _), name in zip(records, FAR_APART, strict=True)))
-    features = root / "features"
-    featurize([fasta], features, FeaturizeSettings(fragment_length=FRAGMENT), Labels.from_tsv(labels))
-    table = FeatureTable.from_parquet(features)
-    ids = np.asarray(table.contig_ids, dtype=object)
-    tnf = baselines(features, ids, 8)["tnf_zscore"]
-    embeddings = write_embeddings(root / "tnf.parquet", ids, table.labels, table.length, table.gc, tnf)
-    return {"root": root, "fasta": fasta, "labels": labels, "features": features, "embeddings": embeddings}
+    labels = {rid: name for (rid, _), name in zip(records, FAR_APART, strict=True)}
+    return tnf_embedded_assembly(tmp_path_factory.mktemp("binning"), [*records, chimera], labels, FRAGMENT)
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:

@@ -14,11 +14,9 @@ import pytest
 
 from data_pipeline.markers import MARKER_SETS
 from kmervae.apply.binning import bin_contigs
-from kmervae.apply.embed import read_embeddings, write_embeddings
-from kmervae.apply.evaluate import baselines
+from kmervae.apply.embed import read_embeddings
 from kmervae.core import bins
 from kmervae.core.errors import InputError
-from kmervae.core.feature_table import FeatureTable
 from kmervae.core.markers import (
     ARCHAEA,
     BACTERIA,
@@ -29,7 +27,7 @@ from kmervae.core.markers import (
     read_markers,
     write_markers,
 )
-from tests.conftest import read_genome_record, write_fasta
+from tests.conftest import read_genome_record, tnf_embedded_assembly, write_fasta
 
 GENOMES = ("Staphylococcus_aureus_N315", "Helicobacter_pylori_G27", "Phage_Agate_metagenomic")
 FRAGMENT = 20_000
@@ -45,33 +43,12 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 def assembly(tmp_path_factory, examples_dir):
     """Two bacteria and a phage as one assembly of 20 kb contigs, labelled, featurized, embedded as
     z-scored TNF, and its markers table made by the command."""
-    from data_pipeline.featurize import FeaturizeSettings, featurize
-    from data_pipeline.labels import Labels
-
-    root = tmp_path_factory.mktemp("markers")
     records = [read_genome_record(examples_dir / f"{name}.fna.gz") for name in GENOMES]
-    fasta = write_fasta(root / "assembly.fna", records)
-    labels = root / "labels.tsv"
-    labels.write_text("".join(f"{rid}\t{name}\n" for (rid, _), name in zip(records, GENOMES, strict=True)))
-    features = root / "features"
-    featurize([fasta], features, FeaturizeSettings(fragment_length=FRAGMENT), Labels.from_tsv(labels))
-    table = FeatureTable.from_parquet(features)
-    ids = np.asarray(table.contig_ids, dtype=object)
-    tnf = baselines(features, ids, 8)["tnf_zscore"]
-    embeddings = write_embeddings(root / "tnf.parquet", ids, table.labels, table.length, table.gc, tnf)
-    done = run_cli("markers", fasta, "-o", root / "markers.tsv", "--fragment-length", FRAGMENT)
+    labels = {rid: name for (rid, _), name in zip(records, GENOMES, strict=True)}
+    made = tnf_embedded_assembly(tmp_path_factory.mktemp("markers"), records, labels, FRAGMENT)
+    done = run_cli("markers", made["fasta"], "-o", made["root"] / "markers.tsv", "--fragment-length", FRAGMENT)
     assert done.returncode == 0, done.stderr
-    return {
-        "root": root,
-        "fasta": fasta,
-        "labels": labels,
-        "ids": ids,
-        "genome": np.asarray(table.labels, dtype=object),
-        "embeddings": embeddings,
-        "markers": root / "markers.tsv",
-        "stdout": done.stdout,
-        "stderr": done.stderr,
-    }
+    return {**made, "markers": made["root"] / "markers.tsv", "stdout": done.stdout, "stderr": done.stderr}
 
 
 def test_the_command_scans_every_contig_and_reports_what_it_found(assembly):
