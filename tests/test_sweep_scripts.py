@@ -234,5 +234,11 @@ def test_the_binning_sweep_ranks_whole_assemblies_on_near_complete_bins():
     assert {"model.abundance_widths", "loss.wab", "model.log_eps", "train.epochs", "train.bin_resolution"} <= varied
     common = sweep_cli
     assert common.parse_args("binning", "metagenome", [], metric="val/nc_bins").metric == "val/nc_bins"
+    # A smoke test bins every contig too (near-complete bins of a 600-contig subsample are none, estimated
+    # or true); other presets' smoke tests keep their small subsample.
+    smoke = common.base_config(common.parse_args("binning", "metagenome", ["--smoke-test"]), [])
+    assert smoke.data.max_samples is None and smoke.train.epochs == common.SMOKE["epochs"]
+    quality = common.base_config(common.parse_args("quality", "final", ["--smoke-test"]), [])
+    assert quality.data.max_samples == common.SMOKE["max_samples"]
     with pytest.raises(ConfigError, match="needs features with abundance"):
         check_space(module.space, base, seed=0, samples=8)
