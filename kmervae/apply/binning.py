@@ -417,16 +417,10 @@ def bin_contigs(
         )
     done(f"read {len(ids):,} embedded contigs ({int(lengths.sum()):,} bases); clustering ({method})")
     present = table.presence(ids) if table is not None else None
-    if recluster == "grid":  # it partitions at every resolution of its grid, the default among them
-        codes = reclustering.best_resolution(
-            bins.readout(vectors), lengths, present, min_bin_size=min_bin_size, seed=seed
-        )
-    else:
-        codes = bins.cluster(vectors, lengths, method, min_bin_size, seed, resolution=resolution)
-    if recluster in ("kmeans", "leiden"):
-        codes = reclustering.recluster(
-            vectors, lengths, codes, present, recluster, min_bin_size=min_bin_size, resolution=resolution, seed=seed
-        )
+    codes = reclustering.partition(
+        vectors, lengths, present, recluster, cluster_method=method, min_bin_size=min_bin_size, resolution=resolution,
+        seed=seed,
+    )  # fmt: skip
     names = bin_names(int(codes.max()) + 1 if (codes >= 0).any() else 0)
     done(f"clustered into {len(names)} bin(s) of >= {min_bin_size:,} bases" + (
         f" (reclustered: {recluster})" if recluster != "none" else ""

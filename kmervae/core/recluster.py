@@ -1,8 +1,8 @@
 """Bins made better by their marker genes, as the peers do: split a bin whose markers show a
 second genome, or choose the clusterer's resolution per assembly by the bins' estimated quality.
 
-    codes = bins.cluster(x, lengths)
-    codes = recluster(x, lengths, codes, markers, "kmeans")        # markers: ContigMarkers of the contigs
+    codes = partition(x, lengths, markers, "kmeans")               # what `kmervae bin --recluster kmeans` makes
+    codes = recluster(x, lengths, bins.cluster(x, lengths), markers, "kmeans")   # the same, in two steps
 
 Methods (`METHODS`; bench/RESULTS.md "Reclustering" measures each on every benchmark set):
 - `kmeans` (SemiBin2's): a judged bin whose median marker occurs on more than one contig holds
@@ -31,18 +31,40 @@ SPLIT_RESOLUTION = 2.0
 """`leiden`: a mixed bin's contigs are partitioned again at this multiple of the resolution."""
 
 
+def partition(
+    embeddings: np.ndarray,
+    lengths: np.ndarray,
+    markers: ContigMarkers | None,
+    method: str,
+    *,
+    cluster_method: str = "leiden",
+    min_bin_size: int = bins.DEFAULT_MIN_BIN_SIZE,
+    resolution: float = bins.LEIDEN_RESOLUTION,
+    seed: int = 0,
+) -> np.ndarray:
+    """`kmervae bin`'s bins: the clusterer's, improved by `method`. The grid partitions at each of
+    its resolutions itself (the default among them), so it gets no first clustering to redo."""
+    codes = None
+    if method != "grid":
+        codes = bins.cluster(embeddings, lengths, cluster_method, min_bin_size, seed, resolution=resolution)
+    return recluster(
+        embeddings, lengths, codes, markers, method, min_bin_size=min_bin_size, resolution=resolution, seed=seed
+    )
+
+
 def recluster(
     embeddings: np.ndarray,
     lengths: np.ndarray,
-    codes: np.ndarray,
-    markers: ContigMarkers,
+    codes: np.ndarray | None,
+    markers: ContigMarkers | None,
     method: str,
     *,
     min_bin_size: int = bins.DEFAULT_MIN_BIN_SIZE,
     resolution: float = bins.LEIDEN_RESOLUTION,
     seed: int = 0,
 ) -> np.ndarray:
-    """`codes` improved by `method` (bin codes as `bins.cluster` returns them, renumbered)."""
+    """`codes` improved by `method` (bin codes as `bins.cluster` returns them, renumbered); the grid
+    makes its own partitions and reads no `codes`, `none` no `markers`."""
     if method not in METHODS:
         raise ValueError(f"recluster method {method!r}: expected one of {', '.join(METHODS)}")
     if method == "none":
