@@ -4,7 +4,7 @@ every binner on it side by side, scored by one scorer (issue 26).
     python bench/metagenome.py build GENOMES... -o DIR [--samples 4] [--seed 1] [--median-length 4000]
     python bench/metagenome.py run DIR [--binners kmervae baseline metabat vamb semibin] [--samples N]
                                        [--preset metagenome] [--epochs E] [--seeds 0 1 2]
-                                       [--set section.key=value ...] [--vamb BIN] [--semibin BIN]
+                                       [--set section.key=value ...] [--tag NAME] [--vamb BIN] [--semibin BIN]
 
 `build` cuts each genome into consecutive contigs of log-normal length (median `--median-length`,
 1-100 kb, as CAMI cuts a gold-standard assembly; contigs under `--min-length` dropped), gives
@@ -363,7 +363,8 @@ def run(args: argparse.Namespace) -> None:
         runs = [(f"{name} seed {seed}", seed) for seed in args.seeds] if name == "kmervae" else [(name, None)]
         counts = []
         for label, seed in runs:
-            out = folder / "run" / f"{samples}s" / (name if seed is None else f"{name}-{seed}")
+            tagged = f"{name}-{args.tag}" if args.tag and name == "kmervae" else name
+            out = folder / "run" / f"{samples}s" / (tagged if seed is None else f"{tagged}-{seed}")
             if out.exists() and not args.keep:
                 shutil.rmtree(out)
             (out / "bins").mkdir(parents=True, exist_ok=True)
@@ -417,6 +418,7 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="kmervae's training seeds")
     r.add_argument("--keep", action="store_true", help="keep earlier outputs in DIR/run (default: replace)")
     r.add_argument("--set", nargs="*", default=[], help="kmervae settings on top of the preset")
+    r.add_argument("--tag", help="kmervae's outputs in DIR/run/<N>s/kmervae-TAG-<seed> (a lever beside the preset)")
     r.add_argument("--vamb", help="the vamb command of its own environment")
     r.add_argument("--semibin", help="the SemiBin2 command of its own environment")
     r.add_argument("--semibin-epochs", type=int, default=15, help="SemiBin2's training epochs with several samples")

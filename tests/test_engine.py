@@ -235,3 +235,38 @@ print("eager", compiled._compiled is None)
         with pytest.raises(type(error), match=str(error)):
             compiled(torch.ones(2, 4))
         assert compiled._compiled is not None  # still compiled: nothing fell back
+
+
+def test_cosine_schedule_anneals_to_min_lr_and_resumes_where_it_stopped():
+    """train.lr_schedule=cosine: each epoch's rate falls from the scaled lr towards min_lr along half
+    a cosine, ending at min_lr after the last epoch; a scheduler restored from its state continues."""
+    config = tiny_config(epochs=6).with_overrides(["train.lr_schedule=cosine", "train.min_lr=1e-5"])
+    tc = config.train
+
+    def rates(scheduler, optimizer, epochs):
+        out = []
+        for _ in range(epochs):
+            out.append(optimizer.param_groups[0]["lr"])
+            scheduler.step(1.0)
+        return out
+
+    model = BranchedVAE(config.model)
+    optimizer = make_optimizer(model, tc, torch.device("cpu"))
+    scheduler = make_scheduler(optimizer, tc)
+    whole = rates(scheduler, optimizer, tc.epochs)
+    assert whole[0] == pytest.approx(tc.effective_lr)
+    assert all(a > b for a, b in zip(whole, whole[1:], strict=False))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(tc.min_lr)  # after the last epoch
+    midway = whole[tc.epochs // 2]
+    assert midway == pytest.approx((tc.effective_lr + tc.min_lr) / 2)  # cos(pi / 2) = 0: halfway in rate
+
+    optimizer = make_optimizer(model, tc, torch.device("cpu"))
+    first = make_scheduler(optimizer, tc)
+    head = rates(first, optimizer, 2)
+    state = first.state_dict()
+    optimizer = make_optimizer(model, tc, torch.device("cpu"))
+    resumed = make_scheduler(optimizer, tc)
+    resumed.load_state_dict(state)
+    for group in optimizer.param_groups:  # the optimizer's own state carries its rate (checkpoint.py restores both)
+        group["lr"] = resumed.get_last_lr()[0]
+    assert head + rates(resumed, optimizer, tc.epochs - 2) == pytest.approx(whole)

@@ -58,8 +58,9 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(
     local_cluster, marked_abundance_features, tmp_path, monkeypatch
 ):
     """The main job, as users run it: `ray job submit` of the binning sweep (the metagenome preset,
-    ranked on val/nc_bins); `ray job stop` kills its driver mid-sweep (SIGTERM: Tune saves nothing
-    on the way out) and the same command with --resume finishes it. The suite's one script sweep,
+    ranked on val/nc_bins, one setting trained with two seeds); `ray job stop` kills its driver
+    mid-sweep (SIGTERM: Tune saves nothing on the way out) and the same command with --resume
+    finishes it. The suite's one script sweep,
     checked end to end: console, MLflow parent and children, Optuna's history, plots, registry,
     `kmervae best` and export of the registered model."""
     env, banner = local_cluster
@@ -72,6 +73,8 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(
         "sweeps/binning_sweep.py",
         "--smoke-test",
         "--samples",
+        "2",
+        "--seeds",
         "2",
         "--data",
         str(marked_abundance_features),
@@ -108,6 +111,7 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(
     job = submit("sweep-resumed", "--resume")
     assert "succeeded" in job.stdout and "registry  models:/kmervae-encoder@champion" in job.stdout
     assert "sweep     job: 2 trial(s), 0 failed" in job.stdout
+    assert re.search(r"setting   median val/nc_bins [\d.]+ over its 2 seed\(s\)", job.stdout), job.stdout
     # What a person reads: the header, one line per trial and the summary, not Ray's machinery,
     # which is in the sweep's log file, named in the summary.
     shown = job.stdout.splitlines()
@@ -128,13 +132,21 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(
     assert len(children) == 2, [c.info.run_name for c in children]
     assert cut_trial in {c.data.tags["kmervae.trial_id"] for c in children}  # the cut trial kept its run
     parent = parents[0]
+    # One setting, two seeds: the same sampled settings, train.seed 0 and 1.
+    TRIAL_INDEX = "trial.__trial_index__"  # noqa: N806
+    sampled = [
+        {k: v for k, v in c.data.params.items() if k.startswith("trial.") and k not in ("trial.id", TRIAL_INDEX)}
+        for c in children
+    ]
+    assert sampled[0] == sampled[1] and len(sampled[0]) > 3, sampled
+    assert sorted(c.data.params["train.seed"] for c in children) == ["0", "1"]
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
-        # Each epoch once, at most the sweep's 2 (ASHA may stop a trial after its first).
+        # Each epoch once, all of the sweep's 2: with several seeds no trial is stopped early. (The
+        # space draws 10-40 epochs; the sweep's 2 is every trial's budget, so 2 is not early.)
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val/loss"))
-        assert steps == list(range(len(steps))) and 1 <= len(steps) <= 2, steps
-        # The space draws 10-40 epochs; the sweep's 2 is every trial's budget, so 2 is not early.
-        assert child.data.tags["kmervae.stopped_early"] == str(len(steps) < 2).lower()
+        assert steps == [0, 1], steps
+        assert child.data.tags["kmervae.stopped_early"] == "false"
         bins = [m.value for m in client.get_metric_history(child.info.run_id, "val/nc_bins")]
         assert len(bins) == len(steps) and all(v in range(6) for v in bins), bins  # five genomes, every contig
         estimated = [m.value for m in client.get_metric_history(child.info.run_id, "val/est_nc_bins")]
@@ -151,7 +163,7 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(
     best_trial = parent.data.tags["best_trial_id"]
     best_child = next(c for c in children if c.data.tags["kmervae.trial_id"] == best_trial)
     assert f"/runs/{best_child.info.run_id})" in note.split("**Best trial**")[1].splitlines()[0]
-    assert "Top 2 trial(s)" in note and "ranked on `val/nc_bins`" in note
+    assert "Top 2 trial(s)" in note and "ranked on `val/nc_bins`" in note and "median over 2 seed(s)" in note
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_model", "plots", "trials.csv"} <= artifacts
@@ -161,8 +173,8 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(
     version = client.get_model_version_by_alias("kmervae-encoder", "champion")
     assert version.run_id == parent.info.run_id and version.version == "1"
     assert (storage / "job" / "trials" / f"trial-{best_trial}" / "outputs" / "best.pt").exists()
-    # Optuna's history survived the stop: its study holds every trial, told once, with the
-    # same parameters the trials trained with (as MLflow recorded them).
+    # Optuna's history survived the stop: its study holds the one setting, told once (the median of
+    # its two seeds), with the parameters the trials trained with (as MLflow recorded them).
     assert_optuna_told(storage / "job" / "tune", children, monkeypatch)
     # `kmervae best` ranks the trials by their best epoch; the sweep's best trial has the top score.
     from kmervae.apply.best import best_runs, download_checkpoint
@@ -186,20 +198,25 @@ def assert_optuna_told(tune_dir: Path, children, monkeypatch) -> None:
 
     from ray.tune.search.optuna import OptunaSearch
 
+    from kmervae.distributed.seed_repeats import SeedRepeats
+    from kmervae.distributed.sweep import SEED_INDEX
+
     # The saved searcher refers to the script's space function as __main__.space.
     spec = importlib.util.spec_from_file_location("binning_sweep_script", REPO / "sweeps" / "binning_sweep.py")
     monkeypatch.syspath_prepend(str(REPO / "sweeps"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     monkeypatch.setattr(sys.modules["__main__"], "space", script.space, raising=False)
-    searcher = OptunaSearch()
+    searcher = SeedRepeats(OptunaSearch(), 2, SEED_INDEX)
     searcher.restore_from_dir(str(tune_dir))
-    told = [t for t in searcher._ot_study.trials if t.state.is_finished()]
-    assert len(told) == len(children), [t.state for t in searcher._ot_study.trials]
+    study = searcher.inner._ot_study
+    told = [t for t in study.trials if t.state.is_finished()]
+    assert len(told) == 1, [t.state for t in study.trials]
+    last = [float(c.data.metrics["val/nc_bins"]) for c in children]  # Tune tells a trial's last report
+    assert told[0].value == pytest.approx(sum(last) / 2)  # the median of two
     for key in ("loss.beta", "model.latent_dim", "loss.wab"):
-        assert sorted(float(t.params[key]) for t in told) == pytest.approx(
-            sorted(float(c.data.params[key]) for c in children)
-        )
+        for child in children:
+            assert float(child.data.params[key]) == pytest.approx(float(told[0].params[key]))
 
 
 def test_a_client_without_the_token_is_refused(local_cluster):

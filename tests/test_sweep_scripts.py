@@ -18,7 +18,7 @@ from tests.conftest import REPO
 SCRIPTS = ["latent_sweep", "architecture_sweep", "loss_sweep", "quality_sweep"]
 FLAGS = [
     "--data", "--samples", "--epochs", "--workers-per-trial", "--gpus-per-trial", "--max-concurrent", "--experiment",
-    "--name", "--storage", "--resume", "--metric", "--seed", "--smoke-test", "--verbose",
+    "--name", "--storage", "--resume", "--metric", "--seed", "--seeds", "--smoke-test", "--verbose",
 ]  # fmt: skip
 
 
@@ -34,7 +34,7 @@ def load(name: str):
         sys.path.remove(str(REPO / "sweeps"))
 
 
-@pytest.mark.parametrize("name", [*SCRIPTS, "binning_sweep"])
+@pytest.mark.parametrize("name", [*SCRIPTS, "binning_sweep", "sample_count_sweep"])
 def test_every_script_has_the_same_flags(name):
     result = subprocess.run(
         [sys.executable, str(REPO / "sweeps" / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120
@@ -242,3 +242,18 @@ def test_the_binning_sweep_ranks_whole_assemblies_on_near_complete_bins():
     assert quality.data.max_samples == common.SMOKE["max_samples"]
     with pytest.raises(ConfigError, match="needs features with abundance"):
         check_space(module.space, base, seed=0, samples=8)
+
+
+def test_the_sample_count_sweep_varies_what_the_sample_count_changes_and_keeps_the_preset():
+    import dataclasses
+
+    from kmervae.core.config import preset_config
+
+    module = load("sample_count_sweep")
+    base = preset_config("metagenome")
+    one_sample = dataclasses.replace(base, model=dataclasses.replace(base.model, abundance_samples=1))
+    varied = check_space(module.space, one_sample, seed=0, samples=64)
+    assert varied == {"loss.wab", "model.latent_dim", "train.lr_schedule"}
+    args = sweep_cli.parse_args("sample_count", "metagenome", ["--seeds", "3"], metric="bins")
+    sweep = sweep_cli.sweep_config("sample_count_sweep", args, "val/est_nc_bins")
+    assert (sweep.seeds, sweep.num_samples) == (3, 48)  # 16 settings by default, three seeds each

@@ -37,6 +37,9 @@ def _check_widths(key: str, widths: tuple[int, ...], min_layers: int = 1) -> Non
     )
 
 
+LR_SCHEDULES = ("plateau", "cosine")
+"""How the learning rate moves over epochs (train.lr_schedule)."""
+
 ABUNDANCE_INPUTS = ("shares", "log_ratio")
 """What the abundance encoder may see (model.abundance_input)."""
 
@@ -352,7 +355,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation: Adam, ReduceLROnPlateau on val/loss, clipping, precision, seeds."""
+    """Optimisation: Adam, a learning-rate schedule (plateau or cosine), clipping, precision, seeds."""
 
     epochs: int = 100
     """Passes over the training split."""
@@ -369,7 +372,12 @@ class TrainConfig:
     plateau_patience: int = 20
     """ReduceLROnPlateau patience in epochs (seed: 20)."""
     min_lr: float = 1e-6
-    """ReduceLROnPlateau lower bound (seed: 1e-6)."""
+    """Lower bound of the learning rate under either schedule (seed: 1e-6)."""
+    lr_schedule: str = "plateau"
+    """'plateau' (ReduceLROnPlateau on val/loss, the seed's) or 'cosine' (each epoch's rate falls
+    along half a cosine from the scaled train.lr at the first epoch towards train.min_lr after the
+    last, as VAMB's batch doubling lowers its gradient noise: the weights a run ends on are an
+    annealed minimum, not one noisy step of a constant rate; bench/RESULTS.md "Issue 38")."""
     seed: int = 0
     """Seed of weights, shuffling and sampling; CPU runs are reproducible bit for bit."""
     device: str = "auto"
@@ -440,6 +448,9 @@ class TrainConfig:
         )
         check_field(
             0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"expected a number in [0, train.lr={self.lr}]"
+        )
+        check_field(
+            self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", self.lr_schedule, "expected plateau or cosine"
         )
         check_field(isinstance(self.seed, int) and self.seed >= 0, "train.seed", self.seed, "expected an integer >= 0")
         check_field(
@@ -626,7 +637,13 @@ class SweepConfig:
     turns train.nc_bins on), val/link_agreement (label-free), or val/loss (minimised; it ranks only
     trials that share their loss settings and latent size)."""
     num_samples: int = 8
-    """Trials to run."""
+    """Trials to run (with `seeds` > 1: settings x seeds)."""
+    seeds: int = 1
+    """Training seeds per setting: each setting the sampler proposes trains this many times, with
+    train.seed = the sweep's seed + 0, 1, ..., and settings rank on the median of their trials' best
+    epochs (one seed's count of bins can differ from the next seed's by two or three: bench/RESULTS.md
+    "Issue 38"). Above 1, ASHA is off: stopping some seeds of a setting early would bias its median
+    (Ray's own `Repeater` docs say the same)."""
     max_concurrent: int | None = None
     """Trials at once (None: as many as the cluster fits)."""
     workers_per_trial: int = 1
@@ -652,6 +669,13 @@ class SweepConfig:
         )
         check_field(self.metric in OBJECTIVES, "--metric", self.metric, f"expected one of {', '.join(OBJECTIVES)}")
         check_field(self.num_samples >= 1, "--samples", self.num_samples, "expected an integer >= 1")
+        check_field(isinstance(self.seeds, int) and self.seeds >= 1, "--seeds", self.seeds, "expected an integer >= 1")
+        check_field(
+            self.num_samples % self.seeds == 0,
+            "--samples",
+            self.num_samples,
+            f"expected a multiple of --seeds={self.seeds} (settings x seeds trials)",
+        )
         check_field(
             self.max_concurrent is None or self.max_concurrent >= 1,
             "--max-concurrent",

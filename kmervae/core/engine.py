@@ -98,8 +98,33 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """ReduceLROnPlateau on val/loss (seed: factor 0.5, patience 20, min 1e-6)."""
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+"""What `make_scheduler` returns; `run_epochs` calls `step(val_loss)` once after every epoch."""
+
+
+class CosineEpochs(torch.optim.lr_scheduler.LambdaLR):
+    """Half a cosine over the run's epochs: epoch e trains at min + (lr - min) (1 + cos(pi e / E)) / 2.
+
+    Stepped like ReduceLROnPlateau (`step(val_loss)`, the metric unused) so that the epoch loop
+    has one call for both schedules; its state is LambdaLR's, so checkpoints resume it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, epochs: int, min_lr: float) -> None:
+        peak = optimizer.param_groups[0]["lr"]
+        floor = min(min_lr / peak, 1.0) if peak > 0 else 0.0
+
+        def factor(epoch: int) -> float:
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+        super().__init__(optimizer, factor)
+
+    def step(self, metric: float | None = None) -> None:  # noqa: ARG002 - the plateau schedule's signature
+        super().step()
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Scheduler:
+    """train.lr_schedule: ReduceLROnPlateau on val/loss (seed: factor 0.5, patience 20, min 1e-6) or `CosineEpochs`."""
+    if cfg.lr_schedule == "cosine":
+        return CosineEpochs(optimizer, cfg.epochs, cfg.min_lr)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
     )
@@ -427,7 +452,7 @@ def run_epochs(
     data: EpochData,
     config: RunConfig,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    scheduler: Scheduler,
     *,
     device: torch.device,
     on_epoch: EpochHook,

@@ -22,6 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kmervae.core.checkpoint import Checkpoint, checkpoint_bytes, load_checkpoint
 from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.errors import ConfigError
@@ -193,13 +195,26 @@ def run_trial(
     # soon as its last report arrives. The driver exports every trial's results instead.
 
 
+SEED_INDEX = "__trial_index__"
+"""Where `SeedRepeats` puts a repeat's index in a trial's config (the name Ray's own Repeater uses):
+the trial trains with train.seed = the base's + it."""
+
+
 def trial_config(base: RunConfig, sampled: dict[str, Any]) -> RunConfig:
     """A trial's settings: the sweep's base with the sampled overrides, its epochs at most the
-    sweep's (ASHA's max_t: a space may draw `train.epochs` up to it, not past it)."""
+    sweep's (ASHA's max_t: a space may draw `train.epochs` up to it, not past it), and its seed
+    the base's plus its index among the repeats of one setting (`SweepConfig.seeds`)."""
     config = RunConfig.from_dict(overrides_to_dict(config_overrides(sampled)), base=base)
     if config.train.epochs > base.train.epochs:
         config = config.with_overrides([f"train.epochs={base.train.epochs}"])
+    if sampled.get(SEED_INDEX):
+        config = config.with_overrides([f"train.seed={base.train.seed + int(sampled[SEED_INDEX])}"])
     return config
+
+
+def setting_of(params: dict[str, Any]) -> tuple:
+    """What a trial's repeats share: its sampled parameters without the repeat's index."""
+    return tuple(sorted((k, repr(v)) for k, v in params.items() if k != SEED_INDEX))
 
 
 def trial_epochs(base: RunConfig, sampled: dict[str, Any]) -> int:
@@ -431,11 +446,15 @@ def _trial_resources(sweep: SweepConfig):
 
 def _tuner(trainable, view, space: SpaceFn, sweep: SweepConfig, base: RunConfig, concurrent: int, resume: bool):
     """The Tune run of the sweep: restored from its storage with `resume`, else new: Optuna's
-    TPE proposes, ASHA stops weak trials early, `view` reports to the console."""
+    TPE proposes, ASHA stops weak trials early, `view` reports to the console. With several seeds
+    per setting, `SeedRepeats` runs each proposal `sweep.seeds` times (Optuna hears their median)
+    and no trial is stopped early."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from kmervae.distributed.seed_repeats import SeedRepeats
 
     tune_dir = join(sweep.storage, sweep.name, "tune")
     if resume and tune.Tuner.can_restore(tune_dir):
@@ -450,6 +469,8 @@ def _tuner(trainable, view, space: SpaceFn, sweep: SweepConfig, base: RunConfig,
         grace_period=min(sweep.grace_period, base.train.epochs),
         reduction_factor=sweep.reduction_factor,
     )
+    if sweep.seeds > 1:
+        searcher, scheduler = SeedRepeats(searcher, sweep.seeds, SEED_INDEX), None
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -596,9 +617,19 @@ def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, parent, log
 
 
 def _pick_best(result: SweepResult, sweep: SweepConfig, outputs: Path) -> None:
-    """The trial whose best epoch is best, and that epoch's checkpoint."""
+    """The setting whose trials' best epochs have the best median (one trial per setting: the
+    trial whose best epoch is best), its best trial, and that trial's best checkpoint."""
     ok = [r for r in result.trials if r.status == "OK" and r.best is not None]
     if ok:
-        result.best_trial = sweep.objective.best_of(ok, lambda row: row.best)
+        settings: dict[tuple, list[TrialRow]] = {}
+        for row in ok:
+            settings.setdefault(setting_of(row.params), []).append(row)
+        medians = [(float(np.median([r.best for r in rows])), rows) for rows in settings.values()]
+        picked = sweep.objective.best_of(medians, lambda pair: pair[0])
+        if picked is None:
+            return
+        result.best_median, chosen = picked
+        result.best_seeds = sorted(r.best for r in chosen)
+        result.best_trial = sweep.objective.best_of(chosen, lambda row: row.best)
         candidate = RunOutputs(trial_outputs(outputs, result.best_trial.trial_id)).best_checkpoint
         result.best_checkpoint = candidate if candidate.exists() else None

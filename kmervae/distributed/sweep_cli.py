@@ -45,7 +45,7 @@ def sweep_parser(description: str, preset: str, metric: str = "auto") -> tuple[a
     add = p.add_argument
     actions = [
         add("--data", type=Path, help="feature dataset (default: the bundled examples, featurized on first use)"),
-        add("--samples", type=int, default=None, help="trials (default 16; 3 with --smoke-test)"),
+        add("--samples", type=int, default=None, help="trials (default 16, 3 with --smoke-test; times --seeds)"),
         add(
             "--epochs",
             type=int,
@@ -79,6 +79,13 @@ def sweep_parser(description: str, preset: str, metric: str = "auto") -> tuple[a
             "the features: 'kmervae markers'); bins = val/nc_bins with labels, else val/est_nc_bins",
         ),
         add("--seed", type=int, default=0, help="seed of the sampler and of training"),
+        add(
+            "--seeds",
+            type=int,
+            default=1,
+            help="training seeds per setting (seed, seed+1, ...): settings rank on the median of their trials; "
+            "--samples counts trials (settings x seeds); above 1, no trial is stopped early",
+        ),
         *add_settings_flags(p, preset, "fixed setting for every trial"),
         *add_tracking_flags(p, "kmervae-sweeps"),
         add(
@@ -249,11 +256,12 @@ def sweep_config(script: str, args: argparse.Namespace, metric: str):
         name=args.name or time.strftime(f"{script}-%Y%m%d-%H%M%S"),
         storage=args.storage,
         metric=metric,
-        num_samples=args.samples or (SMOKE["samples"] if smoke else 16),
+        num_samples=args.samples or (SMOKE["samples"] if smoke else 16) * args.seeds,
         max_concurrent=args.max_concurrent,
         workers_per_trial=args.workers_per_trial,
         gpus_per_trial=0.0 if smoke else args.gpus_per_trial,
         seed=args.seed,
+        seeds=args.seeds,
         grace_period=1 if smoke else 2,
         experiment=args.experiment,
         register_as=args.register_as,
@@ -272,6 +280,10 @@ def _print_summary(result, sweep, args: argparse.Namespace) -> None:
     if result.best_trial is not None:
         best = result.best_trial
         print(f"best      trial {best.trial_id}: {sweep.metric} {best.best:.4f} with {best.params}")
+        if sweep.seeds > 1:
+            seeds = ", ".join(f"{v:.4g}" for v in result.best_seeds)
+            count = len(result.best_seeds)
+            print(f"setting   median {sweep.metric} {result.best_median:.4f} over its {count} seed(s): {seeds}")
         print(f"checkpoint {result.best_checkpoint}")
     if result.registered:
         print(f"registry  {result.registered}")

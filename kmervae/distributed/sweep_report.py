@@ -53,6 +53,8 @@ class SweepResult:
     outputs: str  # local folder with every trial's exported checkpoints and plots
     trials: list[TrialRow] = field(default_factory=list)
     best_trial: TrialRow | None = None
+    best_median: float | None = None  # the objective's median over the best setting's seeds
+    best_seeds: list[float] = field(default_factory=list)  # each of its seeds' best, ascending
     best_checkpoint: Path | None = None
     parent_run_id: str | None = None
     mlflow_uri: str | None = None
@@ -143,6 +145,10 @@ def sweep_description(result, sweep, children: dict[str, str], experiment_id: st
     if best is not None and best.best is not None:
         settings = ", ".join(f"`{k}={short_value(v)}`" for k, v in best.params.items())
         lines += [f"**Best trial** {link(best.trial_id)}: `{sweep.metric}` **{best.best:.4f}** with {settings}.", ""]
+        if sweep.seeds > 1:
+            seeds = ", ".join(f"{v:.4g}" for v in result.best_seeds)
+            count = len(result.best_seeds)
+            lines += [f"Its setting's median over {count} seed(s): **{result.best_median:.4f}** ({seeds}).", ""]
         if registered:
             lines += [f"Registered as `{registered}`; its checkpoint is in this run's `best_model/`.", ""]
     ranked = sorted(
