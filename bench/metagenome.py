@@ -4,7 +4,8 @@ every binner on it side by side, scored by one scorer (issue 26).
     python bench/metagenome.py build GENOMES... -o DIR [--samples 4] [--seed 1] [--median-length 4000]
     python bench/metagenome.py run DIR [--binners kmervae baseline metabat vamb semibin] [--samples N]
                                        [--preset metagenome] [--epochs E] [--seeds 0 1 2]
-                                       [--set section.key=value ...] [--tag NAME] [--vamb BIN] [--semibin BIN]
+                                       [--set section.key=value ...] [--tag NAME] [--ensemble N] [--reuse]
+                                       [--vamb BIN] [--semibin BIN]
 
 `build` cuts each genome into consecutive contigs of log-normal length (median `--median-length`,
 1-100 kb, as CAMI cuts a gold-standard assembly; contigs under `--min-length` dropped), gives
@@ -40,8 +41,11 @@ DIR/run/<N>s/<binner>. Binners:
   `python3 -m venv ENV && ENV/bin/pip install torch==2.13.0 semibin==2.6.0` (the CPU build of
   torch) and Debian's `bedtools hmmer`, which it calls; then `--semibin ENV/bin/SemiBin2`.
 
-With kmervae and the baseline both run, the last line is the gate (issue 38): kmervae's
-near-complete bins minus the baseline's, median and range over the training seeds. A trained
+`--ensemble 3` also bins every three consecutive seeds' embeddings together (`kmervae bin A B C`:
+seeds 0 1 2, 3 4 5, ...); `--reuse` bins a seed embedded by an earlier run again instead of
+retraining it. With kmervae and the baseline both run, the last lines are the gate (issue 38):
+kmervae's near-complete bins minus the baseline's, median and range over the training seeds (and
+over the ensembles). A trained
 model that does not beat the untrained baseline on its own clusterer has not earned its training.
 
 Each binner's contig -> bin table is kept as DIR/run/<N>s/<binner>/assignment.tsv, which
@@ -276,13 +280,48 @@ def run_kmervae(folder: Path, out: Path, args, seed: int = 0) -> tuple[dict[str,
         [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "binned"), "--overwrite",
          *(["--resolution", chosen[-1]] if chosen else [])],
     ]  # fmt: skip
+    if args.reuse and (out / "emb.parquet").exists():  # an earlier run of this seed: bin its embeddings again
+        steps = steps[2:]
     wall = peak = 0.0
     for i, step in enumerate(steps):
         seconds, rss = timed(step, out / f"step{i}.log")
         wall, peak = wall + seconds, max(peak, rss)
-    with open(out / "binned" / "bins.tsv") as handle:
+    return binned(out / "binned"), wall, peak
+
+
+def binned(folder: Path) -> dict[str, str]:
+    """contig -> bin of a `kmervae bin` folder (unbinned contigs left out)."""
+    with open(folder / "bins.tsv") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    return {r["contig_id"]: r["bin"] for r in rows if r["bin"] != "unbinned"}, wall, peak
+    return {r["contig_id"]: r["bin"] for r in rows if r["bin"] != "unbinned"}
+
+
+def run_ensembles(folder: Path, base: Path, tagged: str, args) -> list[int]:
+    """`kmervae bin` of every `--ensemble` consecutive seeds' embeddings together (seeds 0 1 2, then
+    3 4 5, ...): near-complete bins of each ensemble, printed as rows; the time is the binning's."""
+    counts = []
+    for start in range(0, len(args.seeds) - args.ensemble + 1, args.ensemble):
+        chunk = args.seeds[start : start + args.ensemble]
+        out = base / f"{tagged}-ensemble-{'-'.join(map(str, chunk))}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        chosen = [s.split("=", 1)[1] for s in args.set if s.startswith("train.bin_resolution=")]
+        embeddings = [str(base / f"{tagged}-{seed}" / "emb.parquet") for seed in chunk]
+        wall, rss = timed(
+            [KMERVAE, "bin", *embeddings, "-o", str(out / "binned"), "--overwrite",
+             *(["--resolution", chosen[-1]] if chosen else [])],
+            out / "bin.log",
+        )  # fmt: skip
+        assignment = binned(out / "binned")
+        write_assignment(assignment, out / ASSIGNMENT)
+        s = score(assignment, folder)
+        counts.append(s["near_complete"])
+        cells = f"{s['near_complete']} | {s['medium']} | {s['binned_share']:.1%} | {wall:.0f} s | {rss:.2f} GiB"
+        print(f"| kmervae ensemble of seeds {' '.join(map(str, chunk))} | {cells} |", flush=True)
+    if len(counts) > 1:
+        print(f"| kmervae ensembles, median (range) of {len(counts)} | {np.median(counts):g} "
+              f"({min(counts)}-{max(counts)}) | | | | |", flush=True)  # fmt: skip
+    return counts
 
 
 def run_baseline(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
@@ -365,7 +404,7 @@ def run(args: argparse.Namespace) -> None:
         for label, seed in runs:
             tagged = f"{name}-{args.tag}" if args.tag and name == "kmervae" else name
             out = folder / "run" / f"{samples}s" / (tagged if seed is None else f"{tagged}-{seed}")
-            if out.exists() and not args.keep:
+            if out.exists() and not (args.keep or args.reuse):
                 shutil.rmtree(out)
             (out / "bins").mkdir(parents=True, exist_ok=True)
             try:
@@ -383,16 +422,20 @@ def run(args: argparse.Namespace) -> None:
         if len(counts) > 1:
             print(f"| {name}, median (range) of {len(counts)} seeds | {np.median(counts):g} "
                   f"({min(counts)}-{max(counts)}) | | | | |", flush=True)  # fmt: skip
-    if counts_of.get("kmervae") and counts_of.get("baseline"):
-        print(gate(counts_of["kmervae"], counts_of["baseline"][0]), flush=True)
+        if name == "kmervae" and args.ensemble > 1:
+            tagged = f"{name}-{args.tag}" if args.tag else name
+            counts_of["ensembles"] = run_ensembles(folder, folder / "run" / f"{samples}s", tagged, args)
+    for name, what in (("kmervae", "seed(s)"), ("ensembles", f"ensemble(s) of {args.ensemble} seeds")):
+        if counts_of.get(name) and counts_of.get("baseline"):
+            print(gate(counts_of[name], counts_of["baseline"][0], what), flush=True)
 
 
-def gate(kmervae: list[int], baseline: int) -> str:
+def gate(kmervae: list[int], baseline: int, what: str = "seed(s)") -> str:
     """The model's worth (issue 38): its near-complete bins minus the untrained baseline's on the
-    same clusterer, median and range over training seeds."""
+    same clusterer, median and range over training seeds (or over ensembles of seeds)."""
     gains = [count - baseline for count in kmervae]
     return (
-        f"gate: kmervae - baseline = {np.median(gains):+g} near-complete bin(s), median of {len(gains)} seed(s) "
+        f"gate: kmervae - baseline = {np.median(gains):+g} near-complete bin(s), median of {len(gains)} {what} "
         f"(range {min(gains):+d} to {max(gains):+d})"
     )
 
@@ -417,6 +460,10 @@ def main() -> None:
     r.add_argument("--epochs", type=int, help="kmervae's epochs (default: the preset's)")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="kmervae's training seeds")
     r.add_argument("--keep", action="store_true", help="keep earlier outputs in DIR/run (default: replace)")
+    r.add_argument("--reuse", action="store_true", help="kmervae: bin a seed embedded before again")
+    r.add_argument(
+        "--ensemble", type=int, default=1, help="kmervae: also bin every N consecutive seeds' embeddings together"
+    )
     r.add_argument("--set", nargs="*", default=[], help="kmervae settings on top of the preset")
     r.add_argument("--tag", help="kmervae's outputs in DIR/run/<N>s/kmervae-TAG-<seed> (a lever beside the preset)")
     r.add_argument("--vamb", help="the vamb command of its own environment")

@@ -27,6 +27,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -122,6 +124,41 @@ def checkpoint_candidates(storage: Path, features: Path) -> None:
         print(f"Spearman({name}) over {len(rows)} trials: {rhos}  ")
 
 
+SEED_INDEX = "__trial_index__"  # kmervae.distributed.sweep.SEED_INDEX: a repeat's index (`--seeds`)
+FREE = "val/est_nc_bins"
+
+
+def print_settings(trials, label: str, spearmanr) -> None:
+    """A sweep with several seeds per setting: each setting's trials (seeds), the median of their
+    best epochs by the label-free objective (what the sweep ranked on) and by `label`, and how the
+    two rank the settings."""
+    settings: dict[tuple, list] = {}
+    for run, steps, _, history in trials:
+        key = tuple(
+            sorted((k, v) for k, v in run.data.params.items() if k.startswith("trial.") and k not in
+                   ("trial.id", f"trial.{SEED_INDEX}"))
+        )  # fmt: skip
+        settings.setdefault(key, []).append((steps, history))
+    print(f"| setting | seeds | {FREE} at each seed's best epoch by it | {label} there | median {FREE} | "
+          f"median {label} there | median best {label} |")  # fmt: skip
+    print("|---" * 7 + "|")
+    rows = []
+    for key, seeds in settings.items():
+        by_free = [max(s, key=lambda step, h=h: h[FREE][step]) for s, h in seeds]
+        free = [h[FREE][b] for b, (_, h) in zip(by_free, seeds, strict=True)]
+        true_there = [h[label][b] for b, (_, h) in zip(by_free, seeds, strict=True)]
+        best_true = [max(h[label][step] for step in s) for s, h in seeds]
+        rows.append((float(np.median(free)), float(np.median(true_there)), float(np.median(best_true))))
+        name = ", ".join(f"{k.split('.', 2)[-1]}={short(v)}" for k, v in key)
+        medians = f"{rows[-1][0]:.3f} | {rows[-1][1]:g} | {rows[-1][2]:g}"
+        print(f"| {name} | {len(seeds)} | {' / '.join(f'{v:.3f}' for v in free)} | "
+              f"{' / '.join(f'{v:g}' for v in true_there)} | {medians} |")  # fmt: skip
+    if len(rows) > 2:
+        rho = spearmanr([r[0] for r in rows], [r[1] for r in rows]).statistic
+        print(f"\nSpearman over settings (n = {len(rows)}) of median {FREE} with median {label} there: {rho:.3f}  ")
+    print()
+
+
 def main() -> None:
     from mlflow import MlflowClient
     from scipy.stats import spearmanr
@@ -165,6 +202,8 @@ def main() -> None:
         row = [run.data.tags["kmervae.trial_id"], *params, str(len(steps)), str(best + 1), *scores]
         print("| " + " | ".join(row + [f"{history[args.label][steps[-1]]:.4f}"]) + " |")
     print()
+    if any(f"trial.{SEED_INDEX}" in run.data.params for run, *_ in trials):
+        print_settings(trials, args.label, spearmanr)
     for free in LABEL_FREE:
         if not all(history[free] for *_, history in trials):
             continue

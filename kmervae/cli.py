@@ -623,7 +623,14 @@ def _add_bin(sub: argparse._SubParsersAction) -> None:
         "The folder appears only when complete.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS", help="embedding parquet from 'kmervae embed'")
+    p.add_argument(
+        "embeddings",
+        type=Path,
+        nargs="+",
+        metavar="EMBEDDINGS",
+        help="embedding parquet from 'kmervae embed'; several (the same contigs embedded by models trained with "
+        "other seeds) bin as one ensemble, steadier than any one of them",
+    )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="BINS_DIR", help="output folder")
     p.add_argument(
         "--fasta",

@@ -280,3 +280,38 @@ def test_bins_from_the_approximate_graph_are_the_exact_graphs_bins(two_genomes):
     approximate = bins.cluster(vectors, lengths, exact_max=0)
     assert bins.bin_quality(approximate, labels, lengths).near_complete == 2
     assert np.array_equal(approximate, exact)
+
+
+def test_several_embeddings_of_the_same_contigs_bin_as_one_ensemble(two_genomes, tmp_path, capsys):
+    """`kmervae bin A B`: each contig's readouts side by side, rows matched by contig id whatever each
+    file's order; a file of other contigs is refused in one line before anything is written."""
+    from kmervae.apply.embed import read_ensemble
+    from kmervae.cli import main
+
+    first = read_embeddings(two_genomes["embeddings"])
+    table = FeatureTable.from_parquet(two_genomes["features"])
+    kmer3 = np.log(table.kmer3 + 1.0)  # a second, different embedding of the same contigs: 3-mer profiles
+    kmer3 = (kmer3 - kmer3.mean(axis=0)) / (kmer3.std(axis=0) + 1e-9)
+    ids = np.asarray(table.contig_ids, dtype=object)
+    back = slice(None, None, -1)  # written in the reverse order
+    second = write_embeddings(tmp_path / "k3.parquet", ids[back], None, table.length[back], table.gc[back], kmer3[back])
+    both = read_ensemble([two_genomes["embeddings"], second])
+    assert list(both.ids) == list(first.ids) and both.vectors.shape == (len(ids), first.vectors.shape[1] + 32)
+    row = {cid: i for i, cid in enumerate(ids)}
+    expected = kmer3[[row[cid] for cid in first.ids]]
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(both.vectors[:, first.vectors.shape[1] :], expected, atol=1e-6)
+    assert np.allclose(np.linalg.norm(both.vectors, axis=1), np.sqrt(2), atol=1e-5)  # one unit readout each
+
+    result = bin_contigs([two_genomes["embeddings"], second], tmp_path / "bins", labels_tsv=two_genomes["labels"])
+    assert result.quality["near_complete"] == 2
+
+    fewer = write_embeddings(tmp_path / "fewer.parquet", ids[:-3], None, table.length[:-3], table.gc[:-3], kmer3[:-3])
+    out = tmp_path / "refused"
+    assert main(["bin", str(two_genomes["embeddings"]), str(fewer), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"kmervae bin: error: {fewer}: holds {len(ids) - 3:,} contigs, 0 of them not in {two_genomes['embeddings']} "
+        f"({len(ids):,}); embed the same feature dataset with every model"
+    )
+    assert not out.exists()

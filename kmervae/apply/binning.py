@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from kmervae.apply.embed import read_embeddings
+from kmervae.apply.embed import read_ensemble
 from kmervae.core import bins, markers
 from kmervae.core import recluster as reclustering
 from kmervae.core.errors import ConfigError, InputError, OutputError
@@ -352,7 +352,7 @@ def contig_markers(fasta: Sequence[Path], ids: np.ndarray, placements: list[Plac
 
 
 def bin_contigs(
-    embeddings: str | Path,
+    embeddings: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     fasta: Sequence[Path] = (),
@@ -369,7 +369,10 @@ def bin_contigs(
     progress: bool | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> BinResult:
-    """Bin the embedded contigs into `out` (written whole, or not at all). Each bin's completeness
+    """Bin the embedded contigs into `out` (written whole, or not at all). Several embedding files of
+    the same contigs (models trained with other seeds) bin as one ensemble (`embed.read_ensemble`):
+    a contig's neighbours are those all the models agree on, which steadies the bins that one
+    seed merges and the next does not (bench/RESULTS.md "Issue 38"). Each bin's completeness
     and contamination are estimated from single-copy marker genes: those of `markers_tsv`, else,
     with `fasta` and `find_markers`, found here (and written to the folder as markers.tsv)."""
     started = time.perf_counter()
@@ -381,7 +384,9 @@ def bin_contigs(
     _check_settings(out, method, min_bin_size, resolution, overwrite)
     if recluster not in reclustering.METHODS:
         raise ConfigError(f"--recluster {recluster!r}: expected one of {', '.join(reclustering.METHODS)}")
-    ids, vectors, labels, lengths, gc = read_embeddings(embeddings)
+    paths = [embeddings] if isinstance(embeddings, (str, Path)) else list(embeddings)
+    ids, vectors, labels, lengths, gc = read_ensemble(paths)
+    embeddings = paths[0]  # what the messages below name
     if len(ids) == 0:
         raise InputError(f"{embeddings}: holds no contigs")
     if len(set(ids)) != len(ids):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -282,3 +282,38 @@ def read_embeddings(path: str | Path) -> Embeddings:
         column("length", np.int64),
         column("gc", np.float32),
     )
+
+
+def read_ensemble(paths: Sequence[str | Path]) -> Embeddings:
+    """Several embeddings of the same contigs (models trained with other seeds or settings) as one:
+    each contig's unit-length readouts side by side, in the first file's order, so that the cosine
+    of two contigs is the mean of their cosines in each model. Labels, lengths and GC come from the
+    first file that has them. One file is read as it is."""
+    first, *rest = [read_embeddings(path) for path in paths]
+    if not rest:
+        return first
+    parts, found = [unit(first.vectors)], list(first)
+    where = {cid: i for i, cid in enumerate(first.ids)}
+    for path, other in zip(paths[1:], rest, strict=True):
+        order = np.array([where.get(cid, -1) for cid in other.ids])
+        if len(other.ids) != len(first.ids) or (order < 0).any() or len(set(order)) != len(order):
+            missing = int((order < 0).sum())
+            raise InputError(
+                f"{path}: holds {len(other.ids):,} contigs, {missing:,} of them not in {paths[0]} "
+                f"({len(first.ids):,}); embed the same feature dataset with every model"
+            )
+        placed = np.empty_like(other.vectors)
+        placed[order] = other.vectors
+        parts.append(unit(placed))
+        for i in (2, 3, 4):  # labels, lengths, gc where the first file has none
+            if found[i] is None and other[i] is not None:
+                column = np.empty_like(other[i])
+                column[order] = other[i]
+                found[i] = column
+    return Embeddings(first.ids, np.concatenate(parts, axis=1), *found[2:])
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (a zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
