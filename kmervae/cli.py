@@ -629,7 +629,7 @@ def _add_bin(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="EMBEDDINGS",
         help="embedding parquet from 'kmervae embed'; several (the same contigs embedded by models trained with "
-        "other seeds) bin as one ensemble, steadier than any one of them",
+        "other seeds or settings) bin as one ensemble",
     )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="BINS_DIR", help="output folder")
     p.add_argument(

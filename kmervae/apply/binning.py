@@ -370,9 +370,9 @@ def bin_contigs(
     log: Callable[[str], None] = lambda line: None,
 ) -> BinResult:
     """Bin the embedded contigs into `out` (written whole, or not at all). Several embedding files of
-    the same contigs (models trained with other seeds) bin as one ensemble (`embed.read_ensemble`):
-    a contig's neighbours are those all the models agree on, which steadies the bins that one
-    seed merges and the next does not (bench/RESULTS.md "Issue 38"). Each bin's completeness
+    the same contigs (models trained with other seeds or settings) bin as one ensemble
+    (`embed.read_ensemble`): a contig's neighbours are those the models agree on (measured in
+    bench/RESULTS.md "Issue 38": no steadier than one seed on the one-sample sets). Each bin's completeness
     and contamination are estimated from single-copy marker genes: those of `markers_tsv`, else,
     with `fasta` and `find_markers`, found here (and written to the folder as markers.tsv)."""
     started = time.perf_counter()
