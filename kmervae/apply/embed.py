@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from kmervae.core.bins import readout
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from kmervae.core.feature_contract import ABUNDANCE, KMER_COLUMNS, MODEL_INPUTS, input_columns
 from kmervae.core.feature_table import dataset_files, decode_inputs
@@ -292,7 +293,7 @@ def read_ensemble(paths: Sequence[str | Path]) -> Embeddings:
     first, *rest = [read_embeddings(path) for path in paths]
     if not rest:
         return first
-    parts, found = [unit(first.vectors)], list(first)
+    parts, found = [readout(first.vectors)], list(first)
     where = {cid: i for i, cid in enumerate(first.ids)}
     for path, other in zip(paths[1:], rest, strict=True):
         order = np.array([where.get(cid, -1) for cid in other.ids])
@@ -304,16 +305,10 @@ def read_ensemble(paths: Sequence[str | Path]) -> Embeddings:
             )
         placed = np.empty_like(other.vectors)
         placed[order] = other.vectors
-        parts.append(unit(placed))
+        parts.append(readout(placed))
         for i in (2, 3, 4):  # labels, lengths, gc where the first file has none
             if found[i] is None and other[i] is not None:
                 column = np.empty_like(other[i])
                 column[order] = other[i]
                 found[i] = column
     return Embeddings(first.ids, np.concatenate(parts, axis=1), *found[2:])
-
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (a zero row stays zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
