@@ -269,16 +269,13 @@ def run_kmervae(folder: Path, out: Path, args, seed: int = 0) -> tuple[dict[str,
     """featurize (timed apart, shared with the baseline), train on every contig, embed, bin."""
     features = kmervae_features(folder, args)
     settings = [f"train.seed={seed}", *args.set]
-    # A resolution chosen by a sweep (train.bin_resolution, what val/nc_bins used) bins here too.
-    chosen = [s.split("=", 1)[1] for s in args.set if s.startswith("train.bin_resolution=")]
     steps = [
         [KMERVAE, "train", str(features), "--engine", "local", "--preset", args.preset, "--no-mlflow",
          *(["--epochs", str(args.epochs)] if args.epochs else []), "--name", "bench", "--storage", str(out / "runs"),
          "--out", str(out / "model"), *[x for s in settings for x in ("--set", s)]],
         [KMERVAE, "embed", str(out / "model" / "best.pt"), str(features), "-o", str(out / "emb.parquet"),
          "--overwrite"],
-        [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "binned"), "--overwrite",
-         *(["--resolution", chosen[-1]] if chosen else [])],
+        [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "binned"), "--overwrite", *resolution_flag(args)],
     ]  # fmt: skip
     if args.reuse and (out / "emb.parquet").exists():  # an earlier run of this seed: bin its embeddings again
         steps = steps[2:]
@@ -289,6 +286,18 @@ def run_kmervae(folder: Path, out: Path, args, seed: int = 0) -> tuple[dict[str,
     return binned(out / "binned"), wall, peak
 
 
+def resolution_flag(args) -> list[str]:
+    """`kmervae bin --resolution R` where `--set` chose one (train.bin_resolution: what a sweep's
+    val/nc_bins used), else nothing (bin's default)."""
+    chosen = [s.split("=", 1)[1] for s in args.set if s.startswith("train.bin_resolution=")]
+    return ["--resolution", chosen[-1]] if chosen else []
+
+
+def kmervae_name(args) -> str:
+    """kmervae's run folders' prefix: `kmervae`, or `kmervae-TAG` for a lever kept beside the preset's."""
+    return f"kmervae-{args.tag}" if args.tag else "kmervae"
+
+
 def binned(folder: Path) -> dict[str, str]:
     """contig -> bin of a `kmervae bin` folder (unbinned contigs left out)."""
     with open(folder / "bins.tsv") as handle:
@@ -296,22 +305,20 @@ def binned(folder: Path) -> dict[str, str]:
     return {r["contig_id"]: r["bin"] for r in rows if r["bin"] != "unbinned"}
 
 
-def run_ensembles(folder: Path, base: Path, tagged: str, args) -> list[int]:
+def run_ensembles(folder: Path, base: Path, args) -> list[int]:
     """`kmervae bin` of every `--ensemble` consecutive seeds' embeddings together (seeds 0 1 2, then
     3 4 5, ...): near-complete bins of each ensemble, printed as rows; the time is the binning's."""
     counts = []
     for start in range(0, len(args.seeds) - args.ensemble + 1, args.ensemble):
         chunk = args.seeds[start : start + args.ensemble]
-        out = base / f"{tagged}-ensemble-{'-'.join(map(str, chunk))}"
+        out = base / f"{kmervae_name(args)}-ensemble-{'-'.join(map(str, chunk))}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        chosen = [s.split("=", 1)[1] for s in args.set if s.startswith("train.bin_resolution=")]
-        embeddings = [str(base / f"{tagged}-{seed}" / "emb.parquet") for seed in chunk]
+        embeddings = [str(base / f"{kmervae_name(args)}-{seed}" / "emb.parquet") for seed in chunk]
         wall, rss = timed(
-            [KMERVAE, "bin", *embeddings, "-o", str(out / "binned"), "--overwrite",
-             *(["--resolution", chosen[-1]] if chosen else [])],
+            [KMERVAE, "bin", *embeddings, "-o", str(out / "binned"), "--overwrite", *resolution_flag(args)],
             out / "bin.log",
-        )  # fmt: skip
+        )
         assignment = binned(out / "binned")
         write_assignment(assignment, out / ASSIGNMENT)
         s = score(assignment, folder)
@@ -402,8 +409,8 @@ def run(args: argparse.Namespace) -> None:
         runs = [(f"{name} seed {seed}", seed) for seed in args.seeds] if name == "kmervae" else [(name, None)]
         counts = []
         for label, seed in runs:
-            tagged = f"{name}-{args.tag}" if args.tag and name == "kmervae" else name
-            out = folder / "run" / f"{samples}s" / (tagged if seed is None else f"{tagged}-{seed}")
+            prefix = kmervae_name(args) if name == "kmervae" else name
+            out = folder / "run" / f"{samples}s" / (prefix if seed is None else f"{prefix}-{seed}")
             if out.exists() and not (args.keep or args.reuse):
                 shutil.rmtree(out)
             (out / "bins").mkdir(parents=True, exist_ok=True)
@@ -423,8 +430,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"| {name}, median (range) of {len(counts)} seeds | {np.median(counts):g} "
                   f"({min(counts)}-{max(counts)}) | | | | |", flush=True)  # fmt: skip
         if name == "kmervae" and args.ensemble > 1:
-            tagged = f"{name}-{args.tag}" if args.tag else name
-            counts_of["ensembles"] = run_ensembles(folder, folder / "run" / f"{samples}s", tagged, args)
+            counts_of["ensembles"] = run_ensembles(folder, folder / "run" / f"{samples}s", args)
     for name, what in (("kmervae", "seed(s)"), ("ensembles", f"ensemble(s) of {args.ensemble} seeds")):
         if counts_of.get(name) and counts_of.get("baseline"):
             print(gate(counts_of[name], counts_of["baseline"][0], what), flush=True)
