@@ -98,9 +98,9 @@ def checkpoint_candidates(storage: Path, features: Path) -> None:
         with torch.no_grad():
             for batch in val.batches(512):
                 half_a, half_b = split_batch(batch, 0.5, generator)
-                whole.append(model(*batch).mu.double())
-                a.append(model(*half_a).mu.double())
-                b.append(model(*half_b).mu.double())
+                whole.append(model(*batch).embedding.double())
+                a.append(model(*half_a).embedding.double())
+                b.append(model(*half_b).embedding.double())
         whole, a, b = torch.cat(whole), readout(torch.cat(a)), readout(torch.cat(b))
         labels = [int(c) for c in val.codes]
         knn, ari = knn_accuracy(whole, labels), kmeans_ari(whole, labels)

@@ -35,7 +35,6 @@ from kmervae.core.config import RunConfig, preset  # noqa: E402
 from kmervae.core.data import CountBatch, InMemoryData, TensorData, load_splits  # noqa: E402
 from kmervae.core.engine import make_optimizer, make_scheduler, run_epochs  # noqa: E402
 from kmervae.core.feature_table import FeatureTable  # noqa: E402
-from kmervae.core.metrics import readout  # noqa: E402
 from kmervae.core.model import BranchedVAE  # noqa: E402
 
 SMALL = ["model.kmer7_widths=[256]", "model.kmer4_widths=[64]", "model.kmer3_widths=[32]", "model.trunk_widths=[128]"]
@@ -147,7 +146,7 @@ def embed(model: torch.nn.Module, features: Path, device: torch.device) -> tuple
     model = model.eval()
     table = FeatureTable.from_parquet(features)
     data = TensorData.from_table(table, np.arange(len(table)))
-    parts = [readout(model(*CountBatch(*batch).to(device)).mu.float()).float().cpu() for batch in data.batches(4096)]
+    parts = [model(*CountBatch(*batch).to(device)).embedding.float().cpu() for batch in data.batches(4096)]
     return table.contig_ids, torch.cat(parts).numpy()
 
 

@@ -84,6 +84,52 @@ def test_exports_return_the_normalised_readout_of_the_latent_mean(exported, exam
     np.testing.assert_allclose(session.run(None, inputs)[0], expected, atol=1e-5)
 
 
+def test_the_tnf_readout_puts_the_baselines_tnf_beside_the_latent_mean(example_features, tmp_path):
+    """model.tnf_readout = w: the embedding users get (exports, `kmervae embed`) is the latent
+    mean at unit length beside w times the untrained baseline's z-scored TNF at unit length, so
+    that cosines mix as (cos_latent + w^2 cos_tnf) / (1 + w^2). Every contig trains here, so the
+    model's TNF statistics are the baseline's own, computed by `kmervae evaluate`'s code."""
+    import onnxruntime
+
+    from kmervae.apply.evaluate import baselines
+
+    w = 0.5
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(
+        ["train.epochs=1", "train.batch_size=128", "data.val_split=all", f"model.tnf_readout={w}"]
+    )
+    checkpoint = fit_local(example_features, config, tmp_path / "run", log=lambda line: None).best_checkpoint
+    onnx = export(str(checkpoint), "onnx", tmp_path / "encoder.onnx")
+    vectors = read_embeddings(embed(str(onnx), example_features, tmp_path / "emb.parquet", progress=False).out)
+    latent = PRESETS["tiny"].latent_dim
+    assert vectors.vectors.shape == (1558, latent + 136)
+    scale = np.sqrt(1 + w**2)
+    z, tnf = vectors.vectors[:, :latent] * scale, vectors.vectors[:, latent:] * scale / w
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+    expected = baselines(example_features, vectors.ids, 8)["tnf_zscore"].astype(np.float64)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(tnf, expected, atol=2e-4)
+    model = load_checkpoint(checkpoint).build_model().eval()  # the latent half is the model's mean
+    inputs = real_inputs(example_features, 50)
+    with torch.no_grad():
+        mu = model(*(torch.from_numpy(inputs[k]) for k in ("length", "gc", "kmer7", "kmer4", "kmer3"))).mu.double()
+    np.testing.assert_allclose(z[:50], (mu / mu.norm(dim=1, keepdim=True)).numpy(), atol=1e-5)
+    session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, inputs)[0], vectors.vectors[:50], atol=1e-5)
+    assert {"tnf_mean", "tnf_std"} <= set(model.state_dict())
+
+
+def test_the_tnf_readout_turns_off_above_its_sample_count(abundance_features, tmp_path):
+    """With more samples than model.tnf_readout_max_samples (these features have 3) the trainer
+    turns the TNF readout off: depth separates what composition cannot. The test above has it on."""
+    settings = ["train.epochs=1", "train.batch_size=256", "model.abundance_widths=[8]", "model.tnf_readout=1"]
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides([*settings, "model.tnf_readout_max_samples=2"])
+    assert config.for_data(("s1", "s2")).model.tnf_readout == 1.0
+    run = fit_local(abundance_features, config, tmp_path / "run", log=lambda line: None)
+    saved = load_checkpoint(run.best_checkpoint)
+    assert saved.config.model.abundance_samples == 3 and saved.config.model.tnf_readout == 0.0
+    assert "tnf_mean" not in saved.build_model().state_dict()
+
+
 def test_log_variance_on_request(checkpoint, tmp_path, example_features):
     path = export(str(checkpoint), "onnx", tmp_path / "both.onnx", with_log_var=True)
     import onnxruntime

@@ -3,8 +3,8 @@
 The exported model takes the stored feature columns as tensors (length int64, gc
 float32, kmer7/kmer4/kmer3 counts int32, and for a model with an abundance branch
 `abundance` float32 per sample; batch dimension dynamic) and returns the
-embedding: the latent mean L2-normalised (`kmervae.core.metrics.readout`, what validation
-scores); with --with-log-var also the raw latent mean and log-variance. The transform travels inside, so serving
+embedding: the readout (`BranchedVAE.embed`: the latent mean L2-normalised, with the z-scored
+TNF beside it where model.tnf_readout is set; what validation scores); with --with-log-var also the raw latent mean and log-variance. The transform travels inside, so serving
 reads counts exactly as training did. Sources: a checkpoint file, an MLflow run id (its
 best checkpoint), or a registry URI such as `models:/kmervae-encoder@champion`.
 """
@@ -22,7 +22,6 @@ from kmervae.core.checkpoint import Checkpoint, load_checkpoint
 from kmervae.core.config import ModelConfig
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
 from kmervae.core.feature_contract import ABUNDANCE, input_columns
-from kmervae.core.metrics import readout
 from kmervae.core.model import N3, N4, N7, BranchedVAE
 from kmervae.tracking.checkpoints import CHECKPOINT_IN_MODEL, fetch_checkpoint, is_run_id
 
@@ -42,8 +41,9 @@ class Encoder(nn.Module):
 
     def forward(self, *inputs: Tensor):
         """The columns of `input_names(model.cfg)`, in that order."""
-        mu, log_var = self.model.encode(self.model.transform(*inputs))
-        embedding = readout(mu)
+        x = self.model.transform(*inputs)
+        mu, log_var = self.model.encode(x)
+        embedding = self.model.embed(x, mu)
         return (embedding, mu, log_var) if self.with_log_var else embedding
 
 

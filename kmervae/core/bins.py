@@ -65,11 +65,11 @@ MEDIUM = (0.5, 0.9)
 
 
 def readout(x: np.ndarray) -> np.ndarray:
-    """`metrics.readout` of numpy rows (unit length: cosine geometry), float32. Idempotent, so
+    """`model.readout` of numpy rows (unit length: cosine geometry), float32. Idempotent, so
     embeddings that are readouts already (what `kmervae embed` writes) pass unchanged."""
     import torch
 
-    from kmervae.core.metrics import readout as normalise
+    from kmervae.core.model import readout as normalise
 
     return normalise(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 

@@ -95,6 +95,18 @@ class ModelConfig:
     abundance_samples: int = 0
     """Samples of the abundance column of the features the model trains on: set from the feature
     dataset by every trainer (0: features without abundance). Not a setting to choose."""
+    tnf_readout: float = 0.0
+    """Weight w of the contig's tetranucleotide frequencies in its embedding (the readout), beside
+    the latent mean: both at unit length, the TNF times w, the whole at unit length, so that the
+    cosine of two contigs is (cos of the latent means + w^2 cos of the TNF) / (1 + w^2). The TNF
+    are the untrained baseline's (log-frequencies at a pseudo-frequency of 1e-6, z-scored over the
+    training contigs; the statistics are kept in the model's buffers). 0 (the default): the
+    embedding is the latent mean alone. With one sample the model's embedding loses composition
+    detail that the plain TNF keep (bench/RESULTS.md "Issue 38, lever 5")."""
+    tnf_readout_max_samples: int = 0
+    """The most samples of abundance with which `tnf_readout` applies: features with more turn it
+    off (`RunConfig.for_data`), since with several samples depth separates what composition cannot
+    and the TNF pull sibling strains back together. 0: any number of samples."""
 
     def __post_init__(self) -> None:
         for name in ("kmer7_widths", "kmer4_widths", "kmer3_widths", "trunk_widths", "abundance_widths"):
@@ -138,6 +150,18 @@ class ModelConfig:
         check_field(0.0 < self.log_eps < 1.0, "model.log_eps", self.log_eps, "expected a number in (0, 1)")
         norms = ("none", "zscore", "clr")
         check_field(self.input_norm in norms, "model.input_norm", self.input_norm, "expected none, zscore or clr")
+        check_field(
+            isinstance(self.tnf_readout, (int, float)) and 0.0 <= self.tnf_readout <= 100.0,
+            "model.tnf_readout",
+            self.tnf_readout,
+            "expected a number in [0, 100] (0: the latent mean alone)",
+        )
+        check_field(
+            isinstance(self.tnf_readout_max_samples, int) and self.tnf_readout_max_samples >= 0,
+            "model.tnf_readout_max_samples",
+            self.tnf_readout_max_samples,
+            "expected an integer >= 0 (0: any number of samples)",
+        )
 
     @property
     def floor(self) -> float:
@@ -555,8 +579,9 @@ class RunConfig:
 
     def for_data(self, samples: tuple[str, ...]) -> RunConfig:
         """This configuration for features whose abundance column has `samples` (empty: none):
-        `model.abundance_samples` set from them, the one way every trainer sets it. An abundance
-        branch without abundance, or a model trained on another number of samples, is refused."""
+        `model.abundance_samples` set from them, the one way every trainer sets it, and
+        `model.tnf_readout` off above `model.tnf_readout_max_samples`. An abundance branch without
+        abundance, or a model trained on another number of samples, is refused."""
         model = self.model
         if model.uses_abundance and not samples:
             raise ConfigError(
@@ -569,7 +594,12 @@ class RunConfig:
                 f"the model was set up for abundance of {model.abundance_samples} sample(s), these features "
                 f"have {len(samples)}; train a new model on them"
             )
-        return dataclasses.replace(self, model=dataclasses.replace(model, abundance_samples=len(samples)))
+        tnf = model.tnf_readout
+        if model.tnf_readout_max_samples and len(samples) > model.tnf_readout_max_samples:
+            tnf = 0.0  # with this many samples depth separates genomes; the TNF would merge strains
+        return dataclasses.replace(
+            self, model=dataclasses.replace(model, abundance_samples=len(samples), tnf_readout=tnf)
+        )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples as lists): what checkpoints, YAML and MLflow store."""

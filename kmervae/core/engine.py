@@ -216,11 +216,11 @@ class Validation(NamedTuple):
     """What `validate_epoch` measured, and what the embedding metrics need from every rank."""
 
     metrics: dict[str, float]
-    mu: Tensor | None  # (n, latent) latent means in batch order, with keep_embeddings
+    embeddings: Tensor | None  # (n, embedding_dim) readouts (`BranchedVAE.embed`) in batch order, with keep_embeddings
     codes: Tensor | None  # (n,) label codes that came with the batches
     links: Tensor | None  # (n, 2) must-link keys that came with the batches
     lengths: Tensor | None  # (n,) contig lengths, for val/nc_bins
-    views: Tensor | None  # (view_contigs, 2, latent) latent means of the two thinned halves
+    views: Tensor | None  # (view_contigs, 2, embedding_dim) readouts of the two thinned halves
 
 
 @torch.no_grad()
@@ -236,9 +236,9 @@ def validate_epoch(
     keep_embeddings: bool = False,
     view_contigs: int = 0,
 ) -> Validation:
-    """Exact validation metrics over all batches (and every rank); optionally the latent
-    means with the label codes and must-link keys that came with the batches, in the same
-    order; and for the first `view_contigs` contigs the latent means of their two thinned halves."""
+    """Exact validation metrics over all batches (and every rank); optionally the readouts
+    (`BranchedVAE.embed`) with the label codes and must-link keys that came with the batches, in the same
+    order; and for the first `view_contigs` contigs the readouts of their two thinned halves."""
     model.eval()
     plain = unwrap(model)
     samples = plain.cfg.abundance_samples if plain.cfg.uses_abundance else 0
@@ -253,11 +253,11 @@ def validate_epoch(
             if viewed < view_contigs:
                 head = batch.head(view_contigs - viewed)
                 a, b = split_batch(head, 0.5, generator, thin_depths=loss_cfg.thins_depths)
-                views.append(torch.stack([model(*a).mu.float(), model(*b).mu.float()], dim=1).cpu())
+                views.append(torch.stack([model(*a).embedding.float(), model(*b).embedding.float()], dim=1).cpu())
                 viewed += len(a.length)
         metrics.update(out, batch.kmer7, loss_cfg)
         if keep_embeddings:
-            embeddings.append(out.mu.float().cpu())
+            embeddings.append(out.embedding.float().cpu())
             lengths.append(batch.length.cpu())
             if batch_codes is not None:
                 codes.append(batch_codes.cpu())
@@ -305,7 +305,8 @@ def split_batch(
 def needs_input_statistics(model: nn.Module) -> bool:
     """Whether the model has statistics of its inputs still to fit (a resumed run has its own)."""
     zscore = model.cfg.input_norm == "zscore" and not bool(model.norm_fitted)
-    return zscore or (model.cfg.uses_abundance and not bool(model.depth_fitted))
+    tnf = bool(model.cfg.tnf_readout) and not bool(model.tnf_fitted)
+    return zscore or tnf or (model.cfg.uses_abundance and not bool(model.depth_fitted))
 
 
 def _summed(model: nn.Module, batches: Iterable[CountBatch], parts, *, device: torch.device, all_reduce=None):
@@ -330,13 +331,16 @@ def fit_input_statistics(
 ) -> None:
     """Fit what the model normalises its inputs with, over all training contigs (`batches()` gives
     a whole pass; every rank's, when `all_reduce` sums across ranks): with model.input_norm=zscore
-    the mean and standard deviation of every transformed k-mer value; with an abundance branch each
-    sample's mean depth, then, in a second pass over the depths scaled by it, the mean and standard
-    deviation of the log total depth (VAMB's normalisation needs the scale first)."""
-    zscore, abundance = model.cfg.input_norm == "zscore", model.cfg.uses_abundance
+    the mean and standard deviation of every transformed k-mer value; with model.tnf_readout those
+    of the readout's TNF; with an abundance branch each sample's mean depth, then, in a second pass
+    over the depths scaled by it, the mean and standard deviation of the log total depth (VAMB's
+    normalisation needs the scale first)."""
+    zscore, tnf, abundance = model.cfg.input_norm == "zscore", bool(model.cfg.tnf_readout), model.cfg.uses_abundance
 
     def first(x):
         parts = [x.depth] if abundance else []
+        if tnf:
+            parts = [x.tnf.double(), x.tnf.double().pow(2), *parts]
         if zscore:
             kmers = torch.cat([x.kmer7, x.kmer4, x.kmer3], dim=1).double()  # (B, 8360)
             parts = [kmers, kmers.pow(2), *parts]
@@ -344,9 +348,12 @@ def fit_input_statistics(
 
     sums = _summed(model, batches(), first, device=device, all_reduce=all_reduce)
     n = float(sums[-1])
+    width = N7 + N4 + N3 if zscore else 0
     if zscore:
-        width = N7 + N4 + N3
         model.set_input_norm(sums[:width], sums[width : 2 * width], n)
+    if tnf:
+        start = 2 * width
+        model.set_tnf_stats(sums[start : start + N4], sums[start + N4 : start + 2 * N4], n)
     if abundance:
         model.set_depth_scale(sums[-1 - model.cfg.abundance_samples : -1], n)
 
@@ -411,7 +418,7 @@ def embedding_scores(
     tc = config.train
     views, mu, codes, links, lengths = collective.gather(
         val.views if val.views is not None else torch.zeros(0, 2, 0),
-        val.mu if val.mu is not None else torch.zeros(0, 0),
+        val.embeddings if val.embeddings is not None else torch.zeros(0, 0),
         val.codes if val.codes is not None else torch.zeros(0, dtype=torch.int32),
         val.links if val.links is not None else torch.zeros(0, LINK_COLUMNS, dtype=torch.int64),
         val.lengths if val.lengths is not None else torch.zeros(0, dtype=torch.int64),

@@ -26,7 +26,7 @@ from kmervae.core.loss import (
     split_output,
 )
 from kmervae.core.metric_keys import VALIDATION
-from kmervae.core.model import N3, N4, N7, VAEOutput
+from kmervae.core.model import N3, N4, N7, VAEOutput, readout
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 """A latent unit is active when Cov_x(E[z|x]) exceeds this (Burda et al. 2016)."""
@@ -142,15 +142,6 @@ class EpochMetrics:
         mean = self.state[k : k + self.latent_dim] / n
         var = self.state[k + self.latent_dim :] / n - mean.pow(2)
         return int((var > ACTIVE_UNIT_THRESHOLD).sum().item())
-
-
-def readout(mu: Tensor) -> Tensor:
-    """The embedding of a contig: its latent mean, L2-normalised, in the dtype given. One readout
-    everywhere: validation scores it (kNN accuracy, k-means ARI, view agreement), exported
-    encoders return it and `kmervae embed` writes it, so `kmervae evaluate` scores what the sweep
-    ranked. The norm of a mean carries the posterior's confidence, not the genome: dropping it
-    makes Euclidean k-means agree with cosine neighbours."""
-    return torch.nn.functional.normalize(mu, dim=1)
 
 
 VIEW_CONTIGS = 1_000

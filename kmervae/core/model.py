@@ -23,6 +23,18 @@ N7, N4, N3 = N_BINS[7], N_BINS[4], N_BINS[3]  # 8192, 136, 32
 N_OUTPUT = N7 + N4 + N3 + 1  # 8,361 = [7-mers, 4-mers, 3-mers, GC]
 
 
+TNF_EPS = 1e-6
+"""Pseudo-frequency of the tetranucleotide frequencies in the readout (`model.tnf_readout`): the
+untrained baseline's (`kmervae.apply.evaluate.baselines`), whatever the model's own `log_eps`."""
+
+
+def readout(mu: Tensor) -> Tensor:
+    """Rows at unit length (L2-normalised), in the dtype given: the geometry every embedding is
+    scored and binned in (cosine). The norm of a latent mean carries the posterior's confidence,
+    not the genome: dropping it makes Euclidean k-means agree with cosine neighbours. Idempotent."""
+    return torch.nn.functional.normalize(mu, dim=1)
+
+
 class Features(NamedTuple):
     """Transformed inputs: log-frequencies per k, GC and log10(length), each (B, n) float32, and
     the mean depth per sample as stored (the model's abundance branch normalises it)."""
@@ -33,6 +45,7 @@ class Features(NamedTuple):
     gc: Tensor  # (B, 1)
     log_length: Tensor  # (B, 1)
     depth: Tensor | None = None  # (B, samples), where the features have abundance
+    tnf: Tensor | None = None  # (B, 136) 4-mer log-frequencies at TNF_EPS, for model.tnf_readout
 
     def target(self) -> Tensor:
         """What the decoder reconstructs: [7-mers, 4-mers, 3-mers, GC], (B, 8361)."""
@@ -53,10 +66,10 @@ class FeatureTransform(nn.Module):
         # computes in the model's precision (float64 references included).
         self.register_buffer("dtype_probe", torch.empty(0), persistent=False)
 
-    def log_frequency(self, counts: Tensor) -> Tensor:
+    def log_frequency(self, counts: Tensor, eps: float | None = None) -> Tensor:
         counts = counts.to(self.dtype_probe.dtype)
         windows = counts.sum(dim=1, keepdim=True).clamp_min(1.0)  # featurizer guarantees > 0 for k=7
-        return torch.log(counts / windows + self.log_eps)
+        return torch.log(counts / windows + (self.log_eps if eps is None else eps))
 
     def forward(
         self, length: Tensor, gc: Tensor, kmer7: Tensor, kmer4: Tensor, kmer3: Tensor, abundance: Tensor | None = None
@@ -68,6 +81,7 @@ class FeatureTransform(nn.Module):
             gc=gc.to(self.dtype_probe.dtype).reshape(-1, 1),
             log_length=torch.log10(length.to(self.dtype_probe.dtype).clamp_min(1.0)).reshape(-1, 1),
             depth=None if abundance is None else abundance.to(self.dtype_probe.dtype),
+            tnf=self.log_frequency(kmer4, TNF_EPS),
         )
 
     def extra_repr(self) -> str:
@@ -88,6 +102,7 @@ class VAEOutput(NamedTuple):
     log_depth: Tensor | None = None  # (B, 1) predicted z-scored log total depth
     target_shares: Tensor | None = None  # (B, samples) the shares it is compared with
     target_log_depth: Tensor | None = None  # (B, 1)
+    embedding: Tensor | None = None  # (B, embedding_dim) the readout (`BranchedVAE.embed`)
 
 
 MIN_DEPTH = 1e-3
@@ -165,6 +180,10 @@ class BranchedVAE(nn.Module):
                 self.register_buffer(f"norm_mean{name}", torch.zeros(n))
                 self.register_buffer(f"norm_std{name}", torch.ones(n))
             self.register_buffer("norm_fitted", torch.zeros((), dtype=torch.bool))
+        if cfg.tnf_readout:  # fitted on training contigs (fit_input_statistics), saved with the weights
+            self.register_buffer("tnf_mean", torch.zeros(N4))
+            self.register_buffer("tnf_std", torch.ones(N4))
+            self.register_buffer("tnf_fitted", torch.zeros((), dtype=torch.bool))
 
     def normalize(self, x: Features) -> tuple[Tensor, Tensor, Tensor]:
         """The k-mer blocks as the encoder sees them (model.input_norm)."""
@@ -183,14 +202,31 @@ class BranchedVAE(nn.Module):
     @torch.no_grad()
     def set_input_norm(self, sums: Tensor, squares: Tensor, n: float) -> None:
         """Fit the z-score statistics from per-feature sums and sums of squares over n contigs
-        ([7-mers, 4-mers, 3-mers] concatenated, float64). A constant feature keeps std 1."""
-        mean = sums / n
-        std = (squares / n - mean.pow(2)).clamp_min(0).sqrt()
-        std = torch.where(std > 1e-3, std, torch.ones_like(std))
+        ([7-mers, 4-mers, 3-mers] concatenated, float64)."""
+        mean, std = mean_and_std(sums, squares, n)
         for name, lo, hi in (("7", 0, N7), ("4", N7, N7 + N4), ("3", N7 + N4, N7 + N4 + N3)):
             getattr(self, f"norm_mean{name}").copy_(mean[lo:hi])
             getattr(self, f"norm_std{name}").copy_(std[lo:hi])
         self.norm_fitted.fill_(True)
+
+    @torch.no_grad()
+    def set_tnf_stats(self, sums: Tensor, squares: Tensor, n: float) -> None:
+        """Fit the readout's TNF z-scores (`Features.tnf`) from their sums and sums of squares over
+        n contigs (float64)."""
+        mean, std = mean_and_std(sums, squares, n)
+        self.tnf_mean.copy_(mean)
+        self.tnf_std.copy_(std)
+        self.tnf_fitted.fill_(True)
+
+    def embed(self, x: Features, mu: Tensor) -> Tensor:
+        """A contig's embedding (the readout): what validation scores, exported encoders return and
+        `kmervae embed` writes. The latent mean at unit length; with model.tnf_readout = w > 0, the
+        z-scored TNF at unit length times w beside it, the whole at unit length."""
+        z = readout(mu)
+        if not self.cfg.tnf_readout:
+            return z
+        tnf = readout((x.tnf.to(mu.dtype) - self.tnf_mean) / self.tnf_std) * self.cfg.tnf_readout
+        return readout(torch.cat([z, tnf], dim=1))
 
     def abundance_view(self, depth: Tensor | None) -> tuple[Tensor, Tensor]:
         """Mean depths (B, samples) -> (share of the contig's depth in each sample (B, samples),
@@ -295,7 +331,7 @@ class BranchedVAE(nn.Module):
         h = self.dec_trunk(z)
         recon, gate, values, gc_branches = self.decode(h)
         wanted = x if target is None else self.transform(*target)
-        out = VAEOutput(recon, mu, log_var, gate, values, gc_branches, wanted.target())
+        out = VAEOutput(recon, mu, log_var, gate, values, gc_branches, wanted.target(), embedding=self.embed(x, mu))
         if self.enc_ab is None:
             return out
         shares, log_depth = self.decode_abundance(h)
@@ -303,6 +339,14 @@ class BranchedVAE(nn.Module):
         return out._replace(
             shares=shares, log_depth=log_depth, target_shares=target_shares, target_log_depth=target_log_depth
         )
+
+
+def mean_and_std(sums: Tensor, squares: Tensor, n: float) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and standard deviation over n rows from their sums and sums of squares
+    (float64); a constant feature keeps std 1."""
+    mean = sums / n
+    std = (squares / n - mean.pow(2)).clamp_min(0).sqrt()
+    return mean, torch.where(std > 1e-3, std, torch.ones_like(std))
 
 
 def count_parameters(model: nn.Module) -> int:
