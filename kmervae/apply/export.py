@@ -2,11 +2,12 @@
 
 The exported model takes the stored feature columns as tensors (length int64, gc
 float32, kmer7/kmer4/kmer3 counts int32, and for a model with an abundance branch
-`abundance` float32 per sample; batch dimension dynamic) and returns the
-embedding: the readout (`BranchedVAE.embed`: the latent mean L2-normalised, with the z-scored
-TNF beside it where model.tnf_readout is set; what validation scores); with --with-log-var also the raw latent mean and log-variance. The transform travels inside, so serving
-reads counts exactly as training did. Sources: a checkpoint file, an MLflow run id (its
-best checkpoint), or a registry URI such as `models:/kmervae-encoder@champion`.
+`abundance` float32 per sample; batch dimension dynamic) and returns the embedding, what
+validation scores: the readout (`BranchedVAE.embed`: the latent mean L2-normalised, with the
+z-scored TNF beside it where model.tnf_readout is set); with --with-log-var also the raw latent
+mean and log-variance. The transform travels inside, so serving reads counts exactly as
+training did. Sources: a checkpoint file, an MLflow run id (its best checkpoint), or a
+registry URI such as `models:/kmervae-encoder@champion`.
 """
 
 from __future__ import annotations
