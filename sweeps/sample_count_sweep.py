@@ -6,8 +6,10 @@
 The preset's settings were chosen with four samples (bench/RESULTS.md "Every set, every seed").
 With one or two samples the abundance branch sees less (one sample: only the log of the depth),
 so how much its reconstruction weighs against composition (`loss.wab`), how many dimensions the
-embedding has (`model.latent_dim`) and whether the learning rate anneals (`train.lr_schedule`)
-are what to fit per sample count (issue 38). Everything else stays the preset's.
+embedding has (`model.latent_dim`), whether the learning rate anneals (`train.lr_schedule`) and
+how much the plain TNF weigh in the embedding beside the latent mean (`model.tnf_readout`; the
+preset turns it off above two samples, `model.tnf_readout_max_samples`) are what to fit per
+sample count (issue 38). Everything else stays the preset's.
 
 Ranks like the binning sweep: on the whole assembly's near-complete bins, true (val/nc_bins) with
 labels, else estimated by marker genes (val/est_nc_bins). One seed's count can differ from the
@@ -27,6 +29,7 @@ def space(trial) -> None:
     trial.suggest_float("loss.wab", 2.0, 64.0, log=True)
     trial.suggest_categorical("model.latent_dim", [16, 32, 64])
     trial.suggest_categorical("train.lr_schedule", ["plateau", "cosine"])
+    trial.suggest_categorical("model.tnf_readout", [0.0, 0.5, 1.0])
 
 
 if __name__ == "__main__":

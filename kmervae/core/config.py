@@ -187,7 +187,10 @@ PRESETS: dict[str, ModelConfig] = {
     # For binning an assembly with read depths (bench/RESULTS.md "Every set, every seed";
     # PRESET_SETTINGS has its loss and training): an abundance branch; a 7-mer branch a quarter
     # as wide (at 1e-3 pseudo-frequency 7-mers carry little, and it is the costly branch); no
-    # length input and a pseudo-frequency of 1e-3, so short contigs do not gather on their own.
+    # length input and a pseudo-frequency of 1e-3, so short contigs do not gather on their own;
+    # with one or two samples the plain TNF beside the latent mean in the embedding, at equal
+    # weight (bench/RESULTS.md "Issue 38, lever 5": +1 to +3 bins with one sample, the spread
+    # over seeds down; with four samples they cost the strain set a bin, so they stop above two).
     "metagenome": ModelConfig(
         kmer7_widths=(256, 128),
         latent_dim=32,
@@ -195,6 +198,8 @@ PRESETS: dict[str, ModelConfig] = {
         length_input=False,
         log_eps=1e-3,
         abundance_widths=(64, 32),
+        tnf_readout=1.0,
+        tnf_readout_max_samples=2,
     ),
     # For tests and smoke runs: same shape, tiny widths.
     "tiny": ModelConfig(
