@@ -1,0 +1,79 @@
+"""Which plain features, beside a trained model's readout, make `kmervae bin` find more genomes?
+
+    python bench/readout_mix.py /tmp/mg/meta4s1:1 /tmp/mg/strain4s1:1 [--weights 0.5 1] [--parts tnf abundance both]
+
+For each `DIR:SAMPLES` (a `bench/metagenome.py` set and the sample count of a run there), every
+trained seed's embedding (`DIR/run/<SAMPLES>s/kmervae-<seed>/emb.parquet`) is binned by
+`kmervae bin`'s clusterer as it is and beside w times a part of the untrained baseline at unit
+length (`kmervae.apply.evaluate.baselines`): its z-scored TNF, its abundance profile, or both
+(the whole baseline). The cosine of two contigs is then (cos model + w^2 cos part) / (1 + w^2).
+Prints the near-complete bins (truth) of every seed, their median and range, per part and weight.
+This measured the hypothesis behind `model.tnf_readout` (bench/RESULTS.md "Issue 38, lever 5"),
+on embeddings already trained, without training again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import metagenome  # noqa: E402  (the benchmark's sets and its one scorer)
+
+from kmervae.apply.embed import read_embeddings  # noqa: E402
+from kmervae.apply.evaluate import baselines  # noqa: E402
+from kmervae.core.bins import cluster, readout  # noqa: E402
+
+TNF_WIDTH = 136
+
+
+def parts_of(features: Path, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The baseline's parts, each at unit length, in `ids` order."""
+    whole = baselines(features, ids, 8)["tnf_abundance"]
+    return {"tnf": readout(whole[:, :TNF_WIDTH]), "abundance": readout(whole[:, TNF_WIDTH:]), "both": readout(whole)}
+
+
+def near_complete(folder: Path, ids: np.ndarray, lengths: np.ndarray, x: np.ndarray) -> int:
+    codes = cluster(x, lengths)
+    return metagenome.score({cid: str(c) for cid, c in zip(ids, codes, strict=True) if c >= 0}, folder)["near_complete"]
+
+
+def measure(spec: str, weights: list[float], parts: list[str]) -> None:
+    where, _, samples = spec.partition(":")
+    folder, base = Path(where), Path(where) / "run" / f"{samples}s"
+    runs = sorted(base.glob("kmervae-[0-9]*/emb.parquet"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not runs:
+        raise SystemExit(f"{base}: no kmervae-<seed>/emb.parquet; bench/metagenome.py run {where} --samples {samples}")
+    embeddings = [read_embeddings(path) for path in runs]
+    ids, lengths = embeddings[0].ids, embeddings[0].lengths
+    if any(list(e.ids) != list(ids) for e in embeddings):
+        raise SystemExit(f"{base}: the seeds' embeddings hold other contigs or another order")
+    plain = parts_of(base / "features", ids)
+    models = [readout(e.vectors) for e in embeddings]
+    rows = [("model alone", [near_complete(folder, ids, lengths, m) for m in models])]
+    for part in parts:
+        for w in weights:
+            counts = [near_complete(folder, ids, lengths, np.hstack([m, w * plain[part]])) for m in models]
+            rows.append((f"+ {w:g} x {part}", counts))
+    print(f"{folder.name}, {samples} sample(s), seeds {', '.join(p.parent.name.split('-')[1] for p in runs)}")
+    print("| readout | near-complete per seed | median (range) |\n|---|---|---|")
+    for name, counts in rows:
+        print(f"| {name} | {' '.join(map(str, counts))} | {np.median(counts):g} ({min(counts)}-{max(counts)}) |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sets", nargs="+", metavar="DIR:SAMPLES")
+    parser.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0])
+    parts = ["tnf", "abundance", "both"]
+    parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
+    args = parser.parse_args()
+    for spec in args.sets:
+        measure(spec, args.weights, args.parts)
+
+
+if __name__ == "__main__":
+    main()
