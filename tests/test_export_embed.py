@@ -116,6 +116,10 @@ def test_the_tnf_readout_puts_the_baselines_tnf_beside_the_latent_mean(example_f
     session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, inputs)[0], vectors.vectors[:50], atol=1e-5)
     assert {"tnf_mean", "tnf_std"} <= set(model.state_dict())
+    from mlflow.models import Model
+
+    signature = Model.load(str(export(str(checkpoint), "mlflow", tmp_path / "mlflow-model"))).signature
+    assert signature.outputs.inputs[0].shape == (-1, latent + 136)
 
 
 def test_the_tnf_readout_turns_off_above_its_sample_count(abundance_features, tmp_path):

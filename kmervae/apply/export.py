@@ -23,7 +23,7 @@ from kmervae.core.checkpoint import Checkpoint, load_checkpoint
 from kmervae.core.config import ModelConfig
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
 from kmervae.core.feature_contract import ABUNDANCE, input_columns
-from kmervae.core.model import N3, N4, N7, BranchedVAE
+from kmervae.core.model import N3, N4, N7, BranchedVAE, embedding_dim
 from kmervae.tracking.checkpoints import CHECKPOINT_IN_MODEL, fetch_checkpoint, is_run_id
 
 FORMATS = ("torchscript", "onnx", "mlflow")
@@ -162,7 +162,7 @@ def export_mlflow(checkpoint: Checkpoint, source_file: Path | None, out: Path) -
         artifacts = {"encoder": str(encoder)}
         if source_file is not None:
             artifacts["checkpoint"] = str(source_file)
-        latent = checkpoint.config.model.latent_dim
+        width = embedding_dim(cfg)
         depth_spec = (
             [TensorSpec(np.dtype(np.float32), (-1, cfg.abundance_samples), ABUNDANCE)] if cfg.uses_abundance else []
         )
@@ -177,7 +177,7 @@ def export_mlflow(checkpoint: Checkpoint, source_file: Path | None, out: Path) -
                 ]
                 + depth_spec
             ),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent), "embedding")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, width), "embedding")]),
         )
         example = {name: tensor.numpy() for name, tensor in zip(names, example_inputs(cfg, 2), strict=True)}
         mlflow.pyfunc.save_model(

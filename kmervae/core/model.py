@@ -341,6 +341,12 @@ class BranchedVAE(nn.Module):
         )
 
 
+def embedding_dim(cfg: ModelConfig) -> int:
+    """Width of a model's embedding (`BranchedVAE.embed`): the latent size, plus the 136 TNF with
+    model.tnf_readout."""
+    return cfg.latent_dim + (N4 if cfg.tnf_readout else 0)
+
+
 def mean_and_std(sums: Tensor, squares: Tensor, n: float) -> tuple[Tensor, Tensor]:
     """Per-feature mean and standard deviation over n rows from their sums and sums of squares
     (float64); a constant feature keeps std 1."""
