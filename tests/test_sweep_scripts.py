@@ -253,7 +253,12 @@ def test_the_sample_count_sweep_varies_what_the_sample_count_changes_and_keeps_t
     base = preset_config("metagenome")
     one_sample = dataclasses.replace(base, model=dataclasses.replace(base.model, abundance_samples=1))
     varied = check_space(module.space, one_sample, seed=0, samples=64)
-    assert varied == {"loss.wab", "model.latent_dim", "train.lr_schedule", "model.tnf_readout"}
+    assert varied == {
+        "loss.wab", "model.latent_dim", "train.lr_schedule", "model.tnf_readout", "model.tnf_readout_max_samples",
+    }  # fmt: skip
+    drawn = base.with_overrides(["model.tnf_readout=0.5", "model.tnf_readout_max_samples=0"])
+    assert drawn.for_data(("s1", "s2", "s3", "s4")).model.tnf_readout == 0.5  # as drawn, with four samples too
+    assert base.for_data(("s1", "s2", "s3", "s4")).model.tnf_readout == 0.0  # the preset's own rule
     args = sweep_cli.parse_args("sample_count", "metagenome", ["--seeds", "3"], metric="bins")
     sweep = sweep_cli.sweep_config("sample_count_sweep", args, "val/est_nc_bins")
     assert (sweep.seeds, sweep.num_samples) == (3, 48)  # 16 settings by default, three seeds each
