@@ -675,10 +675,11 @@ def _add_bin(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--recluster",
         choices=RECLUSTER_METHODS,
-        default="none",
-        help="improve the bins by their marker genes: kmeans splits a bin whose markers show a second genome "
-        "(SemiBin2's way), leiden re-partitions it at a higher resolution, grid picks the resolution whose bins "
-        "score best (COMEBin's way); needs --markers or --fasta",
+        help="improve the bins by their marker genes: unmarked (the default with markers) leaves out a part of a "
+        "bin under the minimum bin size that carries no marker (a phage or plasmid that followed its host), "
+        "kmeans splits a bin whose markers show a second genome (SemiBin2's way), leiden re-partitions it at a "
+        "higher resolution, grid picks the resolution whose bins score best (COMEBin's way); none: the "
+        "clusterer's bins as they are (the default without markers); needs --markers or --fasta",
     )
     p.add_argument("--mlflow-run", metavar="RUN_ID", help="log the bin counts and tables to this MLflow run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bins folder")

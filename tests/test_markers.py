@@ -282,6 +282,26 @@ def test_reclustering_splits_a_bin_whose_markers_show_two_genomes(assembly, meth
     assert (recluster(data.vectors, data.lengths, alone, present, method) == alone).all()
 
 
+def test_a_part_of_a_bin_without_markers_is_left_out(assembly):
+    """`unmarked`: the phage (about 180 kb, no marker gene) joined to H. pylori's bin forms a part of
+    its own there and is left out, and H. pylori's bin becomes pure. Joined to S. aureus, whose
+    composition is nearer, it shares its part with S. aureus contigs that carry markers, and the
+    rule leaves the bin as it is: it takes out only what has no marker at all."""
+    from kmervae.core.recluster import recluster
+
+    data = read_embeddings(assembly["embeddings"])
+    present = read_markers(assembly["markers"]).presence(data.ids)
+    phage = data.labels == GENOMES[2]
+    assert 50_000 <= data.lengths[phage].sum() < bins.DEFAULT_MIN_BIN_SIZE
+    joined = np.where(data.labels == GENOMES[0], 1, 0)  # H. pylori and the phage in bin 0
+    assert bins.bin_quality(joined, data.labels, data.lengths).near_complete == 1
+    left = recluster(data.vectors, data.lengths, joined, present, "unmarked")
+    assert (left[phage] == bins.UNBINNED).all() and (left[~phage] >= 0).all()
+    assert bins.bin_quality(left, data.labels, data.lengths).near_complete == 2
+    with_aureus = np.where(data.labels == GENOMES[1], 1, 0)
+    assert (recluster(data.vectors, data.lengths, with_aureus, present, "unmarked") == with_aureus).all()
+
+
 def test_the_resolution_grid_keeps_the_partition_its_markers_score_best(assembly):
     from kmervae.core.recluster import RESOLUTIONS, recluster
 

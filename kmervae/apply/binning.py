@@ -351,6 +351,10 @@ def contig_markers(fasta: Sequence[Path], ids: np.ndarray, placements: list[Plac
     return find_markers(contigs(), log=log)
 
 
+DEFAULT_RECLUSTER = "unmarked"
+"""`kmervae bin`'s reclustering where the contigs' marker genes are known (`recluster.METHODS`)."""
+
+
 def bin_contigs(
     embeddings: str | Path | Sequence[str | Path],
     out: str | Path,
@@ -364,7 +368,7 @@ def bin_contigs(
     seed: int = 0,
     markers_tsv: Path | None = None,
     find_markers: bool = True,
-    recluster: str = "none",
+    recluster: str | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = lambda line: None,
@@ -374,7 +378,10 @@ def bin_contigs(
     (`embed.read_ensemble`): a contig's neighbours are those the models agree on (measured in
     bench/RESULTS.md "Issue 38": no steadier than one seed on the one-sample sets). Each bin's completeness
     and contamination are estimated from single-copy marker genes: those of `markers_tsv`, else,
-    with `fasta` and `find_markers`, found here (and written to the folder as markers.tsv)."""
+    with `fasta` and `find_markers`, found here (and written to the folder as markers.tsv). The bins
+    are then improved by them (`recluster`, a method of `recluster.METHODS`): by default `unmarked`
+    where there are markers (it never cost a near-complete bin on the benchmark's sets, and gained
+    up to one per set: bench/RESULTS.md "Issue 38, lever 6"), `none` where there are none."""
     started = time.perf_counter()
 
     def done(what: str) -> None:
@@ -382,7 +389,7 @@ def bin_contigs(
 
     out, fasta = Path(out), [Path(p) for p in fasta]
     _check_settings(out, method, min_bin_size, resolution, overwrite)
-    if recluster not in reclustering.METHODS:
+    if recluster is not None and recluster not in reclustering.METHODS:
         raise ConfigError(f"--recluster {recluster!r}: expected one of {', '.join(reclustering.METHODS)}")
     paths = [embeddings] if isinstance(embeddings, (str, Path)) else list(embeddings)
     ids, vectors, labels, lengths, gc = read_ensemble(paths)
@@ -415,6 +422,8 @@ def bin_contigs(
             done(f"found {len(found.contig):,} marker hits on {found.contigs:,} contigs")
         else:
             log(f"no completeness/contamination estimates: {INSTALL_HINT}")
+    if recluster is None:
+        recluster = DEFAULT_RECLUSTER if table is not None else "none"
     if recluster != "none" and table is None:
         raise ConfigError(
             f"--recluster {recluster} splits bins by their marker genes: give --markers TSV ('kmervae markers'), "

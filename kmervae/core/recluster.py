@@ -1,5 +1,6 @@
 """Bins made better by their marker genes, as the peers do: split a bin whose markers show a
-second genome, or choose the clusterer's resolution per assembly by the bins' estimated quality.
+second genome, leave out a part that carries none, or choose the clusterer's resolution per
+assembly by the bins' estimated quality.
 
     codes = partition(x, lengths, markers, "kmeans")               # what `kmervae bin --recluster kmeans` makes
     codes = recluster(x, lengths, bins.cluster(x, lengths), markers, "kmeans")   # the same, in two steps
@@ -12,9 +13,15 @@ Methods (`METHODS`; bench/RESULTS.md "Reclustering" measures each on every bench
   contigs' neighbours found among the bin's contigs only.
 - `grid` (COMEBin's): Leiden over the whole assembly at each resolution of RESOLUTIONS, keeping
   the partition whose bins score best by their markers (`BinEstimates.score`).
-A split or a partition is kept only when the estimated quality of what it makes beats what was
-there (more estimated near-complete bins, or as many with a better tie-breaker): markers decide,
-labels never.
+- `unmarked`: every bin's own contigs clustered again by Leiden at UNMARKED_RESOLUTION; a part of
+  UNMARKED_MIN_BASES or more, under the minimum bin size, with no marker gene at all, is left
+  unbinned. A phage or a plasmid whose depths follow its neighbour's joins that genome's bin and
+  costs it its purity (bench/RESULTS.md "Issue 38, lever 6"); markers cannot see it, since it has
+  none, but a bacterial stretch of that size almost always carries one (about one marker every
+  40 kb). Parts of a genome that carry none cost it at most that stretch of its recall.
+A split or a partition (not `unmarked`'s, which markers cannot score) is kept only when the
+estimated quality of what it makes beats what was there (more estimated near-complete bins, or as
+many with a better tie-breaker): markers decide, labels never.
 """
 
 from __future__ import annotations
@@ -24,11 +31,15 @@ import numpy as np
 from kmervae.core import bins
 from kmervae.core.markers import BACTERIA, ContigMarkers, estimate_bins
 
-METHODS = ("none", "kmeans", "leiden", "grid")
+METHODS = ("none", "kmeans", "leiden", "grid", "unmarked")
 RESOLUTIONS = (0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 """The `grid` method's Leiden resolutions (the default 0.4 among them)."""
 SPLIT_RESOLUTION = 2.0
 """`leiden`: a mixed bin's contigs are partitioned again at this multiple of the resolution."""
+UNMARKED_RESOLUTION = 1.0
+"""`unmarked`: the Leiden resolution that partitions each bin's own contigs."""
+UNMARKED_MIN_BASES = 50_000
+"""`unmarked`: the smallest part left out (a bacterial stretch this long carries about one marker)."""
 
 
 def partition(
@@ -73,6 +84,8 @@ def recluster(
     lengths = np.asarray(lengths, dtype=np.int64)
     if method == "grid":
         return best_resolution(x, lengths, markers, min_bin_size=min_bin_size, seed=seed)
+    if method == "unmarked":
+        return leave_out_unmarked(x, lengths, codes, markers, min_bin_size=min_bin_size, seed=seed)
     split = split_kmeans if method == "kmeans" else split_leiden
     raw = np.asarray(codes, dtype=np.int64).copy()
     est = estimate_bins(codes, markers)
@@ -130,6 +143,31 @@ def split_leiden(x: np.ndarray, lengths: np.ndarray, markers: ContigMarkers, res
         return None
     graph = bins.knn_graph(*bins.nearest_neighbours(x, bins.KNN_NEIGHBOURS))
     return bins.leiden(graph, resolution, seed)
+
+
+def leave_out_unmarked(
+    x: np.ndarray, lengths: np.ndarray, codes: np.ndarray, markers: ContigMarkers, *, min_bin_size: int, seed: int
+) -> np.ndarray:
+    """`codes` with every part of a bin that carries no marker gene, of UNMARKED_MIN_BASES up to
+    `min_bin_size` bases (too small to be a bin of its own) and under half the bin, left unbinned;
+    the bins renumbered."""
+    raw = np.asarray(codes, dtype=np.int64).copy()
+    marked = np.zeros(len(raw), dtype=bool)
+    marked[markers.rows] = True
+    for b in range(int(raw.max()) + 1 if len(raw) else 0):
+        members = np.flatnonzero(codes == b)
+        if len(members) <= bins.KNN_NEIGHBOURS:  # too few contigs for a neighbour graph of their own
+            continue
+        graph = bins.knn_graph(*bins.nearest_neighbours(x[members], bins.KNN_NEIGHBOURS))
+        parts = bins.leiden(graph, UNMARKED_RESOLUTION, seed)
+        whole = int(lengths[members].sum())
+        for part in np.unique(parts):
+            inside = members[parts == part]
+            size = int(lengths[inside].sum())
+            # less than half the bin: a bin mostly without markers is itself what the rule looks for
+            if not marked[inside].any() and UNMARKED_MIN_BASES <= size < min(min_bin_size, whole / 2):
+                raw[inside] = bins.UNBINNED
+    return bins.renumber(raw, lengths, min_bin_size)
 
 
 def best_resolution(
