@@ -5,6 +5,7 @@ every binner on it side by side, scored by one scorer (issue 26).
     python bench/metagenome.py run DIR [--binners kmervae baseline metabat vamb semibin] [--samples N]
                                        [--preset metagenome] [--epochs E] [--seeds 0 1 2]
                                        [--set section.key=value ...] [--tag NAME] [--ensemble N] [--reuse]
+                                       [--recluster METHOD]
                                        [--vamb BIN] [--semibin BIN]
 
 `build` cuts each genome into consecutive contigs of log-normal length (median `--median-length`,
@@ -26,10 +27,13 @@ BAM files only (the 2- and 1-sample sets: the same contigs, fewer samples); outp
 DIR/run/<N>s/<binner>. Binners:
 - kmervae: `kmervae abundance` on the BAMs and `featurize --abundance` (once per set, shared with
   the baseline, not timed), then for each training seed (`--seeds`, median and range printed)
-  `train --engine local` (`--preset`, default `metagenome`, `--set` on top), `embed`, `bin`;
+  `train --engine local` (`--preset`, default `metagenome`, `--set` on top), `embed`, `bin` with
+  the set's marker genes (DIR/markers.tsv, made once by `kmervae markers`) and its default
+  reclustering by them (`--recluster` picks another);
 - baseline: z-scored TNF beside the abundance profile (`kmervae.apply.evaluate`), clustered by
   `kmervae bin`'s clusterer once per seed of `--seeds` (the clusterer's seed: the baseline's one
-  source of chance; Leiden's count moves by up to two bins with it);
+  source of chance; Leiden's count moves by up to two bins with it), reclustered by the set's
+  markers as `kmervae bin` reclusters kmervae's;
 - metabat: MetaBAT2 (Debian's `metabat`) on `jgi_summarize_bam_contig_depths`' table, defaults
   (minimum contig 2,500 bp);
 - vamb: VAMB 5.0.4 `vamb bin default` with the BAM files (its own pycoverm depths), defaults;
@@ -261,6 +265,16 @@ def kmervae_features(folder: Path, args) -> Path:
     return features
 
 
+def set_markers(folder: Path) -> Path:
+    """The set's marker genes (`kmervae markers` on its assembly, made once per set and shared by
+    every sample count): `kmervae bin` and the baseline judge and recluster their bins by them, as
+    the README's metagenome workflow does (`kmervae bin --markers`)."""
+    path = folder / "markers.tsv"
+    if not path.exists():
+        run_step([KMERVAE, "markers", str(folder / "assembly.fna"), "-o", str(path)], folder / "work" / "markers.log")
+    return path
+
+
 def run_step(command: list[str], log: Path) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     timed(command, log)
@@ -276,7 +290,7 @@ def run_kmervae(folder: Path, out: Path, args, seed: int = 0) -> tuple[dict[str,
          "--out", str(out / "model"), *[x for s in settings for x in ("--set", s)]],
         [KMERVAE, "embed", str(out / "model" / "best.pt"), str(features), "-o", str(out / "emb.parquet"),
          "--overwrite"],
-        [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "binned"), "--overwrite", *resolution_flag(args)],
+        [KMERVAE, "bin", str(out / "emb.parquet"), "-o", str(out / "binned"), "--overwrite", *bin_flags(folder, args)],
     ]  # fmt: skip
     if args.reuse and (out / "emb.parquet").exists():  # an earlier run of this seed: bin its embeddings again
         steps = steps[2:]
@@ -287,11 +301,13 @@ def run_kmervae(folder: Path, out: Path, args, seed: int = 0) -> tuple[dict[str,
     return binned(out / "binned"), wall, peak
 
 
-def resolution_flag(args) -> list[str]:
-    """`kmervae bin --resolution R` where `--set` chose one (train.bin_resolution: what a sweep's
-    val/nc_bins used), else nothing (bin's default)."""
+def bin_flags(folder: Path, args) -> list[str]:
+    """`kmervae bin`'s flags: the set's markers (`--recluster` by `args.recluster`, else bin's
+    default with markers) and `--resolution R` where `--set` chose one (train.bin_resolution: what a
+    sweep's val/nc_bins used), else bin's default."""
+    flags = ["--markers", str(set_markers(folder)), "--recluster", args.recluster]
     chosen = [s.split("=", 1)[1] for s in args.set if s.startswith("train.bin_resolution=")]
-    return ["--resolution", chosen[-1]] if chosen else []
+    return flags + (["--resolution", chosen[-1]] if chosen else [])
 
 
 def kmervae_name(args) -> str:
@@ -317,7 +333,7 @@ def run_ensembles(folder: Path, base: Path, args) -> list[int]:
         out.mkdir(parents=True)
         embeddings = [str(base / f"{kmervae_name(args)}-{seed}" / "emb.parquet") for seed in chunk]
         wall, rss = timed(
-            [KMERVAE, "bin", *embeddings, "-o", str(out / "binned"), "--overwrite", *resolution_flag(args)],
+            [KMERVAE, "bin", *embeddings, "-o", str(out / "binned"), "--overwrite", *bin_flags(folder, args)],
             out / "bin.log",
         )
         assignment = binned(out / "binned")
@@ -352,12 +368,14 @@ def run_baseline(folder: Path, out: Path, args, seed: int = 0) -> tuple[dict[str
     training seed is the model's (Leiden's count moves by up to two bins with its seed)."""
     import resource
 
-    from kmervae.core.bins import cluster
+    from kmervae.core.markers import read_markers
+    from kmervae.core.recluster import partition
 
     features = kmervae_features(folder, args)
     started = time.perf_counter()
     ids, lengths, x = baseline_features(features)
-    codes = cluster(x, lengths, seed=seed)
+    markers = read_markers(set_markers(folder)).presence(ids)
+    codes = partition(x, lengths, markers, args.recluster, seed=seed)  # what `kmervae bin` does with markers
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return (
         {cid: str(c) for cid, c in zip(ids, codes, strict=True) if c >= 0},
@@ -467,6 +485,9 @@ def gate(kmervae: list[int], baseline: list[int], what: str = "seed(s)") -> str:
 
 
 def main() -> None:
+    from kmervae.apply.binning import DEFAULT_RECLUSTER
+    from kmervae.core.recluster import METHODS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True)
     b = sub.add_parser("build")
@@ -491,6 +512,10 @@ def main() -> None:
         "--ensemble", type=int, default=1, help="kmervae: also bin every N consecutive seeds' embeddings together"
     )
     r.add_argument("--set", nargs="*", default=[], help="kmervae settings on top of the preset")
+    r.add_argument(
+        "--recluster", default=DEFAULT_RECLUSTER, choices=METHODS,
+        help="kmervae bin's and the baseline's reclustering by the set's markers (default: bin's own default)",
+    )  # fmt: skip
     r.add_argument("--tag", help="kmervae's outputs in DIR/run/<N>s/kmervae-TAG-<seed> (a lever beside the preset)")
     r.add_argument("--vamb", help="the vamb command of its own environment")
     r.add_argument("--semibin", help="the SemiBin2 command of its own environment")
