@@ -20,6 +20,7 @@ from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import fit_local
 from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from kmervae.core.feature_table import FeatureTable, dataset_files
+from kmervae.core.model import BranchedVAE, embedding_dim
 
 
 @pytest.fixture(scope="module")
@@ -116,22 +117,20 @@ def test_the_tnf_readout_puts_the_baselines_tnf_beside_the_latent_mean(example_f
     session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, inputs)[0], vectors.vectors[:50], atol=1e-5)
     assert {"tnf_mean", "tnf_std"} <= set(model.state_dict())
-    from mlflow.models import Model
-
-    signature = Model.load(str(export(str(checkpoint), "mlflow", tmp_path / "mlflow-model"))).signature
-    assert signature.outputs.inputs[0].shape == (-1, latent + 136)
+    assert embedding_dim(model.cfg) == latent + 136  # the width the MLflow export's signature declares
 
 
-def test_the_tnf_readout_turns_off_above_its_sample_count(abundance_features, tmp_path):
-    """With more samples than model.tnf_readout_max_samples (these features have 3) the trainer
-    turns the TNF readout off: depth separates what composition cannot. The test above has it on."""
-    settings = ["train.epochs=1", "train.batch_size=256", "model.abundance_widths=[8]", "model.tnf_readout=1"]
-    config = RunConfig(model=PRESETS["tiny"]).with_overrides([*settings, "model.tnf_readout_max_samples=2"])
+def test_the_tnf_readout_turns_off_above_its_sample_count():
+    """With more samples than model.tnf_readout_max_samples the trainers' data-derived config
+    (`RunConfig.for_data`, which every engine applies) turns the TNF readout off: depth separates
+    what composition cannot. At or under it, or with no limit, it stays."""
+    config = RunConfig(model=PRESETS["tiny"]).with_overrides(["model.tnf_readout=1", "model.tnf_readout_max_samples=2"])
     assert config.for_data(("s1", "s2")).model.tnf_readout == 1.0
-    run = fit_local(abundance_features, config, tmp_path / "run", log=lambda line: None)
-    saved = load_checkpoint(run.best_checkpoint)
-    assert saved.config.model.abundance_samples == 3 and saved.config.model.tnf_readout == 0.0
-    assert "tnf_mean" not in saved.build_model().state_dict()
+    off = config.for_data(("s1", "s2", "s3")).model
+    assert off.tnf_readout == 0.0 and off.abundance_samples == 3
+    assert "tnf_mean" not in BranchedVAE(off).state_dict() and embedding_dim(off) == off.latent_dim
+    unlimited = config.with_overrides(["model.tnf_readout_max_samples=0"]).for_data(("s1", "s2", "s3"))
+    assert unlimited.model.tnf_readout == 1.0
 
 
 def test_log_variance_on_request(checkpoint, tmp_path, example_features):
