@@ -324,6 +324,12 @@ def test_bin_reclusters_only_with_markers(assembly, tmp_path):
     # The grid partitions at each of its resolutions itself (no first clustering to redo).
     grid = bin_contigs(assembly["embeddings"], tmp_path / "grid", markers_tsv=assembly["markers"], recluster="grid")
     assert grid.estimated["near_complete"] == 2
+    # With markers the default is `unmarked`, without them `none`; the summary says which.
+    default = bin_contigs(assembly["embeddings"], tmp_path / "default", markers_tsv=assembly["markers"])
+    plain = bin_contigs(assembly["embeddings"], tmp_path / "plain", find_markers=False)
+    assert (default.recluster, plain.recluster) == ("unmarked", "none")
+    assert json.loads((tmp_path / "default" / "summary.json").read_text())["recluster"] == "unmarked"
+    assert "reclustered: unmarked" in default.lines()[0] and "reclustered" not in plain.lines()[0]
 
 
 def test_the_shipped_marker_sets_are_the_files_their_readme_names():

@@ -72,6 +72,7 @@ class BinResult:
     total_bases: int
     method: str
     min_bin_size: int
+    recluster: str = "none"  # how the bins were reclustered by their markers (`recluster.METHODS`)
     quality: dict[str, Any] | None = None
     estimated: dict[str, Any] | None = None
     markers_written: Path | None = None
@@ -84,7 +85,8 @@ class BinResult:
         """The end-of-run summary."""
         share = self.binned_bases / self.total_bases if self.total_bases else 0.0
         out = [
-            f"binned    {self.contigs:,} contigs into {self.bins} bin(s) ({self.method}); "
+            f"binned    {self.contigs:,} contigs into {self.bins} bin(s) ({self.method}"
+            f"{'' if self.recluster == 'none' else ', reclustered: ' + self.recluster}); "
             f"{share:.1%} of {self.total_bases:,} bases binned",
         ]
         if self.quality is not None:
@@ -456,6 +458,7 @@ def bin_contigs(
         total_bases=int(lengths.sum()),
         method=method,
         min_bin_size=min_bin_size,
+        recluster=recluster,
         quality=quality,
         estimated=estimated,
         markers_written=out / MARKERS_TSV if found is not None else None,
@@ -539,6 +542,7 @@ def _write_tables(folder: Path, ids, codes, names, lengths, gc, result: BinResul
         "total_bases": result.total_bases,
         "method": result.method,
         "min_bin_size": result.min_bin_size,
+        "recluster": result.recluster,
         "quality": quality,
         "estimated": estimated,
     }
