@@ -111,7 +111,7 @@ def test_checkpoint_reproduces_the_reported_validation_loss(two_worker_run, abun
     assert validation.metrics["val/ce_abundance"] == pytest.approx(ckpt.metrics["val/ce_abundance"], rel=1e-5)
     # They gathered every rank's embeddings with their must-link keys: the same pairs and ranks.
     assert 0.5 < ckpt.metrics["val/link_agreement"] <= 1
-    local = link_agreement(validation.mu, validation.links)
+    local = link_agreement(validation.embeddings, validation.links)
     assert ckpt.metrics["val/link_agreement"] == pytest.approx(local, abs=1e-3)
     assert [m["epoch"] for m in result.history] == [0, 1]
 
