@@ -91,6 +91,12 @@ def test_every_preset_s_settings_apply_to_any_architecture(name):
         (LossConfig, {"temperature": 0.0}, r"loss.temperature=0.0 is invalid: expected a number in \(0, 10\]"),
         (TrainConfig, {"bn_stats": "batch"}, "train.bn_stats='batch' is invalid: expected recompute, epoch or ema"),
         (TrainConfig, {"bn_contigs": 1}, r"train.bn_contigs=1 is invalid: expected an integer >= 2"),
+        (ModelConfig, {"tnf_readout": -1.0}, r"model.tnf_readout=-1.0 is invalid: expected a number in \[0, 100\]"),
+        (
+            ModelConfig,
+            {"tnf_readout_max_samples": -1},
+            r"model.tnf_readout_max_samples=-1 is invalid: expected an integer >= 0",
+        ),
     ],
 )
 def test_out_of_range_values_name_the_key_and_the_range(cls, kwargs, message):
