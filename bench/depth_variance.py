@@ -64,19 +64,17 @@ def measure(spec: str) -> None:
 def beside_embeddings(spec: str, weights=(0.0, 0.25, 0.5)) -> None:
     import readout_mix
 
-    from kmervae.apply.embed import read_embeddings
     from kmervae.core.bins import readout
 
-    where, _, samples = spec.partition(":")
-    folder, base = Path(where), Path(where) / "run" / f"{samples}s"
-    runs = sorted(base.glob("kmervae-[0-9]*/emb.parquet"), key=lambda p: int(p.parent.name.split("-")[1]))
-    if not runs:
+    found = readout_mix.seed_embeddings(spec, required=False)
+    if found is None:  # no seeds trained on this set: the first measure is all there is
         return
-    embeddings = [read_embeddings(path) for path in runs]
+    folder, base, _, embeddings = found
     ids, lengths = embeddings[0].ids, embeddings[0].lengths
     tnf = readout_mix.parts_of(base / "features", ids)["tnf"]
     names, means, variances = read_metabat(base / "depth.tsv")
-    rows = np.array([{cid: i for i, cid in enumerate(names)}[cid] for cid in ids])
+    row_of = {cid: i for i, cid in enumerate(names)}
+    rows = np.array([row_of[cid] for cid in ids])
     dispersion = np.log(variances[rows] / means[rows].clip(min=1e-3) + 1e-3)
     dispersion = (dispersion - dispersion.mean(axis=0)) / dispersion.std(axis=0).clip(min=1e-12)
     for w in weights:

@@ -48,16 +48,27 @@ def near_complete(
     return metagenome.score({cid: str(c) for cid, c in zip(ids, codes, strict=True) if c >= 0}, folder)["near_complete"]
 
 
-def measure(spec: str, weights: list[float], parts: list[str], method: str = "none") -> None:
+def seed_embeddings(spec: str, required: bool = True):
+    """(set folder, its run folder for the sample count, seeds, their embeddings) of a `DIR:SAMPLES`:
+    every `kmervae-<seed>/emb.parquet` that `bench/metagenome.py run` left, by seed, of the same
+    contigs in the same order. None where there is none and they are not `required`."""
     where, _, samples = spec.partition(":")
     folder, base = Path(where), Path(where) / "run" / f"{samples}s"
     runs = sorted(base.glob("kmervae-[0-9]*/emb.parquet"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not runs and not required:
+        return None
     if not runs:
         raise SystemExit(f"{base}: no kmervae-<seed>/emb.parquet; bench/metagenome.py run {where} --samples {samples}")
     embeddings = [read_embeddings(path) for path in runs]
-    ids, lengths = embeddings[0].ids, embeddings[0].lengths
-    if any(list(e.ids) != list(ids) for e in embeddings):
+    if any(list(e.ids) != list(embeddings[0].ids) for e in embeddings):
         raise SystemExit(f"{base}: the seeds' embeddings hold other contigs or another order")
+    return folder, base, [p.parent.name.split("-")[1] for p in runs], embeddings
+
+
+def measure(spec: str, weights: list[float], parts: list[str], method: str = "none") -> None:
+    folder, base, seeds, embeddings = seed_embeddings(spec)
+    samples = spec.partition(":")[2]
+    ids, lengths = embeddings[0].ids, embeddings[0].lengths
     plain = parts_of(base / "features", ids)
     markers = read_markers(metagenome.set_markers(folder)).presence(ids) if method != "none" else None
     models = [readout(e.vectors) for e in embeddings]
@@ -66,8 +77,7 @@ def measure(spec: str, weights: list[float], parts: list[str], method: str = "no
     for part in parts:
         for w in weights:
             rows.append((f"+ {w:g} x {part}", [count(np.hstack([m, w * plain[part]])) for m in models]))
-    seeds = ", ".join(p.parent.name.split("-")[1] for p in runs)
-    print(f"{folder.name}, {samples} sample(s), seeds {seeds}, reclustering: {method}")
+    print(f"{folder.name}, {samples} sample(s), seeds {', '.join(seeds)}, reclustering: {method}")
     print("| readout | near-complete per seed | median (range) |\n|---|---|---|")
     for name, counts in rows:
         print(f"| {name} | {' '.join(map(str, counts))} | {np.median(counts):g} ({min(counts)}-{max(counts)}) |")

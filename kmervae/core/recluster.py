@@ -14,8 +14,8 @@ Methods (`METHODS`; bench/RESULTS.md "Reclustering" measures each on every bench
 - `grid` (COMEBin's): Leiden over the whole assembly at each resolution of RESOLUTIONS, keeping
   the partition whose bins score best by their markers (`BinEstimates.score`).
 - `unmarked`: every bin's own contigs clustered again by Leiden at UNMARKED_RESOLUTION; a part of
-  UNMARKED_MIN_BASES or more, under the minimum bin size, with no marker gene at all, is left
-  unbinned. A phage or a plasmid whose depths follow its neighbour's joins that genome's bin and
+  UNMARKED_MIN_BASES or more, under the minimum bin size and under half its bin, with no marker
+  gene at all, is left unbinned. A phage or a plasmid whose depths follow its neighbour's joins that genome's bin and
   costs it its purity (bench/RESULTS.md "Issue 38, lever 6"); markers cannot see it, since it has
   none, but a bacterial stretch of that size almost always carries one (about one marker every
   40 kb). Parts of a genome that carry none cost it at most that stretch of its recall.
