@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_pipeline.depth_table import read_depth_table  # noqa: E402
+from kmervae.abundance.depth_table import read_depth_table  # noqa: E402
 
 
 def compare(args: argparse.Namespace) -> None:

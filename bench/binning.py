@@ -9,10 +9,10 @@ RECORD:START-END, labelled with their genome):
 For each dataset: the `recommended` preset trained on all its contigs with the local engine
 (binning is unsupervised: a binner trains on the assembly it bins, as VAMB does), its
 embeddings; z-scored TNF and PCA-32 of all k-mer log-frequencies of the same contigs; all binned
-with kmervae's default clusterer (`kmervae.core.bins.cluster`, also `--method hdbscan`); VAMB 5
+with kmervae's default clusterer (`kmervae.binning.bins.cluster`, also `--method hdbscan`); VAMB 5
 `bin default` with a
 constant abundance (one sample, every contig 1.0: composition only) when --vamb-python names
-an interpreter with VAMB. Every bin set is scored by `kmervae.core.bins.bin_quality` with the
+an interpreter with VAMB. Every bin set is scored by `kmervae.binning.bins.bin_quality` with the
 same minimum bin size (200 kb), so the counts are comparable.
 
     .venv/bin/python bench/binning.py quality --genomes ../shared/genomes --work DIR [--vamb-python PY]
@@ -35,13 +35,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from data_pipeline.fasta import FastaReader, file_stem  # noqa: E402
-from data_pipeline.featurize import FeaturizeSettings, featurize  # noqa: E402
-from data_pipeline.labels import Labels  # noqa: E402
 from kmervae.apply.embed import embed, read_embeddings  # noqa: E402
 from kmervae.apply.evaluate import baselines  # noqa: E402
-from kmervae.core import bins  # noqa: E402
-from kmervae.core.feature_table import FeatureTable  # noqa: E402
+from kmervae.base.feature_table import FeatureTable  # noqa: E402
+from kmervae.binning import bins  # noqa: E402
+from kmervae.features.fasta import FastaReader, file_stem  # noqa: E402
+from kmervae.features.featurize import FeaturizeSettings, featurize  # noqa: E402
+from kmervae.features.labels import Labels  # noqa: E402
 
 MIN_CONTIG = 2000
 EPOCHS = {"c5k": 8, "c2k": 4, "varied": 8}

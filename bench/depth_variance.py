@@ -64,7 +64,7 @@ def measure(spec: str) -> None:
 def beside_embeddings(spec: str, weights=(0.0, 0.25, 0.5)) -> None:
     import readout_mix
 
-    from kmervae.core.bins import readout
+    from kmervae.binning.bins import readout
 
     found = readout_mix.seed_embeddings(spec, required=False)
     if found is None:  # no seeds trained on this set: the first measure is all there is

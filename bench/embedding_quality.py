@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 
 from kmervae.apply.evaluate import baselines, format_table, score  # noqa: E402
 from kmervae.apply.export import Encoder  # noqa: E402
+from kmervae.base.feature_table import FeatureTable, dataset_files  # noqa: E402
 from kmervae.core.checkpoint import load_checkpoint  # noqa: E402
 from kmervae.core.config import RunConfig, preset  # noqa: E402
 from kmervae.core.engine import fit_local  # noqa: E402
-from kmervae.core.feature_table import FeatureTable, dataset_files  # noqa: E402
 
 HELD_OUT = [
     "Chlamydia_trachomatis",

@@ -40,11 +40,11 @@ import xopen
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from data_pipeline.fasta import FastaReader  # noqa: E402
-from data_pipeline.fasta_blocks import read_files  # noqa: E402
-from data_pipeline.featurize import FeaturizeSettings, featurize, load_kernels  # noqa: E402
-from data_pipeline.kmer_counter import KmerCounter  # noqa: E402
-from data_pipeline.labels import Labels  # noqa: E402
+from kmervae.features.fasta import FastaReader  # noqa: E402
+from kmervae.features.fasta_blocks import read_files  # noqa: E402
+from kmervae.features.featurize import FeaturizeSettings, featurize, load_kernels  # noqa: E402
+from kmervae.features.kmer_counter import KmerCounter  # noqa: E402
+from kmervae.features.labels import Labels  # noqa: E402
 
 FRAGMENT = 5000
 
@@ -171,7 +171,7 @@ def make_big_fasta(files: list[Path], path: Path, gbp: float, tag: str = "copy")
 INPROCESS_SNIPPET = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from data_pipeline.featurize import FeaturizeSettings, featurize, load_kernels
+from kmervae.features.featurize import FeaturizeSettings, featurize, load_kernels
 load_kernels()
 started = time.perf_counter()
 summary = featurize(sys.argv[3:], sys.argv[2], FeaturizeSettings(fragment_length=5000, overwrite=True), progress=False)

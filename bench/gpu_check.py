@@ -39,11 +39,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from kmervae.base.feature_contract import N_BINS  # noqa: E402
 from kmervae.core.checkpoint import load_checkpoint  # noqa: E402
 from kmervae.core.config import PRESETS, LossConfig, RunConfig, TrainConfig  # noqa: E402
 from kmervae.core.data import CountBatch, TensorData, use_resident  # noqa: E402
 from kmervae.core.engine import autocast, compile_model, fit_local, make_optimizer, train_epoch  # noqa: E402
-from kmervae.core.feature_contract import N_BINS  # noqa: E402
 from kmervae.core.loss import vae_loss  # noqa: E402
 from kmervae.core.model import BranchedVAE  # noqa: E402
 
@@ -110,7 +110,7 @@ def synthetic_pool(n: int, seed: int = 0) -> CountBatch:
 def load_pool(features: Path | None, n_synthetic: int) -> tuple[CountBatch, str]:
     if features is None:
         return synthetic_pool(n_synthetic), f"{n_synthetic:,} synthetic 5 kb contigs"
-    from kmervae.core.feature_table import FeatureTable
+    from kmervae.base.feature_table import FeatureTable
 
     table = FeatureTable.from_parquet(features)
     data = TensorData.from_table(table, np.arange(len(table))).batch

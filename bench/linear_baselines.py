@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from embedding_quality import HELD_OUT  # noqa: E402
 
 from kmervae.apply.evaluate import score  # noqa: E402
-from kmervae.core.feature_table import FeatureTable  # noqa: E402
+from kmervae.base.feature_table import FeatureTable  # noqa: E402
 from kmervae.core.model import FeatureTransform  # noqa: E402
 
 

@@ -9,8 +9,8 @@ on the metagenome benchmark's sets (issue 37), and how long finding the markers 
 `validate` finds the markers of DIR/assembly.fna once (`kmervae markers`, cached as
 DIR/markers.tsv, timed) and judges every binner's bins that `bench/metagenome.py run` left in
 DIR/run/<N>s/<binner>/assignment.tsv: for each bin of at least 200 kb the estimated completeness
-and contamination (`kmervae.core.markers.estimate_bins`) beside the truth's recall and 1 - purity
-(`kmervae.core.bins.bin_quality`), and per run:
+and contamination (`kmervae.binning.markers.estimate_bins`) beside the truth's recall and 1 - purity
+(`kmervae.binning.bins.bin_quality`), and per run:
 - the median absolute error of completeness against recall and of contamination against
   1 - purity, over the judged bins whose main genome is a bacterium (the set's archaeon and phage,
   `--not-bacteria`, are not what the bacterial set judges);
@@ -26,7 +26,7 @@ gets 0.9 CPU beside Ray Data's), so they do not fit a session here.
 
 `recluster` bins every embedding `run` left (each kmervae seed's, and the TNF + abundance
 baseline of the set's features) with `kmervae bin`'s clusterer, then applies each method of
-`kmervae.core.recluster` and prints the true and estimated near-complete bins and its seconds.
+`kmervae.binning.recluster` and prints the true and estimated near-complete bins and its seconds.
 Prints markdown tables; results and commands go to bench/RESULTS.md.
 """
 
@@ -66,8 +66,8 @@ def set_markers(folder: Path) -> tuple[Path, float]:
 
 def judge(folder: Path, run: Path, markers, not_bacteria: tuple[str, ...]) -> dict:
     """Estimates against the truth for one binner's bins."""
-    from kmervae.core.bins import NEAR_COMPLETE, bin_quality
-    from kmervae.core.markers import estimate_bins
+    from kmervae.binning.bins import NEAR_COMPLETE, bin_quality
+    from kmervae.binning.markers import estimate_bins
 
     contigs, genomes, lengths = read_truth(folder)
     codes = bin_codes(read_assignment(run / ASSIGNMENT), folder)
@@ -98,7 +98,7 @@ def judge(folder: Path, run: Path, markers, not_bacteria: tuple[str, ...]) -> di
 
 
 def validate(args: argparse.Namespace) -> None:
-    from kmervae.core.markers import read_markers
+    from kmervae.binning.markers import read_markers
 
     print("| set | samples | binner | bins | judged | median abs. error completeness / contamination "
           "| est. NC | true NC of judged | true NC | not judged |")  # fmt: skip
@@ -145,9 +145,9 @@ def embeddings_of(folder: Path, samples: int) -> dict[str, tuple[np.ndarray, np.
 
 def recluster_bench(args: argparse.Namespace) -> None:
     """Every reclustering method on every embedding of every set: true and estimated near-complete bins."""
-    from kmervae.core.bins import bin_quality, cluster
-    from kmervae.core.markers import estimate_bins, read_markers
-    from kmervae.core.recluster import METHODS, recluster
+    from kmervae.binning.bins import bin_quality, cluster
+    from kmervae.binning.markers import estimate_bins, read_markers
+    from kmervae.binning.recluster import METHODS, recluster
 
     print("| set | samples | embedding | " + " | ".join(f"{m}: true / est. NC (s)" for m in METHODS) + " |")
     print("|---|---|---|" + "---|" * len(METHODS))

@@ -19,7 +19,7 @@ with samtools: DIR/sample_N.bam. Deterministic for a seed. Tools: Debian's
 `art-nextgen-simulation-tools minimap2 samtools metabat` (`apt-get install ...`).
 
 `run` bins DIR's assembly with each binner, each in its own environment (none is a dependency of
-kmervae), and scores every result with kmervae's scorer (`kmervae.core.bins.bin_quality`:
+kmervae), and scores every result with kmervae's scorer (`kmervae.binning.bins.bin_quality`:
 AMBER's definitions by bases, bins of at least 200 kb; contigs a tool leaves out count as
 unbinned): near-complete (recall >= 0.9, purity >= 0.95) and medium (>= 0.5, >= 0.9) bins, the
 binned share of bases, wall time and peak memory. `--samples N` bins with the first N samples'
@@ -178,10 +178,10 @@ def read_truth(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def bin_codes(assignment: dict[str, str], folder: Path) -> np.ndarray:
-    """The truth's contigs' bin codes (`kmervae.core.bins.renumber`: bins of at least 200 kb, the
+    """The truth's contigs' bin codes (`kmervae.binning.bins.renumber`: bins of at least 200 kb, the
     largest first; -1 unbinned): contigs missing from `assignment` (under a tool's minimum length,
     or left out) are unbinned."""
-    from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, renumber
+    from kmervae.binning.bins import DEFAULT_MIN_BIN_SIZE, renumber
 
     contigs, _, lengths = read_truth(folder)
     names = sorted(set(assignment.values()))
@@ -192,7 +192,7 @@ def bin_codes(assignment: dict[str, str], folder: Path) -> np.ndarray:
 
 def score(assignment: dict[str, str], folder: Path) -> dict[str, float]:
     """One scorer for every binner: `bin_codes` against the truth, by bases."""
-    from kmervae.core.bins import MEDIUM, bin_quality
+    from kmervae.binning.bins import MEDIUM, bin_quality
 
     _, genomes, lengths = read_truth(folder)
     codes = bin_codes(assignment, folder)
@@ -351,7 +351,7 @@ def run_ensembles(folder: Path, base: Path, args) -> list[int]:
 def baseline_features(features: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(contig ids, lengths, TNF beside the abundance profile) of a feature dataset, made once."""
     from kmervae.apply.evaluate import baselines
-    from kmervae.core.feature_table import FeatureTable
+    from kmervae.base.feature_table import FeatureTable
 
     if features not in _BASELINE_FEATURES:
         table = FeatureTable.from_parquet(features)
@@ -368,8 +368,8 @@ def run_baseline(folder: Path, out: Path, args, seed: int = 0) -> tuple[dict[str
     training seed is the model's (Leiden's count moves by up to two bins with its seed)."""
     import resource
 
-    from kmervae.core.markers import read_markers
-    from kmervae.core.recluster import partition
+    from kmervae.binning.markers import read_markers
+    from kmervae.binning.recluster import partition
 
     features = kmervae_features(folder, args)
     started = time.perf_counter()
@@ -486,7 +486,7 @@ def gate(kmervae: list[int], baseline: list[int], what: str = "seed(s)") -> str:
 
 def main() -> None:
     from kmervae.apply.binning import DEFAULT_RECLUSTER
-    from kmervae.core.recluster import METHODS
+    from kmervae.binning.recluster import METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True)

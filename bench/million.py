@@ -207,7 +207,7 @@ def measure(name: str, x: np.ndarray, queries: np.ndarray, exact: np.ndarray, th
 
 def near_complete(path: Path, ids, raw: np.ndarray, labels, lengths: np.ndarray) -> int:
     """Near-complete bins of one clustering: by bench/metagenome.py's scorer for its sets."""
-    from kmervae.core import bins
+    from kmervae.binning import bins
 
     truth = path.parents[3]
     if (truth / "truth.tsv").exists():
@@ -227,7 +227,7 @@ def graphs(args: argparse.Namespace) -> None:
     import igraph
 
     from kmervae.apply.embed import read_embeddings
-    from kmervae.core import bins
+    from kmervae.binning import bins
 
     def partition(graph: igraph.Graph, how: str, resolution: float, seed: int) -> np.ndarray:
         if how == "igraph":

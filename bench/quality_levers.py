@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO))
 
 from embedding_quality import split_by_genome  # noqa: E402  (the same four genomes held out)
 
+from kmervae.base.feature_table import FeatureTable  # noqa: E402
 from kmervae.core.config import RunConfig, preset  # noqa: E402
 from kmervae.core.data import CountBatch, InMemoryData, TensorData, load_splits  # noqa: E402
 from kmervae.core.engine import make_optimizer, make_scheduler, run_epochs  # noqa: E402
-from kmervae.core.feature_table import FeatureTable  # noqa: E402
 from kmervae.core.model import BranchedVAE  # noqa: E402
 
 SMALL = ["model.kmer7_widths=[256]", "model.kmer4_widths=[64]", "model.kmer3_widths=[32]", "model.trunk_widths=[128]"]

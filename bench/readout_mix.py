@@ -26,9 +26,9 @@ import metagenome  # noqa: E402  (the benchmark's sets and its one scorer)
 
 from kmervae.apply.embed import read_embeddings  # noqa: E402
 from kmervae.apply.evaluate import baselines  # noqa: E402
-from kmervae.core.bins import cluster, readout  # noqa: E402
-from kmervae.core.markers import read_markers  # noqa: E402
-from kmervae.core.recluster import METHODS, partition  # noqa: E402
+from kmervae.binning.bins import cluster, readout  # noqa: E402
+from kmervae.binning.markers import read_markers  # noqa: E402
+from kmervae.binning.recluster import METHODS, partition  # noqa: E402
 
 TNF_WIDTH = 136
 

@@ -64,8 +64,8 @@ def main() -> None:
     os.chdir(work)  # the MLflow store (mlflow.db) and runs/ go here
     features = args.features
     if features is None:
-        from data_pipeline.featurize import FeaturizeSettings, featurize
-        from data_pipeline.labels import Labels
+        from kmervae.features.featurize import FeaturizeSettings, featurize
+        from kmervae.features.labels import Labels
 
         features = work / "features"
         featurize(

@@ -31,8 +31,8 @@ from kmervae.core.engine import fit_local  # noqa: E402
 
 
 def featurize_genomes(genomes: Path, out: Path) -> Path:
-    from data_pipeline.featurize import FeaturizeSettings, featurize
-    from data_pipeline.labels import Labels
+    from kmervae.features.featurize import FeaturizeSettings, featurize
+    from kmervae.features.labels import Labels
 
     featurize(
         sorted(genomes.glob("*.fna.gz")),

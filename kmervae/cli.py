@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from kmervae import __version__
-from kmervae.core.errors import KmervaeError
-from kmervae.core.metric_keys import VAL_LOSS
-from kmervae.core.redact import redact
+from kmervae.base.errors import KmervaeError
+from kmervae.base.metric_keys import VAL_LOSS
+from kmervae.base.redact import redact
 from kmervae.distributed.flags import add_cluster_flags, add_settings_flags, add_tracking_flags
 
 EXIT_USER_ERROR = 2
@@ -105,11 +105,11 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_featurize(args: argparse.Namespace) -> int:
-    from data_pipeline.kmer_counter import without_blas_and_cffi
+    from kmervae.features.kmer_counter import without_blas_and_cffi
 
     with without_blas_and_cffi():  # this process runs the featurizer alone
-        from data_pipeline.featurize import FeaturizeSettings, featurize, load_kernels
-        from data_pipeline.labels import Labels
+        from kmervae.features.featurize import FeaturizeSettings, featurize, load_kernels
+        from kmervae.features.labels import Labels
 
         load_kernels()
 
@@ -131,12 +131,12 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
         labels = None
     abundance = None
     if args.abundance is not None:
-        from data_pipeline.depth_table import AbundanceLookup, read_depth_table
+        from kmervae.abundance.depth_table import AbundanceLookup, read_depth_table
 
         abundance = AbundanceLookup(read_depth_table(args.abundance))
     markers = None
     if args.markers:  # first: a FASTA without genes is refused before any output
-        from data_pipeline.markers import markers_of_fasta
+        from kmervae.binning.marker_search import markers_of_fasta
 
         log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
         markers, found = markers_of_fasta(args.inputs, args.fragment_length, args.min_length, log=log)
@@ -145,8 +145,8 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
     )
     print("\n".join(summary.lines()))
     if markers is not None:
-        from kmervae.core.feature_table import dataset_files, read_keys
-        from kmervae.core.markers import DATASET_MARKERS, write_markers
+        from kmervae.base.feature_table import dataset_files, read_keys
+        from kmervae.binning.markers import DATASET_MARKERS, write_markers
 
         # Featurize also skips contigs without a 7-mer of unambiguous bases: the table keeps the dataset's.
         write_markers(markers.restricted_to(read_keys(dataset_files(args.out))[0]), args.out / DATASET_MARKERS)
@@ -183,42 +183,19 @@ def _add_abundance(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_abundance(args: argparse.Namespace) -> int:
-    import time
+    from kmervae.abundance.bam_depth import DepthSettings
+    from kmervae.abundance.build import build_depth_table
 
-    import numpy as np
-
-    from data_pipeline.bam_depth import DepthSettings, bam_depths, check_bams
-    from data_pipeline.depth_table import write_table
-    from kmervae.core.errors import OutputError
-
-    started = time.perf_counter()
-    settings = DepthSettings(args.min_identity, args.edge_bases, args.min_mapq)
-    if args.out.exists() and not args.overwrite:
-        raise OutputError(f"{args.out}: exists already; pass --overwrite to replace it")
-    paths = check_bams(args.bams)
-    names = [p.name for p in paths]
-    workers = args.workers or max(1, len(os.sched_getaffinity(0)))
-    print(f"reading   {len(paths)} BAM file(s), {min(workers, len(paths))} at a time", file=sys.stderr)
-
-    def report(sample) -> None:
-        rate = sample.records / max(sample.seconds, 1e-9)
-        print(
-            f"  {Path(sample.path).name}: {sample.records:,} records, {sample.counted:,} reads counted, "
-            f"{sample.low_identity:,} under --min-identity/--min-mapq, {sample.seconds:.1f} s ({rate:,.0f} records/s)",
-            file=sys.stderr,
-        )
-
-    samples = bam_depths(paths, settings, workers, on_sample=report)
-    first = samples[0]
-    means = np.stack([s.mean for s in samples], axis=1)
-    variances = np.stack([s.variance for s in samples], axis=1)
-    write_table(args.out, first.contigs, first.lengths, names, means, variances, args.format)
-    seconds = time.perf_counter() - started
-    print(f"samples   {len(samples)}")
-    print(f"contigs   {len(first.contigs):,} ({int((means.sum(axis=1) == 0).sum()):,} with no read counted)")
-    print(f"reads     {sum(s.counted for s in samples):,} counted of {sum(s.records for s in samples):,} records")
-    print(f"took      {seconds:.1f} s")
-    print(f"output    {args.out.absolute()}")
+    summary = build_depth_table(
+        args.bams,
+        args.out,
+        DepthSettings(args.min_identity, args.edge_bases, args.min_mapq),
+        workers=args.workers,
+        fmt=args.format,
+        overwrite=args.overwrite,
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    print("\n".join(summary.lines()))
     return 0
 
 
@@ -255,9 +232,9 @@ def _add_markers(sub: argparse._SubParsersAction) -> None:
 def _cmd_markers(args: argparse.Namespace) -> int:
     import time
 
-    from data_pipeline.markers import markers_of_fasta
-    from kmervae.core.errors import ConfigError, OutputError
-    from kmervae.core.markers import write_markers
+    from kmervae.base.errors import ConfigError, OutputError
+    from kmervae.binning.marker_search import markers_of_fasta
+    from kmervae.binning.markers import write_markers
 
     started = time.perf_counter()
     if args.out.exists() and not args.overwrite:
@@ -352,8 +329,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
-    from kmervae.core.feature_table import dataset_files
-    from kmervae.core.metric_keys import EPOCH, LOWEST_VAL_LOSS
+    from kmervae.base.feature_table import dataset_files
+    from kmervae.base.metric_keys import EPOCH, LOWEST_VAL_LOSS
     from kmervae.tracking.tracker import ui_command
 
     config = _run_config(args)
@@ -445,8 +422,8 @@ def _add_describe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
+    from kmervae.base.errors import ConfigError
     from kmervae.core.describe import draw_diagram, format_table
-    from kmervae.core.errors import ConfigError
     from kmervae.core.model import BranchedVAE
 
     config = _run_config(args)
@@ -609,8 +586,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_bin(sub: argparse._SubParsersAction) -> None:
-    from kmervae.core import bins
-    from kmervae.core.recluster import METHODS as RECLUSTER_METHODS
+    from kmervae.binning import bins
+    from kmervae.binning.recluster import METHODS as RECLUSTER_METHODS
 
     p = sub.add_parser(
         "bin",
@@ -738,8 +715,8 @@ def _add_mlflow_sync(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_mlflow_sync(args: argparse.Namespace) -> int:
-    from kmervae.core.errors import ConfigError
-    from kmervae.core.redact import redact
+    from kmervae.base.errors import ConfigError
+    from kmervae.base.redact import redact
     from kmervae.tracking.tracker import sync_file, tracking_uri
 
     sent, left = sync_file(args.outbox)

@@ -85,11 +85,11 @@ def tnf_embedded_assembly(
     embed's schema, for the binning and marker tests. Returns its paths, ids and genomes."""
     import numpy as np
 
-    from data_pipeline.featurize import FeaturizeSettings, featurize
-    from data_pipeline.labels import Labels
     from kmervae.apply.embed import write_embeddings
     from kmervae.apply.evaluate import baselines
-    from kmervae.core.feature_table import FeatureTable
+    from kmervae.base.feature_table import FeatureTable
+    from kmervae.features.featurize import FeaturizeSettings, featurize
+    from kmervae.features.labels import Labels
 
     fasta = write_fasta(root / "assembly.fna", records)
     labels_tsv = root / "labels.tsv"
@@ -131,8 +131,8 @@ def write_bytes(path: Path, data: bytes) -> Path:
 @pytest.fixture(scope="session")
 def example_features(tmp_path_factory) -> Path:
     """The bundled examples featurized as 5 kb labelled contigs (1,558 contigs), made once per session."""
-    from data_pipeline.featurize import FeaturizeSettings, featurize
-    from data_pipeline.labels import Labels
+    from kmervae.features.featurize import FeaturizeSettings, featurize
+    from kmervae.features.labels import Labels
 
     out = tmp_path_factory.mktemp("example-features") / "features"
     featurize(
@@ -153,10 +153,10 @@ def abundance_features(tmp_path_factory):
     with its markers.tsv)."""
     import numpy as np
 
-    from data_pipeline.depth_table import AbundanceLookup, DepthTable
-    from data_pipeline.fasta import FastaReader
-    from data_pipeline.featurize import FeaturizeSettings, featurize
-    from data_pipeline.labels import Labels
+    from kmervae.abundance.depth_table import AbundanceLookup, DepthTable
+    from kmervae.features.fasta import FastaReader
+    from kmervae.features.featurize import FeaturizeSettings, featurize
+    from kmervae.features.labels import Labels
 
     rng = np.random.default_rng(7)
     paths = sorted(EXAMPLES.glob("*.fna.gz"))
@@ -190,8 +190,8 @@ def marked_abundance_features(abundance_features):
     """`abundance_features` with its contigs' marker genes (markers.tsv, as `featurize --markers`
     keeps them), so that runs can report val/est_nc_bins. Apart, because finding them takes
     seconds that the tests without markers need not wait for."""
-    from data_pipeline.markers import markers_of_fasta
-    from kmervae.core.markers import DATASET_MARKERS, write_markers
+    from kmervae.binning.marker_search import markers_of_fasta
+    from kmervae.binning.markers import DATASET_MARKERS, write_markers
 
     write_markers(
         markers_of_fasta(sorted(EXAMPLES.glob("*.fna.gz")), 5000, 1000)[0], abundance_features / DATASET_MARKERS

@@ -7,9 +7,9 @@ import numpy as np
 import pysam
 import pytest
 
-from data_pipeline.bam_depth import DepthSettings, bam_depths, pysam_depth, sample_depth
-from data_pipeline.depth_table import read_depth_table
-from kmervae.core.errors import InputError
+from kmervae.abundance.bam_depth import DepthSettings, bam_depths, pysam_depth, sample_depth
+from kmervae.abundance.depth_table import read_depth_table
+from kmervae.base.errors import InputError
 from tests.conftest import kmervae
 
 CONTIGS = [("A", 400), ("B", 100), ("C", 200)]
@@ -201,7 +201,7 @@ def test_bad_depth_tables(tmp_path, text, message):
 def test_depths_travel_from_bam_files_through_featurize(tmp_path):
     """BAM files -> `kmervae abundance` -> `kmervae featurize --abundance`: each contig's stored
     depths are the ones computed from its reads (rounded to the table's 6 significant digits)."""
-    from kmervae.core.feature_table import FeatureTable
+    from kmervae.base.feature_table import FeatureTable
     from tests.conftest import write_fasta
 
     rng = np.random.default_rng(3)

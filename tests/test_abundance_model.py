@@ -14,12 +14,12 @@ import torch
 from kmervae.apply.embed import decode_batch, embed
 from kmervae.apply.evaluate import abundance_profile, evaluate
 from kmervae.apply.export import Encoder, example_inputs, export
+from kmervae.base.errors import ConfigError, InputError
+from kmervae.base.feature_table import FeatureTable, dataset_files
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.data import load_splits
 from kmervae.core.engine import fit_local, validate_epoch
-from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.feature_table import FeatureTable, dataset_files
 from kmervae.core.loss import abundance_term, vae_loss
 from kmervae.core.model import BranchedVAE, count_parameters
 from tests.conftest import ABUNDANCE_SAMPLES as SAMPLES
@@ -179,7 +179,7 @@ def test_the_metagenome_preset_bins_the_whole_assembly_it_trained_on(abundance_f
     """data.val_split=all: every contig trains and validates, and val/nc_bins is the count that
     embedding all contigs and binning them as `kmervae bin` does (200 kb bins) gives."""
     from kmervae.apply.embed import read_embeddings
-    from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, near_complete_bins
+    from kmervae.binning.bins import DEFAULT_MIN_BIN_SIZE, near_complete_bins
     from kmervae.core.config import preset_config
 
     config = preset_config("metagenome", architecture="tiny").with_overrides(["train.epochs=2", "train.nc_bins=true"])

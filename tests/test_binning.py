@@ -15,9 +15,9 @@ import pytest
 from kmervae.apply.binning import bin_contigs
 from kmervae.apply.embed import read_embeddings, write_embeddings
 from kmervae.apply.evaluate import baselines
-from kmervae.core import bins
-from kmervae.core.errors import ConfigError, InputError, OutputError
-from kmervae.core.feature_table import FeatureTable
+from kmervae.base.errors import ConfigError, InputError, OutputError
+from kmervae.base.feature_table import FeatureTable
+from kmervae.binning import bins
 from tests.conftest import read_genome_record, tnf_embedded_assembly, write_fasta
 
 FAR_APART = ("Staphylococcus_aureus_N315", "Helicobacter_pylori_G27")

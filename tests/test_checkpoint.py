@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
+from kmervae.base.errors import InputError, InputNotFoundError
 from kmervae.core.checkpoint import load_checkpoint, save_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import make_optimizer, make_scheduler
-from kmervae.core.errors import InputError, InputNotFoundError
 from kmervae.core.model import BranchedVAE
 from tests.conftest import random_batch
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from data_pipeline.feature_writer import CODECS
+from kmervae.features.feature_writer import CODECS
 from tests.conftest import REPO, kmervae, write_bytes, write_fasta
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kmervae.base.errors import ConfigError
 from kmervae.core.config import (
     PRESETS,
     DataConfig,
@@ -15,7 +16,6 @@ from kmervae.core.config import (
     preset,
     preset_config,
 )
-from kmervae.core.errors import ConfigError
 
 
 def test_an_unknown_preset_is_one_line_naming_the_choices():

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.contigs import Batcher, contig_id, fragments
-from data_pipeline.fasta_blocks import RecordBlock
-from kmervae.core.feature_contract import parse_fragment
+from kmervae.base.feature_contract import parse_fragment
+from kmervae.features.contigs import Batcher, contig_id, fragments
+from kmervae.features.fasta_blocks import RecordBlock
 
 
 def block(*records: tuple[str, str], first: int = 0) -> RecordBlock:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from kmervae.base.errors import ConfigError, InputError
+from kmervae.base.feature_contract import id_hash
+from kmervae.base.feature_table import FeatureTable
 from kmervae.core.config import DataConfig
 from kmervae.core.data import held_out_labels, link_keys, load_splits, split_hash, split_mask
-from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.feature_contract import id_hash
-from kmervae.core.feature_table import FeatureTable
 
 
 def test_split_is_stable_salted_and_close_to_the_fraction():
@@ -71,7 +71,7 @@ def test_batches_cover_everything_once_and_shuffle_by_seed(example_features):
 
 
 def test_too_few_contigs_is_an_error(tmp_path):
-    from data_pipeline.featurize import featurize
+    from kmervae.features.featurize import featurize
     from tests.conftest import write_fasta
 
     write_fasta(tmp_path / "a.fa", [("a", "ACGT" * 300)])

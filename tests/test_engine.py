@@ -10,6 +10,9 @@ import sys
 import pytest
 import torch
 
+from kmervae.base.errors import ConfigError, TrainingDiverged
+from kmervae.base.feature_table import FeatureTable
+from kmervae.base.metric_keys import epoch_keys
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, LossConfig, RunConfig
 from kmervae.core.data import CountBatch, InMemoryData, TensorData, held_out_labels, load_splits
@@ -24,9 +27,6 @@ from kmervae.core.engine import (
     train_epoch,
     validate_epoch,
 )
-from kmervae.core.errors import ConfigError, TrainingDiverged
-from kmervae.core.feature_table import FeatureTable
-from kmervae.core.metric_keys import epoch_keys
 from kmervae.core.model import BranchedVAE
 from tests.conftest import random_batch
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
+from kmervae.base.metric_keys import LOWEST_VAL_LOSS, Objective
 from kmervae.core.epoch_table import EpochPrinter, header, row, table
-from kmervae.core.metric_keys import LOWEST_VAL_LOSS, Objective
 
 
 def epoch(i: int, loss: float, gated: bool = True) -> dict[str, float]:

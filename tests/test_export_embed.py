@@ -15,11 +15,11 @@ import torch
 from kmervae.apply.embed import decode_batch, embed, read_embeddings
 from kmervae.apply.evaluate import evaluate, format_table, score
 from kmervae.apply.export import Encoder, export
+from kmervae.base.errors import ConfigError, InputError, InputNotFoundError, OutputError
+from kmervae.base.feature_table import FeatureTable, dataset_files
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import fit_local
-from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_table import FeatureTable, dataset_files
 from kmervae.core.model import BranchedVAE, embedding_dim
 
 
@@ -146,7 +146,7 @@ def test_log_variance_on_request(checkpoint, tmp_path, example_features):
 
 MLFLOW_FRESH = """
 import sys
-for name in ("kmervae", "data_pipeline"):
+for name in ("kmervae",):
     sys.modules[name] = None  # the package's code must not be needed
 import mlflow, numpy as np
 model = mlflow.pyfunc.load_model(sys.argv[1])
@@ -376,7 +376,7 @@ def test_utf8_contig_ids_go_through_featurize_train_and_embed(tmp_path):
     """Ids are UTF-8 text end to end (only undecodable bytes are refused, by the reader)."""
     import random
 
-    from data_pipeline.featurize import FeaturizeSettings, featurize
+    from kmervae.features.featurize import FeaturizeSettings, featurize
     from tests.conftest import write_fasta
 
     rng = random.Random(5)

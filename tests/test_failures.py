@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kmervae.core.errors import InputError, TrainingDiverged
+from kmervae.base.errors import InputError, TrainingDiverged
 from kmervae.distributed.failures import kmervae_error, root_cause, root_cause_of_text
 
 ray_exceptions = pytest.importorskip("ray.exceptions")
@@ -47,7 +47,7 @@ def test_the_reason_from_a_trial_s_error_file():
         "ray::ImplicitFunc.train() (pid=29924, ip=192.0.2.2)\n"
         '  File "/work/main/kmervae/core/engine.py", line 175, in train_epoch\n'
         "    raise TrainingDiverged(\n"
-        f"kmervae.core.errors.TrainingDiverged: {REASON}\n"
+        f"kmervae.base.errors.TrainingDiverged: {REASON}\n"
         "\nThe above exception was the direct cause of the following exception:\n\n"
         "ray.train.WorkerGroupError: Training failed due to worker errors:\n"
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline.fasta import FastaReader, file_stem
-from kmervae.core.errors import InputError, InputNotFoundError
+from kmervae.base.errors import InputError, InputNotFoundError
+from kmervae.features.fasta import FastaReader, file_stem
 from tests.conftest import write_bytes, write_fasta
 
 RECORDS = [("chr1 some description", "ACGT" * 40 + "NNNN" + "acgt" * 10), ("chr2", "GGCC" * 3), ("chr3", "")]
@@ -116,7 +116,7 @@ def test_the_utf8_reader_names_the_line_of_bytes_it_cannot_read(tmp_path):
     """dnaio reads ASCII only; files with UTF-8 ids go through the plain reader, which accepts
     UTF-8 headers and refuses other bytes with their line (dnaio, which decodes ahead, usually
     reports undecodable bytes itself first)."""
-    from data_pipeline.fasta import _utf8_fasta
+    from kmervae.features.fasta import _utf8_fasta
 
     path = write_bytes(tmp_path / "ids.fa", ">ctg_\u00fc1 x\nACGT\nAC\n>b\nGG\n".encode())
     assert list(_utf8_fasta(path)) == [("ctg_\u00fc1 x", "ACGTAC"), ("b", "GG")]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline import fasta_blocks
-from data_pipeline.fasta import FastaReader
-from data_pipeline.fasta_blocks import read_blocks, read_files
-from kmervae.core.errors import InputError
+from kmervae.base.errors import InputError
+from kmervae.features import fasta_blocks
+from kmervae.features.fasta import FastaReader
+from kmervae.features.fasta_blocks import read_blocks, read_files
 from tests.conftest import write_bytes, write_fasta
 
 SEQ = "ACGTTGCAAC" * 30

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kmervae.core.errors import InputError
-from kmervae.core.feature_contract import (
+from kmervae.base.errors import InputError
+from kmervae.base.feature_contract import (
     KMER_SIZES,
     N_BINS,
     N_FEATURES,

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.featurize import FeaturizeSettings, featurize
-from kmervae.core.errors import InputError, InputNotFoundError
-from kmervae.core.feature_contract import MANIFEST_NAME
-from kmervae.core.feature_table import FeatureTable, dataset_files
+from kmervae.base.errors import InputError, InputNotFoundError
+from kmervae.base.feature_contract import MANIFEST_NAME
+from kmervae.base.feature_table import FeatureTable, dataset_files
+from kmervae.features.featurize import FeaturizeSettings, featurize
 from tests.conftest import write_fasta
 
 

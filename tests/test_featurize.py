@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline import fasta_blocks
-from data_pipeline.feature_writer import COUNT_CHUNK
-from data_pipeline.featurize import FeaturizeSettings, featurize
-from data_pipeline.labels import Labels
-from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_contract import KMER_SIZES, MANIFEST_NAME, SCHEMA_VERSION
-from kmervae.core.feature_table import FeatureTable, dataset_files
+from kmervae.base.errors import ConfigError, InputError, InputNotFoundError, OutputError
+from kmervae.base.feature_contract import KMER_SIZES, MANIFEST_NAME, SCHEMA_VERSION
+from kmervae.base.feature_table import FeatureTable, dataset_files
+from kmervae.features import fasta_blocks
+from kmervae.features.feature_writer import COUNT_CHUNK
+from kmervae.features.featurize import FeaturizeSettings, featurize
+from kmervae.features.labels import Labels
 from tests.conftest import write_fasta
 from tests.reference import reference_counts, reference_gc
 

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from kmervae.core.feature_contract import MANIFEST_NAME, META_SCHEMA_VERSION
-from kmervae.core.feature_table import FeatureTable, dataset_files
+from kmervae.base.feature_contract import MANIFEST_NAME, META_SCHEMA_VERSION
+from kmervae.base.feature_table import FeatureTable, dataset_files
 from tests.conftest import kmervae, write_fasta
 
 RECORDS = [("r1", "ACGT" * 500), ("r2", "GGCATTAC" * 400), ("r3", "AACCGGTTA" * 300)]  # 2000, 3200, 2700 bp
@@ -100,8 +100,8 @@ def test_duplicate_sample_names_are_refused(tmp_path):
 def test_a_foreign_file_with_a_bad_depth_is_refused_by_contig(tmp_path):
     import pyarrow as pa
 
-    from kmervae.core.errors import InputError
-    from kmervae.core.feature_contract import abundance_column
+    from kmervae.base.errors import InputError
+    from kmervae.base.feature_contract import abundance_column
 
     fasta = write_fasta(tmp_path / "asm.fna", RECORDS)
     table = metabat_table(tmp_path / "depth.tsv", GOOD)

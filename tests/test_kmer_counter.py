@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_pipeline.kmer_counter import BASE_CLASS, KmerCounter, count_sequence, first_invalid_byte
-from kmervae.core.feature_contract import KMER_SIZES
+from kmervae.base.feature_contract import KMER_SIZES
+from kmervae.features.kmer_counter import BASE_CLASS, KmerCounter, count_sequence, first_invalid_byte
 from tests.reference import reference_counts, reference_gc
 
 # Mostly bases, with runs of N, other IUPAC codes, lower case and U mixed in.

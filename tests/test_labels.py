@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.labels import Labels
-from kmervae.core.errors import InputError, InputNotFoundError
+from kmervae.base.errors import InputError, InputNotFoundError
+from kmervae.features.labels import Labels
 
 
 def test_label_from_filename():

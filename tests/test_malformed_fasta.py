@@ -13,9 +13,9 @@ import random
 import numpy as np
 import pytest
 
+from kmervae.base.feature_contract import KMER_SIZES
+from kmervae.base.feature_table import FeatureTable
 from kmervae.cli import main
-from kmervae.core.feature_contract import KMER_SIZES
-from kmervae.core.feature_table import FeatureTable
 from tests.reference import reference_counts, reference_gc
 
 RNG = random.Random(8)

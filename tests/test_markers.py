@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipeline.markers import MARKER_SETS
 from kmervae.apply.binning import bin_contigs
 from kmervae.apply.embed import read_embeddings
-from kmervae.core import bins
-from kmervae.core.errors import InputError
-from kmervae.core.markers import (
+from kmervae.base.errors import InputError
+from kmervae.binning import bins
+from kmervae.binning.marker_search import MARKER_SETS
+from kmervae.binning.markers import (
     ARCHAEA,
     BACTERIA,
     NOT_JUDGED,
@@ -239,9 +239,9 @@ def test_val_est_nc_bins_scores_the_clusterer_s_bins_by_their_markers(assembly):
 
 
 def test_a_run_that_asks_for_val_est_nc_bins_needs_the_dataset_s_markers(example_features, tmp_path):
+    from kmervae.base.errors import ConfigError
     from kmervae.core.config import preset_config
     from kmervae.core.engine import fit_local
-    from kmervae.core.errors import ConfigError
 
     config = preset_config("metagenome", architecture="tiny").with_overrides(["train.est_nc_bins=true"])
     with pytest.raises(ConfigError, match=r"has none \(.*markers.tsv\); find them with 'kmervae markers ASSEMBLY"):
@@ -250,9 +250,9 @@ def test_a_run_that_asks_for_val_est_nc_bins_needs_the_dataset_s_markers(example
 
 
 def test_featurize_keeps_the_markers_of_its_own_contigs(tmp_path, examples_dir):
+    from kmervae.base.feature_table import dataset_files, read_keys
+    from kmervae.binning.markers import dataset_markers
     from kmervae.cli import main
-    from kmervae.core.feature_table import dataset_files, read_keys
-    from kmervae.core.markers import dataset_markers
 
     genome = examples_dir / f"{GENOMES[1]}.fna.gz"
     out = tmp_path / "features"
@@ -267,7 +267,7 @@ def test_featurize_keeps_the_markers_of_its_own_contigs(tmp_path, examples_dir):
 def test_reclustering_splits_a_bin_whose_markers_show_two_genomes(assembly, method):
     """k-means from the seed contigs splits the two genomes apart; Leiden inside the bin splits too,
     but S. aureus into pieces as well (why kmeans is the method kept: bench/RESULTS.md)."""
-    from kmervae.core.recluster import recluster
+    from kmervae.binning.recluster import recluster
 
     data = read_embeddings(assembly["embeddings"])
     present = read_markers(assembly["markers"]).presence(data.ids)
@@ -287,7 +287,7 @@ def test_a_part_of_a_bin_without_markers_is_left_out(assembly):
     its own there and is left out, and H. pylori's bin becomes pure. Joined to S. aureus, whose
     composition is nearer, it shares its part with S. aureus contigs that carry markers, and the
     rule leaves the bin as it is: it takes out only what has no marker at all."""
-    from kmervae.core.recluster import recluster
+    from kmervae.binning.recluster import recluster
 
     data = read_embeddings(assembly["embeddings"])
     present = read_markers(assembly["markers"]).presence(data.ids)
@@ -303,7 +303,7 @@ def test_a_part_of_a_bin_without_markers_is_left_out(assembly):
 
 
 def test_the_resolution_grid_keeps_the_partition_its_markers_score_best(assembly):
-    from kmervae.core.recluster import RESOLUTIONS, recluster
+    from kmervae.binning.recluster import RESOLUTIONS, recluster
 
     data = read_embeddings(assembly["embeddings"])
     present = read_markers(assembly["markers"]).presence(data.ids)
@@ -315,7 +315,7 @@ def test_the_resolution_grid_keeps_the_partition_its_markers_score_best(assembly
 
 
 def test_bin_reclusters_only_with_markers(assembly, tmp_path):
-    from kmervae.core.errors import ConfigError
+    from kmervae.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--recluster kmeans splits bins by their marker genes: give --markers"):
         bin_contigs(assembly["embeddings"], tmp_path / "bins", recluster="kmeans")
@@ -335,7 +335,7 @@ def test_bin_reclusters_only_with_markers(assembly, tmp_path):
 def test_the_shipped_marker_sets_are_the_files_their_readme_names():
     import hashlib
 
-    from data_pipeline.markers import load_profiles, set_sizes
+    from kmervae.binning.marker_search import load_profiles, set_sizes
 
     readme = (MARKER_SETS[BACTERIA].parent / "README.md").read_text()
     for path in MARKER_SETS.values():

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from kmervae.base.metric_keys import VAL_LINK_AGREEMENT, VAL_VIEW_AGREEMENT, VALIDATION, epoch_keys
 from kmervae.core.config import PRESETS, LossConfig
 from kmervae.core.data import CountBatch, ValidationBatch, link_keys
 from kmervae.core.engine import validate_epoch
 from kmervae.core.loss import vae_loss
-from kmervae.core.metric_keys import VAL_LINK_AGREEMENT, VAL_VIEW_AGREEMENT, VALIDATION, epoch_keys
 from kmervae.core.metrics import EpochMetrics, knn_accuracy, link_agreement, view_agreement
 from kmervae.core.model import BranchedVAE
 from tests.conftest import random_batch

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from kmervae.apply.embed import embed, read_embeddings
+from kmervae.base.errors import ConfigError, InputError
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import fit_local
-from kmervae.core.errors import ConfigError, InputError
 from tests.conftest import ray_untouched
 
 ray = pytest.importorskip("ray")

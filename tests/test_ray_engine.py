@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from kmervae.base.errors import ConfigError, InputError
+from kmervae.base.metric_keys import epoch_keys
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.data import load_splits
 from kmervae.core.engine import validate_epoch
-from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.metric_keys import epoch_keys
 from kmervae.core.metrics import link_agreement
 from kmervae.core.run_outputs import ARTIFACT_FILES, CHECKPOINT_FILES
 from kmervae.distributed.ray_engine import fit_ray, plan_resources
@@ -252,9 +252,9 @@ def test_a_foreign_parquet_is_refused_before_any_worker_starts(tmp_path, example
 def test_ray_data_and_the_local_engine_pick_the_same_contigs(
     local_ray, abundance_features, max_samples, mode, val_split
 ):
+    from kmervae.base.feature_table import dataset_files
     from kmervae.core.config import DataConfig
     from kmervae.core.data import split_hash
-    from kmervae.core.feature_table import dataset_files
     from kmervae.distributed.ray_data import build_datasets, label_vocabulary
 
     cfg = DataConfig(max_samples=max_samples, val_split=val_split, val_fraction=0.3)

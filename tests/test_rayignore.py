@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from data_pipeline.markers import MARKER_SETS
+from kmervae.binning.marker_search import MARKER_SETS
 from tests.conftest import REPO
 
 packaging = pytest.importorskip("ray._private.runtime_env.packaging")

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
+from kmervae.base.errors import ConfigError
+from kmervae.base.storage import exists, join, list_names
 from kmervae.core.config import PRESETS, RunConfig
-from kmervae.core.errors import ConfigError
-from kmervae.core.storage import exists, join, list_names
 from tests.conftest import MlflowServer, ray_untouched, train_workers
 
 pytestmark = pytest.mark.cluster  # starts a Ray cluster or a server

@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
+from kmervae.base.errors import OutputError
 from kmervae.core.checkpoint import save_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.engine import make_optimizer
-from kmervae.core.errors import OutputError
 from kmervae.core.model import BranchedVAE
 from tests.conftest import random_batch, ray_untouched
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from kmervae.base.errors import ConfigError
 from kmervae.core.config import PRESETS, RunConfig, SweepConfig
-from kmervae.core.errors import ConfigError
 from kmervae.distributed.sweep import check_space, trial_config
 
 

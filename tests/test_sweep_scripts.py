@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from kmervae.base.errors import ConfigError
 from kmervae.core.config import RunConfig, preset
-from kmervae.core.errors import ConfigError
 from kmervae.distributed import sweep_cli
 from kmervae.distributed.sweep import check_objective, check_space
 from kmervae.distributed.sweep_report import space_distributions
@@ -148,12 +148,12 @@ def test_ranking_on_link_agreement_needs_fragments_of_one_record(example_feature
     sweep on data without any refuses val/link_agreement before Ray starts."""
     import numpy as np
 
-    from data_pipeline.featurize import featurize
+    from kmervae.base.feature_table import dataset_files
     from kmervae.core.config import PRESETS, SweepConfig
     from kmervae.core.data import load_splits
-    from kmervae.core.feature_table import dataset_files
     from kmervae.distributed.ray_data import label_vocabulary, validation_must_links
     from kmervae.distributed.sweep import run_sweep
+    from kmervae.features.featurize import featurize
     from tests.conftest import write_fasta
 
     config = RunConfig(model=PRESETS["tiny"])
@@ -174,9 +174,9 @@ def test_ranking_on_link_agreement_needs_fragments_of_one_record(example_feature
 
 
 def test_auto_objective_is_the_best_the_data_allows(example_features, examples_dir, tmp_path):
-    from data_pipeline.featurize import FeaturizeSettings, featurize
-    from kmervae.core.feature_table import dataset_files
+    from kmervae.base.feature_table import dataset_files
     from kmervae.distributed.ray_data import label_vocabulary
+    from kmervae.features.featurize import FeaturizeSettings, featurize
 
     objective = sweep_cli.objective
     base = RunConfig(model=preset("tiny"))

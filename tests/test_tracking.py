@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from kmervae.base.errors import ConfigError, KmervaeError
 from kmervae.core.config import PRESETS, RunConfig
-from kmervae.core.errors import ConfigError, KmervaeError
 from kmervae.core.run_outputs import ARTIFACT_FILES, CHECKPOINT_FILES
 from kmervae.tracking.run import run_tags, train_local, training_run
 from kmervae.tracking.tracker import Tracker, flatten, tracking_uri
@@ -96,7 +96,7 @@ def test_a_run_without_an_experiment_trains_and_logs_nothing(tmp_path, example_f
 def test_credentials_never_reach_mlflow_or_the_terminal(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    from kmervae.core.redact import redact
+    from kmervae.base.redact import redact
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-pw")
@@ -154,7 +154,7 @@ def test_secrets_are_collected_while_another_thread_removes_a_variable(monkeypat
     import types
     from collections.abc import MutableMapping
 
-    from kmervae.core import redact
+    from kmervae.base import redact
 
     class Vanishing(MutableMapping):  # what os.environ looks like mid-removal
         def __init__(self, data):

@@ -1,4 +1,5 @@
 """Using a trained model: pick the best run, export, embed, evaluate, bin.
 
-May import `kmervae.core` and `kmervae.tracking`; never Ray or `kmervae.distributed`.
+May import every floor below it (`base`, `features`, `abundance`, `binning`, `core`,
+`tracking`); never Ray or `kmervae.distributed`.
 """

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.metric_keys import VAL_LOSS, Objective
+from kmervae.base.errors import ConfigError, InputError
+from kmervae.base.metric_keys import VAL_LOSS, Objective
 from kmervae.core.run_outputs import BEST_FILE
 
 MAX_RUNS = 1000

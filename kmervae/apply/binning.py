@@ -1,6 +1,6 @@
 """`kmervae bin`: contig embeddings -> genome bins on disk, with their quality when genomes are known.
 
-Clustering and quality are `kmervae.core.bins` (one definition for the command, `evaluate`,
+Clustering and quality are `kmervae.binning.bins` (one definition for the command, `evaluate`,
 `val/nc_bins` and the benchmark). This module adds what a user of a binner expects around
 them: reading the embeddings, the contigs' lengths and labels, the original sequences, and
 writing a bins folder that appears whole or not at all:
@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from kmervae.apply.embed import read_ensemble
-from kmervae.core import bins, markers
-from kmervae.core import recluster as reclustering
-from kmervae.core.errors import ConfigError, InputError, OutputError
-from kmervae.core.feature_contract import fragment_contig_id, fragment_span
+from kmervae.base.errors import ConfigError, InputError, OutputError
+from kmervae.base.feature_contract import fragment_contig_id, fragment_span
+from kmervae.binning import bins, markers
+from kmervae.binning import recluster as reclustering
 
 UNBINNED_NAME = "unbinned"
 SUMMARY_JSON = "summary.json"
@@ -119,7 +119,7 @@ class BinResult:
 
 def read_labels_tsv(path: Path, ids: np.ndarray) -> np.ndarray:
     """Labels of contigs from a 'record_id<TAB>label' table: a contig's own id, else its record's."""
-    from data_pipeline.labels import Labels
+    from kmervae.features.labels import Labels
 
     table = Labels.from_tsv(path).table or {}
     out = []
@@ -136,7 +136,7 @@ def read_labels_tsv(path: Path, ids: np.ndarray) -> np.ndarray:
 
 def feature_labels(features: Path, ids: np.ndarray) -> np.ndarray:
     """Labels of `ids` from a feature dataset, refusing embeddings of another dataset."""
-    from kmervae.core.feature_table import FeatureTable
+    from kmervae.base.feature_table import FeatureTable
 
     table = FeatureTable.from_parquet(features)
     if table.labels is None:
@@ -157,7 +157,7 @@ def place_contigs(
     """Where every contig lies in the FASTA files (a first pass over their headers and lengths),
     its length there, and how many records hold no contig. Refuses ids the FASTA lacks and
     fragments beyond their record's end, before anything is written."""
-    from data_pipeline.fasta import FastaReader
+    from kmervae.features.fasta import FastaReader
 
     record_length: dict[str, int] = {}
     for path in fasta:
@@ -208,7 +208,7 @@ def write_fasta(
     """One FASTA per bin; returns the files written and the records split across bins."""
     from tqdm import tqdm
 
-    from data_pipeline.fasta import FastaReader
+    from kmervae.features.fasta import FastaReader
 
     by_record: dict[str, list[int]] = defaultdict(list)
     for i, placement in enumerate(placements):
@@ -335,8 +335,8 @@ def format_quality(quality: dict[str, Any]) -> str:
 
 def contig_markers(fasta: Sequence[Path], ids: np.ndarray, placements: list[Placement], log) -> markers.MarkerTable:
     """Marker genes of the embedded contigs, cut from the FASTA where `place_contigs` found them."""
-    from data_pipeline.fasta import FastaReader
-    from data_pipeline.markers import find_markers
+    from kmervae.binning.marker_search import find_markers
+    from kmervae.features.fasta import FastaReader
 
     by_record: dict[str, list[int]] = defaultdict(list)
     for i, placement in enumerate(placements):
@@ -417,7 +417,7 @@ def bin_contigs(
         table = markers.read_markers(markers_tsv)
         table.check_contigs(ids, str(markers_tsv))
     elif fasta and find_markers:
-        from data_pipeline.markers import INSTALL_HINT, markers_available
+        from kmervae.binning.marker_search import INSTALL_HINT, markers_available
 
         if markers_available():
             table = found = contig_markers(fasta, ids, placements, log)

@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from kmervae.core.bins import readout
-from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_contract import ABUNDANCE, KMER_COLUMNS, MODEL_INPUTS, input_columns
-from kmervae.core.feature_table import dataset_files, decode_inputs
+from kmervae.base.errors import ConfigError, InputError, InputNotFoundError, OutputError
+from kmervae.base.feature_contract import ABUNDANCE, KMER_COLUMNS, MODEL_INPUTS, input_columns
+from kmervae.base.feature_table import dataset_files, decode_inputs
+from kmervae.binning.bins import readout
 
 Embedder = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Takes length (int64), gc (float32), kmer7/kmer4/kmer3 (int32) arrays; returns (n, latent) float32."""

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from kmervae.apply.embed import has_labels, read_embeddings
-from kmervae.core import bins
-from kmervae.core.errors import ConfigError, InputError
+from kmervae.base.errors import ConfigError, InputError
+from kmervae.binning import bins
 from kmervae.core.metrics import ACTIVE_UNIT_THRESHOLD
 
 COUNTS = ("nc_bins", "mq_bins", "active_units")
@@ -125,7 +125,7 @@ def baselines(features: str | Path, contig_ids: np.ndarray, dim: int, seed: int 
     `CHUNK_ROWS` contigs at a time, so memory stays bounded at a million contigs."""
     from sklearn.decomposition import PCA
 
-    from kmervae.core.feature_table import dataset_files, read_keys
+    from kmervae.base.feature_table import dataset_files, read_keys
 
     files = dataset_files(features)
     index = {cid: i for i, cid in enumerate(read_keys(files)[0])}
@@ -163,7 +163,7 @@ def _log_frequencies(files, rows: np.ndarray, chunk: int):
     `chunk` rows at a time: the transform every embedding sees (one transform everywhere)."""
     import torch
 
-    from kmervae.core.feature_table import read_rows
+    from kmervae.base.feature_table import read_rows
     from kmervae.core.model import FeatureTransform
 
     transform = FeatureTransform()
@@ -188,7 +188,7 @@ def labels_from(features: str | Path, contig_ids: np.ndarray) -> tuple[np.ndarra
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kmervae.core.feature_table import dataset_files
+    from kmervae.base.feature_table import dataset_files
 
     files = dataset_files(features)
     if not has_labels(files):

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from kmervae.base.errors import ConfigError, InputError, InputNotFoundError
+from kmervae.base.feature_contract import ABUNDANCE, input_columns
 from kmervae.core.checkpoint import Checkpoint, load_checkpoint
 from kmervae.core.config import ModelConfig
-from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
-from kmervae.core.feature_contract import ABUNDANCE, input_columns
 from kmervae.core.model import N3, N4, N7, BranchedVAE, embedding_dim
 from kmervae.tracking.checkpoints import CHECKPOINT_IN_MODEL, fetch_checkpoint, is_run_id
 

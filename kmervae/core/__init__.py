@@ -1,6 +1,7 @@
-"""The model core: the feature contract, configs, model, loss, metrics, data, epoch loop, checkpoints.
+"""The model and its training: configs, the branched VAE, its loss and metrics, the data
+feeders, the run set-up, the epoch loop and checkpoints.
 
-Runs on a bare GPU host. Modules here import only the standard library, torch, numpy,
-pyarrow and each other (matplotlib, where used, lazily and optionally); never Ray,
-MLflow, Optuna or another kmervae subpackage. `tests/test_layering.py` enforces it.
+Runs on a bare GPU host. Modules here import the standard library, torch, numpy, pyarrow,
+`kmervae.base` and `kmervae.binning` (validation counts near-complete bins); matplotlib, yaml and
+scikit-learn (k-means ARI) lazily. Never Ray, MLflow or Optuna. `tests/test_layering.py` enforces it.
 """

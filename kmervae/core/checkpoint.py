@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from kmervae import __version__
+from kmervae.base.errors import ConfigError, InputError, InputNotFoundError, OutputError
+from kmervae.base.feature_contract import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 from kmervae.core.config import RunConfig
-from kmervae.core.errors import ConfigError, InputError, InputNotFoundError, OutputError
-from kmervae.core.feature_contract import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 from kmervae.core.model import BranchedVAE
 
 FORMAT = "kmervae-checkpoint"

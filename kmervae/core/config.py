@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kmervae.core.bins import LEIDEN_RESOLUTION
-from kmervae.core.errors import ConfigError
-from kmervae.core.metric_keys import OBJECTIVES, VAL_LOSS, Objective
+from kmervae.base.errors import ConfigError
+from kmervae.base.metric_keys import OBJECTIVES, VAL_LOSS, Objective
+from kmervae.binning.bins import LEIDEN_RESOLUTION
 
 
 def check_field(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -435,7 +435,7 @@ class TrainConfig:
     """Training contigs that 'recompute' uses per epoch (each worker): kept on the device."""
     nc_bins: bool = False
     """Report val/nc_bins every epoch: near-complete bins when the validation contigs are binned
-    as `kmervae bin` does (kmervae.core.bins; needs labels). Off by default: clustering costs
+    as `kmervae bin` does (kmervae.binning.bins; needs labels). Off by default: clustering costs
     seconds per epoch; a sweep ranking on val/nc_bins turns it on."""
     est_nc_bins: bool = False
     """Report val/est_nc_bins every epoch: the near-complete bins estimated from single-copy marker

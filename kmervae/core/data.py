@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kmervae.base.errors import ConfigError, InputError
+from kmervae.base.feature_contract import KMER_SIZES, id_hash, parse_fragment
+from kmervae.base.feature_table import FeatureTable, dataset_files, read_keys
 from kmervae.core.config import DataConfig
-from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.feature_contract import KMER_SIZES, id_hash, parse_fragment
-from kmervae.core.feature_table import FeatureTable, dataset_files, read_keys
 
 _HASH_SCALE = float(2**64)
 SUBSAMPLE_SALT = ":subsample"

@@ -22,24 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kmervae.core.bins import DEFAULT_MIN_BIN_SIZE, estimated_near_complete_bins, near_complete_bins
-from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
-from kmervae.core.config import LossConfig, RunConfig, TrainConfig
-from kmervae.core.data import (
-    LINK_COLUMNS,
-    CountBatch,
-    EpochData,
-    InMemoryData,
-    ValidationBatch,
-    load_splits,
-    use_resident,
-)
-from kmervae.core.epoch_table import EpochPrinter
-from kmervae.core.errors import ConfigError, KmervaeError, TrainingDiverged
-from kmervae.core.feature_table import dataset_files
-from kmervae.core.loss import contrastive_loss, split_depths, split_views, vae_loss
-from kmervae.core.markers import KeyedMarkers, run_markers
-from kmervae.core.metric_keys import (
+from kmervae.base.errors import ConfigError, KmervaeError, TrainingDiverged
+from kmervae.base.feature_table import dataset_files
+from kmervae.base.metric_keys import (
     BETA,
     DATA_WAIT_S,
     EPOCH,
@@ -58,6 +43,22 @@ from kmervae.core.metric_keys import (
     VALIDATION,
     Objective,
 )
+from kmervae.base.storage import check_writable
+from kmervae.binning.bins import DEFAULT_MIN_BIN_SIZE, estimated_near_complete_bins, near_complete_bins
+from kmervae.binning.markers import KeyedMarkers, run_markers
+from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
+from kmervae.core.config import LossConfig, RunConfig, TrainConfig
+from kmervae.core.data import (
+    LINK_COLUMNS,
+    CountBatch,
+    EpochData,
+    InMemoryData,
+    ValidationBatch,
+    load_splits,
+    use_resident,
+)
+from kmervae.core.epoch_table import EpochPrinter
+from kmervae.core.loss import contrastive_loss, split_depths, split_views, vae_loss
 from kmervae.core.metrics import (
     VIEW_CONTIGS,
     VIEW_SEED,
@@ -69,7 +70,6 @@ from kmervae.core.metrics import (
 )
 from kmervae.core.model import N3, N4, N7, BranchedVAE
 from kmervae.core.run_outputs import RunOutputs
-from kmervae.core.storage import check_writable
 
 AllReduce = Callable[[Tensor], None]
 """Sums a tensor in place across ranks (torch.distributed.all_reduce); None in one process."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from kmervae.core.metric_keys import (
+from kmervae.base.metric_keys import (
     EPOCH,
     LR,
     SAMPLES_PER_S,

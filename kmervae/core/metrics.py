@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kmervae.base.metric_keys import VALIDATION
 from kmervae.core.config import LossConfig
 from kmervae.core.loss import (
     abundance_term,
@@ -25,7 +26,6 @@ from kmervae.core.loss import (
     share_cross_entropy,
     split_output,
 )
-from kmervae.core.metric_keys import VALIDATION
 from kmervae.core.model import N3, N4, N7, VAEOutput, readout
 
 ACTIVE_UNIT_THRESHOLD = 0.01

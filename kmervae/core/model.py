@@ -16,8 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from kmervae.base.feature_contract import N_BINS
 from kmervae.core.config import ModelConfig
-from kmervae.core.feature_contract import N_BINS
 
 N7, N4, N3 = N_BINS[7], N_BINS[4], N_BINS[3]  # 8192, 136, 32
 N_OUTPUT = N7 + N4 + N3 + 1  # 8,361 = [7-mers, 4-mers, 3-mers, GC]

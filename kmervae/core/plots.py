@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kmervae.core.metric_keys import (
+from kmervae.base.metric_keys import (
     EPOCH,
     TRAIN_LOSS,
     VAL_ACTIVE_UNITS,

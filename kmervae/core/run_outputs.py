@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kmervae.base.metric_keys import LOWEST_VAL_LOSS, Objective
 from kmervae.core.config import RunConfig
 from kmervae.core.epoch_table import EPOCHS_FILE, table
-from kmervae.core.metric_keys import LOWEST_VAL_LOSS, Objective
 
 BEST_FILE = "best.pt"
 """The checkpoint of the best epoch by the run's objective."""

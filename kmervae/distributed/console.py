@@ -72,7 +72,7 @@ def quiet_console(log_path: Path, verbose: bool = False, relay: bool = False) ->
     if verbose:
         yield sys.stderr
         return
-    from kmervae.core.storage import check_writable
+    from kmervae.base.storage import check_writable
 
     check_writable(log_path.parent)  # a folder that cannot hold the log is one line, not a traceback
     made = next((p for p in reversed(log_path.parents) if not p.exists()), None)  # the top folder made here

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from kmervae.core.errors import KmervaeError
+from kmervae.base.errors import KmervaeError
 
 
 def _wrapped(err: BaseException) -> Iterator[BaseException]:

@@ -18,6 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from kmervae.base.errors import KmervaeError
+from kmervae.base.feature_contract import ABUNDANCE, KMER_COLUMNS, KMER_SIZES, MODEL_INPUTS, N_BINS, DatasetFormat
+from kmervae.base.feature_table import DatasetFiles, decode_inputs, read_keys
 from kmervae.core.config import DataConfig
 from kmervae.core.data import (
     CountBatch,
@@ -31,9 +34,6 @@ from kmervae.core.data import (
     subsample_threshold,
     torch_counts,
 )
-from kmervae.core.errors import KmervaeError
-from kmervae.core.feature_contract import ABUNDANCE, KMER_COLUMNS, KMER_SIZES, MODEL_INPUTS, N_BINS, DatasetFormat
-from kmervae.core.feature_table import DatasetFiles, decode_inputs, read_keys
 from kmervae.core.metrics import must_link_pairs
 
 

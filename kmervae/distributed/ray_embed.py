@@ -31,8 +31,8 @@ from kmervae.apply.embed import (
     load_embedder,
     write_embedding_tables,
 )
-from kmervae.core.errors import ConfigError
-from kmervae.core.feature_table import read_keys
+from kmervae.base.errors import ConfigError
+from kmervae.base.feature_table import read_keys
 from kmervae.distributed.ray_engine import DATA_CPUS, cluster_capacity, init_ray
 
 

@@ -24,21 +24,21 @@ from typing import Any
 
 import torch
 
+from kmervae.base.errors import ConfigError, TrainingDiverged
+from kmervae.base.feature_table import dataset_files
+from kmervae.base.metric_keys import EPOCH, LOWEST_VAL_LOSS, Objective
+from kmervae.base.quiet import logger_level
+from kmervae.base.redact import redact
+from kmervae.base.storage import check_writable, is_uri, local_outputs
+from kmervae.base.storage import normalize as normalize_storage
+from kmervae.binning.markers import KeyedMarkers, run_markers
 from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint, save_checkpoint
 from kmervae.core.config import RunConfig
 from kmervae.core.data import EpochData, InMemoryData, use_resident
 from kmervae.core.engine import Collective, check_labels_for, make_optimizer, make_scheduler, run_epochs
 from kmervae.core.epoch_table import EpochPrinter
-from kmervae.core.errors import ConfigError, TrainingDiverged
-from kmervae.core.feature_table import dataset_files
-from kmervae.core.markers import KeyedMarkers, run_markers
-from kmervae.core.metric_keys import EPOCH, LOWEST_VAL_LOSS, Objective
 from kmervae.core.model import BranchedVAE
-from kmervae.core.quiet import logger_level
-from kmervae.core.redact import redact
 from kmervae.core.run_outputs import RunOutputs
-from kmervae.core.storage import check_writable, is_uri, local_outputs
-from kmervae.core.storage import normalize as normalize_storage
 from kmervae.distributed import console
 from kmervae.distributed.console import RELAY_MARK
 from kmervae.distributed.ray_data import StreamedShards, gather_shard

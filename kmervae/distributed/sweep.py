@@ -24,12 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from kmervae.core.checkpoint import Checkpoint, checkpoint_bytes, load_checkpoint
-from kmervae.core.config import RunConfig, SweepConfig
-from kmervae.core.errors import ConfigError
-from kmervae.core.feature_table import DatasetFiles, dataset_files
-from kmervae.core.markers import KeyedMarkers, run_markers
-from kmervae.core.metric_keys import (
+from kmervae.base.errors import ConfigError
+from kmervae.base.feature_table import DatasetFiles, dataset_files
+from kmervae.base.metric_keys import (
     BIN_KEYS,
     EPOCH,
     EPOCHS_TRAINED,
@@ -38,10 +35,13 @@ from kmervae.core.metric_keys import (
     VAL_LINK_AGREEMENT,
     VAL_LOSS,
 )
-from kmervae.core.quiet import logger_level
-from kmervae.core.redact import redact
+from kmervae.base.quiet import logger_level
+from kmervae.base.redact import redact
+from kmervae.base.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
+from kmervae.binning.markers import KeyedMarkers, run_markers
+from kmervae.core.checkpoint import Checkpoint, checkpoint_bytes, load_checkpoint
+from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.run_outputs import RunOutputs
-from kmervae.core.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
 from kmervae.distributed.failures import root_cause
 from kmervae.distributed.sweep_report import (
     SpaceFn,

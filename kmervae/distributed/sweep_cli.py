@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kmervae.core.errors import KmervaeError
-from kmervae.core.metric_keys import (
+from kmervae.base.errors import KmervaeError
+from kmervae.base.metric_keys import (
     OBJECTIVES,
     VAL_EST_NC_BINS,
     VAL_KNN_ACC,
@@ -26,7 +26,7 @@ from kmervae.core.metric_keys import (
     VAL_LOSS,
     VAL_NC_BINS,
 )
-from kmervae.core.redact import redact
+from kmervae.base.redact import redact
 from kmervae.distributed.flags import add_cluster_flags, add_settings_flags, add_tracking_flags
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
@@ -144,9 +144,9 @@ def apply_env_defaults(parser: argparse.ArgumentParser, actions: list[argparse.A
 
 def default_data(storage: str) -> Path:
     """The bundled example genomes as 5 kb labelled contigs, featurized once (locally) for `storage`."""
-    from data_pipeline.featurize import FeaturizeSettings, featurize
-    from data_pipeline.labels import Labels
-    from kmervae.core.storage import local_outputs, normalize
+    from kmervae.base.storage import local_outputs, normalize
+    from kmervae.features.featurize import FeaturizeSettings, featurize
+    from kmervae.features.labels import Labels
 
     out = local_outputs(normalize(storage), "examples-features")
     if not (out / "_kmervae_dataset.json").exists():
@@ -187,7 +187,7 @@ def objective(metric: str, data, base, labels: list[str]) -> str:
     bins with labels, else those estimated from marker genes; for `auto` the best the data allows:
     kNN accuracy with labels; without, link agreement where validation contigs are fragments of
     one record (bench/RESULTS.md: it ranks trials like val/kmeans_ari); else the loss."""
-    from kmervae.core.feature_table import dataset_files
+    from kmervae.base.feature_table import dataset_files
     from kmervae.distributed.ray_data import validation_must_links
 
     if metric == BINS:
@@ -200,7 +200,7 @@ def objective(metric: str, data, base, labels: list[str]) -> str:
 
 
 def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> int:
-    from kmervae.core.feature_table import dataset_files
+    from kmervae.base.feature_table import dataset_files
     from kmervae.distributed.console import quiet_console
     from kmervae.distributed.ray_data import label_vocabulary
     from kmervae.distributed.sweep import check_sweep

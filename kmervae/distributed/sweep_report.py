@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kmervae.base.metric_keys import EPOCH
 from kmervae.core.checkpoint import load_checkpoint
-from kmervae.core.metric_keys import EPOCH
 from kmervae.core.plots import spans_orders
 from kmervae.tracking.tracker import OUTBOX_FILE, tag_filter
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from kmervae.core.metric_keys import EPOCHS_TRAINED, Objective
+from kmervae.base.metric_keys import EPOCHS_TRAINED, Objective
 from kmervae.distributed import console
 from kmervae.distributed.failures import root_cause_of_text
 from kmervae.distributed.sweep_report import short_value

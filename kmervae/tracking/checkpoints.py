@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kmervae.core.errors import InputError
+from kmervae.base.errors import InputError
 from kmervae.tracking.tracker import tracking_uri
 
 CHECKPOINT_IN_MODEL = "checkpoint.pt"

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kmervae.base.metric_keys import LOWEST_VAL_LOSS, Objective
 from kmervae.core.config import RunConfig
 from kmervae.core.engine import FitResult, fit_local
-from kmervae.core.metric_keys import LOWEST_VAL_LOSS, Objective
 from kmervae.core.run_outputs import RunOutputs
 from kmervae.tracking.tracker import OUTBOX_FILE, Tracker, closes_on_error
 

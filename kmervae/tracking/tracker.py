@@ -25,10 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.metric_keys import EPOCH, VAL_LOSS
-from kmervae.core.quiet import logger_level
-from kmervae.core.redact import redact, redact_params
+from kmervae.base.errors import ConfigError, InputError
+from kmervae.base.metric_keys import EPOCH, VAL_LOSS
+from kmervae.base.quiet import logger_level
+from kmervae.base.redact import redact, redact_params
 
 DEFAULT_EXPERIMENT = "kmervae"
 DB_NAME = "mlflow.db"

@@ -74,7 +74,7 @@ def check_writable(location: str | os.PathLike[str], need_bytes: int = 0) -> Non
     """
     import uuid
 
-    from kmervae.core.errors import OutputError
+    from kmervae.base.errors import OutputError
 
     location = str(location)
     name = f".kmervae-write-probe-{uuid.uuid4().hex}"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from kmervae.core.feature_contract import BASES, KMER_SIZES, N_BINS, canonical_index
+from kmervae.base.feature_contract import BASES, KMER_SIZES, N_BINS, canonical_index
 
 INVALID = 255
 """Class of a byte that is not an IUPAC nucleotide code."""

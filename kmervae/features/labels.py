@@ -6,8 +6,8 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_pipeline.fasta import check_readable, file_stem
-from kmervae.core.errors import InputError
+from kmervae.base.errors import InputError
+from kmervae.features.fasta import check_readable, file_stem
 
 _HEADER_IDS = {"seq_id", "contig_id", "record_id", "id", "sequence_id", "contig", "name", "#seq_id"}
 

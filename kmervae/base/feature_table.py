@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kmervae.core.errors import InputError, InputNotFoundError
-from kmervae.core.feature_contract import (
+from kmervae.base.errors import InputError, InputNotFoundError
+from kmervae.base.feature_contract import (
     ABUNDANCE,
     KMER_COLUMNS,
     KMER_SIZES,

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kmervae.core import bins
-from kmervae.core.markers import BACTERIA, ContigMarkers, estimate_bins
+from kmervae.binning import bins
+from kmervae.binning.markers import BACTERIA, ContigMarkers, estimate_bins
 
 METHODS = ("none", "kmeans", "leiden", "grid", "unmarked")
 RESOLUTIONS = (0.2, 0.3, 0.4, 0.6, 0.8, 1.0)

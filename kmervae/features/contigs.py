@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_pipeline.fasta_blocks import RecordBlock
-from kmervae.core.feature_contract import fragment_contig_id
+from kmervae.base.feature_contract import fragment_contig_id
+from kmervae.features.fasta_blocks import RecordBlock
 
 
 def fragments(lengths: np.ndarray, fragment_length: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

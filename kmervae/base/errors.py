@@ -7,6 +7,9 @@ invariants use `assert`; everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import lzma
+import zlib
+
 
 class KmervaeError(Exception):
     """Base class of every error a user can cause and fix."""
@@ -30,3 +33,8 @@ class OutputError(KmervaeError, OSError):
 
 class TrainingDiverged(KmervaeError, ArithmeticError):
     """The loss became NaN or infinite: the run stops with the reason instead of training on garbage."""
+
+
+# What decompressors raise on corrupt or truncated input (isal and zstandard raise
+# subclasses of these or OSError): FASTA and BAM readers turn them into one InputError line.
+DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError, OSError)

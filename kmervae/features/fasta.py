@@ -12,9 +12,7 @@ file, the record and the line.
 
 from __future__ import annotations
 
-import lzma
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +22,12 @@ import dnaio
 import numpy as np
 import xopen
 
-from data_pipeline.kmer_counter import BASE_CLASS, first_invalid_byte
-from kmervae.core.errors import InputError, InputNotFoundError
+from kmervae.base.errors import DECOMPRESSION_ERRORS, InputError, InputNotFoundError
+from kmervae.features.kmer_counter import BASE_CLASS, first_invalid_byte
 
 _MAGIC = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zst"}
 FASTA_SUFFIXES = (".fasta", ".fas", ".fa", ".fna", ".ffn", ".frn", ".fsa", ".fastq", ".fq", ".seq")
 COMPRESSION_SUFFIXES = (".gz", ".bgz", ".bz2", ".xz", ".zst")
-
-# What decompressors raise on corrupt or truncated input (isal and zstandard raise
-# subclasses of these or OSError).
-DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 @dataclass(frozen=True)

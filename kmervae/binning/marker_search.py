@@ -2,7 +2,7 @@
 pyhmmer against the shipped marker sets at their trusted cutoffs (what VAMB 5 and SemiBin2 do).
 
     table = find_markers(contigs_of_fasta(["assembly.fna"], fragment_length=None, min_length=1000))
-    write_markers(table, "markers.tsv")        # kmervae.core.markers: the table and what it scores
+    write_markers(table, "markers.tsv")        # kmervae.binning.markers: the table and what it scores
 
 Both libraries run in this process on every core: pyrodigal releases the GIL, so a thread pool
 calls genes on all cores (27.9 Mbp of 5 kb contigs: 33 s on one core, 17 s on two), and
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kmervae.core.errors import InputError, InputNotFoundError, KmervaeError
-from kmervae.core.markers import MarkerTable, ids_digest
+from kmervae.base.errors import InputError, InputNotFoundError, KmervaeError
+from kmervae.binning.markers import MarkerTable, ids_digest
 
 SETS_DIR = Path(__file__).with_name("marker_sets")
 MARKER_SETS = {"bacteria": SETS_DIR / "bacteria.hmm.gz", "archaea": SETS_DIR / "archaea.hmm.gz"}
@@ -44,7 +44,7 @@ MIN_HMM_COVERAGE = 0.4
 """Least share of a profile a hit's best domain must align to for a full-length copy (SemiBin2's
 rule, which drops shorter hits): a gene that an assembly or a 5 kb cut split in two is one copy.
 Shorter hits are kept as partial (copies 0): they show the marker, not a second copy
-(`kmervae.core.markers`; bench/RESULTS.md "Marker genes")."""
+(`kmervae.binning.markers`; bench/RESULTS.md "Marker genes")."""
 BLOCK_BASES = 20_000_000
 """Bases of contigs called and searched together: large enough to keep every core busy in both
 stages, small enough that the proteins of one block take tens of MB."""
@@ -125,8 +125,8 @@ def contigs_of_fasta(
 ) -> Iterator[tuple[str, bytes]]:
     """(contig id, bases) of every contig `kmervae featurize` would make with these settings
     (records, or their `RECORD:START-END` fragments; shorter ones counted in `summary`)."""
-    from data_pipeline.contigs import contig_id, fragments
-    from data_pipeline.fasta import FastaReader
+    from kmervae.features.contigs import contig_id, fragments
+    from kmervae.features.fasta import FastaReader
 
     for path in paths:
         for record in FastaReader(path):

@@ -23,8 +23,7 @@ import numba
 import numpy as np
 import xopen
 
-from data_pipeline.fasta import DECOMPRESSION_ERRORS
-from kmervae.core.errors import InputError
+from kmervae.base.errors import DECOMPRESSION_ERRORS, InputError
 
 CHUNK_BYTES = 8 * 2**20
 """Inflated bytes handed to the kernel at a time; a record longer than this grows the buffer."""

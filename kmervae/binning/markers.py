@@ -1,7 +1,7 @@
 """Single-copy marker genes of contigs, and each bin's completeness and contamination estimated
 from them: how users judge bins of a real assembly, which has no truth table.
 
-    table = read_markers("markers.tsv")            # written by `kmervae markers` (data_pipeline.markers)
+    table = read_markers("markers.tsv")            # written by `kmervae markers` (kmervae.binning.marker_search)
     table.check_contigs(ids, "markers.tsv")        # refuses a table made from another assembly
     est = estimate_bins(codes, table.presence(ids))
     est.near_complete, est.completeness[0], est.judged[0]
@@ -18,7 +18,7 @@ extra copies (`copies` = 0 for a contig with partial hits only; bench/RESULTS.md
 SemiBin2 drops partial hits, which cost 0.01 of completeness on 4 kb contigs; keeping none of
 them as copies took pure genomes' contamination from up to 0.05 to up to 0.02-0.05).
 
-Two sets ship (data_pipeline/marker_sets/README.md): 107 bacterial genes (SemiBin's and VAMB's)
+Two sets ship (kmervae/binning/marker_sets/README.md): 107 bacterial genes (SemiBin's and VAMB's)
 and 131 archaeal Pfam domains (miComplete's). A bin is judged with the bacterial set. A bin that
 holds clearly more of the archaeal set than of the bacterial one is an archaeon, and a bin with
 under MIN_JUDGED of either set holds too few markers to say anything (a phage, a plasmid, a
@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
-from kmervae.core.feature_contract import id_hash
+from kmervae.base.errors import ConfigError, InputError, InputNotFoundError
+from kmervae.base.feature_contract import id_hash
 
 FORMAT_LINE = "# kmervae markers 1"
 DATASET_MARKERS = "markers.tsv"
@@ -311,7 +311,7 @@ def read_markers(path: str | Path) -> MarkerTable:
 
 def dataset_markers(data_path: str | os.PathLike[str]) -> MarkerTable:
     """The marker table kept in a feature dataset's folder, checked against the dataset's contigs."""
-    from kmervae.core.feature_table import dataset_files, read_keys
+    from kmervae.base.feature_table import dataset_files, read_keys
 
     files = dataset_files(data_path)
     folder = Path(data_path) if Path(data_path).is_dir() else Path(data_path).parent

@@ -30,8 +30,9 @@ import numba
 import numpy as np
 import xopen
 
-from data_pipeline.fasta import DECOMPRESSION_ERRORS, FastaReader, sniff_compression
-from data_pipeline.kmer_counter import BASE_CLASS
+from kmervae.base.errors import DECOMPRESSION_ERRORS
+from kmervae.features.fasta import FastaReader, sniff_compression
+from kmervae.features.kmer_counter import BASE_CLASS
 
 BLOCK_BYTES = 16 * 2**20
 """Raw bytes read at a time; a record longer than this grows the buffer (its whole sequence is one block)."""

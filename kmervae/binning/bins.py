@@ -65,13 +65,13 @@ MEDIUM = (0.5, 0.9)
 
 
 def readout(x: np.ndarray) -> np.ndarray:
-    """`model.readout` of numpy rows (unit length: cosine geometry), float32. Idempotent, so
-    embeddings that are readouts already (what `kmervae embed` writes) pass unchanged."""
+    """`kmervae.core.model.readout` of numpy rows (unit length: cosine geometry), float32, by the
+    same torch call, so both give the same bits; binning sits below the model and does not import
+    it. Idempotent, so embeddings that are readouts already (what `kmervae embed` writes) pass
+    unchanged."""
     import torch
 
-    from kmervae.core.model import readout as normalise
-
-    return normalise(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+    return torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), dim=1).numpy()
 
 
 def nearest_neighbours(x: np.ndarray, k: int, exact_max: int = EXACT_NEIGHBOURS_MAX) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +296,7 @@ def estimated_near_complete_bins(
     (`markers.estimate_bins(...).score()`: estimated near-complete bins plus a tie-breaker below
     one), for contigs with id hashes `keys` and the dataset's `markers` (`KeyedMarkers`); NaN where
     the clustering libraries are absent or fewer than 2 contigs are given. No labels needed."""
-    from kmervae.core.markers import estimate_bins
+    from kmervae.binning.markers import estimate_bins
 
     try:
         import faiss  # noqa: F401

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kmervae.core.errors import InputError, InputNotFoundError, OutputError
+from kmervae.base.errors import InputError, InputNotFoundError, OutputError
 
 METABAT_FIXED = ("contigName", "contigLen", "totalAvgDepth")
 

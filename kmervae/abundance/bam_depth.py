@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kmervae.core.errors import ConfigError, InputError, InputNotFoundError
+from kmervae.base.errors import ConfigError, InputError, InputNotFoundError
 
 SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x400
 """Unmapped, secondary, QC fail, duplicate (SAM flags): what jgi_summarize_bam_contig_depths skips."""
@@ -81,7 +81,7 @@ def finish_contig(lengths, tid: int, starts: list[int], ends: list[int], edge: i
     """Mean and sample variance of contig `tid`'s depth over its middle bases, into `mean[tid]`
     and `variance[tid]`, from the aligned blocks [start, end) of its qualifying reads: the
     compiled scan's own statistics (`bam_scan.finish`) on the same depth profile."""
-    from data_pipeline.bam_scan import finish
+    from kmervae.abundance.bam_scan import finish
 
     length = int(lengths[tid])
     opened = np.bincount(np.minimum(np.asarray(starts, dtype=np.int64), length), minlength=length + 1)
@@ -92,7 +92,7 @@ def finish_contig(lengths, tid: int, starts: list[int], ends: list[int], edge: i
 def sample_depth(path: str | os.PathLike[str], settings: DepthSettings = DepthSettings()) -> SampleDepth:
     """Depths of every contig in one coordinate-sorted BAM (or SAM/CRAM) file: BAM files by the
     compiled scan (`bam_scan`), the others by pysam."""
-    from data_pipeline.bam_scan import is_bam, scan_bam
+    from kmervae.abundance.bam_scan import is_bam, scan_bam
 
     if is_bam(Path(path)):
         names, lengths, mean, variance, records, counted, low, seconds = scan_bam(Path(path), settings, SKIP_FLAGS)

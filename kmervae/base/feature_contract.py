@@ -1,7 +1,7 @@
 """The feature contract: canonical k-mer tables, the parquet schema and its storage.
 
-This module is the single source of truth shared by `data_pipeline` (which writes
-features) and `kmervae` (which reads them to train and embed). It needs only numpy
+This module is the single source of truth shared by `kmervae.features` (which writes
+features) and the model, Ray Data and `kmervae embed` (which read them). It needs only numpy
 and pyarrow, so the featurizer never pulls in torch.
 
 Canonical k-mers: a k-mer and its reverse complement are one bin, named by the
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from kmervae.core.errors import InputError
+from kmervae.base.errors import InputError
 
 SCHEMA_VERSION = 2
 """Bumped whenever the columns, their meaning or their storage change. Version 2 added the

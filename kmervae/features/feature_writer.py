@@ -21,10 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_pipeline.contigs import Batch, SkipCounts
-from data_pipeline.kmer_counter import KmerCounter, copy_rows
-from kmervae.core.errors import InputError, OutputError
-from kmervae.core.feature_contract import (
+from kmervae.base.errors import InputError, OutputError
+from kmervae.base.feature_contract import (
     ABUNDANCE,
     COUNT_DTYPES,
     KMER_COLUMNS,
@@ -40,6 +38,8 @@ from kmervae.core.feature_contract import (
     part_name,
     string_column,
 )
+from kmervae.features.contigs import Batch, SkipCounts
+from kmervae.features.kmer_counter import KmerCounter, copy_rows
 
 CODECS = {
     "zstd": {"compression": "zstd", "compression_level": 1},

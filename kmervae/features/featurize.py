@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.contigs import Batch, Batcher, SkipCounts
-from data_pipeline.depth_table import AbundanceLookup
-from data_pipeline.fasta import check_readable, record_line
-from data_pipeline.fasta_blocks import load_scanner, read_files
-from data_pipeline.feature_writer import CODECS, PartLayout, PartResult, StagedDataset, write_part
-from data_pipeline.kmer_counter import count_sequence
-from data_pipeline.labels import Labels
 from kmervae import __version__
-from kmervae.core.errors import ConfigError, InputError
-from kmervae.core.feature_contract import SCHEMA_VERSION
+from kmervae.abundance.depth_table import AbundanceLookup
+from kmervae.base.errors import ConfigError, InputError
+from kmervae.base.feature_contract import SCHEMA_VERSION
+from kmervae.features.contigs import Batch, Batcher, SkipCounts
+from kmervae.features.fasta import check_readable, record_line
+from kmervae.features.fasta_blocks import load_scanner, read_files
+from kmervae.features.feature_writer import CODECS, PartLayout, PartResult, StagedDataset, write_part
+from kmervae.features.kmer_counter import count_sequence
+from kmervae.features.labels import Labels
 
 
 def default_workers() -> int:
