@@ -25,7 +25,10 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 ROOMS = {
     # room: (kmervae rooms it may import, third-party packages it may import)
     "kmervae.base": ({"kmervae", "kmervae.base"}, {"numpy", "pyarrow", "torch"}),
-    "kmervae.abundance": ({"kmervae", "kmervae.base", "kmervae.abundance"}, {"numpy", "pyarrow", "numba", "pysam", "xopen", "tqdm"}),
+    "kmervae.abundance": (
+        {"kmervae", "kmervae.base", "kmervae.abundance"},
+        {"numpy", "pyarrow", "numba", "pysam", "xopen", "tqdm"},
+    ),
     "kmervae.features": (
         {"kmervae", "kmervae.base", "kmervae.abundance", "kmervae.features"},
         {"numpy", "pyarrow", "numba", "dnaio", "xopen", "tqdm"},
