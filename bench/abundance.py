@@ -76,7 +76,7 @@ def quality(args: argparse.Namespace) -> None:
     from kmervae.apply.embed import embed
     from kmervae.apply.evaluate import evaluate
     from kmervae.core.config import preset_config
-    from kmervae.core.engine import fit_local
+    from kmervae.core.run_setup import fit_local
 
     folder = Path(args.dir)
     work = folder / "quality"

@@ -33,7 +33,7 @@ from kmervae.apply.export import Encoder  # noqa: E402
 from kmervae.base.feature_table import FeatureTable, dataset_files  # noqa: E402
 from kmervae.core.checkpoint import load_checkpoint  # noqa: E402
 from kmervae.core.config import RunConfig, preset  # noqa: E402
-from kmervae.core.engine import fit_local  # noqa: E402
+from kmervae.core.run_setup import fit_local  # noqa: E402
 
 HELD_OUT = [
     "Chlamydia_trachomatis",

@@ -43,9 +43,10 @@ from kmervae.base.feature_contract import N_BINS  # noqa: E402
 from kmervae.core.checkpoint import load_checkpoint  # noqa: E402
 from kmervae.core.config import PRESETS, LossConfig, RunConfig, TrainConfig  # noqa: E402
 from kmervae.core.data import CountBatch, TensorData, use_resident  # noqa: E402
-from kmervae.core.engine import autocast, compile_model, fit_local, make_optimizer, train_epoch  # noqa: E402
+from kmervae.core.engine import autocast, compile_model, make_optimizer, train_epoch  # noqa: E402
 from kmervae.core.loss import vae_loss  # noqa: E402
 from kmervae.core.model import BranchedVAE  # noqa: E402
+from kmervae.core.run_setup import fit_local  # noqa: E402
 
 rows_out: list[tuple[str, str]] = []
 

@@ -176,7 +176,7 @@ def agreement(args: argparse.Namespace) -> None:
     from scipy.stats import spearmanr
 
     from kmervae.core.config import preset_config
-    from kmervae.core.engine import fit_local
+    from kmervae.core.run_setup import fit_local
     from kmervae.distributed.sweep import trial_config
 
     base = preset_config(args.preset).with_overrides(

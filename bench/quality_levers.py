@@ -34,8 +34,7 @@ from embedding_quality import split_by_genome  # noqa: E402  (the same four geno
 from kmervae.base.feature_table import FeatureTable  # noqa: E402
 from kmervae.core.config import RunConfig, preset  # noqa: E402
 from kmervae.core.data import CountBatch, InMemoryData, TensorData, load_splits  # noqa: E402
-from kmervae.core.engine import make_optimizer, make_scheduler, run_epochs  # noqa: E402
-from kmervae.core.model import BranchedVAE  # noqa: E402
+from kmervae.core.run_setup import plan_run, start_run  # noqa: E402
 
 SMALL = ["model.kmer7_widths=[256]", "model.kmer4_widths=[64]", "model.kmer3_widths=[32]", "model.trunk_widths=[128]"]
 COMMON = ["model.latent_dim=32", "train.plateau_patience=10", "train.batch_size=256"]
@@ -126,18 +125,13 @@ def fit(
     """The engine's epoch loop on one process, without writing checkpoints (a 27.8M-parameter
     checkpoint with Adam state is 330 MB: saving one per epoch took most of a GPU epoch).
     `on_epoch(epoch, model)` sees the model after each epoch (BatchNorm statistics recomputed)."""
-    torch.manual_seed(config.train.seed)
-    train, val = load_splits(features, config.data)
-    train, val = train.to(device), val.to(device)
-    model = BranchedVAE(config.model).to(device)
-    optimizer = make_optimizer(model, config.train, device)
-    generator = torch.Generator(device=device).manual_seed(config.train.seed)
-    data = InMemoryData(train, val, config.train.batch_size, generator)
-    history = run_epochs(
-        model, data, config, optimizer, make_scheduler(optimizer, config.train), device=device,
-        on_epoch=lambda epoch, *_: on_epoch(epoch, model),
-    )  # fmt: skip
-    return model, history
+    plan = plan_run(features, config)
+    train, val = load_splits(features, plan.config.data)
+    with start_run(plan.config, device) as run:
+        generator = torch.Generator(device=device).manual_seed(config.train.seed)
+        data = InMemoryData(train.to(device), val.to(device), config.train.batch_size, generator)
+        history = run.train(data, device=device, on_epoch=lambda epoch, *_: on_epoch(epoch, run.model))
+    return run.model, history
 
 
 @torch.no_grad()

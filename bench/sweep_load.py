@@ -80,7 +80,7 @@ def main() -> None:
     )
 
     # The same trial trained by the local engine in this process: the compute a trial needs.
-    from kmervae.core.engine import fit_local
+    from kmervae.core.run_setup import fit_local
 
     started = time.perf_counter()
     fit_local(features, base, work / "local", log=lambda line: None)

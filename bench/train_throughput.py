@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kmervae.core.config import RunConfig, preset  # noqa: E402
-from kmervae.core.engine import fit_local  # noqa: E402
+from kmervae.core.run_setup import fit_local  # noqa: E402
 
 
 def featurize_genomes(genomes: Path, out: Path) -> Path:

@@ -7,8 +7,12 @@ the space returns the width lists it builds from them (the decoder mirrors each 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from kmervae.distributed.sweep_cli import sweep_main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+"""The bundled genomes: the sweep's data when --data is not given."""
 
 WIDTHS = {
     "kmer7": [128, 256, 512, 1024, 2048],
@@ -29,4 +33,4 @@ def space(trial) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(sweep_main("architecture_sweep", __doc__.splitlines()[0], space, preset="final"))
+    sys.exit(sweep_main("architecture_sweep", __doc__.splitlines()[0], space, examples=EXAMPLES, preset="final"))

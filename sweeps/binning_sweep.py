@@ -26,10 +26,13 @@ epochs, and the clusterer's resolution (`train.bin_resolution`, passed on to `km
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from quality_sweep import ABUNDANCE_WIDTHS
-
+from kmervae.distributed.spaces import ABUNDANCE_WIDTHS
 from kmervae.distributed.sweep_cli import sweep_main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+"""The bundled genomes: the sweep's data when --data is not given."""
 
 
 def space(trial) -> dict:
@@ -47,4 +50,8 @@ def space(trial) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(sweep_main("binning_sweep", __doc__.splitlines()[0], space, preset="metagenome", metric="bins"))
+    sys.exit(
+        sweep_main(
+            "binning_sweep", __doc__.splitlines()[0], space, examples=EXAMPLES, preset="metagenome", metric="bins"
+        )
+    )

@@ -9,8 +9,12 @@ Everything else stays as configured (--preset, --set). See kmervae/distributed/s
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from kmervae.distributed.sweep_cli import sweep_main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+"""The bundled genomes: the sweep's data when --data is not given."""
 
 LATENT_SIZES = [32, 64, 128, 256, 512, 1024]
 
@@ -22,4 +26,4 @@ def space(trial) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(sweep_main("latent_sweep", __doc__.splitlines()[0], space, preset="final"))
+    sys.exit(sweep_main("latent_sweep", __doc__.splitlines()[0], space, examples=EXAMPLES, preset="final"))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from kmervae.distributed.sweep_cli import sweep_main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+"""The bundled genomes: the sweep's data when --data is not given."""
 
 
 def space(trial) -> None:
@@ -18,4 +22,4 @@ def space(trial) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(sweep_main("loss_sweep", __doc__.splitlines()[0], space, preset="final"))
+    sys.exit(sweep_main("loss_sweep", __doc__.splitlines()[0], space, examples=EXAMPLES, preset="final"))

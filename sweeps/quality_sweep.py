@@ -18,8 +18,13 @@ See kmervae/distributed/sweep_cli.py for the flags; bench/RESULTS.md ("Levers") 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from kmervae.distributed.spaces import ABUNDANCE_WIDTHS
 from kmervae.distributed.sweep_cli import sweep_main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+"""The bundled genomes: the sweep's data when --data is not given."""
 
 
 def space(trial) -> None:
@@ -46,10 +51,6 @@ def space(trial) -> None:
     trial.suggest_float("train.weight_decay", 1e-6, 1e-3, log=True)
 
 
-ABUNDANCE_WIDTHS = {"none": [], "32": [32], "64-32": [64, 32], "128-64": [128, 64]}
-"""Abundance branches the sweep tries, by name (Optuna's categories are plain values)."""
-
-
 def space_with_abundance(trial) -> dict:
     """`space`, plus the abundance branch for features with depths."""
     space(trial)
@@ -63,6 +64,11 @@ def space_with_abundance(trial) -> dict:
 if __name__ == "__main__":
     sys.exit(
         sweep_main(
-            "quality_sweep", __doc__.splitlines()[0], space, preset="final", abundance_space=space_with_abundance
+            "quality_sweep",
+            __doc__.splitlines()[0],
+            space,
+            examples=EXAMPLES,
+            preset="final",
+            abundance_space=space_with_abundance,
         )
     )

@@ -20,8 +20,12 @@ on their median and no trial is stopped early. See kmervae/distributed/sweep_cli
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from kmervae.distributed.sweep_cli import sweep_main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+"""The bundled genomes: the sweep's data when --data is not given."""
 
 
 def space(trial) -> dict:
@@ -35,4 +39,8 @@ def space(trial) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(sweep_main("sample_count_sweep", __doc__.splitlines()[0], space, preset="metagenome", metric="bins"))
+    sys.exit(
+        sweep_main(
+            "sample_count_sweep", __doc__.splitlines()[0], space, examples=EXAMPLES, preset="metagenome", metric="bins"
+        )
+    )

@@ -19,9 +19,10 @@ from kmervae.base.feature_table import FeatureTable, dataset_files
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
 from kmervae.core.data import load_splits
-from kmervae.core.engine import fit_local, validate_epoch
+from kmervae.core.engine import validate_epoch
 from kmervae.core.loss import abundance_term, vae_loss
 from kmervae.core.model import BranchedVAE, count_parameters
+from kmervae.core.run_setup import fit_local
 from tests.conftest import ABUNDANCE_SAMPLES as SAMPLES
 
 

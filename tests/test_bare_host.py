@@ -14,7 +14,7 @@ import sys
 for name in {BLOCKED!r}:
     sys.modules[name] = None  # any import of these now fails
 from kmervae.core.config import RunConfig, preset
-from kmervae.core.engine import fit_local
+from kmervae.core.run_setup import fit_local
 overrides = ["train.epochs=1", "train.batch_size=32", "data.max_samples=200"]
 config = RunConfig(model=preset("tiny")).with_overrides(overrides)
 result = fit_local(sys.argv[1], config, sys.argv[2], log=print)

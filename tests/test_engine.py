@@ -19,7 +19,6 @@ from kmervae.core.data import CountBatch, InMemoryData, TensorData, held_out_lab
 from kmervae.core.engine import (
     _CompiledWithFallback,
     autocast,
-    fit_local,
     make_optimizer,
     make_scheduler,
     resolve_device,
@@ -28,6 +27,7 @@ from kmervae.core.engine import (
     validate_epoch,
 )
 from kmervae.core.model import BranchedVAE
+from kmervae.core.run_setup import fit_local
 from tests.conftest import random_batch
 
 TIMING = {"samples_per_s", "data_wait_s", "train_s"}

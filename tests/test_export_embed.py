@@ -19,8 +19,8 @@ from kmervae.base.errors import ConfigError, InputError, InputNotFoundError, Out
 from kmervae.base.feature_table import FeatureTable, dataset_files
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.config import PRESETS, RunConfig
-from kmervae.core.engine import fit_local
 from kmervae.core.model import BranchedVAE, embedding_dim
+from kmervae.core.run_setup import fit_local
 
 
 @pytest.fixture(scope="module")

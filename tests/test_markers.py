@@ -241,7 +241,7 @@ def test_val_est_nc_bins_scores_the_clusterer_s_bins_by_their_markers(assembly):
 def test_a_run_that_asks_for_val_est_nc_bins_needs_the_dataset_s_markers(example_features, tmp_path):
     from kmervae.base.errors import ConfigError
     from kmervae.core.config import preset_config
-    from kmervae.core.engine import fit_local
+    from kmervae.core.run_setup import fit_local
 
     config = preset_config("metagenome", architecture="tiny").with_overrides(["train.est_nc_bins=true"])
     with pytest.raises(ConfigError, match=r"has none \(.*markers.tsv\); find them with 'kmervae markers ASSEMBLY"):

@@ -9,7 +9,7 @@ import pytest
 from kmervae.apply.embed import embed, read_embeddings
 from kmervae.base.errors import ConfigError, InputError
 from kmervae.core.config import PRESETS, RunConfig
-from kmervae.core.engine import fit_local
+from kmervae.core.run_setup import fit_local
 from tests.conftest import ray_untouched
 
 ray = pytest.importorskip("ray")

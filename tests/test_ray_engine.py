@@ -252,10 +252,10 @@ def test_a_foreign_parquet_is_refused_before_any_worker_starts(tmp_path, example
 def test_ray_data_and_the_local_engine_pick_the_same_contigs(
     local_ray, abundance_features, max_samples, mode, val_split
 ):
-    from kmervae.base.feature_table import dataset_files
+    from kmervae.base.feature_table import dataset_files, label_vocabulary
     from kmervae.core.config import DataConfig
     from kmervae.core.data import split_hash
-    from kmervae.distributed.ray_data import build_datasets, label_vocabulary
+    from kmervae.distributed.ray_data import build_datasets
 
     cfg = DataConfig(max_samples=max_samples, val_split=val_split, val_fraction=0.3)
     files = dataset_files(abundance_features)

@@ -148,10 +148,10 @@ def test_ranking_on_link_agreement_needs_fragments_of_one_record(example_feature
     sweep on data without any refuses val/link_agreement before Ray starts."""
     import numpy as np
 
-    from kmervae.base.feature_table import dataset_files
+    from kmervae.base.feature_table import dataset_files, label_vocabulary
     from kmervae.core.config import PRESETS, SweepConfig
     from kmervae.core.data import load_splits
-    from kmervae.distributed.ray_data import label_vocabulary, validation_must_links
+    from kmervae.distributed.ray_data import validation_must_links
     from kmervae.distributed.sweep import run_sweep
     from kmervae.features.featurize import featurize
     from tests.conftest import write_fasta
@@ -174,8 +174,7 @@ def test_ranking_on_link_agreement_needs_fragments_of_one_record(example_feature
 
 
 def test_auto_objective_is_the_best_the_data_allows(example_features, examples_dir, tmp_path):
-    from kmervae.base.feature_table import dataset_files
-    from kmervae.distributed.ray_data import label_vocabulary
+    from kmervae.base.feature_table import dataset_files, label_vocabulary
     from kmervae.features.featurize import FeaturizeSettings, featurize
 
     objective = sweep_cli.objective
@@ -237,9 +236,9 @@ def test_the_binning_sweep_ranks_whole_assemblies_on_near_complete_bins():
     # A smoke test bins every contig too (near-complete bins of a 600-contig subsample are none, estimated
     # or true); other presets' smoke tests keep their small subsample.
     smoke = common.base_config(common.parse_args("binning", "metagenome", ["--smoke-test"]), [])
-    assert smoke.data.max_samples is None and smoke.train.epochs == common.SMOKE["epochs"]
+    assert smoke.data.max_samples is None and smoke.train.epochs == common.SMOKE.epochs
     quality = common.base_config(common.parse_args("quality", "final", ["--smoke-test"]), [])
-    assert quality.data.max_samples == common.SMOKE["max_samples"]
+    assert quality.data.max_samples == common.SMOKE.max_samples
     with pytest.raises(ConfigError, match="needs features with abundance"):
         check_space(module.space, base, seed=0, samples=8)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kmervae.base.errors import InputError, InputNotFoundError
@@ -256,3 +257,14 @@ def read_keys(files: DatasetFiles) -> tuple[np.ndarray, np.ndarray | None]:
     if "label" in table.column_names and table.column("label").null_count < len(table):
         labels = np.asarray(table.column("label").to_pylist(), dtype=object)
     return ids, labels
+
+
+def label_vocabulary(files: DatasetFiles) -> list[str]:
+    """Sorted distinct labels of a dataset (reads only the label column); [] when unlabeled."""
+    labels: set[str] = set()
+    for path in files.paths:
+        if "label" not in pq.read_schema(path).names:
+            continue
+        column = pq.read_table(path, columns=["label"]).column("label")
+        labels.update(v for v in pc.unique(column).to_pylist() if v is not None)
+    return sorted(labels)

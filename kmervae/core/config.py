@@ -13,6 +13,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -587,6 +588,18 @@ class RunConfig:
         `model.abundance_samples` set from them, the one way every trainer sets it, and
         `model.tnf_readout` off above `model.tnf_readout_max_samples`. An abundance branch without
         abundance, or a model trained on another number of samples, is refused."""
+        self.check_samples(len(samples))
+        model = self.model
+        tnf = model.tnf_readout
+        if model.tnf_readout_max_samples and len(samples) > model.tnf_readout_max_samples:
+            tnf = 0.0  # with this many samples depth separates genomes; the TNF would merge strains
+        return dataclasses.replace(
+            self, model=dataclasses.replace(model, abundance_samples=len(samples), tnf_readout=tnf)
+        )
+
+    def check_samples(self, samples: int) -> None:
+        """Refuse an abundance branch for features without abundance (`samples` = 0), or a model
+        set up for another number of samples than the features have."""
         model = self.model
         if model.uses_abundance and not samples:
             raise ConfigError(
@@ -594,17 +607,11 @@ class RunConfig:
                 "featurize with --abundance depth.tsv ('kmervae abundance BAM... -o depth.tsv'), or set "
                 "model.abundance_widths=[]"
             )
-        if model.abundance_samples not in (0, len(samples)):
+        if model.abundance_samples not in (0, samples):
             raise ConfigError(
                 f"the model was set up for abundance of {model.abundance_samples} sample(s), these features "
-                f"have {len(samples)}; train a new model on them"
+                f"have {samples}; train a new model on them"
             )
-        tnf = model.tnf_readout
-        if model.tnf_readout_max_samples and len(samples) > model.tnf_readout_max_samples:
-            tnf = 0.0  # with this many samples depth separates genomes; the TNF would merge strains
-        return dataclasses.replace(
-            self, model=dataclasses.replace(model, abundance_samples=len(samples), tnf_readout=tnf)
-        )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples as lists): what checkpoints, YAML and MLflow store."""
@@ -627,16 +634,18 @@ class RunConfig:
             sections[name] = _replace(getattr(base, name), name, values)
         return dataclasses.replace(base, **sections)
 
-    def with_overrides(self, overrides: list[str]) -> RunConfig:
-        """Apply `section.key=value` strings (values parsed as YAML: 64, 1e-3, true, [128, 64])."""
-        nested: dict[str, dict[str, Any]] = {}
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            section, dot, name = key.strip().partition(".")
-            if not sep or not dot or not name:
-                raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. model.latent_dim=64")
-            nested.setdefault(section, {})[name] = parse_value(raw)
-        return RunConfig.from_dict(nested, base=self)
+    def with_values(self, values: Mapping[str, Any]) -> RunConfig:
+        """Typed changes by `section.key` (a preset's settings, a sweep trial's sampled values),
+        each checked against its field's type; nothing here is parsed from text."""
+        return RunConfig.from_dict(nest(values), base=self)
+
+    def with_overrides(self, overrides: Sequence[str]) -> RunConfig:
+        """Apply `section.key=value` strings from a command line (`parse_overrides`)."""
+        return self.with_values(parse_overrides(overrides))
+
+    def with_train(self, **changes: Any) -> RunConfig:
+        """This configuration with `train` fields changed (`TrainConfig` checks them)."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
 
     @classmethod
     def from_yaml(cls, path: str | Path, base: RunConfig | None = None) -> RunConfig:
@@ -747,6 +756,30 @@ class SweepConfig:
         return self.objective.mode
 
 
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """The one reader of settings written as text: `section.key=value` strings (`--set`) ->
+    {section.key: value}, values by `parse_value`. Everything after it passes values."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. model.latent_dim=64")
+        values[f"{section}.{name}"] = parse_value(raw)
+    return values
+
+
+def nest(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{'model.latent_dim': 64} -> {'model': {'latent_dim': 64}}: the shape `from_dict` reads."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, dot, name = key.partition(".")
+        if not dot or not name:
+            raise ConfigError(f"setting {key!r}: expected section.key, e.g. model.latent_dim")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
 def parse_value(raw: str) -> Any:
     """A --set value: JSON (64, 1e-3, [128, 64], "x"), true/false/null in any case, else the string.
     'none' stays a string: it is a value of model.input_norm and train.lr_scaling."""
@@ -836,10 +869,10 @@ def preset(name: str) -> ModelConfig:
     return PRESETS[name]
 
 
-PRESET_SETTINGS: dict[str, tuple[str, ...]] = {
+PRESET_SETTINGS: dict[str, dict[str, Any]] = {
     # The seed's loss exactly: the four group MSEs weighted equally and multiplied by 2,090
     # (LossConfig.scale), beta 1 from the first epoch (the defaults otherwise).
-    "final": ("loss.scale=2090",),
+    "final": {"loss.scale": 2090.0},
     # Provenance: bench/RESULTS.md "Quality sweeps, contrastive levers and what limits the target"
     # (2026-11-27, commit of that entry; bench/quality_levers.py config `xview-infonce`, the ten
     # shared genomes as 5 kb contigs, six trained on, four never seen). Cross-view
@@ -851,27 +884,27 @@ PRESET_SETTINGS: dict[str, tuple[str, ...]] = {
     # Checked against two real quality sweeps (bench/RESULTS.md "recommended against the sweeps'
     # trials", commit 204a607): on the four hardest unseen genomes it beat all 24 trials on
     # k-means ARI (0.76-0.78 against at most 0.68) and tied the best on kNN accuracy (0.944).
-    "recommended": (
-        "loss.cross_view=true",
-        "loss.w7=0.1",
-        "loss.beta=0",
-        "loss.infonce=1",
-        "loss.temperature=0.1",
-    ),
+    "recommended": {
+        "loss.cross_view": True,
+        "loss.w7": 0.1,
+        "loss.beta": 0.0,
+        "loss.infonce": 1.0,
+        "loss.temperature": 0.1,
+    },
     # Provenance: bench/RESULTS.md "The metagenome benchmark: what kept kmervae below the simple
     # baseline" and "Every set, every seed" (issue 26). A plain VAE (no cross
     # views, no InfoNCE: identical depths in both views let InfoNCE tell contigs apart by their
     # depth noise), VAMB's balance of abundance over composition (loss.wab=16), a small KL
     # weight, no 7-mer reconstruction term, more steps per epoch (batch 64), and every contig
     # trains and validates (a binner bins the assembly it trained on).
-    "metagenome": (
-        "loss.w7=0",
-        "loss.wab=16",
-        "loss.beta=0.001",
-        "train.batch_size=64",
-        "train.epochs=10",
-        "data.val_split=all",
-    ),
+    "metagenome": {
+        "loss.w7": 0.0,
+        "loss.wab": 16.0,
+        "loss.beta": 0.001,
+        "train.batch_size": 64,
+        "train.epochs": 10,
+        "data.val_split": "all",
+    },
 }
 """The loss, training and data settings that belong to a preset, beside its architecture."""
 
@@ -888,4 +921,4 @@ def preset_config(name: str, architecture: str | None = None) -> RunConfig:
     if architecture is not None:
         size = preset(architecture)
         model = dataclasses.replace(model, **{field: getattr(size, field) for field in SIZE_FIELDS})
-    return RunConfig(model=model).with_overrides(list(PRESET_SETTINGS.get(name, ())))
+    return RunConfig(model=model).with_values(PRESET_SETTINGS.get(name, {}))

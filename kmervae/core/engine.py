@@ -1,21 +1,18 @@
-"""The single-process engine: epoch functions shared by every engine, and a local trainer.
+"""The epoch loop every engine shares, and its parts: optimizer and scheduler, training and
+validation epochs, the embedding scores, BatchNorm statistics, torch.compile with a fallback.
 
-`train_epoch` and `validate_epoch` are free functions over an iterable of `CountBatch`;
-the Ray worker loop calls the same two functions with its shard's batches and an
-`all_reduce` that sums across ranks (Ray's torch_regression_example shape). `fit_local`
-runs them in one process on the CPU or one GPU: what a bare GPU host runs.
-Needs only torch, numpy and pyarrow.
+`train_epoch` and `validate_epoch` are free functions over an iterable of `CountBatch`; the
+Ray worker loop calls the same functions with its shard's batches and an `all_reduce` that
+sums across ranks (Ray's torch_regression_example shape). A run is set up, and the local
+engine runs, in `run_setup`. Needs only torch, numpy and pyarrow.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -23,12 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from kmervae.base.errors import ConfigError, KmervaeError, TrainingDiverged
-from kmervae.base.feature_table import dataset_files
 from kmervae.base.metric_keys import (
     BETA,
     DATA_WAIT_S,
     EPOCH,
-    LOWEST_VAL_LOSS,
     LR,
     SAMPLES_PER_S,
     TRAIN_LOSS,
@@ -41,23 +36,17 @@ from kmervae.base.metric_keys import (
     VAL_NC_BINS,
     VAL_VIEW_AGREEMENT,
     VALIDATION,
-    Objective,
 )
-from kmervae.base.storage import check_writable
 from kmervae.binning.bins import DEFAULT_MIN_BIN_SIZE, estimated_near_complete_bins, near_complete_bins
-from kmervae.binning.markers import KeyedMarkers, run_markers
-from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, save_checkpoint, unwrap
+from kmervae.binning.markers import KeyedMarkers
+from kmervae.core.checkpoint import unwrap
 from kmervae.core.config import LossConfig, RunConfig, TrainConfig
 from kmervae.core.data import (
     LINK_COLUMNS,
     CountBatch,
     EpochData,
-    InMemoryData,
     ValidationBatch,
-    load_splits,
-    use_resident,
 )
-from kmervae.core.epoch_table import EpochPrinter
 from kmervae.core.loss import contrastive_loss, split_depths, split_views, vae_loss
 from kmervae.core.metrics import (
     VIEW_CONTIGS,
@@ -68,8 +57,7 @@ from kmervae.core.metrics import (
     link_agreement,
     view_agreement,
 )
-from kmervae.core.model import N3, N4, N7, BranchedVAE
-from kmervae.core.run_outputs import RunOutputs
+from kmervae.core.model import N3, N4, N7
 
 AllReduce = Callable[[Tensor], None]
 """Sums a tensor in place across ranks (torch.distributed.all_reduce); None in one process."""
@@ -512,75 +500,6 @@ def run_epochs(
         history.append(metrics)
         on_epoch(epoch, metrics, history)
     return history
-
-
-@dataclass
-class FitResult:
-    """Where a local training run wrote its outputs, and its metric history."""
-
-    out_dir: Path
-    best_checkpoint: Path
-    last_checkpoint: Path
-    history: list[dict[str, float]] = field(default_factory=list)
-    artifacts: list[Path] = field(default_factory=list)  # model.txt, model.png, metrics.jsonl
-
-
-def fit_local(
-    data_path: str | Path,
-    config: RunConfig,
-    out_dir: str | Path,
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
-    on_epoch: EpochHook | None = None,
-    objective: Objective = LOWEST_VAL_LOSS,
-) -> FitResult:
-    """Train in this process from a feature dataset; the run's outputs (`RunOutputs`: best.pt
-    by `objective`, last.pt, metrics, tables) go to `out_dir`. `on_epoch` is called after each
-    epoch is saved (MLflow logging lives in the layer above: `kmervae.tracking.run`)."""
-    tc = config.train
-    device = resolve_device(tc.device)
-    torch.manual_seed(tc.seed)
-    config = config.for_data(dataset_files(data_path).format.samples)
-    train, val = load_splits(data_path, config.data)
-    check_labels_for(config, val.codes is not None)
-    markers = run_markers(data_path, config)
-    model = BranchedVAE(config.model).to(device)
-    optimizer = make_optimizer(model, tc, device)
-    scheduler = make_scheduler(optimizer, tc)
-    outputs = RunOutputs(Path(out_dir), objective)
-    check_writable(outputs.folder, CHECKPOINT_COPIES * checkpoint_bytes(config))
-    outputs.folder.mkdir(parents=True, exist_ok=True)
-    result = FitResult(outputs.folder, outputs.best_checkpoint, outputs.last_checkpoint)
-    generator = torch.Generator().manual_seed(tc.seed)
-    where = "streamed from host memory"
-    if use_resident(tc.resident, device, train.batch.nbytes + val.batch.nbytes):
-        # Copied to the GPU once and shuffled there: no host work or transfer per step.
-        train, val = train.to(device), val.to(device)
-        generator = torch.Generator(device=device).manual_seed(tc.seed)
-        where = f"resident on {device} ({(train.batch.nbytes + val.batch.nbytes) / 2**20:,.0f} MiB)"
-    lr = f"lr {tc.effective_lr:.2e}"
-    log(f"training on {len(train):,} contigs, validating on {len(val):,}, device {device}, data {where}, {lr}")
-    best = math.nan
-    printer = EpochPrinter(tc.epochs, objective)  # marks the epochs best.pt comes from
-
-    def save_and_log(epoch: int, metrics: dict[str, float], history: list[dict[str, float]]) -> None:
-        nonlocal best
-        state = (model, config, epoch, metrics, optimizer, scheduler, history)
-        save_checkpoint(result.last_checkpoint, *state)
-        if objective.improves(metrics.get(objective.metric, math.nan), best):
-            best = metrics[objective.metric]
-            save_checkpoint(result.best_checkpoint, *state)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics, history)
-        for line in printer.lines(epoch, metrics):
-            log(line)
-
-    data = InMemoryData(train, val, tc.batch_size, generator)
-    runnable = compile_model(model, tc, log)
-    result.history = run_epochs(
-        runnable, data, config, optimizer, scheduler, device=device, on_epoch=save_and_log, markers=markers
-    )
-    result.artifacts = outputs.write(config, result.history, log)
-    return result
 
 
 class _CompiledWithFallback(nn.Module):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -35,17 +34,6 @@ from kmervae.core.data import (
     torch_counts,
 )
 from kmervae.core.metrics import must_link_pairs
-
-
-def label_vocabulary(files: DatasetFiles) -> list[str]:
-    """Sorted distinct labels of a dataset (reads only the label column); [] when unlabeled."""
-    labels: set[str] = set()
-    for path in files.paths:
-        if "label" not in pq.read_schema(path).names:
-            continue
-        column = pq.read_table(path, columns=["label"]).column("label")
-        labels.update(v for v in pc.unique(column).to_pylist() if v is not None)
-    return sorted(labels)
 
 
 def dataset_threshold(files: DatasetFiles, cfg: DataConfig) -> float | None:

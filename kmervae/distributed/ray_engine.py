@@ -1,6 +1,6 @@
 """Distributed training on Ray: Ray Data shards the features, Ray Train runs DDP workers.
 
-Follows Ray's torch_regression_example: a free `train_loop_per_worker(config)` that reads
+Follows Ray's torch_regression_example: a free `train_loop_per_worker(plan)` that reads
 its shard with `get_dataset_shard(...).iter_torch_batches(...)`, calls the same
 `train_epoch` / `validate_epoch` as the local engine (with an all-reduce, so validation
 is exact over all workers), and `ray.train.report`s every epoch with a checkpoint from
@@ -12,6 +12,7 @@ avoids (resource over-subscription hangs, relative MLflow paths, Train V2 APIs).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -25,20 +26,18 @@ from typing import Any
 import torch
 
 from kmervae.base.errors import ConfigError, TrainingDiverged
-from kmervae.base.feature_table import dataset_files
 from kmervae.base.metric_keys import EPOCH, LOWEST_VAL_LOSS, Objective
 from kmervae.base.quiet import logger_level
 from kmervae.base.redact import redact
 from kmervae.base.storage import check_writable, is_uri, local_outputs
 from kmervae.base.storage import normalize as normalize_storage
-from kmervae.binning.markers import KeyedMarkers, run_markers
-from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint, save_checkpoint
+from kmervae.binning.markers import KeyedMarkers
+from kmervae.core.checkpoint import CHECKPOINT_COPIES, checkpoint_bytes, load_checkpoint
 from kmervae.core.config import RunConfig
 from kmervae.core.data import EpochData, InMemoryData, use_resident
-from kmervae.core.engine import Collective, check_labels_for, make_optimizer, make_scheduler, run_epochs
-from kmervae.core.epoch_table import EpochPrinter
-from kmervae.core.model import BranchedVAE
+from kmervae.core.engine import Collective
 from kmervae.core.run_outputs import RunOutputs
+from kmervae.core.run_setup import plan_run, start_run
 from kmervae.distributed import console
 from kmervae.distributed.console import RELAY_MARK
 from kmervae.distributed.ray_data import StreamedShards, gather_shard
@@ -87,10 +86,6 @@ class WorkerPlan:
     data_bytes: int
     objective: Objective = LOWEST_VAL_LOSS
     markers: KeyedMarkers | None = None  # the dataset's marker genes (train.est_nc_bins)
-
-
-PLAN_KEY = "plan"
-"""The one key of `train_loop_config`: the run's `WorkerPlan`."""
 
 
 def cluster_capacity() -> dict[str, float]:
@@ -143,69 +138,45 @@ def plan_resources(
     return ResourcePlan(workers, round(cpus_per_worker, 3), gpus_per_worker)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> TrainingDiverged | None:
-    """Ray Train worker: the shared epoch loop on this worker's shard, reporting every epoch.
-    Returns the `TrainingDiverged` that ended it, if one did (`fit`, on the driver, raises it)."""
+def train_loop_per_worker(plan: WorkerPlan) -> TrainingDiverged | None:
+    """Ray Train worker: the run set up by `start_run`, the shared epoch loop on this worker's
+    shard, reporting every epoch. Returns the `TrainingDiverged` that ended it, if one did
+    (`fit`, on the driver, raises it)."""
     import ray.train
     import ray.train.torch
 
-    plan: WorkerPlan = loop_config[PLAN_KEY]
-    config, tc = plan.config, plan.config.train
+    config = plan.config
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(plan.cpus_per_worker)))  # the CPUs this worker was given
-    torch.manual_seed(tc.seed)
-    model = BranchedVAE(config.model)
     resumed = None
     if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as folder:
             resumed = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
-        model.load_state_dict(resumed.model_state)
-    model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP when world > 1
-    optimizer = make_optimizer(model, tc, device)
-    scheduler = make_scheduler(optimizer, tc)
-    if resumed is not None:
-        optimizer.load_state_dict(resumed.optimizer_state)
-        scheduler.load_state_dict(resumed.scheduler_state)
-    data = worker_data(plan, device, rank, world)
-    printer = EpochPrinter(tc.epochs, plan.objective)  # marks the epochs best.pt may come from
-    if resumed is not None:
-        printer.prime(resumed.history)
+    # prepare_model moves the model to the device and wraps it in DDP when world > 1.
+    with start_run(config, device, plan.objective, resumed=resumed, prepare=ray.train.torch.prepare_model) as run:
+        data = worker_data(plan, device, rank, world)
 
-    def report(epoch: int, metrics: dict[str, float], history: list[dict[str, float]]) -> None:
-        if rank != 0:
-            ray.train.report(metrics)
-            return
-        # Marked for the driver's console (`console.quiet_console`); not print: Ray's print echoes twice.
-        sys.stdout.write("".join(RELAY_MARK + line + "\n" for line in printer.lines(epoch, metrics)))
-        sys.stdout.flush()
-        with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(
-                Path(folder) / CHECKPOINT_FILE, model, config, epoch, metrics, optimizer, scheduler, history
-            )
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        def report(epoch: int, metrics: dict[str, float], history: list[dict[str, float]]) -> None:
+            if rank != 0:
+                ray.train.report(metrics)
+                return
+            # Marked for the driver's console (`console.quiet_console`); not print: Ray's print echoes twice.
+            sys.stdout.write("".join(RELAY_MARK + line + "\n" for line in run.printer.lines(epoch, metrics)))
+            sys.stdout.flush()
+            with tempfile.TemporaryDirectory() as folder:
+                run.save(Path(folder) / CHECKPOINT_FILE, epoch, metrics, history)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
-    try:
-        run_epochs(
-            model,
-            data,
-            config,
-            optimizer,
-            scheduler,
-            device=device,
-            on_epoch=report,
-            collective=DDPCollective.of(world),
-            start_epoch=resumed.epoch + 1 if resumed else 0,
-            history=resumed.history if resumed else None,
-            markers=plan.markers,
-        )
-    except TrainingDiverged as diverged:
-        # Returned, not raised: Ray Train restarts a worker group that raised (MAX_FAILURES
-        # times) from the last checkpoint, where the same data and settings diverge again.
-        # Every rank gets here together, from the all-reduced loss, so none waits on another.
-        return diverged
+        try:
+            run.train(data, device=device, on_epoch=report, collective=DDPCollective.of(world), markers=plan.markers)
+        except TrainingDiverged as diverged:
+            # Returned, not raised: Ray Train restarts a worker group that raised (MAX_FAILURES
+            # times) from the last checkpoint, where the same data and settings diverge again.
+            # Every rank gets here together, from the all-reduced loss, so none waits on another.
+            return diverged
     return None
 
 
@@ -329,9 +300,8 @@ def fit_ray(
 
     The console (`console.current()`) gets `log`'s lines (by default) and, through Ray, the
     per-epoch table; `kmervae train` sends everything else to `train.log` in the outputs."""
-    files = dataset_files(data_path)  # a foreign or corrupt dataset is refused before Ray starts
-    config = config.for_data(files.format.samples)
-    markers = run_markers(data_path, config)  # val/est_nc_bins' marker genes, refused before Ray starts if absent
+    run = plan_run(data_path, config)  # a foreign dataset, missing labels or markers: refused before Ray starts
+    config, files = run.config, run.files
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
     spec = training_run(
@@ -349,21 +319,19 @@ def fit_ray(
     if spec.experiment:
         check_reachable(spec.uri)  # a dead tracking server fails before Ray starts
 
-    from kmervae.distributed.ray_data import build_datasets, decoded_bytes, label_vocabulary
+    from kmervae.distributed.ray_data import build_datasets, decoded_bytes
 
     log = log or (lambda line: print(line, file=console.current(), flush=True))
     init_ray(address)
     plan = plan_resources(cluster_capacity(), workers, gpus_per_worker, use_cpu)
-    labels = label_vocabulary(files)
-    check_labels_for(config, bool(labels))
     tracker = spec.open_tracker(resume=True)  # the same run again when resuming by name
     log(
         f"training {name}: {files.rows:,} contigs in {len(files.paths)} file(s), {plan.describe()}, "
         f"storage {redact(storage)}"
     )
-    train_ds, val_ds = build_datasets(files, config.data, labels, config.train.seed, data_mode)
+    train_ds, val_ds = build_datasets(files, config.data, run.labels, config.train.seed, data_mode)
     worker_plan = WorkerPlan(
-        config, bool(labels), plan.cpus_per_worker, decoded_bytes(files, config.data), markers=markers
+        config, run.labeled, plan.cpus_per_worker, decoded_bytes(files, config.data), markers=run.markers
     )
     trainer = build_trainer(worker_plan, plan, train_ds, val_ds, name, storage, tracker, callbacks)
     with closes_on_error(tracker):
@@ -414,8 +382,7 @@ def build_trainer(
 
     objective = worker_plan.objective
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={PLAN_KEY: worker_plan},
+        functools.partial(train_loop_per_worker, worker_plan),  # the plan as a value, not a config dict
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers,
             use_gpu=plan.gpus_per_worker > 0,

@@ -11,6 +11,7 @@ that live in `sweeps/`: the engine only sees the overrides they return.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kmervae.base.errors import ConfigError
-from kmervae.base.feature_table import DatasetFiles, dataset_files
+from kmervae.base.feature_table import DatasetFiles, dataset_files, label_vocabulary
 from kmervae.base.metric_keys import (
     BIN_KEYS,
     EPOCH,
@@ -38,10 +39,11 @@ from kmervae.base.metric_keys import (
 from kmervae.base.quiet import logger_level
 from kmervae.base.redact import redact
 from kmervae.base.storage import check_writable, exists, is_uri, join, list_names, local_outputs, normalize
-from kmervae.binning.markers import KeyedMarkers, run_markers
+from kmervae.binning.markers import KeyedMarkers
 from kmervae.core.checkpoint import Checkpoint, checkpoint_bytes, load_checkpoint
 from kmervae.core.config import RunConfig, SweepConfig
 from kmervae.core.run_outputs import RunOutputs
+from kmervae.core.run_setup import plan_run
 from kmervae.distributed.failures import root_cause
 from kmervae.distributed.sweep_report import (
     SpaceFn,
@@ -66,15 +68,6 @@ def config_overrides(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if "." in k}
 
 
-def overrides_to_dict(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{'model.latent_dim': 64} -> {'model': {'latent_dim': 64}}."""
-    nested: dict[str, dict[str, Any]] = {}
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        nested.setdefault(section, {})[name] = value
-    return nested
-
-
 LOSS_DEFINING = ("loss.", "model.latent_dim", "model.gate_k7")
 """Settings (prefixes) that change how val/loss is computed: trials varying them are not comparable on it."""
 
@@ -93,7 +86,7 @@ def check_objective(metric: str, varied: set[str]) -> None:
 
 def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -> set[str]:
     """Sample the space a few times and build each config: a bad space fails before Ray starts
-    (an abundance branch too, when `base` is set up for features without abundance: `RunConfig.for_data`).
+    (an abundance branch too, when `base` is set up for features without abundance: `RunConfig.check_samples`).
     Returns the settings the space sets (`section.key`)."""
     import pickle
 
@@ -117,8 +110,8 @@ def check_space(space: SpaceFn, base: RunConfig, seed: int, samples: int = 16) -
                 raise ConfigError(f"the search space cannot be sampled: {type(err).__name__}: {err}") from None
             params = dict(trial.params)
             params.update(returned or {})
-            config = RunConfig.from_dict(overrides_to_dict(config_overrides(params)), base=base)
-            config.for_data(("",) * base.model.abundance_samples)  # an abundance branch needs features with depths
+            config = base.with_values(config_overrides(params))
+            config.check_samples(base.model.abundance_samples)  # an abundance branch needs features with depths
             varied.update(config_overrides(params))
             study.tell(trial, 0.0)
     return varied
@@ -204,11 +197,11 @@ def trial_config(base: RunConfig, sampled: dict[str, Any]) -> RunConfig:
     """A trial's settings: the sweep's base with the sampled overrides, its epochs at most the
     sweep's (ASHA's max_t: a space may draw `train.epochs` up to it, not past it), and its seed
     the base's plus its index among the repeats of one setting (`SweepConfig.seeds`)."""
-    config = RunConfig.from_dict(overrides_to_dict(config_overrides(sampled)), base=base)
+    config = base.with_values(config_overrides(sampled))
     if config.train.epochs > base.train.epochs:
-        config = config.with_overrides([f"train.epochs={base.train.epochs}"])
+        config = config.with_train(epochs=base.train.epochs)
     if sampled.get(SEED_INDEX):
-        config = config.with_overrides([f"train.seed={base.train.seed + int(sampled[SEED_INDEX])}"])
+        config = config.with_train(seed=base.train.seed + int(sampled[SEED_INDEX]))
     return config
 
 
@@ -376,17 +369,17 @@ def check_sweep(
     objective against the data and the space, --resume against what storage holds, room for
     every trial's checkpoints, the tracking store."""
     files = dataset_files(data_path)
-    base = base.for_data(files.format.samples)  # trials read the abundance column when their model has a branch
-    check_objective(sweep.metric, check_space(space, base, sweep.seed))
-    if sweep.metric in BIN_KEYS:  # computed only when asked for: every trial bins its validation contigs
-        base = base.with_overrides(["train.nc_bins=true"])
-    if sweep.metric in EST_BIN_KEYS:  # the same, judged by the dataset's marker genes (read once, here)
-        base = base.with_overrides(["train.est_nc_bins=true"])
-    markers = run_markers(data_path, base)
-    sweep = SweepConfig(**{**asdict(sweep), "storage": normalize(sweep.storage)})  # a folder or s3://...
-    from kmervae.distributed.ray_data import label_vocabulary
-
     labels = label_vocabulary(files)
+    check_data_for_metric(files, data_path, base, sweep.metric, labels)
+    if sweep.metric in BIN_KEYS:  # computed only when asked for: every trial bins its validation contigs
+        base = base.with_train(nc_bins=True)
+    if sweep.metric in EST_BIN_KEYS:  # the same, judged by the dataset's marker genes (read once, here)
+        base = base.with_train(est_nc_bins=True)
+    # Trials read the abundance column when their model has a branch: the base is fitted to the data.
+    plan = plan_run(data_path, base, labels)
+    base, markers = plan.config, plan.markers
+    check_objective(sweep.metric, check_space(space, base, sweep.seed))
+    sweep = dataclasses.replace(sweep, storage=normalize(sweep.storage))  # a folder or s3://...
     outputs = local_outputs(sweep.storage, sweep.name)
     _check_before_ray(files, data_path, base, sweep, labels, resume, outputs)
     uri = None
@@ -396,23 +389,27 @@ def check_sweep(
     return CheckedSweep(data_path, files, base, space, sweep, labels, resume, uri, outputs, markers)
 
 
-def _check_before_ray(
-    files: DatasetFiles, data_path, base: RunConfig, sweep: SweepConfig, labels: list[str], resume: bool, outputs: Path
-) -> None:
-    """Refuse, before Ray starts, a sweep that cannot run: an objective the data cannot score,
-    a --resume of nothing or a new sweep over an old one, storage without room for every
-    trial's checkpoints."""
+def check_data_for_metric(files: DatasetFiles, data_path, base: RunConfig, metric: str, labels: list[str]) -> None:
+    """Refuse an objective the data cannot score: one that needs labels on unlabelled data, link
+    agreement without fragments of one record."""
     from kmervae.distributed.ray_data import validation_must_links
 
-    if sweep.metric in LABELED_KEYS + BIN_KEYS and not labels:
+    if metric in LABELED_KEYS + BIN_KEYS and not labels:
         raise ConfigError(
-            f"--metric {sweep.metric} needs labels, and {data_path} has none; featurize with labels or use val/loss"
+            f"--metric {metric} needs labels, and {data_path} has none; featurize with labels or use val/loss"
         )
-    if sweep.metric == VAL_LINK_AGREEMENT and not validation_must_links(files, base.data, labels):
+    if metric == VAL_LINK_AGREEMENT and not validation_must_links(files, base.data, labels):
         raise ConfigError(
             f"--metric val/link_agreement needs validation contigs cut from one record (ids RECORD:START-END), "
             f"and {data_path} has none; featurize with --fragment-length or rank on another metric"
         )
+
+
+def _check_before_ray(
+    files: DatasetFiles, data_path, base: RunConfig, sweep: SweepConfig, labels: list[str], resume: bool, outputs: Path
+) -> None:
+    """Refuse, before Ray starts, a sweep that cannot run: a --resume of nothing or a new sweep
+    over an old one, storage without room for every trial's checkpoints."""
     storage, sweep_dir = sweep.storage, join(sweep.storage, sweep.name)
     if resume and not exists(sweep_dir):
         raise ConfigError(f"--resume: no sweep '{sweep.name}' in {storage}; run it without --resume first")

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,21 @@ from kmervae.base.metric_keys import (
 from kmervae.base.redact import redact
 from kmervae.distributed.flags import add_cluster_flags, add_settings_flags, add_tracking_flags
 
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
-"""The genomes bundled with the repository (a sweep's data when none is given)."""
-
 BINS = "bins"
 """The binning sweep's objective: val/nc_bins where the data has labels, else val/est_nc_bins."""
-SMOKE = {"samples": 3, "epochs": 2, "max_samples": 600, "batch_size": 64}
+
+
+@dataclass(frozen=True)
+class SmokeSizes:
+    """What `--smoke-test` shrinks a sweep to: trials, epochs, contigs and batch."""
+
+    samples: int = 3
+    epochs: int = 2
+    max_samples: int = 600
+    batch_size: int = 64
+
+
+SMOKE = SmokeSizes()
 GENOME_SPLIT_LABELS = 5
 """With at least this many labels, sweeps validate on whole genomes never trained on (data.val_split=genome)."""
 
@@ -142,16 +152,20 @@ def apply_env_defaults(parser: argparse.ArgumentParser, actions: list[argparse.A
         action.help = (action.help or "") + f" [from ${env_name(action)}]"
 
 
-def default_data(storage: str) -> Path:
-    """The bundled example genomes as 5 kb labelled contigs, featurized once (locally) for `storage`."""
+def default_data(storage: str, examples: Path | None) -> Path:
+    """The example genomes the sweep script names (`examples`: its repository's bundled ones) as
+    5 kb labelled contigs, featurized once (locally) for `storage`."""
+    from kmervae.base.errors import ConfigError
     from kmervae.base.storage import local_outputs, normalize
     from kmervae.features.featurize import FeaturizeSettings, featurize
     from kmervae.features.labels import Labels
 
+    if examples is None:
+        raise ConfigError("no --data given; pass --data FEATURES (a folder written by 'kmervae featurize')")
     out = local_outputs(normalize(storage), "examples-features")
     if not (out / "_kmervae_dataset.json").exists():
         featurize(
-            sorted(EXAMPLES.glob("*.fna.gz")),
+            sorted(examples.glob("*.fna.gz")),
             out,
             FeaturizeSettings(fragment_length=5000, overwrite=True),
             Labels(from_filename=True),
@@ -167,16 +181,18 @@ def sweep_main(
     argv: list[str] | None = None,
     abundance_space: Callable[[Any], Any] | None = None,
     metric: str = "auto",
+    examples: Path | None = None,
 ) -> int:
     """Parse flags, run the sweep, print where everything went. Returns the exit status.
     `abundance_space`, where given, is the space for features with abundance (it adds the
-    abundance branch's settings to `space`'s). `metric`: the script's default objective."""
+    abundance branch's settings to `space`'s). `metric`: the script's default objective.
+    `examples`: a folder of genomes (`*.fna.gz`, one per label) to sweep when --data is not given."""
     from kmervae.tracking.tracker import use_impatient_http
 
     args = parse_args(description, preset, argv, metric)
     use_impatient_http()
     try:
-        return _run(script, args, space, abundance_space)
+        return _run(script, args, space, abundance_space, examples)
     except KmervaeError as err:
         print(f"{script}: error: {redact(str(err))}", file=sys.stderr)
         return 2
@@ -199,13 +215,12 @@ def objective(metric: str, data, base, labels: list[str]) -> str:
     return VAL_LINK_AGREEMENT if validation_must_links(dataset_files(data), base.data, labels) else VAL_LOSS
 
 
-def _run(script: str, args: argparse.Namespace, space, abundance_space=None) -> int:
-    from kmervae.base.feature_table import dataset_files
+def _run(script: str, args: argparse.Namespace, space, abundance_space=None, examples: Path | None = None) -> int:
+    from kmervae.base.feature_table import dataset_files, label_vocabulary
     from kmervae.distributed.console import quiet_console
-    from kmervae.distributed.ray_data import label_vocabulary
     from kmervae.distributed.sweep import check_sweep
 
-    data = args.data or default_data(args.storage)
+    data = args.data or default_data(args.storage, examples)
     files = dataset_files(data)
     labels = label_vocabulary(files)
     if abundance_space is not None and files.format.samples:
@@ -224,21 +239,21 @@ def base_config(args: argparse.Namespace, labels: list[str]):
     """Every trial's settings before the space's: the preset (on `tiny` for a smoke test), the
     epochs, the seed, the smoke sizes, whole-genome validation where the data has labels
     enough and the preset did not choose its split (metagenome: every contig), then --set."""
-    from kmervae.core.config import preset_config
+    from kmervae.core.config import parse_overrides, preset_config
     from kmervae.core.data import held_out_labels
 
     smoke = args.smoke_test
-    epochs = args.epochs or (SMOKE["epochs"] if smoke else 50)
+    given = parse_overrides(args.overrides)  # the one reading of --set; values from here on
     base = preset_config(args.preset, architecture="tiny" if smoke else None)
-    fixed = [f"train.epochs={epochs}", f"train.seed={args.seed}"]
+    fixed: dict[str, object] = {"train.epochs": args.epochs or (SMOKE.epochs if smoke else 50), "train.seed": args.seed}
     if smoke:
-        fixed.append(f"train.batch_size={SMOKE['batch_size']}")
+        fixed["train.batch_size"] = SMOKE.batch_size
         if base.data.val_split != "all":  # a binning preset bins the whole assembly: a subsample has no whole genome
-            fixed.append(f"data.max_samples={SMOKE['max_samples']}")
-    chosen = base.data.val_split != "contig" or any(o.startswith("data.val_split=") for o in args.overrides)
+            fixed["data.max_samples"] = SMOKE.max_samples
+    chosen = base.data.val_split != "contig" or "data.val_split" in given
     if len(labels) >= GENOME_SPLIT_LABELS and not chosen:
-        fixed.append("data.val_split=genome")
-    base = base.with_overrides(fixed + args.overrides)
+        fixed["data.val_split"] = "genome"
+    base = base.with_values({**fixed, **given})
     if base.data.val_split == "genome":
         held = held_out_labels(labels, base.data)
         print(
@@ -256,7 +271,7 @@ def sweep_config(script: str, args: argparse.Namespace, metric: str):
         name=args.name or time.strftime(f"{script}-%Y%m%d-%H%M%S"),
         storage=args.storage,
         metric=metric,
-        num_samples=args.samples or (SMOKE["samples"] if smoke else 16) * args.seeds,
+        num_samples=args.samples or (SMOKE.samples if smoke else 16) * args.seeds,
         max_concurrent=args.max_concurrent,
         workers_per_trial=args.workers_per_trial,
         gpus_per_trial=0.0 if smoke else args.gpus_per_trial,

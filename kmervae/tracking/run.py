@@ -19,8 +19,8 @@ from typing import Any
 
 from kmervae.base.metric_keys import LOWEST_VAL_LOSS, Objective
 from kmervae.core.config import RunConfig
-from kmervae.core.engine import FitResult, fit_local
 from kmervae.core.run_outputs import RunOutputs
+from kmervae.core.run_setup import FitResult, fit_local
 from kmervae.tracking.tracker import OUTBOX_FILE, Tracker, closes_on_error
 
 ENGINE_TAG = "engine"
