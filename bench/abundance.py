@@ -100,7 +100,7 @@ def quality(args: argparse.Namespace) -> None:
             embed(str(fit.best_checkpoint), features, out / "embeddings.parquet", overwrite=True, progress=False)
             result = evaluate(out / "embeddings.parquet", features, seed=seed)
             (out / "evaluation.json").write_text(json.dumps(result, indent=2))
-            scores = result["scores"]
+            scores = result.scores
             rows[(name, seed)] = scores
             vae = scores["vae"]
             print(

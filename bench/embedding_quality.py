@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kmervae.apply.evaluate import baselines, format_table, score  # noqa: E402
+from kmervae.apply.evaluate import Evaluation, baselines, format_table, score  # noqa: E402
 from kmervae.apply.export import Encoder  # noqa: E402
 from kmervae.base.feature_table import FeatureTable, dataset_files  # noqa: E402
 from kmervae.core.checkpoint import load_checkpoint  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> None:
         "scores": scores,
     }
     print(json.dumps({k: v for k, v in report.items() if k != "scores"}))
-    print(format_table(report))
+    print(format_table(Evaluation(len(table), int(mu.shape[1]), len(HELD_OUT), {}, scores)))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

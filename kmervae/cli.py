@@ -335,7 +335,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     if args.epochs is not None:
-        config = config.with_overrides([f"train.epochs={args.epochs}"])
+        config = config.with_train(epochs=args.epochs)
     dataset_files(args.data)  # a bad dataset fails before anything starts
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     train = _train_on_ray if args.engine == "ray" else _train_here
@@ -463,7 +463,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
     rows = best_runs(args.experiment, args.sweep, args.metric, args.top)
     print(format_rows(rows, args.metric))
     if args.download is not None:
-        print(f"downloaded {download_checkpoint(rows[0]['run_id'], args.download)}")
+        print(f"downloaded {download_checkpoint(rows[0].run_id, args.download)}")
     return 0
 
 
@@ -665,7 +665,7 @@ def _add_bin(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bin(args: argparse.Namespace) -> int:
-    from kmervae.apply.binning import bin_contigs, format_quality
+    from kmervae.apply.binning import bin_contigs
     from kmervae.apply.evaluate import log_to_run
 
     result = bin_contigs(
@@ -686,16 +686,10 @@ def _cmd_bin(args: argparse.Namespace) -> int:
         log=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr)),
     )
     if result.quality is not None:
-        print(format_quality(result.quality))
+        print(result.quality.table())
     print("\n".join(result.lines()))
     if args.mlflow_run:
-        metrics = {"bins/count": result.bins, "bins/binned_bases": result.binned_bases}
-        if result.quality is not None:
-            metrics |= {"bins/near_complete": result.quality["near_complete"], "bins/medium": result.quality["medium"]}
-        if result.estimated is not None:
-            e = result.estimated
-            metrics |= {"bins/est_near_complete": e["near_complete"], "bins/est_medium": e["medium"]}
-        log_to_run(args.mlflow_run, metrics, [*result.files], "bins")
+        log_to_run(args.mlflow_run, result.metrics(), [*result.files], "bins")
         print(f"mlflow    logged to run {args.mlflow_run}")
     return 0
 

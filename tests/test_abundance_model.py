@@ -141,7 +141,7 @@ def test_training_with_abundance_reproduces_validation_and_exports_agree(
     written = np.stack(pq.read_table(out).column("embedding").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(written[:37], reference, atol=1e-5)
     assert len(written) == len(FeatureTable.from_parquet(abundance_features))
-    scores = evaluate(out, abundance_features)["scores"]
+    scores = evaluate(out, abundance_features).scores
     assert {"vae", "tnf_zscore", "tnf_abundance"} <= scores.keys()
     assert scores["tnf_abundance"]["knn1_acc"] >= scores["tnf_zscore"]["knn1_acc"]  # genomes differ in depth here
     with pytest.raises(InputError, match="this model has an abundance branch and these features have no 'abundance'"):

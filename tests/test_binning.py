@@ -59,16 +59,16 @@ def test_two_genomes_far_apart_give_two_pure_bins(two_genomes, tmp_path):
     result = bin_contigs(two_genomes["embeddings"], tmp_path / "bins", fasta=[two_genomes["fasta"]])
     assert result.bins == 2 and result.quality is not None
     q = result.quality
-    assert q["near_complete"] == 2 and q["genomes"] == 2
-    assert sorted(b["genome"] for b in q["bins"].values()) == sorted(FAR_APART)
-    assert all(b["purity"] == 1.0 and b["recall"] >= 0.99 for b in q["bins"].values())
+    assert q.near_complete == 2 and q.genomes == 2
+    assert sorted(b.genome for b in q.bins.values()) == sorted(FAR_APART)
+    assert all(b.purity == 1.0 and b.recall >= 0.99 for b in q.bins.values())
     # The tables agree with the quality: bin_summary holds each bin's contigs and bases.
     rows = read_tsv(tmp_path / "bins" / "bins.tsv")
     summary = {r["bin"]: r for r in read_tsv(tmp_path / "bins" / "bin_summary.tsv")}
     assert set(summary) == {"bin_001", "bin_002"}
     for name, row in summary.items():
         assert int(row["contigs"]) == sum(r["bin"] == name for r in rows)
-        assert row["genome"] == q["bins"][name]["genome"]
+        assert row["genome"] == q.bins[name].genome
     # GC of each bin, weighted by bases: S. aureus 0.328, H. pylori 0.389.
     gc = {row["genome"]: float(row["gc"]) for row in summary.values()}
     assert 0.32 < gc[FAR_APART[0]] < 0.335 and 0.38 < gc[FAR_APART[1]] < 0.395
@@ -304,7 +304,7 @@ def test_several_embeddings_of_the_same_contigs_bin_as_one_ensemble(two_genomes,
     assert np.allclose(np.linalg.norm(both.vectors, axis=1), np.sqrt(2), atol=1e-5)  # one unit readout each
 
     result = bin_contigs([two_genomes["embeddings"], second], tmp_path / "bins", labels_tsv=two_genomes["labels"])
-    assert result.quality["near_complete"] == 2
+    assert result.quality.near_complete == 2
 
     fewer = write_embeddings(tmp_path / "fewer.parquet", ids[:-3], None, table.length[:-3], table.gc[:-3], kmer3[:-3])
     out = tmp_path / "refused"

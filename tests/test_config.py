@@ -173,9 +173,14 @@ def test_learning_rate_follows_the_batch_size():
 
 
 def test_runs_say_whether_they_trained_on_labels():
-    assert RunConfig().run_tags() == {"kmervae.uses_labels": "false"}
-    assert RunConfig().with_overrides(["loss.infonce=1"]).run_tags() == {"kmervae.uses_labels": "false"}
-    assert RunConfig().with_overrides(["loss.supcon=0.1"]).run_tags() == {"kmervae.uses_labels": "true"}
+    from kmervae.tracking.run import USES_LABELS_TAG, run_tags
+
+    def uses_labels(config: RunConfig) -> str:
+        return run_tags("local", "x", config)[USES_LABELS_TAG]
+
+    assert uses_labels(RunConfig()) == "false"
+    assert uses_labels(RunConfig().with_overrides(["loss.infonce=1"])) == "false"
+    assert uses_labels(RunConfig().with_overrides(["loss.supcon=0.1"])) == "true"
 
 
 def test_final_keeps_the_seeds_loss_scale():

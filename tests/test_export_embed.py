@@ -230,19 +230,19 @@ def test_scores_of_a_perfect_and_a_random_embedding():
 def test_evaluate_compares_with_the_baselines(exported, example_features, tmp_path):
     out = embed(str(exported["onnx"]), example_features, tmp_path / "emb.parquet", progress=False).out
     result = evaluate(out, example_features)
-    assert list(result["scores"]) == ["vae", "tnf_zscore", "pca8_kmers"]
-    assert result["contigs"] == 1558 and result["labels"] == 5
-    for scores in result["scores"].values():
+    assert list(result.scores) == ["vae", "tnf_zscore", "pca8_kmers"]
+    assert result.contigs == 1558 and result.labels == 5
+    for scores in result.scores.values():
         assert set(scores) == {"knn1_acc", "knn5_acc", "kmeans_ari", "silhouette", "nc_bins", "mq_bins"}
         assert 0.5 < scores["knn5_acc"] <= 1.0  # five genomes: chance is about 0.2
         assert 0 <= scores["nc_bins"] <= scores["mq_bins"] <= 5  # a near-complete bin is also a medium one
-    assert result["scores"]["tnf_zscore"]["nc_bins"] >= 1  # TNF separates these five genomes (RESULTS: 5 of 10)
-    for name, report in result["bins"].items():  # each embedding's bins, per bin, as `kmervae bin` reports them
-        assert report["near_complete"] == result["scores"][name]["nc_bins"] and report["genomes"] == 5
-        assert all(0 < b["purity"] <= 1 and 0 <= b["recall"] <= 1 for b in report["bins"].values())
+    assert result.scores["tnf_zscore"]["nc_bins"] >= 1  # TNF separates these five genomes (RESULTS: 5 of 10)
+    for name, report in result.bins.items():  # each embedding's bins, per bin, as `kmervae bin` reports them
+        assert report.near_complete == result.scores[name]["nc_bins"] and report.genomes == 5
+        assert all(0 < b.purity <= 1 and 0 <= b.recall <= 1 for b in report.bins.values())
     assert "tnf_zscore" in format_table(result)
     unlabeled = evaluate(out)  # the embedding carries labels from the features
-    assert unlabeled["labels"] == 5
+    assert unlabeled.labels == 5
 
 
 def test_a_large_set_is_evaluated_on_a_documented_sample_with_bounded_memory(
@@ -268,7 +268,7 @@ def test_a_large_set_is_evaluated_on_a_documented_sample_with_bounded_memory(
     result = evaluation.evaluate(
         embed(str(exported["onnx"]), example_features, tmp_path / "emb.parquet", progress=False).out
     )
-    assert result["sampled"] == {"knn": 400, "silhouette": 1558} and result["contigs"] == 1558
+    assert result.sampled == {"knn": 400, "silhouette": 1558} and result.contigs == 1558
     assert "kNN accuracy on a sample of 400 contigs, silhouette on 1,558" in format_table(result)
 
 
@@ -329,9 +329,7 @@ def test_evaluation_is_logged_to_an_mlflow_run(exported, example_features, tmp_p
     tracker = Tracker("tests", "eval")
     log_to_mlflow(result, tracker.run_id, write_json(result, tmp_path / "eval.json"))
     metrics = tracker.client.get_run(tracker.run_id).data.metrics
-    assert (
-        metrics["eval/vae/knn5_acc"] == result["scores"]["vae"]["knn5_acc"] and "eval/tnf_zscore/kmeans_ari" in metrics
-    )
+    assert metrics["eval/vae/knn5_acc"] == result.scores["vae"]["knn5_acc"] and "eval/tnf_zscore/kmeans_ari" in metrics
     with pytest.raises(InputError, match="no such run"):
         log_to_mlflow(result, "0" * 32, tmp_path / "eval.json")
     with pytest.raises(InputError, match="no kmervae checkpoint found in MLflow"):
@@ -349,13 +347,13 @@ def test_unlabeled_embeddings_get_silhouette_and_active_units(exported, example_
     table = pq.read_table(out).drop_columns(["label"])
     pq.write_table(table, tmp_path / "unlabeled.parquet")
     result = evaluate(tmp_path / "unlabeled.parquet")
-    assert result["labels"] is None and list(result["scores"]) == ["vae"]
-    assert set(result["scores"]["vae"]) == {"silhouette_kmeans", "active_units"}
+    assert result.labels is None and list(result.scores) == ["vae"]
+    assert set(result.scores["vae"]) == {"silhouette_kmeans", "active_units"}
     # Active units by their definition (Burda et al. 2016), computed here from the vectors:
     # latent dimensions whose mean varies across contigs with variance above 0.01.
     vectors = read_embeddings(tmp_path / "unlabeled.parquet").vectors
     variances = vectors.astype(np.float64).var(axis=0)
-    assert result["scores"]["vae"]["active_units"] == float((variances > 0.01).sum())
+    assert result.scores["vae"]["active_units"] == float((variances > 0.01).sum())
     # The count follows the data: embeddings with two dimensions flattened lose two units.
     flat = vectors.copy()
     live = np.flatnonzero(variances > 0.01)[:2]
@@ -367,7 +365,7 @@ def test_unlabeled_embeddings_get_silhouette_and_active_units(exported, example_
         }
     )
     pq.write_table(flattened, tmp_path / "flat.parquet")
-    assert evaluate(tmp_path / "flat.parquet")["scores"]["vae"]["active_units"] == float(
+    assert evaluate(tmp_path / "flat.parquet").scores["vae"]["active_units"] == float(
         (variances > 0.01).sum() - len(live)
     )
 

@@ -136,7 +136,7 @@ def test_bin_estimates_quality_beside_the_truth(assembly, tmp_path):
     # Both bacteria are estimated near-complete. The truth may count one fewer: TNF puts the 179 kb
     # phage into a bacterium's bin, and a phage carries no marker gene, so markers cannot see it
     # (nor can CheckM's): an estimate judges contamination by other prokaryotes only.
-    assert est["near_complete"] == 2 and truth["near_complete"] >= 1
+    assert est.near_complete == 2 and truth.near_complete >= 1
     rows = {r["bin"]: r for r in csv.DictReader(open(out / "bin_summary.tsv"), delimiter="\t")}
     for row in rows.values():
         if row["genome"] in GENOMES[:2]:
@@ -156,7 +156,7 @@ def test_bin_finds_markers_itself_from_the_fasta_and_keeps_them(assembly, tmp_pa
     # The contigs cut from the FASTA where bin placed them: the same table as the command's.
     assert (out / "markers.tsv").read_text() == assembly["markers"].read_text()
     again = bin_contigs(assembly["embeddings"], tmp_path / "again", markers_tsv=out / "markers.tsv")
-    assert again.estimated["near_complete"] == 2
+    assert again.estimated.near_complete == 2
 
 
 def test_bad_input_is_one_line_and_leaves_nothing(assembly, tmp_path, examples_dir):
@@ -320,10 +320,10 @@ def test_bin_reclusters_only_with_markers(assembly, tmp_path):
     with pytest.raises(ConfigError, match="--recluster kmeans splits bins by their marker genes: give --markers"):
         bin_contigs(assembly["embeddings"], tmp_path / "bins", recluster="kmeans")
     result = bin_contigs(assembly["embeddings"], tmp_path / "bins", markers_tsv=assembly["markers"], recluster="kmeans")
-    assert result.estimated["near_complete"] == 2 and not (tmp_path / "bins" / "markers.tsv").exists()
+    assert result.estimated.near_complete == 2 and not (tmp_path / "bins" / "markers.tsv").exists()
     # The grid partitions at each of its resolutions itself (no first clustering to redo).
     grid = bin_contigs(assembly["embeddings"], tmp_path / "grid", markers_tsv=assembly["markers"], recluster="grid")
-    assert grid.estimated["near_complete"] == 2
+    assert grid.estimated.near_complete == 2
     # With markers the default is `unmarked`, without them `none`; the summary says which.
     default = bin_contigs(assembly["embeddings"], tmp_path / "default", markers_tsv=assembly["markers"])
     plain = bin_contigs(assembly["embeddings"], tmp_path / "plain", find_markers=False)

@@ -185,9 +185,9 @@ def test_a_stopped_sweep_job_resumes_without_duplicates(
     best = {
         c.info.run_id: max(m.value for m in client.get_metric_history(c.info.run_id, "val/nc_bins")) for c in children
     }
-    assert [r["val/nc_bins"] for r in rows] == sorted(best.values(), reverse=True)
-    assert best[best_child.info.run_id] == rows[0]["val/nc_bins"]  # ties rank in any order
-    assert download_checkpoint(rows[0]["run_id"], tmp_path / "picked").name == "best.pt"
+    assert [r.value for r in rows] == sorted(best.values(), reverse=True) and rows[0].metric == "val/nc_bins"
+    assert best[best_child.info.run_id] == rows[0].value  # ties rank in any order
+    assert download_checkpoint(rows[0].run_id, tmp_path / "picked").name == "best.pt"
     # The registered model is an MLflow pyfunc: loadable as it is, and exportable again.
     assert export("models:/kmervae-encoder@champion", "onnx", tmp_path / "champion.onnx").exists()
 

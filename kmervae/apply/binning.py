@@ -29,15 +29,24 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from kmervae.apply.embed import read_ensemble
 from kmervae.base.errors import ConfigError, InputError, OutputError
 from kmervae.base.feature_contract import fragment_contig_id, fragment_span
+from kmervae.base.feature_table import contig_labels
+from kmervae.base.metric_keys import (
+    BINS_BINNED_BASES,
+    BINS_COUNT,
+    BINS_EST_MEDIUM,
+    BINS_EST_NEAR_COMPLETE,
+    BINS_MEDIUM,
+    BINS_NEAR_COMPLETE,
+)
 from kmervae.binning import bins, markers
 from kmervae.binning import recluster as reclustering
+from kmervae.binning.reports import EstimateReport, QualityReport
 
 UNBINNED_NAME = "unbinned"
 SUMMARY_JSON = "summary.json"
@@ -73,13 +82,22 @@ class BinResult:
     method: str
     min_bin_size: int
     recluster: str = "none"  # how the bins were reclustered by their markers (`recluster.METHODS`)
-    quality: dict[str, Any] | None = None
-    estimated: dict[str, Any] | None = None
+    quality: QualityReport | None = None  # against the labels, where there are labels
+    estimated: EstimateReport | None = None  # by marker genes, where they are known
     markers_written: Path | None = None
     fasta_files: int = 0
     split_records: int = 0
     fasta_records_unused: int = 0
     files: list[Path] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """The counts `kmervae bin --mlflow-run` logs."""
+        metrics = {BINS_COUNT: self.bins, BINS_BINNED_BASES: self.binned_bases}
+        if self.quality is not None:
+            metrics |= {BINS_NEAR_COMPLETE: self.quality.near_complete, BINS_MEDIUM: self.quality.medium}
+        if self.estimated is not None:
+            metrics |= {BINS_EST_NEAR_COMPLETE: self.estimated.near_complete, BINS_EST_MEDIUM: self.estimated.medium}
+        return metrics
 
     def lines(self) -> list[str]:
         """The end-of-run summary."""
@@ -89,18 +107,16 @@ class BinResult:
             f"{'' if self.recluster == 'none' else ', reclustered: ' + self.recluster}); "
             f"{share:.1%} of {self.total_bases:,} bases binned",
         ]
-        if self.quality is not None:
-            q = self.quality
+        if (q := self.quality) is not None:
             out.append(
-                f"quality   {q['near_complete']} near-complete bin(s) (recall >= 0.9, purity >= 0.95), "
-                f"{q['medium']} at recall >= 0.5, purity >= 0.9, of {q['genomes']} genome(s)"
+                f"quality   {q.near_complete} near-complete bin(s) (recall >= 0.9, purity >= 0.95), "
+                f"{q.medium} at recall >= 0.5, purity >= 0.9, of {q.genomes} genome(s)"
             )
-        if self.estimated is not None:
-            e = self.estimated
+        if (e := self.estimated) is not None:
             out.append(
-                f"estimated {e['near_complete']} near-complete bin(s) (completeness >= 90%, contamination <= 5%), "
-                f"{e['medium']} at >= 50% / <= 10%, by {e['sets'].get('bacteria', 0)} bacterial marker genes; "
-                f"{e['not_judged']} bin(s) not judged (archaea, phages, plasmids, fragments: see bin_summary.tsv)"
+                f"estimated {e.near_complete} near-complete bin(s) (completeness >= 90%, contamination <= 5%), "
+                f"{e.medium} at >= 50% / <= 10%, by {e.sets.get('bacteria', 0)} bacterial marker genes; "
+                f"{e.not_judged} bin(s) not judged (archaea, phages, plasmids, fragments: see bin_summary.tsv)"
             )
         if self.markers_written is not None:
             out.append(f"markers   {self.markers_written} (pass it as --markers to bin this assembly again sooner)")
@@ -132,23 +148,6 @@ def read_labels_tsv(path: Path, ids: np.ndarray) -> np.ndarray:
     if all(label is None for label in labels):
         raise InputError(f"{path}: labels none of the embedded contigs (e.g. '{ids[0]}'); is it for this assembly?")
     return labels
-
-
-def feature_labels(features: Path, ids: np.ndarray) -> np.ndarray:
-    """Labels of `ids` from a feature dataset, refusing embeddings of another dataset."""
-    from kmervae.base.feature_table import FeatureTable
-
-    table = FeatureTable.from_parquet(features)
-    if table.labels is None:
-        raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
-    lookup = dict(zip(table.contig_ids, table.labels, strict=True))
-    missing = [cid for cid in ids if cid not in lookup]
-    if missing:
-        raise InputError(
-            f"{features}: has no row for {len(missing):,} of the {len(ids):,} embedded contigs (e.g. '{missing[0]}'): "
-            "the embeddings come from another dataset; give the features they were embedded from"
-        )
-    return np.asarray([lookup[cid] for cid in ids], dtype=object)
 
 
 def place_contigs(
@@ -283,56 +282,6 @@ def wrap(sequence: bytes, width: int = 80) -> bytes:
     return b"".join(sequence[i : i + width] + b"\n" for i in range(0, len(sequence), width))
 
 
-def quality_report(q: bins.BinQuality, names: list[str], labelled: int) -> dict[str, Any]:
-    """The JSON form of a bin quality: levels, the grid and per-bin numbers."""
-    return {
-        "genomes": len(q.genomes),
-        "labelled_contigs": labelled,
-        "near_complete": q.near_complete,
-        "medium": q.count(*bins.MEDIUM),
-        "grid": q.grid(),
-        "bins": {
-            name: {
-                "genome": q.genomes[q.main[i]] if q.main[i] >= 0 else None,
-                "purity": round(float(q.purity[i]), 6),
-                "recall": round(float(q.recall[i]), 6),
-            }
-            for i, name in enumerate(names)
-        },
-    }
-
-
-def estimated_report(est: markers.BinEstimates, names: list[str], sets: dict[str, int]) -> dict[str, Any]:
-    """The JSON form of the marker estimates: counts and per-bin numbers."""
-    return {
-        "sets": sets,
-        "near_complete": est.near_complete,
-        "medium": est.medium,
-        "not_judged": est.not_judged,
-        "score": round(est.score(), 6),
-        "bins": {
-            name: {
-                "completeness": round(float(est.completeness[i]), 6),
-                "contamination": round(float(est.contamination[i]), 6),
-                "marker_set": str(est.domain[i]),
-                "judged": bool(est.judged[i]),
-                "note": est.note(i),
-            }
-            for i, name in enumerate(names)
-        },
-    }
-
-
-def format_quality(quality: dict[str, Any]) -> str:
-    """Bins at each recall (columns) and purity (rows) level, as AMBER's tables."""
-    head = f"{'bins at':<14}" + "".join(f"{'recall>=' + str(r):>13}" for r in bins.RECALLS)
-    lines = [head]
-    for p in bins.PURITIES:
-        row = "".join(f"{quality['grid'][f'recall>={r},purity>={p}']:>13}" for r in bins.RECALLS)
-        lines.append(f"{'purity>=' + str(p):<14}" + row)
-    return "\n".join(lines)
-
-
 def contig_markers(fasta: Sequence[Path], ids: np.ndarray, placements: list[Placement], log) -> markers.MarkerTable:
     """Marker genes of the embedded contigs, cut from the FASTA where `place_contigs` found them."""
     from kmervae.binning.marker_search import find_markers
@@ -411,7 +360,7 @@ def bin_contigs(
     if labels_tsv is not None:
         labels = read_labels_tsv(labels_tsv, ids)
     elif labels_from_features is not None:
-        labels = feature_labels(labels_from_features, ids)
+        labels = contig_labels(labels_from_features, ids, every=True)[0]
     table = found = None
     if markers_tsv is not None:
         table = markers.read_markers(markers_tsv)
@@ -443,12 +392,12 @@ def bin_contigs(
     ))  # fmt: skip
     estimated = None
     if present is not None:
-        estimated = estimated_report(markers.estimate_bins(codes, present), names, table.sets)
+        estimated = EstimateReport.of(markers.estimate_bins(codes, present), names, table.sets)
 
     quality = None
     if labels is not None and any(label is not None for label in labels):
         q = bins.bin_quality(codes, labels, lengths)
-        quality = quality_report(q, names, int(sum(label is not None for label in labels)))
+        quality = QualityReport.of(q, names, int(sum(label is not None for label in labels)))
 
     result = BinResult(
         out=out,
@@ -529,11 +478,11 @@ def _write_tables(folder: Path, ids, codes, names, lengths, gc, result: BinResul
             row = [name, int(member.sum()), bases]
             row.append(f"{float((gc[member] * lengths[member]).sum() / bases):.4f}" if gc is not None else "NA")
             if quality:
-                b = quality["bins"][name]
-                row += [b["genome"] or "NA", f"{b['purity']:.4f}", f"{b['recall']:.4f}"]
+                b = quality.bins[name]
+                row += [b.genome or "NA", f"{b.purity:.4f}", f"{b.recall:.4f}"]
             if estimated:
-                e = estimated["bins"][name]
-                row += [f"{e['completeness']:.4f}", f"{e['contamination']:.4f}", e["marker_set"], e["note"] or "judged"]
+                e = estimated.bins[name]
+                row += [f"{e.completeness:.4f}", f"{e.contamination:.4f}", e.marker_set, e.note or "judged"]
             writer.writerow(row)
     summary = {
         "contigs": result.contigs,
@@ -543,7 +492,7 @@ def _write_tables(folder: Path, ids, codes, names, lengths, gc, result: BinResul
         "method": result.method,
         "min_bin_size": result.min_bin_size,
         "recluster": result.recluster,
-        "quality": quality,
-        "estimated": estimated,
+        "quality": quality.to_json() if quality else None,
+        "estimated": estimated.to_json() if estimated else None,
     }
     (folder / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")

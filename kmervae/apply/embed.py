@@ -26,7 +26,7 @@ import torch
 
 from kmervae.base.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from kmervae.base.feature_contract import ABUNDANCE, KMER_COLUMNS, MODEL_INPUTS, input_columns
-from kmervae.base.feature_table import dataset_files, decode_inputs
+from kmervae.base.feature_table import dataset_files, decode_inputs, has_labels
 from kmervae.binning.bins import readout
 
 Embedder = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -190,11 +190,6 @@ def check_embed_job(features: str | Path, out: str | Path, batch_size: int, over
     if out.exists() and not (overwrite and out.is_file()):
         raise OutputError(f"{out}: exists; choose another -o or pass --overwrite")
     return files
-
-
-def has_labels(files) -> bool:
-    """Whether every file of a dataset has a label column."""
-    return all("label" in pq.read_schema(p).names for p in files.paths)
 
 
 def embed_columns(files, labeled: bool) -> list[str]:

@@ -26,14 +26,18 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kmervae.apply.embed import has_labels, read_embeddings
+from kmervae.apply.embed import read_embeddings
 from kmervae.base.errors import ConfigError, InputError
+from kmervae.base.feature_table import contig_labels
+from kmervae.base.metric_keys import eval_key
 from kmervae.binning import bins
+from kmervae.binning.reports import QualityReport
 from kmervae.core.metrics import ACTIVE_UNIT_THRESHOLD
 
 COUNTS = ("nc_bins", "mq_bins", "active_units")
@@ -52,14 +56,17 @@ log-frequencies: 0.3 GB)."""
 
 
 def score(
-    x: np.ndarray,
-    labels: np.ndarray | None,
-    seed: int = 0,
-    lengths: np.ndarray | None = None,
-    bin_report: dict[str, Any] | None = None,
+    x: np.ndarray, labels: np.ndarray | None, seed: int = 0, lengths: np.ndarray | None = None
 ) -> dict[str, float]:
-    """The scores of one embedding (rows = contigs); bin counts too when `lengths` are given,
-    and then the bins' own quality (per bin: genome, purity, recall) in `bin_report`."""
+    """The scores of one embedding (rows = contigs); bin counts too when `lengths` are given."""
+    return score_and_bins(x, labels, seed, lengths)[0]
+
+
+def score_and_bins(
+    x: np.ndarray, labels: np.ndarray | None, seed: int = 0, lengths: np.ndarray | None = None
+) -> tuple[dict[str, float], QualityReport | None]:
+    """`score`, and with labels and `lengths` the quality of the bins `kmervae bin` would make
+    (per bin: genome, purity, recall)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, silhouette_score
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -74,7 +81,7 @@ def score(
         return {
             "silhouette_kmeans": float(silhouette_score(x[sample], clusters[sample], metric="cosine")),
             "active_units": float((x.var(axis=0) > ACTIVE_UNIT_THRESHOLD).sum()),
-        }
+        }, None
     names, codes = np.unique(labels.astype(str), return_inverse=True)
     folds = min(5, int(np.bincount(codes[knn_rows]).min()))
     if folds < 2 or len(names) < 2:
@@ -87,15 +94,15 @@ def score(
     clusters = KMeans(n_clusters=len(names), n_init=10, random_state=seed).fit_predict(x)
     out["kmeans_ari"] = float(adjusted_rand_score(codes, clusters))
     out["silhouette"] = float(silhouette_score(x[sample], codes[sample], metric="cosine"))
+    report = None
     if lengths is not None:
-        from kmervae.apply.binning import bin_names, quality_report
+        from kmervae.apply.binning import bin_names
 
         quality = bins.bin_quality(bins.cluster(x, lengths, seed=seed), labels, lengths)
         out["nc_bins"] = float(quality.near_complete)
-        if bin_report is not None:
-            bin_report.update(quality_report(quality, bin_names(len(quality.main)), len(labels)))
+        report = QualityReport.of(quality, bin_names(len(quality.main)), len(labels))
         out["mq_bins"] = float(quality.count(*bins.MEDIUM))
-    return out
+    return out, report
 
 
 def zscore(x: np.ndarray) -> np.ndarray:
@@ -182,26 +189,33 @@ def all_kmers(x) -> np.ndarray:
     return np.hstack([x.kmer7.numpy(), x.kmer4.numpy(), x.kmer3.numpy()])
 
 
-def labels_from(features: str | Path, contig_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (None where absent) and lengths (0 where absent) of `contig_ids`, read from a
-    feature dataset's id, label and length columns alone (its counts would not fit at scale)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+@dataclass
+class Evaluation:
+    """What `kmervae evaluate` measured: every embedding's scores (the model's, `vae`, and the
+    baselines') and, with labels and lengths, the quality of the bins each would make."""
 
-    from kmervae.base.feature_table import dataset_files
+    contigs: int
+    latent_dim: int
+    labels: int | None  # distinct labels; None for an unlabelled set
+    sampled: dict[str, int]  # contigs the O(n^2) scores used: {"knn": n, "silhouette": n}
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # embedding -> score -> value
+    bins: dict[str, QualityReport] | None = None  # embedding -> its bins' quality
 
-    files = dataset_files(features)
-    if not has_labels(files):
-        raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
-    table = pa.concat_tables(pq.read_table(p, columns=["contig_id", "label", "length"]) for p in files.paths)
-    if table.column("label").null_count == len(table):
-        raise InputError(f"{features}: has no labels; featurize with --label-from-filename or --labels")
-    row = {cid: i for i, cid in enumerate(table.column("contig_id").to_pylist())}
-    rows = [row.get(cid) for cid in contig_ids]
-    known_labels, known_lengths = table.column("label").to_pylist(), table.column("length").to_numpy()
-    labels = np.array([None if i is None else known_labels[i] for i in rows], dtype=object)
-    lengths = np.array([0 if i is None else known_lengths[i] for i in rows], dtype=np.int64)
-    return labels, lengths
+    def add(self, name: str, scores: dict[str, float], report: QualityReport | None) -> None:
+        self.scores[name] = scores
+        if self.bins is not None and report is not None:
+            self.bins[name] = report
+
+    def metrics(self) -> dict[str, float]:
+        """The scores as MLflow metrics (`eval_key`)."""
+        return {eval_key(name, key): value for name, values in self.scores.items() for key, value in values.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"contigs": self.contigs, "latent_dim": self.latent_dim, "labels": self.labels}
+        out |= {"scores": self.scores, "sampled": self.sampled}
+        if self.bins is not None:
+            out["bins"] = {name: report.to_json() for name, report in self.bins.items()}
+        return out
 
 
 def evaluate(
@@ -209,7 +223,7 @@ def evaluate(
     features: str | Path | None = None,
     seed: int = 0,
     log: Callable[[str], None] = lambda line: None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Scores of the embedding and, when features are given, of the baselines on the same
     contigs; `log` hears each stage as it ends (k-means and kNN take minutes on 100k contigs)."""
     started = time.perf_counter()
@@ -219,7 +233,7 @@ def evaluate(
 
     ids, x, labels, lengths, _ = read_embeddings(embeddings)
     if features is not None:
-        labels, feature_lengths = labels_from(features, ids)
+        labels, feature_lengths = contig_labels(features, ids)
         if lengths is None:  # embeddings written before embed copied the lengths
             lengths = feature_lengths
     if labels is not None:
@@ -227,32 +241,32 @@ def evaluate(
         ids, x, labels = ids[known], x[known], labels[known]
         lengths = lengths[known] if lengths is not None else None
     done(f"read {len(ids):,} embedded contig(s)" + (f" with {len(set(labels))} label(s)" if labels is not None else ""))
-    result: dict[str, Any] = {"contigs": int(len(ids)), "latent_dim": int(x.shape[1]), "labels": None, "scores": {}}
-    # The O(n^2) scores' contigs: a seeded uniform sample where the set is larger.
-    result["sampled"] = {"knn": min(len(ids), KNN_MAX), "silhouette": min(len(ids), SILHOUETTE_MAX)}
-    if labels is not None:
-        result["labels"] = int(len(set(labels)))
-    if lengths is not None and labels is not None:
-        result["bins"] = {}  # per embedding: the bins `kmervae bin` would make and their quality
-    report = lambda name: result["bins"].setdefault(name, {}) if "bins" in result else None  # noqa: E731
-    result["scores"]["vae"] = score(x, labels, seed, lengths, report("vae"))
+    result = Evaluation(
+        contigs=int(len(ids)),
+        latent_dim=int(x.shape[1]),
+        labels=int(len(set(labels))) if labels is not None else None,
+        # The O(n^2) scores' contigs: a seeded uniform sample where the set is larger.
+        sampled={"knn": min(len(ids), KNN_MAX), "silhouette": min(len(ids), SILHOUETTE_MAX)},
+        bins={} if lengths is not None and labels is not None else None,
+    )
+    result.add("vae", *score_and_bins(x, labels, seed, lengths))
     done("scored the embedding")
     if labels is None:
         return result
     if features is not None:
         for name, values in baselines(features, ids, x.shape[1], seed).items():
-            result["scores"][name] = score(values, labels, seed, lengths, report(name))
+            result.add(name, *score_and_bins(values, labels, seed, lengths))
             done(f"scored the baseline {name}")
     return result
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_table(result: Evaluation) -> str:
     """The scores as an aligned text table, one row per embedding."""
-    rows = result["scores"]
+    rows = result.scores
     keys = list(next(iter(rows.values())))
-    lines = [f"{result['contigs']:,} contigs, {result['labels'] or 'no'} labels, latent dim {result['latent_dim']}"]
-    sampled = result.get("sampled", {})
-    if any(n < result["contigs"] for n in sampled.values()):
+    lines = [f"{result.contigs:,} contigs, {result.labels or 'no'} labels, latent dim {result.latent_dim}"]
+    sampled = result.sampled
+    if any(n < result.contigs for n in sampled.values()):
         lines.append(
             "kNN accuracy on a sample of {knn:,} contigs, silhouette on {silhouette:,}; the rest on all".format(
                 **sampled
@@ -266,10 +280,9 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def log_to_mlflow(result: dict[str, Any], run_id: str, json_path: Path) -> None:
+def log_to_mlflow(result: Evaluation, run_id: str, json_path: Path) -> None:
     """Add the scores as metrics (eval/<embedding>/<score>) and the JSON to an MLflow run."""
-    scores = {f"eval/{name}/{key}": value for name, values in result["scores"].items() for key, value in values.items()}
-    log_to_run(run_id, scores, [json_path], "evaluation")
+    log_to_run(run_id, result.metrics(), [json_path], "evaluation")
 
 
 def log_to_run(run_id: str, metrics: dict[str, float], files: list[Path], artifact_path: str) -> None:
@@ -298,6 +311,6 @@ def log_to_run(run_id: str, metrics: dict[str, float], files: list[Path], artifa
         raise InputError(f"--mlflow-run {run_id}: no such run in {uri}") from None
 
 
-def write_json(result: dict[str, Any], path: Path) -> Path:
-    path.write_text(json.dumps(result, indent=2) + "\n")
+def write_json(result: Evaluation, path: Path) -> Path:
+    path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return path

@@ -25,6 +25,7 @@ from kmervae.core.checkpoint import Checkpoint, load_checkpoint
 from kmervae.core.config import ModelConfig
 from kmervae.core.model import N3, N4, N7, BranchedVAE, embedding_dim
 from kmervae.tracking.checkpoints import CHECKPOINT_IN_MODEL, fetch_checkpoint, is_run_id
+from kmervae.tracking.run import EXPORT_FORMAT_TAG
 
 FORMATS = ("torchscript", "onnx", "mlflow")
 COUNT_DTYPE = torch.int32
@@ -214,7 +215,7 @@ def register(path: Path, fmt: str, name: str, alias: str | None, experiment: str
     """Log an exported model to an MLflow run and register it; returns its models:/ URI."""
     from kmervae.tracking.tracker import Tracker
 
-    tracker = Tracker(experiment, f"export-{fmt}", tags={"kmervae.export_format": fmt})
+    tracker = Tracker(experiment, f"export-{fmt}", tags={EXPORT_FORMAT_TAG: fmt})
     if path.is_dir():
         tracker.log_folder(path, "model")
     else:

@@ -268,3 +268,36 @@ def label_vocabulary(files: DatasetFiles) -> list[str]:
         column = pq.read_table(path, columns=["label"]).column("label")
         labels.update(v for v in pc.unique(column).to_pylist() if v is not None)
     return sorted(labels)
+
+
+def has_labels(files: DatasetFiles) -> bool:
+    """Whether every file of a dataset has a label column."""
+    return all("label" in pq.read_schema(p).names for p in files.paths)
+
+
+def contig_labels(
+    features: str | os.PathLike[str], contig_ids: np.ndarray, *, every: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The one reader of embedded contigs' labels: labels (None where absent) and lengths (0 where
+    absent) of `contig_ids`, from a feature dataset's id, label and length columns alone (its
+    counts would not fit at scale). `every`: refuse ids the dataset lacks (embeddings of another
+    dataset) instead of leaving them unlabelled."""
+    files = dataset_files(features)
+    no_labels = f"{features}: has no labels; featurize with --label-from-filename or --labels"
+    if not has_labels(files):
+        raise InputError(no_labels)
+    table = pa.concat_tables(pq.read_table(p, columns=["contig_id", "label", "length"]) for p in files.paths)
+    if table.column("label").null_count == len(table):
+        raise InputError(no_labels)
+    row = {cid: i for i, cid in enumerate(table.column("contig_id").to_pylist())}
+    rows = [row.get(cid) for cid in contig_ids]
+    if every and (missing := [cid for cid, i in zip(contig_ids, rows, strict=True) if i is None]):
+        raise InputError(
+            f"{features}: has no row for {len(missing):,} of the {len(contig_ids):,} embedded contigs "
+            f"(e.g. '{missing[0]}'): the embeddings come from another dataset; "
+            "give the features they were embedded from"
+        )
+    known_labels, known_lengths = table.column("label").to_pylist(), table.column("length").to_numpy()
+    labels = np.array([None if i is None else known_labels[i] for i in rows], dtype=object)
+    lengths = np.array([0 if i is None else known_lengths[i] for i in rows], dtype=np.int64)
+    return labels, lengths

@@ -77,6 +77,24 @@ BIN_KEYS = (VAL_NC_BINS,)
 EST_BIN_KEYS = (VAL_EST_NC_BINS,)
 
 
+# What `kmervae bin --mlflow-run` adds to a run (once, at step 0).
+BINS = "bins/"
+BINS_COUNT = BINS + "count"
+BINS_BINNED_BASES = BINS + "binned_bases"
+BINS_NEAR_COMPLETE = BINS + "near_complete"
+BINS_MEDIUM = BINS + "medium"
+BINS_EST_NEAR_COMPLETE = BINS + "est_near_complete"
+BINS_EST_MEDIUM = BINS + "est_medium"
+
+EVAL = "eval/"
+"""What `kmervae evaluate --mlflow-run` adds: `eval_key(embedding, score)`."""
+
+
+def eval_key(embedding: str, score: str) -> str:
+    """The MLflow name of one embedding's score, e.g. eval/vae/knn1_acc or eval/tnf_zscore/nc_bins."""
+    return f"{EVAL}{embedding}/{score}"
+
+
 def epoch_keys(*, gated: bool, abundance: bool, labeled: bool, bins: bool, est_bins: bool = False) -> frozenset[str]:
     """Exactly the keys each epoch of a run reports (the contract above): of a gated model or
     not, with an abundance branch or not, on labelled data or not, binning (train.nc_bins) or not,

@@ -229,8 +229,13 @@ class BinQuality:
         return self.count(*NEAR_COMPLETE)
 
     def grid(self) -> dict[str, int]:
-        """Bins at every (recall, purity) threshold pair, keys 'recall>=R,purity>=P'."""
-        return {f"recall>={r},purity>={p}": self.count(r, p) for p in PURITIES for r in RECALLS}
+        """Bins at every (recall, purity) threshold pair, by `grid_key`."""
+        return {grid_key(r, p): self.count(r, p) for p in PURITIES for r in RECALLS}
+
+
+def grid_key(recall: float, purity: float) -> str:
+    """A cell of the quality grid as summary.json names it: 'recall>=R,purity>=P'."""
+    return f"recall>={recall},purity>={purity}"
 
 
 def bin_quality(codes: np.ndarray, labels, lengths: np.ndarray) -> BinQuality:

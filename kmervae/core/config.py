@@ -578,11 +578,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
-    def run_tags(self) -> dict[str, str]:
-        """MLflow tags every run of this configuration carries: whether training read genome labels
-        (a supervised term), so label-free and supervised models are never compared unawares."""
-        return {"kmervae.uses_labels": str(self.loss.uses_labels).lower()}
-
     def for_data(self, samples: tuple[str, ...]) -> RunConfig:
         """This configuration for features whose abundance column has `samples` (empty: none):
         `model.abundance_samples` set from them, the one way every trainer sets it, and

@@ -137,10 +137,7 @@ class _Canvas:
 
 def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
     """Draw the branched architecture (PNG or SVG by suffix) and return the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: nothing process-wide (backend, figure registry) changes
 
     path = Path(path)
     lanes, widths, inputs, heads = _branches(cfg)
@@ -148,7 +145,8 @@ def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
     depth = max(len(w) for w in widths.values())
     trunk = cfg.trunk_widths
     fig_w = 2.0 + 1.25 * (2 * depth + 2 * len(trunk) + 6)
-    fig, ax = plt.subplots(figsize=(fig_w, 5.6 if cfg.uses_abundance else 4.6))
+    fig = Figure(figsize=(fig_w, 5.6 if cfg.uses_abundance else 4.6))
+    ax = fig.subplots()
     ax.axis("off")
     canvas = _Canvas(ax)
     ends = {k: canvas.chain(canvas.box(0.0, y, inputs[k], "in"), widths[k], "enc") for k, y in lanes.items()}
@@ -180,5 +178,4 @@ def draw_diagram(cfg: ModelConfig, path: str | Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
-    plt.close(fig)
     return path

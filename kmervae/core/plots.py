@@ -33,10 +33,7 @@ def spans_orders(values) -> bool:
 
 def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
     """Three panels over epochs: train/val loss; val MSE per feature group; KL, active units, kNN."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: nothing process-wide (backend, figure registry) changes
 
     epochs = [int(m[EPOCH]) + 1 for m in history]
 
@@ -44,7 +41,8 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
         values = [m.get(key) for m in history]
         return None if all(v is None for v in values) else [float("nan") if v is None else v for v in values]
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for key in (TRAIN_LOSS, VAL_LOSS, VAL_RECON):
         if (values := series(key)) is not None:
             axes[0].plot(epochs, values, label=key, marker=".")
@@ -88,5 +86,4 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

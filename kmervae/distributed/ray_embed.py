@@ -27,12 +27,11 @@ from kmervae.apply.embed import (
     decode_batch,
     embed_columns,
     embedded_table,
-    has_labels,
     load_embedder,
     write_embedding_tables,
 )
 from kmervae.base.errors import ConfigError
-from kmervae.base.feature_table import read_keys
+from kmervae.base.feature_table import has_labels, read_keys
 from kmervae.distributed.ray_engine import DATA_CPUS, cluster_capacity, init_ray
 
 

@@ -41,7 +41,7 @@ from kmervae.core.run_setup import plan_run, start_run
 from kmervae.distributed import console
 from kmervae.distributed.console import RELAY_MARK
 from kmervae.distributed.ray_data import StreamedShards, gather_shard
-from kmervae.tracking.run import record_outputs, training_run
+from kmervae.tracking.run import STORAGE_TAG, record_outputs, training_run
 from kmervae.tracking.tracker import (
     Outbox,
     check_reachable,
@@ -313,7 +313,7 @@ def fit_ray(
         uri=tracking_uri(mlflow_dir),
         data_path=data_path,
         preset=preset,
-        **{"kmervae.storage": str(storage)},
+        **{STORAGE_TAG: str(storage)},
     )
     check_room(storage, spec.outputs.folder, checkpoint_bytes(config))
     if spec.experiment:

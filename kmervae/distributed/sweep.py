@@ -53,7 +53,16 @@ from kmervae.distributed.sweep_report import (
     space_distributions,
     trial_outputs,
 )
-from kmervae.tracking.run import RunSpec, training_run
+from kmervae.tracking.run import (
+    FAILURE_TAG,
+    ROLE_TAG,
+    STOPPED_EARLY_TAG,
+    STORAGE_TAG,
+    SWEEP_TAG,
+    TRIAL_ID_TAG,
+    RunSpec,
+    training_run,
+)
 from kmervae.tracking.tracker import OUTBOX_FILE, check_reachable, closes_on_error, tag_filter, tracking_uri
 
 LOG_NAME = "sweep.log"
@@ -149,7 +158,6 @@ def run_trial(
     val_ds,
     parent_run_id,
     mlflow_uri,
-    extra,
     data_bytes: int = 0,
     markers: KeyedMarkers | None = None,
 ) -> None:
@@ -160,7 +168,7 @@ def run_trial(
     from kmervae.tracking.tracker import use_impatient_http
 
     use_impatient_http()  # a trial's actor is a process of its own
-    config = trial_config(base, {**extra, **tune_config})
+    config = trial_config(base, tune_config)
     trial_id = ray.tune.get_context().get_trial_id()
     storage = join(sweep.storage, sweep.name, "trials")
     spec = trial_run(sweep, trial_id, mlflow_uri, parent_run_id, config, tune_config)
@@ -181,7 +189,7 @@ def run_trial(
         fit(trainer)
     except BaseException as err:
         if tracker is not None:
-            tracker.set_tag("kmervae.failure", root_cause(err))
+            tracker.set_tag(FAILURE_TAG, root_cause(err))
             tracker.finish("FAILED")
         raise
     # Nothing after fit() is guaranteed to run: ASHA stops a trial (killing this actor) as
@@ -258,7 +266,7 @@ def trial_run(
         objective=sweep.objective,
         parent_run_id=parent_run_id,
         extra_params={"trial": {"id": trial_id, **sampled}},
-        **{"kmervae.sweep": sweep.name, "kmervae.trial_id": str(trial_id)},
+        **{SWEEP_TAG: sweep.name, TRIAL_ID_TAG: str(trial_id)},
     )
 
 
@@ -342,7 +350,6 @@ class CheckedSweep:
                 val_ds=val_ds,
                 parent_run_id=tracker.run_id if tracker else None,
                 mlflow_uri=tracker.uri if tracker else None,
-                extra={},
                 data_bytes=decoded_bytes(files, base.data),
                 markers=self.markers,
             ),
@@ -509,7 +516,7 @@ def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunCon
     """The sweep's MLflow parent run (the same one again on --resume)."""
     from kmervae.tracking.tracker import Tracker
 
-    tags = {"kmervae.sweep": sweep.name, "kmervae.role": "sweep", "kmervae.storage": sweep.storage}
+    tags = {SWEEP_TAG: sweep.name, ROLE_TAG: "sweep", STORAGE_TAG: sweep.storage}
     tracker = Tracker(sweep.experiment, sweep.name, uri=uri, tags=tags, resume=True)
     if not tracker.resumed:
         data = {
@@ -532,11 +539,11 @@ def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
     --resume (Optuna proposes a new one instead); its half-written MLflow child would
     otherwise stay as a duplicate, RUNNING forever.
     """
-    query = tag_filter({"mlflow.parentRunId": parent.run_id, "kmervae.sweep": sweep.name})
+    query = tag_filter({"mlflow.parentRunId": parent.run_id, SWEEP_TAG: sweep.name})
     lost = [
         run
         for run in parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=10_000)
-        if run.data.tags.get("kmervae.trial_id") not in known
+        if run.data.tags.get(TRIAL_ID_TAG) not in known
     ]
     for run in lost:
         parent.client.delete_run(run.info.run_id)
@@ -599,7 +606,7 @@ def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, parent, log
     tracker = spec.open_tracker(resume=True, defer=True)
     if checkpoint is None:
         if tracker is not None:
-            tracker.set_tag("kmervae.failure", row.error or "no checkpoint")
+            tracker.set_tag(FAILURE_TAG, row.error or "no checkpoint")
             tracker.finish("FAILED", fallback=out / OUTBOX_FILE, log=log)
         return
     row.epochs = len(checkpoint.history)
@@ -608,7 +615,7 @@ def _export_trial(row: TrialRow, sweep: SweepConfig, sweep_dir: str, parent, log
         row.best = best[sweep.metric]
     if tracker is not None:
         stopped = len(checkpoint.history) < config.train.epochs  # ASHA ended it before its last epoch
-        tracker.set_tag("kmervae.stopped_early", str(stopped).lower())
+        tracker.set_tag(STOPPED_EARLY_TAG, str(stopped).lower())
     quiet = lambda line: log(line) if line.startswith("warning") else None  # noqa: E731
     export_results(result, config, spec.outputs, tracker, log=quiet)
 

@@ -20,6 +20,7 @@ from typing import Any
 from kmervae.base.metric_keys import EPOCH
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.plots import spans_orders
+from kmervae.tracking.run import SWEEP_TAG, TRIAL_ID_TAG, TRIALS_TAG
 from kmervae.tracking.tracker import OUTBOX_FILE, tag_filter
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
@@ -83,7 +84,7 @@ def space_distributions(space, samples: int = 32, seed: int = 0) -> dict[str, An
 
 def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -> str | None:
     """Log the sweep's outcome to the parent run; register the best model. Returns its models:/ URI."""
-    tracker.set_tag("kmervae.trials", str(len(result.trials)))
+    tracker.set_tag(TRIALS_TAG, str(len(result.trials)))
     # Written to the sweep's local outputs (not a temporary folder): users find them there
     # too, and an upload delayed by a tracking outage still has its files.
     outputs = Path(result.outputs)
@@ -187,14 +188,14 @@ def _child_runs(tracker, sweep) -> dict[str, str]:
 
     if tracker.run_id is None:
         return {}
-    query = tag_filter({"mlflow.parentRunId": tracker.run_id, "kmervae.sweep": sweep.name})
+    query = tag_filter({"mlflow.parentRunId": tracker.run_id, SWEEP_TAG: sweep.name})
     try:
         runs = tracker.client.search_runs([tracker.experiment_id], filter_string=query, max_results=10_000)
     except Exception as err:
         if not is_unreachable(err):
             raise
         return {}
-    return {r.data.tags["kmervae.trial_id"]: r.info.run_id for r in runs if "kmervae.trial_id" in r.data.tags}
+    return {r.data.tags[TRIAL_ID_TAG]: r.info.run_id for r in runs if TRIAL_ID_TAG in r.data.tags}
 
 
 def _register(tracker, sweep, best_checkpoint: Path, folder: Path) -> str | None:
@@ -230,75 +231,93 @@ def _trial_histories(result) -> dict[str, list[dict[str, float]]]:
 
 
 def _plots(result, sweep, histories: dict[str, list[dict[str, float]]], tmp: Path, log) -> list[Path]:
+    """The sweep's plots in `tmp` (objective against each parameter, the top trials' learning
+    curves, parameter importances); none where matplotlib is not installed."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401  (the plots use its Figure, never pyplot: no process-wide backend)
     except ImportError:
         log("note: matplotlib is not installed; sweep plots not drawn")
         return []
-    plots = []
     ok = [r for r in result.trials if r.status == "OK" and r.best is not None]
-    params = sorted({k for r in ok for k in r.params})
-    if ok and params:
-        fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
-        for ax, key in zip(axes[0], params, strict=True):
-            points = [(r.params[key], r.best) for r in ok if r.params.get(key) is not None]
-            if points and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
-                ax.scatter([p[0] for p in points], [p[1] for p in points])
-                if spans_orders([p[0] for p in points]):
-                    ax.set_xscale("log")
-                if spans_orders([p[1] for p in points]):
-                    ax.set_yscale("log")
-            else:
-                labels = sorted({str(p[0]) for p in points})
-                ax.scatter([labels.index(str(p[0])) for p in points], [p[1] for p in points])
-                ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
-            ax.set_xlabel(key)
-            ax.set_ylabel(sweep.metric)
-        fig.suptitle(f"{sweep.name}: best {sweep.metric} of each finished trial against each swept parameter")
-        fig.tight_layout()
-        fig.savefig(tmp / "objective_vs_params.png", dpi=110)
-        plt.close(fig)
-        plots.append(tmp / "objective_vs_params.png")
-    top = sorted(ok, key=lambda r: r.best, reverse=sweep.mode == "max")[:5]
-    if top:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for row in top:
-            history = histories.get(row.trial_id, [])
-            if history:
-                ax.plot(
-                    [m[EPOCH] + 1 for m in history],
-                    [m[sweep.metric] for m in history],
-                    marker=".",
-                    label=row.trial_id,
-                )
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(sweep.metric)
-        ax.set_title(f"learning curves of the top {len(top)} trial(s)")
-        if spans_orders([m[sweep.metric] for row in top for m in histories.get(row.trial_id, [])]):
-            ax.set_yscale("log")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(tmp / "learning_curves.png", dpi=110)
-        plt.close(fig)
-        plots.append(tmp / "learning_curves.png")
+    plots = [
+        _objective_plot(ok, sweep, tmp),
+        _curves_plot(ok, sweep, histories, tmp),
+    ]
     importance = _importances(result, sweep, ok)
     if importance:
-        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importance)))
-        names = list(importance)[::-1]
-        ax.barh(names, [importance[n] for n in names])
-        ax.set_xlabel("importance (Optuna fANOVA)")
-        ax.set_title(f"parameter importance for {sweep.metric}")
-        fig.tight_layout()
-        fig.savefig(tmp / "param_importances.png", dpi=110)
-        plt.close(fig)
-        plots.append(tmp / "param_importances.png")
+        plots.append(_importance_plot(importance, sweep, tmp))
         (tmp / "param_importances.json").write_text(json.dumps(importance, indent=2))
         plots.append(tmp / "param_importances.json")
-    return plots
+    return [p for p in plots if p is not None]
+
+
+def _objective_plot(ok: list, sweep, tmp: Path) -> Path | None:
+    """The best objective of each finished trial against each swept parameter."""
+    from matplotlib.figure import Figure
+
+    params = sorted({k for r in ok for k in r.params})
+    if not (ok and params):
+        return None
+    fig = Figure(figsize=(4 * len(params), 3.5))
+    axes = fig.subplots(1, len(params), squeeze=False)
+    for ax, key in zip(axes[0], params, strict=True):
+        points = [(r.params[key], r.best) for r in ok if r.params.get(key) is not None]
+        if points and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
+            ax.scatter([p[0] for p in points], [p[1] for p in points])
+            if spans_orders([p[0] for p in points]):
+                ax.set_xscale("log")
+            if spans_orders([p[1] for p in points]):
+                ax.set_yscale("log")
+        else:
+            labels = sorted({str(p[0]) for p in points})
+            ax.scatter([labels.index(str(p[0])) for p in points], [p[1] for p in points])
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+        ax.set_xlabel(key)
+        ax.set_ylabel(sweep.metric)
+    fig.suptitle(f"{sweep.name}: best {sweep.metric} of each finished trial against each swept parameter")
+    fig.tight_layout()
+    fig.savefig(tmp / "objective_vs_params.png", dpi=110)
+    return tmp / "objective_vs_params.png"
+
+
+def _curves_plot(ok: list, sweep, histories: dict[str, list[dict[str, float]]], tmp: Path) -> Path | None:
+    """The objective over epochs of the five best trials."""
+    from matplotlib.figure import Figure
+
+    top = sorted(ok, key=lambda r: r.best, reverse=sweep.mode == "max")[:5]
+    if not top:
+        return None
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for row in top:
+        history = histories.get(row.trial_id, [])
+        if history:
+            ax.plot([m[EPOCH] + 1 for m in history], [m[sweep.metric] for m in history], marker=".", label=row.trial_id)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(sweep.metric)
+    ax.set_title(f"learning curves of the top {len(top)} trial(s)")
+    if spans_orders([m[sweep.metric] for row in top for m in histories.get(row.trial_id, [])]):
+        ax.set_yscale("log")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(tmp / "learning_curves.png", dpi=110)
+    return tmp / "learning_curves.png"
+
+
+def _importance_plot(importance: dict[str, float], sweep, tmp: Path) -> Path:
+    """Optuna's fANOVA importance of each parameter for the objective."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 0.5 + 0.4 * len(importance)))
+    ax = fig.subplots()
+    names = list(importance)[::-1]
+    ax.barh(names, [importance[n] for n in names])
+    ax.set_xlabel("importance (Optuna fANOVA)")
+    ax.set_title(f"parameter importance for {sweep.metric}")
+    fig.tight_layout()
+    fig.savefig(tmp / "param_importances.png", dpi=110)
+    return tmp / "param_importances.png"
 
 
 def _importances(result, sweep, ok: list[TrialRow]) -> dict[str, float]:

@@ -5,7 +5,7 @@ lifecycle is `open_tracker`, every epoch's metrics, then `record_outputs` (the o
 
 The local engine (`train_local`), a Ray Train run (`distributed.ray_engine.fit_ray`) and each
 trial of a sweep (`distributed.sweep`) describe their runs with `training_run`, so a tag or
-an artifact is added once for all three. `kmervae.core.engine.fit_local` knows nothing of
+an artifact is added once for all three. `kmervae.core.run_setup.fit_local` knows nothing of
 tracking, so the core stays importable with torch, numpy and pyarrow alone.
 """
 
@@ -15,25 +15,44 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kmervae.base.metric_keys import LOWEST_VAL_LOSS, Objective
 from kmervae.core.config import RunConfig
 from kmervae.core.run_outputs import RunOutputs
-from kmervae.core.run_setup import FitResult, fit_local
 from kmervae.tracking.tracker import OUTBOX_FILE, Tracker, closes_on_error
 
+if TYPE_CHECKING:
+    from kmervae.core.run_setup import FitResult
+
+# Every MLflow tag kmervae writes or searches by, in one place.
 ENGINE_TAG = "engine"
 """'local' or 'ray': which engine trained the run."""
 PRESET_TAG = "preset"
 RUN_NAME_TAG = "kmervae.run_name"
+USES_LABELS_TAG = "kmervae.uses_labels"
+"""'true' where training read genome labels (a supervised term): such runs are never compared unawares."""
+STORAGE_TAG = "kmervae.storage"
+"""Where Ray wrote the run's checkpoints (a folder or s3://...)."""
+SWEEP_TAG = "kmervae.sweep"
+"""The sweep's name, on its parent run and on every trial's."""
+ROLE_TAG = "kmervae.role"
+"""'sweep' on a sweep's parent run (`kmervae best` ranks its children, not it)."""
+TRIAL_ID_TAG = "kmervae.trial_id"
+TRIALS_TAG = "kmervae.trials"
+"""On a sweep's parent run: how many trials it ran."""
+FAILURE_TAG = "kmervae.failure"
+"""Why a run failed: the root cause's one line."""
+STOPPED_EARLY_TAG = "kmervae.stopped_early"
+"""'true' on a trial ASHA stopped before its last epoch."""
+EXPORT_FORMAT_TAG = "kmervae.export_format"
 
 
 def run_tags(engine: str, name: str, config: RunConfig, preset: str | None = None, **extra: str) -> dict[str, str]:
     """The tags of every training run's MLflow run, whatever trained it, plus `extra` (a
     sweep's and trial's names, the storage): the engine, the run's name, the preset it
-    started from and whether training read labels (`RunConfig.run_tags`)."""
-    tags = {ENGINE_TAG: engine, RUN_NAME_TAG: name, **config.run_tags(), **extra}
+    started from and whether training read labels."""
+    tags = {ENGINE_TAG: engine, RUN_NAME_TAG: name, USES_LABELS_TAG: str(config.loss.uses_labels).lower(), **extra}
     if preset:
         tags[PRESET_TAG] = preset
     return tags
@@ -137,6 +156,8 @@ def train_local(
     """`fit_local` as the run `spec` describes: into its outputs, logged to its MLflow run
     (when it has an experiment): params first, metrics every epoch, then `record_outputs`.
     The run is FAILED if training fails. Returns the result and the run's tracker."""
+    from kmervae.core.run_setup import fit_local  # torch: only where a run trains here (tags import light)
+
     tracker = spec.open_tracker()
     with closes_on_error(tracker):
         result = fit_local(
