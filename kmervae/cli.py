@@ -77,6 +77,20 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
         "jgi_summarize_bam_contig_depths), VAMB's abundance TSV or CoverM's 'contig -m mean' output; "
         "stored as the 'abundance' column (fragments share their record's depths)",
     )
+    _add_featurize_output_flags(p)
+    p.add_argument(
+        "--markers",
+        action="store_true",
+        help="also find single-copy marker genes of the contigs (OUT_DIR/markers.tsv, as 'kmervae markers'), "
+        "which sweeps rank bins by without labels (val/est_nc_bins); needs the markers extra",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing feature dataset at OUT_DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_featurize)
+
+
+def _add_featurize_output_flags(p: argparse.ArgumentParser) -> None:
+    """How `kmervae featurize` writes: threads, compression, file and row-group sizes, --strict."""
     p.add_argument(
         "--workers",
         type=int,
@@ -93,15 +107,6 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows-per-file", type=int, default=4096, help="contigs per parquet file")
     p.add_argument("--row-group-size", type=int, default=1024, help="contigs per parquet row group")
     p.add_argument("--strict", action="store_true", help="fail instead of skipping unusable contigs")
-    p.add_argument(
-        "--markers",
-        action="store_true",
-        help="also find single-copy marker genes of the contigs (OUT_DIR/markers.tsv, as 'kmervae markers'), "
-        "which sweeps rank bins by without labels (val/est_nc_bins); needs the markers extra",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing feature dataset at OUT_DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=_cmd_featurize)
 
 
 def _cmd_featurize(args: argparse.Namespace) -> int:
@@ -587,7 +592,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_bin(sub: argparse._SubParsersAction) -> None:
     from kmervae.binning import bins
-    from kmervae.binning.recluster import METHODS as RECLUSTER_METHODS
 
     p = sub.add_parser(
         "bin",
@@ -638,6 +642,17 @@ def _add_bin(sub: argparse._SubParsersAction) -> None:
     )
     group.add_argument("--labels", type=Path, metavar="TSV", help="score bins against a 'record_id<TAB>genome' table")
     p.add_argument("--seed", type=int, default=0, help="seed of the clustering")
+    _add_bin_marker_flags(p)
+    p.add_argument("--mlflow-run", metavar="RUN_ID", help="log the bin counts and tables to this MLflow run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bins folder")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(run=_cmd_bin)
+
+
+def _add_bin_marker_flags(p: argparse.ArgumentParser) -> None:
+    """`kmervae bin`'s marker genes: where they come from, and the reclustering they drive."""
+    from kmervae.binning.recluster import METHODS as RECLUSTER_METHODS
+
     marker_group = p.add_mutually_exclusive_group()
     marker_group.add_argument(
         "--markers",
@@ -658,10 +673,6 @@ def _add_bin(sub: argparse._SubParsersAction) -> None:
         "higher resolution, grid picks the resolution whose bins score best (COMEBin's way); none: the "
         "clusterer's bins as they are (the default without markers); needs --markers or --fasta",
     )
-    p.add_argument("--mlflow-run", metavar="RUN_ID", help="log the bin counts and tables to this MLflow run")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bins folder")
-    p.add_argument("--quiet", action="store_true", help="no progress")
-    p.set_defaults(run=_cmd_bin)
 
 
 def _cmd_bin(args: argparse.Namespace) -> int:

@@ -324,27 +324,90 @@ def bin_contigs(
     progress: bool | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> BinResult:
-    """Bin the embedded contigs into `out` (written whole, or not at all). Several embedding files of
-    the same contigs (models trained with other seeds or settings) bin as one ensemble
-    (`embed.read_ensemble`): a contig's neighbours are those the models agree on (measured in
-    bench/RESULTS.md "Issue 38": no steadier than one seed on the one-sample sets). Each bin's completeness
-    and contamination are estimated from single-copy marker genes: those of `markers_tsv`, else,
-    with `fasta` and `find_markers`, found here (and written to the folder as markers.tsv). The bins
-    are then improved by them (`recluster`, a method of `recluster.METHODS`): by default `unmarked`
-    where there are markers (it never cost a near-complete bin on the benchmark's sets, and gained
-    up to one per set: bench/RESULTS.md "Issue 38, lever 6"), `none` where there are none."""
+    """Bin the embedded contigs into `out` (written whole, or not at all). Several embedding files
+    of the same contigs bin as one ensemble (`embed.read_ensemble`). Bins are judged by the
+    contigs' marker genes (`marker_table`) and improved by them (`recluster_method`: by default
+    `unmarked` where there are markers; bench/RESULTS.md "Issue 38, lever 6")."""
     started = time.perf_counter()
 
     def done(what: str) -> None:
         log(f"{what} ({time.perf_counter() - started:.1f} s)")
 
     out, fasta = Path(out), [Path(p) for p in fasta]
-    _check_settings(out, method, min_bin_size, resolution, overwrite)
-    if recluster is not None and recluster not in reclustering.METHODS:
-        raise ConfigError(f"--recluster {recluster!r}: expected one of {', '.join(reclustering.METHODS)}")
+    _check_settings(out, method, min_bin_size, resolution, overwrite, recluster)
     paths = [embeddings] if isinstance(embeddings, (str, Path)) else list(embeddings)
+    contigs = read_contigs(paths, fasta, labels_tsv, labels_from_features)
+    ids, lengths, labels = contigs.ids, contigs.lengths, contigs.labels
+    table, found = marker_table(contigs, fasta, markers_tsv, find_markers, log, done)
+    recluster = recluster_method(recluster, table)
+    done(f"read {len(ids):,} embedded contigs ({int(lengths.sum()):,} bases); clustering ({method})")
+    present = table.presence(ids) if table is not None else None
+    codes = reclustering.partition(
+        contigs.vectors, lengths, present, recluster, cluster_method=method, min_bin_size=min_bin_size,
+        resolution=resolution, seed=seed,
+    )  # fmt: skip
+    names = bin_names(int(codes.max()) + 1 if (codes >= 0).any() else 0)
+    done(f"clustered into {len(names)} bin(s) of >= {min_bin_size:,} bases" + (
+        f" (reclustered: {recluster})" if recluster != "none" else ""
+    ))  # fmt: skip
+    result = BinResult(
+        out=out,
+        contigs=len(ids),
+        bins=len(names),
+        binned_bases=int(lengths[codes >= 0].sum()),
+        total_bases=int(lengths.sum()),
+        method=method,
+        min_bin_size=min_bin_size,
+        recluster=recluster,
+        markers_written=out / MARKERS_TSV if found is not None else None,
+        fasta_records_unused=contigs.unused_records,
+    )
+    if labels is not None and (labelled := int(sum(label is not None for label in labels))):
+        result.quality = QualityReport.of(bins.bin_quality(codes, labels, lengths), names, labelled)
+    if present is not None:
+        result.estimated = EstimateReport.of(markers.estimate_bins(codes, present), names, table.sets)
+    _write_folder(out, ids, codes, names, lengths, contigs.gc, result, fasta, contigs.placements, progress, done, found)
+    result.files = sorted(out.rglob("*.tsv")) + sorted(out.glob("*.json"))
+    return result
+
+
+def recluster_method(recluster: str | None, table: markers.MarkerTable | None) -> str:
+    """The reclustering to run (a method of `recluster.METHODS`): the one asked for, else
+    `DEFAULT_RECLUSTER` where markers are known (it never cost a near-complete bin on the
+    benchmark's sets, and gained up to one per set), else `none`."""
+    if recluster is None:
+        return DEFAULT_RECLUSTER if table is not None else "none"
+    if recluster != "none" and table is None:
+        raise ConfigError(
+            f"--recluster {recluster} splits bins by their marker genes: give --markers TSV ('kmervae markers'), "
+            "or --fasta to find them"
+        )
+    return recluster
+
+
+@dataclass
+class BinInput:
+    """The contigs `kmervae bin` clusters: their embeddings, lengths, labels and GC, and where
+    each lies in the FASTA files (when given)."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray | None
+    gc: np.ndarray | None
+    placements: list[Placement]
+    unused_records: int  # FASTA records that hold no embedded contig
+
+
+def read_contigs(
+    paths: list[str | Path], fasta: list[Path], labels_tsv: Path | None, labels_from_features: Path | None
+) -> BinInput:
+    """Read the embeddings (one file, or an ensemble of the same contigs embedded by models trained
+    with other seeds or settings: a contig's neighbours are those the models agree on; bench/RESULTS.md
+    "Issue 38": no steadier than one seed on the one-sample sets), place the contigs in the FASTA and
+    find their labels; refuse what cannot be binned before anything is written."""
     ids, vectors, labels, lengths, gc = read_ensemble(paths)
-    embeddings = paths[0]  # what the messages below name
+    embeddings = paths[0]  # what the messages name
     if len(ids) == 0:
         raise InputError(f"{embeddings}: holds no contigs")
     if len(set(ids)) != len(ids):
@@ -361,65 +424,37 @@ def bin_contigs(
         labels = read_labels_tsv(labels_tsv, ids)
     elif labels_from_features is not None:
         labels = contig_labels(labels_from_features, ids, every=True)[0]
-    table = found = None
+    return BinInput(ids, vectors, lengths, labels, gc, placements, unused)
+
+
+def marker_table(
+    contigs: BinInput, fasta: list[Path], markers_tsv: Path | None, find: bool, log, done
+) -> tuple[markers.MarkerTable | None, markers.MarkerTable | None]:
+    """The contigs' marker genes (and those found here, to be written beside the bins as
+    markers.tsv): read from `markers_tsv`, else found in the FASTA when `find` and the markers
+    extra is installed."""
     if markers_tsv is not None:
         table = markers.read_markers(markers_tsv)
-        table.check_contigs(ids, str(markers_tsv))
-    elif fasta and find_markers:
-        from kmervae.binning.marker_search import INSTALL_HINT, markers_available
+        table.check_contigs(contigs.ids, str(markers_tsv))
+        return table, None
+    if not (fasta and find):
+        return None, None
+    from kmervae.binning.marker_search import INSTALL_HINT, markers_available
 
-        if markers_available():
-            table = found = contig_markers(fasta, ids, placements, log)
-            done(f"found {len(found.contig):,} marker hits on {found.contigs:,} contigs")
-        else:
-            log(f"no completeness/contamination estimates: {INSTALL_HINT}")
-    if recluster is None:
-        recluster = DEFAULT_RECLUSTER if table is not None else "none"
-    if recluster != "none" and table is None:
-        raise ConfigError(
-            f"--recluster {recluster} splits bins by their marker genes: give --markers TSV ('kmervae markers'), "
-            "or --fasta to find them"
-        )
-    done(f"read {len(ids):,} embedded contigs ({int(lengths.sum()):,} bases); clustering ({method})")
-    present = table.presence(ids) if table is not None else None
-    codes = reclustering.partition(
-        vectors, lengths, present, recluster, cluster_method=method, min_bin_size=min_bin_size, resolution=resolution,
-        seed=seed,
-    )  # fmt: skip
-    names = bin_names(int(codes.max()) + 1 if (codes >= 0).any() else 0)
-    done(f"clustered into {len(names)} bin(s) of >= {min_bin_size:,} bases" + (
-        f" (reclustered: {recluster})" if recluster != "none" else ""
-    ))  # fmt: skip
-    estimated = None
-    if present is not None:
-        estimated = EstimateReport.of(markers.estimate_bins(codes, present), names, table.sets)
-
-    quality = None
-    if labels is not None and any(label is not None for label in labels):
-        q = bins.bin_quality(codes, labels, lengths)
-        quality = QualityReport.of(q, names, int(sum(label is not None for label in labels)))
-
-    result = BinResult(
-        out=out,
-        contigs=len(ids),
-        bins=len(names),
-        binned_bases=int(lengths[codes >= 0].sum()),
-        total_bases=int(lengths.sum()),
-        method=method,
-        min_bin_size=min_bin_size,
-        recluster=recluster,
-        quality=quality,
-        estimated=estimated,
-        markers_written=out / MARKERS_TSV if found is not None else None,
-        fasta_records_unused=unused,
-    )
-    _write_folder(out, ids, codes, names, lengths, gc, result, fasta, placements, progress, done, found)
-    result.files = sorted(out.rglob("*.tsv")) + sorted(out.glob("*.json"))
-    return result
+    if not markers_available():
+        log(f"no completeness/contamination estimates: {INSTALL_HINT}")
+        return None, None
+    found = contig_markers(fasta, contigs.ids, contigs.placements, log)
+    done(f"found {len(found.contig):,} marker hits on {found.contigs:,} contigs")
+    return found, found
 
 
-def _check_settings(out: Path, method: str, min_bin_size: int, resolution: float, overwrite: bool) -> None:
+def _check_settings(
+    out: Path, method: str, min_bin_size: int, resolution: float, overwrite: bool, recluster: str | None
+) -> None:
     """Refuse bad flags and an existing output before anything is read."""
+    if recluster is not None and recluster not in reclustering.METHODS:
+        raise ConfigError(f"--recluster {recluster!r}: expected one of {', '.join(reclustering.METHODS)}")
     if method not in bins.METHODS:
         raise ConfigError(f"--method {method!r}: expected one of {', '.join(bins.METHODS)}")
     if not resolution > 0:

@@ -195,14 +195,7 @@ def find_markers(
                 digital = pyhmmer.easel.TextSequenceBlock(proteins).digitize(alphabet)
                 for name, hmms in profiles.items():
                     started = time.perf_counter()
-                    for top in pyhmmer.hmmsearch(hmms, digital, cpus=workers, bit_cutoffs="trusted"):
-                        marker, size = _marker_name(top.query), top.query.M
-                        for hit in top.included:
-                            aligned = hit.best_domain.alignment
-                            contig, gene = map(int, _text(hit.name).split("_"))
-                            genes = hits.setdefault((contig, name, marker), set())
-                            if (aligned.hmm_to - aligned.hmm_from + 1) / size >= MIN_HMM_COVERAGE:
-                                genes.add(gene)
+                    _search(pyhmmer, hmms, digital, name, workers, hits)
                     seconds = time.perf_counter() - started
                     log(f"  block {number}: searched {len(hmms)} {name} profiles ({seconds:.1f} s)")
     summary.contigs = len(ids)
@@ -216,9 +209,27 @@ def find_markers(
             "is this a nucleotide assembly of prokaryotic DNA?"
         )
     summary.hits = len(hits)
+    return _table(ids, hits, summary.sets)
+
+
+def _search(pyhmmer, hmms, digital, name: str, workers: int, hits: dict[tuple[int, str, str], set[int]]) -> None:
+    """Search one marker set's profiles at their trusted cutoffs; add each contig's genes that
+    hit a marker over at least `MIN_HMM_COVERAGE` of its profile to `hits`."""
+    for top in pyhmmer.hmmsearch(hmms, digital, cpus=workers, bit_cutoffs="trusted"):
+        marker, size = _marker_name(top.query), top.query.M
+        for hit in top.included:
+            aligned = hit.best_domain.alignment
+            contig, gene = map(int, _text(hit.name).split("_"))
+            genes = hits.setdefault((contig, name, marker), set())
+            if (aligned.hmm_to - aligned.hmm_from + 1) / size >= MIN_HMM_COVERAGE:
+                genes.add(gene)
+
+
+def _table(ids: list[str], hits: dict[tuple[int, str, str], set[int]], sets: dict[str, int]) -> MarkerTable:
+    """The markers table of `hits` ((contig, set, marker) -> genes), by contig, set and marker."""
     order = sorted(hits, key=lambda k: (k[0], k[1], k[2]))
     return MarkerTable(
-        sets=summary.sets,
+        sets=sets,
         contigs=len(ids),
         digest=ids_digest(ids),
         contig=np.asarray([ids[c] for c, _, _ in order], dtype=object),

@@ -29,6 +29,42 @@ def check_field(condition: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
+def either(choices: Sequence[str]) -> str:
+    """'a, b or c': the allowed values of a setting, as its error line names them."""
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+def check_choice(section: str, config: Any, name: str, choices: Sequence[str]) -> None:
+    value = getattr(config, name)
+    check_field(value in choices, f"{section}.{name}", value, f"expected {either(choices)}")
+
+
+def check_bools(section: str, config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        check_field(isinstance(value, bool), f"{section}.{name}", value, "expected true or false")
+
+
+def check_ints(section: str, config: Any, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        check_field(
+            isinstance(value, int) and value >= minimum, f"{section}.{name}", value, f"expected an integer >= {minimum}"
+        )
+
+
+def check_weights(section: str, config: Any, *names: str) -> None:
+    """Each a finite number >= 0 (a loss weight, a scale)."""
+    for name in names:
+        value = getattr(config, name)
+        check_field(
+            isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+            f"{section}.{name}",
+            value,
+            "expected a finite number >= 0",
+        )
+
+
 def _check_widths(key: str, widths: tuple[int, ...], min_layers: int = 1) -> None:
     check_field(
         len(widths) >= min_layers and all(isinstance(w, int) and w >= 1 for w in widths),
@@ -284,66 +320,28 @@ class LossConfig:
     squared error of the z-scored log total depth divided by n. Inside `scale` like the k-mer terms."""
 
     def __post_init__(self) -> None:
-        for name in ("w7", "w4", "w3", "wgc", "scale", "beta", "gate_bce_weight", "wab"):
-            value = getattr(self, name)
-            check_field(
-                isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
-                f"loss.{name}",
-                value,
-                "expected a finite number >= 0",
-            )
+        check_weights("loss", self, "w7", "w4", "w3", "wgc", "scale", "beta", "gate_bce_weight", "wab")
         check_field(
             self.w7 + self.w4 + self.w3 + self.wgc > 0,
             "loss.w7+w4+w3+wgc",
             self.w7 + self.w4 + self.w3 + self.wgc,
             "at least one reconstruction weight must be > 0",
         )
-        check_field(
-            isinstance(self.beta_warmup_epochs, int) and self.beta_warmup_epochs >= 0,
-            "loss.beta_warmup_epochs",
-            self.beta_warmup_epochs,
-            "expected an integer >= 0",
-        )
-        check_field(
-            isinstance(self.presence_threshold, int) and self.presence_threshold >= 0,
-            "loss.presence_threshold",
-            self.presence_threshold,
-            "expected an integer >= 0",
-        )
-        schedules = ("linear", "cyclical")
-        check_field(
-            self.beta_schedule in schedules, "loss.beta_schedule", self.beta_schedule, "expected linear or cyclical"
-        )
-        check_field(
-            isinstance(self.beta_cycle_epochs, int) and self.beta_cycle_epochs >= 2,
-            "loss.beta_cycle_epochs",
-            self.beta_cycle_epochs,
-            "expected an integer >= 2",
-        )
+        check_ints("loss", self, 0, "beta_warmup_epochs", "presence_threshold")
+        check_choice("loss", self, "beta_schedule", ("linear", "cyclical"))
+        check_ints("loss", self, 2, "beta_cycle_epochs")
         check_field(
             math.isfinite(self.free_bits) and self.free_bits >= 0,
             "loss.free_bits",
             self.free_bits,
             "expected a number >= 0",
         )
-        check_field(isinstance(self.cross_view, bool), "loss.cross_view", self.cross_view, "expected true or false")
+        check_bools("loss", self, "cross_view")
         check_field(
             0.0 < self.view_fraction < 1.0, "loss.view_fraction", self.view_fraction, "expected a number in (0, 1)"
         )
-        check_field(
-            self.abundance_views in ("thinned", "shared"),
-            "loss.abundance_views",
-            self.abundance_views,
-            "expected thinned or shared",
-        )
-        for name in ("infonce", "supcon"):
-            value = getattr(self, name)
-            check_field(
-                isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-                f"loss.{name}",
-                value,
-                "expected a finite number >= 0",
-            )
+        check_choice("loss", self, "abundance_views", ("thinned", "shared"))
+        check_weights("loss", self, "infonce", "supcon")
         check_field(
             isinstance(self.infonce_prior, (int, float)) and 0.0 <= self.infonce_prior < 1.0,
             "loss.infonce_prior",
@@ -455,9 +453,7 @@ class TrainConfig:
         return self.lr * (self.batch_size / self.lr_reference_batch) ** power
 
     def __post_init__(self) -> None:
-        check_field(
-            isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs", self.epochs, "expected an integer >= 1"
-        )
+        check_ints("train", self, 1, "epochs")
         check_field(
             isinstance(self.batch_size, int) and 2 <= self.batch_size <= 65536,
             "train.batch_size",
@@ -470,60 +466,31 @@ class TrainConfig:
         check_field(
             0 < self.plateau_factor < 1, "train.plateau_factor", self.plateau_factor, "expected a number in (0, 1)"
         )
-        check_field(
-            isinstance(self.plateau_patience, int) and self.plateau_patience >= 0,
-            "train.plateau_patience",
-            self.plateau_patience,
-            "expected an integer >= 0",
-        )
+        check_ints("train", self, 0, "plateau_patience")
         check_field(
             0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"expected a number in [0, train.lr={self.lr}]"
         )
-        check_field(
-            self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", self.lr_schedule, "expected plateau or cosine"
-        )
-        check_field(isinstance(self.seed, int) and self.seed >= 0, "train.seed", self.seed, "expected an integer >= 0")
+        check_choice("train", self, "lr_schedule", LR_SCHEDULES)
+        check_ints("train", self, 0, "seed")
         check_field(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "train.device",
             self.device,
             "expected auto, cpu, cuda or cuda:N",
         )
-        check_field(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "expected fp32 or bf16")
-        check_field(
-            self.bn_stats in ("recompute", "epoch", "ema"),
-            "train.bn_stats",
-            self.bn_stats,
-            "expected recompute, epoch or ema",
-        )
-        check_field(
-            isinstance(self.bn_contigs, int) and self.bn_contigs >= 2,
-            "train.bn_contigs",
-            self.bn_contigs,
-            "expected an integer >= 2",
-        )
-        check_field(isinstance(self.compile, bool), "train.compile", self.compile, "expected true or false")
-        check_field(isinstance(self.nc_bins, bool), "train.nc_bins", self.nc_bins, "expected true or false")
-        check_field(isinstance(self.est_nc_bins, bool), "train.est_nc_bins", self.est_nc_bins, "expected true or false")
+        check_choice("train", self, "precision", ("fp32", "bf16"))
+        check_choice("train", self, "bn_stats", ("recompute", "epoch", "ema"))
+        check_ints("train", self, 2, "bn_contigs")
+        check_bools("train", self, "compile", "nc_bins", "est_nc_bins")
         check_field(
             isinstance(self.bin_resolution, (int, float)) and 0 < self.bin_resolution <= 10,
             "train.bin_resolution",
             self.bin_resolution,
             "expected a number in (0, 10]",
         )
-        check_field(
-            self.lr_scaling in ("sqrt", "linear", "none"),
-            "train.lr_scaling",
-            self.lr_scaling,
-            "expected sqrt, linear or none",
-        )
-        check_field(
-            isinstance(self.lr_reference_batch, int) and self.lr_reference_batch >= 1,
-            "train.lr_reference_batch",
-            self.lr_reference_batch,
-            "expected an integer >= 1",
-        )
-        check_field(self.resident in ("auto", "on", "off"), "train.resident", self.resident, "expected auto, on or off")
+        check_choice("train", self, "lr_scaling", ("sqrt", "linear", "none"))
+        check_ints("train", self, 1, "lr_reference_batch")
+        check_choice("train", self, "resident", ("auto", "on", "off"))
 
 
 @dataclass(frozen=True)

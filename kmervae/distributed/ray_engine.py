@@ -41,7 +41,7 @@ from kmervae.core.run_setup import plan_run, start_run
 from kmervae.distributed import console
 from kmervae.distributed.console import RELAY_MARK
 from kmervae.distributed.ray_data import StreamedShards, gather_shard
-from kmervae.tracking.run import STORAGE_TAG, record_outputs, training_run
+from kmervae.tracking.run import STORAGE_TAG, RunSpec, record_outputs, training_run
 from kmervae.tracking.tracker import (
     Outbox,
     check_reachable,
@@ -304,20 +304,7 @@ def fit_ray(
     config, files = run.config, run.files
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     storage = normalize_storage(storage)  # a local folder or s3://... (Ray writes there directly)
-    spec = training_run(
-        "ray",
-        name,
-        config,
-        ray_outputs(storage, name, out_dir),
-        experiment=experiment,
-        uri=tracking_uri(mlflow_dir),
-        data_path=data_path,
-        preset=preset,
-        **{STORAGE_TAG: str(storage)},
-    )
-    check_room(storage, spec.outputs.folder, checkpoint_bytes(config))
-    if spec.experiment:
-        check_reachable(spec.uri)  # a dead tracking server fails before Ray starts
+    spec = checked_spec(data_path, config, name, storage, out_dir, experiment, tracking_uri(mlflow_dir), preset)
 
     from kmervae.distributed.ray_data import build_datasets, decoded_bytes
 
@@ -337,15 +324,28 @@ def fit_ray(
     with closes_on_error(tracker):
         result = fit(trainer)
     best, last, history = export_results(result, config, spec.outputs, tracker, log)
-    return RayFitResult(
+    run_id, uri = (tracker.run_id, tracker.uri) if tracker else (None, None)
+    return RayFitResult(name, str(result.path), best, last, history, run_id, uri)
+
+
+def checked_spec(data_path, config: RunConfig, name: str, storage: str, out_dir, experiment, uri, preset) -> RunSpec:
+    """A Ray run's outputs and MLflow run, checked before Ray starts: room in storage for its
+    checkpoints, and a tracking store that answers."""
+    spec = training_run(
+        "ray",
         name,
-        str(result.path),
-        best,
-        last,
-        history,
-        tracker.run_id if tracker else None,
-        tracker.uri if tracker else None,
+        config,
+        ray_outputs(storage, name, out_dir),
+        experiment=experiment,
+        uri=uri,
+        data_path=data_path,
+        preset=preset,
+        **{STORAGE_TAG: str(storage)},
     )
+    check_room(storage, spec.outputs.folder, checkpoint_bytes(config))
+    if spec.experiment:
+        check_reachable(spec.uri)  # a dead tracking server fails before Ray starts
+    return spec
 
 
 def ray_outputs(storage: str | Path, name: str, out_dir: str | Path | None = None) -> Path:

@@ -55,21 +55,7 @@ def sweep_parser(description: str, preset: str, metric: str = "auto") -> tuple[a
     add = p.add_argument
     actions = [
         add("--data", type=Path, help="feature dataset (default: the bundled examples, featurized on first use)"),
-        add("--samples", type=int, default=None, help="trials (default 16, 3 with --smoke-test; times --seeds)"),
-        add(
-            "--epochs",
-            type=int,
-            default=None,
-            help="maximum epochs per trial (ASHA stops weak trials earlier; default 50, 2 with --smoke-test)",
-        ),
-        add("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial"),
-        add(
-            "--gpus-per-trial",
-            type=float,
-            default=None,
-            help="GPUs per trial (default: one per worker when the cluster has GPUs; 0 = CPU)",
-        ),
-        add("--max-concurrent", type=int, default=None, help="trials at once (default: as many as the cluster fits)"),
+        *_add_trial_flags(p),
         add("--name", default=None, help="sweep name (default: <script>-<time>); --resume needs it"),
         add(
             "--storage",
@@ -115,6 +101,28 @@ def sweep_parser(description: str, preset: str, metric: str = "auto") -> tuple[a
     ]
     apply_env_defaults(p, actions)
     return p, actions
+
+
+def _add_trial_flags(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    """How many trials, how long each, and what each gets of the cluster."""
+    add = p.add_argument
+    return [
+        add("--samples", type=int, default=None, help="trials (default 16, 3 with --smoke-test; times --seeds)"),
+        add(
+            "--epochs",
+            type=int,
+            default=None,
+            help="maximum epochs per trial (ASHA stops weak trials earlier; default 50, 2 with --smoke-test)",
+        ),
+        add("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial"),
+        add(
+            "--gpus-per-trial",
+            type=float,
+            default=None,
+            help="GPUs per trial (default: one per worker when the cluster has GPUs; 0 = CPU)",
+        ),
+        add("--max-concurrent", type=int, default=None, help="trials at once (default: as many as the cluster fits)"),
+    ]
 
 
 def parse_args(

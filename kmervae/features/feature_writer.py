@@ -98,11 +98,53 @@ def write_part(
     counter = getattr(_local, "counter", None)
     if counter is None:
         counter = _local.counter = KmerCounter(COUNT_CHUNK)
+    counted = count_batch(counter, batch, strict)
+    rows, lengths = counted.rows, counted.lengths
+    dtypes = {k: counted.matrices[k].dtype for k in KMER_SIZES}
+    columns = {
+        "contig_id": string_column([batch.contig_ids[i] for i in rows]),
+        "length": numeric_column(lengths, np.int64),
+        "gc": numeric_column(counted.gc, np.float32),
+    }
+    for k in KMER_SIZES:
+        columns[KMER_COLUMNS[k]] = encode_counts(counted.matrices[k][: len(rows)], dtypes[k])
+    if samples:
+        columns[ABUNDANCE] = abundance_column(np.concatenate(batch.abundance)[rows])
+    columns["label"] = string_column([batch.labels[i] for i in rows])
+    table = pa.Table.from_pydict(columns, schema=DatasetFormat(dtypes, samples).schema())
+    if len(table):
+        layout.write(table, directory / part_name(batch.index))
+    return PartResult(
+        index=batch.index,
+        rows=len(table),
+        bases=int(lengths.sum()),
+        count_dtypes={k: dtypes[k].name for k in KMER_SIZES},
+        unlabeled=sum(batch.labels[i] is None for i in rows),
+        skipped=counted.skipped,
+        no_window_ids=counted.no_window_ids,
+    )
+
+
+@dataclass
+class CountedBatch:
+    """A batch's counts, for the contigs kept (those with a window of 7 unambiguous bases)."""
+
+    matrices: dict[int, np.ndarray]  # k -> (at least len(rows), bins), as narrow as the counts allow
+    rows: np.ndarray  # the kept contigs' positions in the batch
+    lengths: np.ndarray  # (len(rows),) their lengths
+    gc: np.ndarray  # (len(rows),) their GC fractions
+    skipped: SkipCounts
+    no_window_ids: list[str]  # the first few contigs skipped, for the message
+
+
+def count_batch(counter: KmerCounter, batch: Batch, strict: bool) -> CountedBatch:
+    """Count `batch` `COUNT_CHUNK` contigs at a time, straight into one matrix per k, as narrow
+    as the counts allow (widened if a later chunk needs it): no per-chunk select, cast and
+    concatenation. A contig with no window of 7 unambiguous bases has no 7-mer profile (0/0
+    frequencies): skipped and counted, or refused with `strict`."""
     seq = batch.joined()
     starts = np.asarray(batch.starts, dtype=np.int64)
     ends = np.asarray(batch.ends, dtype=np.int64)
-    # counts go straight into one matrix per k, as narrow as the counts allow (widened if a
-    # later chunk needs it): no per-chunk select, cast and concatenation
     matrices = {k: np.empty((len(starts), N_BINS[k]), dtype=COUNT_DTYPES[0]) for k in KMER_SIZES}
     kept = 0
     keep_rows: list[np.ndarray] = []
@@ -112,7 +154,6 @@ def write_part(
     for lo in range(0, len(starts), COUNT_CHUNK):
         hi = min(lo + COUNT_CHUNK, len(starts))
         counts = counter.count(seq, starts[lo:hi], ends[lo:hi])
-        # A contig with no window of 7 unambiguous bases has no 7-mer profile (0/0 frequencies).
         keep = counts.windows7 > 0
         if not keep.all():
             dropped = np.flatnonzero(~keep) + lo
@@ -133,30 +174,7 @@ def write_part(
         keep_rows.append(np.flatnonzero(keep) + lo)
         gc_parts.append(counts.gc_fraction[keep])
     rows = np.concatenate(keep_rows)
-    dtypes = {k: matrices[k].dtype for k in KMER_SIZES}
-    fmt = DatasetFormat(dtypes, samples)
-    columns = {
-        "contig_id": string_column([batch.contig_ids[i] for i in rows]),
-        "length": numeric_column((ends - starts)[rows], np.int64),
-        "gc": numeric_column(np.concatenate(gc_parts), np.float32),
-    }
-    for k in KMER_SIZES:
-        columns[KMER_COLUMNS[k]] = encode_counts(matrices[k][:kept], dtypes[k])
-    if samples:
-        columns[ABUNDANCE] = abundance_column(np.concatenate(batch.abundance)[rows])
-    columns["label"] = string_column([batch.labels[i] for i in rows])
-    table = pa.Table.from_pydict(columns, schema=fmt.schema())
-    if len(table):
-        layout.write(table, directory / part_name(batch.index))
-    return PartResult(
-        index=batch.index,
-        rows=len(table),
-        bases=int((ends - starts)[rows].sum()),
-        count_dtypes={k: dtypes[k].name for k in KMER_SIZES},
-        unlabeled=sum(batch.labels[i] is None for i in rows),
-        skipped=skipped,
-        no_window_ids=no_window_ids,
-    )
+    return CountedBatch(matrices, rows, (ends - starts)[rows], np.concatenate(gc_parts), skipped, no_window_ids)
 
 
 def widen_part(path: Path, dtypes: dict[int, np.dtype], layout: PartLayout) -> None:

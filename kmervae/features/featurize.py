@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
@@ -148,72 +148,95 @@ def featurize(
     stage = StagedDataset(out_dir, settings.overwrite)
     layout = PartLayout(settings.row_group_size, settings.compression)
     summary.stale_removed = stage.removed_stale
-    executor = ThreadPoolExecutor(workers, thread_name_prefix="featurize")
-    pending: list[Future] = []
-    results: list[PartResult] = []
+    pool = PartPool(workers, lambda batch: write_part(batch, stage.staging, layout, settings.strict, samples))
     bar = tqdm(
         total=sum(sizes), unit="B", unit_scale=True, desc="featurize", disable=_no_bar(progress), file=sys.stderr
     )
-
-    def submit(batches: list[Batch]) -> None:
-        for batch in batches:
-            pending.append(executor.submit(write_part, batch, stage.staging, layout, settings.strict, samples))
-            while len(pending) > 2 * workers or (pending and pending[0].done()):
-                results.append(pending.pop(0).result())
-
     stack = ExitStack()
     try:
         batcher = Batcher(settings.fragment_length, settings.min_length, settings.rows_per_file)
-        seen: dict[str, int] = {}  # record id -> the input file it came from
-        done_bytes = 0  # of the files read to the end
-        current = 0
         # one file read at a time per 4 workers: a reading thread (scan + gzip) keeps about 4 busy
-        ahead = -(-workers // 4)
-        blocks = stack.enter_context(closing(read_files(paths, ahead)))  # its threads stop with the run
-        for number, block in blocks:
-            if number != current:
-                done_bytes += sum(sizes[current:number])
-                current = number
-            path = paths[number]
-            ids = dict.fromkeys(block.ids, number)
-            duplicate = None
-            if len(ids) != len(block) or not seen.keys().isdisjoint(ids):
-                duplicate = _first_duplicate(block.ids, seen)
-            summary.records += len(block)
-            summary.record_bases += block.bases
-            depths = None
-            if abundance is not None:
-                depths = abundance.for_records(path, block.ids, np.diff(block.bounds))
-            batches = batcher.add(block, labels.for_records(path, block.ids), depths)
-            short = batcher.first_too_short if settings.strict else None
-            _refuse_first_problem(paths, number, block, seen, duplicate, short, settings.min_length)
-            seen.update(ids)
-            submit(batches)
-            bar.update(done_bytes + block.raw_end - bar.n)
-            bar.set_postfix_str(f"{summary.record_bases / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.0f} Mbp/s")
+        blocks = stack.enter_context(closing(read_files(paths, -(-workers // 4))))  # its threads stop with the run
+        _batch_blocks(blocks, paths, sizes, batcher, labels, abundance, settings, summary, pool, bar)
         summary.files_read = len(paths)
         if abundance is not None:
             abundance.check_complete()
-        submit(batcher.finish())
-        results.extend(f.result() for f in pending)
-        pending.clear()
+        pool.submit(batcher.finish())
+        results = pool.finish()
         _tally(summary, results, batcher, labels, settings.min_length)
         stage.commit(results, _manifest(paths, settings, labels, summary, abundance), layout)
     except BaseException:
         stack.close()
-        for future in pending:
-            future.cancel()
-        executor.shutdown(wait=True, cancel_futures=True)
+        pool.cancel()
         stage.abort()
         raise
     finally:
         stack.close()
         bar.close()
-    executor.shutdown()
+    pool.close()
     summary.files_written = sum(1 for r in results if r.rows)
     summary.output_bytes = sum(p.stat().st_size for p in Path(out_dir).iterdir())
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _batch_blocks(blocks, paths, sizes, batcher, labels, abundance, settings, summary, pool, bar) -> None:
+    """Cut each block of records into contigs, with their labels and depths, and send the full
+    batches to the pool; refuse the first bad record (a duplicate id, or too short with --strict)."""
+    seen: dict[str, int] = {}  # record id -> the input file it came from
+    done_bytes = 0  # of the files read to the end
+    current = 0
+    for number, block in blocks:
+        if number != current:
+            done_bytes += sum(sizes[current:number])
+            current = number
+        path = paths[number]
+        ids = dict.fromkeys(block.ids, number)
+        duplicate = None
+        if len(ids) != len(block) or not seen.keys().isdisjoint(ids):
+            duplicate = _first_duplicate(block.ids, seen)
+        summary.records += len(block)
+        summary.record_bases += block.bases
+        depths = None
+        if abundance is not None:
+            depths = abundance.for_records(path, block.ids, np.diff(block.bounds))
+        batches = batcher.add(block, labels.for_records(path, block.ids), depths)
+        short = batcher.first_too_short if settings.strict else None
+        _refuse_first_problem(paths, number, block, seen, duplicate, short, settings.min_length)
+        seen.update(ids)
+        pool.submit(batches)
+        bar.update(done_bytes + block.raw_end - bar.n)
+        bar.set_postfix_str(f"{summary.record_bases / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.0f} Mbp/s")
+
+
+class PartPool:
+    """Parts written on `workers` threads, at most twice that many waiting (bounded memory),
+    their results kept in the order the batches came."""
+
+    def __init__(self, workers: int, write: Callable[[Batch], PartResult]):
+        self.workers, self.write = workers, write
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="featurize")
+        self.pending: list[Future] = []
+        self.results: list[PartResult] = []
+
+    def submit(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            self.pending.append(self.executor.submit(self.write, batch))
+            while len(self.pending) > 2 * self.workers or (self.pending and self.pending[0].done()):
+                self.results.append(self.pending.pop(0).result())
+
+    def finish(self) -> list[PartResult]:
+        self.results.extend(f.result() for f in self.pending)
+        self.pending.clear()
+        return self.results
+
+    def cancel(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self.executor.shutdown()
 
 
 def _readable_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
