@@ -150,14 +150,10 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
     )
     print("\n".join(summary.lines()))
     if markers is not None:
-        from kmervae.base.feature_table import dataset_files, read_keys
-        from kmervae.binning.markers import DATASET_MARKERS, write_markers
+        from kmervae.binning.markers import keep_with_dataset
 
-        # Featurize also skips contigs without a 7-mer of unambiguous bases: the table keeps the dataset's.
-        write_markers(markers.restricted_to(read_keys(dataset_files(args.out))[0]), args.out / DATASET_MARKERS)
-        print(
-            f"markers   {len(markers.contig):,} marker hits on {found.contigs:,} contigs: {args.out / DATASET_MARKERS}"
-        )
+        path = keep_with_dataset(markers, args.out)
+        print(f"markers   {len(markers.contig):,} marker hits on {found.contigs:,} contigs: {path}")
     return 0
 
 
@@ -237,19 +233,14 @@ def _add_markers(sub: argparse._SubParsersAction) -> None:
 def _cmd_markers(args: argparse.Namespace) -> int:
     import time
 
-    from kmervae.base.errors import ConfigError, OutputError
-    from kmervae.binning.marker_search import markers_of_fasta
+    from kmervae.base.errors import OutputError
+    from kmervae.binning.marker_search import check_marker_flags, markers_of_fasta
     from kmervae.binning.markers import write_markers
 
     started = time.perf_counter()
     if args.out.exists() and not args.overwrite:
         raise OutputError(f"{args.out}: exists already; pass --overwrite to replace it")
-    if args.fragment_length is not None and args.fragment_length < 1:
-        raise ConfigError(f"--fragment-length must be >= 1, got {args.fragment_length}")
-    if args.min_length < 0:
-        raise ConfigError(f"--min-length must be >= 0, got {args.min_length}")
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    check_marker_flags(args.fragment_length, args.min_length, args.workers)
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     table, summary = markers_of_fasta(
         args.inputs, args.fragment_length, args.min_length, hmm=args.hmm, workers=args.workers, log=log

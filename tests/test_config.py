@@ -196,3 +196,22 @@ def test_final_keeps_the_seeds_loss_scale():
     assert small.model.input_norm == "zscore" and small.loss == preset_config("recommended").loss
     with pytest.raises(ConfigError, match="--preset 'best' is unknown"):
         preset_config("best", architecture="tiny")
+
+
+def test_settings_are_read_from_text_only_where_a_person_typed_them():
+    """A setting is parsed from `section.key=value` text once, where the person's flags arrive
+    (the `kmervae` command, a sweep script's flags); inside the package it travels as a value."""
+    import ast
+
+    from tests.conftest import REPO
+
+    parsers = {"with_overrides", "parse_overrides", "parse_value"}
+    entry_points = {"kmervae/cli.py", "kmervae/distributed/sweep_cli.py", "kmervae/core/config.py"}
+    callers = set()
+    for path in (REPO / "kmervae").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", None))
+                if name in parsers:
+                    callers.add(str(path.relative_to(REPO)))
+    assert callers <= entry_points and "kmervae/cli.py" in callers

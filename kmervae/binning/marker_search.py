@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kmervae.base.errors import InputError, InputNotFoundError, KmervaeError
+from kmervae.base.errors import ConfigError, InputError, InputNotFoundError, KmervaeError
 from kmervae.binning.markers import MarkerTable, ids_digest
 
 SETS_DIR = Path(__file__).with_name("marker_sets")
@@ -137,6 +137,16 @@ def contigs_of_fasta(
                     summary.skipped_short += 1
                     continue
                 yield contig_id(record.id, start, end, fragment_length is not None), bases[start:end].tobytes()
+
+
+def check_marker_flags(fragment_length: int | None, min_length: int, workers: int | None) -> None:
+    """Refuse `kmervae markers`' bad numbers before any work, one line each."""
+    if fragment_length is not None and fragment_length < 1:
+        raise ConfigError(f"--fragment-length must be >= 1, got {fragment_length}")
+    if min_length < 0:
+        raise ConfigError(f"--min-length must be >= 0, got {min_length}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
 
 
 def markers_of_fasta(

@@ -309,6 +309,16 @@ def read_markers(path: str | Path) -> MarkerTable:
     )
 
 
+def keep_with_dataset(table: MarkerTable, data_path: str | os.PathLike[str]) -> Path:
+    """Write `table` into a feature dataset's folder (`DATASET_MARKERS`), for the contigs the
+    dataset kept: featurize also skips contigs without a 7-mer of unambiguous bases."""
+    from kmervae.base.feature_table import dataset_files, read_keys
+
+    path = Path(data_path) / DATASET_MARKERS
+    write_markers(table.restricted_to(read_keys(dataset_files(data_path))[0]), path)
+    return path
+
+
 def dataset_markers(data_path: str | os.PathLike[str]) -> MarkerTable:
     """The marker table kept in a feature dataset's folder, checked against the dataset's contigs."""
     from kmervae.base.feature_table import dataset_files, read_keys
