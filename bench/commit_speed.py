@@ -9,7 +9,7 @@ on PYTHONPATH, in turns (old, new, new, old, ...: neither always runs on a warm 
 
     kmervae abundance SET/sample_*.bam -o depth.tsv
     kmervae featurize SET/assembly.fna --abundance depth.tsv --labels SET/truth.tsv -o features
-    kmervae train features --engine local --preset metagenome --epochs E --no-mlflow -o run
+    kmervae train features --engine local --preset metagenome --epochs E --no-mlflow --out run
     kmervae embed run/best.pt features -o embeddings.parquet          (not timed)
     kmervae bin embeddings.parquet --markers SET/markers.tsv --labels SET/truth.tsv -o bins
 
@@ -40,7 +40,7 @@ def commands(set_dir: Path, work: Path, epochs: int) -> list[tuple[str | None, l
         ("featurize", ["featurize", str(set_dir / "assembly.fna"), "--abundance", str(work / "depth.tsv"),
                        "--labels", str(set_dir / "truth.tsv"), "-o", str(work / "features"), "--quiet"]),
         ("train", ["train", str(work / "features"), "--engine", "local", "--preset", "metagenome",
-                   "--epochs", str(epochs), "--no-mlflow", "-o", str(work / "run")]),
+                   "--epochs", str(epochs), "--no-mlflow", "--out", str(work / "run")]),
         (None, ["embed", str(work / "run" / "best.pt"), str(work / "features"), "-o", str(work / "emb.parquet")]),
         ("bin", ["bin", str(work / "emb.parquet"), "--markers", str(set_dir / "markers.tsv"),
                  "--labels", str(set_dir / "truth.tsv"), "-o", str(work / "bins"), "--quiet"]),
