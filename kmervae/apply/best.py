@@ -8,7 +8,7 @@ from pathlib import Path
 from kmervae.base.errors import ConfigError, InputError
 from kmervae.base.metric_keys import VAL_LOSS, Objective
 from kmervae.core.run_outputs import BEST_FILE
-from kmervae.tracking.run import ROLE_TAG
+from kmervae.tracking.run import PARENT_RUN_TAG, ROLE_TAG
 
 MAX_RUNS = 1000
 
@@ -45,7 +45,7 @@ def best_runs(experiment: str, sweep: str | None = None, metric: str = VAL_LOSS,
             client.get_run(sweep)
         except MlflowException:
             raise InputError(f"--sweep {sweep}: no such MLflow run in {tracking_uri()}") from None
-        query += " and " + tag_filter({"mlflow.parentRunId": sweep})
+        query += " and " + tag_filter({PARENT_RUN_TAG: sweep})
     objective = Objective(metric)
     rows = []
     for run in client.search_runs([found.experiment_id], filter_string=query, max_results=MAX_RUNS):

@@ -55,7 +55,10 @@ from kmervae.distributed.sweep_report import (
 )
 from kmervae.tracking.run import (
     FAILURE_TAG,
+    GIT_COMMIT_TAG,
+    PARENT_RUN_TAG,
     ROLE_TAG,
+    SEARCH_SPACE_TAG,
     STOPPED_EARLY_TAG,
     STORAGE_TAG,
     SWEEP_TAG,
@@ -527,7 +530,7 @@ def _parent_run(sweep: SweepConfig, files: DatasetFiles, data_path, base: RunCon
         }
         tracker.log_params({"sweep": asdict(sweep), **base.to_dict(), "dataset": data})
         space_text = json.dumps({k: repr(v) for k, v in space_distributions(space).items()})
-        for key, value in (("git_commit", git_commit()), ("search_space", space_text[:5000])):
+        for key, value in ((GIT_COMMIT_TAG, git_commit()), (SEARCH_SPACE_TAG, space_text[:5000])):
             tracker.set_tag(key, value)
     return tracker
 
@@ -539,7 +542,7 @@ def _drop_lost_trials(parent, sweep: SweepConfig, known: set[str], log) -> None:
     --resume (Optuna proposes a new one instead); its half-written MLflow child would
     otherwise stay as a duplicate, RUNNING forever.
     """
-    query = tag_filter({"mlflow.parentRunId": parent.run_id, SWEEP_TAG: sweep.name})
+    query = tag_filter({PARENT_RUN_TAG: parent.run_id, SWEEP_TAG: sweep.name})
     lost = [
         run
         for run in parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=10_000)

@@ -20,7 +20,7 @@ from typing import Any
 from kmervae.base.metric_keys import EPOCH
 from kmervae.core.checkpoint import load_checkpoint
 from kmervae.core.plots import spans_orders
-from kmervae.tracking.run import SWEEP_TAG, TRIAL_ID_TAG, TRIALS_TAG
+from kmervae.tracking.run import BEST_TRIAL_TAG, NOTE_TAG, PARENT_RUN_TAG, SWEEP_TAG, TRIAL_ID_TAG, TRIALS_TAG
 from kmervae.tracking.tracker import OUTBOX_FILE, tag_filter
 
 SpaceFn = Callable[[Any], "dict[str, Any] | None"]
@@ -100,7 +100,7 @@ def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -
         log("no trial finished: nothing to register")
         return None
     best = result.best_trial
-    tracker.set_tag("best_trial_id", best.trial_id)
+    tracker.set_tag(BEST_TRIAL_TAG, best.trial_id)
     tracker.log_params({"best": best.params})
     uri = None
     if result.best_checkpoint is not None:
@@ -123,8 +123,6 @@ def report_to_parent(tracker, result, sweep, grid, log: Callable[[str], None]) -
     return uri
 
 
-NOTE_TAG = "mlflow.note.content"
-"""The run tag MLflow's UI shows as a run's description (markdown) on its overview page."""
 TOP_TRIALS = 10
 
 
@@ -188,7 +186,7 @@ def _child_runs(tracker, sweep) -> dict[str, str]:
 
     if tracker.run_id is None:
         return {}
-    query = tag_filter({"mlflow.parentRunId": tracker.run_id, SWEEP_TAG: sweep.name})
+    query = tag_filter({PARENT_RUN_TAG: tracker.run_id, SWEEP_TAG: sweep.name})
     try:
         runs = tracker.client.search_runs([tracker.experiment_id], filter_string=query, max_results=10_000)
     except Exception as err:

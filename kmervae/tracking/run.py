@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 from kmervae.base.metric_keys import LOWEST_VAL_LOSS, Objective
 from kmervae.core.config import RunConfig
 from kmervae.core.run_outputs import RunOutputs
+from kmervae.tracking.tracker import EXPERIMENT_KIND_TAG as EXPERIMENT_KIND_TAG
 from kmervae.tracking.tracker import OUTBOX_FILE, Tracker, closes_on_error
+from kmervae.tracking.tracker import PARENT_RUN_TAG as PARENT_RUN_TAG
 
 if TYPE_CHECKING:
     from kmervae.core.run_setup import FitResult
@@ -46,6 +48,15 @@ FAILURE_TAG = "kmervae.failure"
 STOPPED_EARLY_TAG = "kmervae.stopped_early"
 """'true' on a trial ASHA stopped before its last epoch."""
 EXPORT_FORMAT_TAG = "kmervae.export_format"
+BEST_TRIAL_TAG = "best_trial_id"
+"""On a sweep's parent run: the trial it picked."""
+GIT_COMMIT_TAG = "git_commit"
+SEARCH_SPACE_TAG = "search_space"
+"""On a sweep's parent run: the code's commit and the space's distributions."""
+NOTE_TAG = "mlflow.note.content"
+"""The run tag MLflow's UI shows as a run's description (markdown) on its overview page."""
+# MLflow's own tags that `tracker.py` (the floor below) writes are imported above and named
+# here too: PARENT_RUN_TAG, EXPERIMENT_KIND_TAG.
 
 
 def run_tags(engine: str, name: str, config: RunConfig, preset: str | None = None, **extra: str) -> dict[str, str]:

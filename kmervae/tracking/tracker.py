@@ -161,7 +161,10 @@ def resolve_run(client, spec: Mapping[str, Any]) -> str:
     return found or client.create_run(experiment_id, run_name=spec.get("name"), tags=dict(spec["tags"])).info.run_id
 
 
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+PARENT_RUN_TAG = "mlflow.parentRunId"
+"""MLflow's own tag of a child run (a sweep's trial): its parent's run id."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = {EXPERIMENT_KIND_TAG: "custom_model_development"}
 """The tag MLflow 3's UI reads to open an experiment on its runs table (untagged, it guesses,
 and with no traces it lands on the GenAI overview)."""
 
@@ -400,7 +403,7 @@ class Tracker:
         self.client = mlflow_client(self.uri)
         all_tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[PARENT_RUN_TAG] = parent_run_id
         self.run_spec = {"experiment": experiment, "name": run_name, "tags": all_tags}
         self.run_id: str | None = None
         self.resumed = False
