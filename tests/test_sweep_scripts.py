@@ -261,3 +261,18 @@ def test_the_sample_count_sweep_varies_what_the_sample_count_changes_and_keeps_t
     args = sweep_cli.parse_args("sample_count", "metagenome", ["--seeds", "3"], metric="bins")
     sweep = sweep_cli.sweep_config("sample_count_sweep", args, "val/est_nc_bins")
     assert (sweep.seeds, sweep.num_samples) == (3, 48)  # 16 settings by default, three seeds each
+
+
+def test_a_sweep_without_data_featurizes_the_genomes_its_script_names(tmp_path):
+    """The package never reaches for the repository's examples: each script names them."""
+    from kmervae.base.errors import ConfigError
+    from kmervae.base.feature_table import dataset_files
+    from kmervae.distributed.sweep_cli import default_data
+
+    scripts = [load(name) for name in [*SCRIPTS, "binning_sweep", "sample_count_sweep"]]
+    assert {script.EXAMPLES for script in scripts} == {REPO / "examples"}
+    data = default_data(str(tmp_path / "sweeps"), scripts[0].EXAMPLES)
+    assert dataset_files(data).rows == 1558  # the five genomes as 5 kb contigs
+    with pytest.raises(ConfigError, match="no --data given; pass --data FEATURES"):
+        default_data(str(tmp_path / "other"), None)
+    assert not (tmp_path / "other").exists()
