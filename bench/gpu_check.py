@@ -273,15 +273,19 @@ def engine_epoch(
     return metrics["samples_per_s"]
 
 
-def engine_path(features: Path, device: torch.device, epochs: int, preset: str, compile: bool) -> None:
-    config = RunConfig(model=PRESETS[preset]).with_overrides(
-        [
-            f"train.epochs={epochs}",
-            "train.batch_size=1024",
-            f"train.device={device.type}",
-            "train.precision=bf16",
-            f"train.compile={str(compile).lower()}",
-        ]
+def engine_path(
+    features: Path, device: torch.device, epochs: int, preset: str, compile: bool, max_samples: int | None = None
+) -> None:
+    """`fit_local` end to end on `features` (at most `max_samples` contigs), then the checkpoint reloaded."""
+    config = RunConfig(model=PRESETS[preset]).with_values(
+        {
+            "train.epochs": epochs,
+            "train.batch_size": 1024,
+            "train.device": device.type,
+            "train.precision": "bf16",
+            "train.compile": compile,
+            "data.max_samples": max_samples,
+        }
     )
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -338,16 +342,16 @@ def main() -> None:
         )
         del data
     if "engine" in parts:
-        rows = args.rows or (2048 if cpu else 1_000_000)
+        rows = args.rows or (512 if cpu else 1_000_000)  # on the CPU: two steps per epoch prove the path
         batch = 256 if cpu else 8192
         data = resample(pool, rows)
         for counts in ("uint8", "uint16"):
             engine_epoch(data, device, preset, batch, "bf16", counts, resident=True, compile=False)
-        streamed = resample(pool, min(rows, 2048 if cpu else 131_072))
+        streamed = resample(pool, min(rows, 512 if cpu else 131_072))
         engine_epoch(streamed, device, preset, batch, "bf16", "uint8", resident=False, compile=False)
         del data, streamed
     if "fit" in parts and args.features is not None:
-        engine_path(args.features, device, 1 if cpu else 3, preset, compile=False)
+        engine_path(args.features, device, 1 if cpu else 3, preset, compile=False, max_samples=500 if cpu else None)
     report("wall time", f"{time.perf_counter() - started:.0f} s")
     width = max(len(name) for name, _ in rows_out)
     print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows_out))
