@@ -157,6 +157,52 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_concat(sub: argparse._SubParsersAction) -> None:
+    from kmervae.features.concat import MIN_LENGTH, SEPARATOR
+
+    p = sub.add_parser(
+        "concat",
+        help="per-sample assemblies -> one FASTA whose contig names carry their sample (to bin them together)",
+        description=(
+            "Writes the contigs of several assemblies, one per sample, to one FASTA, each renamed "
+            "<sample><separator><contig> (S1C<contig>, S2C<contig>, ... as VAMB's concatenate.py names them), "
+            "leaving out contigs under --min-length. Map every sample's reads to this file, then "
+            "'kmervae abundance', 'featurize', train, embed and bin it as one assembly; each bin can then be "
+            "split by sample at the first separator. The output appears only when complete."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="ASSEMBLY", help="FASTA files, one assembly per sample")
+    p.add_argument("-o", "--out", required=True, type=Path, metavar="FASTA", help="FASTA to write (.gz to compress)")
+    p.add_argument("--min-length", type=int, default=MIN_LENGTH, help="leave out contigs shorter than this")
+    p.add_argument("--separator", default=SEPARATOR, help="between the sample's name and the contig's")
+    p.add_argument(
+        "--names",
+        type=lambda text: text.split(","),
+        metavar="NAME,NAME,...",
+        help="the samples' names, one per file in order (default: S1, S2, ...)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(run=_cmd_concat)
+
+
+def _cmd_concat(args: argparse.Namespace) -> int:
+    from kmervae.features.concat import concatenate
+
+    summary = concatenate(
+        args.inputs,
+        args.out,
+        min_length=args.min_length,
+        separator=args.separator,
+        names=args.names,
+        overwrite=args.overwrite,
+        log=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr)),
+    )
+    print("\n".join(summary.lines()[len(summary.samples) :]))
+    return 0
+
+
 def _add_abundance(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "abundance",
@@ -732,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_abundance(sub)
     _add_featurize(sub)
+    _add_concat(sub)
     _add_markers(sub)
     _add_train(sub)
     _add_describe(sub)

@@ -47,6 +47,7 @@ from kmervae.base.metric_keys import (
 from kmervae.binning import bins, markers
 from kmervae.binning import recluster as reclustering
 from kmervae.binning.reports import EstimateReport, QualityReport
+from kmervae.features.fasta import wrap
 
 UNBINNED_NAME = "unbinned"
 SUMMARY_JSON = "summary.json"
@@ -275,11 +276,6 @@ def _record_entries(record, members: list[int], placements: list[Placement], cod
                 if codes[i] == code
             ]
     return entries, bases_per_bin
-
-
-def wrap(sequence: bytes, width: int = 80) -> bytes:
-    """Bases as FASTA lines of `width`."""
-    return b"".join(sequence[i : i + width] + b"\n" for i in range(0, len(sequence), width))
 
 
 def contig_markers(fasta: Sequence[Path], ids: np.ndarray, placements: list[Placement], log) -> markers.MarkerTable:

@@ -51,6 +51,11 @@ def file_stem(path: Path) -> str:
     return name
 
 
+def wrap(sequence: bytes, width: int = 80) -> bytes:
+    """Bases as FASTA lines of `width`."""
+    return b"".join(sequence[i : i + width] + b"\n" for i in range(0, len(sequence), width))
+
+
 def check_readable(path: Path) -> None:
     """Fail with one line if `path` is not a readable regular file."""
     if not path.exists():
