@@ -680,6 +680,15 @@ def _add_bin(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--labels", type=Path, metavar="TSV", help="score bins against a 'record_id<TAB>genome' table")
     p.add_argument("--seed", type=int, default=0, help="seed of the clustering")
     _add_bin_marker_flags(p)
+    p.add_argument(
+        "--split-by-sample",
+        nargs="?",
+        const="C",
+        metavar="SEP",
+        help="contigs are named <sample>SEP<contig> ('kmervae concat'; SEP C when not given): split every cluster "
+        "by sample into one bin per sample, judged against that sample's assembly; with labels, also count the "
+        "genomes with a near-complete bin in any sample",
+    )
     p.add_argument("--mlflow-run", metavar="RUN_ID", help="log the bin counts and tables to this MLflow run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bins folder")
     p.add_argument("--quiet", action="store_true", help="no progress")
@@ -729,6 +738,7 @@ def _cmd_bin(args: argparse.Namespace) -> int:
         markers_tsv=args.markers,
         find_markers=not args.no_markers,
         recluster=args.recluster,
+        split_by_sample=args.split_by_sample,
         overwrite=args.overwrite,
         progress=False if args.quiet else None,
         log=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr)),

@@ -44,9 +44,10 @@ from kmervae.base.metric_keys import (
     BINS_MEDIUM,
     BINS_NEAR_COMPLETE,
 )
-from kmervae.binning import bins, markers
+from kmervae.binning import bins, markers, samples
 from kmervae.binning import recluster as reclustering
 from kmervae.binning.reports import EstimateReport, QualityReport
+from kmervae.binning.samples import SampleSplit
 from kmervae.features.fasta import wrap
 
 UNBINNED_NAME = "unbinned"
@@ -86,6 +87,9 @@ class BinResult:
     quality: QualityReport | None = None  # against the labels, where there are labels
     estimated: EstimateReport | None = None  # by marker genes, where they are known
     markers_written: Path | None = None
+    split: SampleSplit | None = None  # --split-by-sample: the sample bins
+    samples: dict[str, dict[str, int]] | None = None  # per sample: its bins and near-complete ones
+    dereplicated: int | None = None  # genomes with a near-complete bin in any sample (with labels)
     fasta_files: int = 0
     split_records: int = 0
     fasta_records_unused: int = 0
@@ -119,6 +123,11 @@ class BinResult:
                 f"{e.medium} at >= 50% / <= 10%, by {e.sets.get('bacteria', 0)} bacterial marker genes; "
                 f"{e.not_judged} bin(s) not judged (archaea, phages, plasmids, fragments: see bin_summary.tsv)"
             )
+        if self.samples is not None:
+            per = ", ".join(f"{s} {c['bins']} ({c.get('near_complete', 0)} nc)" for s, c in self.samples.items())
+            out.append(f"samples   {len(self.samples)}, each cluster split by sample: {per}")
+        if self.dereplicated is not None:
+            out.append(f"genomes   {self.dereplicated} with a near-complete bin in some sample (dereplicated)")
         if self.markers_written is not None:
             out.append(f"markers   {self.markers_written} (pass it as --markers to bin this assembly again sooner)")
         if self.fasta_files:
@@ -316,6 +325,7 @@ def bin_contigs(
     markers_tsv: Path | None = None,
     find_markers: bool = True,
     recluster: str | None = None,
+    split_by_sample: str | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = lambda line: None,
@@ -323,7 +333,8 @@ def bin_contigs(
     """Bin the embedded contigs into `out` (written whole, or not at all). Several embedding files
     of the same contigs bin as one ensemble (`embed.read_ensemble`). Bins are judged by the
     contigs' marker genes (`marker_table`) and improved by them (`recluster_method`: by default
-    `unmarked` where there are markers; bench/RESULTS.md "Issue 38, lever 6")."""
+    `unmarked` where there are markers; bench/RESULTS.md "Issue 38, lever 6"). `split_by_sample`:
+    the separator after each contig's sample; every cluster is then split by sample (`samples`)."""
     started = time.perf_counter()
 
     def done(what: str) -> None:
@@ -343,6 +354,11 @@ def bin_contigs(
         resolution=resolution, seed=seed,
     )  # fmt: skip
     names = bin_names(int(codes.max()) + 1 if (codes >= 0).any() else 0)
+    split = None
+    if split_by_sample is not None:
+        split = samples.split_by_sample(ids, codes, names, lengths, split_by_sample, min_bin_size)
+        codes, names = split.codes, split.names
+        labels = samples.sample_labels(labels, split) if labels is not None else None
     done(f"clustered into {len(names)} bin(s) of >= {min_bin_size:,} bases" + (
         f" (reclustered: {recluster})" if recluster != "none" else ""
     ))  # fmt: skip
@@ -362,6 +378,8 @@ def bin_contigs(
         result.quality = QualityReport.of(bins.bin_quality(codes, labels, lengths), names, labelled)
     if present is not None:
         result.estimated = EstimateReport.of(markers.estimate_bins(codes, present), names, table.sets)
+    if split is not None:
+        _count_sample_bins(result, split)
     _write_folder(out, ids, codes, names, lengths, contigs.gc, result, fasta, contigs.placements, progress, done, found)
     result.files = sorted(out.rglob("*.tsv")) + sorted(out.glob("*.json"))
     return result
@@ -379,6 +397,24 @@ def recluster_method(recluster: str | None, table: markers.MarkerTable | None) -
             "or --fasta to find them"
         )
     return recluster
+
+
+def _count_sample_bins(result: BinResult, split: SampleSplit) -> None:
+    """Each sample's bins and near-complete bins (by the truth, else by markers), and the genomes
+    with a near-complete bin in some sample."""
+    recall, purity = bins.NEAR_COMPLETE
+    result.split = split
+    if result.quality is not None:
+        good = {n: b.recall >= recall and b.purity >= purity for n, b in result.quality.bins.items()}
+        nc_genomes = [b.genome for n, b in result.quality.bins.items() if good[n] and b.genome is not None]
+        result.dereplicated = samples.dereplicated(nc_genomes, split.separator)
+    elif result.estimated is not None:
+        good = {
+            n: e.judged and e.completeness >= 0.9 and e.contamination <= 0.05 for n, e in result.estimated.bins.items()
+        }
+    else:
+        good = {}
+    result.samples = split.per_sample(good)
 
 
 @dataclass
@@ -494,10 +530,19 @@ def _write_folder(
 
 def _write_tables(folder: Path, ids, codes, names, lengths, gc, result: BinResult) -> None:
     quality, estimated = result.quality, result.estimated
+    split = result.split
     with open(folder / "bins.tsv", "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["contig_id", "bin"])
-        writer.writerows((cid, names[c] if c >= 0 else UNBINNED_NAME) for cid, c in zip(ids, codes, strict=True))
+        if split is None:
+            writer.writerow(["contig_id", "bin"])
+            writer.writerows((cid, names[c] if c >= 0 else UNBINNED_NAME) for cid, c in zip(ids, codes, strict=True))
+        else:  # each sample's bins: the bin, the cluster it was split from and the sample
+            writer.writerow(["contig_id", "bin", "cluster", "sample"])
+            for cid, c, sample in zip(ids, codes, split.contig_samples, strict=True):
+                binned = c >= 0
+                writer.writerow(
+                    [cid, names[c] if binned else UNBINNED_NAME, split.cluster[c] if binned else UNBINNED_NAME, sample]
+                )
     with open(folder / "bin_summary.tsv", "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         header = ["bin", "contigs", "bases", "gc"] + (["genome", "purity", "recall"] if quality else [])
@@ -526,4 +571,10 @@ def _write_tables(folder: Path, ids, codes, names, lengths, gc, result: BinResul
         "quality": quality.to_json() if quality else None,
         "estimated": estimated.to_json() if estimated else None,
     }
+    if split is not None:
+        summary["split_by_sample"] = {
+            "separator": split.separator,
+            "samples": result.samples,
+            "dereplicated_near_complete": result.dereplicated,
+        }
     (folder / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
