@@ -69,6 +69,7 @@ def test_each_cluster_becomes_one_bin_per_sample_judged_in_its_sample(catalogue,
     }
     assert sorted(p.name for p in (out / "fasta").iterdir()) == sorted(f"{n}.fna" for n in result.split.names)
     assert any("dereplicated" in line for line in result.lines())
+    assert result.metrics()["bins/dereplicated_near_complete"] == result.dereplicated  # what --mlflow-run logs
 
 
 def test_a_contig_without_a_sample_is_one_line_and_writes_nothing(catalogue, tmp_path, capsys):

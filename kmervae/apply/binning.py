@@ -39,6 +39,7 @@ from kmervae.base.feature_table import contig_labels
 from kmervae.base.metric_keys import (
     BINS_BINNED_BASES,
     BINS_COUNT,
+    BINS_DEREPLICATED_NEAR_COMPLETE,
     BINS_EST_MEDIUM,
     BINS_EST_NEAR_COMPLETE,
     BINS_MEDIUM,
@@ -102,6 +103,8 @@ class BinResult:
             metrics |= {BINS_NEAR_COMPLETE: self.quality.near_complete, BINS_MEDIUM: self.quality.medium}
         if self.estimated is not None:
             metrics |= {BINS_EST_NEAR_COMPLETE: self.estimated.near_complete, BINS_EST_MEDIUM: self.estimated.medium}
+        if self.dereplicated is not None:
+            metrics[BINS_DEREPLICATED_NEAR_COMPLETE] = self.dereplicated
         return metrics
 
     def lines(self) -> list[str]:

@@ -85,6 +85,8 @@ BINS_NEAR_COMPLETE = BINS + "near_complete"
 BINS_MEDIUM = BINS + "medium"
 BINS_EST_NEAR_COMPLETE = BINS + "est_near_complete"
 BINS_EST_MEDIUM = BINS + "est_medium"
+BINS_DEREPLICATED_NEAR_COMPLETE = BINS + "dereplicated_near_complete"
+"""With --split-by-sample and labels: genomes with a near-complete bin in some sample."""
 
 EVAL = "eval/"
 """What `kmervae evaluate --mlflow-run` adds: `eval_key(embedding, score)`."""
