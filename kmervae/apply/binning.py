@@ -377,12 +377,16 @@ def bin_contigs(
         markers_written=out / MARKERS_TSV if found is not None else None,
         fasta_records_unused=contigs.unused_records,
     )
+    truth = estimates = None
     if labels is not None and (labelled := int(sum(label is not None for label in labels))):
-        result.quality = QualityReport.of(bins.bin_quality(codes, labels, lengths), names, labelled)
+        truth = bins.bin_quality(codes, labels, lengths)
+        result.quality = QualityReport.of(truth, names, labelled)
     if present is not None:
-        result.estimated = EstimateReport.of(markers.estimate_bins(codes, present), names, table.sets)
+        estimates = markers.estimate_bins(codes, present)
+        result.estimated = EstimateReport.of(estimates, names, table.sets)
     if split is not None:
-        _count_sample_bins(result, split)
+        result.split = split
+        result.samples, result.dereplicated = samples.sample_counts(split, truth, estimates)
     _write_folder(out, ids, codes, names, lengths, contigs.gc, result, fasta, contigs.placements, progress, done, found)
     result.files = sorted(out.rglob("*.tsv")) + sorted(out.glob("*.json"))
     return result
@@ -400,24 +404,6 @@ def recluster_method(recluster: str | None, table: markers.MarkerTable | None) -
             "or --fasta to find them"
         )
     return recluster
-
-
-def _count_sample_bins(result: BinResult, split: SampleSplit) -> None:
-    """Each sample's bins and near-complete bins (by the truth, else by markers), and the genomes
-    with a near-complete bin in some sample."""
-    recall, purity = bins.NEAR_COMPLETE
-    result.split = split
-    if result.quality is not None:
-        good = {n: b.recall >= recall and b.purity >= purity for n, b in result.quality.bins.items()}
-        nc_genomes = [b.genome for n, b in result.quality.bins.items() if good[n] and b.genome is not None]
-        result.dereplicated = samples.dereplicated(nc_genomes, split.separator)
-    elif result.estimated is not None:
-        good = {
-            n: e.judged and e.completeness >= 0.9 and e.contamination <= 0.05 for n, e in result.estimated.bins.items()
-        }
-    else:
-        good = {}
-    result.samples = split.per_sample(good)
 
 
 @dataclass

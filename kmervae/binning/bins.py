@@ -220,9 +220,13 @@ class BinQuality:
     recall: np.ndarray  # (bins,)
     labelled_bases: np.ndarray  # (bins,) labelled bases in each bin
 
+    def passes(self, recall: float, purity: float) -> np.ndarray:
+        """(bins,) bool: which bins are at or above both thresholds."""
+        return (self.recall >= recall) & (self.purity >= purity)
+
     def count(self, recall: float, purity: float) -> int:
         """Bins at or above both thresholds."""
-        return int(((self.recall >= recall) & (self.purity >= purity)).sum())
+        return int(self.passes(recall, purity).sum())
 
     @property
     def near_complete(self) -> int:

@@ -196,10 +196,13 @@ class BinEstimates:
     domain: np.ndarray  # (bins,) str: bacteria, archaea, or none (too few markers)
     judged: np.ndarray  # (bins,) bool: bacterial bins with at least MIN_JUDGED of the set
 
+    def passes(self, completeness: float, contamination: float) -> np.ndarray:
+        """(bins,) bool: judged bins at or above `completeness` and at or below `contamination`."""
+        return self.judged & (self.completeness >= completeness) & (self.contamination <= contamination + 1e-9)
+
     def count(self, completeness: float, contamination: float) -> int:
         """Judged bins at or above `completeness` and at or below `contamination`."""
-        ok = self.judged & (self.completeness >= completeness) & (self.contamination <= contamination + 1e-9)
-        return int(ok.sum())
+        return int(self.passes(completeness, contamination).sum())
 
     @property
     def near_complete(self) -> int:

@@ -17,6 +17,8 @@ import numpy as np
 
 from kmervae.base.errors import InputError
 from kmervae.binning import bins
+from kmervae.binning.markers import NEAR_COMPLETE as NEAR_COMPLETE_ESTIMATE
+from kmervae.binning.markers import BinEstimates
 
 
 @dataclass(frozen=True)
@@ -31,13 +33,13 @@ class SampleSplit:
     sample: list[str]  # each sample bin's sample
     contig_samples: np.ndarray  # (contigs,) each contig's sample, as str
 
-    def per_sample(self, judged: dict[str, bool]) -> dict[str, dict[str, int]]:
-        """{sample: {"bins": n, "near_complete": n}}, from `judged` {bin name: near-complete?}."""
+    def per_sample(self, near_complete: np.ndarray) -> dict[str, dict[str, int]]:
+        """{sample: {"bins": n, "near_complete": n}}, from `near_complete` (sample bins,) bool."""
         out: dict[str, dict[str, int]] = {}
-        for name, sample in zip(self.names, self.sample, strict=True):
+        for sample, good in zip(self.sample, near_complete.tolist(), strict=True):
             counts = out.setdefault(sample, {"bins": 0, "near_complete": 0})
             counts["bins"] += 1
-            counts["near_complete"] += int(judged.get(name, False))
+            counts["near_complete"] += int(good)
         return dict(sorted(out.items()))
 
 
@@ -89,6 +91,16 @@ def sample_labels(labels: np.ndarray, split: SampleSplit) -> np.ndarray:
     )  # fmt: skip
 
 
-def dereplicated(genomes_of_near_complete: list[str], separator: str) -> int:
-    """Distinct genomes among the near-complete sample bins' genomes (<sample><separator><label>)."""
-    return len({genome.split(separator, 1)[1] for genome in genomes_of_near_complete})
+def sample_counts(
+    split: SampleSplit, truth: bins.BinQuality | None, estimates: BinEstimates | None
+) -> tuple[dict[str, dict[str, int]], int | None]:
+    """Each sample's bins and near-complete bins (by the truth, else by marker genes, by the same
+    test that counts them: `passes`), and with the truth the genomes with a near-complete bin in
+    some sample (dereplicated: a genome counts once, however many samples recovered it)."""
+    if truth is not None:
+        good = truth.passes(*bins.NEAR_COMPLETE)
+        genomes = {truth.genomes[truth.main[i]].split(split.separator, 1)[1] for i in np.flatnonzero(good)}
+        return split.per_sample(good), len(genomes)
+    if estimates is not None:
+        return split.per_sample(estimates.passes(*NEAR_COMPLETE_ESTIMATE)), None
+    return split.per_sample(np.zeros(len(split.names), dtype=bool)), None
