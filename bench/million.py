@@ -52,12 +52,12 @@ def read_genomes(folder: Path) -> dict[str, np.ndarray]:
     return genomes
 
 
-def make_contigs(genomes: dict[str, np.ndarray], count: int, seed: int, out: Path) -> None:
+def make_contigs(genomes: dict[str, np.ndarray], count: int, seed: int, out: Path, samples: int = SAMPLES) -> None:
     """Write `count` mutated windows to `out`, their labels and their depths beside it."""
     rng = np.random.default_rng(seed)
     names = list(genomes)
     sizes = np.array([len(genomes[n]) for n in names], dtype=np.float64)
-    abundance = 10 * rng.lognormal(0.0, 1.5, size=(len(names), SAMPLES))
+    abundance = 10 * rng.lognormal(0.0, 1.5, size=(len(names), samples))
     stem = out.with_name(out.name.split(".")[0])
     started, bases = time.perf_counter(), 0
     with (
@@ -66,7 +66,7 @@ def make_contigs(genomes: dict[str, np.ndarray], count: int, seed: int, out: Pat
         open(f"{stem}.depth.tsv", "w") as depth,
     ):
         labels.write("contig_id\tlabel\n")
-        depth.write("contigname\t" + "\t".join(f"S{s + 1}" for s in range(SAMPLES)) + "\n")
+        depth.write("contigname\t" + "\t".join(f"S{s + 1}" for s in range(samples)) + "\n")
         for lo in range(0, count, 10_000):
             n = min(10_000, count - lo)
             which = rng.choice(len(names), size=n, p=sizes / sizes.sum())
@@ -281,11 +281,12 @@ def bams(args: argparse.Namespace) -> None:
         for line in handle:
             name, length = line.split("\t")[:2]
             lengths[name] = int(length)
-    with open(args.depths) as handle:
-        samples = handle.readline().rstrip("\n").split("\t")[1:]
-        rows = [line.rstrip("\n").split("\t") for line in handle]
-    names = [r[0] for r in rows]
-    depth = np.array([[float(v) for v in r[1:]] for r in rows])
+    import pyarrow.csv as pv
+
+    table = pv.read_csv(args.depths, parse_options=pv.ParseOptions(delimiter="\t"))
+    samples = table.column_names[1:]
+    names = table.column(0).to_pylist()
+    depth = np.column_stack([table.column(s).to_numpy() for s in samples])
     size = np.array([lengths[n] for n in names], dtype=np.int64)
     header = "@HD\tVN:1.6\tSO:coordinate\n" + "".join(f"@SQ\tSN:{n}\tLN:{size[i]}\n" for i, n in enumerate(names))
     rng = np.random.default_rng(args.seed)
@@ -321,6 +322,7 @@ def main() -> None:
     p = sub.add_parser("contigs", help="write the mutated windows and their labels")
     p.add_argument("--genomes", type=Path, required=True)
     p.add_argument("--contigs", type=int, default=1_000_000)
+    p.add_argument("--samples", type=int, default=SAMPLES, help="columns of the depth table (and BAM files of `bams`)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("knn", help="approximate neighbour libraries against the exact graph")
@@ -349,7 +351,7 @@ def main() -> None:
     if args.command == "knn":
         HNSW.update({key: getattr(args, key) for key in HNSW})
     if args.command == "contigs":
-        make_contigs(read_genomes(args.genomes), args.contigs, args.seed, args.out)
+        make_contigs(read_genomes(args.genomes), args.contigs, args.seed, args.out, args.samples)
     else:
         knn(args)
 

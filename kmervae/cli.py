@@ -72,10 +72,11 @@ def _add_featurize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--abundance",
         type=Path,
-        metavar="TSV",
+        metavar="TSV|DIR",
         help="per-sample mean depth of every record: MetaBAT's depth table ('kmervae abundance', "
-        "jgi_summarize_bam_contig_depths), VAMB's abundance TSV or CoverM's 'contig -m mean' output; "
-        "stored as the 'abundance' column (fragments share their record's depths)",
+        "jgi_summarize_bam_contig_depths), VAMB's abundance TSV, CoverM's 'contig -m mean' output, or "
+        "strobealign --aemb output (a folder of SAMPLE.tsv files, one per sample); stored as the "
+        "'abundance' column (fragments share their record's depths)",
     )
     _add_featurize_output_flags(p)
     p.add_argument(

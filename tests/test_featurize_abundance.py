@@ -119,3 +119,71 @@ def test_a_foreign_file_with_a_bad_depth_is_refused_by_contig(tmp_path):
     )
     with pytest.raises(InputError, match=r"1 row\(s\) with .* a depth that is NaN, inf or negative, e.g. r2"):
         dataset_files(out)
+
+
+def test_strobealign_aemb_files_are_a_depth_table(tmp_path):
+    """strobealign --aemb writes one headerless 'contig<TAB>depth' file per sample: a folder of
+    them is one table (samples by file name, rows matched by contig), a single file one sample."""
+    fasta = write_fasta(tmp_path / "asm.fna", RECORDS)
+    folder = tmp_path / "aemb"
+    folder.mkdir()
+    (folder / "s1.tsv").write_text("r1\t1.5\nr2\t0\nr3\t10\n")
+    (folder / "s2.tsv").write_text("r3\t2\nr1\t3\nr2\t7.25\n")  # another order: matched by name
+    (folder / "notes.md").write_text("not a depth file\n")
+    out = tmp_path / "features"
+    result = kmervae("featurize", str(fasta), "--abundance", str(folder), "-o", str(out), "--min-length", "100")
+    assert result.returncode == 0, result.stderr
+    features = FeatureTable.from_parquet(out)
+    assert features.samples == ("s1", "s2")
+    np.testing.assert_array_equal(features.abundance, [[1.5, 3.0], [0.0, 7.25], [10.0, 2.0]])
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["abundance"]["format"] == "aemb"
+    single = tmp_path / "single"
+    result = kmervae(
+        "featurize", str(fasta), "--abundance", str(folder / "s2.tsv"), "-o", str(single), "--min-length", "100"
+    )
+    assert result.returncode == 0, result.stderr
+    assert FeatureTable.from_parquet(single).samples == ("s2",)
+    np.testing.assert_array_equal(FeatureTable.from_parquet(single).abundance[:, 0], [3.0, 7.25, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"s1.tsv": "r1\t1\nr2\t1\nr3\t1\n", "s2.tsv": "r1\t1\nr2\t1\nr9\t1\n"}, "s2.tsv: contig 'r9' is not in s1.tsv"),
+        ({"s1.tsv": "r1\t1\nr2\t1\nr3\t1\n", "s2.tsv": "r1\t1\nr2\t1\n"}, "s2.tsv: 2 contigs, not the 3 of s1.tsv"),
+        ({"s1.tsv": "r1\t1\nr2\tx\nr3\t1\n"}, "s1.tsv: line 2: contig 'r2' has a value that is not a number"),
+        ({"s1.tsv": "r1\t1\nr2\t1\nr1\t1\n"}, "s1.tsv: contig 'r1' appears twice (line 3)"),
+        ({}, "no depth files in this folder"),
+        (
+            {"s1.tsv": "r1_1\t1\nr1_2\t1\nr2_1\t1\nr2_2\t1\nr3_1\t1\nr3_2\t1\n"},
+            "the table was made for SemiBin2's split contigs",
+        ),
+    ],
+)
+def test_bad_aemb_folders_are_one_line_and_write_nothing(tmp_path, files, message):
+    fasta = write_fasta(tmp_path / "asm.fna", RECORDS)
+    folder = tmp_path / "aemb"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    out = tmp_path / "features"
+    result = kmervae("featurize", str(fasta), "--abundance", str(folder), "-o", str(out), "--min-length", "100")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert not out.exists() and not list(tmp_path.glob(".features*"))
+
+
+def test_the_fast_reader_and_the_line_reader_agree(tmp_path):
+    """Tables go through Arrow's CSV reader; one it cannot take as it is (here a comment line)
+    is read line by line: the same table either way."""
+    from kmervae.abundance.depth_table import read_depth_table
+
+    plain = metabat_table(tmp_path / "plain.tsv", GOOD)
+    commented = tmp_path / "commented.tsv"
+    lines = plain.read_text().splitlines()
+    commented.write_text("\n".join([lines[0], "# made by hand", *lines[1:]]) + "\n")
+    fast, slow = read_depth_table(plain), read_depth_table(commented)
+    assert fast.contigs == slow.contigs == ("r1", "r2", "r3") and fast.samples == slow.samples
+    np.testing.assert_array_equal(fast.depths, slow.depths)
+    np.testing.assert_array_equal(fast.lengths, slow.lengths)

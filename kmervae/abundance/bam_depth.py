@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +77,13 @@ class SampleDepth:
     counted: int  # reads that qualified and were counted
     low_identity: int  # mapped reads under min_identity or min_mapq
     seconds: float
+    reference: str = ""  # digest of the contig names and lengths: files mapped to one assembly share it
+
+    def __post_init__(self) -> None:
+        if not self.reference:
+            digest = hashlib.blake2b("\n".join(self.contigs).encode(), digest_size=16)
+            digest.update(np.ascontiguousarray(self.lengths, dtype=np.int64).tobytes())
+            self.reference = digest.hexdigest()
 
 
 def finish_contig(lengths, tid: int, starts: list[int], ends: list[int], edge: int, mean, variance) -> None:
@@ -182,6 +191,50 @@ def check_bams(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
+def depth_column(path: str | os.PathLike[str], settings: DepthSettings, keep_names: bool) -> SampleDepth:
+    """`sample_depth` as a worker returns it: without the contig names unless `keep_names` (a
+    million names cost more to send back than the depths; `reference` stands for them)."""
+    depth = sample_depth(path, settings)
+    if not keep_names:
+        depth.contigs = []
+    return depth
+
+
+def local_columns(workers: int) -> ColumnSource:
+    """Each file's `depth_column` on `workers` processes (one file each, as
+    jgi_summarize_bam_contig_depths's threads), at most twice as many files ahead of the one
+    handed back, so finished files wait in memory only that long."""
+
+    def columns(paths: Sequence[Path], settings: DepthSettings) -> Iterator[SampleDepth]:
+        if workers <= 1 or len(paths) == 1:
+            yield from (depth_column(path, settings, i == 0) for i, path in enumerate(paths))
+            return
+        with ProcessPoolExecutor(min(workers, len(paths))) as pool:
+            ahead: deque[Future] = deque()
+            for i, path in enumerate(paths):
+                ahead.append(pool.submit(depth_column, path, settings, i == 0))
+                if len(ahead) > 2 * workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+
+    return columns
+
+
+ColumnSource = Callable[[Sequence[Path], DepthSettings], Iterator[SampleDepth]]
+"""Where the files are read: `local_columns` (processes here) or the Ray engine's tasks; each
+yields the files' `depth_column`s in the order of `paths`, the first with its contig names."""
+
+
+def same_reference(first: SampleDepth, other: SampleDepth) -> None:
+    """Refuse a file whose reads are mapped to other contigs than the first file's."""
+    if other.reference != first.reference:
+        raise InputError(
+            f"{other.path}: its reads are mapped to other contigs than {first.path}'s "
+            f"({len(other.lengths)} and {len(first.lengths)} contigs); map every sample to the same assembly"
+        )
+
+
 def bam_depths(
     paths: Sequence[str | os.PathLike[str]],
     settings: DepthSettings = DepthSettings(),
@@ -191,25 +244,12 @@ def bam_depths(
     """Depths of every BAM file, `workers` files at a time; the files must share one reference
     (the same contigs with the same lengths in the same order), as they do when every
     sample's reads are mapped to the same assembly. `on_sample` is called as each file ends."""
-    paths = check_bams(paths)
-    results: list[SampleDepth | None] = [None] * len(paths)
-    if workers <= 1 or len(paths) == 1:
-        for i, path in enumerate(paths):
-            results[i] = sample_depth(path, settings)
-            if on_sample:
-                on_sample(results[i])
-    else:
-        with ProcessPoolExecutor(min(workers, len(paths))) as pool:
-            futures = [pool.submit(sample_depth, path, settings) for path in paths]
-            for i, future in enumerate(futures):
-                results[i] = future.result()
-                if on_sample:
-                    on_sample(results[i])
-    first = results[0]
-    for other in results[1:]:
-        if other.contigs != first.contigs or not np.array_equal(other.lengths, first.lengths):
-            raise InputError(
-                f"{other.path}: its reads are mapped to other contigs than {first.path}'s "
-                f"({len(other.contigs)} and {len(first.contigs)} contigs); map every sample to the same assembly"
-            )
+    results = []
+    for depth in local_columns(workers)(check_bams(paths), settings):
+        if results:
+            same_reference(results[0], depth)
+            depth.contigs = results[0].contigs
+        results.append(depth)
+        if on_sample:
+            on_sample(depth)
     return results

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kmervae.abundance.bam_depth import DepthSettings, SampleDepth, bam_depths, check_bams
+from kmervae.abundance.bam_depth import (
+    ColumnSource,
+    DepthSettings,
+    SampleDepth,
+    check_bams,
+    local_columns,
+    same_reference,
+)
 from kmervae.abundance.depth_table import write_table
 from kmervae.base.errors import OutputError
 
@@ -42,11 +49,11 @@ class DepthTableSummary:
         ]
 
 
-def sample_line(sample: SampleDepth) -> str:
+def sample_line(sample: SampleDepth, done: int, files: int) -> str:
     """One file's progress line: records read and counted, and the rate."""
     rate = sample.records / max(sample.seconds, 1e-9)
     return (
-        f"  {Path(sample.path).name}: {sample.records:,} records, {sample.counted:,} reads counted, "
+        f"  [{done}/{files}] {Path(sample.path).name}: {sample.records:,} records, {sample.counted:,} reads counted, "
         f"{sample.low_identity:,} under --min-identity/--min-mapq, {sample.seconds:.1f} s ({rate:,.0f} records/s)"
     )
 
@@ -59,26 +66,39 @@ def build_depth_table(
     fmt: str = "metabat",
     overwrite: bool = False,
     log: Callable[[str], None] = lambda line: None,
+    columns: ColumnSource | None = None,
 ) -> DepthTableSummary:
     """Write the depth table of `bams` (one sample each, named by file name) to `out` in `fmt`
-    ("metabat" or "vamb", `depth_table.write_table`); `workers` files at once, one per core when None."""
+    ("metabat" or "vamb", `depth_table.write_table`). The files are read by `columns` (the Ray
+    engine's tasks), else `workers` at once here, one per core when None. Each file's depths go
+    into the table's float32 columns as it arrives and the file's result is dropped, so memory
+    is the table (8 bytes a contig and sample) and the files in flight."""
     started = time.perf_counter()
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: exists already; pass --overwrite to replace it")
     paths = check_bams(bams)
-    workers = workers or max(1, len(os.sched_getaffinity(0)))
-    log(f"reading   {len(paths)} BAM file(s), {min(workers, len(paths))} at a time")
-    samples = bam_depths(paths, settings, workers, on_sample=lambda sample: log(sample_line(sample)))
-    first = samples[0]
-    means = np.stack([s.mean for s in samples], axis=1)
-    variances = np.stack([s.variance for s in samples], axis=1)
+    if columns is None:
+        workers = workers or max(1, len(os.sched_getaffinity(0)))
+        log(f"reading   {len(paths)} BAM file(s), {min(workers, len(paths))} at a time")
+        columns = local_columns(workers)
+    first = None
+    counted = records = 0
+    for j, sample in enumerate(columns(paths, settings)):
+        if first is None:
+            first = sample
+            means = np.empty((len(sample.lengths), len(paths)), dtype=np.float32)
+            variances = np.empty_like(means)
+        same_reference(first, sample)
+        means[:, j], variances[:, j] = sample.mean, sample.variance
+        counted, records = counted + sample.counted, records + sample.records
+        log(sample_line(sample, j + 1, len(paths)))
     write_table(out, first.contigs, first.lengths, [p.name for p in paths], means, variances, fmt)
     return DepthTableSummary(
         out=out,
-        samples=len(samples),
-        contigs=len(first.contigs),
+        samples=len(paths),
+        contigs=len(first.lengths),
         unread_contigs=int((means.sum(axis=1) == 0).sum()),
-        counted=sum(s.counted for s in samples),
-        records=sum(s.records for s in samples),
+        counted=counted,
+        records=records,
         seconds=time.perf_counter() - started,
     )

@@ -4,11 +4,21 @@
   `contigLen`, `totalAvgDepth`, then for each sample its mean and `<sample>-var`;
 - VAMB's abundance TSV: `contigname` and one column per sample;
 - CoverM's `coverm contig` output: `Contig` and one `<sample> Mean` column per sample
-  (other methods' columns are refused: kmervae learns mean depths).
+  (other methods' columns are refused: kmervae learns mean depths);
+- strobealign's `--aemb` output (what SemiBin2 and VAMB also read): one file per sample, no
+  header, the contig and its mean depth; a folder of them is one table, a sample per file
+  (named by the file's name without `.tsv`/`.txt`), a single file a one-sample table.
 
 `read_depth_table` reads any of them into a `DepthTable` and refuses what a binner would
 mistrust: NaN, infinite or negative depths, duplicate contigs or sample names, ragged lines.
 Each error names the file and the first offending contig or line.
+
+A table of a million contigs and a hundred samples is 10^8 numbers, so both directions go
+through Arrow's multi-threaded CSV reader and writer (pyarrow, already the parquet library):
+the record-by-record reader below (`_read_rows`) took 65 s to read such a table and the
+writer 155 s (bench/RESULTS.md "Hundreds of samples"). The record-by-record reader stays the one
+source of the error messages: a table the fast path cannot take as it is (a bad value, a
+ragged line, a comment line) is read again by it, which names the first problem.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import numpy as np
 from kmervae.base.errors import InputError, InputNotFoundError, OutputError
 
 METABAT_FIXED = ("contigName", "contigLen", "totalAvgDepth")
+AEMB_SUFFIXES = (".tsv", ".txt")
+"""Files of a folder of strobealign --aemb outputs; the sample is the name without the suffix."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,7 @@ class DepthTable:
     """Mean depth per contig (rows) and sample (columns)."""
 
     source: str
-    format: str  # metabat, vamb or coverm
+    format: str  # metabat, vamb, coverm or aemb
     contigs: tuple[str, ...]
     samples: tuple[str, ...]
     depths: np.ndarray  # (contigs, samples) float32
@@ -51,10 +63,21 @@ def _format_of(header: list[str], path: Path) -> str:
         return "vamb"
     if header and header[0].lower() == "contig":
         return "coverm"
+    if len(header) == 2 and _is_number(header[1]):
+        return "aemb"
     raise InputError(
         f"{path}: not a depth table: the header starts {header[:3]}; expected MetaBAT's "
-        "(contigName, contigLen, totalAvgDepth, ...), VAMB's (contigname, ...) or CoverM's (Contig, ...)"
+        "(contigName, contigLen, totalAvgDepth, ...), VAMB's (contigname, ...), CoverM's (Contig, ...) "
+        "or strobealign --aemb's (contig<TAB>depth lines, no header)"
     )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _sample_columns(fmt: str, header: list[str], path: Path) -> tuple[list[int], list[str]]:
@@ -72,22 +95,25 @@ def _sample_columns(fmt: str, header: list[str], path: Path) -> tuple[list[int],
                 f"{path}: column '{others[0]}' is not a mean depth; run 'coverm contig -m mean' for kmervae"
             )
         return list(range(1, len(header))), [c.removesuffix(" Mean") for c in columns]
+    if fmt == "aemb":
+        return [1], [aemb_sample(path)]
     return list(range(1, len(header))), header[1:]
 
 
+def aemb_sample(path: Path) -> str:
+    """The sample of a strobealign --aemb file: its name without `.tsv` or `.txt`."""
+    return next((path.name.removesuffix(s) for s in AEMB_SUFFIXES if path.name.endswith(s)), path.name)
+
+
 def read_depth_table(path: str | os.PathLike[str]) -> DepthTable:
-    """Read a MetaBAT, VAMB or CoverM depth table (the format is recognised from its header)."""
+    """Read a MetaBAT, VAMB, CoverM or strobealign --aemb depth table (the format is recognised
+    from its header), or a folder of --aemb files (one sample each)."""
     path = Path(path)
+    if path.is_dir():
+        return _read_aemb_folder(path)
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such depth table; make one with 'kmervae abundance BAM... -o {path}'")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = [row for row in csv.reader(handle, delimiter="\t") if row and not row[0].startswith("#")]
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read the depth table ({err})") from None
-    if not rows:
-        raise InputError(f"{path}: empty depth table")
-    header = [c.strip() for c in rows[0]]
+    header = _header(path)
     fmt = _format_of(header, path)
     columns, samples = _sample_columns(fmt, header, path)
     if not samples:
@@ -95,12 +121,72 @@ def read_depth_table(path: str | os.PathLike[str]) -> DepthTable:
     duplicate = next((s for i, s in enumerate(samples) if s in samples[:i]), None)
     if duplicate is not None:
         raise InputError(f"{path}: sample '{duplicate}' appears twice; each sample needs its own name")
+    table = _read_fast(path, fmt, len(header), columns)
+    if table is None:
+        table = _read_rows(path, fmt, header, columns, samples)
+    contigs, depths, lengths = table
+    return DepthTable(str(path), fmt, tuple(contigs), tuple(samples), depths, lengths)
+
+
+def _header(path: Path) -> list[str]:
+    """The first line that is not a comment, split at tabs."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            first = next((row for row in csv.reader(handle, delimiter="\t") if row and not row[0].startswith("#")), None)
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read the depth table ({err})") from None
+    if first is None:
+        raise InputError(f"{path}: empty depth table")
+    return [c.strip() for c in first]
+
+
+def _read_fast(path: Path, fmt: str, width: int, columns: list[int]):
+    """(contigs, depths, lengths) through Arrow's CSV reader, or None when the table needs the
+    record-by-record reader: any value, line or contig it would refuse, or a comment line."""
+    import pyarrow as pa
+    import pyarrow.csv as pv
+
+    names = [f"c{i}" for i in range(width)]
+    types = {name: pa.float64() for name in names}
+    types["c0"] = pa.string()
+    if fmt == "metabat":
+        types["c1"] = pa.int64()
+    try:
+        table = pv.read_csv(
+            path,
+            read_options=pv.ReadOptions(column_names=names, skip_rows=0 if fmt == "aemb" else 1),
+            parse_options=pv.ParseOptions(delimiter="\t"),
+            convert_options=pv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError):
+        return None
+    contigs = table.column("c0").to_pylist()
+    depths = np.column_stack([table.column(f"c{c}").to_numpy() for c in columns]) if len(contigs) else None
+    if depths is None or not np.isfinite(depths).all() or (depths < 0).any():
+        return None
+    if any(c.startswith("#") or c != c.strip() for c in contigs) or len(set(contigs)) != len(contigs):
+        return None
+    lengths = table.column("c1").to_numpy().astype(np.int64) if fmt == "metabat" else None
+    return contigs, depths.astype(np.float32), lengths
+
+
+def _read_rows(path: Path, fmt: str, header: list[str], columns: list[int], samples: list[str]):
+    """(contigs, depths, lengths) record by record, refusing the first bad line with its number."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle, delimiter="\t") if row and not row[0].startswith("#")]
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read the depth table ({err})") from None
+    body = rows if fmt == "aemb" else rows[1:]
+    first_line = 1 if fmt == "aemb" else 2
+    if not body:
+        raise InputError(f"{path}: no contigs in the depth table")
     contigs: list[str] = []
     seen: set[str] = set()
-    depths = np.empty((len(rows) - 1, len(samples)), dtype=np.float64)
-    lengths = np.empty(len(rows) - 1, dtype=np.int64) if fmt == "metabat" else None
-    for i, row in enumerate(rows[1:]):
-        line = i + 2
+    depths = np.empty((len(body), len(samples)), dtype=np.float64)
+    lengths = np.empty(len(body), dtype=np.int64) if fmt == "metabat" else None
+    for i, row in enumerate(body):
+        line = i + first_line
         if len(row) != len(header):
             raise InputError(f"{path}: line {line}: {len(row)} fields, the header has {len(header)}")
         contig = row[0].strip()
@@ -120,7 +206,38 @@ def read_depth_table(path: str | os.PathLike[str]) -> DepthTable:
                 f"{path}: contig '{contig}' has depth {depths[i][samples.index(bad)]} in sample '{bad}'; "
                 "depths must be finite and >= 0"
             )
-    return DepthTable(str(path), fmt, tuple(contigs), tuple(samples), depths.astype(np.float32), lengths)
+    return contigs, depths.astype(np.float32), lengths
+
+
+def _read_aemb_folder(folder: Path) -> DepthTable:
+    """A folder of strobealign --aemb files, one sample each (sorted by name), on one set of
+    contigs: every file must list the same contigs (in any order); rows follow the first file."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(AEMB_SUFFIXES))
+    if not files:
+        raise InputError(
+            f"{folder}: no depth files in this folder; give strobealign --aemb outputs named SAMPLE.tsv "
+            "(one per sample), or a depth table file"
+        )
+    samples = [aemb_sample(p) for p in files]
+    first = read_depth_table(files[0])
+    if first.format != "aemb":
+        raise InputError(f"{files[0]}: a {first.format} table in a folder of strobealign --aemb files; give it alone")
+    row = first.index()
+    depths = np.empty((len(first.contigs), len(files)), dtype=np.float32)
+    depths[:, 0] = first.depths[:, 0]
+    for j, path in enumerate(files[1:], start=1):
+        table = read_depth_table(path)
+        if table.format != "aemb":
+            raise InputError(f"{path}: a {table.format} table in a folder of strobealign --aemb files; give it alone")
+        rows = np.fromiter((row.get(c, -1) for c in table.contigs), dtype=np.int64, count=len(table.contigs))
+        if (rows < 0).any() or len(rows) != len(row):
+            other = next((c for c in table.contigs if c not in row), None)
+            what = f"contig '{other}' is not in" if other else f"{len(rows)} contigs, not the {len(row)} of"
+            raise InputError(
+                f"{path}: {what} {files[0].name}; every sample's reads must be mapped to the same assembly"
+            )
+        depths[rows, j] = table.depths[:, 0]
+    return DepthTable(str(folder), "aemb", first.contigs, tuple(samples), depths, None)
 
 
 def write_table(
@@ -134,26 +251,34 @@ def write_table(
 ) -> None:
     """Write a depth table atomically (a temporary file beside `path`, renamed into place when
     complete): MetaBAT's (`means`, `variances`: (contigs, samples)) or, with `fmt="vamb"`, VAMB's
-    abundance TSV (`contigname` and each sample's mean: what `vamb bin --abundance_tsv` reads)."""
+    abundance TSV (`contigname` and each sample's mean: what `vamb bin --abundance_tsv` reads).
+    Numbers are float32, written in the fewest digits that read back to the same float32."""
+    import pyarrow as pa
+    import pyarrow.csv as pv
+
     path = Path(path)
+    means = np.asarray(means, dtype=np.float32)
+    columns: dict[str, pa.Array] = {"contig": pa.array(list(contigs), pa.string())}
+    if fmt == "vamb":
+        header = ["contigname", *samples]
+        columns.update({f"m{j}": pa.array(means[:, j]) for j in range(means.shape[1])})
+    else:
+        header = [*METABAT_FIXED, *(name for sample in samples for name in (sample, f"{sample}-var"))]
+        variances = np.asarray(variances, dtype=np.float32)
+        columns["length"] = pa.array(np.asarray(lengths, dtype=np.int64))
+        columns["total"] = pa.array(means.sum(axis=1, dtype=np.float64).astype(np.float32))
+        for j in range(means.shape[1]):
+            columns[f"m{j}"], columns[f"v{j}"] = pa.array(means[:, j]), pa.array(variances[:, j])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as err:
         raise OutputError(f"{path}: cannot write here ({err.strerror})") from None
     try:
-        with os.fdopen(fd, "w", newline="") as out:
-            if fmt == "vamb":
-                out.write("\t".join(["contigname", *samples]) + "\n")
-                for i, contig in enumerate(contigs):
-                    out.write("\t".join([contig, *(f"{v:.6g}" for v in means[i])]) + "\n")
-            else:
-                names = [name for sample in samples for name in (sample, f"{sample}-var")]
-                out.write("\t".join([*METABAT_FIXED, *names]) + "\n")
-                totals = means.sum(axis=1)
-                for i, contig in enumerate(contigs):
-                    values = [f"{v:.6g}" for pair in zip(means[i], variances[i], strict=True) for v in pair]
-                    out.write("\t".join([contig, str(int(lengths[i])), f"{totals[i]:.6g}", *values]) + "\n")
+        with os.fdopen(fd, "wb") as out:
+            out.write(("\t".join(header) + "\n").encode())
+            options = pv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+            pv.write_csv(pa.table(columns), out, options)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -183,6 +308,11 @@ class AbundanceLookup:
         rows = np.fromiter((self._row.get(rid, -1) for rid in record_ids), dtype=np.int64, count=len(record_ids))
         if (rows < 0).any():
             missing = record_ids[int(np.flatnonzero(rows < 0)[0])]
+            if f"{missing}_1" in self._row:
+                raise InputError(
+                    f"{self.table.source}: depths of the halves '{missing}_1' and '_2', not of contig '{missing}' "
+                    f"of {path}: the table was made for SemiBin2's split contigs; map to the assembly itself"
+                )
             raise InputError(
                 f"{self.table.source}: no depth for contig '{missing}' of {path}; make the table from "
                 "reads mapped to this assembly ('kmervae abundance')"
