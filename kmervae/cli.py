@@ -96,7 +96,20 @@ def _add_featurize_output_flags(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="threads that count and write (default: one per core, at most 8)",
+        help="engine local: threads that count and write (default: one per core, at most 8); engine ray: "
+        "tasks at once (default: one per CPU of the cluster)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: one Ray task per batch of contigs, on the cluster at --address (the "
+        "same files)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: Ray cluster address (default: $RAY_ADDRESS, else a local one)",
     )
     p.add_argument(
         "--compression",
@@ -146,8 +159,19 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 
         log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
         markers, found = markers_of_fasta(args.inputs, args.fragment_length, args.min_length, log=log)
+    parts = None
+    if args.engine == "ray":
+        from kmervae.distributed.ray_tasks import ray_parts
+
+        parts = ray_parts(args.address, args.workers)
     summary = featurize(
-        args.inputs, args.out, settings, labels, progress=False if args.quiet else None, abundance=abundance
+        args.inputs,
+        args.out,
+        settings,
+        labels,
+        progress=False if args.quiet else None,
+        abundance=abundance,
+        parts=parts,
     )
     print("\n".join(summary.lines()))
     if markers is not None:
@@ -224,7 +248,24 @@ def _add_abundance(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-identity", type=float, default=0.97, help="ignore reads below this end-to-end identity")
     p.add_argument("--edge-bases", type=int, default=75, help="bases at each contig end left out of mean and variance")
     p.add_argument("--min-mapq", type=int, default=0, help="ignore reads below this mapping quality")
-    p.add_argument("--workers", type=int, default=None, help="BAM files read at once; when not given, one per core")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="BAM files read at once; when not given, one per core (engine ray: one per CPU of the cluster)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: processes here; ray: one Ray task per BAM file on the cluster at --address (the files at "
+        "the same path on every node)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: Ray cluster address (default: $RAY_ADDRESS, else a local one)",
+    )
     p.add_argument("--format", choices=("metabat", "vamb"), default="metabat", help="depth table format to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing table at --out")
     p.set_defaults(run=_cmd_abundance)
@@ -234,6 +275,12 @@ def _cmd_abundance(args: argparse.Namespace) -> int:
     from kmervae.abundance.bam_depth import DepthSettings
     from kmervae.abundance.build import build_depth_table
 
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    columns = None
+    if args.engine == "ray":
+        from kmervae.distributed.ray_tasks import ray_columns
+
+        columns = ray_columns(args.address, args.workers, log)
     summary = build_depth_table(
         args.bams,
         args.out,
@@ -241,7 +288,8 @@ def _cmd_abundance(args: argparse.Namespace) -> int:
         workers=args.workers,
         fmt=args.format,
         overwrite=args.overwrite,
-        log=lambda line: print(line, file=sys.stderr),
+        log=log,
+        columns=columns,
     )
     print("\n".join(summary.lines()))
     return 0

@@ -504,7 +504,9 @@ class MlflowServer:
             self.proc.wait()
 
 
-CLUSTER_MODULES = frozenset({"test_ray_embed.py", "test_ray_engine.py", "test_ray_job.py", "test_services.py"})
+CLUSTER_MODULES = frozenset(
+    {"test_ray_embed.py", "test_ray_engine.py", "test_ray_job.py", "test_ray_tasks.py", "test_services.py"}
+)
 """The modules that hold the tests marked `cluster` (checked at collection)."""
 OWN_CLUSTER_MODULES = frozenset({"test_ray_job.py"})
 """Cluster modules whose runs are on a cluster of their own (infra/local/start.sh), not the

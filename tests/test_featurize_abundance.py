@@ -150,7 +150,10 @@ def test_strobealign_aemb_files_are_a_depth_table(tmp_path):
 @pytest.mark.parametrize(
     ("files", "message"),
     [
-        ({"s1.tsv": "r1\t1\nr2\t1\nr3\t1\n", "s2.tsv": "r1\t1\nr2\t1\nr9\t1\n"}, "s2.tsv: contig 'r9' is not in s1.tsv"),
+        (
+            {"s1.tsv": "r1\t1\nr2\t1\nr3\t1\n", "s2.tsv": "r1\t1\nr2\t1\nr9\t1\n"},
+            "s2.tsv: contig 'r9' is not in s1.tsv",
+        ),
         ({"s1.tsv": "r1\t1\nr2\t1\nr3\t1\n", "s2.tsv": "r1\t1\nr2\t1\n"}, "s2.tsv: 2 contigs, not the 3 of s1.tsv"),
         ({"s1.tsv": "r1\t1\nr2\tx\nr3\t1\n"}, "s1.tsv: line 2: contig 'r2' has a value that is not a number"),
         ({"s1.tsv": "r1\t1\nr2\t1\nr1\t1\n"}, "s1.tsv: contig 'r1' appears twice (line 3)"),

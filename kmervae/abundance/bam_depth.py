@@ -27,9 +27,9 @@ Files are read in parallel, one process each, as jgi_summarize_bam_contig_depths
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-import hashlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor

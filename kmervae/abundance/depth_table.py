@@ -132,7 +132,9 @@ def _header(path: Path) -> list[str]:
     """The first line that is not a comment, split at tabs."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            first = next((row for row in csv.reader(handle, delimiter="\t") if row and not row[0].startswith("#")), None)
+            first = next(
+                (row for row in csv.reader(handle, delimiter="\t") if row and not row[0].startswith("#")), None
+            )
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the depth table ({err})") from None
     if first is None:

@@ -59,7 +59,7 @@ class PartLayout:
     row_group_size: int
     compression: str = "zstd"
 
-    def write(self, table: pa.Table, path: Path) -> None:
+    def write(self, table: pa.Table, path: Path | pa.NativeFile) -> None:
         pq.write_table(
             table,
             path,
@@ -95,6 +95,27 @@ def write_part(
 ) -> PartResult:
     """Count the contigs of `batch` and write them to `directory/part-NNNNN.parquet` (with the
     `abundance` of `samples` when the batch carries depths)."""
+    table, result = count_part(batch, strict, samples)
+    if len(table):
+        layout.write(table, directory / part_name(batch.index))
+    return result
+
+
+def part_bytes(
+    batch: Batch, layout: PartLayout, strict: bool, samples: tuple[str, ...] = ()
+) -> tuple[PartResult, bytes]:
+    """`write_part`'s file as bytes (empty when no contig was kept), for a process that cannot
+    write into the dataset's folder (a Ray task on another node): the same bytes."""
+    table, result = count_part(batch, strict, samples)
+    if not len(table):
+        return result, b""
+    sink = pa.BufferOutputStream()
+    layout.write(table, sink)
+    return result, sink.getvalue().to_pybytes()
+
+
+def count_part(batch: Batch, strict: bool, samples: tuple[str, ...] = ()) -> tuple[pa.Table, PartResult]:
+    """The part of `batch`: its table (the contigs kept) and what it holds."""
     counter = getattr(_local, "counter", None)
     if counter is None:
         counter = _local.counter = KmerCounter(COUNT_CHUNK)
@@ -112,9 +133,7 @@ def write_part(
         columns[ABUNDANCE] = abundance_column(np.concatenate(batch.abundance)[rows])
     columns["label"] = string_column([batch.labels[i] for i in rows])
     table = pa.Table.from_pydict(columns, schema=DatasetFormat(dtypes, samples).schema())
-    if len(table):
-        layout.write(table, directory / part_name(batch.index))
-    return PartResult(
+    return table, PartResult(
         index=batch.index,
         rows=len(table),
         bases=int(lengths.sum()),

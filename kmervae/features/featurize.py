@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -127,6 +128,30 @@ class FeaturizeSummary:
         return out
 
 
+class Parts(Protocol):
+    """Where batches become part files: `PartPool` (threads here) or the Ray engine's tasks.
+    `submit` may block to bound the batches in flight; `finish` returns every batch's
+    `PartResult` in the order submitted, its file written into the staging folder."""
+
+    workers: int  # batches counted at once
+
+    def submit(self, batches: list[Batch]) -> None: ...
+    def finish(self) -> list[PartResult]: ...
+    def cancel(self) -> None: ...
+    def close(self) -> None: ...
+
+
+PartsFactory = Callable[[Path, PartLayout, bool, tuple[str, ...]], Parts]
+"""(staging folder, layout, strict, samples) -> the `Parts` of one run."""
+
+
+def local_parts(workers: int) -> PartsFactory:
+    """`workers` threads of this process writing straight into the staging folder."""
+    return lambda staging, layout, strict, samples: PartPool(
+        workers, lambda batch: write_part(batch, staging, layout, strict, samples)
+    )
+
+
 def featurize(
     inputs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -134,29 +159,37 @@ def featurize(
     labels: Labels | None = None,
     progress: bool | None = None,
     abundance: AbundanceLookup | None = None,
+    parts: PartsFactory | None = None,
 ) -> FeaturizeSummary:
     """Featurize FASTA `inputs` into the dataset folder `out_dir`; all or nothing. With
-    `abundance`, every contig also gets its record's depths (a depth table of exactly these records)."""
+    `abundance`, every contig also gets its record's depths (a depth table of exactly these records).
+    Batches are counted and written by `parts` (the Ray engine's tasks), else by
+    `settings.workers` threads here; this process reads and cuts the records either way, so both
+    write the same parts."""
     started = time.perf_counter()
     paths = _readable_inputs(inputs)
     labels = labels or Labels()
     sizes = [p.stat().st_size for p in paths]
-    workers = settings.workers or default_workers()
-    summary = FeaturizeSummary(out_dir=str(Path(out_dir).absolute()), workers=workers)
+    summary = FeaturizeSummary(out_dir=str(Path(out_dir).absolute()))
     samples = abundance.samples if abundance is not None else ()
     summary.samples = len(samples)
     stage = StagedDataset(out_dir, settings.overwrite)
     layout = PartLayout(settings.row_group_size, settings.compression)
     summary.stale_removed = stage.removed_stale
-    pool = PartPool(workers, lambda batch: write_part(batch, stage.staging, layout, settings.strict, samples))
     bar = tqdm(
         total=sum(sizes), unit="B", unit_scale=True, desc="featurize", disable=_no_bar(progress), file=sys.stderr
     )
+    pool: Parts | None = None
     stack = ExitStack()
     try:
+        # made after the inputs and the output are checked: the Ray engine connects to its cluster here
+        pool = (parts or local_parts(settings.workers or default_workers()))(
+            stage.staging, layout, settings.strict, samples
+        )
+        summary.workers = pool.workers
         batcher = Batcher(settings.fragment_length, settings.min_length, settings.rows_per_file)
         # one file read at a time per 4 workers: a reading thread (scan + gzip) keeps about 4 busy
-        blocks = stack.enter_context(closing(read_files(paths, -(-workers // 4))))  # its threads stop with the run
+        blocks = stack.enter_context(closing(read_files(paths, -(-pool.workers // 4))))  # its threads stop with the run
         _batch_blocks(blocks, paths, sizes, batcher, labels, abundance, settings, summary, pool, bar)
         summary.files_read = len(paths)
         if abundance is not None:
@@ -167,7 +200,8 @@ def featurize(
         stage.commit(results, _manifest(paths, settings, labels, summary, abundance), layout)
     except BaseException:
         stack.close()
-        pool.cancel()
+        if pool is not None:
+            pool.cancel()
         stage.abort()
         raise
     finally:
