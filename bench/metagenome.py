@@ -167,6 +167,95 @@ def build(args: argparse.Namespace) -> None:
     print(f"{len(contigs)} contigs of {len(genomes)} genomes, {args.samples} samples in {out}")
 
 
+def build_multi(args: argparse.Namespace) -> None:
+    """The multi-sample set (issue 40): each sample has its own assembly, the gold-standard
+    contigs of the genomes present in it, cut independently per sample (a genome present in
+    three samples is three different sets of contigs); a genome is present in a sample with
+    probability `--presence` (at least three per sample), at a coverage drawn per sample as in
+    `build`. `kmervae concat` joins the assemblies into DIR/assembly.fna (S1C<contig>, ...,
+    VAMB's naming), every sample's reads are mapped to that catalogue (one minimap2 index), and
+    DIR/truth.tsv gains each contig's sample."""
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    genomes = {Path(p).name.split(".")[0]: read_genome(Path(p)) for p in args.genomes}
+    names = list(genomes)
+    present = rng.random((len(names), args.samples)) < args.presence
+    for s in range(args.samples):  # at least three genomes in every sample
+        if present[:, s].sum() < 3:
+            present[rng.choice(len(names), 3, replace=False), s] = True
+    coverage = np.where(present, rng.lognormal(np.log(6.0) - 0.5, 1.0, size=present.shape), 0.0)
+    np.savetxt(out / "coverage.tsv", coverage, delimiter="\t", header="\t".join(names), fmt="%.3f")
+    truth = []  # (catalogue id, genome, length, sample, position)
+    assemblies = []
+    for s in range(args.samples):
+        contigs = []
+        for g in np.flatnonzero(present[:, s]):
+            seq = genomes[names[g]]
+            pos = int(rng.integers(0, args.median_length))  # this sample's own cut points
+            if pos >= args.min_length:
+                contigs.append((seq[:pos], names[g], 0))
+            while pos < len(seq):
+                length = int(np.clip(rng.lognormal(np.log(args.median_length), 0.9), 1000, 100_000))
+                if len(seq[pos : pos + length]) >= args.min_length:
+                    contigs.append((seq[pos : pos + length], names[g], pos))
+                pos += length
+        path = work / f"sample_{s + 1}.fna"
+        with open(path, "w") as fasta:
+            for new, i in enumerate(rng.permutation(len(contigs))):
+                seq, genome, pos = contigs[i]
+                fasta.write(f">contig_{new + 1}\n{seq}\n")
+                truth.append((f"S{s + 1}Ccontig_{new + 1}", genome, len(seq), f"S{s + 1}", pos + 1))
+        assemblies.append(str(path))
+    catalogue = out / "assembly.fna"
+    catalogue.unlink(missing_ok=True)
+    subprocess.run(
+        [KMERVAE, "concat", *assemblies, "-o", str(catalogue), "--min-length", str(args.min_length)], check=True
+    )
+    with open(out / "truth.tsv", "w") as table:
+        table.write("contig\tgenome\tlength\trecord\tposition\tsample\n")
+        table.writelines(f"{c}\t{g}\t{n}\t{g}\t{p}\t{s}\n" for c, g, n, s, p in truth)
+    index = work / "assembly.mmi"
+    subprocess.run(["minimap2", "-t", "2", "-d", str(index), str(catalogue)], check=True, stderr=subprocess.DEVNULL)
+    refs = {}
+    for name, seq in genomes.items():
+        refs[name] = (work / f"{name}.fna", work / f"{name}.div.fna")
+        refs[name][0].write_text(f">{name}\n{seq}\n")
+        refs[name][1].write_text(f">{name}_div\n{mutate(seq, 0.04, rng)}\n")
+    for s in range(args.samples):
+        here = [(refs[names[g]], coverage[g, s], g) for g in np.flatnonzero(present[:, s])]
+        map_sample(out, work, index, s, here, args)
+    print(f"{len(truth)} contigs of {len(genomes)} genomes in {args.samples} samples in {out}")
+
+
+def map_sample(out: Path, work: Path, reference: Path, s: int, genomes, args) -> None:
+    """Simulate sample `s`'s reads of `genomes` ((normal, diverged) references, coverage, index)
+    with ART and map them to `reference`: DIR/sample_<s + 1>.bam, sorted and indexed."""
+    reads = [work / f"s{s}_1.fq", work / f"s{s}_2.fq"]
+    for path in reads:
+        path.write_text("")
+    for (normal, diverged), depth, g in genomes:
+        for ref, share in zip((normal, diverged), (1 - args.diverged, args.diverged), strict=True):
+            prefix = work / f"art_{s}_{g}_{ref.stem}"
+            simulate_reads(ref, float(depth) * share, prefix, args.seed * 1000 + s * 50 + int(g))
+            for mate, path in zip(("1", "2"), reads, strict=True):
+                with open(path, "a") as target, open(f"{prefix}{mate}.fq") as part:
+                    target.write(part.read())
+                os.remove(f"{prefix}{mate}.fq")
+    bam = out / f"sample_{s + 1}.bam"
+    mapper = subprocess.Popen(
+        ["minimap2", "-t", "2", "-ax", "sr", str(reference), *map(str, reads)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    subprocess.run(["samtools", "sort", "-@", "2", "-o", str(bam), "-"], stdin=mapper.stdout, check=True)
+    mapper.wait()
+    subprocess.run(["samtools", "index", str(bam)], check=True)
+    for path in reads:
+        path.unlink()
+    print(f"sample {s + 1}: {bam}", file=sys.stderr, flush=True)
+
+
 def read_truth(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     with open(folder / "truth.tsv") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
@@ -191,17 +280,49 @@ def bin_codes(assignment: dict[str, str], folder: Path) -> np.ndarray:
 
 
 def score(assignment: dict[str, str], folder: Path) -> dict[str, float]:
-    """One scorer for every binner: `bin_codes` against the truth, by bases."""
-    from kmervae.binning.bins import MEDIUM, bin_quality
+    """One scorer for every binner: `bin_codes` against the truth, by bases. On a multi-sample
+    set (`build-multi`) every bin is first split by sample, as `kmervae bin --split-by-sample`
+    splits (a bin already split stays as it is), and judged against its genome's bases in its
+    sample: near-complete sample bins, and `dereplicated`, the genomes with one in some sample."""
+    from kmervae.binning.bins import DEFAULT_MIN_BIN_SIZE, MEDIUM, bin_quality
+    from kmervae.binning.samples import sample_counts, sample_labels, split_by_sample
 
-    _, genomes, lengths = read_truth(folder)
-    codes = bin_codes(assignment, folder)
-    quality = bin_quality(codes, genomes, lengths)
+    contigs, genomes, lengths = read_truth(folder)
+    if is_multi(folder):
+        names = sorted(set(assignment.values()))
+        index = {name: i for i, name in enumerate(names)}
+        raw = np.array([index[assignment[c]] if c in assignment else -1 for c in contigs], dtype=np.int64)
+        split = split_by_sample(np.asarray(contigs, dtype=object), raw, names, lengths, SEPARATOR, DEFAULT_MIN_BIN_SIZE)
+        codes = split.codes
+        quality = bin_quality(codes, sample_labels(genomes, split), lengths)
+        dereplicated = sample_counts(split, quality, None)[1]
+    else:
+        codes = bin_codes(assignment, folder)
+        quality = bin_quality(codes, genomes, lengths)
+        dereplicated = None
     return {
         "near_complete": quality.near_complete,
+        "dereplicated": dereplicated,
         "medium": quality.count(*MEDIUM),
         "binned_share": float(lengths[codes >= 0].sum() / lengths.sum()),
     }
+
+
+SEPARATOR = "C"
+"""The multi-sample set's contig names: S<sample>C<contig> (`kmervae concat`'s, VAMB's)."""
+
+
+def is_multi(folder: Path) -> bool:
+    """A `build-multi` set: an assembly per sample, concatenated (its truth names each contig's sample)."""
+    with open(folder / "truth.tsv") as handle:
+        return "sample" in handle.readline().rstrip("\n").split("\t")
+
+
+def cells(s: dict[str, float], wall: float, rss: float) -> str:
+    """A result row's cells: near-complete (per sample bins / dereplicated genomes on a
+    multi-sample set), medium, binned bases, wall, peak RSS."""
+    near = s["near_complete"] if s["dereplicated"] is None else f"{s['near_complete']} / {s['dereplicated']}"
+    return f"{near} | {s['medium']} | {s['binned_share']:.1%} | {wall:.0f} s | {rss:.2f} GiB"
 
 
 ASSIGNMENT = "assignment.tsv"
@@ -306,6 +427,8 @@ def bin_flags(folder: Path, args) -> list[str]:
     default with markers) and `--resolution R` where `--set` chose one (train.bin_resolution: what a
     sweep's val/nc_bins used), else bin's default."""
     flags = ["--markers", str(set_markers(folder)), "--recluster", args.recluster]
+    if is_multi(folder):
+        flags += ["--split-by-sample", SEPARATOR]
     chosen = [s.split("=", 1)[1] for s in args.set if s.startswith("train.bin_resolution=")]
     return flags + (["--resolution", chosen[-1]] if chosen else [])
 
@@ -339,9 +462,8 @@ def run_ensembles(folder: Path, base: Path, args) -> list[int]:
         assignment = binned(out / "binned")
         write_assignment(assignment, out / ASSIGNMENT)
         s = score(assignment, folder)
-        counts.append(s["near_complete"])
-        cells = f"{s['near_complete']} | {s['medium']} | {s['binned_share']:.1%} | {wall:.0f} s | {rss:.2f} GiB"
-        print(f"| kmervae ensemble of seeds {' '.join(map(str, chunk))} | {cells} |", flush=True)
+        counts.append(headline(s))
+        print(f"| kmervae ensemble of seeds {' '.join(map(str, chunk))} | {cells(s, wall, rss)} |", flush=True)
     if len(counts) > 1:
         print(f"| kmervae ensembles, median (range) of {len(counts)} | {np.median(counts):g} "
               f"({min(counts)}-{max(counts)}) | | | | |", flush=True)  # fmt: skip
@@ -388,6 +510,8 @@ def run_metabat(folder: Path, out: Path, args) -> tuple[dict[str, str], float, f
     bams = bam_files(folder, args)
     depth = out / "depth.txt"
     w1, r1 = timed(["jgi_summarize_bam_contig_depths", "--outputDepth", str(depth), *bams], out / "depth.log")
+    if is_multi(folder):
+        return metabat_per_sample(folder, out, depth, w1, r1)
     w2, r2 = timed(
         ["metabat2", "-i", str(folder / "assembly.fna"), "-a", str(depth), "-o", str(out / "bins" / "bin"),
          "-t", "2", "--seed", "1"],
@@ -396,15 +520,50 @@ def run_metabat(folder: Path, out: Path, args) -> tuple[dict[str, str], float, f
     return fasta_bins(out / "bins", ".fa"), w1 + w2, max(r1, r2)
 
 
+def metabat_per_sample(folder: Path, out: Path, depth: Path, wall: float, rss: float):
+    """MetaBAT2 on each sample's own contigs (as a study without multi-sample binning runs it),
+    with the depths of every sample's reads mapped to the catalogue: its bins are sample bins."""
+    with open(depth) as handle:
+        header, *rows = handle.readlines()
+    contigs = {}
+    with open(folder / "assembly.fna") as handle:
+        name = None
+        for line in handle:
+            if line.startswith(">"):
+                name = line[1:].split()[0]
+                contigs[name] = []
+            else:
+                contigs[name].append(line)
+    assignment = {}
+    for sample in sorted({c.split(SEPARATOR, 1)[0] for c in contigs}, key=lambda s: int(s[1:])):
+        part = out / sample
+        part.mkdir(parents=True, exist_ok=True)
+        prefix = f"{sample}{SEPARATOR}"
+        with open(part / "assembly.fna", "w") as fasta:
+            fasta.writelines(f">{c}\n{''.join(lines)}" for c, lines in contigs.items() if c.startswith(prefix))
+        with open(part / "depth.txt", "w") as table:
+            table.writelines([header, *(r for r in rows if r.startswith(prefix))])
+        seconds, peak = timed(
+            ["metabat2", "-i", str(part / "assembly.fna"), "-a", str(part / "depth.txt"), "-o",
+             str(part / "bins" / "bin"), "-t", "2", "--seed", "1"],
+            part / "metabat.log",
+        )  # fmt: skip
+        wall, rss = wall + seconds, max(rss, peak)
+        assignment.update({c: f"{sample}_{b}" for c, b in fasta_bins(part / "bins", ".fa").items()})
+    return assignment, wall, rss
+
+
 def run_vamb(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
     bams = bam_files(folder, args)
     result = out / "vamb"
     wall, rss = timed(
         [args.vamb, "bin", "default", "--outdir", str(result), "--fasta", str(folder / "assembly.fna"),
-         "--bamfiles", *bams],
+         "--bamfiles", *bams, *(["-o", SEPARATOR] if is_multi(folder) else [])],
         out / "vamb.log",
     )  # fmt: skip
-    with open(result / "vae_clusters_unsplit.tsv") as handle:
+    # on a multi-sample set VAMB splits its clusters by sample itself (binsplit, separator C)
+    clusters = "vae_clusters_split.tsv" if is_multi(folder) else "vae_clusters_unsplit.tsv"
+    with open(result / clusters) as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle if not line.startswith("clustername")]
     return {contig: cluster for cluster, contig in rows}, wall, rss
 
@@ -412,6 +571,19 @@ def run_vamb(folder: Path, out: Path, args) -> tuple[dict[str, str], float, floa
 def run_semibin(folder: Path, out: Path, args) -> tuple[dict[str, str], float, float]:
     bams = bam_files(folder, args)
     result = out / "semibin"
+    if is_multi(folder):  # a model per sample, trained on every sample's depths, bins split by sample
+        wall, rss = timed(
+            [args.semibin, "multi_easy_bin", "--input-fasta", str(folder / "assembly.fna"), "--input-bam", *bams,
+             "--output", str(result), "--separator", SEPARATOR, "--threads", "2", "--epochs", str(args.semibin_epochs)],
+            out / "semibin.log",
+        )  # fmt: skip
+        assignment = {}
+        for path in sorted((result / "bins").glob("*.fa*")):
+            sample = path.name.split("_", 1)[0]
+            for contig in fasta_bins(result / "bins", path.name):
+                name = contig if contig.startswith(f"{sample}{SEPARATOR}") else f"{sample}{SEPARATOR}{contig}"
+                assignment[name] = path.name
+        return assignment, wall, rss
     # its pretrained models serve one sample only: with several it trains (`--semibin-epochs`)
     model = ["--environment", "global"] if len(bams) == 1 else ["--epochs", str(args.semibin_epochs)]
     wall, rss = timed(
@@ -420,6 +592,11 @@ def run_semibin(folder: Path, out: Path, args) -> tuple[dict[str, str], float, f
         out / "semibin.log",
     )  # fmt: skip
     return fasta_bins(result / "output_bins", ".fa.gz"), wall, rss
+
+
+def headline(s: dict[str, float]) -> int:
+    """The count binners are ranked by: near-complete bins, dereplicated on a multi-sample set."""
+    return s["near_complete"] if s["dereplicated"] is None else s["dereplicated"]
 
 
 SEEDED = ("kmervae", "baseline")
@@ -458,9 +635,8 @@ def run(args: argparse.Namespace) -> None:
                 continue
             write_assignment(assignment, out / ASSIGNMENT)  # bench/markers.py judges it by marker genes
             s = score(assignment, folder)
-            counts.append(s["near_complete"])
-            cells = f"{s['near_complete']} | {s['medium']} | {s['binned_share']:.1%} | {wall:.0f} s | {rss:.2f} GiB"
-            print(f"| {label} | {cells} |", flush=True)
+            counts.append(headline(s))
+            print(f"| {label} | {cells(s, wall, rss)} |", flush=True)
         counts_of[name] = counts
         if len(counts) > 1:
             print(f"| {name}, median (range) of {len(counts)} seeds | {np.median(counts):g} "
@@ -499,6 +675,16 @@ def main() -> None:
     b.add_argument("--min-length", type=int, default=1500)
     b.add_argument("--diverged", type=float, default=0.05)
     b.set_defaults(run=build)
+    m = sub.add_parser("build-multi", help="the multi-sample set: an assembly per sample, concatenated")
+    m.add_argument("genomes", nargs="+")
+    m.add_argument("-o", "--out", required=True)
+    m.add_argument("--samples", type=int, default=10)
+    m.add_argument("--presence", type=float, default=0.6, help="chance that a genome is in a sample")
+    m.add_argument("--seed", type=int, default=1)
+    m.add_argument("--median-length", type=float, default=4000)
+    m.add_argument("--min-length", type=int, default=2000, help="VAMB's and kmervae concat's default")
+    m.add_argument("--diverged", type=float, default=0.05)
+    m.set_defaults(run=build_multi)
     r = sub.add_parser("run")
     r.add_argument("dir")
     r.add_argument("--binners", nargs="+", choices=list(BINNERS), default=["kmervae", "baseline", "metabat"])
