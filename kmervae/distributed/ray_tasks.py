@@ -9,15 +9,15 @@ read the inputs, as Ray tasks of one CPU each.
 - abundance: one task per BAM file (`bam_depth.depth_column`), read where the task runs: the
   files must be at the same path on every node (a shared file system).
 
-Both keep at most twice as many tasks in flight as the cluster has CPUs for them (or
-`--workers`), take the results in the order submitted, and refuse before any input is read
-when the cluster has no CPU for a task.
+Both run as many tasks at once as the cluster has CPUs for them (or `--workers`), hand the
+results on in the order submitted, and refuse before any input is read when the cluster has
+no CPU for a task.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 from kmervae.abundance.bam_depth import ColumnSource, DepthSettings, SampleDepth, depth_column
@@ -67,29 +67,49 @@ def _result(ref):
 
 
 class _InFlight:
-    """Ray tasks in submission order, at most `limit` of them unfinished: `add` hands back the
-    oldest results once the limit is passed, `drain` the rest."""
+    """Ray tasks that run at most `slots` at a time, their results handed back in the order
+    submitted. A result that arrives before an older one waits here; at most `2 * slots`
+    tasks are running or waiting at once, which bounds memory when one task is slow."""
 
-    def __init__(self, limit: int):
-        self.limit, self.refs = limit, deque()
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.running: dict = {}  # object ref -> its place in submission order
+        self.done: dict[int, object] = {}  # place -> result, until the older ones are handed back
+        self.submitted = self.handed = 0
 
-    def add(self, ref) -> list:
-        self.refs.append(ref)
-        done = []
-        while len(self.refs) > self.limit:
-            done.append(_result(self.refs.popleft()))
-        return done
+    def submit(self, start) -> list:
+        """Start one task (`start()` returns its object ref) once a slot is free; return the
+        results that are now next in order."""
+        out = []
+        while len(self.running) >= self.slots or len(self.running) + len(self.done) >= 2 * self.slots:
+            out.extend(self._wait_one())
+        self.running[start()] = self.submitted
+        self.submitted += 1
+        return out
 
     def drain(self) -> Iterator:
-        while self.refs:
-            yield _result(self.refs.popleft())
+        while self.running:
+            yield from self._wait_one()
+
+    def _wait_one(self) -> list:
+        import ray
+
+        ready, _ = ray.wait(list(self.running), num_returns=1)
+        for ref in ready:
+            self.done[self.running.pop(ref)] = _result(ref)
+        out = []
+        while self.handed in self.done:
+            out.append(self.done.pop(self.handed))
+            self.handed += 1
+        return out
 
     def cancel(self) -> None:
         import ray
 
-        for ref in self.refs:
+        for ref in self.running:
             ray.cancel(ref, force=True)
-        self.refs.clear()
+        self.running.clear()
+        self.done.clear()
 
 
 class RayParts:
@@ -101,12 +121,13 @@ class RayParts:
         self.workers = slots
         self.task = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(part_bytes)
         self.staging, self.layout, self.strict, self.samples = staging, layout, strict, samples
-        self.flight = _InFlight(2 * slots)
+        self.flight = _InFlight(slots)
         self.results: list[PartResult] = []
 
     def submit(self, batches: list[Batch]) -> None:
         for batch in batches:
-            for done in self.flight.add(self.task.remote(batch, self.layout, self.strict, self.samples)):
+            start = partial(self.task.remote, batch, self.layout, self.strict, self.samples)
+            for done in self.flight.submit(start):
                 self._keep(*done)
 
     def _keep(self, result: PartResult, data: bytes) -> None:
@@ -147,10 +168,10 @@ def ray_columns(address: str | None, workers: int | None, log=lambda line: None)
         slots = task_slots(address, workers, "abundance")
         log(f"reading   {len(paths)} BAM file(s) as Ray tasks, {min(slots, len(paths))} at a time")
         task = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(depth_column)
-        flight = _InFlight(2 * slots)
+        flight = _InFlight(slots)
         try:
             for i, path in enumerate(paths):
-                yield from flight.add(task.remote(str(path.absolute()), settings, i == 0))
+                yield from flight.submit(partial(task.remote, str(path.absolute()), settings, i == 0))
             yield from flight.drain()
         finally:
             flight.cancel()
