@@ -48,6 +48,27 @@ def test_featurize_on_ray_writes_the_local_engine_s_files(local_ray, tmp_path, c
 
 
 @cluster
+def test_parts_widened_on_ray_are_the_local_engine_s(local_ray, tmp_path, capsys):
+    """One contig with a 7-mer seen 1,994 times makes the dataset uint16: the Ray engine's tasks
+    rewrite the other parts as the local engine's threads do."""
+    import numpy as np
+
+    from kmervae.base.feature_table import dataset_files
+
+    rng = np.random.default_rng(3)
+    plain = ["".join(rng.choice(list("ACGT"), 3000)) for _ in range(5)]
+    fasta = write_fasta(tmp_path / "in.fa", [*((f"p{i}", s) for i, s in enumerate(plain)), ("rep", "A" * 2000)])
+    common = ["--min-length", "100", "--rows-per-file", "2", "--row-group-size", "1", "--quiet"]
+    for engine in ("local", "ray"):
+        code, _, err = run(capsys, "featurize", str(fasta), "-o", str(tmp_path / engine), *common, "--engine", engine)
+        assert code == 0, err
+    local = dataset_files(tmp_path / "local")
+    assert local.format.count_dtypes[7] == np.dtype("uint16") and len(local.paths) == 3
+    for path in local.paths:
+        assert path.read_bytes() == (tmp_path / "ray" / path.name).read_bytes(), path.name
+
+
+@cluster
 def test_abundance_on_ray_writes_the_local_engine_s_table(local_ray, tmp_path, capsys):
     bams = []
     for i in range(5):  # more files than the cluster's 2 CPUs: tasks queue and come back in order

@@ -25,7 +25,7 @@ from kmervae.base.errors import ConfigError, KmervaeError
 from kmervae.base.feature_contract import part_name
 from kmervae.distributed.ray_engine import cluster_capacity, init_ray
 from kmervae.features.contigs import Batch
-from kmervae.features.feature_writer import PartLayout, PartResult, part_bytes
+from kmervae.features.feature_writer import PartLayout, PartResult, part_bytes, widened_bytes
 from kmervae.features.featurize import PartsFactory
 
 TASK_CPUS = 1.0
@@ -139,6 +139,19 @@ class RayParts:
         for done in self.flight.drain():
             self._keep(*done)
         return self.results
+
+    def widen(self, paths: list[Path], dtypes: dict, layout: PartLayout) -> None:
+        """Each file's bytes widened by a task (`feature_writer.widened_bytes`), written back here."""
+        import ray
+
+        task = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(widened_bytes)
+        flight = _InFlight(self.workers)
+        queue = iter(paths)
+        for path in paths:
+            for data in flight.submit(partial(task.remote, path.read_bytes(), dtypes, layout)):
+                next(queue).write_bytes(data)
+        for data in flight.drain():
+            next(queue).write_bytes(data)
 
     def cancel(self) -> None:
         self.flight.cancel()

@@ -30,7 +30,7 @@ from kmervae.base.feature_contract import SCHEMA_VERSION
 from kmervae.features.contigs import Batch, Batcher, SkipCounts
 from kmervae.features.fasta import check_readable, record_line
 from kmervae.features.fasta_blocks import load_scanner, read_files
-from kmervae.features.feature_writer import CODECS, PartLayout, PartResult, StagedDataset, write_part
+from kmervae.features.feature_writer import CODECS, PartLayout, PartResult, StagedDataset, widen_part, write_part
 from kmervae.features.kmer_counter import count_sequence
 from kmervae.features.labels import Labels
 
@@ -137,6 +137,7 @@ class Parts(Protocol):
 
     def submit(self, batches: list[Batch]) -> None: ...
     def finish(self) -> list[PartResult]: ...
+    def widen(self, paths: list[Path], dtypes: dict, layout: PartLayout) -> None: ...
     def cancel(self) -> None: ...
     def close(self) -> None: ...
 
@@ -197,7 +198,7 @@ def featurize(
         pool.submit(batcher.finish())
         results = pool.finish()
         _tally(summary, results, batcher, labels, settings.min_length)
-        stage.commit(results, _manifest(paths, settings, labels, summary, abundance), layout)
+        stage.commit(results, _manifest(paths, settings, labels, summary, abundance), layout, pool.widen)
     except BaseException:
         stack.close()
         if pool is not None:
@@ -263,6 +264,11 @@ class PartPool:
         self.results.extend(f.result() for f in self.pending)
         self.pending.clear()
         return self.results
+
+    def widen(self, paths: list[Path], dtypes: dict, layout: PartLayout) -> None:
+        """`widen_part` on each file, on the pool's threads (parquet reads and writes release the GIL)."""
+        for _ in self.executor.map(lambda path: widen_part(path, dtypes, layout), paths):
+            pass
 
     def cancel(self) -> None:
         for future in self.pending:
