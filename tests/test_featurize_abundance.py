@@ -190,3 +190,32 @@ def test_the_fast_reader_and_the_line_reader_agree(tmp_path):
     assert fast.contigs == slow.contigs == ("r1", "r2", "r3") and fast.samples == slow.samples
     np.testing.assert_array_equal(fast.depths, slow.depths)
     np.testing.assert_array_equal(fast.lengths, slow.lengths)
+
+
+def test_the_fast_reader_reads_a_table_block_by_block_as_the_line_reader_reads_it(tmp_path, monkeypatch):
+    """A table larger than the fast reader's block is read in pieces whose float32 depths join
+    in order: the same contigs, depths and lengths as the line reader's, value for value."""
+    from kmervae.abundance import depth_table
+
+    rng = np.random.default_rng(3)
+    depths = rng.lognormal(0.0, 2.0, size=(3000, 5))
+    plain = tmp_path / "plain.tsv"
+    rows = [
+        f"k{i}\t{1000 + i}\t{d.sum():.6f}\t" + "\t".join(f"{v:.6f}\t{v / 3:.4f}" for v in d)
+        for i, d in enumerate(depths)
+    ]
+    header = "contigName\tcontigLen\ttotalAvgDepth\t" + "\t".join(f"s{j}.bam\ts{j}.bam-var" for j in range(5))
+    plain.write_text("\n".join([header, *rows]) + "\n")
+    commented = tmp_path / "commented.tsv"
+    commented.write_text("\n".join([header, "# by hand", *rows]) + "\n")
+    monkeypatch.setattr(depth_table, "BLOCK_BYTES", 1 << 14)  # about 60 blocks
+    fast, slow = depth_table.read_depth_table(plain), depth_table.read_depth_table(commented)
+    names = depth_table._header(plain)
+    fmt = depth_table._format_of(names, plain)
+    columns, _ = depth_table._sample_columns(fmt, names, plain)
+    assert depth_table._read_fast(plain, fmt, len(names), columns) is not None  # not the line reader
+    assert len(fast.contigs) == 3000 and fast.contigs == slow.contigs and fast.samples == slow.samples
+    assert fast.depths.dtype == np.float32
+    np.testing.assert_array_equal(fast.depths, slow.depths)
+    np.testing.assert_array_equal(fast.depths, depths.round(6).astype(np.float32))
+    np.testing.assert_array_equal(fast.lengths, np.arange(1000, 4000))
