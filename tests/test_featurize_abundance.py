@@ -219,3 +219,22 @@ def test_the_fast_reader_reads_a_table_block_by_block_as_the_line_reader_reads_i
     np.testing.assert_array_equal(fast.depths, slow.depths)
     np.testing.assert_array_equal(fast.depths, depths.round(6).astype(np.float32))
     np.testing.assert_array_equal(fast.lengths, np.arange(1000, 4000))
+
+
+def test_a_table_written_in_pieces_is_the_table_written_whole(tmp_path, monkeypatch):
+    """`write_table` turns rows into text a piece at a time on several threads: the pieces join
+    in order into the same bytes as one piece, and read back to the same depths."""
+    from kmervae.abundance import depth_table
+
+    rng = np.random.default_rng(5)
+    means = rng.lognormal(0.0, 2.0, size=(1001, 3)).astype(np.float32)
+    contigs, lengths, samples = [f"k{i}" for i in range(1001)], np.arange(1001) + 500, ["a", "b", "c"]
+    for fmt in ("metabat", "vamb"):
+        monkeypatch.setattr(depth_table, "WRITE_ROWS", 10**6)
+        depth_table.write_table(tmp_path / f"whole.{fmt}", contigs, lengths, samples, means, means / 2, fmt)
+        monkeypatch.setattr(depth_table, "WRITE_ROWS", 7)  # 143 pieces, more than two per thread
+        depth_table.write_table(tmp_path / f"pieces.{fmt}", contigs, lengths, samples, means, means / 2, fmt)
+        assert (tmp_path / f"pieces.{fmt}").read_bytes() == (tmp_path / f"whole.{fmt}").read_bytes()
+        table = depth_table.read_depth_table(tmp_path / f"pieces.{fmt}")
+        assert table.contigs == tuple(contigs)
+        np.testing.assert_array_equal(table.depths, means)
