@@ -193,16 +193,18 @@ def test_the_fast_reader_and_the_line_reader_agree(tmp_path):
 
 
 def test_the_fast_reader_reads_a_table_block_by_block_as_the_line_reader_reads_it(tmp_path, monkeypatch):
-    """A table larger than the fast reader's block is read in pieces whose float32 depths join
-    in order: the same contigs, depths and lengths as the line reader's, value for value."""
+    """A table larger than the fast reader's block is read in pieces whose float32 depths fill
+    one array in order (grown when the first block's rows per byte foretold too few rows): the
+    same contigs, depths and lengths as the line reader's, value for value."""
     from kmervae.abundance import depth_table
 
     rng = np.random.default_rng(3)
     depths = rng.lognormal(0.0, 2.0, size=(3000, 5))
     plain = tmp_path / "plain.tsv"
+    contig_names = [f"k{i}" + ("_long" * 20 if i < 300 else "") for i in range(3000)]  # the first block, fewer rows
     rows = [
-        f"k{i}\t{1000 + i}\t{d.sum():.6f}\t" + "\t".join(f"{v:.6f}\t{v / 3:.4f}" for v in d)
-        for i, d in enumerate(depths)
+        f"{name}\t{1000 + i}\t{d.sum():.6f}\t" + "\t".join(f"{v:.6f}\t{v / 3:.4f}" for v in d)
+        for i, (name, d) in enumerate(zip(contig_names, depths, strict=True))
     ]
     header = "contigName\tcontigLen\ttotalAvgDepth\t" + "\t".join(f"s{j}.bam\ts{j}.bam-var" for j in range(5))
     plain.write_text("\n".join([header, *rows]) + "\n")
@@ -214,7 +216,7 @@ def test_the_fast_reader_reads_a_table_block_by_block_as_the_line_reader_reads_i
     fmt = depth_table._format_of(names, plain)
     columns, _ = depth_table._sample_columns(fmt, names, plain)
     assert depth_table._read_fast(plain, fmt, len(names), columns) is not None  # not the line reader
-    assert len(fast.contigs) == 3000 and fast.contigs == slow.contigs and fast.samples == slow.samples
+    assert fast.contigs == slow.contigs == tuple(contig_names) and fast.samples == slow.samples
     assert fast.depths.dtype == np.float32
     np.testing.assert_array_equal(fast.depths, slow.depths)
     np.testing.assert_array_equal(fast.depths, depths.round(6).astype(np.float32))

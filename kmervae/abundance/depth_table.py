@@ -163,7 +163,7 @@ def _read_fast(path: Path, fmt: str, width: int, columns: list[int]):
     if fmt == "metabat":
         types["c1"] = pa.int64()
     contigs: list[str] = []
-    blocks, lengths = [], []
+    depths, rows, lengths = np.empty((0, len(columns)), dtype=np.float32), 0, []
     try:
         reader = pv.open_csv(
             path,
@@ -174,13 +174,14 @@ def _read_fast(path: Path, fmt: str, width: int, columns: list[int]):
             convert_options=pv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False),
         )
         for batch in reader:
-            block = np.empty((batch.num_rows, len(columns)), dtype=np.float32)
+            if rows + batch.num_rows > len(depths):
+                depths = _grown(depths, rows, batch.num_rows, path)
             for j, c in enumerate(columns):
                 values = batch.column(c).to_numpy()
                 if not np.isfinite(values).all() or (values < 0).any():
                     return None
-                block[:, j] = values
-            blocks.append(block)
+                depths[rows : rows + batch.num_rows, j] = values
+            rows += batch.num_rows
             contigs.extend(batch.column(0).to_pylist())
             if fmt == "metabat":
                 lengths.append(batch.column(1).to_numpy().astype(np.int64))
@@ -190,8 +191,21 @@ def _read_fast(path: Path, fmt: str, width: int, columns: list[int]):
         return None
     if any(c.startswith("#") or c != c.strip() for c in contigs) or len(set(contigs)) != len(contigs):
         return None
-    depths = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-    return contigs, depths, np.concatenate(lengths) if fmt == "metabat" else None
+    return contigs, depths[:rows], np.concatenate(lengths) if fmt == "metabat" else None
+
+
+def _grown(depths: np.ndarray, rows: int, more: int, path: Path) -> np.ndarray:
+    """Room for `more` rows after the first `rows` of `depths`: the first block's rows per byte
+    times the file's size, a quarter more, so the table is filled in place instead of joined
+    from blocks (which held it twice: 8.3 GiB for 10 M contigs x 100 samples); rows never
+    written take no memory. A later block that does not fit grows it by half."""
+    if rows == 0:
+        capacity = int(more * path.stat().st_size / BLOCK_BYTES * 1.25)
+    else:
+        capacity = int(len(depths) * 1.5)
+    grown = np.empty((max(capacity, rows + more), depths.shape[1]), dtype=np.float32)
+    grown[:rows] = depths[:rows]
+    return grown
 
 
 def _read_rows(path: Path, fmt: str, header: list[str], columns: list[int], samples: list[str]):
