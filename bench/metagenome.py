@@ -136,34 +136,10 @@ def build(args: argparse.Namespace) -> None:
     np.savetxt(out / "coverage.tsv", coverage, delimiter="\t", header="\t".join(genomes), fmt="%.3f")
     work = out / "work"
     work.mkdir(exist_ok=True)
-    refs = {}
-    for name, seq in genomes.items():
-        refs[name] = (work / f"{name}.fna", work / f"{name}.div.fna")
-        refs[name][0].write_text(f">{name}\n{seq}\n")
-        refs[name][1].write_text(f">{name}_div\n{mutate(seq, 0.04, rng)}\n")
+    refs = write_references(genomes, work, rng)
     for s in range(args.samples):
-        reads = [work / f"s{s}_1.fq", work / f"s{s}_2.fq"]
-        for path in reads:
-            path.write_text("")
-        for g, name in enumerate(genomes):
-            for ref, share in zip(refs[name], (1 - args.diverged, args.diverged), strict=True):
-                prefix = work / f"art_{s}_{g}_{ref.stem}"
-                simulate_reads(ref, float(coverage[g, s]) * share, prefix, args.seed * 1000 + s * 50 + g)
-                for mate, path in zip(("1", "2"), reads, strict=True):
-                    with open(path, "a") as target, open(f"{prefix}{mate}.fq") as part:
-                        target.write(part.read())
-                    os.remove(f"{prefix}{mate}.fq")
-        bam = out / f"sample_{s + 1}.bam"
-        mapper = subprocess.Popen(
-            ["minimap2", "-t", "2", "-ax", "sr", str(out / "assembly.fna"), *map(str, reads)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        subprocess.run(["samtools", "sort", "-@", "2", "-o", str(bam), "-"], stdin=mapper.stdout, check=True)
-        mapper.wait()
-        subprocess.run(["samtools", "index", str(bam)], check=True)
-        for path in reads:
-            path.unlink()
-        print(f"sample {s + 1}: {bam}", file=sys.stderr)
+        here = [(refs[name], coverage[g, s], g) for g, name in enumerate(genomes)]
+        map_sample(out, work, out / "assembly.fna", s, here, args)
     print(f"{len(contigs)} contigs of {len(genomes)} genomes, {args.samples} samples in {out}")
 
 
@@ -218,15 +194,22 @@ def build_multi(args: argparse.Namespace) -> None:
         table.writelines(f"{c}\t{g}\t{n}\t{g}\t{p}\t{s}\n" for c, g, n, s, p in truth)
     index = work / "assembly.mmi"
     subprocess.run(["minimap2", "-t", "2", "-d", str(index), str(catalogue)], check=True, stderr=subprocess.DEVNULL)
+    refs = write_references(genomes, work, rng)
+    for s in range(args.samples):
+        here = [(refs[names[g]], coverage[g, s], g) for g in np.flatnonzero(present[:, s])]
+        map_sample(out, work, index, s, here, args)
+    print(f"{len(truth)} contigs of {len(genomes)} genomes in {args.samples} samples in {out}")
+
+
+def write_references(genomes: dict[str, str], work: Path, rng: np.random.Generator) -> dict[str, tuple[Path, Path]]:
+    """Each genome's FASTA and a diverged copy (4% of bases substituted, the strain that takes
+    `--diverged` of its reads), in WORK: name -> (normal, diverged)."""
     refs = {}
     for name, seq in genomes.items():
         refs[name] = (work / f"{name}.fna", work / f"{name}.div.fna")
         refs[name][0].write_text(f">{name}\n{seq}\n")
         refs[name][1].write_text(f">{name}_div\n{mutate(seq, 0.04, rng)}\n")
-    for s in range(args.samples):
-        here = [(refs[names[g]], coverage[g, s], g) for g in np.flatnonzero(present[:, s])]
-        map_sample(out, work, index, s, here, args)
-    print(f"{len(truth)} contigs of {len(genomes)} genomes in {args.samples} samples in {out}")
+    return refs
 
 
 def map_sample(out: Path, work: Path, reference: Path, s: int, genomes, args) -> None:
