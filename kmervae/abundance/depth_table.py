@@ -14,11 +14,14 @@ mistrust: NaN, infinite or negative depths, duplicate contigs or sample names, r
 Each error names the file and the first offending contig or line.
 
 A table of a million contigs and a hundred samples is 10^8 numbers, so both directions go
-through Arrow's multi-threaded CSV reader and writer (pyarrow, already the parquet library):
-the record-by-record reader below (`_read_rows`) took 65 s to read such a table and the
-writer 155 s (bench/RESULTS.md "Hundreds of samples"). The record-by-record reader stays the one
-source of the error messages: a table the fast path cannot take as it is (a bad value, a
-ragged line, a comment line) is read again by it, which names the first problem.
+through Arrow's CSV reader and writer (pyarrow, already the parquet library): the
+record-by-record reader below (`_read_rows`) took 65 s to read such a table and the writer
+155 s. Arrow's streaming reader is single-threaded, and is used for its blocks: each is kept as
+float32 in one array, so the table is held once (`_read_fast`); the writer's pieces run on one
+thread per core (`_csv_text`). Numbers in bench/RESULTS.md "Issue 40: many samples". The
+record-by-record reader stays the one source of the error messages: a table the fast path
+cannot take as it is (a bad value, a ragged line, a comment line) is read again by it, which
+names the first problem.
 """
 
 from __future__ import annotations
